@@ -1,0 +1,2 @@
+//! tandem node configuration.
+#![deny(unsafe_code)]

@@ -1,0 +1,2 @@
+//! tandem control plane.
+#![deny(unsafe_code)]

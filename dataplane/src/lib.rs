@@ -1,0 +1,2 @@
+//! tandem dataplane.
+#![deny(unsafe_code)]

@@ -1,0 +1,2 @@
+//! tandem benchmarks.
+#![deny(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The tandem lab: network namespaces, veths, bridges, hosts.
+#![deny(unsafe_code)]
