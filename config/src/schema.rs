@@ -1,0 +1,389 @@
+//! The configuration types of a node, their defaults and small accessors.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cidr::Ipv4Cidr;
+
+/// The whole configuration of one tandem node (one member of an HA pair).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Who this node is.
+    pub node: NodeIdentity,
+    /// The local control socket used by `tandemctl`.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// How DPDK's EAL is initialised.
+    #[serde(default)]
+    pub eal: EalConfig,
+    /// Worker threads, memory pools, queues and the neighbour table.
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    /// The data ports; at least one.
+    pub interfaces: Vec<InterfaceConfig>,
+    /// Static routes in addition to the connected subnets.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The node's identity: a name unique in its cluster and the hardware
+/// serial used when members join or are replaced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeIdentity {
+    /// 1..=63 characters from `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// 1..=32 characters from `[A-Za-z0-9._-]`.
+    pub serial: String,
+}
+
+/// Where the control socket of `tandemd` listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Absolute path of the Unix socket; default `/run/tandem/tandemd.sock`.
+    pub socket: PathBuf,
+}
+
+/// The default control socket path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/tandemd.sock";
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        }
+    }
+}
+
+/// DPDK EAL settings, turned into an argv by [`NodeConfig::eal_args`].
+///
+/// `in_memory` defaults to `true`, except with `no_huge: true` where it
+/// defaults to `false` (DPDK refuses `--in-memory` with `--no-huge`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EalSpec", into = "EalSpec")]
+pub struct EalConfig {
+    /// `--file-prefix`; default `tandem-<node.name>` so that two nodes on
+    /// one host do not share DPDK runtime files.
+    pub file_prefix: Option<String>,
+    /// Passed as `--lcores=<value>`; when absent EAL gets `-l 0`.
+    pub lcores: Option<String>,
+    /// Run without hugepages (`--no-huge --no-shconf`), for labs.
+    pub no_huge: bool,
+    /// `-m <n>` megabytes of memory; required (and at least 64) with
+    /// `no_huge`.
+    pub memory_mb: Option<u32>,
+    /// `--in-memory`: no shared runtime files; forbidden with `no_huge`.
+    pub in_memory: bool,
+    /// Appended verbatim to the EAL argv.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for EalConfig {
+    fn default() -> Self {
+        EalSpec::default().into()
+    }
+}
+
+/// The written form of [`EalConfig`]: `in_memory` may be left out, and its
+/// default depends on `no_huge`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct EalSpec {
+    file_prefix: Option<String>,
+    lcores: Option<String>,
+    no_huge: bool,
+    memory_mb: Option<u32>,
+    in_memory: Option<bool>,
+    extra_args: Vec<String>,
+}
+
+impl From<EalSpec> for EalConfig {
+    fn from(s: EalSpec) -> Self {
+        EalConfig {
+            file_prefix: s.file_prefix,
+            lcores: s.lcores,
+            no_huge: s.no_huge,
+            memory_mb: s.memory_mb,
+            in_memory: s.in_memory.unwrap_or(!s.no_huge),
+            extra_args: s.extra_args,
+        }
+    }
+}
+
+impl From<EalConfig> for EalSpec {
+    fn from(c: EalConfig) -> Self {
+        EalSpec {
+            file_prefix: c.file_prefix,
+            lcores: c.lcores,
+            no_huge: c.no_huge,
+            memory_mb: c.memory_mb,
+            in_memory: Some(c.in_memory),
+            extra_args: c.extra_args,
+        }
+    }
+}
+
+/// How the dataplane runs: its workers and their resources.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// One entry per worker thread; 1..=128; default one unpinned worker.
+    pub workers: Vec<WorkerConfig>,
+    /// Spin or back off when idle; default `Adaptive`.
+    pub poll_mode: PollMode,
+    /// Packets per rx/tx burst; 1..=256, default 32.
+    pub burst: u16,
+    /// Mbufs in the mempool of each socket; 1023..=4_194_303, default 16383.
+    pub mbufs: u32,
+    /// Per-lcore mempool cache; at most 512, default 256.
+    pub mbuf_cache: u32,
+    /// Rx ring size per queue; power of two 64..=8192, default 1024.
+    pub rx_descriptors: u16,
+    /// Tx ring size per queue; power of two 64..=8192, default 1024.
+    pub tx_descriptors: u16,
+    /// The ARP/neighbour table.
+    pub neighbour: NeighbourConfig,
+    /// The back-off of the adaptive poll mode.
+    pub idle: IdleConfig,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            workers: vec![WorkerConfig::default()],
+            poll_mode: PollMode::default(),
+            burst: 32,
+            mbufs: 16383,
+            mbuf_cache: 256,
+            rx_descriptors: 1024,
+            tx_descriptors: 1024,
+            neighbour: NeighbourConfig::default(),
+            idle: IdleConfig::default(),
+        }
+    }
+}
+
+/// One dataplane worker thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Pin the worker to this CPU; unpinned when `None`.
+    pub cpu: Option<usize>,
+}
+
+/// What a worker does when its queues are empty.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PollMode {
+    /// Spin without pause: lowest latency, needs a dedicated core.
+    Busy,
+    /// Back off (pause, then sleep up to `idle.max_sleep_us`) after
+    /// `idle.spin_polls` empty polls, so shared cores stay usable.
+    #[default]
+    Adaptive,
+}
+
+/// The neighbour (ARP) table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NeighbourConfig {
+    /// Entries; 16..=1_048_576, default 4096.
+    pub capacity: u32,
+    /// Seconds an entry is used without re-validation; default 30.
+    pub reachable_secs: u32,
+    /// Seconds before an unused entry is dropped; default 300, at least
+    /// `reachable_secs`.
+    pub timeout_secs: u32,
+    /// ARP request retry interval in milliseconds; default 1000.
+    pub retry_ms: u32,
+    /// Packets held per worker while a neighbour is resolved; default 64.
+    pub hold_packets: u16,
+}
+
+impl Default for NeighbourConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 4096,
+            reachable_secs: 30,
+            timeout_secs: 300,
+            retry_ms: 1000,
+            hold_packets: 64,
+        }
+    }
+}
+
+/// The back-off of [`PollMode::Adaptive`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdleConfig {
+    /// Empty polls before the worker starts pausing; default 256.
+    pub spin_polls: u32,
+    /// Longest sleep between polls in microseconds; 1..=100000, default 500.
+    pub max_sleep_us: u32,
+}
+
+impl Default for IdleConfig {
+    fn default() -> Self {
+        Self {
+            spin_polls: 256,
+            max_sleep_us: 500,
+        }
+    }
+}
+
+/// One data port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// Unique name used by routes and policy; 1..=15 chars `[a-z0-9_-]`.
+    pub name: String,
+    /// The DPDK port behind the interface.
+    pub device: Device,
+    /// The interface's addresses with their connected subnets; may be empty.
+    #[serde(default)]
+    pub addresses: Vec<Ipv4Cidr>,
+    /// 576..=9000, default 1500.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// The kernel netdev behind the port, watched for link state; see
+    /// [`InterfaceConfig::kernel_interface`].
+    #[serde(default)]
+    pub kernel_interface: Option<String>,
+}
+
+/// The default interface MTU.
+pub const DEFAULT_MTU: u16 = 1500;
+
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+
+impl InterfaceConfig {
+    /// The kernel netdev behind the port: `kernel_interface` if given, else
+    /// the `iface=` argument of an af_packet or af_xdp vdev.
+    pub fn kernel_interface(&self) -> Option<&str> {
+        if let Some(k) = &self.kernel_interface {
+            return Some(k);
+        }
+        match &self.device {
+            Device::Vdev(spec) => {
+                let driver = vdev_name(spec);
+                if driver.starts_with("net_af_packet") || driver.starts_with("net_af_xdp") {
+                    vdev_arg(spec, "iface")
+                } else {
+                    None
+                }
+            }
+            Device::Pci(_) => None,
+        }
+    }
+}
+
+/// Where a port comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Device {
+    /// A PCI device, `"0000:03:00.0"` (domain:bus:device.function).
+    Pci(String),
+    /// A virtual device spec as given to `--vdev`,
+    /// `"net_af_packet0,iface=veth0,framecnt=8192"`.
+    Vdev(String),
+}
+
+impl Device {
+    /// The name DPDK knows the port by: the PCI address or the vdev name.
+    pub fn name(&self) -> &str {
+        match self {
+            Device::Pci(a) => a,
+            Device::Vdev(spec) => vdev_name(spec),
+        }
+    }
+}
+
+/// The vdev name (driver + instance) of a vdev spec: the part before the
+/// first comma.
+pub(crate) fn vdev_name(spec: &str) -> &str {
+    spec.split(',').next().unwrap_or("").trim()
+}
+
+/// The value of `key=` in a vdev spec.
+pub(crate) fn vdev_arg<'a>(spec: &'a str, key: &str) -> Option<&'a str> {
+    spec.split(',')
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim())
+}
+
+/// A static route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The destination network, canonical (no host bits).
+    pub destination: Ipv4Cidr,
+    /// The next hop; inside a connected subnet.
+    #[serde(default)]
+    pub via: Option<Ipv4Addr>,
+    /// The egress interface, by name.
+    #[serde(default)]
+    pub interface: Option<String>,
+}
+
+impl NodeConfig {
+    /// The EAL `--file-prefix`: the configured one or `tandem-<node.name>`.
+    pub fn file_prefix(&self) -> String {
+        self.eal
+            .file_prefix
+            .clone()
+            .unwrap_or_else(|| format!("tandem-{}", self.node.name))
+    }
+
+    /// The interface called `name`.
+    pub fn interface(&self, name: &str) -> Option<&InterfaceConfig> {
+        self.interfaces.iter().find(|i| i.name == name)
+    }
+
+    /// The EAL argv, program name first.
+    pub fn eal_args(&self) -> Vec<String> {
+        let eal = &self.eal;
+        let mut args = vec![
+            "tandemd".to_owned(),
+            format!("--file-prefix={}", self.file_prefix()),
+        ];
+        match &eal.lcores {
+            Some(l) => args.push(format!("--lcores={l}")),
+            None => args.extend(["-l".to_owned(), "0".to_owned()]),
+        }
+        if eal.no_huge {
+            args.extend(["--no-huge".to_owned(), "--no-shconf".to_owned()]);
+        } else if eal.in_memory {
+            args.push("--in-memory".to_owned());
+        }
+        if let Some(m) = eal.memory_mb {
+            args.extend(["-m".to_owned(), m.to_string()]);
+        }
+        args.push("--no-telemetry".to_owned());
+        args.push(EAL_LOG_LEVEL.to_owned());
+        let mut pci = 0;
+        for iface in &self.interfaces {
+            match &iface.device {
+                Device::Vdev(spec) => args.push(format!("--vdev={spec}")),
+                Device::Pci(addr) => {
+                    pci += 1;
+                    args.extend(["-a".to_owned(), addr.clone()]);
+                }
+            }
+        }
+        if pci == 0 {
+            args.push("--no-pci".to_owned());
+        }
+        args.extend(eal.extra_args.iter().cloned());
+        args
+    }
+}
+
+/// Keeps EAL quiet: the global log level, which DPDK 22.11 accepts as a
+/// bare level name. Override with `eal.extra_args` (the last one wins).
+pub const EAL_LOG_LEVEL: &str = "--log-level=warning";

@@ -1,0 +1,452 @@
+//! The protocol of the local control socket between `tandemctl` and `tandemd`.
+//!
+//! One JSON request per line from the client, one JSON response line back,
+//! then the daemon closes the connection. Requests are tagged by `cmd`:
+//!
+//! ```text
+//! -> {"cmd":"status"}
+//! <- {"result":"status","node":"fw-a","serial":"...", ...}
+//! -> {"cmd":"reboot"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats"}
+//! ```
+//!
+//! To add a command: add a variant to [`Request`], its name to
+//! [`Request::COMMANDS`] and to [`Request::name`] (the tests check the three
+//! agree), and if it needs a new answer, a variant to [`Response`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The longest request line the daemon reads, newline excluded.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Where `tandemd` listens and `tandemctl` connects unless told otherwise.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/tandem/tandemd.sock";
+
+/// A command sent by an operator tool to the daemon.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Identity, interfaces, routes, neighbours and workers of this node.
+    Status,
+    /// Packet and drop counters of the ports and workers.
+    Stats,
+}
+
+impl Request {
+    /// The value of `cmd` of every request the daemon understands.
+    pub const COMMANDS: &'static [&'static str] = &["status", "stats"];
+
+    /// The value of `cmd` for this request.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Stats => "stats",
+        }
+    }
+
+    /// This request as one protocol line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        to_line(self).unwrap_or_else(|_| format!("{{\"cmd\":\"{}\"}}\n", self.name()).into_bytes())
+    }
+}
+
+/// The daemon's answer to one [`Request`].
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Status`].
+    Status(StatusReport),
+    /// Answer to [`Request::Stats`].
+    Stats(StatsReport),
+    /// The request was refused or failed; `message` says why and what to do.
+    Error {
+        /// Human-readable reason, meant to be shown to the operator as is.
+        message: String,
+    },
+}
+
+impl Response {
+    /// An [`Response::Error`] carrying `message`.
+    pub fn error(message: impl Into<String>) -> Self {
+        Response::Error {
+            message: message.into(),
+        }
+    }
+
+    /// This response as one protocol line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        to_line(self).unwrap_or_else(|e| {
+            let fallback = Response::error(format!("tandemd could not encode its answer: {e}"));
+            to_line(&fallback).unwrap_or_else(|_| {
+                b"{\"result\":\"error\",\"message\":\"tandemd could not encode its answer\"}\n"
+                    .to_vec()
+            })
+        })
+    }
+}
+
+fn to_line<T: Serialize>(msg: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = serde_json::to_vec(msg)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Who this node is and how its dataplane is set up.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    /// Node name from the configuration.
+    pub node: String,
+    /// Hardware serial number of the node.
+    pub serial: String,
+    /// Version of the running `tandemd`.
+    pub version: String,
+    /// Process id of the running `tandemd`.
+    pub pid: u32,
+    /// When `tandemd` started, in seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// Seconds since `tandemd` started.
+    pub uptime_secs: u64,
+    /// Configuration file the daemon runs from.
+    pub config_path: String,
+    /// How workers wait for packets (for example "busy" or "adaptive").
+    pub poll_mode: String,
+    /// Dataplane interfaces.
+    pub interfaces: Vec<InterfaceStatus>,
+    /// Routing table.
+    pub routes: Vec<RouteStatus>,
+    /// Neighbour (ARP) table.
+    pub neighbours: Vec<NeighbourStatus>,
+    /// Packet-processing workers.
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One dataplane interface.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceStatus {
+    /// Interface name from the configuration.
+    pub name: String,
+    /// Device it runs on (PCI address or vdev name).
+    pub device: String,
+    /// DPDK port id.
+    pub port_id: u16,
+    /// MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// Addresses in CIDR notation.
+    pub addresses: Vec<String>,
+    /// MTU in bytes.
+    pub mtu: u16,
+    /// Whether the link is up.
+    pub link_up: bool,
+    /// Where the link state comes from: `"dpdk"` or `"kernel:<ifname>"`.
+    pub link_source: String,
+    /// Link speed in Mbit/s, 0 when unknown.
+    pub speed_mbps: u32,
+    /// Number of receive queues.
+    pub rx_queues: u16,
+    /// Number of transmit queues.
+    pub tx_queues: u16,
+}
+
+/// One route.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RouteStatus {
+    /// Destination prefix in CIDR notation.
+    pub destination: String,
+    /// Next hop, `None` for a directly connected network.
+    pub via: Option<String>,
+    /// Interface the route leaves by.
+    pub interface: String,
+    /// `"connected"` or `"static"`.
+    pub kind: String,
+}
+
+/// One neighbour table entry.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NeighbourStatus {
+    /// Neighbour IP address.
+    pub ip: String,
+    /// Resolved MAC address, `None` while unresolved.
+    pub mac: Option<String>,
+    /// Interface the neighbour is on.
+    pub interface: String,
+    /// Resolution state (for example "reachable" or "incomplete").
+    pub state: String,
+    /// Milliseconds since the entry was last confirmed.
+    pub age_ms: u64,
+}
+
+/// One packet-processing worker.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStatus {
+    /// Worker index.
+    pub id: usize,
+    /// CPU it is pinned to, if pinned.
+    pub cpu: Option<usize>,
+    /// DPDK lcore it runs on, if any.
+    pub lcore: Option<u32>,
+    /// Number of queues it polls.
+    pub queues: u16,
+}
+
+/// Packet and drop counters of the node.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StatsReport {
+    /// Per-port hardware counters.
+    pub ports: Vec<PortStats>,
+    /// Per-worker software counters.
+    pub workers: Vec<WorkerStats>,
+    /// Drops summed over all workers, by reason.
+    pub drops_total: BTreeMap<String, u64>,
+}
+
+/// Hardware counters of one port.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PortStats {
+    /// Interface name from the configuration.
+    pub name: String,
+    /// DPDK port id.
+    pub port_id: u16,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets transmitted.
+    pub tx_packets: u64,
+    /// Bytes transmitted.
+    pub tx_bytes: u64,
+    /// Packets the NIC dropped because the receive queues were full.
+    pub rx_missed: u64,
+    /// Erroneous packets received.
+    pub rx_errors: u64,
+    /// Packets that failed to transmit.
+    pub tx_errors: u64,
+    /// Receive failures for lack of mbufs.
+    pub rx_nombuf: u64,
+}
+
+/// Software counters of one worker.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Worker index.
+    pub id: usize,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets transmitted.
+    pub tx_packets: u64,
+    /// Packets forwarded.
+    pub forwarded: u64,
+    /// Replies generated by the node itself (ARP, ICMP echo).
+    pub replies: u64,
+    /// Packets held while waiting for neighbour resolution.
+    pub held: u64,
+    /// ARP requests sent.
+    pub arp_requests_sent: u64,
+    /// ICMP errors sent.
+    pub icmp_errors_sent: u64,
+    /// Packets the transmit queues did not take.
+    pub tx_dropped: u64,
+    /// Receive polls.
+    pub polls: u64,
+    /// Receive polls that returned nothing.
+    pub idle_polls: u64,
+    /// Times the worker slept for lack of traffic.
+    pub sleeps: u64,
+    /// Drops by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// Why a request line was rejected; the message is sent back to the client.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The line exceeds [`MAX_REQUEST_BYTES`].
+    #[error("request too long: a request is one JSON object on one line of at most {max} bytes")]
+    TooLong {
+        /// The limit, [`MAX_REQUEST_BYTES`].
+        max: usize,
+    },
+    /// The line is blank.
+    #[error("empty request: send one JSON object per line, for example {{\"cmd\":\"status\"}}")]
+    Empty,
+    /// The line is not JSON.
+    #[error("request is not valid JSON ({reason}); send one JSON object per line, for example {{\"cmd\":\"status\"}}")]
+    NotJson {
+        /// The JSON parser's message.
+        reason: String,
+    },
+    /// The JSON has no string field `cmd`.
+    #[error("request has no \"cmd\" field; the commands are: {allowed}")]
+    MissingCommand {
+        /// Comma-separated list of [`Request::COMMANDS`].
+        allowed: String,
+    },
+    /// `cmd` names no known command.
+    #[error("unknown command {cmd:?}; the commands are: {allowed}")]
+    UnknownCommand {
+        /// The command as sent.
+        cmd: String,
+        /// Comma-separated list of [`Request::COMMANDS`].
+        allowed: String,
+    },
+    /// The command is known but its arguments are wrong.
+    #[error("bad arguments for {cmd:?}: {reason}")]
+    BadArguments {
+        /// The command as sent.
+        cmd: String,
+        /// What is wrong with them.
+        reason: String,
+    },
+}
+
+fn allowed_commands() -> String {
+    Request::COMMANDS.join(", ")
+}
+
+/// Parses one request line (trailing `\n` or `\r\n` allowed).
+pub fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(ApiError::TooLong {
+            max: MAX_REQUEST_BYTES,
+        });
+    }
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::Empty);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| ApiError::NotJson {
+            reason: e.to_string(),
+        })?;
+    let cmd = match value.get("cmd").and_then(serde_json::Value::as_str) {
+        Some(cmd) => cmd.to_owned(),
+        None => {
+            return Err(ApiError::MissingCommand {
+                allowed: allowed_commands(),
+            })
+        }
+    };
+    if !Request::COMMANDS.contains(&cmd.as_str()) {
+        return Err(ApiError::UnknownCommand {
+            cmd,
+            allowed: allowed_commands(),
+        });
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::BadArguments {
+        cmd,
+        reason: e.to_string(),
+    })
+}
+
+/// Parses one response line (trailing newline allowed), as `tandemctl` does.
+pub fn parse_response(line: &[u8]) -> Result<Response, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_command_parses_to_the_request_of_that_name() {
+        for cmd in Request::COMMANDS {
+            let line = format!("{{\"cmd\":\"{cmd}\"}}\n");
+            let req = parse_request(line.as_bytes()).unwrap();
+            assert_eq!(req.name(), *cmd);
+            assert_eq!(req.to_line(), line.as_bytes());
+        }
+    }
+
+    #[test]
+    fn every_request_name_is_listed() {
+        // Stops compiling when a variant is added: add it to the list below.
+        match Request::Status {
+            Request::Status | Request::Stats => {}
+        }
+        let all = [Request::Status, Request::Stats];
+        assert_eq!(all.len(), Request::COMMANDS.len());
+        for req in all {
+            assert!(Request::COMMANDS.contains(&req.name()), "{}", req.name());
+        }
+    }
+
+    #[test]
+    fn crlf_and_extra_fields_are_accepted() {
+        assert_eq!(
+            parse_request(b"{\"cmd\":\"stats\",\"client\":\"x\"}\r\n").unwrap(),
+            Request::Stats
+        );
+    }
+
+    #[test]
+    fn unknown_command_lists_the_allowed_ones() {
+        let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown command \"reboot\"; the commands are: status, stats"
+        );
+    }
+
+    #[test]
+    fn non_json_missing_cmd_and_blank_lines_are_rejected() {
+        assert!(matches!(
+            parse_request(b"status"),
+            Err(ApiError::NotJson { .. })
+        ));
+        assert!(matches!(
+            parse_request(b"\xff\xfe"),
+            Err(ApiError::NotJson { .. })
+        ));
+        assert!(matches!(
+            parse_request(br#"{"command":"status"}"#),
+            Err(ApiError::MissingCommand { .. })
+        ));
+        assert!(matches!(
+            parse_request(br#"{"cmd":7}"#),
+            Err(ApiError::MissingCommand { .. })
+        ));
+        assert!(matches!(
+            parse_request(br#"["status"]"#),
+            Err(ApiError::MissingCommand { .. })
+        ));
+        assert_eq!(parse_request(b" \n"), Err(ApiError::Empty));
+    }
+
+    #[test]
+    fn overlong_line_is_rejected_before_parsing() {
+        let mut line = vec![b' '; MAX_REQUEST_BYTES + 1];
+        line.extend_from_slice(br#"{"cmd":"status"}"#);
+        assert_eq!(
+            parse_request(&line),
+            Err(ApiError::TooLong {
+                max: MAX_REQUEST_BYTES
+            })
+        );
+        let mut ok = vec![b' '; MAX_REQUEST_BYTES - 16];
+        ok.extend_from_slice(br#"{"cmd":"status"}"#);
+        assert_eq!(ok.len(), MAX_REQUEST_BYTES);
+        assert_eq!(parse_request(&ok), Ok(Request::Status));
+    }
+
+    #[test]
+    fn responses_are_tagged_by_result() {
+        let line = Response::error("nope").to_line();
+        assert_eq!(line, b"{\"result\":\"error\",\"message\":\"nope\"}\n");
+        let stats = Response::Stats(StatsReport {
+            ports: vec![],
+            workers: vec![],
+            drops_total: BTreeMap::from([("no_route".to_owned(), 3)]),
+        });
+        let text = String::from_utf8(stats.to_line()).unwrap();
+        assert_eq!(
+            text,
+            "{\"result\":\"stats\",\"ports\":[],\"workers\":[],\"drops_total\":{\"no_route\":3}}\n"
+        );
+        match parse_response(text.as_bytes()).unwrap() {
+            Response::Stats(s) => assert_eq!(s.drops_total["no_route"], 3),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

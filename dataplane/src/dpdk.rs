@@ -1,0 +1,770 @@
+//! The safe face of DPDK: EAL, mempools, mbufs, ports and queues.
+//!
+//! This is the only module of the dataplane allowed to use `unsafe`. Every
+//! type here owns what it wraps: an [`Mbuf`] frees its buffer when dropped,
+//! an [`RxQueue`]/[`TxQueue`] is the single handle to one queue of a port
+//! (so two threads can never poll the same queue), and errors carry DPDK's
+//! own `rte_strerror` text.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use dpdk_sys as ffi;
+
+/// DPDK's RSS hash-function flags (`RTE_ETH_RSS_*`, macros bindgen cannot
+/// evaluate).
+pub mod rss {
+    /// IPv4 header (addresses only).
+    pub const IPV4: u64 = 1 << 2;
+    /// Fragmented IPv4.
+    pub const FRAG_IPV4: u64 = 1 << 3;
+    /// IPv4 + TCP ports.
+    pub const NONFRAG_IPV4_TCP: u64 = 1 << 4;
+    /// IPv4 + UDP ports.
+    pub const NONFRAG_IPV4_UDP: u64 = 1 << 5;
+    /// IPv4 + SCTP ports.
+    pub const NONFRAG_IPV4_SCTP: u64 = 1 << 6;
+    /// Other IPv4 protocols.
+    pub const NONFRAG_IPV4_OTHER: u64 = 1 << 7;
+    /// Everything tandem hashes on.
+    pub const TANDEM: u64 =
+        IPV4 | FRAG_IPV4 | NONFRAG_IPV4_TCP | NONFRAG_IPV4_UDP | NONFRAG_IPV4_SCTP | NONFRAG_IPV4_OTHER;
+}
+
+/// A Toeplitz key whose hash is the same for both directions of a flow
+/// (0x6d5a repeated; Woo & Park, "Scalable TCP Session Monitoring with
+/// Symmetric Receive-side Scaling"), so that RSS sends a connection's
+/// replies to the worker that owns the connection.
+pub const SYMMETRIC_RSS_KEY: [u8; 40] = symmetric_key();
+
+const fn symmetric_key() -> [u8; 40] {
+    let mut k = [0u8; 40];
+    let mut i = 0;
+    while i < 40 {
+        k[i] = if i % 2 == 0 { 0x6d } else { 0x5a };
+        i += 1;
+    }
+    k
+}
+
+/// Errors of the DPDK layer, with DPDK's explanation where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum DpdkError {
+    /// `rte_eal_init` failed.
+    #[error("DPDK EAL initialisation failed: {msg} (errno {code}). Check the EAL arguments {args:?}, hugepages and that no other process uses the same --file-prefix")]
+    EalInit {
+        /// rte_errno.
+        code: i32,
+        /// rte_strerror text.
+        msg: String,
+        /// The arguments given.
+        args: Vec<String>,
+    },
+    /// The EAL can only be initialised once per process.
+    #[error("the DPDK EAL is already initialised in this process")]
+    EalAlreadyInitialised,
+    /// An argument contained a NUL byte.
+    #[error("EAL argument {0:?} contains a NUL byte")]
+    BadArgument(String),
+    /// A mempool could not be created.
+    #[error("cannot create mempool {name} of {size} mbufs: {msg}. Lower dataplane.mbufs or give the node more memory (eal.memory_mb / hugepages)")]
+    Mempool {
+        /// Pool name.
+        name: String,
+        /// Requested size.
+        size: u32,
+        /// rte_strerror text.
+        msg: String,
+    },
+    /// No DPDK port has this name.
+    #[error("no DPDK port named {0:?}: check the interface's device (a PCI address bound to vfio-pci, or a vdev spec such as net_af_packet0,iface=eth1)")]
+    NoSuchPort(String),
+    /// A port operation failed.
+    #[error("port {port} ({name}): {op} failed: {msg} ({code})")]
+    Port {
+        /// Port id.
+        port: u16,
+        /// Device name.
+        name: String,
+        /// What was being done.
+        op: &'static str,
+        /// Negative errno.
+        code: i32,
+        /// rte_strerror text.
+        msg: String,
+    },
+    /// The calling thread could not be registered with DPDK.
+    #[error("cannot register the thread with DPDK: {0}")]
+    ThreadRegister(String),
+}
+
+/// DPDK's text for an errno value (positive or negative).
+pub fn strerror(code: i32) -> String {
+    // SAFETY: rte_strerror accepts any value and returns a pointer to a
+    // static or thread-local NUL-terminated string.
+    let ptr = unsafe { ffi::rte_strerror(code.abs()) };
+    if ptr.is_null() {
+        return format!("error {code}");
+    }
+    // SAFETY: non-null, NUL-terminated, valid until the next call on this
+    // thread; we copy it at once.
+    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+}
+
+fn last_errno() -> i32 {
+    // SAFETY: reads the calling thread's rte_errno.
+    unsafe { ffi::tandem_errno() }
+}
+
+static EAL_UP: AtomicBool = AtomicBool::new(false);
+
+/// Proof that the EAL is initialised; everything else takes `&Eal`.
+#[derive(Debug)]
+pub struct Eal {
+    _private: (),
+}
+
+impl Eal {
+    /// Initialises the EAL with `args` (`args[0]` is the program name).
+    /// Can succeed once per process.
+    pub fn init(args: &[String]) -> Result<Eal, DpdkError> {
+        if EAL_UP.swap(true, Ordering::SeqCst) {
+            return Err(DpdkError::EalAlreadyInitialised);
+        }
+        let cargs: Vec<CString> = args
+            .iter()
+            .map(|a| CString::new(a.as_str()).map_err(|_| DpdkError::BadArgument(a.clone())))
+            .collect::<Result<_, _>>()?;
+        // rte_eal_init may permute argv: give it a private array of
+        // pointers to strings that outlive the call (the EAL keeps some).
+        let mut argv: Vec<*mut std::os::raw::c_char> =
+            cargs.iter().map(|c| c.as_ptr() as *mut _).collect();
+        let argc = argv.len() as i32;
+        // SAFETY: argv holds argc valid NUL-terminated strings; the strings
+        // are leaked below so pointers the EAL keeps stay valid.
+        let rc = unsafe { ffi::rte_eal_init(argc, argv.as_mut_ptr()) };
+        std::mem::forget(cargs);
+        std::mem::forget(argv);
+        if rc < 0 {
+            let code = last_errno();
+            return Err(DpdkError::EalInit { code, msg: strerror(code), args: args.to_vec() });
+        }
+        Ok(Eal { _private: () })
+    }
+
+    /// TSC ticks per second.
+    pub fn tsc_hz(&self) -> u64 {
+        // SAFETY: plain query, valid after EAL init.
+        unsafe { ffi::rte_get_tsc_hz() }
+    }
+
+    /// Number of ports DPDK found (PCI devices and vdevs).
+    pub fn port_count(&self) -> u16 {
+        // SAFETY: plain query, valid after EAL init.
+        unsafe { ffi::rte_eth_dev_count_avail() }
+    }
+
+    /// Finds the port of a device by its name: a PCI address, or the vdev
+    /// name (the part of a `--vdev` spec before the first comma).
+    pub fn port_by_name(&self, name: &str) -> Result<u16, DpdkError> {
+        let c = CString::new(name).map_err(|_| DpdkError::NoSuchPort(name.to_owned()))?;
+        let mut port = 0u16;
+        // SAFETY: c is a valid C string, port a valid out pointer.
+        let rc = unsafe { ffi::rte_eth_dev_get_port_by_name(c.as_ptr(), &mut port) };
+        if rc != 0 {
+            return Err(DpdkError::NoSuchPort(name.to_owned()));
+        }
+        Ok(port)
+    }
+
+    /// Registers the calling (non-EAL) thread so it gets an lcore id and
+    /// per-lcore mempool caches. Returns the lcore id.
+    pub fn register_thread(&self) -> Result<u32, DpdkError> {
+        // SAFETY: may be called from any thread after EAL init.
+        let rc = unsafe { ffi::rte_thread_register() };
+        if rc != 0 {
+            return Err(DpdkError::ThreadRegister(strerror(last_errno())));
+        }
+        Ok(lcore_id())
+    }
+
+    /// Releases what the EAL holds (hugepages, shared files). Call after
+    /// every port is closed and every mbuf freed.
+    pub fn cleanup(self) {
+        // SAFETY: consumes the EAL proof, so no wrapper can be created
+        // afterwards; callers close ports and drop pools first.
+        unsafe {
+            ffi::rte_eal_cleanup();
+        }
+    }
+}
+
+/// The DPDK lcore id of the calling thread (`u32::MAX` for an unregistered
+/// thread).
+pub fn lcore_id() -> u32 {
+    // SAFETY: reads a thread-local.
+    unsafe { ffi::tandem_lcore_id() }
+}
+
+/// The time-stamp counter.
+#[inline]
+pub fn tsc() -> u64 {
+    // SAFETY: reads the CPU's TSC.
+    unsafe { ffi::tandem_tsc() }
+}
+
+/// A CPU pause hint for spin loops.
+#[inline]
+pub fn pause() {
+    // SAFETY: a pause instruction.
+    unsafe { ffi::tandem_pause() }
+}
+
+/// A pool of packet buffers.
+#[derive(Debug)]
+pub struct Mempool {
+    ptr: NonNull<ffi::rte_mempool>,
+    name: String,
+}
+
+// SAFETY: DPDK mempools are multi-producer/multi-consumer safe; the
+// pointer is only used through thread-safe DPDK calls.
+unsafe impl Send for Mempool {}
+// SAFETY: as above: every method takes &self and calls MT-safe functions.
+unsafe impl Sync for Mempool {}
+
+impl Mempool {
+    /// Creates a pool of `size` mbufs of the default data room.
+    pub fn new(_eal: &Eal, name: &str, size: u32, cache: u32) -> Result<Arc<Mempool>, DpdkError> {
+        let err = |msg: String| DpdkError::Mempool { name: name.to_owned(), size, msg };
+        let c = CString::new(name).map_err(|_| err("name contains NUL".into()))?;
+        // SAFETY: valid C string; other arguments are plain values.
+        let ptr = unsafe {
+            ffi::rte_pktmbuf_pool_create(
+                c.as_ptr(),
+                size,
+                cache,
+                0,
+                ffi::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
+                ffi::SOCKET_ID_ANY,
+            )
+        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| err(strerror(last_errno())))?;
+        Ok(Arc::new(Mempool { ptr, name: name.to_owned() }))
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Allocates one mbuf, or `None` when the pool is exhausted.
+    #[inline]
+    pub fn alloc(&self) -> Option<Mbuf> {
+        // SAFETY: the pool pointer is valid for self's lifetime.
+        let m = unsafe { ffi::tandem_mbuf_alloc(self.ptr.as_ptr()) };
+        NonNull::new(m).map(|ptr| Mbuf { ptr })
+    }
+
+    /// Mbufs currently free.
+    pub fn available(&self) -> u32 {
+        // SAFETY: valid pool.
+        unsafe { ffi::rte_mempool_avail_count(self.ptr.as_ptr()) }
+    }
+
+    /// Mbufs currently handed out.
+    pub fn in_use(&self) -> u32 {
+        // SAFETY: valid pool.
+        unsafe { ffi::rte_mempool_in_use_count(self.ptr.as_ptr()) }
+    }
+
+    fn raw(&self) -> *mut ffi::rte_mempool {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Mempool {
+    fn drop(&mut self) {
+        // SAFETY: the Arc is gone, so no port or mbuf wrapper refers to the
+        // pool any more (ports hold an Arc until closed).
+        unsafe { ffi::rte_mempool_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// One owned packet buffer (single segment as far as tandem is concerned:
+/// the data room of 2 KiB holds a 1500-byte MTU frame).
+#[derive(Debug)]
+pub struct Mbuf {
+    ptr: NonNull<ffi::rte_mbuf>,
+}
+
+// SAFETY: an Mbuf is uniquely owned; moving it to another thread moves
+// the ownership (DPDK frees to the right pool from any thread).
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    /// The bytes of the first segment.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: the data pointer and data_len describe initialised bytes
+        // of the buffer this Mbuf owns.
+        unsafe {
+            let p = ffi::tandem_mbuf_data(self.ptr.as_ptr());
+            std::slice::from_raw_parts(p, ffi::tandem_mbuf_data_len(self.ptr.as_ptr()) as usize)
+        }
+    }
+
+    /// The bytes of the first segment, mutable.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as data(), and &mut self guarantees exclusive access.
+        unsafe {
+            let p = ffi::tandem_mbuf_data(self.ptr.as_ptr());
+            std::slice::from_raw_parts_mut(p, ffi::tandem_mbuf_data_len(self.ptr.as_ptr()) as usize)
+        }
+    }
+
+    /// Length of the whole packet (all segments).
+    #[inline]
+    pub fn pkt_len(&self) -> u32 {
+        // SAFETY: valid mbuf.
+        unsafe { ffi::tandem_mbuf_pkt_len(self.ptr.as_ptr()) }
+    }
+
+    /// Number of segments.
+    #[inline]
+    pub fn segments(&self) -> u16 {
+        // SAFETY: valid mbuf.
+        unsafe { ffi::tandem_mbuf_nb_segs(self.ptr.as_ptr()) }
+    }
+
+    /// Grows the data by `len` bytes at the tail and returns the new bytes,
+    /// or `None` if the tailroom is too small.
+    #[inline]
+    pub fn append(&mut self, len: u16) -> Option<&mut [u8]> {
+        // SAFETY: rte_pktmbuf_append returns NULL or a pointer to `len`
+        // bytes inside this mbuf's buffer.
+        unsafe {
+            let p = ffi::tandem_mbuf_append(self.ptr.as_ptr(), len);
+            if p.is_null() {
+                None
+            } else {
+                Some(std::slice::from_raw_parts_mut(p, len as usize))
+            }
+        }
+    }
+
+    /// Shrinks the data by `len` bytes at the tail.
+    #[inline]
+    pub fn trim(&mut self, len: u16) -> bool {
+        // SAFETY: valid mbuf; DPDK checks the length.
+        unsafe { ffi::tandem_mbuf_trim(self.ptr.as_ptr(), len) == 0 }
+    }
+
+    /// Sets the data length to `len` (within the first segment's room).
+    pub fn set_len(&mut self, len: usize) -> bool {
+        let cur = self.data().len();
+        if len <= cur {
+            self.trim((cur - len) as u16)
+        } else {
+            u16::try_from(len - cur).ok().and_then(|n| self.append(n)).is_some()
+        }
+    }
+
+    /// The port the mbuf was received on.
+    #[inline]
+    pub fn port(&self) -> u16 {
+        // SAFETY: valid mbuf.
+        unsafe { ffi::tandem_mbuf_port(self.ptr.as_ptr()) }
+    }
+
+    /// The RSS hash the NIC computed, if it did.
+    #[inline]
+    pub fn rss_hash(&self) -> Option<u32> {
+        let mut valid = 0;
+        // SAFETY: valid mbuf and out pointer.
+        let h = unsafe { ffi::tandem_mbuf_rss(self.ptr.as_ptr(), &mut valid) };
+        (valid != 0).then_some(h)
+    }
+
+    fn into_raw(self) -> *mut ffi::rte_mbuf {
+        let p = self.ptr.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf and nothing else refers to it.
+        unsafe { ffi::tandem_mbuf_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// What the port layer knows about a device.
+#[derive(Debug, Clone)]
+pub struct PortInfo {
+    /// The driver (e.g. `net_af_packet`, `net_ixgbe`).
+    pub driver: String,
+    /// The device name (PCI address or vdev name).
+    pub device: String,
+    /// Maximum RX queues.
+    pub max_rx_queues: u16,
+    /// Maximum TX queues.
+    pub max_tx_queues: u16,
+    /// RSS hash types the device supports (0: no RSS).
+    pub rss_offloads: u64,
+    /// RSS key size in bytes.
+    pub rss_key_size: u8,
+    /// Largest MTU.
+    pub max_mtu: u16,
+}
+
+/// Link state of a port as the driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    /// Carrier.
+    pub up: bool,
+    /// Speed in Mbit/s (0 when unknown).
+    pub speed_mbps: u32,
+    /// Full duplex.
+    pub full_duplex: bool,
+}
+
+/// Port counters as the driver reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets the device dropped because no RX descriptor was free.
+    pub rx_missed: u64,
+    /// Erroneous received packets.
+    pub rx_errors: u64,
+    /// Failed transmissions.
+    pub tx_errors: u64,
+    /// RX mbuf allocation failures.
+    pub rx_nombuf: u64,
+}
+
+/// How to set a port up.
+#[derive(Debug, Clone)]
+pub struct PortSetup {
+    /// RX and TX queues (one per worker).
+    pub queues: u16,
+    /// RX descriptors per queue.
+    pub rx_descriptors: u16,
+    /// TX descriptors per queue.
+    pub tx_descriptors: u16,
+    /// MTU (0: keep the device's).
+    pub mtu: u16,
+}
+
+/// A configured and started port. Workers get its queues through
+/// [`Port::take_queues`]; the control thread keeps the `Port` for stats and
+/// link state.
+#[derive(Debug)]
+pub struct Port {
+    id: u16,
+    name: String,
+    info: PortInfo,
+    queues: u16,
+    queues_taken: AtomicBool,
+    started: bool,
+    _pool: Arc<Mempool>,
+}
+
+impl Port {
+    /// Looks a device up by name, reads its capabilities, configures
+    /// `setup.queues` RX/TX queue pairs (RSS with the symmetric key when
+    /// there is more than one queue) and starts it.
+    pub fn open(eal: &Eal, device: &str, setup: &PortSetup, pool: Arc<Mempool>) -> Result<Port, DpdkError> {
+        let id = eal.port_by_name(device)?;
+        let info = port_info(id)?;
+        let fail = |op: &'static str, code: i32| DpdkError::Port {
+            port: id,
+            name: info.device.clone(),
+            op,
+            code,
+            msg: strerror(code),
+        };
+        if setup.queues > info.max_rx_queues || setup.queues > info.max_tx_queues {
+            return Err(DpdkError::Port {
+                port: id,
+                name: info.device.clone(),
+                op: "queue setup",
+                code: -libc::EINVAL,
+                msg: format!(
+                    "the device offers {} RX / {} TX queues but {} workers need one each; configure fewer workers (af_packet: add qpairs=N to the vdev spec)",
+                    info.max_rx_queues, info.max_tx_queues, setup.queues
+                ),
+            });
+        }
+        let key = SYMMETRIC_RSS_KEY;
+        let use_rss = setup.queues > 1 && info.rss_offloads != 0;
+        let conf = ffi::tandem_port_conf {
+            nb_rx_queues: setup.queues,
+            nb_tx_queues: setup.queues,
+            nb_rx_desc: setup.rx_descriptors,
+            nb_tx_desc: setup.tx_descriptors,
+            mtu: setup.mtu,
+            rss_hf: if use_rss { rss::TANDEM } else { 0 },
+            rss_key: key.as_ptr(),
+            rss_key_len: if info.rss_key_size as usize >= key.len() { key.len() as u8 } else { 0 },
+        };
+        // SAFETY: conf points at a valid struct and key outlives the call
+        // (DPDK copies the key); the pool is valid and kept alive by the
+        // Port, which the queues' mbufs come from.
+        let rc = unsafe { ffi::tandem_port_configure(id, &conf, pool.raw()) };
+        if rc != 0 {
+            return Err(fail("configure", rc));
+        }
+        // SAFETY: configured port.
+        let rc = unsafe { ffi::rte_eth_dev_start(id) };
+        if rc != 0 {
+            return Err(fail("start", rc));
+        }
+        // Receiving frames for the port's own MAC only is the normal case;
+        // multicast is needed for IPv6 ND/LACP later. Failure is harmless.
+        // SAFETY: started port.
+        unsafe {
+            ffi::rte_eth_allmulticast_enable(id);
+        }
+        Ok(Port {
+            id,
+            name: info.device.clone(),
+            info,
+            queues: setup.queues,
+            queues_taken: AtomicBool::new(false),
+            started: true,
+            _pool: pool,
+        })
+    }
+
+    /// The DPDK port id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// The device name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device's capabilities.
+    pub fn info(&self) -> &PortInfo {
+        &self.info
+    }
+
+    /// Number of RX/TX queue pairs.
+    pub fn queues(&self) -> u16 {
+        self.queues
+    }
+
+    /// Hands out the RX and TX queue handles, once.
+    pub fn take_queues(&self) -> Option<(Vec<RxQueue>, Vec<TxQueue>)> {
+        if self.queues_taken.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let rx = (0..self.queues).map(|q| RxQueue { port: self.id, queue: q }).collect();
+        let tx = (0..self.queues).map(|q| TxQueue { port: self.id, queue: q }).collect();
+        Some((rx, tx))
+    }
+
+    /// The port's MAC address.
+    pub fn mac(&self) -> Result<[u8; 6], DpdkError> {
+        let mut mac = [0u8; 6];
+        // SAFETY: out buffer of 6 bytes.
+        let rc = unsafe { ffi::tandem_port_mac(self.id, mac.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(self.error("read MAC address", rc));
+        }
+        Ok(mac)
+    }
+
+    /// The driver's view of the link (does not wait).
+    pub fn link(&self) -> Result<LinkState, DpdkError> {
+        let mut l = ffi::tandem_link::default();
+        // SAFETY: valid out pointer.
+        let rc = unsafe { ffi::tandem_port_link(self.id, &mut l) };
+        if rc != 0 {
+            return Err(self.error("read link state", rc));
+        }
+        Ok(LinkState { up: l.up != 0, speed_mbps: l.speed_mbps, full_duplex: l.full_duplex != 0 })
+    }
+
+    /// The driver's counters.
+    pub fn counters(&self) -> Result<PortCounters, DpdkError> {
+        let mut s = ffi::rte_eth_stats::default();
+        // SAFETY: valid out pointer.
+        let rc = unsafe { ffi::rte_eth_stats_get(self.id, &mut s) };
+        if rc != 0 {
+            return Err(self.error("read statistics", rc));
+        }
+        Ok(PortCounters {
+            rx_packets: s.ipackets,
+            rx_bytes: s.ibytes,
+            tx_packets: s.opackets,
+            tx_bytes: s.obytes,
+            rx_missed: s.imissed,
+            rx_errors: s.ierrors,
+            tx_errors: s.oerrors,
+            rx_nombuf: s.rx_nombuf,
+        })
+    }
+
+    /// Sets the link administratively up or down (where the driver can).
+    pub fn set_link(&self, up: bool) -> Result<(), DpdkError> {
+        // SAFETY: started port.
+        let rc = unsafe {
+            if up {
+                ffi::rte_eth_dev_set_link_up(self.id)
+            } else {
+                ffi::rte_eth_dev_set_link_down(self.id)
+            }
+        };
+        if rc != 0 {
+            return Err(self.error("set link", rc));
+        }
+        Ok(())
+    }
+
+    /// Stops and closes the port. Workers must have stopped polling it.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if self.started {
+            self.started = false;
+            // SAFETY: the caller guarantees no worker polls the port any
+            // more (workers are joined before ports are dropped).
+            unsafe {
+                ffi::rte_eth_dev_stop(self.id);
+                ffi::rte_eth_dev_close(self.id);
+            }
+        }
+    }
+
+    fn error(&self, op: &'static str, code: i32) -> DpdkError {
+        DpdkError::Port { port: self.id, name: self.name.clone(), op, code, msg: strerror(code) }
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn port_info(id: u16) -> Result<PortInfo, DpdkError> {
+    let mut i = ffi::tandem_port_info::default();
+    // SAFETY: valid out pointer.
+    let rc = unsafe { ffi::tandem_port_info(id, &mut i) };
+    if rc != 0 {
+        return Err(DpdkError::Port { port: id, name: String::new(), op: "read device info", code: rc, msg: strerror(rc) });
+    }
+    let text = |b: &[std::os::raw::c_char]| {
+        let bytes: Vec<u8> = b.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    Ok(PortInfo {
+        driver: text(&i.driver_name),
+        device: text(&i.device_name),
+        max_rx_queues: i.max_rx_queues,
+        max_tx_queues: i.max_tx_queues,
+        rss_offloads: i.flow_type_rss_offloads,
+        rss_key_size: i.hash_key_size,
+        max_mtu: i.max_mtu,
+    })
+}
+
+/// Maximum burst size any queue call handles.
+pub const MAX_BURST: usize = 256;
+
+/// The one handle to RX queue `queue` of a port. Not `Clone`: whoever holds
+/// it is the only poller of that queue.
+#[derive(Debug)]
+pub struct RxQueue {
+    port: u16,
+    queue: u16,
+}
+
+impl RxQueue {
+    /// The port id.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The queue index.
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
+    /// Receives up to `max` (<= MAX_BURST) packets into `out`; returns how
+    /// many arrived.
+    #[inline]
+    pub fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        let mut raw = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
+        let max = max.min(MAX_BURST);
+        // SAFETY: this handle is the queue's only poller; raw has room for
+        // max pointers.
+        let n = unsafe { ffi::tandem_rx_burst(self.port, self.queue, raw.as_mut_ptr(), max as u16) } as usize;
+        for &p in &raw[..n] {
+            // SAFETY: the driver hands over ownership of n valid mbufs.
+            out.push(Mbuf { ptr: unsafe { NonNull::new_unchecked(p) } });
+        }
+        n
+    }
+}
+
+/// The one handle to TX queue `queue` of a port, with its own buffer of
+/// pending packets.
+#[derive(Debug)]
+pub struct TxQueue {
+    port: u16,
+    queue: u16,
+}
+
+impl TxQueue {
+    /// The port id.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends as many packets of `pkts` as the queue takes, removing them
+    /// from the front of `pkts`; returns how many were sent. What is left
+    /// stays owned by the caller.
+    #[inline]
+    pub fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>) -> usize {
+        let mut sent_total = 0;
+        while !pkts.is_empty() {
+            let chunk = pkts.len().min(MAX_BURST);
+            let mut raw = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
+            for (slot, m) in raw.iter_mut().zip(pkts.iter()) {
+                *slot = m.ptr.as_ptr();
+            }
+            // SAFETY: this handle is the queue's only user; raw holds
+            // `chunk` valid mbufs we own. The driver takes ownership of
+            // the first `sent`.
+            let sent = unsafe { ffi::tandem_tx_burst(self.port, self.queue, raw.as_mut_ptr(), chunk as u16) } as usize;
+            for m in pkts.drain(..sent) {
+                // Ownership went to the driver.
+                let _ = m.into_raw();
+            }
+            sent_total += sent;
+            if sent < chunk {
+                break;
+            }
+        }
+        sent_total
+    }
+}
