@@ -168,7 +168,10 @@ mod tests {
             let err = bad.parse::<Ipv4Cidr>().unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains(&format!("{bad:?}")), "{msg}");
-            assert!(msg.contains("expected a.b.c.d/len with len 0..=32"), "{msg}");
+            assert!(
+                msg.contains("expected a.b.c.d/len with len 0..=32"),
+                "{msg}"
+            );
         }
     }
 

@@ -93,7 +93,13 @@ fn tokenize(text: &str) -> Vec<(Tok<'_>, usize, usize)> {
                 if i >= b.len() {
                     break;
                 }
-                if b[i] == b'"' && b[i + 1..].iter().take(hashes).filter(|&&h| h == b'#').count() == hashes
+                if b[i] == b'"'
+                    && b[i + 1..]
+                        .iter()
+                        .take(hashes)
+                        .filter(|&&h| h == b'#')
+                        .count()
+                        == hashes
                 {
                     i += 1 + hashes;
                     break;
@@ -110,7 +116,8 @@ fn tokenize(text: &str) -> Vec<(Tok<'_>, usize, usize)> {
             toks.push((Tok::Scalar, start, i.min(b.len())));
         } else if c.is_ascii_digit() || ((c == b'-' || c == b'+' || c == b'.') && i + 1 < b.len()) {
             i += 1;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.' | b'+' | b'-'))
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.' | b'+' | b'-'))
             {
                 // A sign is only part of a number right after an exponent.
                 if matches!(b[i], b'+' | b'-') && !matches!(b[i - 1], b'e' | b'E') {
@@ -155,6 +162,15 @@ impl<'a> Walker<'a, '_> {
             .checked_sub(1)
             .and_then(|p| self.toks.get(p))
             .map_or(0, |t| t.2)
+    }
+    /// The end of a value just walked; a value the walk could not finish
+    /// extends to the end of the text, so that an error inside it is
+    /// attributed to it.
+    fn end_after(&self, walked: Option<()>) -> usize {
+        match walked {
+            Some(()) => self.prev_end(),
+            None => usize::MAX,
+        }
     }
     fn eat(&mut self, p: u8) -> bool {
         if self.peek(0) == Some(Tok::Punct(p)) {
@@ -239,7 +255,7 @@ impl<'a> Walker<'a, '_> {
             end: start,
         });
         let r = self.value(&path, depth + 1);
-        self.entries[index].end = self.prev_end();
+        self.entries[index].end = self.end_after(r);
         r
     }
 
@@ -272,7 +288,7 @@ impl<'a> Walker<'a, '_> {
                     end: start,
                 });
                 let r = self.value(&child, depth + 1);
-                self.entries[index].end = self.prev_end();
+                self.entries[index].end = self.end_after(r);
                 r?;
             } else {
                 self.value(path, depth + 1)?;
@@ -370,13 +386,19 @@ impl<'a> SourceMap<'a> {
         self.entries.iter().any(|e| e.path == path)
     }
 
-    /// The innermost field path whose text covers byte `offset`.
-    pub(crate) fn path_at(&self, offset: usize) -> &str {
+    /// The innermost recorded field or element whose text covers byte
+    /// `offset`: its path and where it starts. With `touching`, a value
+    /// that ends right at `offset` counts (errors raised after a value was
+    /// read); without, only values that go on past it (errors raised at a
+    /// closing parenthesis).
+    pub(crate) fn entry_at(&self, offset: usize, touching: bool) -> (&str, Position) {
         self.entries
             .iter()
-            .filter(|e| e.start <= offset && offset <= e.end)
+            .filter(|e| e.start <= offset && (offset < e.end || (touching && offset == e.end)))
             .max_by_key(|e| e.start)
-            .map_or("", |e| e.path.as_str())
+            .map_or(("", Position { line: 1, column: 1 }), |e| {
+                (e.path.as_str(), self.position(e.at))
+            })
     }
 }
 
@@ -392,7 +414,7 @@ pub(crate) fn parent(path: &str) -> &str {
 mod tests {
     use super::*;
 
-    const TEXT: &str = r#"#![enable(implicit_some)]
+    const TEXT: &str = r##"#![enable(implicit_some)]
 // comment ( [ "
 (
     node: (name: "fw1", serial: "S/*1*/"),
@@ -408,41 +430,55 @@ mod tests {
     ],
     routes: [(destination: "0.0.0.0/0", via: Some("198.18.2.254"), x: -1.5e-3, y: r#"a"b"#)],
 )
-"#;
+"##;
+
+    fn at(line: usize, column: usize) -> Position {
+        Position { line, column }
+    }
 
     #[test]
     fn maps_paths_to_positions() {
         let m = SourceMap::new(TEXT);
-        assert_eq!(m.locate("node.serial"), Position { line: 4, column: 25 });
-        assert_eq!(m.locate("interfaces[0].device"), Position { line: 7, column: 22 });
-        assert_eq!(
-            m.locate("interfaces[1].addresses[1]"),
-            Position { line: 11, column: 41 }
-        );
-        assert_eq!(m.locate("interfaces[1].mtu"), Position { line: 12, column: 13 });
-        assert_eq!(m.locate("routes[0].via"), Position { line: 15, column: 42 });
+        assert_eq!(m.locate("node.serial"), at(4, 25));
+        assert_eq!(m.locate("interfaces[0].device"), at(7, 22));
+        assert_eq!(m.locate("interfaces[1].addresses[1]"), at(11, 42));
+        assert_eq!(m.locate("interfaces[1].mtu"), at(12, 13));
+        assert_eq!(m.locate("routes[0].via"), at(15, 41));
         assert!(m.is_written("routes[0].y"));
         // Not written: the closest written ancestor.
-        assert_eq!(m.locate("interfaces[0].mtu"), Position { line: 7, column: 9 });
-        assert_eq!(m.locate("eal.no_huge"), Position { line: 3, column: 1 });
+        assert_eq!(m.locate("interfaces[0].mtu"), at(7, 9));
+        assert_eq!(m.locate("eal.no_huge"), at(3, 1));
     }
 
     #[test]
     fn maps_offsets_to_the_innermost_path() {
         let m = SourceMap::new(TEXT);
         let off = TEXT.find("198.18.3.1").unwrap();
-        assert_eq!(m.path_at(off), "interfaces[1].addresses[1]");
+        assert_eq!(m.entry_at(off, true).0, "interfaces[1].addresses[1]");
         let off = TEXT.find("mtu").unwrap() + 2;
-        assert_eq!(m.path_at(off), "interfaces[1].mtu");
-        assert_eq!(m.path_at(0), "");
+        assert_eq!(m.entry_at(off, false).0, "interfaces[1].mtu");
+        assert_eq!(m.entry_at(0, false).0, "");
+        // At the closing parenthesis of interfaces[1]: touching picks the
+        // field that ends there, strict picks the struct.
+        let off = TEXT.find("1500,\n        ),").unwrap() + 4;
+        assert_eq!(m.entry_at(off, true).0, "interfaces[1].mtu");
+        assert_eq!(m.entry_at(off + 10, false).0, "interfaces[1]");
     }
 
     #[test]
     fn survives_broken_text() {
-        for text in ["", "(", "(a: [1, 2", "(a: \"unterminated", "r#", "((((", ")"] {
+        for text in [
+            "",
+            "(",
+            "(a: [1, 2",
+            "(a: \"unterminated",
+            "r#",
+            "((((",
+            ")",
+        ] {
             let m = SourceMap::new(text);
             let _ = m.locate("a[1]");
-            let _ = m.path_at(text.len());
+            let _ = m.entry_at(text.len(), true);
         }
     }
 }

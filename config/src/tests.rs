@@ -1,0 +1,877 @@
+//! Parsing, defaults, every validation rule, examples and the EAL argv.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use crate::*;
+
+const BASE: &str = r#"(
+    node: (name: "fw1", serial: "LAB-FW1"),
+    control: (socket: "/run/tandem/fw1.sock"),
+    eal: (no_huge: true, memory_mb: 256),
+    dataplane: (
+        workers: [(cpu: None)],
+    ),
+    interfaces: [
+        (name: "in", device: Vdev("net_af_packet0,iface=fw-in"), addresses: ["198.18.1.1/24"]),
+        (name: "out", device: Vdev("net_af_packet1,iface=fw-out"), addresses: ["198.18.2.1/24"]),
+    ],
+    routes: [],
+)
+"#;
+
+/// BASE with `from` replaced by `to` (which must occur).
+fn with(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "{from:?} not in BASE");
+    BASE.replacen(from, to, 1)
+}
+
+/// The 1-based line of the first occurrence of `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> usize {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in text"));
+    text[..at].matches('\n').count() + 1
+}
+
+/// Asserts that `text` fails with exactly one problem, on `field`, on the
+/// line of `line_needle`, and that the message states `allowed`.
+fn rejects(text: &str, field: &str, line_needle: &str, allowed: &str) -> String {
+    let err = parse(text, "t.ron").expect_err("configuration should be rejected");
+    let all = err.to_string();
+    assert_eq!(err.diagnostics().len(), 1, "{all}");
+    let d = &err.diagnostics()[0];
+    assert_eq!(d.field, field, "{all}");
+    let line = line_of(text, line_needle);
+    assert!(
+        all.starts_with(&format!("t.ron:{line}:")),
+        "want line {line}: {all}"
+    );
+    assert!(all.contains(&format!(" {field}: ")), "{all}");
+    assert!(all.contains(allowed), "want {allowed:?} in: {all}");
+    all
+}
+
+// ---- parsing and defaults ----
+
+#[test]
+fn base_configuration_is_valid() {
+    let cfg = parse(BASE, "t.ron").unwrap();
+    assert_eq!(cfg.node.name, "fw1");
+    assert_eq!(cfg.interfaces.len(), 2);
+    assert_eq!(
+        cfg.interfaces[0].addresses,
+        vec!["198.18.1.1/24".parse::<Ipv4Cidr>().unwrap()]
+    );
+}
+
+#[test]
+fn omitted_sections_take_their_defaults() {
+    let text = r#"(
+        node: (name: "fw1", serial: "S1"),
+        interfaces: [(name: "in", device: Pci("0000:03:00.0"))],
+    )"#;
+    let cfg = parse(text, "t.ron").unwrap();
+    assert_eq!(
+        cfg.control.socket,
+        PathBuf::from("/run/tandem/tandemd.sock")
+    );
+    let eal = &cfg.eal;
+    assert_eq!(eal.file_prefix, None);
+    assert_eq!(eal.lcores, None);
+    assert!(!eal.no_huge);
+    assert_eq!(eal.memory_mb, None);
+    assert!(eal.in_memory);
+    assert!(eal.extra_args.is_empty());
+    let d = &cfg.dataplane;
+    assert_eq!(d.workers, vec![WorkerConfig { cpu: None }]);
+    assert_eq!(d.poll_mode, PollMode::Adaptive);
+    assert_eq!(d.burst, 32);
+    assert_eq!(d.mbufs, 16383);
+    assert_eq!(d.mbuf_cache, 256);
+    assert_eq!(d.rx_descriptors, 1024);
+    assert_eq!(d.tx_descriptors, 1024);
+    assert_eq!(
+        d.neighbour,
+        NeighbourConfig {
+            capacity: 4096,
+            reachable_secs: 30,
+            timeout_secs: 300,
+            retry_ms: 1000,
+            hold_packets: 64,
+        }
+    );
+    assert_eq!(d.idle.spin_polls, 256);
+    assert_eq!(d.idle.max_sleep_us, 500);
+    let i = &cfg.interfaces[0];
+    assert!(i.addresses.is_empty());
+    assert_eq!(i.mtu, 1500);
+    assert_eq!(i.kernel_interface, None);
+    assert!(cfg.routes.is_empty());
+    assert_eq!(cfg.file_prefix(), "tandem-fw1");
+    // The code defaults agree with the parsed ones.
+    assert_eq!(cfg.eal, EalConfig::default());
+    assert_eq!(cfg.dataplane, DataplaneConfig::default());
+    assert_eq!(cfg.control, ControlConfig::default());
+}
+
+#[test]
+fn in_memory_defaults_off_with_no_huge() {
+    let cfg = parse(BASE, "t.ron").unwrap();
+    assert!(cfg.eal.no_huge);
+    assert!(!cfg.eal.in_memory);
+    let cfg = parse(&with("no_huge: true, ", "in_memory: false, "), "t.ron").unwrap();
+    assert!(!cfg.eal.in_memory);
+}
+
+#[test]
+fn optional_values_may_be_written_plainly_or_as_some() {
+    let plain = with("(cpu: None)", "(cpu: 3)");
+    let some = with("(cpu: None)", "(cpu: Some(3))");
+    assert_eq!(
+        parse(&plain, "t.ron").unwrap().dataplane.workers[0].cpu,
+        Some(3)
+    );
+    assert_eq!(
+        parse(&some, "t.ron").unwrap().dataplane.workers[0].cpu,
+        Some(3)
+    );
+}
+
+#[test]
+fn serialized_configuration_parses_back_equal() {
+    for (name, text) in EXAMPLES {
+        let cfg = parse(text, name).unwrap();
+        let again = ron::ser::to_string_pretty(&cfg, Default::default()).unwrap();
+        assert_eq!(parse(&again, "again.ron").unwrap(), cfg, "{again}");
+    }
+}
+
+#[test]
+fn kernel_interface_is_explicit_or_derived_from_iface() {
+    let cfg = parse(BASE, "t.ron").unwrap();
+    assert_eq!(cfg.interfaces[0].kernel_interface(), Some("fw-in"));
+    assert_eq!(cfg.interfaces[1].kernel_interface(), Some("fw-out"));
+    let mut i = cfg.interfaces[0].clone();
+    i.kernel_interface = Some("veth9".into());
+    assert_eq!(i.kernel_interface(), Some("veth9"));
+    i.kernel_interface = None;
+    i.device = Device::Vdev("net_af_xdp0,iface=eth7,start_queue=0".into());
+    assert_eq!(i.kernel_interface(), Some("eth7"));
+    i.device = Device::Vdev("net_tap0,iface=tap3".into());
+    assert_eq!(i.kernel_interface(), None);
+    i.device = Device::Pci("0000:03:00.0".into());
+    assert_eq!(i.kernel_interface(), None);
+}
+
+#[test]
+fn validate_checks_a_configuration_built_in_code() {
+    let mut cfg = parse(BASE, "t.ron").unwrap();
+    assert!(cfg.validate().is_ok());
+    cfg.dataplane.burst = 0;
+    let err = cfg.validate().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "configuration: dataplane.burst: 0 is out of range; allowed 1..=256"
+    );
+}
+
+#[test]
+fn load_names_the_file_in_messages() {
+    let dir = std::env::temp_dir().join(format!("tandem-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.ron");
+    std::fs::write(&path, with("memory_mb: 256", "memory_mb: 8")).unwrap();
+    let err = load(&path).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!("{}:", path.display())),
+        "{err}"
+    );
+    let missing = load(&dir.join("absent.ron")).unwrap_err();
+    assert!(matches!(missing, ConfigError::Read { .. }));
+    assert!(
+        missing.to_string().contains("absent.ron: cannot read"),
+        "{missing}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- errors reported by the parser ----
+
+#[test]
+fn malformed_prefix_names_field_line_and_form() {
+    let text = with(r#"["198.18.2.1/24"]"#, r#"["198.18.1.300/24"]"#);
+    let msg = rejects(
+        &text,
+        "interfaces[1].addresses[0]",
+        "198.18.1.300",
+        "expected a.b.c.d/len with len 0..=32",
+    );
+    assert!(
+        msg.contains(r#""198.18.1.300/24" is not an IPv4 prefix"#),
+        "{msg}"
+    );
+    // Points at the string itself.
+    let line = text.lines().nth(9).unwrap();
+    let column = line.find("\"198.18.1.300").unwrap() + 1;
+    assert!(msg.starts_with(&format!("t.ron:10:{column}: ")), "{msg}");
+}
+
+#[test]
+fn unknown_field_is_rejected_with_the_allowed_fields() {
+    let text = with("memory_mb: 256", "memory_mb: 256, hugepages: 4");
+    let msg = rejects(
+        &text,
+        "eal.hugepages",
+        "hugepages",
+        "allowed fields: file_prefix, lcores",
+    );
+    assert!(msg.contains("unknown field `hugepages`"), "{msg}");
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let text = with(r#"name: "out", "#, "");
+    let msg = rejects(&text, "interfaces[1].name", "net_af_packet1", "required");
+    assert!(msg.contains("missing"), "{msg}");
+}
+
+#[test]
+fn unknown_enum_variant_lists_the_variants() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)],\n        poll_mode: Lazy,",
+    );
+    rejects(
+        &text,
+        "dataplane.poll_mode",
+        "Lazy",
+        "allowed one of: Busy, Adaptive",
+    );
+}
+
+#[test]
+fn integer_out_of_type_range_states_the_allowed_range() {
+    let text = with(
+        "addresses: [\"198.18.2.1/24\"]",
+        "addresses: [\"198.18.2.1/24\"], mtu: 70000",
+    );
+    rejects(&text, "interfaces[1].mtu", "70000", "allowed 576..=9000");
+}
+
+#[test]
+fn syntax_error_carries_ron_line_and_column() {
+    let text = with(r#"serial: "LAB-FW1")"#, r#"serial: "LAB-FW1" oops)"#);
+    let err = parse(&text, "t.ron").unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax(_)));
+    assert!(err.to_string().starts_with("t.ron:2:"), "{err}");
+}
+
+// ---- one test per validation rule ----
+
+#[test]
+fn node_name_must_use_the_allowed_characters() {
+    let text = with(r#"name: "fw1""#, r#"name: "fw 1""#);
+    rejects(
+        &text,
+        "node.name",
+        "fw 1",
+        "1..=63 characters from [A-Za-z0-9._-]",
+    );
+}
+
+#[test]
+fn node_serial_must_be_at_most_32_characters() {
+    let long = "S".repeat(33);
+    let text = with(r#"serial: "LAB-FW1""#, &format!("serial: \"{long}\""));
+    rejects(
+        &text,
+        "node.serial",
+        &long,
+        "1..=32 characters from [A-Za-z0-9._-]",
+    );
+}
+
+#[test]
+fn control_socket_must_be_absolute() {
+    let text = with("/run/tandem/fw1.sock", "run/fw1.sock");
+    rejects(&text, "control.socket", "run/fw1.sock", "an absolute path");
+}
+
+#[test]
+fn eal_file_prefix_must_be_a_plain_name() {
+    let text = with("eal: (no_huge", "eal: (file_prefix: \"../x\", no_huge");
+    rejects(&text, "eal.file_prefix", "../x", "[A-Za-z0-9._-]");
+}
+
+#[test]
+fn eal_lcores_must_be_an_lcore_map() {
+    let text = with("eal: (no_huge", "eal: (lcores: \"all\", no_huge");
+    rejects(&text, "eal.lcores", "\"all\"", "such as \"0-3\"");
+}
+
+#[test]
+fn memory_mb_is_required_with_no_huge() {
+    let text = with("no_huge: true, memory_mb: 256", "no_huge: true");
+    rejects(
+        &text,
+        "eal.memory_mb",
+        "no_huge",
+        "64..=4294967295 megabytes",
+    );
+}
+
+#[test]
+fn memory_mb_must_be_at_least_64() {
+    let text = with("memory_mb: 256", "memory_mb: 32");
+    rejects(&text, "eal.memory_mb", "memory_mb", "64..=");
+}
+
+#[test]
+fn in_memory_is_forbidden_with_no_huge() {
+    let text = with("no_huge: true,", "no_huge: true, in_memory: true,");
+    rejects(&text, "eal.in_memory", "in_memory", "allowed: false");
+}
+
+#[test]
+fn workers_must_not_be_empty() {
+    let text = with("workers: [(cpu: None)]", "workers: []");
+    rejects(&text, "dataplane.workers", "workers", "1..=128 workers");
+}
+
+#[test]
+fn workers_must_not_exceed_128() {
+    let many = vec!["()"; 129].join(", ");
+    let text = with("[(cpu: None)]", &format!("[{many}]"));
+    rejects(&text, "dataplane.workers", "workers", "1..=128 workers");
+}
+
+#[test]
+fn two_workers_must_not_share_a_cpu() {
+    let text = with("[(cpu: None)]", "[(cpu: 1),\n (cpu: 1)]");
+    let msg = rejects(
+        &text,
+        "dataplane.workers[1].cpu",
+        " (cpu: 1)]",
+        "not used by another worker",
+    );
+    assert!(msg.contains("dataplane.workers[0]"), "{msg}");
+}
+
+#[test]
+fn burst_must_be_in_range() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)], burst: 512,",
+    );
+    rejects(&text, "dataplane.burst", "burst", "allowed 1..=256");
+}
+
+#[test]
+fn mbufs_must_be_in_range() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)], mbufs: 100,",
+    );
+    rejects(&text, "dataplane.mbufs", "mbufs", "allowed 1023..=4194303");
+}
+
+#[test]
+fn mbuf_cache_must_be_at_most_512() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)], mbuf_cache: 513,",
+    );
+    rejects(
+        &text,
+        "dataplane.mbuf_cache",
+        "mbuf_cache",
+        "allowed 0..=512",
+    );
+}
+
+#[test]
+fn rx_descriptors_must_be_a_power_of_two_in_range() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)], rx_descriptors: 1000,",
+    );
+    rejects(
+        &text,
+        "dataplane.rx_descriptors",
+        "rx_desc",
+        "a power of two in 64..=8192",
+    );
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)], rx_descriptors: 16384,",
+    );
+    rejects(
+        &text,
+        "dataplane.rx_descriptors",
+        "rx_desc",
+        "a power of two in 64..=8192",
+    );
+}
+
+#[test]
+fn tx_descriptors_must_be_a_power_of_two_in_range() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)], tx_descriptors: 32,",
+    );
+    rejects(
+        &text,
+        "dataplane.tx_descriptors",
+        "tx_desc",
+        "a power of two in 64..=8192",
+    );
+}
+
+#[test]
+fn neighbour_capacity_must_be_in_range() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)],\n neighbour: (capacity: 8),",
+    );
+    rejects(
+        &text,
+        "dataplane.neighbour.capacity",
+        "capacity",
+        "allowed 16..=1048576",
+    );
+}
+
+#[test]
+fn neighbour_timeout_must_not_be_shorter_than_reachable() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)],\n neighbour: (reachable_secs: 60, timeout_secs: 20),",
+    );
+    rejects(
+        &text,
+        "dataplane.neighbour.timeout_secs",
+        "timeout_secs",
+        "allowed 60..=",
+    );
+}
+
+#[test]
+fn neighbour_reachable_and_retry_must_be_positive() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)],\n neighbour: (reachable_secs: 0),",
+    );
+    rejects(
+        &text,
+        "dataplane.neighbour.reachable_secs",
+        "reachable",
+        "allowed 1..=",
+    );
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)],\n neighbour: (retry_ms: 0),",
+    );
+    rejects(
+        &text,
+        "dataplane.neighbour.retry_ms",
+        "retry_ms",
+        "allowed 1..=",
+    );
+}
+
+#[test]
+fn idle_max_sleep_must_be_in_range() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: None)],\n idle: (max_sleep_us: 0),",
+    );
+    rejects(
+        &text,
+        "dataplane.idle.max_sleep_us",
+        "max_sleep_us",
+        "allowed 1..=100000",
+    );
+}
+
+#[test]
+fn at_least_one_interface_is_required() {
+    let start = BASE.find("interfaces: [").unwrap();
+    let end = BASE[start..].find("],").unwrap() + start + 2;
+    let text = format!("{}interfaces: [],{}", &BASE[..start], &BASE[end..]);
+    rejects(&text, "interfaces", "interfaces", "at least one interface");
+}
+
+#[test]
+fn interface_name_must_use_the_allowed_characters() {
+    let text = with(r#"name: "out""#, r#"name: "Out""#);
+    rejects(
+        &text,
+        "interfaces[1].name",
+        "\"Out\"",
+        "1..=15 characters from [a-z0-9_-]",
+    );
+}
+
+#[test]
+fn interface_names_must_be_unique() {
+    let text = with(r#"name: "out""#, r#"name: "in""#);
+    let msg = rejects(
+        &text,
+        "interfaces[1].name",
+        "net_af_packet1",
+        "unique on the node",
+    );
+    assert!(msg.contains("interfaces[0]"), "{msg}");
+}
+
+#[test]
+fn pci_address_must_be_domain_bus_device_function() {
+    let text = with(
+        r#"Vdev("net_af_packet1,iface=fw-out")"#,
+        r#"Pci("03:00.0")"#,
+    );
+    rejects(
+        &text,
+        "interfaces[1].device",
+        "03:00.0",
+        "such as \"0000:03:00.0\"",
+    );
+    let text = with(
+        r#"Vdev("net_af_packet1,iface=fw-out")"#,
+        r#"Pci("0000:03:20.0")"#,
+    );
+    rejects(
+        &text,
+        "interfaces[1].device",
+        "03:20.0",
+        "device 00..=1f, function 0..=7",
+    );
+}
+
+#[test]
+fn devices_must_not_be_shared_by_two_interfaces() {
+    let text = with("net_af_packet1,iface=fw-out", "net_af_packet0,iface=fw-out");
+    rejects(
+        &text,
+        "interfaces[1].device",
+        "iface=fw-out",
+        "used by one interface only",
+    );
+}
+
+#[test]
+fn vdev_driver_must_start_with_net() {
+    let text = with("net_af_packet1,iface=fw-out", "af_packet1,iface=fw-out");
+    rejects(
+        &text,
+        "interfaces[1].device",
+        "af_packet1",
+        "net_<driver><n>",
+    );
+}
+
+#[test]
+fn af_packet_vdev_needs_an_iface() {
+    let text = with("net_af_packet1,iface=fw-out", "net_af_packet1,qpairs=1");
+    rejects(
+        &text,
+        "interfaces[1].device",
+        "net_af_packet1",
+        "iface=fw-in",
+    );
+}
+
+#[test]
+fn kernel_interface_must_be_a_linux_interface_name() {
+    let text = with(
+        r#"["198.18.2.1/24"]"#,
+        r#"["198.18.2.1/24"], kernel_interface: "a/b""#,
+    );
+    rejects(
+        &text,
+        "interfaces[1].kernel_interface",
+        "a/b",
+        "1..=15 characters, no '/'",
+    );
+}
+
+#[test]
+fn kernel_interface_must_not_be_behind_two_ports() {
+    let text = with("iface=fw-out", "iface=fw-in");
+    rejects(
+        &text,
+        "interfaces[1].device",
+        "iface=fw-in\"), addresses: [\"198.18.2",
+        "one DPDK port per kernel interface",
+    );
+}
+
+#[test]
+fn mtu_must_be_in_range() {
+    let text = with(r#"["198.18.2.1/24"]"#, r#"["198.18.2.1/24"], mtu: 100"#);
+    rejects(&text, "interfaces[1].mtu", "mtu: 100", "allowed 576..=9000");
+}
+
+#[test]
+fn interface_address_must_be_a_host_address() {
+    let text = with(r#"["198.18.2.1/24"]"#, r#"["198.18.2.0/24"]"#);
+    let msg = rejects(
+        &text,
+        "interfaces[1].addresses[0]",
+        "198.18.2.0",
+        "unicast host address",
+    );
+    assert!(msg.contains("network address"), "{msg}");
+    let text = with(r#"["198.18.2.1/24"]"#, r#"["198.18.2.1/0"]"#);
+    rejects(
+        &text,
+        "interfaces[1].addresses[0]",
+        "198.18.2.1/0",
+        "prefix length of 1..=32",
+    );
+}
+
+#[test]
+fn an_address_must_not_appear_twice_on_the_node() {
+    let text = with(
+        r#"["198.18.2.1/24"]"#,
+        r#"["198.18.2.1/24", "198.18.2.1/25"]"#,
+    );
+    let msg = rejects(
+        &text,
+        "interfaces[1].addresses[1]",
+        "198.18.2.1/25",
+        "each address once per node",
+    );
+    assert!(msg.contains("interfaces[1].addresses[0]"), "{msg}");
+}
+
+#[test]
+fn subnets_of_two_interfaces_must_not_overlap() {
+    let text = with(r#"["198.18.2.1/24"]"#, r#"["198.18.1.129/25"]"#);
+    let msg = rejects(
+        &text,
+        "interfaces[1].addresses[0]",
+        "198.18.1.129",
+        "do not overlap between interfaces",
+    );
+    assert!(msg.contains("198.18.1.0/24"), "{msg}");
+}
+
+#[test]
+fn route_destination_must_not_have_host_bits() {
+    let text = with(
+        "routes: [],",
+        r#"routes: [(destination: "198.19.1.7/16", via: "198.18.1.254")],"#,
+    );
+    rejects(
+        &text,
+        "routes[0].destination",
+        "198.19.1.7",
+        "write the network as \"198.19.0.0/16\"",
+    );
+}
+
+#[test]
+fn route_needs_via_or_interface() {
+    let text = with(
+        "routes: [],",
+        "routes: [\n (destination: \"198.19.0.0/16\")],",
+    );
+    rejects(&text, "routes[0]", "(destination", "allowed: via");
+}
+
+#[test]
+fn route_interface_must_exist() {
+    let text = with(
+        "routes: [],",
+        r#"routes: [(destination: "198.19.0.0/16", interface: "dmz")],"#,
+    );
+    rejects(
+        &text,
+        "routes[0].interface",
+        "\"dmz\"",
+        r#"one of ["in", "out"]"#,
+    );
+}
+
+#[test]
+fn route_via_must_be_in_a_connected_subnet() {
+    let text = with(
+        "routes: [],",
+        r#"routes: [(destination: "198.19.0.0/16", via: "198.18.9.1")],"#,
+    );
+    rejects(
+        &text,
+        "routes[0].via",
+        "198.18.9.1",
+        r#"["198.18.1.0/24", "198.18.2.0/24"]"#,
+    );
+}
+
+#[test]
+fn route_via_must_be_in_a_subnet_of_the_given_interface() {
+    let text = with(
+        "routes: [],",
+        r#"routes: [(destination: "198.19.0.0/16", via: "198.18.1.254", interface: "out")],"#,
+    );
+    rejects(
+        &text,
+        "routes[0].via",
+        "198.18.1.254",
+        r#"interface "out"; allowed an address in ["198.18.2.0/24"]"#,
+    );
+}
+
+#[test]
+fn route_via_must_not_be_an_own_address() {
+    let text = with(
+        "routes: [],",
+        r#"routes: [(destination: "198.19.0.0/16", via: "198.18.2.1")],"#,
+    );
+    rejects(
+        &text,
+        "routes[0].via",
+        "via: \"198.18.2.1",
+        "allowed a neighbour's address",
+    );
+}
+
+#[test]
+fn route_destinations_must_be_unique() {
+    let text = with(
+        "routes: [],",
+        "routes: [(destination: \"198.19.0.0/16\", interface: \"in\"),\n (destination: \"198.19.0.0/16\", interface: \"out\")],",
+    );
+    rejects(
+        &text,
+        "routes[1].destination",
+        " (destination: \"198.19.0.0/16\", interface: \"out",
+        "one route per destination",
+    );
+}
+
+#[test]
+fn every_broken_rule_is_reported() {
+    let text = with("memory_mb: 256", "memory_mb: 8").replace(r#""fw1""#, r#""""#);
+    let err = parse(&text, "t.ron").unwrap_err();
+    let fields: Vec<&str> = err.diagnostics().iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(fields, ["node.name", "eal.memory_mb"], "{err}");
+    assert_eq!(err.to_string().lines().count(), 2);
+}
+
+// ---- examples and the EAL argv ----
+
+#[test]
+fn every_example_file_is_shipped_and_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    let mut shipped: Vec<String> = EXAMPLES.iter().map(|(n, _)| n.to_string()).collect();
+    shipped.sort();
+    assert_eq!(files, shipped, "config/examples/ and EXAMPLES differ");
+    for f in &files {
+        if let Err(e) = load(&dir.join(f)) {
+            panic!("{e}");
+        }
+    }
+}
+
+fn example(name: &str) -> NodeConfig {
+    let (_, text) = EXAMPLES.iter().find(|(n, _)| *n == name).unwrap();
+    parse(text, name).unwrap()
+}
+
+#[test]
+fn lab_example_is_the_documented_lab_node() {
+    let cfg = example("node-lab.ron");
+    assert_eq!(cfg.control.socket, PathBuf::from("/run/tandem/fw1.sock"));
+    assert_eq!(cfg.dataplane.workers, vec![WorkerConfig { cpu: None }]);
+    assert_eq!(cfg.dataplane.poll_mode, PollMode::Adaptive);
+    let names: Vec<_> = cfg
+        .interfaces
+        .iter()
+        .map(|i| (i.name.as_str(), i.kernel_interface()))
+        .collect();
+    assert_eq!(names, [("in", Some("fw-in")), ("out", Some("fw-out"))]);
+    assert_eq!(
+        cfg.interfaces[1].addresses[0].addr,
+        Ipv4Addr::new(198, 18, 2, 1)
+    );
+}
+
+#[test]
+fn eal_args_for_the_lab_example() {
+    assert_eq!(
+        example("node-lab.ron").eal_args(),
+        [
+            "tandemd",
+            "--file-prefix=tandem-fw1",
+            "-l",
+            "0",
+            "--no-huge",
+            "--no-shconf",
+            "-m",
+            "256",
+            "--no-telemetry",
+            "--log-level=warning",
+            "--vdev=net_af_packet0,iface=fw-in",
+            "--vdev=net_af_packet1,iface=fw-out",
+            "--no-pci",
+        ]
+    );
+}
+
+#[test]
+fn eal_args_for_the_appliance_example() {
+    let cfg = example("node-appliance.ron");
+    assert_eq!(cfg.dataplane.poll_mode, PollMode::Busy);
+    assert_eq!(
+        cfg.eal_args(),
+        [
+            "tandemd",
+            "--file-prefix=tandem",
+            "--lcores=0-4",
+            "--in-memory",
+            "-m",
+            "2048",
+            "--no-telemetry",
+            "--log-level=warning",
+            "-a",
+            "0000:03:00.0",
+            "-a",
+            "0000:03:00.1",
+            "-a",
+            "0000:04:00.0",
+            "-a",
+            "0000:04:00.1",
+            "--huge-unlink",
+        ]
+    );
+}
+
+#[test]
+fn examples_use_only_benchmarking_addresses() {
+    let bench: Ipv4Cidr = "198.18.0.0/15".parse().unwrap();
+    for (name, _) in EXAMPLES {
+        let cfg = example(name);
+        for i in &cfg.interfaces {
+            for a in &i.addresses {
+                assert!(bench.contains(a.addr), "{name}: {a}");
+            }
+        }
+        for r in &cfg.routes {
+            assert!(
+                r.destination.prefix_len == 0 || bench.contains(r.destination.addr),
+                "{name}"
+            );
+            if let Some(v) = r.via {
+                assert!(bench.contains(v), "{name}: {v}");
+            }
+        }
+    }
+}
