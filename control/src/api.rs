@@ -316,10 +316,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::Empty);
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(line).map_err(|e| ApiError::NotJson {
-            reason: e.to_string(),
-        })?;
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| ApiError::NotJson {
+        reason: e.to_string(),
+    })?;
     let cmd = match value.get("cmd").and_then(serde_json::Value::as_str) {
         Some(cmd) => cmd.to_owned(),
         None => {
@@ -343,6 +342,136 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
 /// Parses one response line (trailing newline allowed), as `tandemctl` does.
 pub fn parse_response(line: &[u8]) -> Result<Response, serde_json::Error> {
     serde_json::from_slice(line)
+}
+
+/// A status report with every kind of entry, for tests.
+#[cfg(test)]
+pub(crate) fn sample_status() -> StatusReport {
+    StatusReport {
+        node: "fw-a".into(),
+        serial: "SN-0001".into(),
+        version: "0.1.0".into(),
+        pid: 4242,
+        started_unix: 1_700_000_000,
+        uptime_secs: 2 * 86_400 + 3 * 3_600 + 4 * 60 + 5,
+        config_path: "/etc/tandem/tandem.ron".into(),
+        poll_mode: "adaptive".into(),
+        interfaces: vec![
+            InterfaceStatus {
+                name: "lan".into(),
+                device: "0000:00:08.0".into(),
+                port_id: 0,
+                mac: "02:00:00:00:00:01".into(),
+                addresses: vec!["10.0.0.1/24".into(), "fd00::1/64".into()],
+                mtu: 1500,
+                link_up: true,
+                link_source: "dpdk".into(),
+                speed_mbps: 10_000,
+                rx_queues: 2,
+                tx_queues: 2,
+            },
+            InterfaceStatus {
+                name: "wan-uplink".into(),
+                device: "net_af_packet0".into(),
+                port_id: 1,
+                mac: "02:00:00:00:00:02".into(),
+                addresses: vec![],
+                mtu: 9000,
+                link_up: false,
+                link_source: "kernel:veth1".into(),
+                speed_mbps: 0,
+                rx_queues: 1,
+                tx_queues: 1,
+            },
+        ],
+        routes: vec![
+            RouteStatus {
+                destination: "10.0.0.0/24".into(),
+                via: None,
+                interface: "lan".into(),
+                kind: "connected".into(),
+            },
+            RouteStatus {
+                destination: "0.0.0.0/0".into(),
+                via: Some("192.0.2.1".into()),
+                interface: "wan-uplink".into(),
+                kind: "static".into(),
+            },
+        ],
+        neighbours: vec![
+            NeighbourStatus {
+                ip: "10.0.0.2".into(),
+                mac: Some("02:00:00:00:00:99".into()),
+                interface: "lan".into(),
+                state: "reachable".into(),
+                age_ms: 1_250,
+            },
+            NeighbourStatus {
+                ip: "192.0.2.1".into(),
+                mac: None,
+                interface: "wan-uplink".into(),
+                state: "incomplete".into(),
+                age_ms: 40,
+            },
+        ],
+        workers: vec![
+            WorkerStatus {
+                id: 0,
+                cpu: Some(1),
+                lcore: Some(1),
+                queues: 2,
+            },
+            WorkerStatus {
+                id: 1,
+                cpu: None,
+                lcore: None,
+                queues: 1,
+            },
+        ],
+    }
+}
+
+/// A stats report with zero and non-zero drop counters, for tests.
+#[cfg(test)]
+pub(crate) fn sample_stats() -> StatsReport {
+    let worker = |id: usize, drops: &[(&str, u64)]| WorkerStats {
+        id,
+        rx_packets: 1_000 * (id as u64 + 1),
+        tx_packets: 990,
+        forwarded: 980,
+        replies: 10,
+        held: 0,
+        arp_requests_sent: 3,
+        icmp_errors_sent: 1,
+        tx_dropped: 0,
+        polls: 10_000,
+        idle_polls: 7_500,
+        sleeps: 12,
+        drops: drops.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+    };
+    StatsReport {
+        ports: vec![PortStats {
+            name: "lan".into(),
+            port_id: 0,
+            rx_packets: 123_456,
+            rx_bytes: 98_765_432,
+            tx_packets: 120_000,
+            tx_bytes: 95_000_000,
+            rx_missed: 7,
+            rx_errors: 0,
+            tx_errors: 0,
+            rx_nombuf: 0,
+        }],
+        workers: vec![
+            worker(0, &[("no_route", 5), ("bad_checksum", 0)]),
+            worker(1, &[("no_route", 2), ("ttl_exceeded", 0)]),
+        ],
+        drops_total: BTreeMap::from([
+            ("bad_checksum".to_owned(), 0),
+            ("no_route".to_owned(), 7),
+            ("ttl_exceeded".to_owned(), 0),
+        ]),
+    }
 }
 
 #[cfg(test)]

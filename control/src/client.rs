@@ -1,0 +1,743 @@
+//! The operator's end of the control socket: one request, one answer, and
+//! the human-readable rendering of the answers that `tandemctl` prints.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    connect, setsockopt, socket, sockopt::SendTimeout, AddressFamily, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::time::{TimeVal, TimeValLike};
+use thiserror::Error;
+
+use crate::api::{parse_response, Request, Response, StatsReport, StatusReport};
+
+/// The largest answer `tandemctl` accepts (the connection table can be big).
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Why no answer could be had from the daemon.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// Nothing listens at the socket path.
+    #[error("cannot connect to {}: {reason}. Is tandemd running? Use --socket to pick another node.", path.display())]
+    NotRunning {
+        /// The socket path.
+        path: PathBuf,
+        /// What the system said.
+        reason: String,
+    },
+    /// The socket or its directory is root only.
+    #[error("cannot connect to {}: Permission denied. The control socket is for root only: run tandemctl as root.", path.display())]
+    PermissionDenied {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Connecting failed for another reason.
+    #[error("cannot connect to {}: {reason}. Check the --socket path.", path.display())]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// What the system said.
+        reason: String,
+    },
+    /// The daemon did not answer in time.
+    #[error("no answer from tandemd on {} within {timeout_ms} ms. It may be busy or stuck: retry, or allow more time with --timeout-ms.", path.display())]
+    Timeout {
+        /// The socket path.
+        path: PathBuf,
+        /// The time allowed.
+        timeout_ms: u128,
+    },
+    /// The daemon hung up without answering.
+    #[error("tandemd on {} closed the connection without answering. Retry; if it persists, check tandemd's log.", path.display())]
+    Closed {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Sending or receiving failed.
+    #[error("lost the connection to tandemd on {}: {reason}. Retry; if it persists, check tandemd's log.", path.display())]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// What the system said.
+        reason: String,
+    },
+    /// The answer exceeds [`MAX_RESPONSE_BYTES`].
+    #[error("tandemd on {} sent an answer larger than {max} bytes; tandemctl gave up reading it.", path.display())]
+    ResponseTooLarge {
+        /// The socket path.
+        path: PathBuf,
+        /// The limit.
+        max: usize,
+    },
+    /// The answer is not a response this `tandemctl` understands.
+    #[error("tandemd on {} sent an answer tandemctl cannot read ({reason}). Check that tandemctl and tandemd are the same version.", path.display())]
+    BadResponse {
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Sends `req` to the daemon listening on `socket` and returns its answer,
+/// waiting at most `timeout` in all.
+pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let deadline = Instant::now() + timeout;
+    let timed_out = || ClientError::Timeout {
+        path: socket.to_owned(),
+        timeout_ms: timeout.as_millis(),
+    };
+    let lost = |e: io::Error| ClientError::Io {
+        path: socket.to_owned(),
+        reason: describe(&e),
+    };
+    let mut stream = connect_within(socket, timeout)?;
+
+    stream
+        .set_write_timeout(Some(remaining(deadline).ok_or_else(timed_out)?))
+        .map_err(lost)?;
+    match stream.write_all(&req.to_line()) {
+        Ok(()) => {}
+        Err(e) if is_timeout(&e) => return Err(timed_out()),
+        // The daemon may have answered (busy, permission denied) and closed
+        // before reading: the answer is still there to read.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) => {}
+        Err(e) => return Err(lost(e)),
+    }
+
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if buf.contains(&b'\n') {
+            break;
+        }
+        if buf.len() > MAX_RESPONSE_BYTES {
+            return Err(ClientError::ResponseTooLarge {
+                path: socket.to_owned(),
+                max: MAX_RESPONSE_BYTES,
+            });
+        }
+        stream
+            .set_read_timeout(Some(remaining(deadline).ok_or_else(timed_out)?))
+            .map_err(lost)?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => return Err(timed_out()),
+            // A reset once the answer is in is just the daemon's close.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(lost(e)),
+        }
+    }
+    let line = match buf.iter().position(|&b| b == b'\n') {
+        Some(end) => &buf[..end],
+        None => &buf[..],
+    };
+    if line.is_empty() {
+        return Err(ClientError::Closed {
+            path: socket.to_owned(),
+        });
+    }
+    parse_response(line).map_err(|e| ClientError::BadResponse {
+        path: socket.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Connects without waiting longer than `timeout` for a daemon whose
+/// listen backlog is full.
+fn connect_within(path: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    let fail = |errno: Errno| match errno {
+        Errno::ENOENT | Errno::ECONNREFUSED => ClientError::NotRunning {
+            path: path.to_owned(),
+            reason: errno.desc().to_owned(),
+        },
+        Errno::EACCES | Errno::EPERM => ClientError::PermissionDenied {
+            path: path.to_owned(),
+        },
+        Errno::EAGAIN | Errno::ETIMEDOUT => ClientError::Timeout {
+            path: path.to_owned(),
+            timeout_ms: timeout.as_millis(),
+        },
+        other => ClientError::Connect {
+            path: path.to_owned(),
+            reason: other.desc().to_owned(),
+        },
+    };
+    let addr = UnixAddr::new(path).map_err(fail)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(fail)?;
+    // Zero would mean "wait forever".
+    let ms = i64::try_from(timeout.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    setsockopt(&fd, SendTimeout, &TimeVal::milliseconds(ms)).map_err(fail)?;
+    connect(fd.as_raw_fd(), &addr).map_err(fail)?;
+    Ok(UnixStream::from(fd))
+}
+
+fn remaining(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// The system's description of an error, without the "(os error N)" tail.
+fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => Errno::from_raw(code).desc().to_owned(),
+        None => e.to_string(),
+    }
+}
+
+/// Renders a status report as `tandemctl status` prints it.
+pub fn format_status(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let fields = [
+        ("node", report.node.clone()),
+        ("serial", report.serial.clone()),
+        ("version", report.version.clone()),
+        ("pid", report.pid.to_string()),
+        (
+            "uptime",
+            format!(
+                "{} (since {})",
+                format_duration(report.uptime_secs),
+                format_unix_time(report.started_unix)
+            ),
+        ),
+        ("config", report.config_path.clone()),
+        ("poll mode", report.poll_mode.clone()),
+    ];
+    for (key, value) in fields {
+        let _ = writeln!(out, "{:<10} {value}", format!("{key}:"));
+    }
+
+    section(&mut out, "Interfaces", report.interfaces.is_empty(), || {
+        let mut t = Table::new(&[
+            ("NAME", L),
+            ("PORT", R),
+            ("MAC", L),
+            ("LINK", L),
+            ("SOURCE", L),
+            ("SPEED", R),
+            ("MTU", R),
+            ("QUEUES", R),
+            ("ADDRESSES", L),
+            ("DEVICE", L),
+        ]);
+        for i in &report.interfaces {
+            t.row(vec![
+                i.name.clone(),
+                i.port_id.to_string(),
+                i.mac.clone(),
+                if i.link_up { "up" } else { "down" }.to_owned(),
+                i.link_source.clone(),
+                format_speed(i.speed_mbps),
+                i.mtu.to_string(),
+                format!("{}/{}", i.rx_queues, i.tx_queues),
+                or_dash(i.addresses.join(",")),
+                i.device.clone(),
+            ]);
+        }
+        t
+    });
+
+    section(&mut out, "Routes", report.routes.is_empty(), || {
+        let mut t = Table::new(&[
+            ("DESTINATION", L),
+            ("VIA", L),
+            ("INTERFACE", L),
+            ("KIND", L),
+        ]);
+        for r in &report.routes {
+            t.row(vec![
+                r.destination.clone(),
+                or_dash(r.via.clone().unwrap_or_default()),
+                r.interface.clone(),
+                r.kind.clone(),
+            ]);
+        }
+        t
+    });
+
+    section(&mut out, "Neighbours", report.neighbours.is_empty(), || {
+        let mut t = Table::new(&[
+            ("IP", L),
+            ("MAC", L),
+            ("INTERFACE", L),
+            ("STATE", L),
+            ("AGE", R),
+        ]);
+        for n in &report.neighbours {
+            t.row(vec![
+                n.ip.clone(),
+                or_dash(n.mac.clone().unwrap_or_default()),
+                n.interface.clone(),
+                n.state.clone(),
+                format_age(n.age_ms),
+            ]);
+        }
+        t
+    });
+
+    section(&mut out, "Workers", report.workers.is_empty(), || {
+        let mut t = Table::new(&[("ID", R), ("CPU", R), ("LCORE", R), ("QUEUES", R)]);
+        for w in &report.workers {
+            t.row(vec![
+                w.id.to_string(),
+                w.cpu.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                w.lcore.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                w.queues.to_string(),
+            ]);
+        }
+        t
+    });
+    out
+}
+
+/// Renders a stats report as `tandemctl stats` prints it: drop reasons
+/// that are zero everywhere are left out unless `all` is set.
+pub fn format_stats(report: &StatsReport, all: bool) -> String {
+    let mut out = String::new();
+
+    section(&mut out, "Ports", report.ports.is_empty(), || {
+        let mut t = Table::new(&[
+            ("NAME", L),
+            ("PORT", R),
+            ("RX PACKETS", R),
+            ("RX BYTES", R),
+            ("TX PACKETS", R),
+            ("TX BYTES", R),
+            ("RX MISSED", R),
+            ("RX ERRORS", R),
+            ("TX ERRORS", R),
+            ("RX NOMBUF", R),
+        ]);
+        for p in &report.ports {
+            t.row(vec![
+                p.name.clone(),
+                p.port_id.to_string(),
+                p.rx_packets.to_string(),
+                p.rx_bytes.to_string(),
+                p.tx_packets.to_string(),
+                p.tx_bytes.to_string(),
+                p.rx_missed.to_string(),
+                p.rx_errors.to_string(),
+                p.tx_errors.to_string(),
+                p.rx_nombuf.to_string(),
+            ]);
+        }
+        t
+    });
+
+    section(&mut out, "Workers", report.workers.is_empty(), || {
+        let mut t = Table::new(&[
+            ("ID", R),
+            ("RX", R),
+            ("TX", R),
+            ("FORWARDED", R),
+            ("REPLIES", R),
+            ("HELD", R),
+            ("ARP REQ", R),
+            ("ICMP ERR", R),
+            ("TX DROPPED", R),
+            ("POLLS", R),
+            ("IDLE POLLS", R),
+            ("SLEEPS", R),
+        ]);
+        for w in &report.workers {
+            t.row(vec![
+                w.id.to_string(),
+                w.rx_packets.to_string(),
+                w.tx_packets.to_string(),
+                w.forwarded.to_string(),
+                w.replies.to_string(),
+                w.held.to_string(),
+                w.arp_requests_sent.to_string(),
+                w.icmp_errors_sent.to_string(),
+                w.tx_dropped.to_string(),
+                w.polls.to_string(),
+                w.idle_polls.to_string(),
+                w.sleeps.to_string(),
+            ]);
+        }
+        t
+    });
+
+    // Every reason any worker or the total knows, in name order.
+    let mut reasons: Vec<&String> = report
+        .drops_total
+        .keys()
+        .chain(report.workers.iter().flat_map(|w| w.drops.keys()))
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    let count =
+        |w: &crate::api::WorkerStats, reason: &str| w.drops.get(reason).copied().unwrap_or(0);
+    let total = |reason: &str| {
+        report
+            .drops_total
+            .get(reason)
+            .copied()
+            .unwrap_or_else(|| report.workers.iter().map(|w| count(w, reason)).sum())
+    };
+    reasons.retain(|r| all || total(r) != 0 || report.workers.iter().any(|w| count(w, r) != 0));
+    let title = if all { "Drops" } else { "Drops (non-zero)" };
+    section(&mut out, title, reasons.is_empty(), || {
+        let headers: Vec<(String, Align)> = [("REASON".to_owned(), L), ("TOTAL".to_owned(), R)]
+            .into_iter()
+            .chain(report.workers.iter().map(|w| (format!("W{}", w.id), R)))
+            .collect();
+        let mut t = Table::with_headers(headers);
+        for reason in &reasons {
+            let mut row = vec![(*reason).clone(), total(reason).to_string()];
+            row.extend(report.workers.iter().map(|w| count(w, reason).to_string()));
+            t.row(row);
+        }
+        t
+    });
+    out
+}
+
+/// Appends a titled table, or "Title: none", after a blank line.
+fn section(out: &mut String, title: &str, empty: bool, table: impl FnOnce() -> Table) {
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    if empty {
+        let _ = writeln!(out, "{title}: none");
+    } else {
+        let _ = writeln!(out, "{title}:");
+        table().render(out, "  ");
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+use Align::{Left as L, Right as R};
+
+/// A text table whose columns are as wide as their widest cell.
+struct Table {
+    headers: Vec<(String, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(headers: &[(&str, Align)]) -> Self {
+        Self::with_headers(headers.iter().map(|(h, a)| ((*h).to_owned(), *a)).collect())
+    }
+
+    fn with_headers(headers: Vec<(String, Align)>) -> Self {
+        Table {
+            headers,
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self, out: &mut String, indent: &str) {
+        let header: Vec<String> = self.headers.iter().map(|(h, _)| h.clone()).collect();
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|c| {
+                std::iter::once(&header)
+                    .chain(&self.rows)
+                    .filter_map(|row| row.get(c))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = indent.to_owned();
+            for (c, cell) in row.iter().enumerate() {
+                let width = widths.get(c).copied().unwrap_or(0);
+                if c > 0 {
+                    line.push_str("  ");
+                }
+                match self.headers.get(c).map_or(Align::Left, |(_, a)| *a) {
+                    Align::Left => {
+                        let _ = write!(line, "{cell:<width$}");
+                    }
+                    Align::Right => {
+                        let _ = write!(line, "{cell:>width$}");
+                    }
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s
+    }
+}
+
+/// `2d 3h 4m 5s`, leading zero units left out.
+fn format_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m {s}s"),
+        _ => format!("{d}d {h}h {m}m {s}s"),
+    }
+}
+
+fn format_age(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{}.{}s", ms / 1_000, ms % 1_000 / 100),
+        _ => format_duration(ms / 1_000),
+    }
+}
+
+fn format_speed(mbps: u32) -> String {
+    match mbps {
+        0 => "-".to_owned(),
+        m if m % 1_000 == 0 => format!("{}G", m / 1_000),
+        m => format!("{m}M"),
+    }
+}
+
+/// `YYYY-MM-DD hh:mm:ss UTC` for seconds since the Unix epoch.
+fn format_unix_time(secs: u64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let days = (secs / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        t / 3_600,
+        t / 60 % 60,
+        t % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{sample_stats, sample_status};
+    use crate::socket::tests::{TempDir, TestServer};
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn request_returns_the_daemons_answer() {
+        let server = TestServer::start("client-ok");
+        let timeout = Duration::from_secs(5);
+        match request(&server.path, &Request::Status, timeout).unwrap() {
+            Response::Status(report) => assert_eq!(report, sample_status()),
+            other => panic!("{other:?}"),
+        }
+        match request(&server.path, &Request::Stats, timeout).unwrap() {
+            Response::Stats(report) => assert_eq!(report, sample_stats()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_socket_says_to_check_tandemd_and_the_socket_option() {
+        let dir = TempDir::new("client-missing");
+        let path = dir.0.join("tandemd.sock");
+        let err = request(&path, &Request::Status, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot connect to {}: No such file or directory. Is tandemd running? Use --socket to pick another node.",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn stale_socket_is_reported_as_not_running() {
+        let dir = TempDir::new("client-stale");
+        let path = dir.0.join("tandemd.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        let err = request(&path, &Request::Status, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, ClientError::NotRunning { .. }), "{err}");
+        assert!(err.to_string().contains("Connection refused"), "{err}");
+    }
+
+    #[test]
+    fn silent_daemon_times_out_on_time() {
+        let dir = TempDir::new("client-silent");
+        let path = dir.0.join("tandemd.sock");
+        let _listener = UnixListener::bind(&path).unwrap();
+        let started = Instant::now();
+        let err = request(&path, &Request::Status, Duration::from_millis(150)).unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            matches!(
+                err,
+                ClientError::Timeout {
+                    timeout_ms: 150,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(waited >= Duration::from_millis(140), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        assert!(err.to_string().contains("--timeout-ms"), "{err}");
+    }
+
+    #[test]
+    fn garbage_answer_is_a_bad_response() {
+        let dir = TempDir::new("client-garbage");
+        let path = dir.0.join("tandemd.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let daemon = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"hello\n").unwrap();
+        });
+        let err = request(&path, &Request::Status, Duration::from_secs(5)).unwrap_err();
+        daemon.join().unwrap();
+        assert!(matches!(err, ClientError::BadResponse { .. }), "{err}");
+    }
+
+    #[test]
+    fn hang_up_without_answer_is_reported() {
+        let dir = TempDir::new("client-hangup");
+        let path = dir.0.join("tandemd.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let daemon = std::thread::spawn(move || drop(listener.accept().unwrap()));
+        let err = request(&path, &Request::Status, Duration::from_secs(5)).unwrap_err();
+        daemon.join().unwrap();
+        assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+    }
+
+    #[test]
+    fn status_is_rendered_as_aligned_tables() {
+        let text = format_status(&sample_status());
+        let expected = "\
+node:      fw-a
+serial:    SN-0001
+version:   0.1.0
+pid:       4242
+uptime:    2d 3h 4m 5s (since 2023-11-14 22:13:20 UTC)
+config:    /etc/tandem/tandem.ron
+poll mode: adaptive
+
+Interfaces:
+  NAME        PORT  MAC                LINK  SOURCE        SPEED   MTU  QUEUES  ADDRESSES               DEVICE
+  lan            0  02:00:00:00:00:01  up    dpdk            10G  1500     2/2  10.0.0.1/24,fd00::1/64  0000:00:08.0
+  wan-uplink     1  02:00:00:00:00:02  down  kernel:veth1      -  9000     1/1  -                       net_af_packet0
+
+Routes:
+  DESTINATION  VIA        INTERFACE   KIND
+  10.0.0.0/24  -          lan         connected
+  0.0.0.0/0    192.0.2.1  wan-uplink  static
+
+Neighbours:
+  IP         MAC                INTERFACE   STATE        AGE
+  10.0.0.2   02:00:00:00:00:99  lan         reachable   1.2s
+  192.0.2.1  -                  wan-uplink  incomplete  40ms
+
+Workers:
+  ID  CPU  LCORE  QUEUES
+   0    1      1       2
+   1    -      -       1
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn empty_sections_say_none() {
+        let mut report = sample_status();
+        report.routes.clear();
+        report.neighbours.clear();
+        let text = format_status(&report);
+        assert!(
+            text.contains("\nRoutes: none\n\nNeighbours: none\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn stats_show_non_zero_drops_unless_all_is_asked() {
+        let text = format_stats(&sample_stats(), false);
+        let expected = "\
+Ports:
+  NAME  PORT  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES  RX MISSED  RX ERRORS  TX ERRORS  RX NOMBUF
+  lan      0      123456  98765432      120000  95000000          7          0          0          0
+
+Workers:
+  ID    RX   TX  FORWARDED  REPLIES  HELD  ARP REQ  ICMP ERR  TX DROPPED  POLLS  IDLE POLLS  SLEEPS
+   0  1000  990        980       10     0        3         1           0  10000        7500      12
+   1  2000  990        980       10     0        3         1           0  10000        7500      12
+
+Drops (non-zero):
+  REASON    TOTAL  W0  W1
+  no_route      7   5   2
+";
+        assert_eq!(text, expected, "\n{text}");
+
+        let all = format_stats(&sample_stats(), true);
+        assert!(all.contains("\nDrops:\n  REASON        TOTAL  W0  W1\n  bad_checksum      0   0   0\n  no_route          7   5   2\n  ttl_exceeded      0   0   0\n"), "\n{all}");
+
+        let mut quiet = sample_stats();
+        quiet.drops_total.values_mut().for_each(|v| *v = 0);
+        quiet
+            .workers
+            .iter_mut()
+            .for_each(|w| w.drops.values_mut().for_each(|v| *v = 0));
+        assert!(format_stats(&quiet, false).ends_with("\nDrops (non-zero): none\n"));
+    }
+
+    #[test]
+    fn times_and_speeds_read_naturally() {
+        assert_eq!(format_duration(0), "0s");
+        assert_eq!(format_duration(61), "1m 1s");
+        assert_eq!(format_duration(3_600), "1h 0m 0s");
+        assert_eq!(format_age(59_999), "59.9s");
+        assert_eq!(format_age(60_000), "1m 0s");
+        assert_eq!(format_speed(2_500), "2500M");
+        assert_eq!(format_speed(100_000), "100G");
+        assert_eq!(format_unix_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_unix_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_unix_time(4_102_444_799), "2099-12-31 23:59:59 UTC");
+    }
+}

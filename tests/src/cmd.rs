@@ -133,7 +133,11 @@ pub fn signal_group(pgid: u32, signal: &str) {
 
 /// Sends `signal` to each pid of `pids` with one kill(1). Errors are ignored.
 pub fn signal_pids(pids: &[u32], signal: &str) {
-    let pids: Vec<String> = pids.iter().filter(|p| **p > 1).map(|p| p.to_string()).collect();
+    let pids: Vec<String> = pids
+        .iter()
+        .filter(|p| **p > 1)
+        .map(|p| p.to_string())
+        .collect();
     if pids.is_empty() {
         return;
     }

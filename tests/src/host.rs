@@ -38,10 +38,19 @@ pub fn ping(ns: &Netns, dst: &str, count: u32, timeout: Duration) -> Result<Ping
     let deadline = timeout.as_secs().max(1).to_string();
     let count_s = count.max(1).to_string();
     let out = ns.exec_timeout(
-        &["ping", "-n", "-c", &count_s, "-i", "0.2", "-W", "1", "-w", &deadline, dst],
+        &[
+            "ping", "-n", "-c", &count_s, "-i", "0.2", "-W", "1", "-w", &deadline, dst,
+        ],
         timeout + Duration::from_secs(5),
     )?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !text.contains("packets transmitted") {
+        return Err(LabError::Command {
+            cmd: format!("ping {dst} in {}", ns.name()),
+            code: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
     parse_ping(&text, out.status.code())
 }
 
@@ -103,6 +112,14 @@ pub fn wait_for_ping(ns: &Netns, dst: &str, timeout: Duration) -> Result<Duratio
         if out.status.success() {
             return Ok(start.elapsed());
         }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("exec of") || err.contains("not found") {
+            return Err(LabError::Command {
+                cmd: format!("ping {dst} in {}", ns.name()),
+                code: out.status.code(),
+                stderr: err.trim().to_string(),
+            });
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     Err(LabError::Timeout {
@@ -127,7 +144,8 @@ pub fn wait_listening(ns: &Netns, port: u16, timeout: Duration) -> Result<()> {
 
 /// Writes `bytes` pseudo-random (xorshift, seeded) bytes to `path`.
 pub fn generate_file(path: &Path, bytes: u64, seed: u64) -> Result<()> {
-    let f = File::create(path).map_err(|e| LabError::io(format!("creating {}", path.display()), e))?;
+    let f =
+        File::create(path).map_err(|e| LabError::io(format!("creating {}", path.display()), e))?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut x = seed | 1;
     let mut left = bytes;
@@ -199,7 +217,16 @@ impl HttpServer {
         let www_s = www.to_string_lossy().into_owned();
         let mut proc = ns.spawn(
             "http-server",
-            &[python(), "-m", "http.server", &port_s, "--bind", ip, "--directory", &www_s],
+            &[
+                python(),
+                "-m",
+                "http.server",
+                &port_s,
+                "--bind",
+                ip,
+                "--directory",
+                &www_s,
+            ],
         )?;
         if let Err(e) = wait_listening(ns, port, Duration::from_secs(10)) {
             proc.ensure_running()?;
@@ -389,10 +416,12 @@ pub fn parse_iperf(text: &str) -> Result<IperfResult> {
     let end = &v["end"];
     let recv = &end["sum_received"];
     let sent = &end["sum_sent"];
-    let bits = recv["bits_per_second"].as_f64().ok_or_else(|| LabError::Parse {
-        what: "iperf3 --json".into(),
-        detail: "no end.sum_received.bits_per_second".into(),
-    })?;
+    let bits = recv["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| LabError::Parse {
+            what: "iperf3 --json".into(),
+            detail: "no end.sum_received.bits_per_second".into(),
+        })?;
     Ok(IperfResult {
         bits_per_second: bits,
         sent_bits_per_second: sent["bits_per_second"].as_f64().unwrap_or(0.0),

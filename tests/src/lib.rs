@@ -1,2 +1,38 @@
-//! The tandem lab: network namespaces, veths, bridges, hosts.
+//! The tandem lab: network namespaces, veths, bridges, Linux hosts and
+//! real `tandemd` processes, for end-to-end tests, the demo and benchmarks.
+//!
+//! Safety rules the lab enforces: hosts only get addresses from
+//! 198.18.0.0/15 and only send there ([`link::check_lab_addr`]); nothing is
+//! created in the root namespace but the namespaces themselves; every wait
+//! is bounded; a [`lab::Lab`] tears itself down on drop (also while
+//! panicking), and [`lab::cleanup_stale`] removes leftovers of killed runs.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cmd;
+pub mod error;
+pub mod host;
+pub mod lab;
+pub mod link;
+pub mod netns;
+pub mod node;
+
+pub use error::{LabError, Result};
+pub use lab::{cleanup_stale, heavy_lock, Lab, LabBuilder, LabKind};
+pub use netns::{Netns, Proc};
+pub use node::{Node, NodeConfig};
+
+/// Skips the current test (returns from it) with a loud message unless the
+/// process runs as root; the lab needs root for namespaces.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::cmd::is_root() {
+            eprintln!(
+                "\n!!!!!!!!!! SKIPPED {}: the lab needs root (network namespaces) !!!!!!!!!!\n",
+                module_path!()
+            );
+            return;
+        }
+    };
+}

@@ -63,7 +63,16 @@ pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<()> {
 pub fn bridge(switch: &Netns, name: &str) -> Result<()> {
     check_ifname(name)?;
     switch.run(&[
-        "ip", "link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0",
+        "ip",
+        "link",
+        "add",
+        name,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "forward_delay",
+        "0",
     ])?;
     set_up(switch, name)
 }
@@ -86,8 +95,15 @@ pub fn set_down(ns: &Netns, dev: &str) -> Result<()> {
 
 /// Sets `dev` in `ns` up or down.
 pub fn set_link(ns: &Netns, dev: &str, up: bool) -> Result<()> {
-    ns.run(&["ip", "link", "set", "dev", dev, if up { "up" } else { "down" }])
-        .map(|_| ())
+    ns.run(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        dev,
+        if up { "up" } else { "down" },
+    ])
+    .map(|_| ())
 }
 
 /// Adds the address `cidr` (for instance "198.18.1.10/24") to `dev`;

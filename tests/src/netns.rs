@@ -110,7 +110,13 @@ impl Netns {
         tweak(&mut c);
         let safe: String = label
             .chars()
-            .map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' { ch } else { '_' })
+            .map(|ch| {
+                if ch.is_ascii_alphanumeric() || ch == '-' {
+                    ch
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let stdout_path = unique_path(&self.log_dir, &format!("{}-{safe}", self.name), "out");
         let stderr_path = stdout_path.with_extension("err");
@@ -169,7 +175,11 @@ fn unique_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
 /// Pids of the processes in namespace `name` (`ip netns pids`).
 pub fn pids_of(name: &str) -> Vec<u32> {
     cmd::run_root(&["ip", "netns", "pids", name])
-        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -184,7 +194,10 @@ pub fn kill_all_in(name: &str) {
         cmd::signal_pids(&pids, "KILL");
         thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("[lab] warning: processes still in namespace {name}: {:?}", pids_of(name));
+    eprintln!(
+        "[lab] warning: processes still in namespace {name}: {:?}",
+        pids_of(name)
+    );
 }
 
 /// A process started by [`Netns::spawn`].
@@ -262,7 +275,10 @@ impl Proc {
         if let Some(s) = self.wait_timeout(self.grace) {
             return Some(s);
         }
-        eprintln!("[lab] {} ignored SIGTERM for {:?}: SIGKILL", self.label, self.grace);
+        eprintln!(
+            "[lab] {} ignored SIGTERM for {:?}: SIGKILL",
+            self.label, self.grace
+        );
         cmd::signal_group(self.pid(), "KILL");
         let _ = self.child.kill();
         self.wait_timeout(Duration::from_secs(5))

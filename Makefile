@@ -1,0 +1,36 @@
+# tandem: the two commands of the README and a few helpers.
+#   make demo   the main job: the lab, live traffic through tandemd
+#   make test   the whole test suite (what CI runs)
+SHELL := /bin/bash
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: deps build build-release demo test test-unit test-e2e bench lint clean-lab
+
+deps:
+	@./scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+build-release: deps
+	$(CARGO) build --workspace --bins --release
+
+demo: build-release
+	./target/release/tandem-lab demo
+
+# Unit and DPDK tests first, then the end-to-end tests, one lab at a time
+# (on 2 cores parallel labs only starve each other).
+test: build
+	$(CARGO) test --workspace --exclude tandem-tests
+	$(CARGO) test -p tandem-tests -- --test-threads=1
+
+bench: build-release
+	./target/release/tandem-lab bench-iperf --seconds 10 --runs 3
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean-lab:
+	./target/debug/tandem-lab cleanup || ./target/release/tandem-lab cleanup

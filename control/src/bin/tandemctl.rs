@@ -1,0 +1,245 @@
+//! `tandemctl`: the operator's CLI for the local `tandemd`.
+//!
+//! Exit codes: 0 on success, 1 when tandemd answers with an error, 2 when
+//! tandemd cannot be reached or its answer cannot be read (and on bad
+//! command-line arguments, as clap does).
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tandem_control::api::{Request, Response, DEFAULT_SOCKET_PATH};
+use tandem_control::client::{format_stats, format_status, request};
+
+/// Environment variable naming the control socket when --socket is not given.
+const SOCKET_ENV: &str = "TANDEM_SOCKET";
+
+/// Talks to the tandemd of this node over its control socket (root only).
+#[derive(Parser, Debug)]
+#[command(name = "tandemctl", version)]
+struct Cli {
+    /// Control socket of the tandemd to talk to [env: TANDEM_SOCKET=] [default: /run/tandem/tandemd.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Print tandemd's answer as pretty JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// How long to wait for tandemd's answer, in milliseconds
+    #[arg(long, global = true, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Identity, interfaces, routes, neighbours and workers of the node
+    Status,
+    /// Port, worker and drop counters
+    Stats {
+        /// Show every drop counter, zeros included
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// --socket, else a non-empty $TANDEM_SOCKET, else the default path.
+fn socket_path(flag: Option<PathBuf>, env: Option<OsString>) -> PathBuf {
+    flag.or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH))
+}
+
+/// What `tandemctl` prints and how it exits for one answer.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    stdout: Option<String>,
+    /// Shown on stderr after "tandemctl: ".
+    error: Option<String>,
+    code: u8,
+}
+
+impl Outcome {
+    fn print(text: String) -> Self {
+        Outcome {
+            stdout: Some(text),
+            error: None,
+            code: 0,
+        }
+    }
+
+    fn fail(message: String, code: u8) -> Self {
+        Outcome {
+            stdout: None,
+            error: Some(message),
+            code,
+        }
+    }
+}
+
+fn render(command: &Command, response: &Response, json: bool) -> Outcome {
+    if json {
+        let text = match serde_json::to_string_pretty(response) {
+            Ok(text) => text + "\n",
+            Err(e) => return Outcome::fail(format!("cannot print the answer as JSON: {e}"), 2),
+        };
+        // Scripts get the JSON on stdout; the exit code says it failed.
+        return match response {
+            Response::Error { message } => Outcome {
+                stdout: Some(text),
+                error: Some(message.clone()),
+                code: 1,
+            },
+            _ => Outcome::print(text),
+        };
+    }
+    match (command, response) {
+        (_, Response::Error { message }) => Outcome::fail(message.clone(), 1),
+        (Command::Status, Response::Status(report)) => Outcome::print(format_status(report)),
+        (Command::Stats { all }, Response::Stats(report)) => {
+            Outcome::print(format_stats(report, *all))
+        }
+        (_, other) => Outcome::fail(
+            format!(
+                "tandemd answered with an unexpected {} report. Check that tandemctl and tandemd are the same version.",
+                kind(other)
+            ),
+            2,
+        ),
+    }
+}
+
+fn kind(response: &Response) -> &'static str {
+    match response {
+        Response::Status(_) => "status",
+        Response::Stats(_) => "stats",
+        Response::Error { .. } => "error",
+    }
+}
+
+/// Prints to stdout; a closed pipe (`tandemctl stats | head`) is not an error.
+fn print(text: &str) -> ExitCode {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandemctl: cannot write the output: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = socket_path(cli.socket, std::env::var_os(SOCKET_ENV));
+    let req = match cli.command {
+        Command::Status => Request::Status,
+        Command::Stats { .. } => Request::Stats,
+    };
+    let response = match request(&socket, &req, Duration::from_millis(cli.timeout_ms)) {
+        Ok(response) => response,
+        Err(e) => {
+            eprintln!("tandemctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = render(&cli.command, &response, cli.json);
+    if let Some(message) = &outcome.error {
+        eprintln!("tandemctl: {message}");
+    }
+    let printed = outcome.stdout.as_deref().map_or(ExitCode::SUCCESS, print);
+    if outcome.code != 0 {
+        ExitCode::from(outcome.code)
+    } else {
+        printed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "tandemctl",
+            "stats",
+            "--all",
+            "--json",
+            "--socket",
+            "/tmp/x.sock",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.socket, Some(PathBuf::from("/tmp/x.sock")));
+        assert_eq!(cli.timeout_ms, 2000);
+        assert!(matches!(cli.command, Command::Stats { all: true }));
+        let cli = Cli::try_parse_from(["tandemctl", "--timeout-ms", "50", "status"]).unwrap();
+        assert_eq!(cli.timeout_ms, 50);
+        assert!(matches!(cli.command, Command::Status));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(Cli::try_parse_from(["tandemctl"]).is_err());
+        assert!(Cli::try_parse_from(["tandemctl", "reboot"]).is_err());
+        assert!(Cli::try_parse_from(["tandemctl", "--timeout-ms", "0", "status"]).is_err());
+        assert!(Cli::try_parse_from(["tandemctl", "status", "--all"]).is_err());
+    }
+
+    #[test]
+    fn socket_flag_beats_the_environment_which_beats_the_default() {
+        let flag = Some(PathBuf::from("/a.sock"));
+        let env = Some(OsString::from("/b.sock"));
+        assert_eq!(socket_path(flag, env.clone()), PathBuf::from("/a.sock"));
+        assert_eq!(socket_path(None, env), PathBuf::from("/b.sock"));
+        assert_eq!(
+            socket_path(None, Some(OsString::new())),
+            PathBuf::from(DEFAULT_SOCKET_PATH)
+        );
+        assert_eq!(socket_path(None, None), PathBuf::from(DEFAULT_SOCKET_PATH));
+    }
+
+    #[test]
+    fn error_answers_exit_1_and_mismatched_answers_exit_2() {
+        let err = Response::error("nope");
+        assert_eq!(
+            render(&Command::Status, &err, false),
+            Outcome::fail("nope".to_owned(), 1)
+        );
+        let json = render(&Command::Status, &err, true);
+        assert_eq!((json.code, json.error.as_deref()), (1, Some("nope")));
+        assert!(json
+            .stdout
+            .unwrap()
+            .starts_with("{\n  \"result\": \"error\""));
+        let stats = Response::Stats(tandem_control::api::StatsReport {
+            ports: vec![],
+            workers: vec![],
+            drops_total: Default::default(),
+        });
+        assert_eq!(render(&Command::Status, &stats, false).code, 2);
+        let json = render(&Command::Status, &stats, true);
+        assert_eq!(json.code, 0);
+        assert!(json
+            .stdout
+            .unwrap()
+            .starts_with("{\n  \"result\": \"stats\""));
+    }
+}

@@ -1,0 +1,394 @@
+//! `tandem-lab`: the lab from the command line.
+//!
+//! - `tandem-lab demo`: single-node lab, tandemd, ping + 20 MB HTTP + 10 s
+//!   iperf3 through it, status and stats; exits non-zero if traffic failed.
+//! - `tandem-lab bench-iperf [--seconds N] [--runs R] [--labs tandem,linux,bridge]
+//!   [--out FILE]`: iperf3 through tandemd vs a Linux router vs a bridge.
+//! - `tandem-lab cleanup [--force]`: removes stale lab namespaces.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tandem_tests::host::{self, HttpServer, IperfServer};
+use tandem_tests::lab::{self, Lab, LabKind};
+use tandem_tests::node::{self, Node};
+use tandem_tests::{LabError, Result};
+
+const USAGE: &str = "usage: tandem-lab <command>
+  demo                          single-node lab: tandemd + ping, 20 MB HTTP, 10 s iperf3
+  bench-iperf [--seconds N] [--runs R] [--labs tandem,linux,bridge] [--out FILE]
+                                iperf3 through tandemd vs Linux router vs bridge
+                                (default 10 s, 3 runs, results/iperf.json)
+  cleanup [--force]             remove lab namespaces of dead runs (--force: all)
+env: TANDEM_BIN_DIR (where tandemd/tandemctl are), TANDEM_LAB_KEEP=1 (keep temp dirs)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    if matches!(cmd.as_str(), "-h" | "--help" | "help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if !tandem_tests::cmd::is_root() {
+        eprintln!("tandem-lab needs root (network namespaces)");
+        return ExitCode::from(2);
+    }
+    let rest = &args[1..];
+    let r = match cmd.as_str() {
+        "demo" => demo(),
+        "bench-iperf" => parse_bench(rest).and_then(|o| bench_iperf(&o)),
+        "cleanup" => {
+            let force = rest.iter().any(|a| a == "--force");
+            let removed = lab::cleanup(lab::LAB_MARK, force);
+            println!(
+                "removed {} namespace(s): {}",
+                removed.len(),
+                removed.join(" ")
+            );
+            Ok(())
+        }
+        other => Err(LabError::Other(format!(
+            "unknown command {other:?}\n{USAGE}"
+        ))),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem-lab {cmd}: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn step(t0: Instant, msg: &str) {
+    println!("[{:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+fn mbit(bps: f64) -> String {
+    format!("{:.1} Mbit/s", bps / 1e6)
+}
+
+fn demo() -> Result<()> {
+    let t0 = Instant::now();
+    node::find_bin("tandemd")?;
+    node::find_bin("tandemctl")?;
+    step(
+        t0,
+        "building the single-node lab (client, server, fw1, switch)",
+    );
+    let lab = Lab::single_node("demo")?;
+    step(
+        t0,
+        &format!("lab {} ready in {}", lab.prefix(), lab.dir().display()),
+    );
+    let mut node = lab.start_node(1)?;
+    step(
+        t0,
+        &format!(
+            "tandemd started (pid {}), waiting for its control socket",
+            node.proc.pid()
+        ),
+    );
+    let status = node.wait_ready(Duration::from_secs(30))?;
+    step(t0, "tandemctl status:");
+    println!("{}", pretty(&status));
+
+    let mut failures = Vec::new();
+    let server_ip = lab.server_ip();
+
+    step(
+        t0,
+        &format!("ping {server_ip} from the client through tandemd"),
+    );
+    match host::wait_for_ping(lab.client(), server_ip, Duration::from_secs(15)) {
+        Ok(d) => {
+            step(t0, &format!("first reply after {d:?}"));
+            let p = host::ping(lab.client(), server_ip, 10, Duration::from_secs(10))?;
+            step(
+                t0,
+                &format!(
+                    "ping: {}/{} replies, {}% loss, avg rtt {:?} ms",
+                    p.received, p.transmitted, p.loss_pct, p.rtt_avg_ms
+                ),
+            );
+            if p.received == 0 {
+                failures.push("ping: no reply".to_string());
+            }
+        }
+        Err(e) => failures.push(format!("ping: {e}")),
+    }
+
+    step(
+        t0,
+        "starting an HTTP server with a 20 MB file on the server",
+    );
+    let http = HttpServer::start(lab.server(), server_ip, 8080, lab.dir(), 20)?;
+    step(t0, &format!("curl {}", http.url()));
+    let out = lab.dir().join("download.bin");
+    let name = http
+        .file
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let c = host::curl_download(
+        lab.client(),
+        server_ip,
+        8080,
+        &name,
+        &out,
+        Duration::from_secs(60),
+    )?;
+    let sha = if c.ok() {
+        host::sha256_file(&out).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    step(
+        t0,
+        &format!(
+            "curl: exit {:?}, HTTP {}, {} bytes in {:.2} s ({}), sha256 {}",
+            c.exit_code,
+            c.http_code,
+            c.bytes,
+            c.seconds,
+            mbit(c.bits_per_second()),
+            if sha == http.sha256 {
+                "matches"
+            } else {
+                "DIFFERS"
+            }
+        ),
+    );
+    if !c.ok() || c.bytes != http.size || sha != http.sha256 {
+        failures.push(format!("curl: {c:?}"));
+    }
+    drop(http);
+
+    step(t0, "iperf3 for 10 s client -> server");
+    let srv = IperfServer::start(lab.server(), server_ip, 5201)?;
+    match host::iperf_client(lab.client(), server_ip, 5201, 10, &[]) {
+        Ok(r) => {
+            step(
+                t0,
+                &format!(
+                    "iperf3: {} received, {} retransmits",
+                    mbit(r.bits_per_second),
+                    r.retransmits
+                ),
+            );
+            if r.bits_per_second <= 0.0 {
+                failures.push("iperf3: zero throughput".into());
+            }
+        }
+        Err(e) => failures.push(format!("iperf3: {e}")),
+    }
+    drop(srv);
+
+    node.proc.ensure_running()?;
+    step(t0, "tandemctl stats:");
+    match node.stats() {
+        Ok(s) => println!("{}", pretty(&s)),
+        Err(e) => failures.push(format!("stats: {e}")),
+    }
+    step(t0, "stopping tandemd and tearing the lab down");
+    let st = node.stop();
+    step(t0, &format!("tandemd exited: {st:?}"));
+    drop(lab);
+    if failures.is_empty() {
+        step(t0, "demo OK");
+        Ok(())
+    } else {
+        Err(LabError::Other(format!(
+            "traffic failed:\n  {}",
+            failures.join("\n  ")
+        )))
+    }
+}
+
+struct BenchOpts {
+    seconds: u32,
+    runs: u32,
+    labs: Vec<String>,
+    out: String,
+}
+
+fn parse_bench(args: &[String]) -> Result<BenchOpts> {
+    let mut o = BenchOpts {
+        seconds: 10,
+        runs: 3,
+        labs: vec!["tandem".into(), "linux".into(), "bridge".into()],
+        out: "results/iperf.json".into(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| LabError::Other(format!("{a} needs a value\n{USAGE}")))
+        };
+        let bad = |v: &str| LabError::Other(format!("bad value {v:?} for {a}"));
+        match a.as_str() {
+            "--seconds" => {
+                let v = val()?;
+                o.seconds = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=300).contains(n))
+                    .ok_or_else(|| bad(&v))?;
+            }
+            "--runs" => {
+                let v = val()?;
+                o.runs = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=50).contains(n))
+                    .ok_or_else(|| bad(&v))?;
+            }
+            "--labs" => {
+                let v = val()?;
+                o.labs = v.split(',').map(str::to_string).collect();
+                if o.labs
+                    .iter()
+                    .any(|l| !["tandem", "linux", "bridge"].contains(&l.as_str()))
+                {
+                    return Err(bad(&v));
+                }
+            }
+            "--out" => o.out = val()?,
+            _ => return Err(LabError::Other(format!("unknown option {a}\n{USAGE}"))),
+        }
+    }
+    Ok(o)
+}
+
+fn bench_one(which: &str, o: &BenchOpts, t0: Instant) -> Result<Value> {
+    let lab = match which {
+        "tandem" => Lab::single_node("bench")?,
+        "linux" => Lab::linux_router("bench")?,
+        _ => Lab::bridge_only("bench")?,
+    };
+    step(t0, &format!("{which}: lab {} built", lab.prefix()));
+    let mut node: Option<Node> = None;
+    if lab.kind() == (LabKind::Tandem { nodes: 1 }) {
+        let mut n = lab.start_node(1)?;
+        n.wait_ready(Duration::from_secs(30))?;
+        step(t0, &format!("{which}: tandemd ready"));
+        node = Some(n);
+    }
+    let ip = lab.server_ip();
+    host::wait_for_ping(lab.client(), ip, Duration::from_secs(15))?;
+    let _srv = IperfServer::start(lab.server(), ip, 5201)?;
+    let mut runs = Vec::new();
+    for r in 1..=o.runs {
+        let res = host::iperf_client(lab.client(), ip, 5201, o.seconds, &[])?;
+        step(
+            t0,
+            &format!(
+                "{which}: run {r}/{}: {}, {} retransmits",
+                o.runs,
+                mbit(res.bits_per_second),
+                res.retransmits
+            ),
+        );
+        runs.push(
+            json!({"bits_per_second": res.bits_per_second, "retransmits": res.retransmits,
+                         "seconds": res.seconds}),
+        );
+    }
+    let stats = match node.as_mut() {
+        Some(n) => {
+            n.proc.ensure_running()?;
+            n.stats().ok()
+        }
+        None => None,
+    };
+    let bps: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r["bits_per_second"].as_f64())
+        .collect();
+    let mean = bps.iter().sum::<f64>() / bps.len().max(1) as f64;
+    let min = bps.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = bps.iter().copied().fold(0.0, f64::max);
+    Ok(
+        json!({"lab": which, "runs": runs, "mean_bps": mean, "min_bps": min, "max_bps": max,
+              "tandem_stats": stats}),
+    )
+}
+
+fn bench_iperf(o: &BenchOpts) -> Result<()> {
+    let t0 = Instant::now();
+    if o.labs.iter().any(|l| l == "tandem") {
+        node::find_bin("tandemd")?;
+        node::find_bin("tandemctl")?;
+    }
+    let mut results = Vec::new();
+    for which in &o.labs {
+        results.push(bench_one(which, o, t0)?);
+    }
+    let mean_of = |l: &str| {
+        results
+            .iter()
+            .find(|r| r["lab"] == l)
+            .and_then(|r| r["mean_bps"].as_f64())
+    };
+    println!(
+        "\n{:<8} {:>14} {:>14} {:>14} {:>8}",
+        "lab", "mean", "min", "max", "retr"
+    );
+    for r in &results {
+        let retr: u64 = r["runs"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["retransmits"].as_u64()).sum())
+            .unwrap_or(0);
+        println!(
+            "{:<8} {:>14} {:>14} {:>14} {:>8}",
+            r["lab"].as_str().unwrap_or("?"),
+            mbit(r["mean_bps"].as_f64().unwrap_or(0.0)),
+            mbit(r["min_bps"].as_f64().unwrap_or(0.0)),
+            mbit(r["max_bps"].as_f64().unwrap_or(0.0)),
+            retr
+        );
+    }
+    let ratio = |a: &str, b: &str| match (mean_of(a), mean_of(b)) {
+        (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+        _ => None,
+    };
+    let r_linux = ratio("tandem", "linux");
+    let r_bridge = ratio("tandem", "bridge");
+    if let Some(r) = r_linux {
+        println!("tandem / linux router: {r:.3}");
+    }
+    if let Some(r) = r_bridge {
+        println!("tandem / bridge:       {r:.3}");
+    }
+    let doc = json!({
+        "benchmark": "iperf3 TCP client -> server, single stream",
+        "seconds": o.seconds,
+        "runs": o.runs,
+        "labs": results,
+        "ratio_tandem_linux": r_linux,
+        "ratio_tandem_bridge": r_bridge,
+        "unix_time": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    });
+    let out = std::path::Path::new(&o.out);
+    if let Some(p) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(p)
+            .map_err(|e| LabError::io(format!("creating {}", p.display()), e))?;
+    }
+    std::fs::write(out, pretty(&doc))
+        .map_err(|e| LabError::io(format!("writing {}", out.display()), e))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! tandem nodes in the lab: the RON config the lab writes, `tandemd`
+//! started inside a namespace, and `tandemctl` queries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cmd;
+use crate::error::{LabError, Result};
+use crate::netns::{Netns, Proc};
+
+/// Finds the directory holding `tandemd` and `tandemctl`: `$TANDEM_BIN_DIR`
+/// if set, else the directory of the running executable, one level up if
+/// that is `deps` (`target/<profile>/deps/..` -> `target/<profile>/`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("TANDEM_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of the tandem binary `name` in [`bin_dir`], or a clear error.
+pub fn find_bin(name: &str) -> Result<PathBuf> {
+    let dir = bin_dir();
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(LabError::BinaryNotFound(format!(
+            "{name} not found in {}: run `cargo build --workspace --bins` first \
+             (or set TANDEM_BIN_DIR)",
+            dir.display()
+        )))
+    }
+}
+
+/// One data interface of a node config.
+#[derive(Debug, Clone)]
+pub struct IfaceConfig {
+    /// Logical name ("in", "out").
+    pub name: String,
+    /// DPDK vdev string, e.g. `net_af_packet0,iface=fw-in,framecnt=8192`.
+    pub vdev: String,
+    /// Addresses with prefix length.
+    pub addresses: Vec<String>,
+}
+
+/// A static route of a node config.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Destination network, e.g. "198.18.3.0/24".
+    pub destination: String,
+    /// Next hop address.
+    pub via: String,
+}
+
+/// The tandemd node config the lab writes (schema owned by the config
+/// crate; this renders the lab's subset as RON).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node name ("fw1").
+    pub name: String,
+    /// Serial number ("TDLAB0001").
+    pub serial: String,
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// DPDK `--file-prefix` (unique per node and lab).
+    pub file_prefix: String,
+    /// DPDK lcore map, e.g. "0@(0-1)".
+    pub lcores: Option<String>,
+    /// `--no-huge` (functional tests) or hugepages (benchmarks).
+    pub no_huge: bool,
+    /// DPDK memory in MB.
+    pub memory_mb: Option<u32>,
+    /// Number of workers (each `cpu: None`).
+    pub workers: usize,
+    /// "Adaptive" (lab) or "Spin".
+    pub poll_mode: String,
+    /// Data interfaces.
+    pub interfaces: Vec<IfaceConfig>,
+    /// Static routes.
+    pub routes: Vec<RouteConfig>,
+}
+
+fn ron_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn ron_opt_str(s: &Option<String>) -> String {
+    s.as_deref()
+        .map_or_else(|| "None".to_string(), |v| format!("Some({})", ron_str(v)))
+}
+
+impl NodeConfig {
+    /// The single-node lab config of node `name` (serial `TDLAB000<n>`):
+    /// legs `fw-in` (198.18.1.1/24) and `fw-out` (198.18.2.1/24) over
+    /// af_packet, one adaptive worker, no hugepages, 256 MB.
+    pub fn lab_default(name: &str, index: usize, socket: &Path, file_prefix: &str) -> NodeConfig {
+        NodeConfig {
+            name: name.to_string(),
+            serial: format!("TDLAB{index:04}"),
+            socket: socket.to_path_buf(),
+            file_prefix: file_prefix.to_string(),
+            lcores: Some("0@(0-1)".to_string()),
+            no_huge: true,
+            memory_mb: Some(256),
+            workers: 1,
+            poll_mode: "Adaptive".to_string(),
+            interfaces: vec![
+                IfaceConfig {
+                    name: "in".into(),
+                    vdev: "net_af_packet0,iface=fw-in,framecnt=8192".into(),
+                    addresses: vec!["198.18.1.1/24".into()],
+                },
+                IfaceConfig {
+                    name: "out".into(),
+                    vdev: "net_af_packet1,iface=fw-out,framecnt=8192".into(),
+                    addresses: vec!["198.18.2.1/24".into()],
+                },
+            ],
+            routes: vec![],
+        }
+    }
+
+    /// Renders the config as RON.
+    pub fn to_ron(&self) -> String {
+        let mut s = String::from("(\n");
+        s += &format!(
+            "    node: (name: {}, serial: {}),\n",
+            ron_str(&self.name),
+            ron_str(&self.serial)
+        );
+        s += &format!(
+            "    control: (socket: {}),\n",
+            ron_str(&self.socket.to_string_lossy())
+        );
+        s += &format!(
+            "    eal: (file_prefix: Some({}), lcores: {}, no_huge: {}, memory_mb: {}),\n",
+            ron_str(&self.file_prefix),
+            ron_opt_str(&self.lcores),
+            self.no_huge,
+            self.memory_mb
+                .map_or_else(|| "None".to_string(), |m| format!("Some({m})"))
+        );
+        let workers = vec!["(cpu: None)"; self.workers.max(1)].join(", ");
+        s += &format!(
+            "    dataplane: (workers: [{workers}], poll_mode: {}),\n",
+            self.poll_mode
+        );
+        s += "    interfaces: [\n";
+        for i in &self.interfaces {
+            let addrs: Vec<String> = i.addresses.iter().map(|a| ron_str(a)).collect();
+            s += &format!(
+                "        (name: {}, device: Vdev({}), addresses: [{}]),\n",
+                ron_str(&i.name),
+                ron_str(&i.vdev),
+                addrs.join(", ")
+            );
+        }
+        s += "    ],\n";
+        if self.routes.is_empty() {
+            s += "    routes: [],\n";
+        } else {
+            s += "    routes: [\n";
+            for r in &self.routes {
+                s += &format!(
+                    "        (destination: {}, via: {}),\n",
+                    ron_str(&r.destination),
+                    ron_str(&r.via)
+                );
+            }
+            s += "    ],\n";
+        }
+        s += ")\n";
+        s
+    }
+
+    /// Writes the RON config to `path`.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_ron())
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+    }
+}
+
+/// A running `tandemd` inside a lab namespace.
+pub struct Node {
+    /// Node name ("fw1").
+    pub name: String,
+    /// The tandemd process (stopped with SIGTERM on drop).
+    pub proc: Proc,
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// Its config file.
+    pub config_path: PathBuf,
+}
+
+impl Node {
+    /// Writes `config` to `config_path` and starts `tandemd --config FILE`
+    /// in `ns`. Does not wait for readiness: see [`Node::wait_ready`].
+    pub fn start(ns: &Netns, config: &NodeConfig, config_path: &Path) -> Result<Node> {
+        let tandemd = find_bin("tandemd")?;
+        find_bin("tandemctl")?;
+        config.write(config_path)?;
+        let _ = std::fs::remove_file(&config.socket);
+        let cfg_s = config_path.to_string_lossy().into_owned();
+        let mut proc = ns.spawn(
+            &format!("tandemd-{}", config.name),
+            &[tandemd.to_string_lossy().as_ref(), "--config", &cfg_s],
+        )?;
+        proc.set_grace(Duration::from_secs(5));
+        Ok(Node {
+            name: config.name.clone(),
+            proc,
+            socket: config.socket.clone(),
+            config_path: config_path.to_path_buf(),
+        })
+    }
+
+    /// Runs `tandemctl --socket S --json ARGS` (10 s limit) and parses its
+    /// stdout as JSON.
+    pub fn ctl(&self, args: &[&str]) -> Result<Value> {
+        ctl_json(&self.socket, args)
+    }
+
+    /// `tandemctl --json status`.
+    pub fn status(&self) -> Result<Value> {
+        self.ctl(&["status"])
+    }
+
+    /// `tandemctl --json stats`.
+    pub fn stats(&self) -> Result<Value> {
+        self.ctl(&["stats"])
+    }
+
+    /// Waits until the control socket answers `status`, at most `timeout`;
+    /// fails at once (with its logs) if tandemd exits meanwhile.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Value> {
+        let start = Instant::now();
+        let mut last_err = String::from("no attempt");
+        let mut step = Duration::from_millis(100);
+        for _ in 0..1000 {
+            self.proc.ensure_running()?;
+            if self.socket.exists() {
+                match self.status() {
+                    Ok(v) => return Ok(v),
+                    Err(e) => last_err = e.to_string(),
+                }
+            } else {
+                last_err = format!("{} does not exist yet", self.socket.display());
+            }
+            if start.elapsed() >= timeout {
+                break;
+            }
+            std::thread::sleep(step.min(timeout.saturating_sub(start.elapsed())));
+            step = (step * 3 / 2).min(Duration::from_millis(500));
+        }
+        Err(LabError::Timeout {
+            what: format!(
+                "tandemd {} control socket (last error: {last_err})\n{}",
+                self.name,
+                self.proc.logs_tail(30)
+            ),
+            timeout,
+        })
+    }
+
+    /// Stops tandemd (SIGTERM, SIGKILL after 5 s); returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.proc.stop()
+    }
+}
+
+/// Runs `tandemctl --socket SOCKET --json ARGS` (10 s limit) and parses
+/// stdout as JSON.
+pub fn ctl_json(socket: &Path, args: &[&str]) -> Result<Value> {
+    let ctl = find_bin("tandemctl")?;
+    let mut c = Command::new(&ctl);
+    c.arg("--socket").arg(socket).arg("--json").args(args);
+    let desc = cmd::describe(&c);
+    let out = cmd::check(&desc, cmd::run_timeout(c, Duration::from_secs(10))?)?;
+    serde_json::from_str(&out).map_err(|e| LabError::Parse {
+        what: desc,
+        detail: format!("{e}: {}", out.chars().take(400).collect::<String>()),
+    })
+}
+
+/// Sum of `workers[*].forwarded` in a `tandemctl stats` answer.
+pub fn forwarded_total(stats: &Value) -> u64 {
+    stats["workers"]
+        .as_array()
+        .map(|ws| ws.iter().filter_map(|w| w["forwarded"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// `(rx_packets, tx_packets)` of the port `name` in a `tandemctl stats`
+/// answer (`None` if there is no such port).
+pub fn port_counters(stats: &Value, name: &str) -> Option<(u64, u64)> {
+    stats["ports"].as_array()?.iter().find_map(|p| {
+        (p["name"].as_str() == Some(name)).then(|| {
+            (
+                p["rx_packets"].as_u64().unwrap_or(0),
+                p["tx_packets"].as_u64().unwrap_or(0),
+            )
+        })
+    })
+}
