@@ -1,2 +1,8 @@
-//! tandem control plane.
+//! The tandem control plane: `tandemd` (the node daemon: control thread,
+//! control socket) and `tandemctl` (the operator's CLI).
 #![deny(unsafe_code)]
+
+pub mod api;
+pub mod client;
+pub mod daemon;
+pub mod socket;

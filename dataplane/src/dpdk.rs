@@ -120,6 +120,7 @@ fn last_errno() -> i32 {
 }
 
 static EAL_UP: AtomicBool = AtomicBool::new(false);
+static EAL_READY: AtomicBool = AtomicBool::new(false);
 
 /// Proof that the EAL is initialised; everything else takes `&Eal`.
 #[derive(Debug)]
@@ -152,6 +153,7 @@ impl Eal {
             let code = last_errno();
             return Err(DpdkError::EalInit { code, msg: strerror(code), args: args.to_vec() });
         }
+        EAL_READY.store(true, Ordering::SeqCst);
         Ok(Eal { _private: () })
     }
 
@@ -180,17 +182,6 @@ impl Eal {
         Ok(port)
     }
 
-    /// Registers the calling (non-EAL) thread so it gets an lcore id and
-    /// per-lcore mempool caches. Returns the lcore id.
-    pub fn register_thread(&self) -> Result<u32, DpdkError> {
-        // SAFETY: may be called from any thread after EAL init.
-        let rc = unsafe { ffi::rte_thread_register() };
-        if rc != 0 {
-            return Err(DpdkError::ThreadRegister(strerror(last_errno())));
-        }
-        Ok(lcore_id())
-    }
-
     /// Releases what the EAL holds (hugepages, shared files). Call after
     /// every port is closed and every mbuf freed.
     pub fn cleanup(self) {
@@ -200,6 +191,20 @@ impl Eal {
             ffi::rte_eal_cleanup();
         }
     }
+}
+
+/// Registers the calling (non-EAL) thread with DPDK so it gets an lcore id
+/// and per-lcore mempool caches. Returns the lcore id.
+pub fn register_current_thread() -> Result<u32, DpdkError> {
+    if !EAL_READY.load(Ordering::SeqCst) {
+        return Err(DpdkError::ThreadRegister("the EAL is not initialised".into()));
+    }
+    // SAFETY: the EAL is initialised; may be called from any thread.
+    let rc = unsafe { ffi::rte_thread_register() };
+    if rc != 0 {
+        return Err(DpdkError::ThreadRegister(strerror(last_errno())));
+    }
+    Ok(lcore_id())
 }
 
 /// The DPDK lcore id of the calling thread (`u32::MAX` for an unregistered

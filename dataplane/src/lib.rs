@@ -3,7 +3,14 @@
 //!
 //! Everything but [`dpdk`] is safe Rust; the per-packet logic ([`wire`],
 //! [`lpm`], [`neigh`], [`router`]) is sans-IO and takes the time as an
-//! argument.
+//! argument, so it is unit-tested and fuzzed without DPDK.
 #![deny(unsafe_code)]
 
+pub mod counters;
 pub mod dpdk;
+pub mod lpm;
+pub mod neigh;
+pub mod node;
+pub mod router;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,304 @@
+//! The poll-mode worker: owns one RX/TX queue pair per port, moves packets
+//! in bursts through the [`Router`], and backs off when idle in adaptive
+//! mode so that a shared machine keeps its other threads on time.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::counters::{WorkerCounters, WorkerDrop};
+use crate::dpdk::{self, Mbuf, Mempool, RxQueue, TxQueue};
+use crate::router::{Action, HeldResult, Router};
+
+/// How a worker waits when its queues are empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollMode {
+    /// Spin forever: a dedicated core per worker (appliances).
+    Busy,
+    /// Spin, then pause, then sleep with growing intervals up to a cap;
+    /// back to spinning as soon as a packet arrives (shared machines).
+    Adaptive {
+        /// Empty polls before the worker starts sleeping.
+        spin_polls: u32,
+        /// Longest sleep.
+        max_sleep: Duration,
+    },
+}
+
+/// Settings of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Worker index.
+    pub id: usize,
+    /// Packets per RX burst.
+    pub burst: usize,
+    /// Idle behaviour.
+    pub poll_mode: PollMode,
+    /// Packets held while ARP resolves their next hop.
+    pub hold_capacity: usize,
+    /// How long a held packet waits before it is dropped.
+    pub hold_timeout_ms: u64,
+    /// ICMP errors per second this worker may send.
+    pub icmp_errors_per_sec: u32,
+}
+
+struct Held {
+    mbuf: Mbuf,
+    port: u16,
+    next_hop: Ipv4Addr,
+    since_ms: u64,
+}
+
+/// A token bucket for ICMP errors (RFC 1812 4.3.2.8: rate-limit them).
+struct TokenBucket {
+    tokens: u32,
+    cap: u32,
+    per_sec: u32,
+    last_ms: u64,
+}
+
+impl TokenBucket {
+    fn take(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        let refill = (elapsed * u64::from(self.per_sec) / 1000) as u32;
+        if refill > 0 {
+            self.tokens = self.tokens.saturating_add(refill).min(self.cap);
+            self.last_ms = now_ms;
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One poll-mode worker and everything it owns.
+pub struct Worker {
+    settings: WorkerSettings,
+    rx: Vec<RxQueue>,
+    tx: Vec<TxQueue>,
+    /// Packets waiting to be sent, per TX queue (same index as `tx`).
+    pending: Vec<Vec<Mbuf>>,
+    /// Index into `tx` by port id.
+    tx_index: Vec<Option<usize>>,
+    router: Arc<Router>,
+    pool: Arc<Mempool>,
+    counters: Arc<WorkerCounters>,
+    held: VecDeque<Held>,
+    icmp_bucket: TokenBucket,
+    epoch: Instant,
+}
+
+impl Worker {
+    /// Builds a worker from its queues (one RX and one TX queue per port).
+    /// `epoch` is the node-wide time origin shared by every worker, so the
+    /// shared neighbour table sees one clock.
+    pub fn new(
+        settings: WorkerSettings,
+        rx: Vec<RxQueue>,
+        tx: Vec<TxQueue>,
+        router: Arc<Router>,
+        pool: Arc<Mempool>,
+        counters: Arc<WorkerCounters>,
+        epoch: Instant,
+    ) -> Worker {
+        let max_port = tx.iter().map(|q| q.port() as usize).max().unwrap_or(0);
+        let mut tx_index = vec![None; max_port + 1];
+        for (i, q) in tx.iter().enumerate() {
+            tx_index[q.port() as usize] = Some(i);
+        }
+        let burst = settings.burst.clamp(1, dpdk::MAX_BURST);
+        let pending = tx.iter().map(|_| Vec::with_capacity(burst * 4)).collect();
+        let icmp_bucket = TokenBucket {
+            tokens: settings.icmp_errors_per_sec,
+            cap: settings.icmp_errors_per_sec.max(1),
+            per_sec: settings.icmp_errors_per_sec,
+            last_ms: 0,
+        };
+        Worker {
+            held: VecDeque::with_capacity(settings.hold_capacity),
+            settings: WorkerSettings { burst, ..settings },
+            rx,
+            tx,
+            pending,
+            tx_index,
+            router,
+            pool,
+            counters,
+            icmp_bucket,
+            epoch,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Polls until `stop` is set.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        let mut empty_polls: u32 = 0;
+        let mut sleep = Duration::from_micros(1);
+        let mut rx_buf: Vec<Mbuf> = Vec::with_capacity(self.settings.burst);
+        while !stop.load(Ordering::Relaxed) {
+            let n = self.poll_once(&mut rx_buf);
+            self.counters.polls.add(1);
+            if n > 0 {
+                empty_polls = 0;
+                sleep = Duration::from_micros(1);
+                continue;
+            }
+            self.counters.idle_polls.add(1);
+            if let PollMode::Adaptive { spin_polls, max_sleep } = self.settings.poll_mode {
+                empty_polls = empty_polls.saturating_add(1);
+                if empty_polls < spin_polls {
+                    dpdk::pause();
+                } else {
+                    std::thread::sleep(sleep);
+                    self.counters.sleeps.add(1);
+                    sleep = (sleep * 2).min(max_sleep);
+                }
+            }
+        }
+        self.flush_all();
+    }
+
+    /// One pass over every RX queue, the held packets and the TX buffers.
+    /// Returns the number of packets received.
+    pub fn poll_once(&mut self, rx_buf: &mut Vec<Mbuf>) -> usize {
+        let mut total = 0;
+        for qi in 0..self.rx.len() {
+            let n = self.rx[qi].rx_burst(rx_buf, self.settings.burst);
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            self.counters.rx_packets.add(n as u64);
+            let in_port = self.rx[qi].port();
+            let now = self.now_ms();
+            for mbuf in rx_buf.drain(..) {
+                self.handle(now, in_port, mbuf);
+            }
+        }
+        if !self.held.is_empty() {
+            self.service_held(self.now_ms());
+        }
+        self.flush_all();
+        total
+    }
+
+    fn handle(&mut self, now: u64, in_port: u16, mut mbuf: Mbuf) {
+        if mbuf.segments() != 1 {
+            self.counters.worker_drop(WorkerDrop::MultiSegment, 1);
+            return;
+        }
+        match self.router.process(now, in_port, mbuf.data_mut()) {
+            Action::Forward { port } => {
+                self.counters.forwarded.add(1);
+                self.enqueue(port, mbuf);
+            }
+            Action::Reply => {
+                self.counters.replies.add(1);
+                self.enqueue(in_port, mbuf);
+            }
+            Action::Hold { port, next_hop, send_arp } => {
+                if send_arp {
+                    self.send_arp_request(port, next_hop);
+                }
+                if self.held.len() >= self.settings.hold_capacity {
+                    self.counters.worker_drop(WorkerDrop::HoldQueueFull, 1);
+                } else {
+                    self.counters.held.add(1);
+                    self.held.push_back(Held { mbuf, port, next_hop, since_ms: now });
+                }
+            }
+            Action::Consumed => {}
+            Action::Drop { reason, icmp } => {
+                self.counters.drop_packet(reason);
+                if let Some(err) = icmp {
+                    self.send_icmp_error(now, in_port, &mbuf, err);
+                }
+            }
+        }
+    }
+
+    fn send_arp_request(&mut self, port: u16, target: Ipv4Addr) {
+        let Some(mut m) = self.pool.alloc() else {
+            self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
+            return;
+        };
+        let Some(buf) = m.append(64) else {
+            self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
+            return;
+        };
+        if let Some(len) = self.router.build_arp_request(port, target, buf) {
+            m.set_len(len);
+            self.counters.arp_requests_sent.add(1);
+            self.enqueue(port, m);
+        }
+    }
+
+    fn send_icmp_error(&mut self, now: u64, in_port: u16, original: &Mbuf, err: crate::router::IcmpError) {
+        if !self.icmp_bucket.take(now) {
+            self.counters.worker_drop(WorkerDrop::IcmpRateLimited, 1);
+            return;
+        }
+        let Some(mut m) = self.pool.alloc() else {
+            self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
+            return;
+        };
+        let Some(buf) = m.append(128) else {
+            self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
+            return;
+        };
+        if let Some((port, len)) = self.router.build_icmp_error(original.data(), in_port, err, buf) {
+            m.set_len(len);
+            self.counters.icmp_errors_sent.add(1);
+            self.enqueue(port, m);
+        }
+    }
+
+    fn service_held(&mut self, now: u64) {
+        for _ in 0..self.held.len() {
+            let Some(mut h) = self.held.pop_front() else { break };
+            match self.router.finish_held(now, h.mbuf.data_mut(), h.port, h.next_hop) {
+                HeldResult::Ready => {
+                    self.counters.forwarded.add(1);
+                    self.enqueue(h.port, h.mbuf);
+                }
+                HeldResult::Waiting if now.saturating_sub(h.since_ms) < self.settings.hold_timeout_ms => {
+                    self.held.push_back(h);
+                }
+                HeldResult::Waiting | HeldResult::Unresolvable => {
+                    self.counters.worker_drop(WorkerDrop::NeighbourTimeout, 1);
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, port: u16, mbuf: Mbuf) {
+        match self.tx_index.get(port as usize).copied().flatten() {
+            Some(i) => self.pending[i].push(mbuf),
+            None => self.counters.worker_drop(WorkerDrop::TxQueueFull, 1),
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for (q, pending) in self.tx.iter_mut().zip(self.pending.iter_mut()) {
+            if pending.is_empty() {
+                continue;
+            }
+            let sent = q.tx_burst(pending);
+            self.counters.tx_packets.add(sent as u64);
+            if !pending.is_empty() {
+                // The queue is full: drop what it did not take rather than
+                // building up latency; the counters say so.
+                self.counters.worker_drop(WorkerDrop::TxQueueFull, pending.len() as u64);
+                pending.clear();
+            }
+        }
+    }
+}
