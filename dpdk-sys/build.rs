@@ -37,7 +37,12 @@ const FUNCTIONS: &[&str] = &[
 ];
 
 /// Types bindgen must emit in full; every other type is opaque.
-const TYPES: &[&str] = &["rte_eth_stats", "tandem_port_info", "tandem_link", "tandem_port_conf"];
+const TYPES: &[&str] = &[
+    "rte_eth_stats",
+    "tandem_port_info",
+    "tandem_link",
+    "tandem_port_conf",
+];
 
 /// Constants tandem uses (RSS flags, socket ids, ring flags, errno values).
 const VARS: &[&str] = &[
@@ -75,7 +80,10 @@ fn main() {
     let cflags: Vec<String> = cflags.split_whitespace().map(str::to_owned).collect();
 
     let mut cc = cc::Build::new();
-    cc.file("shim/shim.c").include("shim").opt_level(3).warnings(false);
+    cc.file("shim/shim.c")
+        .include("shim")
+        .opt_level(3)
+        .warnings(false);
     for flag in &cflags {
         cc.flag(flag);
     }

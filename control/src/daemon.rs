@@ -13,8 +13,8 @@ use tandem_config::NodeConfig;
 use tandem_dataplane::node::{device_text, LinkSource, Node, NodeError};
 
 use crate::api::{
-    InterfaceStatus, NeighbourStatus, PortStats, Request, Response, RouteStatus, StatsReport, StatusReport,
-    WorkerStats, WorkerStatus,
+    InterfaceStatus, NeighbourStatus, PortStats, Request, Response, RouteStatus, StatsReport,
+    StatusReport, WorkerStats, WorkerStatus,
 };
 use crate::socket::{ControlSocket, SocketError};
 
@@ -42,8 +42,14 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Writes one line to the node's log (stderr for now; the HA event log
 /// arrives with the HA control plane).
 fn log(node: &str, msg: impl std::fmt::Display) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    eprintln!("{}.{:03} tandemd[{node}]: {msg}", now.as_secs(), now.subsec_millis());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!(
+        "{}.{:03} tandemd[{node}]: {msg}",
+        now.as_secs(),
+        now.subsec_millis()
+    );
 }
 
 /// The control thread's state.
@@ -69,14 +75,22 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::low_level::pipe::register(sig, sig_tx.try_clone()?)?;
     }
-    poll.registry().register(&mut sig_rx, SIGNAL, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut sig_rx, SIGNAL, Interest::READABLE)?;
 
     // The socket first: a second tandemd on the same socket must fail
     // before it touches the devices of the first.
     let mut socket = ControlSocket::bind(&cfg.control.socket)?;
     socket.register(poll.registry(), SOCKET_BASE)?;
 
-    log(&name, format_args!("starting: {} interfaces, {} workers", cfg.interfaces.len(), cfg.dataplane.workers.len()));
+    log(
+        &name,
+        format_args!(
+            "starting: {} interfaces, {} workers",
+            cfg.interfaces.len(),
+            cfg.dataplane.workers.len()
+        ),
+    );
     let node = Node::start(&cfg)?;
     for (i, iface) in node.interfaces().iter().enumerate() {
         let (link, _) = node.link(i);
@@ -99,13 +113,18 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         started: SystemTime::now(),
         started_at: Instant::now(),
     };
-    log(&name, format_args!("running; control socket {}", socket.path().display()));
+    log(
+        &name,
+        format_args!("running; control socket {}", socket.path().display()),
+    );
 
     let mut events = Events::with_capacity(64);
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
     'run: loop {
         let now = Instant::now();
-        let deadline = socket.next_deadline().map_or(next_housekeeping, |d| d.min(next_housekeeping));
+        let deadline = socket
+            .next_deadline()
+            .map_or(next_housekeeping, |d| d.min(next_housekeeping));
         if let Err(e) = poll.poll(&mut events, Some(deadline.saturating_duration_since(now))) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
@@ -163,7 +182,12 @@ impl Daemon {
                     device: device_text(&iface.config.device),
                     port_id: iface.port.id(),
                     mac: iface.mac.to_string(),
-                    addresses: iface.config.addresses.iter().map(|a| a.to_string()).collect(),
+                    addresses: iface
+                        .config
+                        .addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect(),
                     mtu: iface.config.mtu,
                     link_up: link.up,
                     link_source: match source {
@@ -183,7 +207,11 @@ impl Daemon {
                 destination: format!("{}/{}", r.destination, r.prefix_len),
                 via: r.route.next_hop.map(|v| v.to_string()),
                 interface: port_name(r.route.port),
-                kind: if r.connected { "connected".into() } else { "static".into() },
+                kind: if r.connected {
+                    "connected".into()
+                } else {
+                    "static".into()
+                },
             })
             .collect();
         let neighbours = node
@@ -214,7 +242,10 @@ impl Daemon {
             serial: self.cfg.node.serial.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
-            started_unix: self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            started_unix: self
+                .started
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             uptime_secs: self.started_at.elapsed().as_secs(),
             config_path: self.config_path.display().to_string(),
             poll_mode: match self.cfg.dataplane.poll_mode {
@@ -256,7 +287,8 @@ impl Daemon {
             .iter()
             .map(|w| {
                 let c = &w.counters;
-                let drops: BTreeMap<String, u64> = c.drop_counts().map(|(k, v)| (k.to_owned(), v)).collect();
+                let drops: BTreeMap<String, u64> =
+                    c.drop_counts().map(|(k, v)| (k.to_owned(), v)).collect();
                 for (k, v) in &drops {
                     *drops_total.entry(k.clone()).or_default() += v;
                 }
@@ -269,7 +301,9 @@ impl Daemon {
                     held: c.held.get(),
                     arp_requests_sent: c.arp_requests_sent.get(),
                     icmp_errors_sent: c.icmp_errors_sent.get(),
-                    tx_dropped: c.worker_drops[tandem_dataplane::counters::WorkerDrop::TxQueueFull as usize].get(),
+                    tx_dropped: c.worker_drops
+                        [tandem_dataplane::counters::WorkerDrop::TxQueueFull as usize]
+                        .get(),
                     polls: c.polls.get(),
                     idle_polls: c.idle_polls.get(),
                     sleeps: c.sleeps.get(),
@@ -277,6 +311,10 @@ impl Daemon {
                 }
             })
             .collect();
-        StatsReport { ports, workers, drops_total }
+        StatsReport {
+            ports,
+            workers,
+            drops_total,
+        }
     }
 }

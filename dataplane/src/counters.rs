@@ -63,7 +63,10 @@ impl Counter {
     pub fn add(&self, n: u64) {
         // Single writer: a load and a store are enough and avoid a locked
         // read-modify-write on the hot path.
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// The current value.
@@ -121,6 +124,10 @@ impl WorkerCounters {
         DropReason::ALL
             .iter()
             .map(|r| (r.as_str(), self.drops[*r as usize].get()))
-            .chain(WorkerDrop::ALL.iter().map(|r| (r.as_str(), self.worker_drops[*r as usize].get())))
+            .chain(
+                WorkerDrop::ALL
+                    .iter()
+                    .map(|r| (r.as_str(), self.worker_drops[*r as usize].get())),
+            )
     }
 }

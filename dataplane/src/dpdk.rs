@@ -30,8 +30,12 @@ pub mod rss {
     /// Other IPv4 protocols.
     pub const NONFRAG_IPV4_OTHER: u64 = 1 << 7;
     /// Everything tandem hashes on.
-    pub const TANDEM: u64 =
-        IPV4 | FRAG_IPV4 | NONFRAG_IPV4_TCP | NONFRAG_IPV4_UDP | NONFRAG_IPV4_SCTP | NONFRAG_IPV4_OTHER;
+    pub const TANDEM: u64 = IPV4
+        | FRAG_IPV4
+        | NONFRAG_IPV4_TCP
+        | NONFRAG_IPV4_UDP
+        | NONFRAG_IPV4_SCTP
+        | NONFRAG_IPV4_OTHER;
 }
 
 /// A Toeplitz key whose hash is the same for both directions of a flow
@@ -111,7 +115,9 @@ pub fn strerror(code: i32) -> String {
     }
     // SAFETY: non-null, NUL-terminated, valid until the next call on this
     // thread; we copy it at once.
-    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn last_errno() -> i32 {
@@ -151,7 +157,11 @@ impl Eal {
         std::mem::forget(argv);
         if rc < 0 {
             let code = last_errno();
-            return Err(DpdkError::EalInit { code, msg: strerror(code), args: args.to_vec() });
+            return Err(DpdkError::EalInit {
+                code,
+                msg: strerror(code),
+                args: args.to_vec(),
+            });
         }
         EAL_READY.store(true, Ordering::SeqCst);
         Ok(Eal { _private: () })
@@ -197,7 +207,9 @@ impl Eal {
 /// and per-lcore mempool caches. Returns the lcore id.
 pub fn register_current_thread() -> Result<u32, DpdkError> {
     if !EAL_READY.load(Ordering::SeqCst) {
-        return Err(DpdkError::ThreadRegister("the EAL is not initialised".into()));
+        return Err(DpdkError::ThreadRegister(
+            "the EAL is not initialised".into(),
+        ));
     }
     // SAFETY: the EAL is initialised; may be called from any thread.
     let rc = unsafe { ffi::rte_thread_register() };
@@ -244,7 +256,11 @@ unsafe impl Sync for Mempool {}
 impl Mempool {
     /// Creates a pool of `size` mbufs of the default data room.
     pub fn new(_eal: &Eal, name: &str, size: u32, cache: u32) -> Result<Arc<Mempool>, DpdkError> {
-        let err = |msg: String| DpdkError::Mempool { name: name.to_owned(), size, msg };
+        let err = |msg: String| DpdkError::Mempool {
+            name: name.to_owned(),
+            size,
+            msg,
+        };
         let c = CString::new(name).map_err(|_| err("name contains NUL".into()))?;
         // SAFETY: valid C string; other arguments are plain values.
         let ptr = unsafe {
@@ -258,7 +274,10 @@ impl Mempool {
             )
         };
         let ptr = NonNull::new(ptr).ok_or_else(|| err(strerror(last_errno())))?;
-        Ok(Arc::new(Mempool { ptr, name: name.to_owned() }))
+        Ok(Arc::new(Mempool {
+            ptr,
+            name: name.to_owned(),
+        }))
     }
 
     /// The pool's name.
@@ -375,7 +394,10 @@ impl Mbuf {
         if len <= cur {
             self.trim((cur - len) as u16)
         } else {
-            u16::try_from(len - cur).ok().and_then(|n| self.append(n)).is_some()
+            u16::try_from(len - cur)
+                .ok()
+                .and_then(|n| self.append(n))
+                .is_some()
         }
     }
 
@@ -491,7 +513,12 @@ impl Port {
     /// Looks a device up by name, reads its capabilities, configures
     /// `setup.queues` RX/TX queue pairs (RSS with the symmetric key when
     /// there is more than one queue) and starts it.
-    pub fn open(eal: &Eal, device: &str, setup: &PortSetup, pool: Arc<Mempool>) -> Result<Port, DpdkError> {
+    pub fn open(
+        eal: &Eal,
+        device: &str,
+        setup: &PortSetup,
+        pool: Arc<Mempool>,
+    ) -> Result<Port, DpdkError> {
         let id = eal.port_by_name(device)?;
         let info = port_info(id)?;
         let fail = |op: &'static str, code: i32| DpdkError::Port {
@@ -523,7 +550,11 @@ impl Port {
             mtu: setup.mtu,
             rss_hf: if use_rss { rss::TANDEM } else { 0 },
             rss_key: key.as_ptr(),
-            rss_key_len: if info.rss_key_size as usize >= key.len() { key.len() as u8 } else { 0 },
+            rss_key_len: if info.rss_key_size as usize >= key.len() {
+                key.len() as u8
+            } else {
+                0
+            },
         };
         // SAFETY: conf points at a valid struct and key outlives the call
         // (DPDK copies the key); the pool is valid and kept alive by the
@@ -579,8 +610,18 @@ impl Port {
         if self.queues_taken.swap(true, Ordering::SeqCst) {
             return None;
         }
-        let rx = (0..self.queues).map(|q| RxQueue { port: self.id, queue: q }).collect();
-        let tx = (0..self.queues).map(|q| TxQueue { port: self.id, queue: q }).collect();
+        let rx = (0..self.queues)
+            .map(|q| RxQueue {
+                port: self.id,
+                queue: q,
+            })
+            .collect();
+        let tx = (0..self.queues)
+            .map(|q| TxQueue {
+                port: self.id,
+                queue: q,
+            })
+            .collect();
         Some((rx, tx))
     }
 
@@ -603,7 +644,11 @@ impl Port {
         if rc != 0 {
             return Err(self.error("read link state", rc));
         }
-        Ok(LinkState { up: l.up != 0, speed_mbps: l.speed_mbps, full_duplex: l.full_duplex != 0 })
+        Ok(LinkState {
+            up: l.up != 0,
+            speed_mbps: l.speed_mbps,
+            full_duplex: l.full_duplex != 0,
+        })
     }
 
     /// The driver's counters.
@@ -660,7 +705,13 @@ impl Port {
     }
 
     fn error(&self, op: &'static str, code: i32) -> DpdkError {
-        DpdkError::Port { port: self.id, name: self.name.clone(), op, code, msg: strerror(code) }
+        DpdkError::Port {
+            port: self.id,
+            name: self.name.clone(),
+            op,
+            code,
+            msg: strerror(code),
+        }
     }
 }
 
@@ -675,10 +726,20 @@ fn port_info(id: u16) -> Result<PortInfo, DpdkError> {
     // SAFETY: valid out pointer.
     let rc = unsafe { ffi::tandem_port_info(id, &mut i) };
     if rc != 0 {
-        return Err(DpdkError::Port { port: id, name: String::new(), op: "read device info", code: rc, msg: strerror(rc) });
+        return Err(DpdkError::Port {
+            port: id,
+            name: String::new(),
+            op: "read device info",
+            code: rc,
+            msg: strerror(rc),
+        });
     }
     let text = |b: &[std::os::raw::c_char]| {
-        let bytes: Vec<u8> = b.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let bytes: Vec<u8> = b
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     Ok(PortInfo {
@@ -722,10 +783,13 @@ impl RxQueue {
         let max = max.min(MAX_BURST);
         // SAFETY: this handle is the queue's only poller; raw has room for
         // max pointers.
-        let n = unsafe { ffi::tandem_rx_burst(self.port, self.queue, raw.as_mut_ptr(), max as u16) } as usize;
+        let n = unsafe { ffi::tandem_rx_burst(self.port, self.queue, raw.as_mut_ptr(), max as u16) }
+            as usize;
         for &p in &raw[..n] {
             // SAFETY: the driver hands over ownership of n valid mbufs.
-            out.push(Mbuf { ptr: unsafe { NonNull::new_unchecked(p) } });
+            out.push(Mbuf {
+                ptr: unsafe { NonNull::new_unchecked(p) },
+            });
         }
         n
     }
@@ -760,7 +824,9 @@ impl TxQueue {
             // SAFETY: this handle is the queue's only user; raw holds
             // `chunk` valid mbufs we own. The driver takes ownership of
             // the first `sent`.
-            let sent = unsafe { ffi::tandem_tx_burst(self.port, self.queue, raw.as_mut_ptr(), chunk as u16) } as usize;
+            let sent = unsafe {
+                ffi::tandem_tx_burst(self.port, self.queue, raw.as_mut_ptr(), chunk as u16)
+            } as usize;
             for m in pkts.drain(..sent) {
                 // Ownership went to the driver.
                 let _ = m.into_raw();

@@ -84,7 +84,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("interfaces", &self.interfaces).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("interfaces", &self.interfaces)
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,7 +108,11 @@ impl Node {
             };
             let port = Port::open(&eal, ic.device.name(), &setup, pool.clone())?;
             let mac = EthernetAddress(port.mac()?);
-            interfaces.push(NodeInterface { config: ic.clone(), port, mac });
+            interfaces.push(NodeInterface {
+                config: ic.clone(),
+                port,
+                mac,
+            });
         }
 
         let n = &dp.neighbour;
@@ -123,11 +129,21 @@ impl Node {
             .map(|i| RouterInterface {
                 port: i.port.id(),
                 mac: i.mac,
-                addresses: i.config.addresses.iter().map(|a| (a.addr, a.prefix_len)).collect(),
+                addresses: i
+                    .config
+                    .addresses
+                    .iter()
+                    .map(|a| (a.addr, a.prefix_len))
+                    .collect(),
                 mtu: i.config.mtu,
             })
             .collect();
-        let port_of = |name: &str| interfaces.iter().find(|i| i.config.name == name).map(|i| i.port.id());
+        let port_of = |name: &str| {
+            interfaces
+                .iter()
+                .find(|i| i.config.name == name)
+                .map(|i| i.port.id())
+        };
         let routes: Vec<StaticRoute> = cfg
             .routes
             .iter()
@@ -158,7 +174,11 @@ impl Node {
         let mut queue_sets: Vec<_> = self
             .interfaces
             .iter()
-            .map(|i| i.port.take_queues().expect("a fresh port hands out its queues"))
+            .map(|i| {
+                i.port
+                    .take_queues()
+                    .expect("a fresh port hands out its queues")
+            })
             .collect();
         let poll_mode = match dp.poll_mode {
             tandem_config::PollMode::Busy => PollMode::Busy,
@@ -211,8 +231,17 @@ impl Node {
                     }
                     worker.run(&stop);
                 })
-                .map_err(|e| NodeError::Worker { id, msg: e.to_string() })?;
-            self.workers.push(WorkerHandle { id, cpu, lcore, counters, thread: Some(thread) });
+                .map_err(|e| NodeError::Worker {
+                    id,
+                    msg: e.to_string(),
+                })?;
+            self.workers.push(WorkerHandle {
+                id,
+                cpu,
+                lcore,
+                counters,
+                thread: Some(thread),
+            });
         }
         Ok(())
     }
@@ -241,9 +270,19 @@ impl Node {
     /// the port where there is one, else from the driver.
     pub fn link(&self, i: usize) -> (LinkState, LinkSource) {
         let iface = &self.interfaces[i];
-        let driver = iface.port.link().unwrap_or(LinkState { up: false, speed_mbps: 0, full_duplex: false });
+        let driver = iface.port.link().unwrap_or(LinkState {
+            up: false,
+            speed_mbps: 0,
+            full_duplex: false,
+        });
         match iface.config.kernel_interface() {
-            Some(k) => (LinkState { up: kernel_carrier(k), ..driver }, LinkSource::Kernel(k.to_owned())),
+            Some(k) => (
+                LinkState {
+                    up: kernel_carrier(k),
+                    ..driver
+                },
+                LinkSource::Kernel(k.to_owned()),
+            ),
             None => (driver, LinkSource::Dpdk),
         }
     }
@@ -290,8 +329,12 @@ impl Drop for Node {
 /// Reads the carrier of a kernel interface from sysfs (down if unknown).
 pub fn kernel_carrier(ifname: &str) -> bool {
     let base = Path::new("/sys/class/net").join(ifname);
-    let carrier = std::fs::read_to_string(base.join("carrier")).map(|s| s.trim() == "1").unwrap_or(false);
-    let oper = std::fs::read_to_string(base.join("operstate")).map(|s| s.trim().to_owned()).unwrap_or_default();
+    let carrier = std::fs::read_to_string(base.join("carrier"))
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+    let oper = std::fs::read_to_string(base.join("operstate"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
     carrier && oper != "down" && oper != "lowerlayerdown"
 }
 

@@ -152,7 +152,11 @@ impl Worker {
                 continue;
             }
             self.counters.idle_polls.add(1);
-            if let PollMode::Adaptive { spin_polls, max_sleep } = self.settings.poll_mode {
+            if let PollMode::Adaptive {
+                spin_polls,
+                max_sleep,
+            } = self.settings.poll_mode
+            {
                 empty_polls = empty_polls.saturating_add(1);
                 if empty_polls < spin_polls {
                     dpdk::pause();
@@ -204,7 +208,11 @@ impl Worker {
                 self.counters.replies.add(1);
                 self.enqueue(in_port, mbuf);
             }
-            Action::Hold { port, next_hop, send_arp } => {
+            Action::Hold {
+                port,
+                next_hop,
+                send_arp,
+            } => {
                 if send_arp {
                     self.send_arp_request(port, next_hop);
                 }
@@ -212,7 +220,12 @@ impl Worker {
                     self.counters.worker_drop(WorkerDrop::HoldQueueFull, 1);
                 } else {
                     self.counters.held.add(1);
-                    self.held.push_back(Held { mbuf, port, next_hop, since_ms: now });
+                    self.held.push_back(Held {
+                        mbuf,
+                        port,
+                        next_hop,
+                        since_ms: now,
+                    });
                 }
             }
             Action::Consumed => {}
@@ -241,7 +254,13 @@ impl Worker {
         }
     }
 
-    fn send_icmp_error(&mut self, now: u64, in_port: u16, original: &Mbuf, err: crate::router::IcmpError) {
+    fn send_icmp_error(
+        &mut self,
+        now: u64,
+        in_port: u16,
+        original: &Mbuf,
+        err: crate::router::IcmpError,
+    ) {
         if !self.icmp_bucket.take(now) {
             self.counters.worker_drop(WorkerDrop::IcmpRateLimited, 1);
             return;
@@ -254,7 +273,10 @@ impl Worker {
             self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
             return;
         };
-        if let Some((port, len)) = self.router.build_icmp_error(original.data(), in_port, err, buf) {
+        if let Some((port, len)) = self
+            .router
+            .build_icmp_error(original.data(), in_port, err, buf)
+        {
             m.set_len(len);
             self.counters.icmp_errors_sent.add(1);
             self.enqueue(port, m);
@@ -263,13 +285,20 @@ impl Worker {
 
     fn service_held(&mut self, now: u64) {
         for _ in 0..self.held.len() {
-            let Some(mut h) = self.held.pop_front() else { break };
-            match self.router.finish_held(now, h.mbuf.data_mut(), h.port, h.next_hop) {
+            let Some(mut h) = self.held.pop_front() else {
+                break;
+            };
+            match self
+                .router
+                .finish_held(now, h.mbuf.data_mut(), h.port, h.next_hop)
+            {
                 HeldResult::Ready => {
                     self.counters.forwarded.add(1);
                     self.enqueue(h.port, h.mbuf);
                 }
-                HeldResult::Waiting if now.saturating_sub(h.since_ms) < self.settings.hold_timeout_ms => {
+                HeldResult::Waiting
+                    if now.saturating_sub(h.since_ms) < self.settings.hold_timeout_ms =>
+                {
                     self.held.push_back(h);
                 }
                 HeldResult::Waiting | HeldResult::Unresolvable => {
@@ -296,7 +325,8 @@ impl Worker {
             if !pending.is_empty() {
                 // The queue is full: drop what it did not take rather than
                 // building up latency; the counters say so.
-                self.counters.worker_drop(WorkerDrop::TxQueueFull, pending.len() as u64);
+                self.counters
+                    .worker_drop(WorkerDrop::TxQueueFull, pending.len() as u64);
                 pending.clear();
             }
         }

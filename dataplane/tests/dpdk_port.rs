@@ -9,7 +9,10 @@ fn frame(len: usize, tag: u8) -> Vec<u8> {
     f[..6].copy_from_slice(&[0xff; 6]);
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, tag]);
     f[12] = 0x08;
-    f[14..].iter_mut().enumerate().for_each(|(i, b)| *b = (i as u8) ^ tag);
+    f[14..]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i as u8) ^ tag);
     f
 }
 
@@ -42,7 +45,12 @@ fn dpdk_ports_move_packets_and_account_for_them() {
     assert!(eal.port_by_name("net_nosuch9").is_err());
 
     let pool = Mempool::new(&eal, "test_pool", 1023, 32).expect("mempool");
-    let setup = PortSetup { queues: 1, rx_descriptors: 256, tx_descriptors: 256, mtu: 0 };
+    let setup = PortSetup {
+        queues: 1,
+        rx_descriptors: 256,
+        tx_descriptors: 256,
+        mtu: 0,
+    };
     let ring = Port::open(&eal, "net_ring0", &setup, pool.clone()).expect("net_ring0 opens");
     assert_eq!(ring.info().driver, "net_ring");
     assert!(ring.link().expect("link").up);
@@ -72,11 +80,19 @@ fn dpdk_ports_move_packets_and_account_for_them() {
     }
     assert_eq!(got.len(), 8, "every frame sent on the ring comes back");
     for (tag, m) in got.iter().enumerate() {
-        assert_eq!(m.data(), &frame(60 + tag * 100, tag as u8)[..], "frame {tag} intact and in order");
+        assert_eq!(
+            m.data(),
+            &frame(60 + tag * 100, tag as u8)[..],
+            "frame {tag} intact and in order"
+        );
         assert_eq!(m.segments(), 1);
     }
     drop(got);
-    assert_eq!(pool.in_use(), before, "dropping mbufs returns them to the pool");
+    assert_eq!(
+        pool.in_use(),
+        before,
+        "dropping mbufs returns them to the pool"
+    );
     let c = ring.counters().expect("counters");
     assert_eq!((c.tx_packets, c.rx_packets), (8, 8));
 
@@ -93,7 +109,10 @@ fn dpdk_ports_move_packets_and_account_for_them() {
     null.mac().expect("a started port has a MAC address");
 
     // Too many queues for a single-queue device: a clear error.
-    let too_many = PortSetup { queues: 2000, ..setup };
+    let too_many = PortSetup {
+        queues: 2000,
+        ..setup
+    };
     let err = Port::open(&eal, "net_null1", &too_many, pool.clone()).expect_err("queue limit");
     assert!(err.to_string().contains("workers"), "{err}");
 }

@@ -448,7 +448,7 @@ pub fn cleanup(prefix: &str, force: bool) -> Vec<String> {
             Err(e) => eprintln!("[lab] could not delete namespace {name}: {e}"),
         }
     }
-    for root in [LAB_ROOT, "/var/run/dpdk"] {
+    for root in [LAB_ROOT, "/var/run/dpdk", "/etc/netns"] {
         if let Ok(rd) = std::fs::read_dir(root) {
             for e in rd.flatten() {
                 if stale(&e.file_name().to_string_lossy()) {

@@ -32,6 +32,15 @@ impl Netns {
         }
         std::fs::create_dir_all(log_dir)
             .map_err(|e| LabError::io(format!("creating {}", log_dir.display()), e))?;
+        // `ip netns exec` bind-mounts /etc/netns/NAME/* over /etc: an empty
+        // resolv.conf and a hosts file keep name lookups inside the
+        // namespace (glibc then asks 127.0.0.1), so no test host ever sends
+        // a DNS query towards the machine's real resolver.
+        let etc = etc_dir(name);
+        std::fs::create_dir_all(&etc)
+            .and_then(|()| std::fs::write(etc.join("resolv.conf"), "# tandem lab: no resolver\n"))
+            .and_then(|()| std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n"))
+            .map_err(|e| LabError::io(format!("writing {}", etc.display()), e))?;
         cmd::run_root(&["ip", "netns", "add", name])?;
         let ns = Netns {
             name: name.to_string(),
@@ -158,7 +167,13 @@ impl Drop for Netns {
         if let Err(e) = cmd::run_root(&["ip", "netns", "del", &self.name]) {
             eprintln!("[lab] warning: deleting namespace {}: {e}", self.name);
         }
+        let _ = std::fs::remove_dir_all(etc_dir(&self.name));
     }
+}
+
+/// The per-namespace /etc overlay directory of `ip netns exec`.
+pub fn etc_dir(name: &str) -> PathBuf {
+    Path::new("/etc/netns").join(name)
 }
 
 fn unique_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {

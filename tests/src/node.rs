@@ -229,6 +229,15 @@ impl Node {
         ctl_json(&self.socket, args)
     }
 
+    /// `tandemctl ARGS` as an operator sees it (human-readable text).
+    pub fn ctl_text(&self, args: &[&str]) -> Result<String> {
+        let ctl = find_bin("tandemctl")?;
+        let mut c = Command::new(&ctl);
+        c.arg("--socket").arg(&self.socket).args(args);
+        let desc = cmd::describe(&c);
+        cmd::check(&desc, cmd::run_timeout(c, Duration::from_secs(10))?)
+    }
+
     /// `tandemctl --json status`.
     pub fn status(&self) -> Result<Value> {
         self.ctl(&["status"])

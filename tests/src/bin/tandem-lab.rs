@@ -97,9 +97,9 @@ fn demo() -> Result<()> {
             node.proc.pid()
         ),
     );
-    let status = node.wait_ready(Duration::from_secs(30))?;
+    node.wait_ready(Duration::from_secs(30))?;
     step(t0, "tandemctl status:");
-    println!("{}", pretty(&status));
+    println!("{}", node.ctl_text(&["status"])?);
 
     let mut failures = Vec::new();
     let server_ip = lab.server_ip();
@@ -195,8 +195,8 @@ fn demo() -> Result<()> {
 
     node.proc.ensure_running()?;
     step(t0, "tandemctl stats:");
-    match node.stats() {
-        Ok(s) => println!("{}", pretty(&s)),
+    match node.ctl_text(&["stats"]) {
+        Ok(s) => println!("{s}"),
         Err(e) => failures.push(format!("stats: {e}")),
     }
     step(t0, "stopping tandemd and tearing the lab down");
