@@ -261,7 +261,7 @@ impl ControlSocket {
     pub fn poll_timeouts(&mut self, now: Instant) {
         let timeout_ms = self.client_timeout.as_millis();
         for slot in &mut self.clients {
-            if !slot.as_ref().is_some_and(|c| c.deadline <= now) {
+            if slot.as_ref().is_none_or(|c| c.deadline > now) {
                 continue;
             }
             if let Some(client) = slot.take() {

@@ -785,12 +785,13 @@ impl RxQueue {
         // max pointers.
         let n = unsafe { ffi::tandem_rx_burst(self.port, self.queue, raw.as_mut_ptr(), max as u16) }
             as usize;
-        for &p in &raw[..n] {
-            // SAFETY: the driver hands over ownership of n valid mbufs.
-            out.push(Mbuf {
-                ptr: unsafe { NonNull::new_unchecked(p) },
-            });
-        }
+        // The driver hands over ownership of n valid (non-null) mbufs.
+        out.extend(
+            raw[..n]
+                .iter()
+                .filter_map(|&p| NonNull::new(p))
+                .map(|ptr| Mbuf { ptr }),
+        );
         n
     }
 }
