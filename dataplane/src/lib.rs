@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod dpdk;
+pub mod flow;
 pub mod lpm;
 pub mod neigh;
 pub mod node;
