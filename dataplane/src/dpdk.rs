@@ -38,21 +38,7 @@ pub mod rss {
         | NONFRAG_IPV4_OTHER;
 }
 
-/// A Toeplitz key whose hash is the same for both directions of a flow
-/// (0x6d5a repeated; Woo & Park, "Scalable TCP Session Monitoring with
-/// Symmetric Receive-side Scaling"), so that RSS sends a connection's
-/// replies to the worker that owns the connection.
-pub const SYMMETRIC_RSS_KEY: [u8; 40] = symmetric_key();
-
-const fn symmetric_key() -> [u8; 40] {
-    let mut k = [0u8; 40];
-    let mut i = 0;
-    while i < 40 {
-        k[i] = if i % 2 == 0 { 0x6d } else { 0x5a };
-        i += 1;
-    }
-    k
-}
+pub use crate::flow::SYMMETRIC_RSS_KEY;
 
 /// Errors of the DPDK layer, with DPDK's explanation where there is one.
 #[derive(Debug, thiserror::Error)]

@@ -3,12 +3,28 @@
 //! which worker (and which connection-table shard) owns a flow.
 //!
 //! The hash is the Toeplitz function with the symmetric key
-//! [`crate::dpdk::SYMMETRIC_RSS_KEY`], computed in software exactly as a
+//! [`SYMMETRIC_RSS_KEY`], computed in software exactly as a
 //! NIC computes RSS, so a flow's owner is the same whether the NIC or the
 //! software dispatch (or the passive's sync core) chooses it.
 
 use std::fmt;
 use std::net::Ipv4Addr;
+
+/// A Toeplitz key whose hash is the same for both directions of a flow
+/// (0x6d5a repeated; Woo & Park, "Scalable TCP Session Monitoring with
+/// Symmetric Receive-side Scaling"), so that RSS sends a connection's
+/// replies to the worker that owns the connection.
+pub const SYMMETRIC_RSS_KEY: [u8; 40] = symmetric_key();
+
+const fn symmetric_key() -> [u8; 40] {
+    let mut k = [0u8; 40];
+    let mut i = 0;
+    while i < 40 {
+        k[i] = if i % 2 == 0 { 0x6d } else { 0x5a };
+        i += 1;
+    }
+    k
+}
 
 /// IP protocol numbers tandem tracks.
 pub mod proto {
@@ -105,7 +121,7 @@ impl FlowKey {
         input[4..8].copy_from_slice(&self.dst.octets());
         input[8..10].copy_from_slice(&self.sport.to_be_bytes());
         input[10..12].copy_from_slice(&self.dport.to_be_bytes());
-        toeplitz(&crate::dpdk::SYMMETRIC_RSS_KEY, &input)
+        toeplitz(&SYMMETRIC_RSS_KEY, &input)
     }
 
     /// Which of `shards` owns this flow.

@@ -12,6 +12,7 @@ pub mod flow;
 pub mod lpm;
 pub mod neigh;
 pub mod node;
+pub mod policy;
 pub mod router;
 pub mod wire;
 pub mod worker;
