@@ -94,6 +94,8 @@ pub struct WorkerCounters {
     pub arp_requests_sent: Counter,
     /// ICMP errors sent.
     pub icmp_errors_sent: Counter,
+    /// Rejections sent (TCP resets, ICMP unreachables of reject rules).
+    pub rejects_sent: Counter,
     /// Poll iterations.
     pub polls: Counter,
     /// Poll iterations that found nothing.

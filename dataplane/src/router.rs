@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::lpm::{self, LpmError, Route, RouteTable};
 use crate::neigh::{Lookup, NeighbourTable, Resolution};
 use crate::wire::{
-    ethernet, icmp, ipv4, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress,
+    checksum, ethernet, icmp, ipv4, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress,
     EthernetFrame, EthernetRepr, IcmpDstUnreachable, IcmpPacket, IcmpRepr, IcmpTimeExceeded,
     IpProtocol, Ipv4Packet, Ipv4Repr,
 };
@@ -201,6 +201,10 @@ pub enum IcmpError {
     FragNeeded(u16),
     /// Time exceeded in transit (TTL).
     TimeExceeded,
+    /// Communication administratively prohibited (a reject rule).
+    AdminProhibited,
+    /// Port unreachable (a reject rule, answering like a closed port).
+    PortUnreachable,
 }
 
 /// What the caller does with the frame after [`Router::process`].
@@ -233,6 +237,12 @@ pub enum Action {
     },
     /// Used by the node; nothing to send.
     Consumed,
+    /// The [`Filter`] refused the packet (it counted why). If `reject` is
+    /// set, answer the sender with it ([`Router::build_reject`]).
+    Filtered {
+        /// The rejection to send, if the rule says reject.
+        reject: Option<Reject>,
+    },
     /// Drop the frame and count `reason`. The frame is untouched. If `icmp`
     /// is set, the caller may send that error ([`Router::build_icmp_error`]).
     Drop {
@@ -246,6 +256,54 @@ pub enum Action {
 impl Action {
     fn drop(reason: DropReason) -> Action {
         Action::Drop { reason, icmp: None }
+    }
+}
+
+/// How a rejected packet is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// A TCP reset (for TCP segments).
+    TcpReset,
+    /// ICMP destination unreachable, communication administratively
+    /// prohibited (type 3 code 13).
+    AdminProhibited,
+    /// ICMP port unreachable (type 3 code 3), as a closed UDP port answers.
+    PortUnreachable,
+}
+
+/// What a [`Filter`] decided about an IPv4 packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterVerdict {
+    /// Nothing to decide here (for example: addressed to the node itself):
+    /// the router delivers or routes the packet as usual.
+    Continue,
+    /// Forward along this route (the filter looked it up after any
+    /// destination NAT it applied to the packet).
+    Route(Route),
+    /// Drop; the filter has counted why.
+    Drop,
+    /// Drop and answer the sender.
+    Reject(Reject),
+}
+
+/// The stateful part of the dataplane that the router consults for every
+/// IPv4 packet that passed its sanity checks, before local delivery and
+/// routing: connection tracking, NAT and the filter policy. It may rewrite
+/// the IP packet (NAT) and look routes up through `router`.
+pub trait Filter {
+    /// Decides about one IPv4 packet (`ip` starts at the IP header) that
+    /// arrived on `in_port`.
+    fn check(&mut self, now_ms: u64, in_port: u16, ip: &mut [u8], router: &Router)
+        -> FilterVerdict;
+}
+
+/// The filter of a plain router: lets everything through.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoFilter;
+
+impl Filter for NoFilter {
+    fn check(&mut self, _: u64, _: u16, _: &mut [u8], _: &Router) -> FilterVerdict {
+        FilterVerdict::Continue
     }
 }
 
@@ -539,6 +597,18 @@ impl Router {
     /// in place for `Forward`, `Reply` and `Hold`. Never panics, whatever
     /// the bytes.
     pub fn process(&self, now_ms: u64, in_port: u16, frame: &mut [u8]) -> Action {
+        self.process_filtered(now_ms, in_port, frame, &mut NoFilter)
+    }
+
+    /// [`Router::process`] with a stateful [`Filter`] consulted for every
+    /// IPv4 packet before local delivery and routing.
+    pub fn process_filtered<F: Filter>(
+        &self,
+        now_ms: u64,
+        in_port: u16,
+        frame: &mut [u8],
+        filter: &mut F,
+    ) -> Action {
         let Some(iface) = self.interface(in_port) else {
             return Action::drop(DropReason::UnknownPort);
         };
@@ -560,7 +630,7 @@ impl Router {
         }
         match inner {
             EtherType::Arp => self.process_arp(now_ms, iface, frame),
-            EtherType::Ipv4 => self.process_ipv4(now_ms, iface, frame),
+            EtherType::Ipv4 => self.process_ipv4(now_ms, iface, frame, filter),
             _ => Action::drop(DropReason::UnsupportedEthertype),
         }
     }
@@ -677,6 +747,16 @@ impl Router {
                 mtu,
                 data: quote,
             },
+            IcmpError::AdminProhibited => IcmpRepr::DstUnreachable {
+                reason: IcmpDstUnreachable::AdminProhibited,
+                mtu: 0,
+                data: quote,
+            },
+            IcmpError::PortUnreachable => IcmpRepr::DstUnreachable {
+                reason: IcmpDstUnreachable::PortUnreachable,
+                mtu: 0,
+                data: quote,
+            },
             IcmpError::TimeExceeded => IcmpRepr::TimeExceeded {
                 reason: IcmpTimeExceeded::TtlExpired,
                 data: quote,
@@ -712,6 +792,113 @@ impl Router {
         icmp_repr
             .emit(&mut IcmpPacket::new_unchecked(icmp_buf))
             .ok()?;
+        Some((out_port, len))
+    }
+
+    /// Builds the answer to a rejected frame (as received on `in_port`)
+    /// into `buf`: a TCP reset for a TCP segment whose rule says
+    /// [`Reject::TcpReset`] (sent from the address the segment was
+    /// addressed to, so the client sees the connection refused), else an
+    /// ICMP error. Returns `(out port, length)`, or `None` when nothing may
+    /// be sent (a reset about a reset, an ICMP error about an ICMP error,
+    /// broadcasts, non-first fragments).
+    pub fn build_reject(
+        &self,
+        original: &[u8],
+        in_port: u16,
+        reject: Reject,
+        buf: &mut [u8],
+    ) -> Option<(u16, usize)> {
+        match reject {
+            Reject::TcpReset => self.build_tcp_reset(original, in_port, buf).or_else(|| {
+                self.build_icmp_error(original, in_port, IcmpError::AdminProhibited, buf)
+            }),
+            Reject::AdminProhibited => {
+                self.build_icmp_error(original, in_port, IcmpError::AdminProhibited, buf)
+            }
+            Reject::PortUnreachable => {
+                self.build_icmp_error(original, in_port, IcmpError::PortUnreachable, buf)
+            }
+        }
+    }
+
+    fn build_tcp_reset(
+        &self,
+        original: &[u8],
+        in_port: u16,
+        buf: &mut [u8],
+    ) -> Option<(u16, usize)> {
+        const TCP_HEADER: usize = 20;
+        let iface = self.interface(in_port)?;
+        let eth = EthernetFrame::new_checked(original).ok()?;
+        if eth.ethertype() != EtherType::Ipv4 || eth.dst_addr().is_multicast() {
+            return None;
+        }
+        let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+        if ip.protocol() != IpProtocol::Tcp || ip.is_fragment() || !self.icmp_error_allowed(&ip) {
+            return None;
+        }
+        let tcp = ip.payload();
+        if tcp.len() < TCP_HEADER {
+            return None;
+        }
+        let flags = tcp[13];
+        if flags & 0x04 != 0 {
+            return None; // never answer a reset
+        }
+        let (sport, dport) = ([tcp[0], tcp[1]], [tcp[2], tcp[3]]);
+        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+        let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+        let data_off = usize::from(tcp[12] >> 4) * 4;
+        let payload = tcp.len().saturating_sub(data_off) as u32;
+        let (dst_ip, src_ip) = (ip.src_addr(), ip.dst_addr());
+        if is_martian(dst_ip) || self.is_broadcast(dst_ip) {
+            return None;
+        }
+        let (out_port, dst_mac, out_mac) = self.reflect(iface, &eth)?;
+        // RFC 793 "Reset Generation": if the segment carries an ACK the
+        // reset takes its sequence number from it; otherwise sequence 0
+        // and an ACK of everything the segment occupied.
+        let (rst_seq, rst_ack, rst_flags) = if flags & 0x10 != 0 {
+            (ack, 0, 0x04)
+        } else {
+            let occupied = payload + u32::from(flags & 0x02 != 0) + u32::from(flags & 0x01 != 0);
+            (0, seq.wrapping_add(occupied), 0x14)
+        };
+        let ip_repr = Ipv4Repr {
+            src_addr: src_ip,
+            dst_addr: dst_ip,
+            protocol: IpProtocol::Tcp,
+            payload_len: TCP_HEADER,
+            ttl: DEFAULT_TTL,
+            dscp_ecn: 0,
+            dont_frag: true,
+        };
+        let ip_end = ethernet::HEADER_LEN + ip_repr.buffer_len() + TCP_HEADER;
+        let len = ip_end.max(MIN_FRAME_LEN);
+        let buf = buf.get_mut(..len)?;
+        buf.fill(0);
+        EthernetRepr {
+            src_addr: out_mac,
+            dst_addr: dst_mac,
+            vlan_tci: None,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(&mut *buf))
+        .ok()?;
+        let ip_buf = buf.get_mut(ethernet::HEADER_LEN..ip_end)?;
+        ip_repr
+            .emit(&mut Ipv4Packet::new_unchecked(&mut *ip_buf))
+            .ok()?;
+        let seg = ip_buf.get_mut(ipv4::MIN_HEADER_LEN..)?;
+        seg[0..2].copy_from_slice(&dport);
+        seg[2..4].copy_from_slice(&sport);
+        seg[4..8].copy_from_slice(&rst_seq.to_be_bytes());
+        seg[8..12].copy_from_slice(&rst_ack.to_be_bytes());
+        seg[12] = (TCP_HEADER as u8 / 4) << 4;
+        seg[13] = rst_flags;
+        let csum = tcp_checksum(src_ip, dst_ip, seg);
+        seg[16..18].copy_from_slice(&csum.to_be_bytes());
         Some((out_port, len))
     }
 
@@ -786,7 +973,13 @@ impl Router {
 
     // ---- IPv4 ----
 
-    fn process_ipv4(&self, now_ms: u64, iface: &RouterInterface, frame: &mut [u8]) -> Action {
+    fn process_ipv4<F: Filter>(
+        &self,
+        now_ms: u64,
+        iface: &RouterInterface,
+        frame: &mut [u8],
+        filter: &mut F,
+    ) -> Action {
         let Some(ip_bytes) = frame.get(ethernet::HEADER_LEN..) else {
             return Action::drop(DropReason::Truncated);
         };
@@ -819,12 +1012,35 @@ impl Router {
         if is_martian(dst) {
             return Action::drop(DropReason::MartianDestination);
         }
-        if self.is_local(dst) {
+        if !self.is_local(dst) && ip.ttl() <= 1 {
+            return self.drop_with_icmp(DropReason::TtlExceeded, &ip, IcmpError::TimeExceeded);
+        }
+
+        // The stateful filter: connection tracking, NAT, policy. It may
+        // rewrite the IP packet, so the header is read again afterwards.
+        let ip_len = ip.total_len() as usize;
+        let verdict = match frame.get_mut(ethernet::HEADER_LEN..ethernet::HEADER_LEN + ip_len) {
+            Some(ip_bytes) => filter.check(now_ms, iface.port, ip_bytes, self),
+            None => return Action::drop(DropReason::Truncated),
+        };
+        let chosen = match verdict {
+            FilterVerdict::Continue => None,
+            FilterVerdict::Route(route) => Some(route),
+            FilterVerdict::Drop => return Action::Filtered { reject: None },
+            FilterVerdict::Reject(r) => return Action::Filtered { reject: Some(r) },
+        };
+        let Some(ip_bytes) = frame.get(ethernet::HEADER_LEN..) else {
+            return Action::drop(DropReason::Truncated);
+        };
+        let ip = Ipv4Packet::new_unchecked(ip_bytes);
+        let dst = ip.dst_addr();
+        if chosen.is_none() && self.is_local(dst) {
             return self.process_local(iface, frame);
         }
 
-        // Forwarding. Every drop decision comes before the first write.
-        let Some(route) = self.routes.lookup(dst).copied() else {
+        // Forwarding. Every drop decision of the router comes before its
+        // first write.
+        let Some(route) = chosen.or_else(|| self.routes.lookup(dst).copied()) else {
             return self.drop_with_icmp(DropReason::NoRoute, &ip, IcmpError::NetUnreachable);
         };
         let Some(out) = self.interface(route.port) else {
@@ -951,6 +1167,17 @@ impl Router {
 /// Addresses that can be neither a source nor a routed destination:
 /// 0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4 (multicast), 240.0.0.0/4 (reserved,
 /// including the limited broadcast).
+/// The TCP checksum of `segment` (checksum field zero) between two
+/// addresses (RFC 793 pseudo-header).
+fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&src.octets());
+    pseudo[4..8].copy_from_slice(&dst.octets());
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&(segment.len() as u16).to_be_bytes());
+    !checksum::combine(&[checksum::data(&pseudo), checksum::data(segment)])
+}
+
 fn is_martian(a: Ipv4Addr) -> bool {
     let o = a.octets();
     o[0] == 0 || o[0] == 127 || o[0] >= 224
@@ -2353,6 +2580,7 @@ mod tests {
                     prop_assert!(p.verify_checksum());
                 }
                 Action::Reply | Action::Consumed => {}
+                Action::Filtered { .. } => prop_assert!(false, "NoFilter never filters"),
             }
         }
 
@@ -2372,5 +2600,119 @@ mod tests {
             let _ = r.build_arp_request(port, Ipv4Addr::from(target), &mut buf);
             let _ = r.finish_held(0, &mut frame, port, Ipv4Addr::from(target));
         }
+    }
+
+    fn tcp_segment(flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&23u16.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&ack.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = flags;
+        t.extend_from_slice(payload);
+        t
+    }
+
+    fn client_frame(ip_packet: &[u8]) -> Vec<u8> {
+        eth(LAN_MAC, CLIENT_MAC, 0x0800, ip_packet)
+    }
+
+    #[test]
+    fn reject_of_a_syn_is_a_reset_that_acks_it_from_the_refused_address() {
+        let r = router();
+        let syn = client_frame(
+            &Ip::new("198.18.1.10", "198.18.2.10", 6).build(&tcp_segment(0x02, 1000, 0, &[])),
+        );
+        let mut buf = [0u8; 128];
+        let (port, len) = r
+            .build_reject(&syn, LAN, Reject::TcpReset, &mut buf)
+            .expect("a reset");
+        assert_eq!(port, LAN);
+        let f = EthernetFrame::new_checked(&buf[..len]).unwrap();
+        assert_eq!(f.src_addr(), LAN_MAC);
+        assert_eq!(f.dst_addr(), CLIENT_MAC);
+        let ip = Ipv4Packet::new_checked(f.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr()),
+            (ip_addr("198.18.2.10"), ip_addr("198.18.1.10"))
+        );
+        let t = ip.payload();
+        assert_eq!(u16::from_be_bytes([t[0], t[1]]), 23);
+        assert_eq!(u16::from_be_bytes([t[2], t[3]]), 40000);
+        assert_eq!(
+            u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+            1001,
+            "acks the SYN"
+        );
+        assert_eq!(t[13], 0x14, "RST+ACK");
+        assert_eq!(
+            tcp_checksum(ip.src_addr(), ip.dst_addr(), &{
+                let mut z = t.to_vec();
+                z[16] = 0;
+                z[17] = 0;
+                z
+            }),
+            u16::from_be_bytes([t[16], t[17]])
+        );
+    }
+
+    #[test]
+    fn reject_of_an_acking_segment_takes_its_sequence_from_the_ack() {
+        let r = router();
+        let seg = client_frame(
+            &Ip::new("198.18.1.10", "198.18.2.10", 6).build(&tcp_segment(0x18, 5, 777, b"hello")),
+        );
+        let mut buf = [0u8; 128];
+        let (_, len) = r
+            .build_reject(&seg, LAN, Reject::TcpReset, &mut buf)
+            .expect("a reset");
+        let t = &buf[14 + 20..len];
+        assert_eq!(u32::from_be_bytes([t[4], t[5], t[6], t[7]]), 777);
+        assert_eq!(t[13], 0x04, "RST only");
+    }
+
+    #[test]
+    fn a_reset_is_never_answered_and_udp_rejects_become_icmp() {
+        let r = router();
+        let rst = client_frame(
+            &Ip::new("198.18.1.10", "198.18.2.10", 6).build(&tcp_segment(0x04, 5, 0, &[])),
+        );
+        let mut buf = [0u8; 128];
+        // A reset gets neither a reset nor an ICMP error about it... but
+        // the fallback for TCP is ICMP admin-prohibited, which is allowed.
+        let answer = r.build_reject(&rst, LAN, Reject::TcpReset, &mut buf);
+        if let Some((_, len)) = answer {
+            let ip = Ipv4Packet::new_checked(&buf[14..len]).unwrap();
+            assert_eq!(
+                ip.protocol(),
+                IpProtocol::Icmp,
+                "never a reset about a reset"
+            );
+        }
+        let dgram = client_frame(&Ip::new("198.18.1.10", "198.18.2.10", 17).build(&udp()));
+        let (_, len) = r
+            .build_reject(&dgram, LAN, Reject::PortUnreachable, &mut buf)
+            .expect("icmp");
+        let ip = Ipv4Packet::new_checked(&buf[14..len]).unwrap();
+        assert_eq!(ip.protocol(), IpProtocol::Icmp);
+        assert_eq!(
+            (ip.payload()[0], ip.payload()[1]),
+            (3, 3),
+            "port unreachable"
+        );
+        let (_, _len) = r
+            .build_reject(&dgram, LAN, Reject::AdminProhibited, &mut buf)
+            .expect("icmp");
+        assert_eq!(
+            (buf[14 + 20], buf[14 + 21]),
+            (3, 13),
+            "administratively prohibited"
+        );
+    }
+
+    fn ip_addr(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
     }
 }

@@ -229,6 +229,11 @@ impl Worker {
                 }
             }
             Action::Consumed => {}
+            Action::Filtered { reject } => {
+                if let Some(r) = reject {
+                    self.send_reject(now, in_port, &mbuf, r);
+                }
+            }
             Action::Drop { reason, icmp } => {
                 self.counters.drop_packet(reason);
                 if let Some(err) = icmp {
@@ -279,6 +284,35 @@ impl Worker {
         {
             m.set_len(len);
             self.counters.icmp_errors_sent.add(1);
+            self.enqueue(port, m);
+        }
+    }
+
+    fn send_reject(
+        &mut self,
+        now: u64,
+        in_port: u16,
+        original: &Mbuf,
+        reject: crate::router::Reject,
+    ) {
+        if !self.icmp_bucket.take(now) {
+            self.counters.worker_drop(WorkerDrop::IcmpRateLimited, 1);
+            return;
+        }
+        let Some(mut m) = self.pool.alloc() else {
+            self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
+            return;
+        };
+        let Some(buf) = m.append(128) else {
+            self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
+            return;
+        };
+        if let Some((port, len)) = self
+            .router
+            .build_reject(original.data(), in_port, reject, buf)
+        {
+            m.set_len(len);
+            self.counters.rejects_sent.add(1);
             self.enqueue(port, m);
         }
     }
