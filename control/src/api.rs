@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -33,17 +33,60 @@ pub enum Request {
     Status,
     /// Packet and drop counters of the ports and workers.
     Stats,
+    /// The tracked connections, filtered.
+    ConnList {
+        /// Which connections to list.
+        #[serde(default)]
+        filter: ConnFilter,
+    },
+    /// Deletes every tracked connection.
+    ConnFlush,
+    /// Reads the policy file again and switches every worker to it.
+    PolicyReload,
+}
+
+/// Which connections `conn list` shows (every field narrows the list).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConnFilter {
+    /// Protocol name (tcp, udp, icmp, gre, esp, sctp) or number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    /// Either end's address is inside this address or CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// Source (initiator) address or CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    /// Destination (responder) address or CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    /// Either port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// At most this many connections (the total is still counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
 }
 
 impl Request {
     /// The value of `cmd` of every request the daemon understands.
-    pub const COMMANDS: &'static [&'static str] = &["status", "stats"];
+    pub const COMMANDS: &'static [&'static str] = &[
+        "status",
+        "stats",
+        "conn_list",
+        "conn_flush",
+        "policy_reload",
+    ];
 
     /// The value of `cmd` for this request.
     pub fn name(&self) -> &'static str {
         match self {
             Request::Status => "status",
             Request::Stats => "stats",
+            Request::ConnList { .. } => "conn_list",
+            Request::ConnFlush => "conn_flush",
+            Request::PolicyReload => "policy_reload",
         }
     }
 
@@ -61,6 +104,22 @@ pub enum Response {
     Status(StatusReport),
     /// Answer to [`Request::Stats`].
     Stats(StatsReport),
+    /// Answer to [`Request::ConnList`].
+    Connections(ConnectionsReport),
+    /// Answer to [`Request::ConnFlush`].
+    Flushed {
+        /// How many connections were deleted.
+        count: u64,
+    },
+    /// Answer to [`Request::PolicyReload`].
+    Policy {
+        /// Rules in the policy now in force.
+        rules: usize,
+        /// NAT rules in the policy now in force.
+        nat_rules: usize,
+        /// The file it was read from.
+        path: String,
+    },
     /// The request was refused or failed; `message` says why and what to do.
     Error {
         /// Human-readable reason, meant to be shown to the operator as is.
@@ -200,6 +259,93 @@ pub struct StatsReport {
     pub workers: Vec<WorkerStats>,
     /// Drops summed over all workers, by reason.
     pub drops_total: BTreeMap<String, u64>,
+    /// The stateful firewall, when a policy is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<FirewallStats>,
+}
+
+/// Answer to `conn list`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionsReport {
+    /// The connections that matched (at most `limit`).
+    pub connections: Vec<ConnectionStatus>,
+    /// How many matched in all.
+    pub total: u64,
+}
+
+/// One tracked connection.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    /// The worker (and shard) that owns it.
+    pub worker: usize,
+    /// Protocol name.
+    pub proto: String,
+    /// Initiator address.
+    pub src: String,
+    /// Initiator port (or ICMP identifier).
+    pub sport: u16,
+    /// Responder address as the initiator addressed it.
+    pub dst: String,
+    /// Responder port.
+    pub dport: u16,
+    /// Protocol state.
+    pub state: String,
+    /// Address translation, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatStatus>,
+    /// Index of the rule that let it in.
+    pub rule: u32,
+    /// Replicated to the HA peer.
+    pub sync: bool,
+    /// Replicated from the HA peer and not yet activated.
+    pub larval: bool,
+    /// Milliseconds since creation.
+    pub age_ms: u64,
+    /// Milliseconds since the last packet.
+    pub idle_ms: u64,
+    /// Milliseconds until it expires without traffic.
+    pub expires_ms: u64,
+    /// Packets initiator -> responder.
+    pub packets_orig: u64,
+    /// Packets responder -> initiator.
+    pub packets_reply: u64,
+    /// Bytes initiator -> responder.
+    pub bytes_orig: u64,
+    /// Bytes responder -> initiator.
+    pub bytes_reply: u64,
+}
+
+/// The translation of a connection.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatStatus {
+    /// "source" or "destination".
+    pub kind: String,
+    /// Address the packets carry after translation (source NAT: the new
+    /// source; destination NAT: the new destination).
+    pub addr: String,
+    /// Port after translation.
+    pub port: u16,
+}
+
+/// Counters of the stateful firewall, summed over the workers.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirewallStats {
+    /// Connections in the tables now.
+    pub connections: u64,
+    /// Connections created.
+    pub created: u64,
+    /// Connections deleted (closed, flushed).
+    pub deleted: u64,
+    /// Connections expired by their timeout.
+    pub expired: u64,
+    /// Capacity of the connection tables (all workers).
+    pub capacity: u64,
+    /// Packets passed by the policy or an existing connection.
+    pub passed: u64,
+    /// Deltas produced for the HA sync.
+    pub deltas: u64,
+    /// Rules in the policy in force.
+    pub rules: usize,
 }
 
 /// Hardware counters of one port.
@@ -466,6 +612,7 @@ pub(crate) fn sample_stats() -> StatsReport {
             worker(0, &[("no_route", 5), ("bad_checksum", 0)]),
             worker(1, &[("no_route", 2), ("ttl_exceeded", 0)]),
         ],
+        firewall: None,
         drops_total: BTreeMap::from([
             ("bad_checksum".to_owned(), 0),
             ("no_route".to_owned(), 7),
@@ -484,7 +631,7 @@ mod tests {
             let line = format!("{{\"cmd\":\"{cmd}\"}}\n");
             let req = parse_request(line.as_bytes()).unwrap();
             assert_eq!(req.name(), *cmd);
-            assert_eq!(req.to_line(), line.as_bytes());
+            assert_eq!(parse_request(&req.to_line()).unwrap(), req, "round trip");
         }
     }
 
@@ -492,9 +639,21 @@ mod tests {
     fn every_request_name_is_listed() {
         // Stops compiling when a variant is added: add it to the list below.
         match Request::Status {
-            Request::Status | Request::Stats => {}
+            Request::Status
+            | Request::Stats
+            | Request::ConnList { .. }
+            | Request::ConnFlush
+            | Request::PolicyReload => {}
         }
-        let all = [Request::Status, Request::Stats];
+        let all = [
+            Request::Status,
+            Request::Stats,
+            Request::ConnList {
+                filter: ConnFilter::default(),
+            },
+            Request::ConnFlush,
+            Request::PolicyReload,
+        ];
         assert_eq!(all.len(), Request::COMMANDS.len());
         for req in all {
             assert!(Request::COMMANDS.contains(&req.name()), "{}", req.name());
@@ -514,7 +673,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload"
         );
     }
 
@@ -567,6 +726,7 @@ mod tests {
             ports: vec![],
             workers: vec![],
             drops_total: BTreeMap::from([("no_route".to_owned(), 3)]),
+            firewall: None,
         });
         let text = String::from_utf8(stats.to_line()).unwrap();
         assert_eq!(

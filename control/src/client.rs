@@ -15,7 +15,7 @@ use nix::sys::socket::{
 use nix::sys::time::{TimeVal, TimeValLike};
 use thiserror::Error;
 
-use crate::api::{parse_response, Request, Response, StatsReport, StatusReport};
+use crate::api::{parse_response, ConnectionsReport, Request, Response, StatsReport, StatusReport};
 
 /// The largest answer `tandemctl` accepts (the connection table can be big).
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
@@ -406,6 +406,16 @@ pub fn format_stats(report: &StatsReport, all: bool) -> String {
             .unwrap_or_else(|| report.workers.iter().map(|w| count(w, reason)).sum())
     };
     reasons.retain(|r| all || total(r) != 0 || report.workers.iter().any(|w| count(w, r) != 0));
+    if let Some(fw) = &report.firewall {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "Firewall: {} connections (capacity {}), {} created, {} deleted, {} expired, {} passed, {} deltas, {} rules",
+            fw.connections, fw.capacity, fw.created, fw.deleted, fw.expired, fw.passed, fw.deltas, fw.rules
+        );
+    }
     let title = if all { "Drops" } else { "Drops (non-zero)" };
     section(&mut out, title, reasons.is_empty(), || {
         let headers: Vec<(String, Align)> = [("REASON".to_owned(), L), ("TOTAL".to_owned(), R)]
@@ -417,6 +427,72 @@ pub fn format_stats(report: &StatsReport, all: bool) -> String {
             let mut row = vec![(*reason).clone(), total(reason).to_string()];
             row.extend(report.workers.iter().map(|w| count(w, reason).to_string()));
             t.row(row);
+        }
+        t
+    });
+    out
+}
+
+/// Human-readable text of a `conn list` answer.
+pub fn format_connections(report: &ConnectionsReport) -> String {
+    let mut out = String::new();
+    let shown = report.connections.len() as u64;
+    let title = if shown < report.total {
+        format!("Connections ({shown} of {})", report.total)
+    } else {
+        format!("Connections ({})", report.total)
+    };
+    section(&mut out, &title, report.connections.is_empty(), || {
+        let mut t = Table::new(&[
+            ("PROTO", L),
+            ("SOURCE", L),
+            ("DESTINATION", L),
+            ("STATE", L),
+            ("NAT", L),
+            ("RULE", R),
+            ("AGE", R),
+            ("EXPIRES", R),
+            ("PKTS", R),
+            ("BYTES", R),
+            ("FLAGS", L),
+            ("W", R),
+        ]);
+        for c in &report.connections {
+            let nat = c.nat.as_ref().map_or_else(
+                || "-".to_owned(),
+                |n| {
+                    format!(
+                        "{} {}:{}",
+                        if n.kind == "source" { "src" } else { "dst" },
+                        n.addr,
+                        n.port
+                    )
+                },
+            );
+            let mut flags = String::new();
+            if c.sync {
+                flags.push('S');
+            }
+            if c.larval {
+                flags.push('L');
+            }
+            if flags.is_empty() {
+                flags.push('-');
+            }
+            t.row(vec![
+                c.proto.clone(),
+                format!("{}:{}", c.src, c.sport),
+                format!("{}:{}", c.dst, c.dport),
+                c.state.clone(),
+                nat,
+                c.rule.to_string(),
+                format!("{}s", c.age_ms / 1000),
+                format!("{}s", c.expires_ms / 1000),
+                format!("{}/{}", c.packets_orig, c.packets_reply),
+                format!("{}/{}", c.bytes_orig, c.bytes_reply),
+                flags,
+                c.worker.to_string(),
+            ]);
         }
         t
     });

@@ -160,6 +160,9 @@ impl Daemon {
         match req {
             Request::Status => Response::Status(self.status()),
             Request::Stats => Response::Stats(self.stats()),
+            Request::ConnList { .. } | Request::ConnFlush | Request::PolicyReload => Response::error(
+                "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)",
+            ),
         }
     }
 
@@ -315,6 +318,7 @@ impl Daemon {
             ports,
             workers,
             drops_total,
+            firewall: None,
         }
     }
 }

@@ -596,6 +596,7 @@ pub(crate) mod tests {
             match req {
                 Request::Status => Response::Status(sample_status()),
                 Request::Stats => Response::Stats(sample_stats()),
+                _ => Response::error("not served by this test"),
             }
         };
         let give_up = Instant::now() + Duration::from_secs(30);
@@ -713,7 +714,7 @@ pub(crate) mod tests {
         let message = error_message(&exchange(&server.path, b"{\"cmd\":\"haactive\"}\n"));
         assert_eq!(
             message,
-            "unknown command \"haactive\"; the commands are: status, stats"
+            "unknown command \"haactive\"; the commands are: status, stats, conn_list, conn_flush, policy_reload"
         );
         assert_eq!(server.stop(), 0);
     }

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tandem_control::api::{Request, Response, DEFAULT_SOCKET_PATH};
-use tandem_control::client::{format_stats, format_status, request};
+use tandem_control::api::{ConnFilter, Request, Response, DEFAULT_SOCKET_PATH};
+use tandem_control::client::{format_connections, format_stats, format_status, request};
 
 /// Environment variable naming the control socket when --socket is not given.
 const SOCKET_ENV: &str = "TANDEM_SOCKET";
@@ -48,6 +48,49 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// The connection table
+    Conn {
+        #[command(subcommand)]
+        action: ConnAction,
+    },
+    /// The filter policy
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConnAction {
+    /// Lists tracked connections (every option narrows the list)
+    List {
+        /// Protocol: tcp, udp, icmp, gre, esp, sctp or a number
+        #[arg(long)]
+        proto: Option<String>,
+        /// Either end inside this address or CIDR
+        #[arg(long)]
+        addr: Option<String>,
+        /// Initiator inside this address or CIDR
+        #[arg(long)]
+        src: Option<String>,
+        /// Responder inside this address or CIDR
+        #[arg(long)]
+        dst: Option<String>,
+        /// Either port
+        #[arg(long)]
+        port: Option<u16>,
+        /// Show at most N connections
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Deletes every tracked connection (established ones then need a new handshake)
+    Flush,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyAction {
+    /// Reads the policy file again; workers switch to it between bursts
+    Reload,
 }
 
 /// --socket, else a non-empty $TANDEM_SOCKET, else the default path.
@@ -105,6 +148,15 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
         (Command::Stats { all }, Response::Stats(report)) => {
             Outcome::print(format_stats(report, *all))
         }
+        (Command::Conn { .. }, Response::Connections(report)) => {
+            Outcome::print(format_connections(report))
+        }
+        (Command::Conn { .. }, Response::Flushed { count }) => {
+            Outcome::print(format!("flushed {count} connections\n"))
+        }
+        (Command::Policy { .. }, Response::Policy { rules, nat_rules, path }) => {
+            Outcome::print(format!("policy reloaded from {path}: {rules} rules, {nat_rules} NAT rules\n"))
+        }
         (_, other) => Outcome::fail(
             format!(
                 "tandemd answered with an unexpected {} report. Check that tandemctl and tandemd are the same version.",
@@ -119,6 +171,9 @@ fn kind(response: &Response) -> &'static str {
     match response {
         Response::Status(_) => "status",
         Response::Stats(_) => "stats",
+        Response::Connections(_) => "connections",
+        Response::Flushed { .. } => "flushed",
+        Response::Policy { .. } => "policy",
         Response::Error { .. } => "error",
     }
 }
@@ -142,9 +197,35 @@ fn print(text: &str) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = socket_path(cli.socket, std::env::var_os(SOCKET_ENV));
-    let req = match cli.command {
+    let req = match &cli.command {
         Command::Status => Request::Status,
         Command::Stats { .. } => Request::Stats,
+        Command::Conn {
+            action:
+                ConnAction::List {
+                    proto,
+                    addr,
+                    src,
+                    dst,
+                    port,
+                    limit,
+                },
+        } => Request::ConnList {
+            filter: ConnFilter {
+                proto: proto.clone(),
+                addr: addr.clone(),
+                src: src.clone(),
+                dst: dst.clone(),
+                port: *port,
+                limit: Some(*limit),
+            },
+        },
+        Command::Conn {
+            action: ConnAction::Flush,
+        } => Request::ConnFlush,
+        Command::Policy {
+            action: PolicyAction::Reload,
+        } => Request::PolicyReload,
     };
     let response = match request(&socket, &req, Duration::from_millis(cli.timeout_ms)) {
         Ok(response) => response,
@@ -233,6 +314,7 @@ mod tests {
             ports: vec![],
             workers: vec![],
             drops_total: Default::default(),
+            firewall: None,
         });
         assert_eq!(render(&Command::Status, &stats, false).code, 2);
         let json = render(&Command::Status, &stats, true);
