@@ -11,11 +11,13 @@
 
 pub mod cmd;
 pub mod error;
+pub mod firewall;
 pub mod host;
 pub mod lab;
 pub mod link;
 pub mod netns;
 pub mod node;
+pub mod tools;
 
 pub use error::{LabError, Result};
 pub use lab::{cleanup_stale, heavy_lock, Lab, LabBuilder, LabKind};

@@ -87,6 +87,17 @@ pub struct NodeConfig {
     pub interfaces: Vec<IfaceConfig>,
     /// Static routes.
     pub routes: Vec<RouteConfig>,
+    /// The `firewall` section; `None` leaves it out (a plain router).
+    pub firewall: Option<FirewallConfig>,
+}
+
+/// The `firewall` section of a node config.
+#[derive(Debug, Clone)]
+pub struct FirewallConfig {
+    /// Absolute path of the policy file (RON); `None`: no policy.
+    pub policy: Option<PathBuf>,
+    /// Size of the connection table.
+    pub connections: u32,
 }
 
 fn ron_str(s: &str) -> String {
@@ -126,7 +137,18 @@ impl NodeConfig {
                 },
             ],
             routes: vec![],
+            firewall: None,
         }
+    }
+
+    /// The same config with a `firewall` section using the policy file
+    /// `policy` and a table of 65536 connections.
+    pub fn with_policy(mut self, policy: &Path) -> NodeConfig {
+        self.firewall = Some(FirewallConfig {
+            policy: Some(policy.to_path_buf()),
+            connections: 65536,
+        });
+        self
     }
 
     /// Renders the config as RON.
@@ -177,6 +199,14 @@ impl NodeConfig {
                 );
             }
             s += "    ],\n";
+        }
+        if let Some(fw) = &self.firewall {
+            let policy = fw.policy.as_ref().map(|p| p.to_string_lossy().into_owned());
+            s += &format!(
+                "    firewall: (policy: {}, connections: {}),\n",
+                ron_opt_str(&policy),
+                fw.connections
+            );
         }
         s += ")\n";
         s
