@@ -33,6 +33,7 @@ const FUNCTIONS: &[&str] = &[
     "rte_eth_allmulticast_enable",
     "rte_ring_create",
     "rte_ring_free",
+    "rte_acl_free",
     "tandem_.*",
 ];
 
@@ -42,6 +43,8 @@ const TYPES: &[&str] = &[
     "tandem_port_info",
     "tandem_link",
     "tandem_port_conf",
+    "tandem_acl_rule",
+    "tandem_acl_key",
 ];
 
 /// Constants tandem uses (RSS flags, socket ids, ring flags, errno values).
@@ -113,6 +116,8 @@ fn main() {
     for v in VARS {
         builder = builder.allowlist_var(v);
     }
+    // rte_acl_ctx is opaque to everyone but DPDK (struct rte_acl_ctx is
+    // private to librte_acl), as are the other types below.
     // rte_mbuf, rte_mempool, rte_ring, rte_eth_rxconf and rte_eth_txconf are
     // not emitted at all: src/lib.rs declares them as opaque types, since the
     // shim is the only code that looks inside them.

@@ -17,6 +17,7 @@
 mod cidr;
 mod error;
 mod locate;
+pub mod policy;
 mod schema;
 mod validate;
 

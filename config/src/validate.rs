@@ -54,7 +54,7 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "interfaces[].kernel_interface" => {
             "a Linux interface name: 1..=15 characters, no '/', ':' or white space"
         }
-        _ => return None,
+        other => return crate::policy::allowed_values(other),
     })
 }
 
@@ -111,14 +111,23 @@ fn bad_host_address(a: &Ipv4Cidr) -> Option<&'static str> {
 }
 
 /// Collects diagnostics, placing each with the source map when there is one.
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     origin: &'a str,
     map: Option<&'a SourceMap<'a>>,
-    out: Vec<Diagnostic>,
+    pub(crate) out: Vec<Diagnostic>,
 }
 
-impl Checker<'_> {
-    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+impl<'a> Checker<'a> {
+    /// A checker for the text `origin`, with its source map if parsed.
+    pub(crate) fn new(origin: &'a str, map: Option<&'a SourceMap<'a>>) -> Self {
+        Checker {
+            origin,
+            map,
+            out: Vec::new(),
+        }
+    }
+
+    pub(crate) fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
         let field = field.into();
         let anchor = field.clone();
         self.fail_at(field, &anchor, message);
@@ -126,7 +135,12 @@ impl Checker<'_> {
 
     /// A problem with `field` shown at the place of `anchor` (for a field
     /// that is missing because another one requires it).
-    fn fail_at(&mut self, field: impl Into<String>, anchor: &str, message: impl Into<String>) {
+    pub(crate) fn fail_at(
+        &mut self,
+        field: impl Into<String>,
+        anchor: &str,
+        message: impl Into<String>,
+    ) {
         let field = field.into();
         let anchor = match self.map {
             Some(m) if !m.is_written(&field) => anchor,

@@ -181,6 +181,7 @@ impl Eal {
     /// Releases what the EAL holds (hugepages, shared files). Call after
     /// every port is closed and every mbuf freed.
     pub fn cleanup(self) {
+        EAL_READY.store(false, Ordering::SeqCst);
         // SAFETY: consumes the EAL proof, so no wrapper can be created
         // afterwards; callers close ports and drop pools first.
         unsafe {
@@ -824,5 +825,249 @@ impl TxQueue {
             }
         }
         sent_total
+    }
+}
+
+// ---- Packet classification (librte_acl) ----
+
+/// The highest rule priority librte_acl accepts (`RTE_ACL_MAX_PRIORITY`).
+pub const ACL_MAX_PRIORITY: i32 = (1 << 29) - 1;
+
+/// Why a classification context could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AclError {
+    /// A rule is outside what librte_acl accepts.
+    #[error("classifier rule {index} is invalid: {why}")]
+    BadRule {
+        /// Position of the rule in the slice given.
+        index: usize,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A librte_acl call failed.
+    #[error("packet classifier: {op} failed: {msg} ({code}). With many rules give the node more memory (eal.memory_mb / hugepages)")]
+    Dpdk {
+        /// What was being done.
+        op: &'static str,
+        /// Negative errno.
+        code: i32,
+        /// rte_strerror text.
+        msg: String,
+    },
+}
+
+/// One rule of an [`AclContext`]: every field must match; `None` and full
+/// ranges match anything. Addresses are prefixes, ports inclusive ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AclRule {
+    /// IP protocol, or any.
+    pub proto: Option<u8>,
+    /// Source prefix (address, length 0..=32).
+    pub src: (std::net::Ipv4Addr, u8),
+    /// Destination prefix.
+    pub dst: (std::net::Ipv4Addr, u8),
+    /// Source port range (tandem puts the ICMP type here for ICMP).
+    pub sport: (u16, u16),
+    /// Destination port range.
+    pub dport: (u16, u16),
+    /// Input DPDK port, or any.
+    pub in_port: Option<u16>,
+    /// Output DPDK port, or any.
+    pub out_port: Option<u16>,
+    /// 1..=[`ACL_MAX_PRIORITY`]; of several matching rules the highest wins.
+    pub priority: i32,
+    /// Returned for a match; must not be 0 (0 means "no match").
+    pub userdata: u32,
+}
+
+/// One classification input, already in the byte order and layout the
+/// context reads.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(transparent)]
+pub struct AclKey(ffi::tandem_acl_key);
+
+impl AclKey {
+    /// The key of a packet (or of a query about one).
+    #[inline]
+    pub fn new(
+        proto: u8,
+        src: std::net::Ipv4Addr,
+        dst: std::net::Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        in_port: u16,
+        out_port: u16,
+    ) -> AclKey {
+        AclKey(ffi::tandem_acl_key {
+            proto,
+            pad: [0; 3],
+            src: u32::from(src).to_be(),
+            dst: u32::from(dst).to_be(),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            in_port: in_port.to_be(),
+            out_port: out_port.to_be(),
+        })
+    }
+}
+
+static ACL_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A built, immutable librte_acl context: multi-field classification whose
+/// cost grows with the depth of the trie, not with the number of rules.
+/// Freed when dropped. Classification only reads the context, so it is
+/// shared between workers (`Send + Sync`).
+#[derive(Debug)]
+pub struct AclContext {
+    /// `None` for an empty rule set (librte_acl cannot build one).
+    ptr: Option<NonNull<ffi::rte_acl_ctx>>,
+    rules: usize,
+    memory: u64,
+}
+
+// SAFETY: the context is built before the value exists and never changed
+// afterwards; rte_acl_free may run on any thread.
+unsafe impl Send for AclContext {}
+// SAFETY: rte_acl_classify on a built context only reads it (librte_acl
+// documents classification as safe from many lcores at once).
+unsafe impl Sync for AclContext {}
+
+impl AclContext {
+    /// Creates a context, adds `rules` and builds it.
+    pub fn build(_eal: &Eal, rules: &[AclRule]) -> Result<AclContext, AclError> {
+        let mut raw = Vec::with_capacity(rules.len());
+        for (index, r) in rules.iter().enumerate() {
+            let bad = |why| Err(AclError::BadRule { index, why });
+            if !(1..=ACL_MAX_PRIORITY).contains(&r.priority) {
+                return bad("priority outside 1..=ACL_MAX_PRIORITY");
+            }
+            if r.userdata == 0 {
+                return bad("userdata 0 is reserved for \"no match\"");
+            }
+            if r.src.1 > 32 || r.dst.1 > 32 {
+                return bad("prefix length above 32");
+            }
+            if r.sport.0 > r.sport.1 || r.dport.0 > r.dport.1 {
+                return bad("port range with its low end above its high end");
+            }
+            raw.push(ffi::tandem_acl_rule {
+                proto: r.proto.unwrap_or(0),
+                proto_mask: if r.proto.is_some() { 0xff } else { 0 },
+                src_len: r.src.1,
+                dst_len: r.dst.1,
+                src: u32::from(r.src.0),
+                dst: u32::from(r.dst.0),
+                sport_lo: r.sport.0,
+                sport_hi: r.sport.1,
+                dport_lo: r.dport.0,
+                dport_hi: r.dport.1,
+                in_port: r.in_port.unwrap_or(0),
+                in_port_mask: if r.in_port.is_some() { 0xffff } else { 0 },
+                out_port: r.out_port.unwrap_or(0),
+                out_port_mask: if r.out_port.is_some() { 0xffff } else { 0 },
+                priority: r.priority,
+                userdata: r.userdata,
+            });
+        }
+        if raw.is_empty() {
+            return Ok(AclContext {
+                ptr: None,
+                rules: 0,
+                memory: 0,
+            });
+        }
+        let fail = |op, code: i32| AclError::Dpdk {
+            op,
+            code,
+            msg: strerror(code),
+        };
+        let serial = ACL_SERIAL.fetch_add(1, Ordering::Relaxed);
+        // Names are unique per process (librte_acl refuses duplicates) and
+        // shorter than RTE_ACL_NAMESIZE.
+        let name = CString::new(format!("tandem_acl_{serial}")).expect("no NUL in the name");
+        let max = u32::try_from(raw.len()).map_err(|_| fail("create", -libc::E2BIG))?;
+        // SAFETY: reads a counter of DPDK's heaps; the EAL is up (&Eal).
+        let before = unsafe { ffi::tandem_heap_allocated() };
+        // SAFETY: valid C string; the EAL is initialised (&Eal).
+        let ptr = unsafe { ffi::tandem_acl_create(name.as_ptr(), ffi::SOCKET_ID_ANY, max) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| fail("create", -last_errno()))?;
+        // Owns the context from here on, so every error path frees it.
+        let mut ctx = AclContext {
+            ptr: Some(ptr),
+            rules: raw.len(),
+            memory: 0,
+        };
+        // SAFETY: ptr is a fresh context with room for max rules; raw holds
+        // max valid rules.
+        let rc = unsafe { ffi::tandem_acl_add_rules(ptr.as_ptr(), raw.as_ptr(), max) };
+        if rc != 0 {
+            return Err(fail("add rules", rc));
+        }
+        // SAFETY: a context with its rules, not shared with anyone yet.
+        let rc = unsafe { ffi::tandem_acl_build(ptr.as_ptr()) };
+        if rc != 0 {
+            return Err(fail("build", rc));
+        }
+        // SAFETY: as above.
+        let after = unsafe { ffi::tandem_heap_allocated() };
+        ctx.memory = after.saturating_sub(before);
+        Ok(ctx)
+    }
+
+    /// Classifies `keys`: `results[i]` is the userdata of the
+    /// highest-priority rule that matches `keys[i]`, 0 when none does.
+    /// Classifies `min(keys.len(), results.len())` keys.
+    #[inline]
+    pub fn classify(&self, keys: &[AclKey], results: &mut [u32]) {
+        let n = keys.len().min(results.len());
+        let Some(ptr) = self.ptr else {
+            results[..n].fill(0);
+            return;
+        };
+        // SAFETY: a built context is only read; keys and results hold n
+        // elements each (AclKey is a transparent tandem_acl_key).
+        let rc = unsafe {
+            ffi::tandem_acl_classify(
+                ptr.as_ptr(),
+                keys.as_ptr().cast::<ffi::tandem_acl_key>(),
+                results.as_mut_ptr(),
+                n as u32,
+            )
+        };
+        // rte_acl_classify fails only on invalid arguments, which the types
+        // exclude.
+        debug_assert_eq!(rc, 0, "rte_acl_classify rejected its arguments");
+    }
+
+    /// Number of rules.
+    pub fn rules(&self) -> usize {
+        self.rules
+    }
+
+    /// DPDK heap memory the context took when built (measured as the
+    /// growth of the heaps, so approximate if other threads allocated at
+    /// the same time).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory
+    }
+}
+
+impl Drop for AclContext {
+    fn drop(&mut self) {
+        if let Some(ptr) = self.ptr.take() {
+            // SAFETY: we own the context and nothing else refers to it
+            // (classify borrows self).
+            unsafe { ffi::rte_acl_free(ptr.as_ptr()) }
+        }
+    }
+}
+
+impl Eal {
+    /// The EAL of this process if it is initialised: for code that runs
+    /// both with DPDK (production) and without (unit tests) and picks an
+    /// implementation accordingly.
+    pub fn running() -> Option<&'static Eal> {
+        static RUNNING: Eal = Eal { _private: () };
+        EAL_READY.load(Ordering::SeqCst).then_some(&RUNNING)
     }
 }

@@ -11,4 +11,5 @@
 #include <rte_mempool.h>
 #include <rte_ring.h>
 #include <rte_eth_ring.h>
+#include <rte_acl.h>
 #include "shim.h"

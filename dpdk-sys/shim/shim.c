@@ -10,6 +10,8 @@
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
 #include <rte_ring.h>
+#include <rte_acl.h>
+#include <rte_malloc.h>
 
 #include "shim.h"
 
@@ -157,3 +159,137 @@ unsigned tandem_ring_dequeue_burst(struct rte_ring *r, void **objs, unsigned n)
 	return rte_ring_dequeue_burst(r, objs, n, NULL);
 }
 unsigned tandem_ring_count(const struct rte_ring *r) { return rte_ring_count(r); }
+
+/* ---- librte_acl ---- */
+
+enum {
+	TANDEM_ACL_PROTO,
+	TANDEM_ACL_SRC,
+	TANDEM_ACL_DST,
+	TANDEM_ACL_SPORT,
+	TANDEM_ACL_DPORT,
+	TANDEM_ACL_IN_PORT,
+	TANDEM_ACL_OUT_PORT,
+	TANDEM_ACL_NUM_FIELDS
+};
+
+RTE_ACL_RULE_DEF(tandem_acl_rte_rule, TANDEM_ACL_NUM_FIELDS);
+
+/* rte_acl consumes the first field as one byte, then reads every later
+ * input index as a 4-byte group. The trie follows this order: proto | dst |
+ * sport+dport | src | in_port+out_port. Destination and ports before the
+ * source (which "any" rules often leave open) halved the trie of a 10,000
+ * rule policy (16 -> 7.6 MB) and its lookup time against the key's own
+ * order; the interfaces, rarely set, come last. */
+static const struct rte_acl_field_def tandem_acl_defs[TANDEM_ACL_NUM_FIELDS] = {
+	{ .type = RTE_ACL_FIELD_TYPE_BITMASK, .size = sizeof(uint8_t),
+	  .field_index = TANDEM_ACL_PROTO, .input_index = 0,
+	  .offset = offsetof(struct tandem_acl_key, proto) },
+	{ .type = RTE_ACL_FIELD_TYPE_MASK, .size = sizeof(uint32_t),
+	  .field_index = TANDEM_ACL_DST, .input_index = 1,
+	  .offset = offsetof(struct tandem_acl_key, dst) },
+	{ .type = RTE_ACL_FIELD_TYPE_RANGE, .size = sizeof(uint16_t),
+	  .field_index = TANDEM_ACL_SPORT, .input_index = 2,
+	  .offset = offsetof(struct tandem_acl_key, sport) },
+	{ .type = RTE_ACL_FIELD_TYPE_RANGE, .size = sizeof(uint16_t),
+	  .field_index = TANDEM_ACL_DPORT, .input_index = 2,
+	  .offset = offsetof(struct tandem_acl_key, dport) },
+	{ .type = RTE_ACL_FIELD_TYPE_MASK, .size = sizeof(uint32_t),
+	  .field_index = TANDEM_ACL_SRC, .input_index = 3,
+	  .offset = offsetof(struct tandem_acl_key, src) },
+	{ .type = RTE_ACL_FIELD_TYPE_BITMASK, .size = sizeof(uint16_t),
+	  .field_index = TANDEM_ACL_IN_PORT, .input_index = 4,
+	  .offset = offsetof(struct tandem_acl_key, in_port) },
+	{ .type = RTE_ACL_FIELD_TYPE_BITMASK, .size = sizeof(uint16_t),
+	  .field_index = TANDEM_ACL_OUT_PORT, .input_index = 4,
+	  .offset = offsetof(struct tandem_acl_key, out_port) },
+};
+
+struct rte_acl_ctx *tandem_acl_create(const char *name, int socket_id, uint32_t max_rules)
+{
+	struct rte_acl_param p = {
+		.name = name,
+		.socket_id = socket_id,
+		.rule_size = RTE_ACL_RULE_SZ(TANDEM_ACL_NUM_FIELDS),
+		.max_rule_num = max_rules,
+	};
+	return rte_acl_create(&p);
+}
+
+int tandem_acl_add_rules(struct rte_acl_ctx *ctx, const struct tandem_acl_rule *rules, uint32_t n)
+{
+	struct tandem_acl_rte_rule buf[64];
+	uint32_t i = 0;
+
+	while (i < n) {
+		uint32_t k, chunk = n - i < 64 ? n - i : 64;
+		memset(buf, 0, sizeof(buf[0]) * chunk);
+		for (k = 0; k < chunk; k++) {
+			const struct tandem_acl_rule *r = &rules[i + k];
+			struct rte_acl_field *f = buf[k].field;
+			buf[k].data.category_mask = 1;
+			buf[k].data.priority = r->priority;
+			buf[k].data.userdata = r->userdata;
+			f[TANDEM_ACL_PROTO].value.u8 = r->proto;
+			f[TANDEM_ACL_PROTO].mask_range.u8 = r->proto_mask;
+			f[TANDEM_ACL_SRC].value.u32 = r->src;
+			f[TANDEM_ACL_SRC].mask_range.u32 = r->src_len;
+			f[TANDEM_ACL_DST].value.u32 = r->dst;
+			f[TANDEM_ACL_DST].mask_range.u32 = r->dst_len;
+			f[TANDEM_ACL_SPORT].value.u16 = r->sport_lo;
+			f[TANDEM_ACL_SPORT].mask_range.u16 = r->sport_hi;
+			f[TANDEM_ACL_DPORT].value.u16 = r->dport_lo;
+			f[TANDEM_ACL_DPORT].mask_range.u16 = r->dport_hi;
+			f[TANDEM_ACL_IN_PORT].value.u16 = r->in_port;
+			f[TANDEM_ACL_IN_PORT].mask_range.u16 = r->in_port_mask;
+			f[TANDEM_ACL_OUT_PORT].value.u16 = r->out_port;
+			f[TANDEM_ACL_OUT_PORT].mask_range.u16 = r->out_port_mask;
+		}
+		int rc = rte_acl_add_rules(ctx, (const struct rte_acl_rule *)buf, chunk);
+		if (rc != 0)
+			return rc;
+		i += chunk;
+	}
+	return 0;
+}
+
+int tandem_acl_build(struct rte_acl_ctx *ctx)
+{
+	struct rte_acl_config cfg;
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.num_categories = 1;
+	cfg.num_fields = TANDEM_ACL_NUM_FIELDS;
+	memcpy(cfg.defs, tandem_acl_defs, sizeof(tandem_acl_defs));
+	cfg.max_size = 0;
+	return rte_acl_build(ctx, &cfg);
+}
+
+int tandem_acl_classify(const struct rte_acl_ctx *ctx, const struct tandem_acl_key *keys,
+			uint32_t *results, uint32_t n)
+{
+	const uint8_t *data[64];
+	uint32_t i = 0;
+
+	while (i < n) {
+		uint32_t k, chunk = n - i < 64 ? n - i : 64;
+		for (k = 0; k < chunk; k++)
+			data[k] = (const uint8_t *)&keys[i + k];
+		int rc = rte_acl_classify(ctx, data, results + i, chunk, 1);
+		if (rc != 0)
+			return rc;
+		i += chunk;
+	}
+	return 0;
+}
+
+uint64_t tandem_heap_allocated(void)
+{
+	uint64_t total = 0;
+	unsigned i, n = rte_socket_count();
+	for (i = 0; i < n; i++) {
+		struct rte_malloc_socket_stats st;
+		if (rte_malloc_get_socket_stats(rte_socket_id_by_idx(i), &st) == 0)
+			total += st.heap_allocsz_bytes;
+	}
+	return total;
+}

@@ -87,4 +87,58 @@ unsigned tandem_ring_enqueue_burst(struct rte_ring *r, void *const *objs,
 unsigned tandem_ring_dequeue_burst(struct rte_ring *r, void **objs, unsigned n);
 unsigned tandem_ring_count(const struct rte_ring *r);
 
+/* ---- Packet classification (librte_acl) ----
+ * One fixed field layout for every context: protocol, source and
+ * destination address, source and destination port, input and output
+ * port. The shim owns the RTE_ACL_RULE_DEF struct and the field
+ * definitions, so Rust sees plain structs only. */
+struct rte_acl_ctx;
+
+/** One classification rule: each field is a value plus a mask, a prefix
+ * length or an inclusive range. Host byte order. */
+struct tandem_acl_rule {
+	uint8_t proto;          /* IP protocol ... */
+	uint8_t proto_mask;     /* ... 0xff exact, 0 any */
+	uint8_t src_len;        /* source prefix length 0..=32 */
+	uint8_t dst_len;        /* destination prefix length 0..=32 */
+	uint32_t src;           /* source address */
+	uint32_t dst;           /* destination address */
+	uint16_t sport_lo, sport_hi;   /* source port (or ICMP type) range */
+	uint16_t dport_lo, dport_hi;   /* destination port range */
+	uint16_t in_port, in_port_mask;   /* DPDK port in; mask 0 any */
+	uint16_t out_port, out_port_mask; /* DPDK port out; mask 0 any */
+	int32_t priority;       /* 1..=RTE_ACL_MAX_PRIORITY, highest wins */
+	uint32_t userdata;      /* returned on a match; not 0 */
+};
+
+/** The input of a classification, in network byte order, laid out as the
+ * context's field definitions expect: the 1-byte protocol first, then
+ * 4-byte groups. */
+struct tandem_acl_key {
+	uint8_t proto;
+	uint8_t pad[3];
+	uint32_t src;
+	uint32_t dst;
+	uint16_t sport;
+	uint16_t dport;
+	uint16_t in_port;
+	uint16_t out_port;
+};
+
+/* Creates an empty context for up to max_rules rules; NULL + rte_errno. */
+struct rte_acl_ctx *tandem_acl_create(const char *name, int socket_id,
+				      uint32_t max_rules);
+/* Adds n rules; 0 or a negative errno. */
+int tandem_acl_add_rules(struct rte_acl_ctx *ctx,
+			 const struct tandem_acl_rule *rules, uint32_t n);
+/* Builds the run-time structures (one category); 0 or a negative errno. */
+int tandem_acl_build(struct rte_acl_ctx *ctx);
+/* Classifies n keys: results[i] is the userdata of the highest-priority
+ * matching rule, 0 when none matches. 0 or a negative errno. */
+int tandem_acl_classify(const struct rte_acl_ctx *ctx,
+			const struct tandem_acl_key *keys, uint32_t *results,
+			uint32_t n);
+/* Bytes allocated from DPDK's heaps on all sockets (for memory reports). */
+uint64_t tandem_heap_allocated(void);
+
 #endif

@@ -35,4 +35,7 @@ opaque!(
     rte_eth_rxconf,
     /// Per-queue TX settings; tandem passes NULL for the driver's defaults.
     rte_eth_txconf,
+    /// A packet classification context (`struct rte_acl_ctx`, private to
+    /// librte_acl).
+    rte_acl_ctx,
 );

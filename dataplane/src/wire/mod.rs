@@ -1,6 +1,7 @@
 //! Wire formats: zero-copy views and plain representations of the protocols
 //! the routed node speaks (Ethernet II with 802.1Q recognition, ARP for
-//! Ethernet/IPv4, IPv4, ICMPv4) and the internet checksum.
+//! Ethernet/IPv4, IPv4, ICMPv4), the transport headers the firewall tracks
+//! (TCP, UDP, GRE, ESP, SCTP) and the internet checksum.
 //!
 //! Every protocol follows one pattern:
 //! - a `Packet<T: AsRef<[u8]>>` (or `Frame`) view over a buffer, with all
@@ -14,19 +15,29 @@
 
 pub mod arp;
 pub mod checksum;
+pub mod esp;
 pub mod ethernet;
+pub mod gre;
 pub mod icmp;
 pub mod ipv4;
+pub mod sctp;
+pub mod tcp;
+pub mod udp;
 
 pub use arp::{Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr};
+pub use esp::{Packet as EspPacket, Repr as EspRepr};
 pub use ethernet::{
     Address as EthernetAddress, EtherType, Frame as EthernetFrame, Repr as EthernetRepr,
 };
+pub use gre::{Packet as GrePacket, Repr as GreRepr};
 pub use icmp::{
     DstUnreachable as IcmpDstUnreachable, Message as IcmpMessage, Packet as IcmpPacket,
     Repr as IcmpRepr, TimeExceeded as IcmpTimeExceeded,
 };
 pub use ipv4::{Packet as Ipv4Packet, Protocol as IpProtocol, Repr as Ipv4Repr};
+pub use sctp::{Packet as SctpPacket, Repr as SctpRepr};
+pub use tcp::{Packet as TcpPacket, Repr as TcpRepr, TcpOption};
+pub use udp::{Packet as UdpPacket, Repr as UdpRepr};
 
 use core::fmt;
 
@@ -46,12 +57,17 @@ pub enum Error {
     Truncated,
     /// The IP version field is not the expected one.
     BadVersion,
-    /// The IPv4 header length field is below the 20-byte minimum.
+    /// The IPv4 header length field (or the TCP data offset) is below the
+    /// 20-byte minimum.
     BadHeaderLen,
-    /// The IPv4 total length is smaller than its own header.
+    /// The IPv4 total length (or the UDP length) is smaller than its own
+    /// header.
     BadTotalLen,
     /// A checksum does not verify.
     BadChecksum,
+    /// A field holds a value its protocol forbids (a TCP option whose
+    /// length does not fit, ESP SPI 0, a chunk length past the packet, ...).
+    Malformed,
     /// Well-formed but of a kind this node does not handle (e.g. ARP for a
     /// non-Ethernet or non-IPv4 network, an ICMP type we do not parse).
     Unsupported,
@@ -62,9 +78,10 @@ impl fmt::Display for Error {
         let s = match self {
             Error::Truncated => "truncated packet",
             Error::BadVersion => "wrong IP version",
-            Error::BadHeaderLen => "IPv4 header length below 20 bytes",
+            Error::BadHeaderLen => "header length (IPv4 IHL, TCP data offset) below 20 bytes",
             Error::BadTotalLen => "IPv4 total length smaller than its header",
             Error::BadChecksum => "checksum mismatch",
+            Error::Malformed => "malformed header field",
             Error::Unsupported => "unsupported packet kind",
         };
         f.write_str(s)
