@@ -27,6 +27,52 @@ pub struct NodeConfig {
     /// Static routes in addition to the connected subnets.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The stateful firewall: policy file and connection tables.
+    #[serde(default)]
+    pub firewall: FirewallConfig,
+}
+
+/// The stateful firewall of the node. Without a `policy` the node is a plain
+/// router: no connection tracking, no filtering, no NAT.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    /// The filter and NAT policy (RON, see `config/examples/policy-lab.ron`);
+    /// a relative path is taken from the node configuration's directory.
+    pub policy: Option<PathBuf>,
+    /// Connections the node can track, split evenly over the workers.
+    pub connections: u32,
+    /// Verify TCP/UDP/ICMP checksums of forwarded packets (drop and count
+    /// the bad ones). Turn off only behind NICs that verify them.
+    pub verify_checksums: bool,
+    /// How long a first fragment's flow is remembered for the fragments
+    /// that follow it, in milliseconds.
+    pub fragment_timeout_ms: u32,
+}
+
+impl FirewallConfig {
+    /// The policy file's path, relative paths taken from `base` (the
+    /// directory of the node configuration).
+    pub fn policy_path(&self, base: &std::path::Path) -> Option<PathBuf> {
+        self.policy.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            }
+        })
+    }
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            policy: None,
+            connections: 65536,
+            verify_checksums: true,
+            fragment_timeout_ms: 2000,
+        }
+    }
 }
 
 /// The node's identity: a name unique in its cluster and the hardware

@@ -877,3 +877,51 @@ fn examples_use_only_benchmarking_addresses() {
         }
     }
 }
+
+// ---- firewall ----
+
+#[test]
+fn firewall_section_defaults_to_a_plain_router() {
+    let cfg = parse(BASE, "t.ron").unwrap();
+    assert_eq!(cfg.firewall.policy, None);
+    assert_eq!(cfg.firewall.connections, 65536);
+    assert!(cfg.firewall.verify_checksums);
+}
+
+#[test]
+fn firewall_policy_path_is_taken_relative_to_the_node_configuration() {
+    let text = with(
+        "routes: [],",
+        "routes: [],\n    firewall: (policy: \"policy.ron\", connections: 4096),",
+    );
+    let cfg = parse(&text, "t.ron").unwrap();
+    assert_eq!(
+        cfg.firewall
+            .policy_path(std::path::Path::new("/etc/tandem")),
+        Some(PathBuf::from("/etc/tandem/policy.ron"))
+    );
+    let text = with(
+        "routes: [],",
+        "routes: [],\n    firewall: (policy: \"/srv/p.ron\"),",
+    );
+    let cfg = parse(&text, "t.ron").unwrap();
+    assert_eq!(
+        cfg.firewall
+            .policy_path(std::path::Path::new("/etc/tandem")),
+        Some(PathBuf::from("/srv/p.ron"))
+    );
+}
+
+#[test]
+fn firewall_connections_must_be_in_range() {
+    let text = with(
+        "routes: [],",
+        "routes: [],\n    firewall: (connections: 10),",
+    );
+    rejects(
+        &text,
+        "firewall.connections",
+        "connections: 10",
+        "1024..=16777216",
+    );
+}

@@ -49,6 +49,8 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "dataplane.idle.spin_polls" => "0..=4294967295",
         "dataplane.idle.max_sleep_us" => "1..=100000",
         "interfaces" => "at least one interface",
+        "firewall.connections" => "1024..=16777216 connections (per node, split over the workers)",
+        "firewall.fragment_timeout_ms" => "100..=60000",
         "interfaces[].name" => "1..=15 characters from [a-z0-9_-], unique on the node",
         "interfaces[].mtu" => "576..=9000",
         "interfaces[].kernel_interface" => {
@@ -184,7 +186,30 @@ pub(crate) fn validate(
     dataplane(&mut c, cfg);
     interfaces(&mut c, cfg);
     routes(&mut c, cfg);
+    firewall(&mut c, cfg);
     c.out
+}
+
+fn firewall(c: &mut Checker<'_>, cfg: &NodeConfig) {
+    let f = &cfg.firewall;
+    c.range("firewall.connections", f.connections, 1024, 16_777_216);
+    c.range(
+        "firewall.fragment_timeout_ms",
+        f.fragment_timeout_ms,
+        100,
+        60_000,
+    );
+    let workers = cfg.dataplane.workers.len().max(1) as u32;
+    if f.connections >= 1024 && f.connections / workers < 256 {
+        c.fail(
+            "firewall.connections",
+            format!(
+                "{} connections over {workers} workers leaves fewer than 256 per worker; allowed {}",
+                f.connections,
+                allowed("firewall.connections")
+            ),
+        );
+    }
 }
 
 fn allowed(field: &str) -> &'static str {
