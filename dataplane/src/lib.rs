@@ -6,12 +6,15 @@
 //! argument, so it is unit-tested and fuzzed without DPDK.
 #![deny(unsafe_code)]
 
+pub mod conntrack;
 pub mod counters;
 pub mod dpdk;
 pub mod flow;
+pub mod frag;
 pub mod lpm;
 pub mod neigh;
 pub mod node;
+pub mod parse;
 pub mod policy;
 pub mod router;
 pub mod wire;
