@@ -12,9 +12,13 @@ use mio::{Events, Interest, Poll, Token};
 use tandem_config::NodeConfig;
 use tandem_dataplane::node::{device_text, LinkSource, Node, NodeError};
 
+use tandem_dataplane::conntrack::{ConnView, NatKind};
+use tandem_dataplane::firewall::ConnQuery;
+
 use crate::api::{
-    InterfaceStatus, NeighbourStatus, PortStats, Request, Response, RouteStatus, StatsReport,
-    StatusReport, WorkerStats, WorkerStatus,
+    ConnFilter, ConnectionStatus, ConnectionsReport, FirewallStats, InterfaceStatus, NatStatus,
+    NeighbourStatus, PortStats, Request, Response, RouteStatus, StatsReport, StatusReport,
+    WorkerStats, WorkerStatus,
 };
 use crate::socket::{ControlSocket, SocketError};
 
@@ -91,7 +95,22 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             cfg.dataplane.workers.len()
         ),
     );
-    let node = Node::start(&cfg)?;
+    let config_dir = config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let node = Node::start(&cfg, &config_dir)?;
+    if let Some(p) = node.policy() {
+        log(
+            &name,
+            format_args!(
+                "policy {}: {} rules, {} NAT rules",
+                p.path.display(),
+                p.rules,
+                p.nat_rules
+            ),
+        );
+    }
     for (i, iface) in node.interfaces().iter().enumerate() {
         let (link, _) = node.link(i);
         log(
@@ -160,9 +179,43 @@ impl Daemon {
         match req {
             Request::Status => Response::Status(self.status()),
             Request::Stats => Response::Stats(self.stats()),
-            Request::ConnList { .. } | Request::ConnFlush | Request::PolicyReload => Response::error(
+            _ if self.node.policy().is_none() => Response::error(
                 "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)",
             ),
+            Request::ConnList { filter } => match conn_query(&filter) {
+                Ok(q) => match self.node.connections(&q) {
+                    Ok((conns, total)) => Response::Connections(ConnectionsReport {
+                        connections: conns.iter().map(|(w, v)| conn_status(*w, v)).collect(),
+                        total,
+                    }),
+                    Err(e) => Response::error(e.to_string()),
+                },
+                Err(e) => Response::error(e),
+            },
+            Request::ConnFlush => match self.node.flush_connections() {
+                Ok(count) => {
+                    log(&self.cfg.node.name, format_args!("connection table flushed: {count} connections"));
+                    Response::Flushed { count }
+                }
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::PolicyReload => match self.node.reload_policy() {
+                Ok(info) => {
+                    log(
+                        &self.cfg.node.name,
+                        format_args!("policy reloaded from {}: {} rules", info.path.display(), info.rules),
+                    );
+                    Response::Policy {
+                        rules: info.rules,
+                        nat_rules: info.nat_rules,
+                        path: info.path.display().to_string(),
+                    }
+                }
+                Err(e) => {
+                    log(&self.cfg.node.name, format_args!("policy reload refused, the old policy stays: {e}"));
+                    Response::error(format!("{e}; the policy in force is unchanged"))
+                }
+            },
         }
     }
 
@@ -290,8 +343,15 @@ impl Daemon {
             .iter()
             .map(|w| {
                 let c = &w.counters;
-                let drops: BTreeMap<String, u64> =
-                    c.drop_counts().map(|(k, v)| (k.to_owned(), v)).collect();
+                // The router and the firewall's parser share a few reason
+                // names (ip_bad_length, ...): a name's counts add up.
+                let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+                for (k, v) in c
+                    .drop_counts()
+                    .chain(w.firewall.iter().flat_map(|f| f.drop_counts()))
+                {
+                    *drops.entry(k.to_owned()).or_default() += v;
+                }
                 for (k, v) in &drops {
                     *drops_total.entry(k.clone()).or_default() += v;
                 }
@@ -314,11 +374,111 @@ impl Daemon {
                 }
             })
             .collect();
+        let firewall = node.policy().map(|p| {
+            let mut f = FirewallStats {
+                rules: p.rules,
+                ..FirewallStats::default()
+            };
+            for c in node.workers().iter().filter_map(|w| w.firewall.as_ref()) {
+                f.connections += c.connections.get();
+                f.capacity += c.capacity.get();
+                f.created += c.created.get();
+                f.deleted += c.deleted.get();
+                f.expired += c.expired.get();
+                f.passed += c.passed.get();
+                f.deltas += c.deltas.get();
+            }
+            f
+        });
         StatsReport {
             ports,
             workers,
             drops_total,
-            firewall: None,
+            firewall,
         }
+    }
+}
+
+/// Turns the operator's filter into the workers' query; errors say what is
+/// allowed.
+fn conn_query(f: &ConnFilter) -> Result<ConnQuery, String> {
+    let net =
+        |field: &str, v: &Option<String>| -> Result<Option<(std::net::Ipv4Addr, u8)>, String> {
+            let Some(v) = v else { return Ok(None) };
+            let (addr, len) = v.split_once('/').unwrap_or((v.as_str(), "32"));
+            match (addr.parse(), len.parse::<u8>()) {
+                (Ok(a), Ok(l)) if l <= 32 => Ok(Some((a, l))),
+                _ => Err(format!(
+                    "{field} {v:?} is not an IPv4 address or CIDR; allowed a.b.c.d or a.b.c.d/len"
+                )),
+            }
+        };
+    let proto = match f.proto.as_deref() {
+        None => None,
+        Some(p) => Some(match p.to_ascii_lowercase().as_str() {
+            "tcp" => 6,
+            "udp" => 17,
+            "icmp" => 1,
+            "gre" => 47,
+            "esp" => 50,
+            "sctp" => 132,
+            other => other.parse::<u8>().map_err(|_| {
+                format!("proto {p:?} is unknown; allowed tcp, udp, icmp, gre, esp, sctp or a number 0-255")
+            })?,
+        }),
+    };
+    Ok(ConnQuery {
+        proto,
+        addr: net("addr", &f.addr)?,
+        src: net("src", &f.src)?,
+        dst: net("dst", &f.dst)?,
+        port: f.port,
+        limit: f.limit.unwrap_or(1000),
+    })
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        47 => "gre".into(),
+        50 => "esp".into(),
+        132 => "sctp".into(),
+        n => n.to_string(),
+    }
+}
+
+fn conn_status(worker: usize, v: &ConnView) -> ConnectionStatus {
+    ConnectionStatus {
+        worker,
+        proto: proto_name(v.proto),
+        src: v.orig.src.to_string(),
+        sport: v.orig.sport,
+        dst: v.orig.dst.to_string(),
+        dport: v.orig.dport,
+        state: v.state.to_string(),
+        nat: v.nat.map(|n| match n.kind {
+            NatKind::Snat => NatStatus {
+                kind: "source".into(),
+                addr: n.translated.src.to_string(),
+                port: n.translated.sport,
+            },
+            NatKind::Dnat => NatStatus {
+                kind: "destination".into(),
+                addr: n.translated.dst.to_string(),
+                port: n.translated.dport,
+            },
+        }),
+        rule: v.rule,
+        sync: v.sync,
+        larval: v.larval,
+        age_ms: v.age_ms,
+        idle_ms: v.idle_ms,
+        expires_ms: v.remaining_ms,
+        packets_orig: v.packets[0],
+        packets_reply: v.packets[1],
+        bytes_orig: v.bytes[0],
+        bytes_reply: v.bytes[1],
     }
 }

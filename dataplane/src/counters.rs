@@ -69,6 +69,13 @@ impl Counter {
         );
     }
 
+    /// Sets the value (for mirrors of state the owner keeps elsewhere).
+    /// Only the owning worker may call this.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
     /// The current value.
     #[inline]
     pub fn get(&self) -> u64 {

@@ -9,6 +9,7 @@
 pub mod conntrack;
 pub mod counters;
 pub mod dpdk;
+pub mod firewall;
 pub mod flow;
 pub mod frag;
 pub mod lpm;

@@ -10,12 +10,17 @@ use std::time::{Duration, Instant};
 
 use tandem_config::{Device, InterfaceConfig, NodeConfig};
 
+use crossbeam::channel::{bounded, Sender};
+
+use crate::conntrack::{ConnView, ShardConfig};
 use crate::counters::WorkerCounters;
 use crate::dpdk::{DpdkError, Eal, LinkState, Mempool, Port, PortCounters, PortSetup};
+use crate::firewall::{ConnQuery, Firewall, FirewallCounters, FirewallSettings};
 use crate::neigh::{NeighbourTable, NeighbourTimers};
+use crate::policy::{Policy, PolicyError};
 use crate::router::{Router, RouterError, RouterInterface, StaticRoute};
 use crate::wire::EthernetAddress;
-use crate::worker::{PollMode, Worker, WorkerSettings};
+use crate::worker::{PollMode, Worker, WorkerCommand, WorkerSettings};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +31,9 @@ pub enum NodeError {
     /// The routing setup is inconsistent.
     #[error("routing: {0}")]
     Router(#[from] RouterError),
+    /// The policy file could not be read or compiled.
+    #[error("policy: {0}")]
+    Policy(String),
     /// A worker thread could not be started.
     #[error("cannot start worker {id}: {msg}")]
     Worker {
@@ -68,7 +76,24 @@ pub struct WorkerHandle {
     pub lcore: Arc<std::sync::OnceLock<u32>>,
     /// Its counters.
     pub counters: Arc<WorkerCounters>,
+    /// Its firewall's counters, when the node filters.
+    pub firewall: Option<Arc<FirewallCounters>>,
+    commands: Sender<WorkerCommand>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// How long the control thread waits for a worker to answer a command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The policy in force and where it came from.
+#[derive(Debug, Clone)]
+pub struct PolicyInfo {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Filter rules (enabled ones, plus implicit ones).
+    pub rules: usize,
+    /// NAT rules.
+    pub nat_rules: usize,
 }
 
 /// A running dataplane.
@@ -79,6 +104,7 @@ pub struct Node {
     stop: Arc<AtomicBool>,
     epoch: Instant,
     pool: Option<Arc<Mempool>>,
+    policy: Option<PolicyInfo>,
     eal: Option<Eal>,
 }
 
@@ -93,7 +119,8 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// Initialises DPDK from the configuration, opens every interface's
     /// port with one queue pair per worker, and starts the workers.
-    pub fn start(cfg: &NodeConfig) -> Result<Node, NodeError> {
+    pub fn start(cfg: &NodeConfig, config_dir: &Path) -> Result<Node, NodeError> {
+        let policy_path = cfg.firewall.policy_path(config_dir);
         let eal = Eal::init(&cfg.eal_args())?;
         let dp = &cfg.dataplane;
         let pool = Mempool::new(&eal, "tandem_mbufs", dp.mbufs, dp.mbuf_cache)?;
@@ -163,13 +190,138 @@ impl Node {
             stop: Arc::new(AtomicBool::new(false)),
             epoch: Instant::now(),
             pool: Some(pool),
+            policy: None,
             eal: Some(eal),
         };
-        node.spawn_workers(cfg)?;
+        let policy = match policy_path {
+            Some(path) => {
+                let (policy, info) = node.compile_policy(&path)?;
+                node.policy = Some(info);
+                Some(policy)
+            }
+            None => None,
+        };
+        node.spawn_workers(cfg, policy)?;
         Ok(node)
     }
 
-    fn spawn_workers(&mut self, cfg: &NodeConfig) -> Result<(), NodeError> {
+    /// Reads and compiles the policy at `path` for this node's interfaces
+    /// (with DPDK's ACL classifier, the EAL being up).
+    fn compile_policy(&self, path: &Path) -> Result<(Arc<Policy>, PolicyInfo), NodeError> {
+        let names: Vec<&str> = self
+            .interfaces
+            .iter()
+            .map(|i| i.config.name.as_str())
+            .collect();
+        let cfg = tandem_config::policy::load(path, Some(&names))
+            .map_err(|e| NodeError::Policy(e.to_string()))?;
+        let ifaces: Vec<(String, u16)> = self
+            .interfaces
+            .iter()
+            .map(|i| (i.config.name.clone(), i.port.id()))
+            .collect();
+        let policy = Policy::compile(&cfg, &ifaces, None)
+            .map_err(|e: PolicyError| NodeError::Policy(e.to_string()))?;
+        let info = PolicyInfo {
+            path: path.to_owned(),
+            rules: policy.stats().rules,
+            nat_rules: cfg.nat.iter().filter(|n| n.enabled).count(),
+        };
+        Ok((Arc::new(policy), info))
+    }
+
+    /// The policy in force, if the node filters.
+    pub fn policy(&self) -> Option<&PolicyInfo> {
+        self.policy.as_ref()
+    }
+
+    /// Reads the policy file again and hands the new snapshot to every
+    /// worker (they switch between bursts; connections stay). On error the
+    /// old policy stays in force.
+    pub fn reload_policy(&mut self) -> Result<PolicyInfo, NodeError> {
+        let Some(current) = &self.policy else {
+            return Err(NodeError::Policy(
+                "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)".into(),
+            ));
+        };
+        let (policy, info) = self.compile_policy(&current.path.clone())?;
+        for w in &self.workers {
+            w.commands
+                .send_timeout(WorkerCommand::SetPolicy(policy.clone()), COMMAND_TIMEOUT)
+                .map_err(|_| NodeError::Worker {
+                    id: w.id,
+                    msg: "does not take commands".into(),
+                })?;
+        }
+        self.policy = Some(info.clone());
+        Ok(info)
+    }
+
+    /// The connections `query` wants, from every worker, with the owning
+    /// worker; and how many matched in all.
+    pub fn connections(
+        &self,
+        query: &ConnQuery,
+    ) -> Result<(Vec<(usize, ConnView)>, u64), NodeError> {
+        let mut all = Vec::new();
+        let mut total = 0;
+        for w in &self.workers {
+            let (tx, rx) = bounded(1);
+            let q = ConnQuery {
+                limit: query.limit.saturating_sub(all.len()),
+                ..query.clone()
+            };
+            let answer = w
+                .commands
+                .send_timeout(
+                    WorkerCommand::ListConnections {
+                        query: q,
+                        reply: tx,
+                    },
+                    COMMAND_TIMEOUT,
+                )
+                .ok()
+                .and_then(|()| rx.recv_timeout(COMMAND_TIMEOUT).ok())
+                .ok_or_else(|| NodeError::Worker {
+                    id: w.id,
+                    msg: "did not answer within 2 s".into(),
+                })?;
+            total += answer.1;
+            all.extend(answer.0.into_iter().map(|v| (w.id, v)));
+        }
+        Ok((all, total))
+    }
+
+    /// Deletes every connection of every worker; returns how many.
+    pub fn flush_connections(&self) -> Result<u64, NodeError> {
+        let mut n = 0;
+        for w in &self.workers {
+            let (tx, rx) = bounded(1);
+            n += w
+                .commands
+                .send_timeout(WorkerCommand::Flush { reply: tx }, COMMAND_TIMEOUT)
+                .ok()
+                .and_then(|()| rx.recv_timeout(COMMAND_TIMEOUT).ok())
+                .ok_or_else(|| NodeError::Worker {
+                    id: w.id,
+                    msg: "did not answer within 2 s".into(),
+                })?;
+        }
+        Ok(n)
+    }
+
+    fn spawn_workers(
+        &mut self,
+        cfg: &NodeConfig,
+        policy: Option<Arc<Policy>>,
+    ) -> Result<(), NodeError> {
+        let shards = cfg.dataplane.workers.len().max(1);
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
         let dp = &cfg.dataplane;
         let mut queue_sets: Vec<_> = self
             .interfaces
@@ -206,6 +358,7 @@ impl Node {
             };
             let counters = Arc::new(WorkerCounters::default());
             let lcore = Arc::new(std::sync::OnceLock::new());
+            let (cmd_tx, cmd_rx) = bounded(16);
             let mut worker = Worker::new(
                 settings,
                 rx,
@@ -214,7 +367,32 @@ impl Node {
                 self.pool.clone().expect("pool lives until shutdown"),
                 counters.clone(),
                 self.epoch,
-            );
+            )
+            .with_commands(cmd_rx);
+            let mut fw_counters = None;
+            if let Some(policy) = &policy {
+                let c = Arc::new(FirewallCounters::default());
+                let fw = &cfg.firewall;
+                let settings = FirewallSettings {
+                    shard: ShardConfig {
+                        capacity: (fw.connections as usize / shards) as u32,
+                        shard: id,
+                        shards,
+                        hash_seed: seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        ..ShardConfig::default()
+                    },
+                    verify_checksums: fw.verify_checksums,
+                    fragment_capacity: 1024,
+                    fragment_timeout_ms: u64::from(fw.fragment_timeout_ms),
+                };
+                worker = worker.with_firewall(Firewall::new(
+                    settings,
+                    policy.clone(),
+                    c.clone(),
+                    self.now_ms(),
+                ));
+                fw_counters = Some(c);
+            }
             let stop = self.stop.clone();
             let cpu = wc.cpu;
             let lcore_slot = lcore.clone();
@@ -240,6 +418,8 @@ impl Node {
                 cpu,
                 lcore,
                 counters,
+                firewall: fw_counters,
+                commands: cmd_tx,
                 thread: Some(thread),
             });
         }

@@ -8,9 +8,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam::channel::{Receiver, Sender};
+
+use crate::conntrack::ConnView;
 use crate::counters::{WorkerCounters, WorkerDrop};
 use crate::dpdk::{self, Mbuf, Mempool, RxQueue, TxQueue};
+use crate::firewall::{ConnQuery, Firewall};
+use crate::policy::Policy;
 use crate::router::{Action, HeldResult, Router};
+
+/// What the control thread asks of a worker; the worker serves it between
+/// bursts, so nothing it owns is ever shared.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    /// Switch to this policy snapshot.
+    SetPolicy(Arc<Policy>),
+    /// Send back the connections the query wants, and how many matched.
+    ListConnections {
+        /// Which ones.
+        query: ConnQuery,
+        /// Where to send them.
+        reply: Sender<(Vec<ConnView>, u64)>,
+    },
+    /// Delete every connection; send back how many.
+    Flush {
+        /// Where to send the count.
+        reply: Sender<u64>,
+    },
+}
+
+/// How often a worker does its housekeeping (connection expiry, fragment
+/// table, counter mirrors).
+const MAINTENANCE_MS: u64 = 10;
 
 /// How a worker waits when its queues are empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +120,9 @@ pub struct Worker {
     held: VecDeque<Held>,
     icmp_bucket: TokenBucket,
     epoch: Instant,
+    firewall: Option<Firewall>,
+    commands: Option<Receiver<WorkerCommand>>,
+    next_maintenance_ms: u64,
 }
 
 impl Worker {
@@ -131,6 +163,58 @@ impl Worker {
             counters,
             icmp_bucket,
             epoch,
+            firewall: None,
+            commands: None,
+            next_maintenance_ms: 0,
+        }
+    }
+
+    /// Makes this worker a stateful firewall (without one it routes
+    /// everything it may).
+    pub fn with_firewall(mut self, firewall: Firewall) -> Worker {
+        self.firewall = Some(firewall);
+        self
+    }
+
+    /// Lets the control thread reach this worker.
+    pub fn with_commands(mut self, commands: Receiver<WorkerCommand>) -> Worker {
+        self.commands = Some(commands);
+        self
+    }
+
+    fn serve_commands(&mut self, now: u64) {
+        let Some(rx) = &self.commands else { return };
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                WorkerCommand::SetPolicy(p) => {
+                    if let Some(fw) = &mut self.firewall {
+                        fw.set_policy(p);
+                    }
+                }
+                WorkerCommand::ListConnections { query, reply } => {
+                    let answer = self
+                        .firewall
+                        .as_ref()
+                        .map_or((Vec::new(), 0), |fw| fw.list(now, &query));
+                    let _ = reply.try_send(answer);
+                }
+                WorkerCommand::Flush { reply } => {
+                    let n = self.firewall.as_mut().map_or(0, |fw| fw.flush(now));
+                    let _ = reply.try_send(n);
+                }
+            }
+        }
+    }
+
+    fn maintain(&mut self) {
+        let now = self.now_ms();
+        if now < self.next_maintenance_ms {
+            return;
+        }
+        self.next_maintenance_ms = now + MAINTENANCE_MS;
+        self.serve_commands(now);
+        if let Some(fw) = &mut self.firewall {
+            fw.maintain(now);
         }
     }
 
@@ -145,6 +229,7 @@ impl Worker {
         let mut rx_buf: Vec<Mbuf> = Vec::with_capacity(self.settings.burst);
         while !stop.load(Ordering::Relaxed) {
             let n = self.poll_once(&mut rx_buf);
+            self.maintain();
             self.counters.polls.add(1);
             if n > 0 {
                 empty_polls = 0;
@@ -199,7 +284,13 @@ impl Worker {
             self.counters.worker_drop(WorkerDrop::MultiSegment, 1);
             return;
         }
-        match self.router.process(now, in_port, mbuf.data_mut()) {
+        let action = match &mut self.firewall {
+            Some(fw) => self
+                .router
+                .process_filtered(now, in_port, mbuf.data_mut(), fw),
+            None => self.router.process(now, in_port, mbuf.data_mut()),
+        };
+        match action {
             Action::Forward { port } => {
                 self.counters.forwarded.add(1);
                 self.enqueue(port, mbuf);

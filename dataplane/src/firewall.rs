@@ -1,0 +1,651 @@
+//! The stateful firewall of one worker: parse, connection tracking, NAT
+//! and the filter policy, plugged into the router as its [`Filter`].
+//!
+//! Order of a packet (the order of Linux's PREROUTING/FORWARD/POSTROUTING
+//! and of pf's rdr/filter/nat):
+//! 1. parse (drops counted per [`ParseDrop`]); non-first fragments take the
+//!    flow of their first fragment from the [`FragmentTable`];
+//! 2. a packet of a known connection is tracked (TCP windows, states) and
+//!    translated as its connection says, then routed;
+//! 3. an ICMP error passes only if it is about a known connection;
+//! 4. a packet that may open a connection: destination NAT, routing, the
+//!    filter policy (on the translated destination), source NAT, creation.
+//!
+//! Traffic addressed to the node itself (not translated) is left to the
+//! router (ICMP echo) and is not tracked, so it is never synchronised
+//! (HA-REFERENCE F17).
+//!
+//! Everything is sans-IO: time comes in as `now_ms`.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use crate::conntrack::{
+    reply_key, ConnMeta, ConnView, CreateError, Dir, Nat, NatKind, Shard, ShardConfig, Track,
+    TrackDrop,
+};
+use crate::counters::Counter;
+use crate::flow::{proto, FlowKey, L4Info};
+use crate::frag::FragmentTable;
+use crate::parse::{parse_ipv4, update_l4_checksum_for_addr, Fragment, ParseDrop, ParsedIpv4};
+use crate::policy::{Action as PolicyAction, Policy, Query, SnatTarget};
+use crate::router::{Filter, FilterVerdict, Reject, Router};
+use crate::wire::{checksum, IcmpPacket, Ipv4Packet, TcpPacket, UdpPacket};
+
+/// Drops decided by the firewall outside the parser and the TCP/SCTP
+/// state machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FwDrop {
+    /// A `Block` rule (or the default action) matched.
+    PolicyBlock,
+    /// A `Reject` rule matched (an answer was sent).
+    PolicyReject,
+    /// The packet cannot open a connection and belongs to none (a TCP
+    /// segment without SYN, an ICMP reply nobody asked for).
+    NoConnection,
+    /// The connection table of this worker is full.
+    TableFull,
+    /// Its keys collide with another live connection (NAT binding clash).
+    ConnConflict,
+    /// Inconsistent packet for a new connection.
+    ConnInvalid,
+    /// No source port left for source NAT.
+    NatExhausted,
+    /// A later fragment whose first fragment was not seen (or dropped).
+    FragmentMiss,
+    /// An ICMP error about no known connection.
+    IcmpErrorUnrelated,
+}
+
+impl FwDrop {
+    /// Number of variants.
+    pub const COUNT: usize = 9;
+    /// Every variant, in counter order.
+    pub const ALL: [FwDrop; Self::COUNT] = [
+        FwDrop::PolicyBlock,
+        FwDrop::PolicyReject,
+        FwDrop::NoConnection,
+        FwDrop::TableFull,
+        FwDrop::ConnConflict,
+        FwDrop::ConnInvalid,
+        FwDrop::NatExhausted,
+        FwDrop::FragmentMiss,
+        FwDrop::IcmpErrorUnrelated,
+    ];
+
+    /// Stable snake_case name used in counters and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FwDrop::PolicyBlock => "policy_block",
+            FwDrop::PolicyReject => "policy_reject",
+            FwDrop::NoConnection => "no_connection",
+            FwDrop::TableFull => "table_full",
+            FwDrop::ConnConflict => "conn_conflict",
+            FwDrop::ConnInvalid => "conn_invalid",
+            FwDrop::NatExhausted => "nat_exhausted",
+            FwDrop::FragmentMiss => "fragment_miss",
+            FwDrop::IcmpErrorUnrelated => "icmp_error_unrelated",
+        }
+    }
+}
+
+/// What the control thread can read of one worker's firewall. Written by
+/// the worker only (the shard's own counters are mirrored here by
+/// [`Firewall::publish`]).
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct FirewallCounters {
+    /// Packets let through (known connection or new accepted one).
+    pub passed: Counter,
+    /// Drops per [`FwDrop`].
+    pub drops: [Counter; FwDrop::COUNT],
+    /// Drops per [`ParseDrop`].
+    pub parse_drops: [Counter; ParseDrop::COUNT],
+    /// Drops per [`TrackDrop`] (mirrored from the shard).
+    pub track_drops: [Counter; TrackDrop::COUNT],
+    /// Connections in the shard now (mirrored).
+    pub connections: Counter,
+    /// Capacity of the shard.
+    pub capacity: Counter,
+    /// Connections created (mirrored).
+    pub created: Counter,
+    /// Connections deleted (mirrored).
+    pub deleted: Counter,
+    /// Connections expired (mirrored).
+    pub expired: Counter,
+    /// Delta records produced for the HA sync (mirrored).
+    pub deltas: Counter,
+    /// Rules of the policy in force.
+    pub rules: Counter,
+}
+
+impl Default for FirewallCounters {
+    fn default() -> Self {
+        FirewallCounters {
+            passed: Counter::default(),
+            drops: Default::default(),
+            parse_drops: std::array::from_fn(|_| Counter::default()),
+            track_drops: Default::default(),
+            connections: Counter::default(),
+            capacity: Counter::default(),
+            created: Counter::default(),
+            deleted: Counter::default(),
+            expired: Counter::default(),
+            deltas: Counter::default(),
+            rules: Counter::default(),
+        }
+    }
+}
+
+impl FirewallCounters {
+    /// Every drop counter with its name.
+    pub fn drop_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        FwDrop::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.drops[*r as usize].get()))
+            .chain(
+                ParseDrop::ALL
+                    .iter()
+                    .map(|r| (r.as_str(), self.parse_drops[*r as usize].get())),
+            )
+            .chain(
+                TrackDrop::ALL
+                    .iter()
+                    .map(|r| (r.as_str(), self.track_drops[*r as usize].get())),
+            )
+    }
+}
+
+/// Settings of a worker's firewall.
+#[derive(Debug, Clone)]
+pub struct FirewallSettings {
+    /// The connection-table shard.
+    pub shard: ShardConfig,
+    /// Verify TCP/UDP/ICMP checksums.
+    pub verify_checksums: bool,
+    /// Fragment-table slots.
+    pub fragment_capacity: usize,
+    /// Fragment-table timeout.
+    pub fragment_timeout_ms: u64,
+}
+
+/// Which connections a listing wants (every field narrows it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnQuery {
+    /// IP protocol.
+    pub proto: Option<u8>,
+    /// Either end inside this network.
+    pub addr: Option<(Ipv4Addr, u8)>,
+    /// Initiator inside this network.
+    pub src: Option<(Ipv4Addr, u8)>,
+    /// Responder (as addressed) inside this network.
+    pub dst: Option<(Ipv4Addr, u8)>,
+    /// Either port of the original key.
+    pub port: Option<u16>,
+    /// At most this many views are returned (all are counted).
+    pub limit: usize,
+}
+
+fn in_net(a: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    };
+    u32::from(a) & mask == u32::from(net) & mask
+}
+
+impl ConnQuery {
+    /// Whether `v` is wanted.
+    pub fn matches(&self, v: &ConnView) -> bool {
+        let k = &v.orig;
+        self.proto.is_none_or(|p| p == v.proto)
+            && self
+                .addr
+                .is_none_or(|n| in_net(k.src, n) || in_net(k.dst, n))
+            && self.src.is_none_or(|n| in_net(k.src, n))
+            && self.dst.is_none_or(|n| in_net(k.dst, n))
+            && self.port.is_none_or(|p| k.sport == p || k.dport == p)
+    }
+}
+
+/// One worker's stateful firewall.
+#[derive(Debug)]
+pub struct Firewall {
+    shard: Shard,
+    frags: FragmentTable,
+    policy: Arc<Policy>,
+    counters: Arc<FirewallCounters>,
+    verify: bool,
+}
+
+/// The L4 header of a parsed packet, mutable, for NAT rewrites.
+fn l4_mut<'a>(ip: &'a mut [u8], p: &ParsedIpv4) -> Option<&'a mut [u8]> {
+    let end = usize::from(p.total_len).min(ip.len());
+    ip.get_mut(p.l4_offset..end)
+}
+
+impl Firewall {
+    /// A firewall with an empty table, enforcing `policy`.
+    pub fn new(
+        settings: FirewallSettings,
+        policy: Arc<Policy>,
+        counters: Arc<FirewallCounters>,
+        now_ms: u64,
+    ) -> Self {
+        let shard = Shard::new(settings.shard, now_ms);
+        counters.capacity.set(shard.capacity() as u64);
+        counters.rules.set(policy.stats().rules as u64);
+        Firewall {
+            shard,
+            frags: FragmentTable::new(settings.fragment_capacity, settings.fragment_timeout_ms),
+            policy,
+            counters,
+            verify: settings.verify_checksums,
+        }
+    }
+
+    /// Switches to a new policy (between bursts). Existing connections
+    /// keep working: they are not re-evaluated.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        self.counters.rules.set(policy.stats().rules as u64);
+        self.policy = policy;
+    }
+
+    /// The connection-table shard (the sync core and listings use it).
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
+    /// The connection-table shard, mutable (HA installs, flush).
+    pub fn shard_mut(&mut self) -> &mut Shard {
+        &mut self.shard
+    }
+
+    /// Housekeeping with bounded work: expires connections and fragment
+    /// entries, and publishes the counters.
+    pub fn maintain(&mut self, now_ms: u64) {
+        self.shard.expire(now_ms, 512);
+        self.frags.expire(now_ms, 64);
+        self.publish();
+    }
+
+    /// Copies the shard's counters to the shared ones.
+    pub fn publish(&self) {
+        let s = self.shard.counters();
+        let c = &self.counters;
+        c.connections.set(self.shard.len() as u64);
+        c.created.set(s.created);
+        c.deleted.set(s.deleted);
+        c.expired.set(s.expired);
+        c.deltas.set(s.deltas);
+        for (i, v) in s.drops.iter().enumerate() {
+            c.track_drops[i].set(*v);
+        }
+    }
+
+    /// The connections `q` wants (at most `q.limit`) and how many matched.
+    pub fn list(&self, now_ms: u64, q: &ConnQuery) -> (Vec<ConnView>, u64) {
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        for v in self.shard.iter(now_ms).filter(|v| q.matches(v)) {
+            total += 1;
+            if out.len() < q.limit {
+                out.push(v);
+            }
+        }
+        (out, total)
+    }
+
+    /// Deletes every connection; returns how many.
+    pub fn flush(&mut self, now_ms: u64) -> u64 {
+        let n = self.shard.flush(now_ms) as u64;
+        self.publish();
+        n
+    }
+
+    fn drop(&self, why: FwDrop) -> FilterVerdict {
+        self.counters.drops[why as usize].add(1);
+        FilterVerdict::Drop
+    }
+
+    fn pass(&self, router: &Router, dst: Ipv4Addr) -> FilterVerdict {
+        self.counters.passed.add(1);
+        match router.route_table().lookup(dst) {
+            Some(r) => FilterVerdict::Route(*r),
+            // The router drops it and answers net unreachable.
+            None => FilterVerdict::Continue,
+        }
+    }
+
+    fn snat_address(&self, router: &Router, target: SnatTarget, key: &FlowKey) -> Option<Ipv4Addr> {
+        match target {
+            SnatTarget::Address(a) => Some(a),
+            SnatTarget::Interface { port } => {
+                router.interface(port)?.addresses.first().map(|a| a.0)
+            }
+            SnatTarget::Pool { first, last } => {
+                // The same inside host always gets the same pool address
+                // (sticky, as operators expect of a pool).
+                let span = u32::from(last).saturating_sub(u32::from(first)) + 1;
+                let pick = u32::from(key.src).wrapping_mul(0x9e37_79b1) % span;
+                Some(Ipv4Addr::from(u32::from(first) + pick))
+            }
+        }
+    }
+
+    fn new_connection(
+        &mut self,
+        now_ms: u64,
+        in_port: u16,
+        ip: &mut [u8],
+        p: &ParsedIpv4,
+        router: &Router,
+    ) -> FilterVerdict {
+        let key = p.flow;
+        let icmp_type = match p.l4 {
+            L4Info::IcmpQuery { ty, .. } | L4Info::IcmpOther { ty, .. } => Some(ty),
+            _ => None,
+        };
+        let mut q = Query::from_flow(&key, in_port, 0, icmp_type);
+        let dnat = self.policy.nat_destination(&q);
+        let mut translated = key;
+        if let Some((addr, port)) = dnat {
+            translated.dst = addr;
+            if let Some(port) = port {
+                translated.dport = port;
+            }
+        } else if router.is_local(key.dst) {
+            // To the node itself: the router answers (not tracked).
+            return FilterVerdict::Continue;
+        }
+        let Some(route) = router.route_table().lookup(translated.dst).copied() else {
+            return FilterVerdict::Continue;
+        };
+        q.out_port = route.port;
+        q.dst = translated.dst;
+        q.dport = translated.dport;
+        let verdict = self.policy.classify(&q);
+        match verdict.action {
+            PolicyAction::Pass => {}
+            PolicyAction::Block => return self.drop(FwDrop::PolicyBlock),
+            PolicyAction::Reject => {
+                self.counters.drops[FwDrop::PolicyReject as usize].add(1);
+                return FilterVerdict::Reject(match key.proto {
+                    proto::TCP => Reject::TcpReset,
+                    proto::UDP => Reject::PortUnreachable,
+                    _ => Reject::AdminProhibited,
+                });
+            }
+        }
+        let nat = if dnat.is_some() {
+            Some(Nat {
+                kind: NatKind::Dnat,
+                orig: key,
+                translated,
+            })
+        } else {
+            match self
+                .policy
+                .nat_source(&q)
+                .and_then(|t| self.snat_address(router, t, &key))
+            {
+                Some(addr) => match self.shard.snat(&key, addr) {
+                    Ok(n) => Some(n),
+                    Err(_) => return self.drop(FwDrop::NatExhausted),
+                },
+                None => None,
+            }
+        };
+        let meta = ConnMeta {
+            rule: verdict.rule,
+            sync: verdict.sync,
+            log: verdict.log,
+            in_port,
+            out_port: route.port,
+            nat,
+        };
+        let id = match self.shard.create(now_ms, &key, &p.l4, meta) {
+            Ok(id) => id,
+            Err(CreateError::TableFull) => return self.drop(FwDrop::TableFull),
+            Err(CreateError::NotInitial) => return self.drop(FwDrop::NoConnection),
+            Err(CreateError::Exists(_) | CreateError::KeyConflict(_)) => {
+                return self.drop(FwDrop::ConnConflict)
+            }
+            Err(CreateError::Invalid) => return self.drop(FwDrop::ConnInvalid),
+        };
+        match self
+            .shard
+            .track(now_ms, id, Dir::Original, &p.l4, u32::from(p.total_len))
+        {
+            Track::Accept | Track::Closed => {}
+            // A brand-new entry refusing its first packet: counted by the
+            // shard; nothing was sent.
+            Track::Drop(_) | Track::Stale => return FilterVerdict::Drop,
+        }
+        if let Some(n) = nat {
+            translate(ip, p, &n, Dir::Original);
+        }
+        self.pass(router, translated.dst)
+    }
+
+    fn icmp_error(
+        &mut self,
+        ip: &mut [u8],
+        p: &ParsedIpv4,
+        inner: FlowKey,
+        router: &Router,
+    ) -> FilterVerdict {
+        // `inner` is the packet the error is about, as it was on the wire
+        // the error comes from (translated, if its connection has NAT): its
+        // reply is what the table knows on this side, and the direction
+        // found is the one the error travels.
+        match self.shard.lookup(&reply_key(&inner)) {
+            Some((id, error_dir)) => {
+                let nat = self.shard.get(id).and_then(|c| c.nat());
+                if let Some(n) = nat {
+                    translate_icmp_error(ip, p, &n, error_dir.other());
+                }
+                let dst = Ipv4Packet::new_unchecked(&*ip).dst_addr();
+                self.pass(router, dst)
+            }
+            None => self.drop(FwDrop::IcmpErrorUnrelated),
+        }
+    }
+}
+
+impl Filter for Firewall {
+    fn check(
+        &mut self,
+        now_ms: u64,
+        in_port: u16,
+        ip: &mut [u8],
+        router: &Router,
+    ) -> FilterVerdict {
+        let p = match parse_ipv4(ip, self.verify) {
+            Ok(p) => p,
+            Err(d) => {
+                self.counters.parse_drops[d as usize].add(1);
+                return FilterVerdict::Drop;
+            }
+        };
+        match p.fragment {
+            Fragment::None => {}
+            Fragment::First { .. } => {
+                self.frags.insert(now_ms, &p);
+            }
+            Fragment::NonFirst { .. } => {
+                let Some(flow) = self.frags.lookup(now_ms, p.src, p.dst, p.proto, p.ident) else {
+                    return self.drop(FwDrop::FragmentMiss);
+                };
+                if !p.more_fragments {
+                    self.frags.remove(p.src, p.dst, p.proto, p.ident);
+                }
+                // A later fragment follows its first fragment's connection;
+                // it has no L4 header to track or translate.
+                return match self.shard.lookup(&flow) {
+                    Some((id, dir)) => {
+                        if let Some(n) = self.shard.get(id).and_then(|c| c.nat()) {
+                            translate_addresses(ip, &n, dir);
+                        }
+                        let dst = Ipv4Packet::new_unchecked(&*ip).dst_addr();
+                        self.pass(router, dst)
+                    }
+                    None => self.drop(FwDrop::FragmentMiss),
+                };
+            }
+        }
+        if let Some((id, dir)) = self.shard.lookup(&p.flow) {
+            match self
+                .shard
+                .track(now_ms, id, dir, &p.l4, u32::from(p.total_len))
+            {
+                Track::Accept | Track::Closed => {
+                    if let Some(n) = self.shard.get(id).and_then(|c| c.nat()) {
+                        translate(ip, &p, &n, dir);
+                    }
+                    let dst = Ipv4Packet::new_unchecked(&*ip).dst_addr();
+                    return self.pass(router, dst);
+                }
+                // Counted by the shard.
+                Track::Drop(_) => return FilterVerdict::Drop,
+                // The old entry is gone: this packet may open a new one.
+                Track::Stale => {}
+            }
+        }
+        if let L4Info::IcmpError { inner, .. } = p.l4 {
+            return self.icmp_error(ip, &p, inner, router);
+        }
+        self.new_connection(now_ms, in_port, ip, &p, router)
+    }
+}
+
+/// Rewrites the IP addresses of `ip` (and the IP header checksum) for a
+/// packet of a connection with binding `n` going `dir`; returns the
+/// (old, new) address pairs changed, for the L4 checksum.
+fn translate_addresses(ip: &mut [u8], n: &Nat, dir: Dir) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let mut pkt = Ipv4Packet::new_unchecked(&mut *ip);
+    let change = match (n.kind, dir) {
+        (NatKind::Snat, Dir::Original) => {
+            let old = pkt.src_addr();
+            pkt.set_src_addr(n.translated.src);
+            (old, n.translated.src)
+        }
+        (NatKind::Snat, Dir::Reply) => {
+            let old = pkt.dst_addr();
+            pkt.set_dst_addr(n.orig.src);
+            (old, n.orig.src)
+        }
+        (NatKind::Dnat, Dir::Original) => {
+            let old = pkt.dst_addr();
+            pkt.set_dst_addr(n.translated.dst);
+            (old, n.translated.dst)
+        }
+        (NatKind::Dnat, Dir::Reply) => {
+            let old = pkt.src_addr();
+            pkt.set_src_addr(n.orig.dst);
+            (old, n.orig.dst)
+        }
+    };
+    pkt.fill_checksum();
+    (change.0 != change.1).then_some(change)
+}
+
+/// The (field, new value) of the port a packet of binding `n` going `dir`
+/// carries after translation: `true` for the source port.
+fn port_change(n: &Nat, dir: Dir) -> (bool, u16) {
+    match (n.kind, dir) {
+        (NatKind::Snat, Dir::Original) => (true, n.translated.sport),
+        (NatKind::Snat, Dir::Reply) => (false, n.orig.sport),
+        (NatKind::Dnat, Dir::Original) => (false, n.translated.dport),
+        (NatKind::Dnat, Dir::Reply) => (true, n.orig.dport),
+    }
+}
+
+/// Translates a packet of a connection with binding `n` going `dir`:
+/// addresses, ports (ICMP: the query identifier) and every checksum.
+fn translate(ip: &mut [u8], p: &ParsedIpv4, n: &Nat, dir: Dir) {
+    let addr = translate_addresses(ip, n, dir);
+    let (src_port, port) = port_change(n, dir);
+    let Some(l4) = l4_mut(ip, p) else { return };
+    if let Some((old, new)) = addr {
+        // A first fragment carries the whole datagram's checksum: the
+        // incremental update stays right.
+        let _ = update_l4_checksum_for_addr(p.proto, l4, old, new);
+    }
+    match p.proto {
+        proto::TCP if l4.len() >= 20 => {
+            let mut t = TcpPacket::new_unchecked(l4);
+            if src_port {
+                t.rewrite_src_port(port);
+            } else {
+                t.rewrite_dst_port(port);
+            }
+        }
+        proto::UDP if l4.len() >= 8 => {
+            let mut u = UdpPacket::new_unchecked(l4);
+            if src_port {
+                u.rewrite_src_port(port);
+            } else {
+                u.rewrite_dst_port(port);
+            }
+        }
+        proto::ICMP if l4.len() >= 8 && matches!(p.l4, L4Info::IcmpQuery { .. }) => {
+            // The identifier rides in `sport` both ways (flow.rs).
+            let ident = match dir {
+                Dir::Original => n.translated.sport,
+                Dir::Reply => n.orig.sport,
+            };
+            let mut icmp = IcmpPacket::new_unchecked(l4);
+            crate::parse::rewrite_icmp_ident(&mut icmp, ident);
+        }
+        _ => {}
+    }
+}
+
+/// Translates an ICMP error about a packet of a connection with binding
+/// `n`; the quoted packet went `quoted_dir`, the error travels the other
+/// way. The outer header is translated like any packet of the other
+/// direction; the quoted header like a packet of `quoted_dir` translated
+/// back. ICMP checksums are recomputed (errors are small and rare).
+fn translate_icmp_error(ip: &mut [u8], p: &ParsedIpv4, n: &Nat, quoted_dir: Dir) {
+    let error_dir = quoted_dir.other();
+    translate_addresses(ip, n, error_dir);
+    let Some(icmp) = l4_mut(ip, p) else { return };
+    let Some(inner) = icmp.get_mut(8..) else {
+        return;
+    };
+    if inner.len() < 20 || inner[0] >> 4 != 4 {
+        return;
+    }
+    let ihl = usize::from(inner[0] & 0x0f) * 4;
+    // The quoted packet, as the far side saw it, was translated; as the
+    // near side sent it, it was not: put it back the way it went out on
+    // the side the error is going to.
+    let (is_src, addr, port) = match (n.kind, quoted_dir) {
+        (NatKind::Snat, Dir::Original) => (true, n.orig.src, n.orig.sport),
+        (NatKind::Snat, Dir::Reply) => (false, n.orig.src, n.orig.sport),
+        (NatKind::Dnat, Dir::Original) => (false, n.orig.dst, n.orig.dport),
+        (NatKind::Dnat, Dir::Reply) => (true, n.orig.dst, n.orig.dport),
+    };
+    {
+        let mut q = Ipv4Packet::new_unchecked(&mut inner[..]);
+        if is_src {
+            q.set_src_addr(addr);
+        } else {
+            q.set_dst_addr(addr);
+        }
+        q.fill_checksum();
+    }
+    if let Some(ports) = inner.get_mut(ihl..ihl + 4) {
+        let at = if is_src { 0 } else { 2 };
+        ports[at..at + 2].copy_from_slice(&port.to_be_bytes());
+    }
+    // The quoted L4 checksum is not fixed (only 8 bytes are quoted);
+    // recompute the ICMP checksum over the whole message.
+    icmp[2] = 0;
+    icmp[3] = 0;
+    let ck = checksum::checksum(icmp);
+    icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+}
