@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build build-release demo test test-unit test-e2e bench lint clean-lab
+.PHONY: deps build build-release demo test fuzz bench lint clean-lab
 
 deps:
 	@./scripts/install-deps.sh
@@ -24,9 +24,18 @@ demo: build-release
 test: build
 	$(CARGO) test --workspace --exclude tandem-tests
 	$(CARGO) test -p tandem-tests -- --test-threads=1
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# Every fuzz target for a bounded time (the corpus in fuzz/corpus grows).
+FUZZ_SECONDS ?= 30
+fuzz:
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
 
 bench: build-release
 	./target/release/tandem-lab bench-iperf --seconds 10 --runs 3
+	./target/release/bench-firewall
+	./target/release/bench-conntrack --connections 1000000
+	./target/release/bench-policy
 
 lint:
 	$(CARGO) fmt --all -- --check
