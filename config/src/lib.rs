@@ -29,9 +29,9 @@ use std::path::Path;
 pub use cidr::{CidrParseError, Ipv4Cidr, MAX_PREFIX_LEN};
 pub use error::{ConfigError, Diagnostic, Position};
 pub use schema::{
-    ControlConfig, DataplaneConfig, Device, EalConfig, FirewallConfig, IdleConfig, InterfaceConfig,
-    NeighbourConfig, NodeConfig, NodeIdentity, PollMode, RouteConfig, WorkerConfig,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_MTU, EAL_LOG_LEVEL,
+    ControlConfig, DataplaneConfig, Device, EalConfig, FirewallConfig, HaConfig, HaLinkConfig,
+    IdleConfig, InterfaceConfig, NeighbourConfig, NodeConfig, NodeIdentity, PollMode, RouteConfig,
+    WorkerConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_MTU, EAL_LOG_LEVEL,
 };
 
 use locate::SourceMap;

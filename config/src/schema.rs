@@ -30,6 +30,73 @@ pub struct NodeConfig {
     /// The stateful firewall: policy file and connection tables.
     #[serde(default)]
     pub firewall: FirewallConfig,
+    /// High availability: the cluster this node is a member of. Without it
+    /// the node runs alone and is always active.
+    #[serde(default)]
+    pub ha: Option<HaConfig>,
+}
+
+/// Membership of an active/passive cluster of two nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// Identifies the cluster on the HA links (both members carry the same).
+    pub cluster_id: u32,
+    /// The pre-shared key that authenticates (and, with `encrypt`,
+    /// encrypts) the traffic between the members: at least 12 characters
+    /// mixing three of lower case, upper case, digits and other characters.
+    pub psk: String,
+    /// Encrypt the state sync between the members (always authenticated).
+    #[serde(default)]
+    pub encrypt: bool,
+    /// The HA links, main first, then the optional backup: dedicated
+    /// kernel interfaces (not DPDK ports) with their own addresses.
+    pub links: Vec<HaLinkConfig>,
+    /// UDP port of the state sync (K2K).
+    #[serde(default = "default_sync_port")]
+    pub sync_port: u16,
+    /// Only connections older than this many seconds are synchronised
+    /// (0: all, at once).
+    #[serde(default)]
+    pub sync_min_age_secs: u32,
+    /// After a takeover, TCP windows are tracked loosely for this long, so
+    /// that windows that moved on since the last sync do not reset
+    /// connections.
+    #[serde(default = "default_takeover_grace_ms")]
+    pub takeover_grace_ms: u32,
+    /// Gratuitous ARP for every address on becoming active: how many per
+    /// address.
+    #[serde(default = "default_garp_count")]
+    pub garp_count: u8,
+}
+
+/// One HA link of this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaLinkConfig {
+    /// A name for logs and status ("HA-main", "HA-backup").
+    pub name: String,
+    /// The kernel interface of the link.
+    pub interface: String,
+    /// This node's address on the link, with its prefix (/31 allowed).
+    pub address: Ipv4Cidr,
+    /// The peer's address on the link (same network).
+    pub peer: Ipv4Addr,
+}
+
+/// Default UDP port of the state sync.
+pub const DEFAULT_SYNC_PORT: u16 = 44242;
+
+fn default_sync_port() -> u16 {
+    DEFAULT_SYNC_PORT
+}
+
+fn default_takeover_grace_ms() -> u32 {
+    30_000
+}
+
+fn default_garp_count() -> u8 {
+    3
 }
 
 /// The stateful firewall of the node. Without a `policy` the node is a plain

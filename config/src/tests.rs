@@ -925,3 +925,67 @@ fn firewall_connections_must_be_in_range() {
         "1024..=16777216",
     );
 }
+
+// ---- ha ----
+
+const HA: &str = r#"routes: [],
+    ha: (
+        cluster_id: 7,
+        psk: "Lab-Cluster-Key-2026",
+        links: [
+            (name: "HA-main", interface: "ha-main", address: "198.19.69.1/30", peer: "198.19.69.2"),
+            (name: "HA-backup", interface: "ha-backup", address: "198.19.70.1/31", peer: "198.19.70.0"),
+        ],
+    ),"#;
+
+#[test]
+fn ha_section_with_main_and_backup_links_is_valid() {
+    let cfg = parse(&with("routes: [],", HA), "t.ron").unwrap();
+    let ha = cfg.ha.expect("ha section");
+    assert_eq!(ha.links.len(), 2);
+    assert_eq!(ha.sync_port, 44242);
+    assert!(!ha.encrypt);
+    assert_eq!(
+        ha.links[1].peer,
+        Ipv4Addr::new(198, 19, 70, 0),
+        "/31 links use both addresses"
+    );
+}
+
+#[test]
+fn weak_pre_shared_key_is_refused() {
+    let text = with(
+        "routes: [],",
+        &HA.replace("Lab-Cluster-Key-2026", "password"),
+    );
+    rejects(&text, "ha.psk", "psk:", "at least 12 characters");
+}
+
+#[test]
+fn ha_peer_must_be_on_the_link_network() {
+    let text = with(
+        "routes: [],",
+        &HA.replace("peer: \"198.19.69.2\"", "peer: \"198.19.71.2\""),
+    );
+    rejects(
+        &text,
+        "ha.links[0].peer",
+        "198.19.71.2",
+        "an address of the link's network",
+    );
+}
+
+#[test]
+fn ha_link_may_not_overlap_a_data_network() {
+    let text = with(
+        "routes: [],",
+        &HA.replace("198.19.69.1/30", "198.18.1.200/24")
+            .replace("198.19.69.2", "198.18.1.201"),
+    );
+    let err = parse(&text, "t.ron").expect_err("overlap");
+    assert!(err.to_string().contains("ha.links[0].address"), "{err}");
+    assert!(
+        err.to_string().contains("overlaps a data interface"),
+        "{err}"
+    );
+}

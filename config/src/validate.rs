@@ -51,6 +51,14 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "interfaces" => "at least one interface",
         "firewall.connections" => "1024..=16777216 connections (per node, split over the workers)",
         "firewall.fragment_timeout_ms" => "100..=60000",
+        "ha.psk" => "at least 12 characters mixing three of: lower case, upper case, digits, other characters",
+        "ha.links" => "1 or 2 links (main, then backup)",
+        "ha.links[].name" => "1..=32 characters from [A-Za-z0-9._-]",
+        "ha.links[].interface" => "a Linux interface name: 1..=15 characters, no '/', ':' or white space",
+        "ha.links[].peer" => "an address of the link's network other than this node's and than the network and broadcast addresses",
+        "ha.sync_port" => "1..=65535",
+        "ha.takeover_grace_ms" => "0..=600000",
+        "ha.garp_count" => "1..=20",
         "interfaces[].name" => "1..=15 characters from [a-z0-9_-], unique on the node",
         "interfaces[].mtu" => "576..=9000",
         "interfaces[].kernel_interface" => {
@@ -187,6 +195,7 @@ pub(crate) fn validate(
     interfaces(&mut c, cfg);
     routes(&mut c, cfg);
     firewall(&mut c, cfg);
+    ha(&mut c, cfg);
     c.out
 }
 
@@ -209,6 +218,95 @@ fn firewall(c: &mut Checker<'_>, cfg: &NodeConfig) {
                 allowed("firewall.connections")
             ),
         );
+    }
+}
+
+fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
+    let Some(ha) = &cfg.ha else { return };
+    let classes = [
+        ha.psk.chars().any(|ch| ch.is_ascii_lowercase()),
+        ha.psk.chars().any(|ch| ch.is_ascii_uppercase()),
+        ha.psk.chars().any(|ch| ch.is_ascii_digit()),
+        ha.psk.chars().any(|ch| !ch.is_ascii_alphanumeric()),
+    ]
+    .iter()
+    .filter(|&&b| b)
+    .count();
+    if ha.psk.chars().count() < 12 || classes < 3 {
+        c.fail(
+            "ha.psk",
+            format!(
+                "the pre-shared key is too weak; allowed {}",
+                allowed("ha.psk")
+            ),
+        );
+    }
+    if ha.links.is_empty() || ha.links.len() > 2 {
+        c.fail(
+            "ha.links",
+            format!(
+                "{} links given; allowed {}",
+                ha.links.len(),
+                allowed("ha.links")
+            ),
+        );
+    }
+    c.range("ha.sync_port", ha.sync_port, 1, 65535);
+    c.range("ha.takeover_grace_ms", ha.takeover_grace_ms, 0, 600_000);
+    c.range("ha.garp_count", ha.garp_count, 1, 20);
+    let mut seen = HashSet::new();
+    for (i, l) in ha.links.iter().enumerate() {
+        if !in_charset(&l.name, 32, ident_char) {
+            c.fail(
+                &format!("ha.links[{i}].name"),
+                format!(
+                    "{:?} is not a valid link name; allowed {}",
+                    l.name,
+                    allowed("ha.links[].name")
+                ),
+            );
+        }
+        let iface_ok = !l.interface.is_empty()
+            && l.interface.len() <= 15
+            && !l
+                .interface
+                .chars()
+                .any(|ch| ch == '/' || ch == ':' || ch.is_whitespace());
+        if !iface_ok || !seen.insert(l.interface.clone()) {
+            c.fail(
+                &format!("ha.links[{i}].interface"),
+                format!(
+                    "{:?} is not a usable, distinct interface; allowed {}",
+                    l.interface,
+                    allowed("ha.links[].interface")
+                ),
+            );
+        }
+        let net = l.address;
+        let host_ok =
+            net.prefix_len >= 31 || (l.peer != net.network() && l.peer != net.broadcast());
+        if !net.contains(l.peer) || l.peer == net.addr || !host_ok {
+            c.fail(
+                &format!("ha.links[{i}].peer"),
+                format!(
+                    "{} is not a peer address on {net}; allowed {}",
+                    l.peer,
+                    allowed("ha.links[].peer")
+                ),
+            );
+        }
+        if cfg
+            .interfaces
+            .iter()
+            .any(|ifc| ifc.addresses.iter().any(|a| a.overlaps(&net)))
+        {
+            c.fail(
+                &format!("ha.links[{i}].address"),
+                format!(
+                    "{net} overlaps a data interface's network; HA links need their own networks"
+                ),
+            );
+        }
     }
 }
 
