@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -43,6 +43,12 @@ pub enum Request {
     ConnFlush,
     /// Reads the policy file again and switches every worker to it.
     PolicyReload,
+    /// Forces this member active (ignores quality), as `haactive`.
+    HaActive,
+    /// Forces this member passive, as `hapassive`.
+    HaPassive,
+    /// Removes the forced status, as `hareset`.
+    HaReset,
 }
 
 /// Which connections `conn list` shows (every field narrows the list).
@@ -77,6 +83,9 @@ impl Request {
         "conn_list",
         "conn_flush",
         "policy_reload",
+        "ha_active",
+        "ha_passive",
+        "ha_reset",
     ];
 
     /// The value of `cmd` for this request.
@@ -87,6 +96,9 @@ impl Request {
             Request::ConnList { .. } => "conn_list",
             Request::ConnFlush => "conn_flush",
             Request::PolicyReload => "policy_reload",
+            Request::HaActive => "ha_active",
+            Request::HaPassive => "ha_passive",
+            Request::HaReset => "ha_reset",
         }
     }
 
@@ -110,6 +122,14 @@ pub enum Response {
     Flushed {
         /// How many connections were deleted.
         count: u64,
+    },
+    /// Answer to the forced-status requests: the role now and the forced
+    /// status now.
+    Role {
+        /// "active" or "passive".
+        role: String,
+        /// "active", "passive" or none.
+        forced: Option<String>,
     },
     /// Answer to [`Request::PolicyReload`].
     Policy {
@@ -180,6 +200,12 @@ pub struct StatusReport {
     pub neighbours: Vec<NeighbourStatus>,
     /// Packet-processing workers.
     pub workers: Vec<WorkerStatus>,
+    /// "active" or "passive" ("active" for a node without a cluster).
+    #[serde(default)]
+    pub role: String,
+    /// The forced status, if any ("active" or "passive").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced: Option<String>,
 }
 
 /// One dataplane interface.
@@ -574,6 +600,8 @@ pub(crate) fn sample_status() -> StatusReport {
                 queues: 1,
             },
         ],
+        role: "active".into(),
+        forced: None,
     }
 }
 
@@ -643,7 +671,10 @@ mod tests {
             | Request::Stats
             | Request::ConnList { .. }
             | Request::ConnFlush
-            | Request::PolicyReload => {}
+            | Request::PolicyReload
+            | Request::HaActive
+            | Request::HaPassive
+            | Request::HaReset => {}
         }
         let all = [
             Request::Status,
@@ -653,6 +684,9 @@ mod tests {
             },
             Request::ConnFlush,
             Request::PolicyReload,
+            Request::HaActive,
+            Request::HaPassive,
+            Request::HaReset,
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
         for req in all {
@@ -673,7 +707,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset"
         );
     }
 

@@ -231,6 +231,13 @@ pub fn format_status(report: &StatusReport) -> String {
         ),
         ("config", report.config_path.clone()),
         ("poll mode", report.poll_mode.clone()),
+        (
+            "role",
+            match &report.forced {
+                Some(f) => format!("{} (forced {f})", report.role),
+                None => report.role.clone(),
+            },
+        ),
     ];
     for (key, value) in fields {
         let _ = writeln!(out, "{:<10} {value}", format!("{key}:"));
@@ -736,6 +743,7 @@ pid:       4242
 uptime:    2d 3h 4m 5s (since 2023-11-14 22:13:20 UTC)
 config:    /etc/tandem/tandem.ron
 poll mode: adaptive
+role:      active
 
 Interfaces:
   NAME        PORT  MAC                LINK  SOURCE        SPEED   MTU  QUEUES  ADDRESSES               DEVICE

@@ -14,6 +14,7 @@ use tandem_dataplane::node::{device_text, LinkSource, Node, NodeError};
 
 use tandem_dataplane::conntrack::{ConnView, NatKind};
 use tandem_dataplane::firewall::ConnQuery;
+use tandem_dataplane::worker::Role;
 
 use crate::api::{
     ConnFilter, ConnectionStatus, ConnectionsReport, FirewallStats, InterfaceStatus, NatStatus,
@@ -58,6 +59,8 @@ fn log(node: &str, msg: impl std::fmt::Display) {
 
 /// The control thread's state.
 struct Daemon {
+    /// The forced status set by haactive/hapassive (none after hareset).
+    forced: Option<Role>,
     cfg: NodeConfig,
     config_path: PathBuf,
     node: Node,
@@ -126,6 +129,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         );
     }
     let mut daemon = Daemon {
+        forced: None,
         cfg,
         config_path: config_path.to_owned(),
         node,
@@ -179,6 +183,7 @@ impl Daemon {
         match req {
             Request::Status => Response::Status(self.status()),
             Request::Stats => Response::Stats(self.stats()),
+            Request::HaActive | Request::HaPassive | Request::HaReset => self.forced_status(req),
             _ if self.node.policy().is_none() => Response::error(
                 "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)",
             ),
@@ -216,6 +221,43 @@ impl Daemon {
                     Response::error(format!("{e}; the policy in force is unchanged"))
                 }
             },
+        }
+    }
+
+    /// haactive / hapassive / hareset. Until the election arrives, the
+    /// forced status is what decides the role; hareset keeps the current
+    /// role and removes the constraint.
+    fn forced_status(&mut self, req: Request) -> Response {
+        if self.cfg.ha.is_none() {
+            return Response::error(
+                "this node is not a cluster member (no ha section in its configuration): it is always active",
+            );
+        }
+        let name = self.cfg.node.name.clone();
+        match req {
+            Request::HaActive => self.forced = Some(Role::Active),
+            Request::HaPassive => self.forced = Some(Role::Passive),
+            _ => self.forced = None,
+        }
+        if let Some(role) = self.forced {
+            if self.node.role() != role {
+                log(
+                    &name,
+                    format_args!(
+                        "forced {}: switching role {} -> {}",
+                        role.as_str(),
+                        self.node.role().as_str(),
+                        role.as_str()
+                    ),
+                );
+                self.node.set_role(role);
+            }
+        } else {
+            log(&name, "forced status removed");
+        }
+        Response::Role {
+            role: self.node.role().as_str().into(),
+            forced: self.forced.map(|r| r.as_str().into()),
         }
     }
 
@@ -312,6 +354,8 @@ impl Daemon {
             routes,
             neighbours,
             workers,
+            role: self.node.role().as_str().into(),
+            forced: self.forced.map(|r| r.as_str().into()),
         }
     }
 

@@ -25,11 +25,13 @@ pub enum WorkerDrop {
     NoMbuf,
     /// An ICMP error was suppressed by the rate limit.
     IcmpRateLimited,
+    /// The node is passive: its data ports are silent.
+    Passive,
 }
 
 impl WorkerDrop {
     /// Number of variants.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// Every variant, in counter order.
     pub const ALL: [WorkerDrop; Self::COUNT] = [
         WorkerDrop::TxQueueFull,
@@ -38,6 +40,7 @@ impl WorkerDrop {
         WorkerDrop::MultiSegment,
         WorkerDrop::NoMbuf,
         WorkerDrop::IcmpRateLimited,
+        WorkerDrop::Passive,
     ];
 
     /// Stable snake_case name used in counters and JSON.
@@ -49,6 +52,7 @@ impl WorkerDrop {
             WorkerDrop::MultiSegment => "multi_segment",
             WorkerDrop::NoMbuf => "no_mbuf",
             WorkerDrop::IcmpRateLimited => "icmp_rate_limited",
+            WorkerDrop::Passive => "passive",
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct WorkerCounters {
     pub arp_requests_sent: Counter,
     /// ICMP errors sent.
     pub icmp_errors_sent: Counter,
+    /// Gratuitous ARPs sent on becoming active.
+    pub garps_sent: Counter,
     /// Rejections sent (TCP resets, ICMP unreachables of reject rules).
     pub rejects_sent: Counter,
     /// Poll iterations.

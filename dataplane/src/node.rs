@@ -3,7 +3,7 @@
 //! [`NodeConfig`] and torn down in the right order.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use crate::neigh::{NeighbourTable, NeighbourTimers};
 use crate::policy::{Policy, PolicyError};
 use crate::router::{Router, RouterError, RouterInterface, StaticRoute};
 use crate::wire::EthernetAddress;
-use crate::worker::{PollMode, Worker, WorkerCommand, WorkerSettings};
+use crate::worker::{PollMode, Role, Worker, WorkerCommand, WorkerSettings};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,7 @@ pub struct Node {
     epoch: Instant,
     pool: Option<Arc<Mempool>>,
     policy: Option<PolicyInfo>,
+    role: Arc<AtomicU8>,
     eal: Option<Eal>,
 }
 
@@ -191,6 +192,13 @@ impl Node {
             epoch: Instant::now(),
             pool: Some(pool),
             policy: None,
+            // A cluster member starts passive, silent until it is told (or
+            // elects itself) to be active; a lone node is active.
+            role: Arc::new(AtomicU8::new(if cfg.ha.is_some() {
+                Role::Passive
+            } else {
+                Role::Active
+            } as u8)),
             eal: Some(eal),
         };
         let policy = match policy_path {
@@ -228,6 +236,17 @@ impl Node {
             nat_rules: cfg.nat.iter().filter(|n| n.enabled).count(),
         };
         Ok((Arc::new(policy), info))
+    }
+
+    /// The node's role.
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Acquire))
+    }
+
+    /// Publishes a new role; every worker follows before its next burst
+    /// (on becoming active: larval connections go live, gratuitous ARPs).
+    pub fn set_role(&self, role: Role) {
+        self.role.store(role as u8, Ordering::Release);
     }
 
     /// The policy in force, if the node filters.
@@ -355,6 +374,11 @@ impl Node {
                 hold_capacity: dp.neighbour.hold_packets as usize,
                 hold_timeout_ms: 3 * u64::from(dp.neighbour.retry_ms).max(1000),
                 icmp_errors_per_sec: 100,
+                garp_count: if id == 0 {
+                    cfg.ha.as_ref().map_or(3, |h| h.garp_count)
+                } else {
+                    0
+                },
             };
             let counters = Arc::new(WorkerCounters::default());
             let lcore = Arc::new(std::sync::OnceLock::new());
@@ -368,7 +392,8 @@ impl Node {
                 counters.clone(),
                 self.epoch,
             )
-            .with_commands(cmd_rx);
+            .with_commands(cmd_rx)
+            .with_role(self.role.clone());
             let mut fw_counters = None;
             if let Some(policy) = &policy {
                 let c = Arc::new(FirewallCounters::default());

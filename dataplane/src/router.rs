@@ -665,6 +665,27 @@ impl Router {
     pub fn build_arp_request(&self, port: u16, target: Ipv4Addr, buf: &mut [u8]) -> Option<usize> {
         let iface = self.interface(port)?;
         let sender = source_for(iface, target)?;
+        Self::emit_arp_request(iface, sender, target, buf)
+    }
+
+    /// Writes into `buf` a gratuitous ARP (a broadcast request for the
+    /// address itself) announcing that `addr`, one of `port`'s addresses,
+    /// is at `port`'s MAC: what a member sends when it becomes active so
+    /// the neighbours move the cluster's addresses to it.
+    pub fn build_garp(&self, port: u16, addr: Ipv4Addr, buf: &mut [u8]) -> Option<usize> {
+        let iface = self.interface(port)?;
+        if !iface.addresses.iter().any(|&(a, _)| a == addr) {
+            return None;
+        }
+        Self::emit_arp_request(iface, addr, addr, buf)
+    }
+
+    fn emit_arp_request(
+        iface: &RouterInterface,
+        sender: Ipv4Addr,
+        target: Ipv4Addr,
+        buf: &mut [u8],
+    ) -> Option<usize> {
         let buf = buf.get_mut(..MIN_FRAME_LEN)?;
         buf.fill(0);
         let eth = EthernetRepr {
@@ -2714,5 +2735,26 @@ mod tests {
 
     fn ip_addr(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn gratuitous_arp_announces_an_own_address_to_everyone() {
+        let r = router();
+        let mut buf = [0u8; 64];
+        let len = r
+            .build_garp(LAN, ip("198.18.1.1"), &mut buf)
+            .expect("own address");
+        let f = EthernetFrame::new_checked(&buf[..len]).unwrap();
+        assert_eq!(f.dst_addr(), EthernetAddress::BROADCAST);
+        assert_eq!(f.src_addr(), LAN_MAC);
+        let arp = ArpRepr::parse(&ArpPacket::new_checked(f.payload()).unwrap()).unwrap();
+        assert_eq!(arp.operation, ArpOperation::Request);
+        assert_eq!(arp.source_protocol_addr, ip("198.18.1.1"));
+        assert_eq!(arp.target_protocol_addr, ip("198.18.1.1"));
+        assert_eq!(arp.source_hardware_addr, LAN_MAC);
+        assert!(
+            r.build_garp(LAN, ip("198.18.2.1"), &mut buf).is_none(),
+            "not this port's address"
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,37 @@ pub enum WorkerCommand {
         /// Where to send the count.
         reply: Sender<u64>,
     },
+}
+
+/// The role of the node in its cluster, as the workers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// Filters and forwards.
+    Active = 0,
+    /// Silent on the data ports: forwards nothing, answers nothing (it only
+    /// learns neighbours from the ARP it hears), holds replicated
+    /// connections larval.
+    Passive = 1,
+}
+
+impl Role {
+    /// The role stored in `v`.
+    pub fn from_u8(v: u8) -> Role {
+        if v == Role::Passive as u8 {
+            Role::Passive
+        } else {
+            Role::Active
+        }
+    }
+
+    /// "active" or "passive".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Passive => "passive",
+        }
+    }
 }
 
 /// How often a worker does its housekeeping (connection expiry, fragment
@@ -71,6 +102,9 @@ pub struct WorkerSettings {
     pub hold_timeout_ms: u64,
     /// ICMP errors per second this worker may send.
     pub icmp_errors_per_sec: u32,
+    /// Gratuitous ARPs per address this worker sends when the node becomes
+    /// active (0 for all workers but one).
+    pub garp_count: u8,
 }
 
 struct Held {
@@ -123,6 +157,8 @@ pub struct Worker {
     firewall: Option<Firewall>,
     commands: Option<Receiver<WorkerCommand>>,
     next_maintenance_ms: u64,
+    role: Arc<AtomicU8>,
+    current_role: Role,
 }
 
 impl Worker {
@@ -166,7 +202,58 @@ impl Worker {
             firewall: None,
             commands: None,
             next_maintenance_ms: 0,
+            role: Arc::new(AtomicU8::new(Role::Active as u8)),
+            current_role: Role::Active,
         }
+    }
+
+    /// Follows the node's role (active when not given).
+    pub fn with_role(mut self, role: Arc<AtomicU8>) -> Worker {
+        self.current_role = Role::from_u8(role.load(Ordering::Acquire));
+        self.role = role;
+        self
+    }
+
+    /// Applies a role change the control thread published: on becoming
+    /// active, replicated connections go live (with the takeover grace
+    /// period for TCP windows) before the first packet is forwarded, and
+    /// the node announces its addresses.
+    fn follow_role(&mut self) {
+        let role = Role::from_u8(self.role.load(Ordering::Acquire));
+        if role == self.current_role {
+            return;
+        }
+        self.current_role = role;
+        if role == Role::Active {
+            let now = self.now_ms();
+            if let Some(fw) = &mut self.firewall {
+                fw.shard_mut().activate_all(now);
+                fw.publish();
+            }
+            self.announce();
+        }
+    }
+
+    /// Sends the gratuitous ARPs of every address of every port.
+    fn announce(&mut self) {
+        let router = self.router.clone();
+        for _ in 0..self.settings.garp_count {
+            for iface in router.interfaces() {
+                for &(addr, _) in &iface.addresses {
+                    let Some(mut m) = self.pool.alloc() else {
+                        self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
+                        continue;
+                    };
+                    let Some(buf) = m.append(64) else { continue };
+                    if let Some(len) = router.build_garp(iface.port, addr, buf) {
+                        m.set_len(len);
+                        self.counters.garps_sent.add(1);
+                        self.enqueue(iface.port, m);
+                    }
+                }
+            }
+        }
+        self.flush_all();
     }
 
     /// Makes this worker a stateful firewall (without one it routes
@@ -228,6 +315,7 @@ impl Worker {
         let mut sleep = Duration::from_micros(1);
         let mut rx_buf: Vec<Mbuf> = Vec::with_capacity(self.settings.burst);
         while !stop.load(Ordering::Relaxed) {
+            self.follow_role();
             let n = self.poll_once(&mut rx_buf);
             self.maintain();
             self.counters.polls.add(1);
@@ -282,6 +370,14 @@ impl Worker {
     fn handle(&mut self, now: u64, in_port: u16, mut mbuf: Mbuf) {
         if mbuf.segments() != 1 {
             self.counters.worker_drop(WorkerDrop::MultiSegment, 1);
+            return;
+        }
+        if self.current_role == Role::Passive {
+            // Silent: only learn neighbours from ARP (warm for a takeover).
+            if mbuf.data().get(12..14) == Some(&[0x08, 0x06][..]) {
+                let _ = self.router.process(now, in_port, mbuf.data_mut());
+            }
+            self.counters.worker_drop(WorkerDrop::Passive, 1);
             return;
         }
         let action = match &mut self.firewall {

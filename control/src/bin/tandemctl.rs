@@ -58,6 +58,12 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Forces this member active, whatever its quality (until hareset)
+    Haactive,
+    /// Forces this member passive (until hareset)
+    Hapassive,
+    /// Removes the forced status
+    Hareset,
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,6 +160,12 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
         (Command::Conn { .. }, Response::Flushed { count }) => {
             Outcome::print(format!("flushed {count} connections\n"))
         }
+        (Command::Haactive | Command::Hapassive | Command::Hareset, Response::Role { role, forced }) => {
+            Outcome::print(format!(
+                "role: {role}, forced: {}\n",
+                forced.as_deref().unwrap_or("no")
+            ))
+        }
         (Command::Policy { .. }, Response::Policy { rules, nat_rules, path }) => {
             Outcome::print(format!("policy reloaded from {path}: {rules} rules, {nat_rules} NAT rules\n"))
         }
@@ -174,6 +186,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Connections(_) => "connections",
         Response::Flushed { .. } => "flushed",
         Response::Policy { .. } => "policy",
+        Response::Role { .. } => "role",
         Response::Error { .. } => "error",
     }
 }
@@ -223,6 +236,9 @@ fn main() -> ExitCode {
         Command::Conn {
             action: ConnAction::Flush,
         } => Request::ConnFlush,
+        Command::Haactive => Request::HaActive,
+        Command::Hapassive => Request::HaPassive,
+        Command::Hareset => Request::HaReset,
         Command::Policy {
             action: PolicyAction::Reload,
         } => Request::PolicyReload,

@@ -1,0 +1,151 @@
+//! Datagram sealing: per-direction ChaCha20-Poly1305 keys derived from
+//! the cluster's pre-shared key with HKDF-SHA256 (both from `ring`).
+//!
+//! - key(sender) = HKDF-SHA256(salt = cluster id as 4 big-endian bytes,
+//!   ikm = PSK, info = "tandem k2k v1" || sender serial (16 bytes)),
+//!   32 bytes. Each direction of a pair is named by its sender, so the two
+//!   directions have different keys and a datagram reflected back to its
+//!   sender does not authenticate. "v1" names the derivation, not the
+//!   protocol version: later protocol versions keep it.
+//! - nonce = epoch (4 bytes) || seq (8 bytes), big-endian. The sender
+//!   never reuses a sequence number within an epoch and takes a new epoch
+//!   at every start, so a (key, nonce) pair is never reused for different
+//!   plaintexts (a retransmission resends the identical bytes).
+//! - authenticated only: AAD = header and body, empty plaintext, the tag
+//!   follows the body. Encrypted: AAD = header, plaintext = body.
+//!
+//! The derived key bytes go straight from HKDF's output into ring's key
+//! type and never sit in a buffer of ours; the PSK copy we keep is zeroed
+//! on drop (`zeroize`). ring does not wipe its own key schedules on drop.
+
+use super::wire::{Serial, TAG_LEN};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use ring::hkdf;
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// The HKDF info prefix (followed by the sender's serial).
+pub const KDF_LABEL: &[u8] = b"tandem k2k v1";
+
+/// The cluster's pre-shared key. Zeroed on drop; `Debug` does not show it.
+#[derive(Clone)]
+pub struct Psk(Zeroizing<Vec<u8>>);
+
+impl Psk {
+    /// A key from its bytes (the caller should wipe its own copy).
+    pub fn new(bytes: &[u8]) -> Psk {
+        Psk(Zeroizing::new(bytes.to_vec()))
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the key is empty (refused by the session).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Psk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Psk(<{} bytes>)", self.0.len())
+    }
+}
+
+/// The sealing key of one direction (the datagrams of one sender).
+pub(crate) struct DirKey(LessSafeKey);
+
+impl fmt::Debug for DirKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DirKey(<redacted>)")
+    }
+}
+
+/// The datagram does not authenticate under the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Unauthentic;
+
+fn nonce(epoch: u32, seq: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..4].copy_from_slice(&epoch.to_be_bytes());
+    n[4..].copy_from_slice(&seq.to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+impl DirKey {
+    /// The key of the datagrams `sender` sends in cluster `cluster_id`.
+    pub(crate) fn derive(psk: &Psk, cluster_id: u32, sender: &Serial) -> DirKey {
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, &cluster_id.to_be_bytes());
+        let prk = salt.extract(&psk.0);
+        let info: [&[u8]; 2] = [KDF_LABEL, sender];
+        // 32 bytes is far below HKDF's limit of 255 * 32.
+        let okm = prk
+            .expand(&info, &CHACHA20_POLY1305)
+            .expect("HKDF output length within limit");
+        DirKey(LessSafeKey::new(UnboundKey::from(okm)))
+    }
+
+    /// Seals `d[..hdr_len + body_len]` (header then body) in place and
+    /// appends the tag; returns the datagram's length. `d` must have room
+    /// for the tag.
+    pub(crate) fn seal(
+        &self,
+        encrypt: bool,
+        epoch: u32,
+        seq: u64,
+        d: &mut [u8],
+        hdr_len: usize,
+        body_len: usize,
+    ) -> usize {
+        let n = hdr_len + body_len;
+        let (head, tail) = d.split_at_mut(n);
+        let tag = if encrypt {
+            let (h, body) = head.split_at_mut(hdr_len);
+            self.0
+                .seal_in_place_separate_tag(nonce(epoch, seq), Aad::from(&h[..]), body)
+        } else {
+            self.0
+                .seal_in_place_separate_tag(nonce(epoch, seq), Aad::from(&head[..]), &mut [])
+        }
+        // Fails only for inputs of more than 256 GiB.
+        .expect("AEAD input length within limit");
+        tail[..TAG_LEN].copy_from_slice(tag.as_ref());
+        n + TAG_LEN
+    }
+
+    /// Authenticates (and, if `encrypted`, decrypts) datagram `d` whose
+    /// header is `d[..hdr_len]`; returns the plaintext body (in `d` when
+    /// only authenticated, in `scratch` when decrypted). The caller has
+    /// checked `d.len() >= hdr_len + TAG_LEN` and `scratch.len() >= d.len()`.
+    pub(crate) fn open<'a>(
+        &self,
+        encrypted: bool,
+        epoch: u32,
+        seq: u64,
+        d: &'a [u8],
+        hdr_len: usize,
+        scratch: &'a mut [u8],
+    ) -> Result<&'a [u8], Unauthentic> {
+        let n = d.len() - TAG_LEN;
+        if encrypted {
+            let sealed = &mut scratch[..d.len() - hdr_len];
+            sealed.copy_from_slice(&d[hdr_len..]);
+            let plain = self
+                .0
+                .open_in_place(nonce(epoch, seq), Aad::from(&d[..hdr_len]), sealed)
+                .map_err(|_| Unauthentic)?;
+            Ok(&*plain)
+        } else {
+            let mut tag = [0u8; TAG_LEN];
+            tag.copy_from_slice(&d[n..]);
+            self.0
+                .open_in_place(nonce(epoch, seq), Aad::from(&d[..n]), &mut tag)
+                .map_err(|_| Unauthentic)?;
+            Ok(&d[hdr_len..n])
+        }
+    }
+}
+
+const _: () = assert!(TAG_LEN == aead::MAX_TAG_LEN);
