@@ -258,7 +258,7 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
     for (i, l) in ha.links.iter().enumerate() {
         if !in_charset(&l.name, 32, ident_char) {
             c.fail(
-                &format!("ha.links[{i}].name"),
+                format!("ha.links[{i}].name"),
                 format!(
                     "{:?} is not a valid link name; allowed {}",
                     l.name,
@@ -274,7 +274,7 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
                 .any(|ch| ch == '/' || ch == ':' || ch.is_whitespace());
         if !iface_ok || !seen.insert(l.interface.clone()) {
             c.fail(
-                &format!("ha.links[{i}].interface"),
+                format!("ha.links[{i}].interface"),
                 format!(
                     "{:?} is not a usable, distinct interface; allowed {}",
                     l.interface,
@@ -287,7 +287,7 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
             net.prefix_len >= 31 || (l.peer != net.network() && l.peer != net.broadcast());
         if !net.contains(l.peer) || l.peer == net.addr || !host_ok {
             c.fail(
-                &format!("ha.links[{i}].peer"),
+                format!("ha.links[{i}].peer"),
                 format!(
                     "{} is not a peer address on {net}; allowed {}",
                     l.peer,
@@ -301,7 +301,7 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
             .any(|ifc| ifc.addresses.iter().any(|a| a.overlaps(&net)))
         {
             c.fail(
-                &format!("ha.links[{i}].address"),
+                format!("ha.links[{i}].address"),
                 format!(
                     "{net} overlaps a data interface's network; HA links need their own networks"
                 ),
