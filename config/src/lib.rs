@@ -31,7 +31,7 @@ pub use error::{ConfigError, Diagnostic, Position};
 pub use schema::{
     ControlConfig, DataplaneConfig, Device, EalConfig, FirewallConfig, HaConfig, HaLinkConfig,
     IdleConfig, InterfaceConfig, NeighbourConfig, NodeConfig, NodeIdentity, PollMode, RouteConfig,
-    WorkerConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_MTU, EAL_LOG_LEVEL,
+    TimeoutsConfig, WorkerConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_MTU, EAL_LOG_LEVEL,
 };
 
 use locate::SourceMap;

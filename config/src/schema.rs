@@ -115,6 +115,60 @@ pub struct FirewallConfig {
     /// How long a first fragment's flow is remembered for the fragments
     /// that follow it, in milliseconds.
     pub fragment_timeout_ms: u32,
+    /// Connection timeouts per protocol and state, in seconds; those left
+    /// out keep their built-in defaults (close to Linux conntrack's, TCP
+    /// established 2 h).
+    pub timeouts: TimeoutsConfig,
+}
+
+/// Connection timeouts in seconds (`None`: the built-in default).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// `tcp_syn_sent` in seconds (default: built in).
+    pub tcp_syn_sent: Option<u32>,
+    /// `tcp_syn_received` in seconds (default: built in).
+    pub tcp_syn_received: Option<u32>,
+    /// `tcp_established` in seconds (default: built in).
+    pub tcp_established: Option<u32>,
+    /// `tcp_fin_wait` in seconds (default: built in).
+    pub tcp_fin_wait: Option<u32>,
+    /// `tcp_close_wait` in seconds (default: built in).
+    pub tcp_close_wait: Option<u32>,
+    /// `tcp_last_ack` in seconds (default: built in).
+    pub tcp_last_ack: Option<u32>,
+    /// `tcp_time_wait` in seconds (default: built in).
+    pub tcp_time_wait: Option<u32>,
+    /// `tcp_closed` in seconds (default: built in).
+    pub tcp_closed: Option<u32>,
+    /// `udp_unreplied` in seconds (default: built in).
+    pub udp_unreplied: Option<u32>,
+    /// `udp_replied` in seconds (default: built in).
+    pub udp_replied: Option<u32>,
+    /// `udp_stream` in seconds (default: built in).
+    pub udp_stream: Option<u32>,
+    /// `icmp` in seconds (default: built in).
+    pub icmp: Option<u32>,
+    /// `gre_unreplied` in seconds (default: built in).
+    pub gre_unreplied: Option<u32>,
+    /// `gre` in seconds (default: built in).
+    pub gre: Option<u32>,
+    /// `esp_unreplied` in seconds (default: built in).
+    pub esp_unreplied: Option<u32>,
+    /// `esp` in seconds (default: built in).
+    pub esp: Option<u32>,
+    /// `sctp_handshake` in seconds (default: built in).
+    pub sctp_handshake: Option<u32>,
+    /// `sctp_established` in seconds (default: built in).
+    pub sctp_established: Option<u32>,
+    /// `sctp_shutdown` in seconds (default: built in).
+    pub sctp_shutdown: Option<u32>,
+    /// `sctp_closed` in seconds (default: built in).
+    pub sctp_closed: Option<u32>,
+    /// `other_unreplied` in seconds (default: built in).
+    pub other_unreplied: Option<u32>,
+    /// `other` in seconds (default: built in).
+    pub other: Option<u32>,
 }
 
 impl FirewallConfig {
@@ -138,6 +192,7 @@ impl Default for FirewallConfig {
             connections: 65536,
             verify_checksums: true,
             fragment_timeout_ms: 2000,
+            timeouts: TimeoutsConfig::default(),
         }
     }
 }

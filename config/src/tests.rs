@@ -989,3 +989,25 @@ fn ha_link_may_not_overlap_a_data_network() {
         "{err}"
     );
 }
+
+#[test]
+fn firewall_timeouts_override_only_what_is_written() {
+    let text = with(
+        "routes: [],",
+        "routes: [],\n    firewall: (timeouts: (tcp_established: 600, udp_stream: 60)),",
+    );
+    let cfg = parse(&text, "t.ron").unwrap();
+    assert_eq!(cfg.firewall.timeouts.tcp_established, Some(600));
+    assert_eq!(cfg.firewall.timeouts.udp_stream, Some(60));
+    assert_eq!(cfg.firewall.timeouts.icmp, None);
+    let text = with(
+        "routes: [],",
+        "routes: [],\n    firewall: (timeouts: (icmp: 0)),",
+    );
+    rejects(
+        &text,
+        "firewall.timeouts.icmp",
+        "icmp: 0",
+        "1..=2592000 seconds",
+    );
+}

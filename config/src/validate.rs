@@ -51,6 +51,7 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "interfaces" => "at least one interface",
         "firewall.connections" => "1024..=16777216 connections (per node, split over the workers)",
         "firewall.fragment_timeout_ms" => "100..=60000",
+        g if g.starts_with("firewall.timeouts.") => "1..=2592000 seconds (30 days)",
         "ha.psk" => "at least 12 characters mixing three of: lower case, upper case, digits, other characters",
         "ha.links" => "1 or 2 links (main, then backup)",
         "ha.links[].name" => "1..=32 characters from [A-Za-z0-9._-]",
@@ -208,6 +209,35 @@ fn firewall(c: &mut Checker<'_>, cfg: &NodeConfig) {
         100,
         60_000,
     );
+    let t = &f.timeouts;
+    for (name, v) in [
+        ("tcp_syn_sent", t.tcp_syn_sent),
+        ("tcp_syn_received", t.tcp_syn_received),
+        ("tcp_established", t.tcp_established),
+        ("tcp_fin_wait", t.tcp_fin_wait),
+        ("tcp_close_wait", t.tcp_close_wait),
+        ("tcp_last_ack", t.tcp_last_ack),
+        ("tcp_time_wait", t.tcp_time_wait),
+        ("tcp_closed", t.tcp_closed),
+        ("udp_unreplied", t.udp_unreplied),
+        ("udp_replied", t.udp_replied),
+        ("udp_stream", t.udp_stream),
+        ("icmp", t.icmp),
+        ("gre_unreplied", t.gre_unreplied),
+        ("gre", t.gre),
+        ("esp_unreplied", t.esp_unreplied),
+        ("esp", t.esp),
+        ("sctp_handshake", t.sctp_handshake),
+        ("sctp_established", t.sctp_established),
+        ("sctp_shutdown", t.sctp_shutdown),
+        ("sctp_closed", t.sctp_closed),
+        ("other_unreplied", t.other_unreplied),
+        ("other", t.other),
+    ] {
+        if let Some(v) = v {
+            c.range(&format!("firewall.timeouts.{name}"), v, 1, 30 * 86_400);
+        }
+    }
     let workers = cfg.dataplane.workers.len().max(1) as u32;
     if f.connections >= 1024 && f.connections / workers < 256 {
         c.fail(

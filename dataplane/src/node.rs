@@ -401,6 +401,7 @@ impl Node {
                 let settings = FirewallSettings {
                     shard: ShardConfig {
                         capacity: (fw.connections as usize / shards) as u32,
+                        timeouts: timeouts(&fw.timeouts),
                         shard: id,
                         shards,
                         hash_seed: seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -549,4 +550,38 @@ pub fn device_text(d: &Device) -> String {
         Device::Pci(a) => format!("pci:{a}"),
         Device::Vdev(s) => format!("vdev:{s}"),
     }
+}
+
+/// The connection timeouts of the configuration (seconds) over the
+/// built-in defaults (milliseconds).
+fn timeouts(t: &tandem_config::TimeoutsConfig) -> crate::conntrack::Timeouts {
+    let mut out = crate::conntrack::Timeouts::default();
+    let ms = |v: Option<u32>, d: &mut u64| {
+        if let Some(v) = v {
+            *d = u64::from(v) * 1000;
+        }
+    };
+    ms(t.tcp_syn_sent, &mut out.tcp_syn_sent);
+    ms(t.tcp_syn_received, &mut out.tcp_syn_received);
+    ms(t.tcp_established, &mut out.tcp_established);
+    ms(t.tcp_fin_wait, &mut out.tcp_fin_wait);
+    ms(t.tcp_close_wait, &mut out.tcp_close_wait);
+    ms(t.tcp_last_ack, &mut out.tcp_last_ack);
+    ms(t.tcp_time_wait, &mut out.tcp_time_wait);
+    ms(t.tcp_closed, &mut out.tcp_closed);
+    ms(t.udp_unreplied, &mut out.udp_unreplied);
+    ms(t.udp_replied, &mut out.udp_replied);
+    ms(t.udp_stream, &mut out.udp_stream);
+    ms(t.icmp, &mut out.icmp);
+    ms(t.gre_unreplied, &mut out.gre_unreplied);
+    ms(t.gre, &mut out.gre);
+    ms(t.esp_unreplied, &mut out.esp_unreplied);
+    ms(t.esp, &mut out.esp);
+    ms(t.sctp_handshake, &mut out.sctp_handshake);
+    ms(t.sctp_established, &mut out.sctp_established);
+    ms(t.sctp_shutdown, &mut out.sctp_shutdown);
+    ms(t.sctp_closed, &mut out.sctp_closed);
+    ms(t.other_unreplied, &mut out.other_unreplied);
+    ms(t.other, &mut out.other);
+    out
 }

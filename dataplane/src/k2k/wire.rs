@@ -466,6 +466,10 @@ impl Record {
                 if min_version == 0 || min_version > max_version {
                     return Err(DecodeError::BadValue);
                 }
+                let base_seq = be64(b, 28);
+                if base_seq & CONTROL_SEQ_BIT != 0 {
+                    return Err(DecodeError::BadValue);
+                }
                 let mut serial = [0u8; 16];
                 serial.copy_from_slice(&b[8..24]);
                 Record::Hello(Hello {
@@ -475,7 +479,7 @@ impl Record {
                     capabilities: be32(b, 4),
                     serial,
                     epoch: be32(b, 24),
-                    base_seq: be64(b, 28),
+                    base_seq,
                 })
             }
             RecordType::Nack => {
