@@ -418,6 +418,12 @@ pub struct WorkerStats {
     pub arp_requests_sent: u64,
     /// ICMP errors sent.
     pub icmp_errors_sent: u64,
+    /// Rejections sent (TCP resets, ICMP unreachables of reject rules).
+    #[serde(default)]
+    pub rejects_sent: u64,
+    /// Gratuitous ARPs sent on becoming active.
+    #[serde(default)]
+    pub garps_sent: u64,
     /// Packets the transmit queues did not take.
     pub tx_dropped: u64,
     /// Receive polls.
@@ -617,6 +623,8 @@ pub(crate) fn sample_stats() -> StatsReport {
         held: 0,
         arp_requests_sent: 3,
         icmp_errors_sent: 1,
+        rejects_sent: 0,
+        garps_sent: 0,
         tx_dropped: 0,
         polls: 10_000,
         idle_polls: 7_500,

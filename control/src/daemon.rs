@@ -408,6 +408,8 @@ impl Daemon {
                     held: c.held.get(),
                     arp_requests_sent: c.arp_requests_sent.get(),
                     icmp_errors_sent: c.icmp_errors_sent.get(),
+                    rejects_sent: c.rejects_sent.get(),
+                    garps_sent: c.garps_sent.get(),
                     tx_dropped: c.worker_drops
                         [tandem_dataplane::counters::WorkerDrop::TxQueueFull as usize]
                         .get(),

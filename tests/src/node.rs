@@ -89,6 +89,63 @@ pub struct NodeConfig {
     pub routes: Vec<RouteConfig>,
     /// The `firewall` section; `None` leaves it out (a plain router).
     pub firewall: Option<FirewallConfig>,
+    /// The `ha` section; `None` leaves it out (a lone, always active node).
+    pub ha: Option<HaSection>,
+}
+
+/// The `ha` section of a node config.
+#[derive(Debug, Clone)]
+pub struct HaSection {
+    /// Cluster id (the same on both members).
+    pub cluster_id: u32,
+    /// Pre-shared key.
+    pub psk: String,
+    /// Encrypt the sync.
+    pub encrypt: bool,
+    /// (name, kernel interface, local CIDR, peer address) per link, main first.
+    pub links: Vec<(String, String, String, String)>,
+}
+
+impl HaSection {
+    /// The lab cluster's section for member `i` (1 or 2): both HA links,
+    /// a key that passes the strength check.
+    pub fn lab(i: usize) -> HaSection {
+        use crate::lab::addr;
+        let (main, main_peer, backup, backup_peer) = if i == 1 {
+            (
+                addr::HA_MAIN_1,
+                addr::HA_MAIN_2,
+                addr::HA_BACKUP_1,
+                addr::HA_BACKUP_2,
+            )
+        } else {
+            (
+                addr::HA_MAIN_2,
+                addr::HA_MAIN_1,
+                addr::HA_BACKUP_2,
+                addr::HA_BACKUP_1,
+            )
+        };
+        HaSection {
+            cluster_id: 7,
+            psk: "Lab-Cluster-Key-2026".into(),
+            encrypt: false,
+            links: vec![
+                (
+                    "HA-main".into(),
+                    "ha-main".into(),
+                    format!("{main}/30"),
+                    main_peer.into(),
+                ),
+                (
+                    "HA-backup".into(),
+                    "ha-backup".into(),
+                    format!("{backup}/30"),
+                    backup_peer.into(),
+                ),
+            ],
+        }
+    }
 }
 
 /// The `firewall` section of a node config.
@@ -138,6 +195,7 @@ impl NodeConfig {
             ],
             routes: vec![],
             firewall: None,
+            ha: None,
         }
     }
 
@@ -207,6 +265,24 @@ impl NodeConfig {
                 ron_opt_str(&policy),
                 fw.connections
             );
+        }
+        if let Some(ha) = &self.ha {
+            s += &format!(
+                "    ha: (cluster_id: {}, psk: {}, encrypt: {}, links: [\n",
+                ha.cluster_id,
+                ron_str(&ha.psk),
+                ha.encrypt
+            );
+            for (name, iface, cidr, peer) in &ha.links {
+                s += &format!(
+                    "        (name: {}, interface: {}, address: {}, peer: {}),\n",
+                    ron_str(name),
+                    ron_str(iface),
+                    ron_str(cidr),
+                    ron_str(peer)
+                );
+            }
+            s += "    ]),\n";
         }
         s += ")\n";
         s

@@ -18,7 +18,7 @@
 //! type and never sit in a buffer of ours; the PSK copy we keep is zeroed
 //! on drop (`zeroize`). ring does not wipe its own key schedules on drop.
 
-use super::wire::{Serial, TAG_LEN};
+use super::wire::{Header, Serial, HEADER_LEN, TAG_LEN};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use ring::hkdf;
 use std::fmt;
@@ -146,6 +146,29 @@ impl DirKey {
             Ok(&d[hdr_len..n])
         }
     }
+}
+
+/// Seals a datagram made of `header` (whose flags say whether to
+/// encrypt) and `body` into `out` with the key of `header.serial` under
+/// `psk`; returns its length, or `None` if `out` is too small. For tools
+/// and tests that craft datagrams (a wrong-key probe, the fuzz target); a
+/// [`super::Session`] seals its own.
+pub fn seal_datagram(psk: &Psk, header: &Header, body: &[u8], out: &mut [u8]) -> Option<usize> {
+    let n = HEADER_LEN + body.len() + TAG_LEN;
+    if out.len() < n {
+        return None;
+    }
+    header.emit(out);
+    out[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
+    let key = DirKey::derive(psk, header.cluster_id, &header.serial);
+    Some(key.seal(
+        header.is_encrypted(),
+        header.epoch,
+        header.seq,
+        out,
+        HEADER_LEN,
+        body.len(),
+    ))
 }
 
 const _: () = assert!(TAG_LEN == aead::MAX_TAG_LEN);

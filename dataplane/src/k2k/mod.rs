@@ -33,17 +33,17 @@
 
 pub mod crypto;
 pub mod session;
-pub mod wire;
 #[cfg(test)]
 mod tests;
+pub mod wire;
 
-pub use crypto::Psk;
+pub use crypto::{seal_datagram, Psk};
 pub use session::{
-    BulkReason, ConfigError, Counters, DropReason, Event, LagSample, PeerInfo, QueueError,
-    Session, SessionConfig, MAX_NACK_RANGES, MIN_MTU, WINDOW,
+    BulkReason, ConfigError, Counters, DropReason, Event, LagSample, PeerInfo, QueueError, Session,
+    SessionConfig, MAX_NACK_RANGES, MIN_MTU, WINDOW,
 };
 pub use wire::{
     decode_body, serial_from_str, BodyInfo, BodyWriter, DecodeError, Header, Hello, Record,
-    RecordType, Serial, CREATE_LEN, GROUP_HEADER_LEN, HEADER_LEN, MAGIC, OVERHEAD, TAG_LEN,
-    VERSION,
+    RecordType, Serial, CONTROL_SEQ_BIT, CREATE_LEN, GROUP_HEADER_LEN, HEADER_LEN, MAGIC, OVERHEAD,
+    TAG_LEN, VERSION,
 };

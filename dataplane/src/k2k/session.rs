@@ -804,13 +804,19 @@ impl Session {
         if self.cfg.peer_serial.is_some_and(|p| p != h.serial) {
             return Err(DropReason::WrongPeer);
         }
-        // Cheap checks before the AEAD: stale epoch, replay.
+        // Cheap checks before the AEAD: stale epoch, replay. A duplicate
+        // stream datagram is still authenticated: if genuine, the peer
+        // missed our ack and gets another one.
+        let mut duplicate = false;
         if let Some(e) = self.known_epoch(&h.serial) {
             if h.epoch < e {
                 return Err(DropReason::StaleEpoch);
             }
             if h.epoch == e {
-                self.check_replay(&h)?;
+                match self.check_replay(&h) {
+                    Err(DropReason::Replayed) if !h.is_control() => duplicate = true,
+                    r => r?,
+                }
             }
         }
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -818,6 +824,12 @@ impl Session {
         staging.clear();
         let r = self.open_and_decode(&h, hdr_len, d, &mut scratch, &mut staging);
         self.scratch = scratch;
+        if duplicate {
+            self.staging = staging;
+            r?;
+            self.ack_due_ms.get_or_insert(now + self.cfg.ack_delay_ms);
+            return Err(DropReason::Replayed);
+        }
         let r = r.and_then(|info| self.accept(now, &h, &staging, info, d.len()));
         self.staging = staging;
         r
@@ -862,7 +874,11 @@ impl Session {
         let mut fresh = None;
         let key = match &self.rx_key {
             Some((s, k)) if *s == h.serial => k,
-            _ => fresh.insert(DirKey::derive(&self.cfg.psk, self.cfg.cluster_id, &h.serial)),
+            _ => fresh.insert(DirKey::derive(
+                &self.cfg.psk,
+                self.cfg.cluster_id,
+                &h.serial,
+            )),
         };
         let body = key
             .open(h.is_encrypted(), h.epoch, h.seq, d, hdr_len, scratch)

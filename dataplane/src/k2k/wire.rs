@@ -259,7 +259,7 @@ impl RecordType {
 
     /// The record's length in version 1 (what a sender writes and the
     /// least a receiver accepts).
-    pub const fn len(self) -> usize {
+    pub const fn wire_len(self) -> usize {
         match self {
             RecordType::Hello => HELLO_LEN,
             RecordType::Nack => 16,
@@ -417,9 +417,9 @@ impl Record {
         })
     }
 
-    /// Writes the record into `out[..self.record_type().len()]`.
+    /// Writes the record into `out[..self.record_type().wire_len()]`.
     pub fn emit(&self, out: &mut [u8]) {
-        let out = &mut out[..self.record_type().len()];
+        let out = &mut out[..self.record_type().wire_len()];
         out.fill(0);
         match self {
             Record::Hello(h) => {
@@ -455,9 +455,9 @@ impl Record {
     }
 
     /// Parses one record of type `ty` from `b`, which must hold at least
-    /// `ty.len()` bytes (the decoder checks; extra bytes are ignored).
+    /// `ty.wire_len()` bytes (the decoder checks; extra bytes are ignored).
     pub fn parse(ty: RecordType, b: &[u8]) -> Result<Record, DecodeError> {
-        if b.len() < ty.len() {
+        if b.len() < ty.wire_len() {
             return Err(DecodeError::RecordTooShort);
         }
         Ok(match ty {
@@ -768,10 +768,10 @@ impl<'a> BodyWriter<'a> {
     /// Appends `r`; false (and nothing written) if it does not fit.
     pub fn push(&mut self, r: &Record) -> bool {
         let ty = r.record_type();
-        let Some(at) = self.reserve(ty as u8, ty.len()) else {
+        let Some(at) = self.reserve(ty as u8, ty.wire_len()) else {
             return false;
         };
-        r.emit(&mut self.buf[at..at + ty.len()]);
+        r.emit(&mut self.buf[at..at + ty.wire_len()]);
         true
     }
 
@@ -792,8 +792,7 @@ impl<'a> BodyWriter<'a> {
         let len16 = u16::try_from(len).ok()?;
         if let Some((g, gty, glen)) = self.group {
             let count = be16(self.buf, g + 4);
-            if gty == ty && glen == len16 && count < u16::MAX && self.len + len <= self.buf.len()
-            {
+            if gty == ty && glen == len16 && count < u16::MAX && self.len + len <= self.buf.len() {
                 put16(self.buf, g + 4, count + 1);
                 let at = self.len;
                 self.len += len;
@@ -856,7 +855,7 @@ pub fn decode_body(body: &[u8], mut f: impl FnMut(Record)) -> Result<BodyInfo, D
         }
         match RecordType::from_u8(ty) {
             Some(t) => {
-                if len < t.len() {
+                if len < t.wire_len() {
                     return Err(DecodeError::RecordTooShort);
                 }
                 for r in recs[..total].chunks_exact(len) {

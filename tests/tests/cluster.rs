@@ -1,0 +1,171 @@
+//! Two real tandemd processes as a cluster (two-node lab: both members on
+//! the same LAN and WAN bridges, HA links between them). Roles are set by
+//! hand (haactive / hapassive / hareset) until the election arrives.
+
+use std::sync::MutexGuard;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tandem_tests::host::{self, IperfServer};
+use tandem_tests::lab::addr;
+use tandem_tests::node::{self, HaSection};
+use tandem_tests::tools;
+use tandem_tests::{heavy_lock, require_root, Lab, Node};
+
+/// A two-node lab with both members up (plain routers, both passive at
+/// start). Drop order: nodes, lab, lock.
+struct Cluster {
+    nodes: Vec<Node>,
+    lab: Lab,
+    _lock: MutexGuard<'static, ()>,
+}
+
+fn cluster(tag: &str) -> Cluster {
+    let lock = heavy_lock();
+    if let Err(e) = node::find_bin("tandemd").and(node::find_bin("tandemctl")) {
+        panic!("{e}");
+    }
+    let lab = Lab::two_nodes(tag).expect("building the two-node lab");
+    let mut nodes = Vec::new();
+    for i in 1..=2 {
+        let mut cfg = lab.node_config(i);
+        cfg.ha = Some(HaSection::lab(i));
+        let mut n = lab.start_node_with(i, &cfg).expect("starting tandemd");
+        n.wait_ready(Duration::from_secs(30))
+            .expect("control socket");
+        nodes.push(n);
+    }
+    Cluster {
+        nodes,
+        lab,
+        _lock: lock,
+    }
+}
+
+fn role(n: &Node) -> (String, Option<String>) {
+    let s = n.status().expect("status");
+    (
+        s["role"].as_str().unwrap_or_default().to_owned(),
+        s["forced"].as_str().map(str::to_owned),
+    )
+}
+
+fn worker_sum(stats: &Value, key: &str) -> u64 {
+    stats["workers"].as_array().map_or(0, |ws| {
+        ws.iter().map(|w| w[key].as_u64().unwrap_or(0)).sum()
+    })
+}
+
+fn passive_drops(stats: &Value) -> u64 {
+    stats["drops_total"]["passive"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn members_start_passive_and_silent() {
+    require_root!();
+    let c = cluster("clsil");
+    for n in &c.nodes {
+        assert_eq!(role(n), ("passive".to_owned(), None));
+    }
+    // Nobody answers for the cluster's address while both are passive.
+    let p = host::ping(c.lab.client(), addr::LAN_GW, 3, Duration::from_secs(5)).unwrap();
+    assert_eq!(p.received, 0, "a passive member answered: {}", p.output);
+    for n in &c.nodes {
+        let s = n.stats().unwrap();
+        assert!(
+            passive_drops(&s) > 0,
+            "the ARP requests reached the member and were dropped: {s}"
+        );
+        assert_eq!(worker_sum(&s, "replies"), 0, "{s}");
+        assert_eq!(worker_sum(&s, "forwarded"), 0, "{s}");
+        let tx: u64 = s["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["tx_packets"].as_u64().unwrap())
+            .sum();
+        assert_eq!(tx, 0, "a passive member transmitted: {s}");
+    }
+}
+
+#[test]
+fn forced_swap_moves_a_live_transfer_to_the_other_member() {
+    require_root!();
+    let c = cluster("clswap");
+    let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
+    let r = fw1.ctl(&["haactive"]).expect("haactive");
+    assert_eq!(r["role"], "active");
+    assert_eq!(role(fw1), ("active".to_owned(), Some("active".to_owned())));
+    host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(20))
+        .expect("through fw1");
+
+    let _srv = IperfServer::start(c.lab.server(), addr::SERVER, 5201).unwrap();
+    let client = c.lab.client();
+    let res = thread::scope(|s| {
+        let run = s.spawn(|| host::iperf_client(client, addr::SERVER, 5201, 8, &["-i", "1"]));
+        thread::sleep(Duration::from_secs(3));
+        let before = worker_sum(&fw2.stats().unwrap(), "forwarded");
+        assert_eq!(before, 0, "fw2 forwarded while passive");
+        let t0 = Instant::now();
+        fw1.ctl(&["hapassive"]).expect("hapassive");
+        fw2.ctl(&["haactive"]).expect("haactive");
+        eprintln!("swap commands took {:?}", t0.elapsed());
+        run.join().expect("iperf thread")
+    })
+    .expect("iperf3 through the swap");
+    assert!(res.bits_per_second > 0.0);
+    let intervals = tools::iperf_intervals(&res.raw);
+    let stalled = intervals.iter().filter(|&&bps| bps < 1e6).count();
+    eprintln!(
+        "iperf intervals (Mbit/s): {:?}",
+        intervals
+            .iter()
+            .map(|b| (b / 1e6).round())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        stalled <= 1,
+        "the transfer stalled for {stalled} s around the swap: {intervals:?}"
+    );
+
+    let s2 = fw2.stats().unwrap();
+    assert!(
+        worker_sum(&s2, "forwarded") > 1000,
+        "traffic moved to fw2: {s2}"
+    );
+    assert!(
+        worker_sum(&s2, "garps_sent") >= 2,
+        "fw2 announced the addresses: {s2}"
+    );
+    let fwd1 = worker_sum(&fw1.stats().unwrap(), "forwarded");
+    thread::sleep(Duration::from_millis(500));
+    host::ping(c.lab.client(), addr::SERVER, 3, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        worker_sum(&fw1.stats().unwrap(), "forwarded"),
+        fwd1,
+        "fw1 is silent after the swap"
+    );
+
+    let r = fw2.ctl(&["hareset"]).expect("hareset");
+    assert_eq!(r["forced"], Value::Null);
+    assert_eq!(
+        role(fw2),
+        ("active".to_owned(), None),
+        "hareset keeps the role"
+    );
+}
+
+#[test]
+fn forced_status_is_refused_on_a_lone_node() {
+    require_root!();
+    let _lock = heavy_lock();
+    let lab = Lab::single_node("cllone").unwrap();
+    let mut n = lab.start_node(1).unwrap();
+    n.wait_ready(Duration::from_secs(30)).unwrap();
+    assert_eq!(role(&n), ("active".to_owned(), None));
+    let err = n
+        .ctl(&["haactive"])
+        .expect_err("a lone node has no forced status");
+    assert!(err.to_string().contains("not a cluster member"), "{err}");
+}
