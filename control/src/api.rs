@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -49,6 +49,8 @@ pub enum Request {
     HaPassive,
     /// Removes the forced status, as `hareset`.
     HaReset,
+    /// State-sync (K2K) counters and replication lag.
+    Sync,
 }
 
 /// Which connections `conn list` shows (every field narrows the list).
@@ -86,6 +88,7 @@ impl Request {
         "ha_active",
         "ha_passive",
         "ha_reset",
+        "sync",
     ];
 
     /// The value of `cmd` for this request.
@@ -99,6 +102,7 @@ impl Request {
             Request::HaActive => "ha_active",
             Request::HaPassive => "ha_passive",
             Request::HaReset => "ha_reset",
+            Request::Sync => "sync",
         }
     }
 
@@ -131,6 +135,8 @@ pub enum Response {
         /// "active", "passive" or none.
         forced: Option<String>,
     },
+    /// Answer to [`Request::Sync`].
+    Sync(SyncReport),
     /// Answer to [`Request::PolicyReload`].
     Policy {
         /// Rules in the policy now in force.
@@ -288,6 +294,44 @@ pub struct StatsReport {
     /// The stateful firewall, when a policy is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firewall: Option<FirewallStats>,
+}
+
+/// The state sync with the peer (K2K).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The peer answered (authenticated Hello).
+    pub peer_up: bool,
+    /// This node has received a complete bulk from the peer since it came
+    /// up (its table is complete).
+    pub synchronized: bool,
+    /// The HA link carrying the sync, if any is up.
+    pub link: Option<String>,
+    /// Records handed to the session.
+    pub records_queued: u64,
+    /// Records refused (peer down, queue full).
+    pub records_refused: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Datagrams accepted.
+    pub datagrams_received: u64,
+    /// Datagrams dropped (forged, replayed, stale, other peer...).
+    pub datagrams_dropped: u64,
+    /// Replicated records handed to the workers.
+    pub installs: u64,
+    /// Replicated records lost to a full install queue.
+    pub installs_dropped: u64,
+    /// Bulk syncs sent to the peer.
+    pub bulks_sent: u64,
+    /// Bulk syncs received.
+    pub bulks_received: u64,
+    /// Larval connections (replicated, not active).
+    pub larval: u64,
+    /// Replication lag percentiles (queue to ack), ms: p50, p90, p99, max.
+    pub lag_ms: [u64; 4],
+    /// Lag samples taken.
+    pub lag_samples: u64,
+    /// The session's own counters, by name (drops per reason, ...).
+    pub details: BTreeMap<String, u64>,
 }
 
 /// Answer to `conn list`.
@@ -682,7 +726,8 @@ mod tests {
             | Request::PolicyReload
             | Request::HaActive
             | Request::HaPassive
-            | Request::HaReset => {}
+            | Request::HaReset
+            | Request::Sync => {}
         }
         let all = [
             Request::Status,
@@ -695,6 +740,7 @@ mod tests {
             Request::HaActive,
             Request::HaPassive,
             Request::HaReset,
+            Request::Sync,
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
         for req in all {
@@ -715,7 +761,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync"
         );
     }
 

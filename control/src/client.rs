@@ -15,7 +15,9 @@ use nix::sys::socket::{
 use nix::sys::time::{TimeVal, TimeValLike};
 use thiserror::Error;
 
-use crate::api::{parse_response, ConnectionsReport, Request, Response, StatsReport, StatusReport};
+use crate::api::{
+    parse_response, ConnectionsReport, Request, Response, StatsReport, StatusReport, SyncReport,
+};
 
 /// The largest answer `tandemctl` accepts (the connection table can be big).
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
@@ -434,6 +436,49 @@ pub fn format_stats(report: &StatsReport, all: bool) -> String {
             let mut row = vec![(*reason).clone(), total(reason).to_string()];
             row.extend(report.workers.iter().map(|w| count(w, reason).to_string()));
             t.row(row);
+        }
+        t
+    });
+    out
+}
+
+/// Human-readable text of a `sync` answer.
+pub fn format_sync(r: &SyncReport) -> String {
+    let mut out = String::new();
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    let _ = writeln!(out, "peer up:       {}", yn(r.peer_up));
+    let _ = writeln!(out, "synchronized:  {}", yn(r.synchronized));
+    let _ = writeln!(
+        out,
+        "link:          {}",
+        r.link.as_deref().unwrap_or("none up")
+    );
+    let _ = writeln!(out, "larval:        {}", r.larval);
+    let _ = writeln!(
+        out,
+        "records:       {} queued, {} refused; {} installs ({} dropped)",
+        r.records_queued, r.records_refused, r.installs, r.installs_dropped
+    );
+    let _ = writeln!(
+        out,
+        "datagrams:     {} sent, {} received, {} dropped",
+        r.datagrams_sent, r.datagrams_received, r.datagrams_dropped
+    );
+    let _ = writeln!(
+        out,
+        "bulk syncs:    {} sent, {} received",
+        r.bulks_sent, r.bulks_received
+    );
+    let _ = writeln!(
+        out,
+        "lag (ms):      p50 {} p90 {} p99 {} max {} ({} samples)",
+        r.lag_ms[0], r.lag_ms[1], r.lag_ms[2], r.lag_ms[3], r.lag_samples
+    );
+    let nonzero: Vec<_> = r.details.iter().filter(|(_, v)| **v != 0).collect();
+    section(&mut out, "Session", nonzero.is_empty(), || {
+        let mut t = Table::new(&[("COUNTER", L), ("VALUE", R)]);
+        for (k, v) in nonzero {
+            t.row(vec![k.clone(), v.to_string()]);
         }
         t
     });

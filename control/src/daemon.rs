@@ -19,7 +19,7 @@ use tandem_dataplane::worker::Role;
 use crate::api::{
     ConnFilter, ConnectionStatus, ConnectionsReport, FirewallStats, InterfaceStatus, NatStatus,
     NeighbourStatus, PortStats, Request, Response, RouteStatus, StatsReport, StatusReport,
-    WorkerStats, WorkerStatus,
+    SyncReport, WorkerStats, WorkerStatus,
 };
 use crate::socket::{ControlSocket, SocketError};
 
@@ -184,6 +184,12 @@ impl Daemon {
             Request::Status => Response::Status(self.status()),
             Request::Stats => Response::Stats(self.stats()),
             Request::HaActive | Request::HaPassive | Request::HaReset => self.forced_status(req),
+            Request::Sync => match self.node.sync() {
+                Some(core) => Response::Sync(self.sync_report(core)),
+                None => Response::error(
+                    "no state sync on this node: it needs an ha section and a firewall policy in its configuration",
+                ),
+            },
             _ if self.node.policy().is_none() => Response::error(
                 "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)",
             ),
@@ -258,6 +264,46 @@ impl Daemon {
         Response::Role {
             role: self.node.role().as_str().into(),
             forced: self.forced.map(|r| r.as_str().into()),
+        }
+    }
+
+    fn sync_report(&self, core: &tandem_dataplane::sync::SyncCore) -> SyncReport {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sh = core.shared();
+        let link = sh.link_in_use.load(Relaxed);
+        let larval = self
+            .node
+            .workers()
+            .iter()
+            .filter_map(|w| w.firewall.as_ref())
+            .map(|f| f.larval.get())
+            .sum();
+        SyncReport {
+            peer_up: sh.peer_up.load(Relaxed),
+            synchronized: sh.synchronized.load(Relaxed),
+            link: self
+                .cfg
+                .ha
+                .as_ref()
+                .and_then(|h| h.links.get(usize::from(link)))
+                .map(|l| l.name.clone()),
+            records_queued: sh.records_queued.load(Relaxed),
+            records_refused: sh.records_refused.load(Relaxed),
+            datagrams_sent: sh.datagrams_sent.load(Relaxed),
+            datagrams_received: sh.datagrams_received.load(Relaxed),
+            datagrams_dropped: sh.datagrams_dropped.load(Relaxed),
+            installs: sh.installs.load(Relaxed),
+            installs_dropped: sh.installs_dropped.load(Relaxed),
+            bulks_sent: sh.bulks_sent.load(Relaxed),
+            bulks_received: sh.bulks_received.load(Relaxed),
+            larval,
+            lag_ms: [0, 1, 2, 3].map(|i| sh.lag_ms[i].load(Relaxed)),
+            lag_samples: sh.lag_samples.load(Relaxed),
+            details: sh
+                .details
+                .lock()
+                .map(|d| d.iter().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 

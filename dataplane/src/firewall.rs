@@ -118,6 +118,8 @@ pub struct FirewallCounters {
     pub deltas: Counter,
     /// Rules of the policy in force.
     pub rules: Counter,
+    /// Larval (replicated, not active) connections (mirrored).
+    pub larval: Counter,
 }
 
 impl Default for FirewallCounters {
@@ -134,6 +136,7 @@ impl Default for FirewallCounters {
             expired: Counter::default(),
             deltas: Counter::default(),
             rules: Counter::default(),
+            larval: Counter::default(),
         }
     }
 }
@@ -276,6 +279,7 @@ impl Firewall {
         let s = self.shard.counters();
         let c = &self.counters;
         c.connections.set(self.shard.len() as u64);
+        c.larval.set(self.shard.larval() as u64);
         c.created.set(s.created);
         c.deleted.set(s.deleted);
         c.expired.set(s.expired);

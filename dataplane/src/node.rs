@@ -19,6 +19,7 @@ use crate::firewall::{ConnQuery, Firewall, FirewallCounters, FirewallSettings};
 use crate::neigh::{NeighbourTable, NeighbourTimers};
 use crate::policy::{Policy, PolicyError};
 use crate::router::{Router, RouterError, RouterInterface, StaticRoute};
+use crate::sync::{SyncCore, SyncLink, SyncSettings};
 use crate::wire::EthernetAddress;
 use crate::worker::{PollMode, Role, Worker, WorkerCommand, WorkerSettings};
 
@@ -34,6 +35,9 @@ pub enum NodeError {
     /// The policy file could not be read or compiled.
     #[error("policy: {0}")]
     Policy(String),
+    /// The sync core could not start.
+    #[error("state sync: {0}")]
+    Sync(String),
     /// A worker thread could not be started.
     #[error("cannot start worker {id}: {msg}")]
     Worker {
@@ -106,6 +110,7 @@ pub struct Node {
     pool: Option<Arc<Mempool>>,
     policy: Option<PolicyInfo>,
     role: Arc<AtomicU8>,
+    sync: Option<SyncCore>,
     eal: Option<Eal>,
 }
 
@@ -199,6 +204,7 @@ impl Node {
             } else {
                 Role::Active
             } as u8)),
+            sync: None,
             eal: Some(eal),
         };
         let policy = match policy_path {
@@ -236,6 +242,11 @@ impl Node {
             nat_rules: cfg.nat.iter().filter(|n| n.enabled).count(),
         };
         Ok((Arc::new(policy), info))
+    }
+
+    /// The sync core, on a cluster member with a firewall.
+    pub fn sync(&self) -> Option<&SyncCore> {
+        self.sync.as_ref()
     }
 
     /// The node's role.
@@ -358,6 +369,7 @@ impl Node {
                 max_sleep: Duration::from_micros(u64::from(dp.idle.max_sleep_us)),
             },
         };
+        let mut built = Vec::new();
         for (id, wc) in dp.workers.iter().enumerate() {
             // Worker `id` owns queue `id` of every port; take from the back
             // so the indices stay valid (workers are spawned in order).
@@ -419,8 +431,34 @@ impl Node {
                 ));
                 fw_counters = Some(c);
             }
+            built.push((id, wc.cpu, worker, lcore, counters, fw_counters, cmd_tx));
+        }
+
+        // A cluster member with a firewall streams its connections to the
+        // peer: the sync core takes every shard's delta ring.
+        if let (Some(ha), true) = (&cfg.ha, policy.is_some()) {
+            let consumers: Vec<_> = built
+                .iter_mut()
+                .map(|b| {
+                    b.2.take_delta_consumer()
+                        .expect("a new firewall has its delta ring")
+                })
+                .collect();
+            let (core, handles) = SyncCore::start(
+                sync_settings(cfg, ha),
+                consumers,
+                self.role.clone(),
+                self.epoch,
+            )
+            .map_err(|e| NodeError::Sync(e.to_string()))?;
+            for (b, h) in built.iter_mut().zip(handles) {
+                b.2.set_sync(h);
+            }
+            self.sync = Some(core);
+        }
+
+        for (id, cpu, mut worker, lcore, counters, fw_counters, cmd_tx) in built {
             let stop = self.stop.clone();
-            let cpu = wc.cpu;
             let lcore_slot = lcore.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("tandem-w{id}"))
@@ -516,6 +554,7 @@ impl Node {
                 let _ = t.join();
             }
         }
+        self.sync.take();
         for iface in self.interfaces.drain(..) {
             iface.port.close();
         }
@@ -584,4 +623,34 @@ fn timeouts(t: &tandem_config::TimeoutsConfig) -> crate::conntrack::Timeouts {
     ms(t.other_unreplied, &mut out.other_unreplied);
     ms(t.other, &mut out.other);
     out
+}
+
+/// The sync core's settings from the node's HA section: one K2K session to
+/// the peer, on the main link, else the backup.
+fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings {
+    use crate::k2k::{serial_from_str, Psk, SessionConfig};
+    // Every start gets a new, larger epoch (nonces are never reused with
+    // the same key): the wall clock in seconds.
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs() as u32)
+        .max(1);
+    let mut session = SessionConfig::new(
+        ha.cluster_id,
+        serial_from_str(&cfg.node.serial),
+        Psk::new(ha.psk.as_bytes()),
+        epoch,
+    );
+    session.encrypt = ha.encrypt;
+    let links = ha
+        .links
+        .iter()
+        .map(|l| SyncLink {
+            name: l.name.clone(),
+            interface: l.interface.clone(),
+            local: std::net::SocketAddrV4::new(l.address.addr, ha.sync_port),
+            peer: std::net::SocketAddrV4::new(l.peer, ha.sync_port),
+        })
+        .collect();
+    SyncSettings { session, links }
 }

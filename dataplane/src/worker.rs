@@ -16,6 +16,7 @@ use crate::dpdk::{self, Mbuf, Mempool, RxQueue, TxQueue};
 use crate::firewall::{ConnQuery, Firewall};
 use crate::policy::Policy;
 use crate::router::{Action, HeldResult, Router};
+use crate::sync::WorkerSync;
 
 /// What the control thread asks of a worker; the worker serves it between
 /// bursts, so nothing it owns is ever shared.
@@ -159,6 +160,8 @@ pub struct Worker {
     next_maintenance_ms: u64,
     role: Arc<AtomicU8>,
     current_role: Role,
+    sync: Option<WorkerSync>,
+    bulk_cursor: Option<usize>,
 }
 
 impl Worker {
@@ -204,6 +207,43 @@ impl Worker {
             next_maintenance_ms: 0,
             role: Arc::new(AtomicU8::new(Role::Active as u8)),
             current_role: Role::Active,
+            sync: None,
+            bulk_cursor: None,
+        }
+    }
+
+    /// Takes the consumer side of this worker's delta ring (for the sync
+    /// core), if the worker filters.
+    pub fn take_delta_consumer(&mut self) -> Option<crate::conntrack::DeltaConsumer> {
+        self.firewall.as_mut()?.shard_mut().take_delta_consumer()
+    }
+
+    /// Connects this worker's shard to the sync core.
+    pub fn set_sync(&mut self, sync: WorkerSync) {
+        self.sync = Some(sync);
+    }
+
+    /// Installs what the peer replicated (bounded per call) and serves a
+    /// bulk-dump request a little at a time.
+    fn serve_sync(&mut self) {
+        let (Some(sync), Some(fw)) = (&self.sync, &mut self.firewall) else {
+            return;
+        };
+        if sync.installs.is_empty() && !sync.bulk_request.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        for _ in 0..1024 {
+            let Some(d) = sync.installs.pop() else { break };
+            let _ = fw.shard_mut().apply(now, &d);
+        }
+        if sync.bulk_request.load(Ordering::Acquire) {
+            let cursor = self.bulk_cursor.get_or_insert(0);
+            fw.shard_mut().bulk_sync(now, cursor, 4096);
+            if *cursor >= fw.shard().capacity() {
+                self.bulk_cursor = None;
+                sync.bulk_request.store(false, Ordering::Release);
+            }
         }
     }
 
@@ -316,6 +356,7 @@ impl Worker {
         let mut rx_buf: Vec<Mbuf> = Vec::with_capacity(self.settings.burst);
         while !stop.load(Ordering::Relaxed) {
             self.follow_role();
+            self.serve_sync();
             let n = self.poll_once(&mut rx_buf);
             self.maintain();
             self.counters.polls.add(1);

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tandem_control::api::{ConnFilter, Request, Response, DEFAULT_SOCKET_PATH};
-use tandem_control::client::{format_connections, format_stats, format_status, request};
+use tandem_control::client::{
+    format_connections, format_stats, format_status, format_sync, request,
+};
 
 /// Environment variable naming the control socket when --socket is not given.
 const SOCKET_ENV: &str = "TANDEM_SOCKET";
@@ -64,6 +66,8 @@ enum Command {
     Hapassive,
     /// Removes the forced status
     Hareset,
+    /// State sync with the peer: counters, replication lag
+    Sync,
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,6 +170,7 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
                 forced.as_deref().unwrap_or("no")
             ))
         }
+        (Command::Sync, Response::Sync(r)) => Outcome::print(format_sync(r)),
         (Command::Policy { .. }, Response::Policy { rules, nat_rules, path }) => {
             Outcome::print(format!("policy reloaded from {path}: {rules} rules, {nat_rules} NAT rules\n"))
         }
@@ -187,6 +192,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Flushed { .. } => "flushed",
         Response::Policy { .. } => "policy",
         Response::Role { .. } => "role",
+        Response::Sync(_) => "sync",
         Response::Error { .. } => "error",
     }
 }
@@ -239,6 +245,7 @@ fn main() -> ExitCode {
         Command::Haactive => Request::HaActive,
         Command::Hapassive => Request::HaPassive,
         Command::Hareset => Request::HaReset,
+        Command::Sync => Request::Sync,
         Command::Policy {
             action: PolicyAction::Reload,
         } => Request::PolicyReload,
