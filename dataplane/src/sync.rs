@@ -185,6 +185,7 @@ impl SyncCore {
             link_up: Vec::new(),
             next_link_check: 0,
             next_publish: 0,
+            last_role: None,
         };
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -235,9 +236,23 @@ struct Core {
     link_up: Vec<bool>,
     next_link_check: u64,
     next_publish: u64,
+    last_role: Option<Role>,
 }
 
 impl Core {
+    /// A member that becomes active owes its peer a complete table: it
+    /// sends a bulk (the events that ask for one may have come while it
+    /// was passive and had nothing to say).
+    fn follow_role(&mut self, now: u64) {
+        let role = Role::from_u8(self.role.load(Ordering::Acquire));
+        if self.last_role != Some(role) {
+            self.last_role = Some(role);
+            if role == Role::Active && self.shared.peer_up.load(Ordering::Relaxed) {
+                self.start_bulk(now, BulkReason::PeerRequested);
+            }
+        }
+    }
+
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -249,6 +264,7 @@ impl Core {
             let now = self.now();
             let mut work = 0;
             work += self.check_links(now);
+            self.follow_role(now);
             work += self.receive(now, &mut buf);
             work += self.drain_workers(now);
             self.session.handle_timeout(now);
@@ -388,6 +404,8 @@ impl Core {
                 Event::PeerUp { .. } => {
                     self.shared.peer_up.store(true, Ordering::Relaxed);
                     self.shared.synchronized.store(false, Ordering::Relaxed);
+                    // An active member resyncs a (re)joining peer.
+                    self.start_bulk(now, BulkReason::PeerUp);
                 }
                 Event::PeerRestarted { .. } => {
                     self.shared.synchronized.store(false, Ordering::Relaxed);

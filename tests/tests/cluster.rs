@@ -22,14 +22,34 @@ struct Cluster {
 }
 
 fn cluster(tag: &str) -> Cluster {
+    cluster_with(tag, None)
+}
+
+/// The policy of the stateful cluster tests.
+const POLICY: &str = r#"(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["80", "5201"]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Icmp, icmp_types: [8]),
+    ],
+    default_action: Block,
+)"#;
+
+/// Both members with the firewall on (same policy), both passive at start.
+fn cluster_with(tag: &str, policy: Option<&str>) -> Cluster {
     let lock = heavy_lock();
     if let Err(e) = node::find_bin("tandemd").and(node::find_bin("tandemctl")) {
         panic!("{e}");
     }
     let lab = Lab::two_nodes(tag).expect("building the two-node lab");
+    let policy = policy.map(|text| {
+        tandem_tests::firewall::write_policy(&lab, "policy.ron", text).expect("policy file")
+    });
     let mut nodes = Vec::new();
     for i in 1..=2 {
         let mut cfg = lab.node_config(i);
+        if let Some(p) = &policy {
+            cfg = cfg.with_policy(p);
+        }
         cfg.ha = Some(HaSection::lab(i));
         let mut n = lab.start_node_with(i, &cfg).expect("starting tandemd");
         n.wait_ready(Duration::from_secs(30))
@@ -168,4 +188,129 @@ fn forced_status_is_refused_on_a_lone_node() {
         .ctl(&["haactive"])
         .expect_err("a lone node has no forced status");
     assert!(err.to_string().contains("not a cluster member"), "{err}");
+}
+
+/// Waits (bounded) until `f` holds for `n`'s `tandemctl sync` answer.
+fn wait_sync(n: &Node, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    let end = Instant::now() + timeout;
+    loop {
+        let s = n.ctl(&["sync"]).expect("sync");
+        if f(&s) {
+            return s;
+        }
+        assert!(Instant::now() < end, "{what} within {timeout:?}: {s}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn conn_total(n: &Node, args: &[&str]) -> (u64, Value) {
+    let mut a = vec!["conn", "list", "--limit", "100000"];
+    a.extend_from_slice(args);
+    let v = n.ctl(&a).expect("conn list");
+    (v["total"].as_u64().unwrap_or(0), v)
+}
+
+#[test]
+fn connections_through_the_active_are_held_larval_on_the_passive() {
+    require_root!();
+    let c = cluster_with("clsync", Some(POLICY));
+    let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
+    fw1.ctl(&["haactive"]).expect("haactive");
+    wait_sync(fw1, "fw1 sees its peer", Duration::from_secs(10), |s| {
+        s["peer_up"] == true
+    });
+    wait_sync(
+        fw2,
+        "fw2 gets the initial bulk",
+        Duration::from_secs(10),
+        |s| s["synchronized"] == true,
+    );
+
+    let _echo = tools::ToolServer::tcp_echo(c.lab.server(), addr::SERVER, 80).unwrap();
+    // Many connections, held open by one python process.
+    const N: usize = 300;
+    let script = format!(
+        "import socket,time\nss=[]\nfor i in range({N}):\n s=socket.create_connection(('{}',80),timeout=5); ss.append(s)\nprint('open',len(ss),flush=True)\ntime.sleep(30)\n",
+        addr::SERVER
+    );
+    let mut holder = c
+        .lab
+        .client()
+        .spawn("holder", &["python3", "-c", &script])
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while !holder.stdout().contains("open") {
+        holder.ensure_running().unwrap();
+        assert!(
+            Instant::now() < end,
+            "connections not opened: {}",
+            holder.logs_tail(20)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (on_active, _) = conn_total(fw1, &["--proto", "tcp", "--port", "80"]);
+    assert!(on_active >= N as u64, "fw1 tracks {on_active}");
+    let end = Instant::now() + Duration::from_secs(10);
+    let (mut on_passive, mut v) = conn_total(fw2, &["--proto", "tcp", "--port", "80"]);
+    while on_passive < N as u64 && Instant::now() < end {
+        thread::sleep(Duration::from_millis(200));
+        (on_passive, v) = conn_total(fw2, &["--proto", "tcp", "--port", "80"]);
+    }
+    assert!(on_passive >= N as u64, "fw2 holds {on_passive} of {N}: {v}");
+    let conns = v["connections"].as_array().unwrap();
+    assert!(
+        conns.iter().all(|c| c["larval"] == true),
+        "replicated connections are larval on the passive"
+    );
+    assert!(conns.iter().any(|c| c["state"] == "established"), "{v}");
+    let s1 = fw1.ctl(&["sync"]).unwrap();
+    eprintln!("fw1 sync: {s1}");
+    assert!(s1["records_queued"].as_u64().unwrap() >= N as u64);
+}
+
+#[test]
+fn a_stateful_transfer_survives_a_forced_swap() {
+    require_root!();
+    let c = cluster_with("clsswap", Some(POLICY));
+    let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
+    fw1.ctl(&["haactive"]).expect("haactive");
+    wait_sync(fw2, "fw2 synchronized", Duration::from_secs(10), |s| {
+        s["synchronized"] == true
+    });
+    host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(20))
+        .expect("through fw1");
+
+    let _srv = IperfServer::start(c.lab.server(), addr::SERVER, 5201).unwrap();
+    let client = c.lab.client();
+    let res = thread::scope(|s| {
+        let run = s.spawn(|| host::iperf_client(client, addr::SERVER, 5201, 8, &["-i", "1"]));
+        thread::sleep(Duration::from_secs(3));
+        fw1.ctl(&["hapassive"]).expect("hapassive");
+        fw2.ctl(&["haactive"]).expect("haactive");
+        run.join().expect("iperf thread")
+    })
+    .expect("iperf3 through the swap: the connection must not be reset");
+    let intervals = tools::iperf_intervals(&res.raw);
+    eprintln!(
+        "iperf intervals (Mbit/s): {:?}",
+        intervals
+            .iter()
+            .map(|b| (b / 1e6).round())
+            .collect::<Vec<_>>()
+    );
+    let stalled = intervals.iter().filter(|&&bps| bps < 1e6).count();
+    assert!(
+        stalled <= 1,
+        "the transfer stalled {stalled} s: {intervals:?}"
+    );
+    let s2 = fw2.stats().unwrap();
+    assert!(
+        worker_sum(&s2, "forwarded") > 1000,
+        "fw2 carried the transfer: {s2}"
+    );
+    let no_conn = s2["drops_total"]["no_connection"].as_u64().unwrap_or(0);
+    assert!(
+        no_conn < 50,
+        "fw2 did not know the connection ({no_conn} no_connection drops)"
+    );
 }
