@@ -311,8 +311,9 @@ impl Core {
                 let Ok((len, from)) = self.sockets[i].recv_from(buf) else {
                     break;
                 };
-                // Only the configured peer speaks on a link.
-                if from != std::net::SocketAddr::V4(self.links[i].peer) {
+                // Only the configured peer's address speaks on a link (the
+                // session then authenticates every datagram).
+                if from.ip() != std::net::IpAddr::V4(*self.links[i].peer.ip()) {
                     self.shared
                         .datagrams_dropped
                         .fetch_add(1, Ordering::Relaxed);

@@ -314,3 +314,197 @@ fn a_stateful_transfer_survives_a_forced_swap() {
         "fw2 did not know the connection ({no_conn} no_connection drops)"
     );
 }
+
+/// Opens `n` short UDP flows (one datagram each, a new source port each)
+/// from the client to the server's port 9000, in one python process.
+fn udp_flows(c: &Cluster, n: usize) {
+    let script = format!(
+        "import socket\nfor i in range({n}):\n s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(b'x',('{}',9000)); s.close()\nprint('sent',flush=True)\n",
+        addr::SERVER
+    );
+    let o = c
+        .lab
+        .client()
+        .exec_timeout(&["python3", "-c", &script], Duration::from_secs(60))
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("sent"), "{o:?}");
+}
+
+const UDP_POLICY: &str = r#"(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], proto: Udp, dst_ports: ["9000"]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5201"]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Icmp, icmp_types: [8]),
+    ],
+    default_action: Block,
+)"#;
+
+fn wait_total(n: &Node, args: &[&str], want: u64, timeout: Duration) -> u64 {
+    let end = Instant::now() + timeout;
+    loop {
+        let (got, _) = conn_total(n, args);
+        if got >= want || Instant::now() >= end {
+            return got;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn ten_thousand_connections_all_appear_on_the_passive() {
+    require_root!();
+    let c = cluster_with("cl10k", Some(UDP_POLICY));
+    let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
+    fw1.ctl(&["haactive"]).expect("haactive");
+    wait_sync(fw2, "fw2 synchronized", Duration::from_secs(10), |s| {
+        s["synchronized"] == true
+    });
+    let _echo = tools::ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).unwrap();
+    const N: u64 = 10_000;
+    udp_flows(&c, N as usize);
+    let active = wait_total(
+        fw1,
+        &["--proto", "udp", "--port", "9000"],
+        N,
+        Duration::from_secs(10),
+    );
+    assert!(active >= N, "fw1 tracks {active} of {N}");
+    let passive = wait_total(
+        fw2,
+        &["--proto", "udp", "--port", "9000"],
+        N,
+        Duration::from_secs(20),
+    );
+    let s1 = fw1.ctl(&["sync"]).unwrap();
+    let s2 = fw2.ctl(&["sync"]).unwrap();
+    eprintln!(
+        "fw1 sync: lag_ms {} bytes_sent {} records_queued {}",
+        s1["lag_ms"], s1["details"]["bytes_sent"], s1["records_queued"]
+    );
+    eprintln!(
+        "fw2 sync: installs {} dropped {}",
+        s2["installs"], s2["installs_dropped"]
+    );
+    assert_eq!(
+        passive, active,
+        "every connection of the active is on the passive"
+    );
+}
+
+#[test]
+fn the_passive_converges_with_ten_percent_loss_on_the_ha_link() {
+    require_root!();
+    let c = cluster_with("clloss", Some(UDP_POLICY));
+    let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
+    // Drop 10 % of the sync datagrams arriving at fw2, and 10 % of its
+    // acknowledgements arriving at fw1.
+    for (fw, name) in [(c.lab.fw(2), "fw2"), (c.lab.fw(1), "fw1")] {
+        let rules = "table inet loss { chain input { type filter hook input priority 0; udp dport 44242 numgen random mod 10 == 0 counter drop; } }";
+        let o = fw.exec(&["nft", rules]).unwrap();
+        assert!(o.status.success(), "nft in {name}: {o:?}");
+    }
+    fw1.ctl(&["haactive"]).expect("haactive");
+    wait_sync(
+        fw2,
+        "fw2 synchronized despite loss",
+        Duration::from_secs(20),
+        |s| s["synchronized"] == true,
+    );
+    let _echo = tools::ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).unwrap();
+    const N: u64 = 3000;
+    udp_flows(&c, N as usize);
+    let active = wait_total(
+        fw1,
+        &["--proto", "udp", "--port", "9000"],
+        N,
+        Duration::from_secs(10),
+    );
+    let passive = wait_total(
+        fw2,
+        &["--proto", "udp", "--port", "9000"],
+        active,
+        Duration::from_secs(30),
+    );
+    let dropped = c
+        .lab
+        .fw(2)
+        .exec(&["nft", "list", "table", "inet", "loss"])
+        .unwrap();
+    eprintln!("nft on fw2: {}", String::from_utf8_lossy(&dropped.stdout));
+    let s1 = fw1.ctl(&["sync"]).unwrap();
+    eprintln!(
+        "fw1 retransmits {} nacks_received {}",
+        s1["details"]["retransmits"], s1["details"]["nacks_received"]
+    );
+    assert!(
+        String::from_utf8_lossy(&dropped.stdout).contains("packets"),
+        "the loss rule counted"
+    );
+    assert_eq!(passive, active, "the passive converged");
+    assert!(
+        s1["details"]["retransmits"].as_u64().unwrap_or(0) > 0,
+        "losses were repaired by retransmission: {s1}"
+    );
+}
+
+#[test]
+fn a_restarted_passive_gets_a_bulk_sync_and_can_take_over() {
+    require_root!();
+    let mut c = cluster_with("clrest", Some(UDP_POLICY));
+    c.nodes[0].ctl(&["haactive"]).expect("haactive");
+    wait_sync(
+        &c.nodes[1],
+        "fw2 synchronized",
+        Duration::from_secs(10),
+        |s| s["synchronized"] == true,
+    );
+    let _echo = tools::ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).unwrap();
+    udp_flows(&c, 500);
+    let _srv = IperfServer::start(c.lab.server(), addr::SERVER, 5201).unwrap();
+    let client = c.lab.client();
+    let (res, fw2) = thread::scope(|s| {
+        let run = s.spawn(|| host::iperf_client(client, addr::SERVER, 5201, 10, &["-i", "1"]));
+        thread::sleep(Duration::from_secs(1));
+        // The passive dies mid-traffic and comes back empty.
+        let mut old = c.nodes.pop().unwrap();
+        old.proc.signal("KILL");
+        drop(old);
+        let mut cfg = c
+            .lab
+            .node_config(2)
+            .with_policy(&c.lab.dir().join("policy.ron"));
+        cfg.ha = Some(HaSection::lab(2));
+        let mut fw2 = c.lab.start_node_with(2, &cfg).expect("restart fw2");
+        fw2.wait_ready(Duration::from_secs(30))
+            .expect("control socket");
+        let s2 = wait_sync(
+            &fw2,
+            "the restarted fw2 gets a bulk",
+            Duration::from_secs(10),
+            |s| s["synchronized"] == true,
+        );
+        eprintln!("restarted fw2: {s2}");
+        let (udp, _) = conn_total(&fw2, &["--proto", "udp", "--port", "9000"]);
+        assert!(
+            udp >= 500,
+            "the bulk carried the existing connections: {udp}"
+        );
+        c.nodes[0].ctl(&["hapassive"]).expect("hapassive");
+        fw2.ctl(&["haactive"]).expect("haactive");
+        (run.join().expect("iperf thread"), fw2)
+    });
+    let res = res.expect("the transfer survived the restart and the takeover");
+    let intervals = tools::iperf_intervals(&res.raw);
+    eprintln!(
+        "iperf intervals (Mbit/s): {:?}",
+        intervals
+            .iter()
+            .map(|b| (b / 1e6).round())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        intervals.iter().filter(|&&b| b < 1e6).count() <= 1,
+        "{intervals:?}"
+    );
+    assert!(worker_sum(&fw2.stats().unwrap(), "forwarded") > 1000);
+}
