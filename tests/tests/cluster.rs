@@ -513,3 +513,52 @@ fn a_restarted_passive_gets_a_bulk_sync_and_can_take_over() {
     );
     assert!(worker_sum(&fw2.stats().unwrap(), "forwarded") > 1000);
 }
+
+#[test]
+fn a_datagram_sealed_with_the_wrong_key_is_rejected_and_counted() {
+    require_root!();
+    let c = cluster_with("clkey", Some(UDP_POLICY));
+    let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
+    fw1.ctl(&["haactive"]).expect("haactive");
+    wait_sync(fw2, "fw2 synchronized", Duration::from_secs(10), |s| {
+        s["synchronized"] == true
+    });
+    let before = fw2.ctl(&["sync"]).unwrap();
+    let bad_auth = |s: &Value| s["details"]["drop_bad_auth"].as_u64().unwrap_or(0);
+    let probe = node::find_bin("k2k-probe").expect("k2k-probe is built with the workspace");
+    let to = format!("{}:44242", addr::HA_MAIN_2);
+    let from = format!("{}:0", addr::HA_MAIN_1);
+    // The real peer's serial and epoch, so that only the key is wrong.
+    let epoch = fw1.ctl(&["sync"]).unwrap()["details"]["epoch"].to_string();
+    let o = c
+        .lab
+        .fw(1)
+        .exec(&[
+            probe.to_str().unwrap(),
+            "--psk",
+            "Wrong-Cluster-Key-2026",
+            "--serial",
+            "TDLAB0001",
+            "--epoch",
+            &epoch,
+            "--to",
+            &to,
+            "--from",
+            &from,
+            "--count",
+            "5",
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let after = wait_sync(
+        fw2,
+        "the forged datagrams are counted",
+        Duration::from_secs(5),
+        |s| bad_auth(s) >= bad_auth(&before) + 5,
+    );
+    assert_eq!(
+        after["synchronized"], true,
+        "the real session is undisturbed: {after}"
+    );
+    assert_eq!(after["installs"], before["installs"], "nothing was applied");
+}
