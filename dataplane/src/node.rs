@@ -642,6 +642,14 @@ fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings
         epoch,
     );
     session.encrypt = ha.encrypt;
+    // Test builds of a later protocol version (rolling-upgrade tests):
+    // TANDEM_K2K_TEST_VERSION=2 offers version 2 and adds a v2 record type.
+    let emulate_version = std::env::var("TANDEM_K2K_TEST_VERSION")
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok());
+    if let Some(v) = emulate_version {
+        session.max_version = v.max(session.max_version);
+    }
     let links = ha
         .links
         .iter()
@@ -652,5 +660,9 @@ fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings
             peer: std::net::SocketAddrV4::new(l.peer, ha.sync_port),
         })
         .collect();
-    SyncSettings { session, links }
+    SyncSettings {
+        session,
+        links,
+        emulate_version,
+    }
 }

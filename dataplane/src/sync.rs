@@ -42,6 +42,10 @@ pub struct SyncSettings {
     pub session: SessionConfig,
     /// Main link first, then the backup.
     pub links: Vec<SyncLink>,
+    /// Play a later protocol version: offer it and add a record type of
+    /// that version to every datagram (interoperability tests of a rolling
+    /// upgrade; `None` in production).
+    pub emulate_version: Option<u8>,
 }
 
 /// Counters and state the control thread reads.
@@ -151,7 +155,11 @@ impl SyncCore {
                 })?;
             sockets.push(s);
         }
-        let session = Session::new(settings.session).map_err(SyncError::Session)?;
+        let mut session = Session::new(settings.session).map_err(SyncError::Session)?;
+        if settings.emulate_version.is_some() {
+            // A record type version 1 does not know: a v1 peer skips it.
+            session.set_extension(0x40, vec![0xee; 24]);
+        }
         let mut links = Vec::new();
         let mut handles = Vec::new();
         for deltas in consumers {
@@ -494,6 +502,7 @@ fn session_details(s: &Session) -> Vec<(String, u64)> {
         ("nacks_received", c.nacks_received),
         ("lost_datagrams", c.lost_datagrams),
         ("unknown_records", c.unknown_records),
+        ("unknown_groups", c.unknown_groups),
         ("bulks_sent", c.bulks_sent),
         ("bulks_received", c.bulks_received),
         ("peer_restarts", c.peer_restarts),

@@ -91,6 +91,9 @@ pub struct NodeConfig {
     pub firewall: Option<FirewallConfig>,
     /// The `ha` section; `None` leaves it out (a lone, always active node).
     pub ha: Option<HaSection>,
+    /// Extra environment of the tandemd process (e.g. the test hook
+    /// `TANDEM_K2K_TEST_VERSION`).
+    pub env: Vec<(String, String)>,
 }
 
 /// The `ha` section of a node config.
@@ -196,6 +199,7 @@ impl NodeConfig {
             routes: vec![],
             firewall: None,
             ha: None,
+            env: Vec::new(),
         }
     }
 
@@ -316,9 +320,13 @@ impl Node {
         config.write(config_path)?;
         let _ = std::fs::remove_file(&config.socket);
         let cfg_s = config_path.to_string_lossy().into_owned();
-        let mut proc = ns.spawn(
+        let env = config.env.clone();
+        let mut proc = ns.spawn_with(
             &format!("tandemd-{}", config.name),
             &[tandemd.to_string_lossy().as_ref(), "--config", &cfg_s],
+            |c| {
+                c.envs(env);
+            },
         )?;
         proc.set_grace(Duration::from_secs(5));
         Ok(Node {

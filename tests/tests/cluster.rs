@@ -36,6 +36,11 @@ const POLICY: &str = r#"(
 
 /// Both members with the firewall on (same policy), both passive at start.
 fn cluster_with(tag: &str, policy: Option<&str>) -> Cluster {
+    cluster_env(tag, policy, &[])
+}
+
+/// As [`cluster_with`], with extra environment for member `i` (1 or 2).
+fn cluster_env(tag: &str, policy: Option<&str>, env: &[(usize, &str, &str)]) -> Cluster {
     let lock = heavy_lock();
     if let Err(e) = node::find_bin("tandemd").and(node::find_bin("tandemctl")) {
         panic!("{e}");
@@ -51,6 +56,11 @@ fn cluster_with(tag: &str, policy: Option<&str>) -> Cluster {
             cfg = cfg.with_policy(p);
         }
         cfg.ha = Some(HaSection::lab(i));
+        cfg.env = env
+            .iter()
+            .filter(|e| e.0 == i)
+            .map(|e| (e.1.to_owned(), e.2.to_owned()))
+            .collect();
         let mut n = lab.start_node_with(i, &cfg).expect("starting tandemd");
         n.wait_ready(Duration::from_secs(30))
             .expect("control socket");
@@ -561,4 +571,57 @@ fn a_datagram_sealed_with_the_wrong_key_is_rejected_and_counted() {
         "the real session is undisturbed: {after}"
     );
     assert_eq!(after["installs"], before["installs"], "nothing was applied");
+}
+
+#[test]
+fn a_member_of_the_next_protocol_version_still_syncs() {
+    require_root!();
+    // fw1 plays a build whose K2K is one version higher (it offers v2 and
+    // adds a v2 record type to every datagram); fw2 is this build (v1).
+    let c = cluster_env(
+        "clver",
+        Some(UDP_POLICY),
+        &[(1, "TANDEM_K2K_TEST_VERSION", "2")],
+    );
+    let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
+    fw1.ctl(&["haactive"]).expect("haactive");
+    wait_sync(
+        fw2,
+        "fw2 synchronized with the newer fw1",
+        Duration::from_secs(10),
+        |s| s["synchronized"] == true,
+    );
+    let _echo = tools::ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).unwrap();
+    udp_flows(&c, 300);
+    let active = wait_total(
+        fw1,
+        &["--proto", "udp", "--port", "9000"],
+        300,
+        Duration::from_secs(10),
+    );
+    let passive = wait_total(
+        fw2,
+        &["--proto", "udp", "--port", "9000"],
+        active,
+        Duration::from_secs(10),
+    );
+    assert_eq!(passive, active, "the mixed-version pair keeps state");
+    // The session counters are published once a second.
+    let skipped = |s: &Value| s["details"]["unknown_groups"].as_u64().unwrap_or(0) > 0;
+    wait_sync(
+        fw2,
+        "the v1 member skipped the v2 record type",
+        Duration::from_secs(3),
+        skipped,
+    );
+    let s1 = wait_sync(
+        fw1,
+        "fw1's counters published",
+        Duration::from_secs(3),
+        |s| s["details"]["version"] != 0,
+    );
+    assert_eq!(
+        s1["details"]["version"], 1,
+        "fail-soft: the pair speaks the lower version"
+    );
 }

@@ -621,7 +621,6 @@ pub struct Session {
 
     /// Test builds: an extra raw record group appended to every stream
     /// datagram (a "version 2" record type a version-1 peer must skip).
-    #[cfg(test)]
     extension: Option<(u8, Vec<u8>)>,
 }
 
@@ -702,7 +701,6 @@ impl Session {
             events: VecDeque::new(),
             lag: VecDeque::new(),
             counters: Counters::default(),
-            #[cfg(test)]
             extension: None,
             cfg,
         })
@@ -1453,7 +1451,6 @@ impl Session {
             records += 1;
             self.pending.pop_front();
         }
-        #[cfg(test)]
         if let Some((ty, data)) = &self.extension {
             w.push_raw(*ty, data);
         }
@@ -1563,8 +1560,10 @@ impl Session {
     /// Test builds: append a raw group of type `ty` holding one record
     /// `data` to every stream datagram (a record type from a later
     /// version).
-    #[cfg(test)]
-    pub(crate) fn set_extension(&mut self, ty: u8, data: Vec<u8>) {
+    ///
+    /// Used by tests and by `TANDEM_K2K_TEST_VERSION` (a node that plays
+    /// a later protocol version against a real peer).
+    pub fn set_extension(&mut self, ty: u8, data: Vec<u8>) {
         self.extension = Some((ty, data));
     }
 }
