@@ -417,6 +417,18 @@ impl Node {
                         shard: id,
                         shards,
                         hash_seed: seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        // F10: only connections older than this are synced.
+                        sync_min_age_ms: cfg
+                            .ha
+                            .as_ref()
+                            .map_or(0, |h| u64::from(h.sync_min_age_secs) * 1000),
+                        tcp: crate::conntrack::TcpTrackingConfig {
+                            takeover_grace_ms: cfg
+                                .ha
+                                .as_ref()
+                                .map_or(30_000, |h| u64::from(h.takeover_grace_ms)),
+                            ..Default::default()
+                        },
                         ..ShardConfig::default()
                     },
                     verify_checksums: fw.verify_checksums,

@@ -107,6 +107,8 @@ pub struct HaSection {
     pub encrypt: bool,
     /// (name, kernel interface, local CIDR, peer address) per link, main first.
     pub links: Vec<(String, String, String, String)>,
+    /// Only connections older than this are synchronised (0: all).
+    pub sync_min_age_secs: u32,
 }
 
 impl HaSection {
@@ -133,6 +135,7 @@ impl HaSection {
             cluster_id: 7,
             psk: "Lab-Cluster-Key-2026".into(),
             encrypt: false,
+            sync_min_age_secs: 0,
             links: vec![
                 (
                     "HA-main".into(),
@@ -272,10 +275,11 @@ impl NodeConfig {
         }
         if let Some(ha) = &self.ha {
             s += &format!(
-                "    ha: (cluster_id: {}, psk: {}, encrypt: {}, links: [\n",
+                "    ha: (cluster_id: {}, psk: {}, encrypt: {}, sync_min_age_secs: {}, links: [\n",
                 ha.cluster_id,
                 ron_str(&ha.psk),
-                ha.encrypt
+                ha.encrypt,
+                ha.sync_min_age_secs
             );
             for (name, iface, cidr, peer) in &ha.links {
                 s += &format!(

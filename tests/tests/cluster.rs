@@ -41,6 +41,16 @@ fn cluster_with(tag: &str, policy: Option<&str>) -> Cluster {
 
 /// As [`cluster_with`], with extra environment for member `i` (1 or 2).
 fn cluster_env(tag: &str, policy: Option<&str>, env: &[(usize, &str, &str)]) -> Cluster {
+    cluster_full(tag, policy, env, |_| {})
+}
+
+/// The general fixture: `tweak` edits each member's HA section.
+fn cluster_full(
+    tag: &str,
+    policy: Option<&str>,
+    env: &[(usize, &str, &str)],
+    tweak: impl Fn(&mut HaSection),
+) -> Cluster {
     let lock = heavy_lock();
     if let Err(e) = node::find_bin("tandemd").and(node::find_bin("tandemctl")) {
         panic!("{e}");
@@ -55,7 +65,9 @@ fn cluster_env(tag: &str, policy: Option<&str>, env: &[(usize, &str, &str)]) -> 
         if let Some(p) = &policy {
             cfg = cfg.with_policy(p);
         }
-        cfg.ha = Some(HaSection::lab(i));
+        let mut ha = HaSection::lab(i);
+        tweak(&mut ha);
+        cfg.ha = Some(ha);
         cfg.env = env
             .iter()
             .filter(|e| e.0 == i)
@@ -623,5 +635,77 @@ fn a_member_of_the_next_protocol_version_still_syncs() {
     assert_eq!(
         s1["details"]["version"], 1,
         "fail-soft: the pair speaks the lower version"
+    );
+}
+
+#[test]
+fn young_connections_are_held_back_until_they_reach_the_sync_age() {
+    require_root!();
+    let c = cluster_full("clage", Some(UDP_POLICY), &[], |ha| {
+        ha.sync_min_age_secs = 3
+    });
+    let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
+    fw1.ctl(&["haactive"]).expect("haactive");
+    wait_sync(fw2, "fw2 synchronized", Duration::from_secs(10), |s| {
+        s["synchronized"] == true
+    });
+    let client = c.lab.client();
+    thread::scope(|s| {
+        // One ICMP connection with a packet every 200 ms for 6 s.
+        let ping = s.spawn(|| host::ping(client, addr::SERVER, 30, Duration::from_secs(10)));
+        thread::sleep(Duration::from_millis(1500));
+        let (young_active, _) = conn_total(fw1, &["--proto", "icmp"]);
+        let (young_passive, _) = conn_total(fw2, &["--proto", "icmp"]);
+        assert_eq!(young_active, 1, "fw1 tracks the ping");
+        assert_eq!(
+            young_passive, 0,
+            "a connection younger than 3 s is not synchronised"
+        );
+        let aged = wait_total(fw2, &["--proto", "icmp"], 1, Duration::from_secs(4));
+        assert_eq!(aged, 1, "once 3 s old (and active) it is synchronised");
+        ping.join().expect("ping thread").expect("ping");
+    });
+}
+
+#[test]
+fn the_sync_moves_to_the_backup_link_when_the_main_one_is_cut() {
+    require_root!();
+    let c = cluster_with("clbkp", Some(UDP_POLICY));
+    let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
+    fw1.ctl(&["haactive"]).expect("haactive");
+    let s = wait_sync(fw2, "fw2 synchronized", Duration::from_secs(10), |s| {
+        s["synchronized"] == true
+    });
+    assert_eq!(s["link"], "HA-main");
+    // Cut the main HA link on fw1's side.
+    let o = c
+        .lab
+        .fw(1)
+        .exec(&["ip", "link", "set", "ha-main", "down"])
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    wait_sync(
+        fw1,
+        "fw1 sends on the backup link",
+        Duration::from_secs(3),
+        |s| s["link"] == "HA-backup",
+    );
+    let _echo = tools::ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).unwrap();
+    udp_flows(&c, 200);
+    let active = wait_total(
+        fw1,
+        &["--proto", "udp", "--port", "9000"],
+        200,
+        Duration::from_secs(10),
+    );
+    let passive = wait_total(
+        fw2,
+        &["--proto", "udp", "--port", "9000"],
+        active,
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        passive, active,
+        "the connections reached fw2 over the backup link"
     );
 }
