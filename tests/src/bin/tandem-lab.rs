@@ -20,6 +20,10 @@ const USAGE: &str = "usage: tandem-lab <command>
   bench-iperf [--seconds N] [--runs R] [--labs tandem,linux,bridge] [--out FILE]
                                 iperf3 through tandemd vs Linux router vs bridge
                                 (default 10 s, 3 runs, results/iperf.json)
+  bench-sync [--rates 2000,5000,10000,20000] [--seconds 3]
+                                new connections per second through the active of a
+                                two-node cluster: replication lag p50/p99 per rate and
+                                whether the passive kept up (results/sync.json)
   cleanup [--force]             remove lab namespaces of dead runs (--force: all)
 env: TANDEM_BIN_DIR (where tandemd/tandemctl are), TANDEM_LAB_KEEP=1 (keep temp dirs)";
 
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
     let r = match cmd.as_str() {
         "demo" => demo(),
         "bench-iperf" => parse_bench(rest).and_then(|o| bench_iperf(&o)),
+        "bench-sync" => bench_sync(rest),
         "cleanup" => {
             let force = rest.iter().any(|a| a == "--force");
             let removed = lab::cleanup(lab::LAB_MARK, force);
@@ -390,5 +395,115 @@ fn bench_iperf(o: &BenchOpts) -> Result<()> {
     std::fs::write(out, pretty(&doc))
         .map_err(|e| LabError::io(format!("writing {}", out.display()), e))?;
     println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// The policy of the sync benchmark: UDP 9000 from the LAN.
+const SYNC_POLICY: &str = r#"(rules: [(action: Pass, from: ["198.18.1.0/24"], proto: Udp, dst_ports: ["9000"])], default_action: Block)"#;
+
+fn sync_value(n: &Node) -> Result<Value> {
+    n.ctl(&["sync"])
+}
+
+fn udp_total(n: &Node) -> u64 {
+    n.ctl(&["conn", "list", "--proto", "udp", "--port", "9000", "--limit", "1"])
+        .ok()
+        .and_then(|v| v["total"].as_u64())
+        .unwrap_or(0)
+}
+
+/// One rate on a fresh two-node cluster (so the lag histogram holds this
+/// rate only).
+fn bench_sync_rate(rate: u64, seconds: u64, t0: Instant) -> Result<Value> {
+    let lab = Lab::two_nodes("bsync")?;
+    let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", SYNC_POLICY)?;
+    let mut nodes = Vec::new();
+    for i in 1..=2 {
+        let mut cfg = lab.node_config(i).with_policy(&policy);
+        cfg.ha = Some(node::HaSection::lab(i));
+        let mut n = lab.start_node_with(i, &cfg)?;
+        n.wait_ready(Duration::from_secs(30))?;
+        nodes.push(n);
+    }
+    nodes[0].ctl(&["haactive"])?;
+    let end = Instant::now() + Duration::from_secs(10);
+    while sync_value(&nodes[1])?["synchronized"] != true {
+        if Instant::now() > end {
+            return Err(LabError::Other("the passive never synchronized".into()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let flows = (rate * seconds).min(60_000);
+    // Paced sender: `flows` distinct UDP flows (source ports 2000 + i) at
+    // `rate` per second.
+    let script = format!(
+        "import socket,time\nt=time.time()\nfor i in range({flows}):\n s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',2000+i)); s.sendto(b'x',('{}',9000)); s.close()\n if i % 50 == 49:\n  d=t+(i+1)/{rate}-time.time()\n  if d>0: time.sleep(d)\nprint(round(({flows})/(time.time()-t)),flush=True)\n",
+        lab::addr::SERVER
+    );
+    let o = lab.client().exec_timeout(&["python3", "-c", &script], Duration::from_secs(seconds * 4 + 30))?;
+    let achieved: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0.0);
+    let end = Instant::now() + Duration::from_secs(15);
+    let (mut active, mut passive) = (udp_total(&nodes[0]), udp_total(&nodes[1]));
+    while passive < active && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(250));
+        active = udp_total(&nodes[0]);
+        passive = udp_total(&nodes[1]);
+    }
+    std::thread::sleep(Duration::from_millis(1100)); // counters publish once a second
+    let s1 = sync_value(&nodes[0])?;
+    let s2 = sync_value(&nodes[1])?;
+    let lag = &s1["lag_ms"];
+    let kept_up = active >= flows * 99 / 100
+        && passive == active
+        && s2["installs_dropped"] == 0
+        && s1["records_refused"] == 0;
+    step(
+        t0,
+        &format!(
+            "rate {rate}/s (achieved {achieved:.0}/s): active {active}/{flows}, passive {passive}, lag p50 {} p99 {} max {} ms, {}",
+            lag[0], lag[2], lag[3],
+            if kept_up { "kept up" } else { "did NOT keep up" }
+        ),
+    );
+    let bytes = s1["details"]["bytes_sent"].as_u64().unwrap_or(0);
+    Ok(json!({
+        "rate": rate, "achieved_rate": achieved, "flows": flows, "active": active, "passive": passive,
+        "lag_ms_p50": lag[0], "lag_ms_p90": lag[1], "lag_ms_p99": lag[2], "lag_ms_max": lag[3],
+        "records_queued": s1["records_queued"], "bytes_sent": bytes,
+        "bytes_per_connection": if passive > 0 { bytes as f64 / passive as f64 } else { 0.0 },
+        "installs_dropped": s2["installs_dropped"], "kept_up": kept_up,
+    }))
+}
+
+fn bench_sync(args: &[String]) -> Result<()> {
+    let mut rates = vec![2000u64, 5000, 10_000, 20_000];
+    let mut seconds = 3u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rates" => {
+                rates = it
+                    .next()
+                    .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                    .unwrap_or_default();
+            }
+            "--seconds" => seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(3).clamp(1, 30),
+            other => return Err(LabError::Other(format!("bench-sync: unknown argument {other:?}\n{USAGE}"))),
+        }
+    }
+    if rates.is_empty() {
+        return Err(LabError::Other("bench-sync: --rates needs numbers, e.g. 2000,5000".into()));
+    }
+    let t0 = Instant::now();
+    let mut results = Vec::new();
+    for r in rates {
+        results.push(bench_sync_rate(r, seconds, t0)?);
+    }
+    let best = results.iter().filter(|r| r["kept_up"] == true).filter_map(|r| r["achieved_rate"].as_f64()).fold(0.0, f64::max);
+    println!("highest new-connection rate the passive kept up with: {best:.0}/s");
+    let doc = json!({"benchmark": "k2k replication of new UDP connections, two-node lab", "results": results, "highest_sustained_rate": best});
+    std::fs::create_dir_all("results").ok();
+    std::fs::write("results/sync.json", pretty(&doc)).map_err(|e| LabError::io("writing results/sync.json", e))?;
+    println!("wrote results/sync.json");
     Ok(())
 }
