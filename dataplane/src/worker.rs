@@ -38,6 +38,13 @@ pub enum WorkerCommand {
     },
 }
 
+/// Which counter an answer built by the node goes to.
+#[derive(Clone, Copy)]
+enum Answer {
+    IcmpError,
+    Reject,
+}
+
 /// The role of the node in its cluster, as the workers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -494,26 +501,10 @@ impl Worker {
         original: &Mbuf,
         err: crate::router::IcmpError,
     ) {
-        if !self.icmp_bucket.take(now) {
-            self.counters.worker_drop(WorkerDrop::IcmpRateLimited, 1);
-            return;
-        }
-        let Some(mut m) = self.pool.alloc() else {
-            self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
-            return;
-        };
-        let Some(buf) = m.append(128) else {
-            self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
-            return;
-        };
-        if let Some((port, len)) = self
-            .router
-            .build_icmp_error(original.data(), in_port, err, buf)
-        {
-            m.set_len(len);
-            self.counters.icmp_errors_sent.add(1);
-            self.enqueue(port, m);
-        }
+        let router = self.router.clone();
+        self.send_answer(now, Answer::IcmpError, |buf| {
+            router.build_icmp_error(original.data(), in_port, err, buf)
+        });
     }
 
     fn send_reject(
@@ -522,6 +513,20 @@ impl Worker {
         in_port: u16,
         original: &Mbuf,
         reject: crate::router::Reject,
+    ) {
+        let router = self.router.clone();
+        self.send_answer(now, Answer::Reject, |buf| {
+            router.build_reject(original.data(), in_port, reject, buf)
+        });
+    }
+
+    /// Sends an answer the node builds about a packet (ICMP error, reset),
+    /// within the rate limit; `build` writes it and says where it goes.
+    fn send_answer(
+        &mut self,
+        now: u64,
+        kind: Answer,
+        build: impl FnOnce(&mut [u8]) -> Option<(u16, usize)>,
     ) {
         if !self.icmp_bucket.take(now) {
             self.counters.worker_drop(WorkerDrop::IcmpRateLimited, 1);
@@ -535,12 +540,12 @@ impl Worker {
             self.counters.worker_drop(WorkerDrop::NoMbuf, 1);
             return;
         };
-        if let Some((port, len)) = self
-            .router
-            .build_reject(original.data(), in_port, reject, buf)
-        {
+        if let Some((port, len)) = build(buf) {
             m.set_len(len);
-            self.counters.rejects_sent.add(1);
+            match kind {
+                Answer::IcmpError => self.counters.icmp_errors_sent.add(1),
+                Answer::Reject => self.counters.rejects_sent.add(1),
+            }
             self.enqueue(port, m);
         }
     }

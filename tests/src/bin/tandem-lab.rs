@@ -406,10 +406,12 @@ fn sync_value(n: &Node) -> Result<Value> {
 }
 
 fn udp_total(n: &Node) -> u64 {
-    n.ctl(&["conn", "list", "--proto", "udp", "--port", "9000", "--limit", "1"])
-        .ok()
-        .and_then(|v| v["total"].as_u64())
-        .unwrap_or(0)
+    n.ctl(&[
+        "conn", "list", "--proto", "udp", "--port", "9000", "--limit", "1",
+    ])
+    .ok()
+    .and_then(|v| v["total"].as_u64())
+    .unwrap_or(0)
 }
 
 /// One rate on a fresh two-node cluster (so the lag histogram holds this
@@ -440,8 +442,14 @@ fn bench_sync_rate(rate: u64, seconds: u64, t0: Instant) -> Result<Value> {
         "import socket,time\nt=time.time()\nfor i in range({flows}):\n s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',2000+i)); s.sendto(b'x',('{}',9000)); s.close()\n if i % 50 == 49:\n  d=t+(i+1)/{rate}-time.time()\n  if d>0: time.sleep(d)\nprint(round(({flows})/(time.time()-t)),flush=True)\n",
         lab::addr::SERVER
     );
-    let o = lab.client().exec_timeout(&["python3", "-c", &script], Duration::from_secs(seconds * 4 + 30))?;
-    let achieved: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0.0);
+    let o = lab.client().exec_timeout(
+        &["python3", "-c", &script],
+        Duration::from_secs(seconds * 4 + 30),
+    )?;
+    let achieved: f64 = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0);
     let end = Instant::now() + Duration::from_secs(15);
     let (mut active, mut passive) = (udp_total(&nodes[0]), udp_total(&nodes[1]));
     while passive < active && Instant::now() < end {
@@ -487,23 +495,40 @@ fn bench_sync(args: &[String]) -> Result<()> {
                     .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
                     .unwrap_or_default();
             }
-            "--seconds" => seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(3).clamp(1, 30),
-            other => return Err(LabError::Other(format!("bench-sync: unknown argument {other:?}\n{USAGE}"))),
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(3)
+                    .clamp(1, 30)
+            }
+            other => {
+                return Err(LabError::Other(format!(
+                    "bench-sync: unknown argument {other:?}\n{USAGE}"
+                )))
+            }
         }
     }
     if rates.is_empty() {
-        return Err(LabError::Other("bench-sync: --rates needs numbers, e.g. 2000,5000".into()));
+        return Err(LabError::Other(
+            "bench-sync: --rates needs numbers, e.g. 2000,5000".into(),
+        ));
     }
     let t0 = Instant::now();
     let mut results = Vec::new();
     for r in rates {
         results.push(bench_sync_rate(r, seconds, t0)?);
     }
-    let best = results.iter().filter(|r| r["kept_up"] == true).filter_map(|r| r["achieved_rate"].as_f64()).fold(0.0, f64::max);
+    let best = results
+        .iter()
+        .filter(|r| r["kept_up"] == true)
+        .filter_map(|r| r["achieved_rate"].as_f64())
+        .fold(0.0, f64::max);
     println!("highest new-connection rate the passive kept up with: {best:.0}/s");
     let doc = json!({"benchmark": "k2k replication of new UDP connections, two-node lab", "results": results, "highest_sustained_rate": best});
     std::fs::create_dir_all("results").ok();
-    std::fs::write("results/sync.json", pretty(&doc)).map_err(|e| LabError::io("writing results/sync.json", e))?;
+    std::fs::write("results/sync.json", pretty(&doc))
+        .map_err(|e| LabError::io("writing results/sync.json", e))?;
     println!("wrote results/sync.json");
     Ok(())
 }
