@@ -214,6 +214,9 @@ pub struct NodeIdentity {
 pub struct ControlConfig {
     /// Absolute path of the Unix socket; default `/run/tandem/tandemd.sock`.
     pub socket: PathBuf,
+    /// The event log (HA, sync, policy events), rotated at 1 MiB, 5 kept;
+    /// default `/var/log/tandem/<node name>.log`.
+    pub event_log: Option<PathBuf>,
 }
 
 /// The default control socket path.
@@ -223,6 +226,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            event_log: None,
         }
     }
 }

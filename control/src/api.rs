@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, log"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -51,6 +51,12 @@ pub enum Request {
     HaReset,
     /// State-sync (K2K) counters and replication lag.
     Sync,
+    /// The last lines of the event log.
+    Log {
+        /// How many lines (default 50).
+        #[serde(default)]
+        lines: Option<usize>,
+    },
 }
 
 /// Which connections `conn list` shows (every field narrows the list).
@@ -89,6 +95,7 @@ impl Request {
         "ha_passive",
         "ha_reset",
         "sync",
+        "log",
     ];
 
     /// The value of `cmd` for this request.
@@ -103,6 +110,7 @@ impl Request {
             Request::HaPassive => "ha_passive",
             Request::HaReset => "ha_reset",
             Request::Sync => "sync",
+            Request::Log { .. } => "log",
         }
     }
 
@@ -134,6 +142,11 @@ pub enum Response {
         role: String,
         /// "active", "passive" or none.
         forced: Option<String>,
+    },
+    /// Answer to [`Request::Log`].
+    Log {
+        /// Oldest first.
+        lines: Vec<String>,
     },
     /// Answer to [`Request::Sync`].
     Sync(SyncReport),
@@ -727,7 +740,8 @@ mod tests {
             | Request::HaActive
             | Request::HaPassive
             | Request::HaReset
-            | Request::Sync => {}
+            | Request::Sync
+            | Request::Log { .. } => {}
         }
         let all = [
             Request::Status,
@@ -741,6 +755,7 @@ mod tests {
             Request::HaPassive,
             Request::HaReset,
             Request::Sync,
+            Request::Log { lines: None },
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
         for req in all {
@@ -761,7 +776,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, log"
         );
     }
 

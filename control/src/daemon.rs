@@ -21,6 +21,7 @@ use crate::api::{
     NeighbourStatus, PortStats, Request, Response, RouteStatus, StatsReport, StatusReport,
     SyncReport, WorkerStats, WorkerStatus,
 };
+use crate::eventlog::EventLog;
 use crate::socket::{ControlSocket, SocketError};
 
 /// Why `tandemd` could not start or had to stop.
@@ -44,19 +45,6 @@ const SIGNAL: Token = Token(0);
 const SOCKET_BASE: usize = 16;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
-/// Writes one line to the node's log (stderr for now; the HA event log
-/// arrives with the HA control plane).
-fn log(node: &str, msg: impl std::fmt::Display) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    eprintln!(
-        "{}.{:03} tandemd[{node}]: {msg}",
-        now.as_secs(),
-        now.subsec_millis()
-    );
-}
-
 /// The control thread's state.
 struct Daemon {
     /// The forced status set by haactive/hapassive (none after hareset).
@@ -66,6 +54,10 @@ struct Daemon {
     node: Node,
     started: SystemTime,
     started_at: Instant,
+    events: EventLog,
+    /// What the last housekeeping saw, to log changes: (peer up,
+    /// synchronized, link in use, role).
+    seen: (bool, bool, u8, Role),
 }
 
 /// Runs a node from the configuration file at `config_path` until a
@@ -74,6 +66,12 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let cfg = tandem_config::load(config_path)?;
     let name = cfg.node.name.clone();
 
+    let log_path = cfg
+        .control
+        .event_log
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/var/log/tandem/{name}.log")));
+    let mut events_log = EventLog::open(&name, Some(&log_path), 1 << 20, 5);
     let mut poll = Poll::new()?;
     let (sig_rx, sig_tx) = std::os::unix::net::UnixStream::pair()?;
     sig_rx.set_nonblocking(true)?;
@@ -90,8 +88,8 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let mut socket = ControlSocket::bind(&cfg.control.socket)?;
     socket.register(poll.registry(), SOCKET_BASE)?;
 
-    log(
-        &name,
+    events_log.event(
+        "SYSTEM",
         format_args!(
             "starting: {} interfaces, {} workers",
             cfg.interfaces.len(),
@@ -104,8 +102,8 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         .unwrap_or_default();
     let node = Node::start(&cfg, &config_dir)?;
     if let Some(p) = node.policy() {
-        log(
-            &name,
+        events_log.event(
+            "POLICY",
             format_args!(
                 "policy {}: {} rules, {} NAT rules",
                 p.path.display(),
@@ -116,8 +114,8 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     }
     for (i, iface) in node.interfaces().iter().enumerate() {
         let (link, _) = node.link(i);
-        log(
-            &name,
+        events_log.event(
+            "SYSTEM",
             format_args!(
                 "interface {} on port {} ({}), mac {}, link {}",
                 iface.config.name,
@@ -135,10 +133,17 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         node,
         started: SystemTime::now(),
         started_at: Instant::now(),
+        seen: (false, false, u8::MAX, Role::Passive),
+        events: events_log,
     };
-    log(
-        &name,
-        format_args!("running; control socket {}", socket.path().display()),
+    daemon.seen.3 = daemon.node.role();
+    daemon.events.event(
+        "SYSTEM",
+        format_args!(
+            "running as {}; control socket {}",
+            daemon.node.role().as_str(),
+            socket.path().display()
+        ),
     );
 
     let mut events = Events::with_capacity(64);
@@ -168,13 +173,14 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         socket.poll_timeouts(now);
         if now >= next_housekeeping {
             daemon.node.housekeeping();
+            daemon.watch();
             next_housekeeping = now + HOUSEKEEPING;
         }
     }
-    log(&name, "stopping on signal");
+    daemon.events.event("SYSTEM", "stopping on signal");
     drop(socket);
     daemon.node.shutdown();
-    log(&name, "stopped");
+    daemon.events.event("SYSTEM", "stopped");
     Ok(())
 }
 
@@ -184,6 +190,7 @@ impl Daemon {
             Request::Status => Response::Status(self.status()),
             Request::Stats => Response::Stats(self.stats()),
             Request::HaActive | Request::HaPassive | Request::HaReset => self.forced_status(req),
+            Request::Log { lines } => Response::Log { lines: self.events.tail(lines.unwrap_or(50)) },
             Request::Sync => match self.node.sync() {
                 Some(core) => Response::Sync(self.sync_report(core)),
                 None => Response::error(
@@ -205,15 +212,15 @@ impl Daemon {
             },
             Request::ConnFlush => match self.node.flush_connections() {
                 Ok(count) => {
-                    log(&self.cfg.node.name, format_args!("connection table flushed: {count} connections"));
+                    self.events.event("FIREWALL", format_args!("connection table flushed: {count} connections"));
                     Response::Flushed { count }
                 }
                 Err(e) => Response::error(e.to_string()),
             },
             Request::PolicyReload => match self.node.reload_policy() {
                 Ok(info) => {
-                    log(
-                        &self.cfg.node.name,
+                    self.events.event(
+                        "POLICY",
                         format_args!("policy reloaded from {}: {} rules", info.path.display(), info.rules),
                     );
                     Response::Policy {
@@ -223,7 +230,7 @@ impl Daemon {
                     }
                 }
                 Err(e) => {
-                    log(&self.cfg.node.name, format_args!("policy reload refused, the old policy stays: {e}"));
+                    self.events.event("POLICY", format_args!("policy reload refused, the old policy stays: {e}"));
                     Response::error(format!("{e}; the policy in force is unchanged"))
                 }
             },
@@ -239,31 +246,80 @@ impl Daemon {
                 "this node is not a cluster member (no ha section in its configuration): it is always active",
             );
         }
-        let name = self.cfg.node.name.clone();
         match req {
             Request::HaActive => self.forced = Some(Role::Active),
             Request::HaPassive => self.forced = Some(Role::Passive),
             _ => self.forced = None,
         }
         if let Some(role) = self.forced {
+            self.events
+                .event("HA", format_args!("forced status set to {}", role.as_str()));
             if self.node.role() != role {
-                log(
-                    &name,
+                self.events.event(
+                    "HA",
                     format_args!(
-                        "forced {}: switching role {} -> {}",
-                        role.as_str(),
+                        "swap: {} -> {} (forced)",
                         self.node.role().as_str(),
                         role.as_str()
                     ),
                 );
                 self.node.set_role(role);
+                self.seen.3 = role;
             }
         } else {
-            log(&name, "forced status removed");
+            self.events.event("HA", "forced status removed");
         }
         Response::Role {
             role: self.node.role().as_str().into(),
             forced: self.forced.map(|r| r.as_str().into()),
+        }
+    }
+
+    /// Logs what changed since the last housekeeping: the role, the peer
+    /// and the table's state, the HA link in use.
+    fn watch(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let role = self.node.role();
+        if role != self.seen.3 {
+            self.events
+                .event("HA", format_args!("role now {}", role.as_str()));
+            self.seen.3 = role;
+        }
+        let Some(core) = self.node.sync() else { return };
+        let sh = core.shared();
+        let (peer, synced, link) = (
+            sh.peer_up.load(Relaxed),
+            sh.synchronized.load(Relaxed),
+            sh.link_in_use.load(Relaxed),
+        );
+        let link_name = |l: u8| {
+            self.cfg
+                .ha
+                .as_ref()
+                .and_then(|h| h.links.get(usize::from(l)))
+                .map_or_else(|| "none".to_owned(), |x| x.name.clone())
+        };
+        let mut lines = Vec::new();
+        if peer != self.seen.0 {
+            lines.push(if peer {
+                "peer answered on the HA link (state sync up)".to_owned()
+            } else {
+                "peer lost".to_owned()
+            });
+        }
+        if synced != self.seen.1 {
+            lines.push(if synced {
+                "bulk received: the connection table is synchronized".to_owned()
+            } else {
+                "connection table not synchronized yet".to_owned()
+            });
+        }
+        if link != self.seen.2 {
+            lines.push(format!("state sync now on {}", link_name(link)));
+        }
+        self.seen = (peer, synced, link, role);
+        for l in lines {
+            self.events.event("SYNC", l);
         }
     }
 

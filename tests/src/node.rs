@@ -225,8 +225,9 @@ impl NodeConfig {
             ron_str(&self.serial)
         );
         s += &format!(
-            "    control: (socket: {}),\n",
-            ron_str(&self.socket.to_string_lossy())
+            "    control: (socket: {}, event_log: Some({})),\n",
+            ron_str(&self.socket.to_string_lossy()),
+            ron_str(&self.socket.with_extension("log").to_string_lossy())
         );
         s += &format!(
             "    eal: (file_prefix: Some({}), lcores: {}, no_huge: {}, memory_mb: {}),\n",

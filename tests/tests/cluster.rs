@@ -335,6 +335,28 @@ fn a_stateful_transfer_survives_a_forced_swap() {
         no_conn < 50,
         "fw2 did not know the connection ({no_conn} no_connection drops)"
     );
+    // The event log tells the story (F7).
+    let log = fw2.ctl(&["log", "--lines", "100"]).expect("log");
+    let text: Vec<&str> = log["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    for want in [
+        "SYNC: bulk received",
+        "HA: swap: passive -> active (forced)",
+    ] {
+        assert!(
+            text.iter().any(|l| l.contains(want)),
+            "{want:?} not in fw2's event log: {text:#?}"
+        );
+    }
+    let file = std::fs::read_to_string(c.lab.dir().join("fw2.log")).unwrap_or_default();
+    assert!(
+        file.contains("HA: swap: passive -> active (forced)"),
+        "the event log file: {file}"
+    );
 }
 
 /// Opens `n` short UDP flows (one datagram each, source ports 20000 + i,

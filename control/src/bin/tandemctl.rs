@@ -68,6 +68,12 @@ enum Command {
     Hareset,
     /// State sync with the peer: counters, replication lag
     Sync,
+    /// The event log (HA, sync, policy events)
+    Log {
+        /// How many of the last lines
+        #[arg(long, short = 'n', default_value_t = 50)]
+        lines: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +177,9 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
             ))
         }
         (Command::Sync, Response::Sync(r)) => Outcome::print(format_sync(r)),
+        (Command::Log { .. }, Response::Log { lines }) => {
+            Outcome::print(lines.iter().map(|l| format!("{l}\n")).collect())
+        }
         (Command::Policy { .. }, Response::Policy { rules, nat_rules, path }) => {
             Outcome::print(format!("policy reloaded from {path}: {rules} rules, {nat_rules} NAT rules\n"))
         }
@@ -193,6 +202,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Policy { .. } => "policy",
         Response::Role { .. } => "role",
         Response::Sync(_) => "sync",
+        Response::Log { .. } => "log",
         Response::Error { .. } => "error",
     }
 }
@@ -246,6 +256,9 @@ fn main() -> ExitCode {
         Command::Hapassive => Request::HaPassive,
         Command::Hareset => Request::HaReset,
         Command::Sync => Request::Sync,
+        Command::Log { lines } => Request::Log {
+            lines: Some(*lines),
+        },
         Command::Policy {
             action: PolicyAction::Reload,
         } => Request::PolicyReload,

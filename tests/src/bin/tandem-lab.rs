@@ -550,7 +550,10 @@ fn cluster_demo() -> Result<()> {
     let t0 = Instant::now();
     node::find_bin("tandemd")?;
     node::find_bin("tandemctl")?;
-    step(t0, "building the two-node lab (client, server, fw1, fw2, switch, HA links main + backup)");
+    step(
+        t0,
+        "building the two-node lab (client, server, fw1, fw2, switch, HA links main + backup)",
+    );
     let lab = Lab::two_nodes("demo")?;
     let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", DEMO_POLICY)?;
     let mut nodes = Vec::new();
@@ -559,7 +562,10 @@ fn cluster_demo() -> Result<()> {
         cfg.ha = Some(node::HaSection::lab(i));
         let mut n = lab.start_node_with(i, &cfg)?;
         n.wait_ready(Duration::from_secs(30))?;
-        step(t0, &format!("tandemd fw{i} up (pid {}), passive", n.proc.pid()));
+        step(
+            t0,
+            &format!("tandemd fw{i} up (pid {}), passive", n.proc.pid()),
+        );
         nodes.push(n);
     }
     step(t0, "fw1: tandemctl haactive");
@@ -578,19 +584,30 @@ fn cluster_demo() -> Result<()> {
         println!("{}", n.ctl_text(&["status"])?);
     }
     let _srv = IperfServer::start(lab.server(), lab::addr::SERVER, 5201)?;
-    step(t0, "iperf3 for 12 s client -> server through the cluster; swap after 4 s");
+    step(
+        t0,
+        "iperf3 for 12 s client -> server through the cluster; swap after 4 s",
+    );
     let client = lab.client();
     let (res, swap_at) = std::thread::scope(|s| -> Result<_> {
         let run = s.spawn(|| host::iperf_client(client, lab::addr::SERVER, 5201, 12, &["-i", "1"]));
         std::thread::sleep(Duration::from_secs(4));
-        step(t0, "fw2 holds these connections (larval, replicated by K2K):");
+        step(
+            t0,
+            "fw2 holds these connections (larval, replicated by K2K):",
+        );
         println!("{}", nodes[1].ctl_text(&["conn", "list"])?);
         step(t0, "fw1: tandemctl hapassive; fw2: tandemctl haactive");
         let swap_at = Instant::now();
         nodes[0].ctl(&["hapassive"])?;
         nodes[1].ctl(&["haactive"])?;
-        step(t0, &format!("swap commands done in {:?}", swap_at.elapsed()));
-        let r = run.join().map_err(|_| LabError::Other("iperf3 thread panicked".into()))?;
+        step(
+            t0,
+            &format!("swap commands done in {:?}", swap_at.elapsed()),
+        );
+        let r = run
+            .join()
+            .map_err(|_| LabError::Other("iperf3 thread panicked".into()))?;
         Ok((r, swap_at))
     })?;
     let _ = swap_at;
@@ -598,7 +615,10 @@ fn cluster_demo() -> Result<()> {
     let intervals = tandem_tests::tools::iperf_intervals(&res.raw);
     println!(
         "iperf3 per second (Mbit/s): {:?}",
-        intervals.iter().map(|b| (b / 1e6).round() as u64).collect::<Vec<_>>()
+        intervals
+            .iter()
+            .map(|b| (b / 1e6).round() as u64)
+            .collect::<Vec<_>>()
     );
     let worst = intervals.iter().cloned().fold(f64::INFINITY, f64::min);
     step(
@@ -621,8 +641,13 @@ fn cluster_demo() -> Result<()> {
     drop(nodes);
     drop(lab);
     if stalled > 1 {
-        return Err(LabError::Other(format!("the transfer stalled for {stalled} s around the swap")));
+        return Err(LabError::Other(format!(
+            "the transfer stalled for {stalled} s around the swap"
+        )));
     }
-    step(t0, "demo OK: the established transfer moved to fw2 with its connection state");
+    step(
+        t0,
+        "demo OK: the established transfer moved to fw2 with its connection state",
+    );
     Ok(())
 }
