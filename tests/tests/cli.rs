@@ -1,0 +1,82 @@
+//! The operator's first contact: tandemd refusing a bad configuration with
+//! a message that says where and what, tandemctl explaining what to do when
+//! no tandemd answers, and bad arguments refused. Real binaries, no lab.
+
+use std::process::Command;
+
+use tandem_tests::node::find_bin;
+
+fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(find_bin(bin).expect("workspace binaries are built"))
+        .args(args)
+        .output()
+        .expect("runs");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tandem-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn tandemd_check_names_file_line_field_and_what_is_allowed() {
+    let bad = write(
+        "bad.ron",
+        "(\n    node: (name: \"fw1\", serial: \"S1\"),\n    interfaces: [\n        (name: \"in\", device: Vdev(\"net_af_packet0,iface=fw-in\"), addresses: [\"198.18.1.300/24\"]),\n    ],\n)\n",
+    );
+    let (code, _, err) = run("tandemd", &["--config", bad.to_str().unwrap(), "--check"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.ron:4:"), "file and line: {err}");
+    assert!(
+        err.contains("interfaces[0].addresses[0]"),
+        "field path: {err}"
+    );
+    assert!(
+        err.contains("expected a.b.c.d/len"),
+        "what is allowed: {err}"
+    );
+
+    let good = write(
+        "good.ron",
+        "(\n    node: (name: \"fw1\", serial: \"S1\"),\n    interfaces: [(name: \"in\", device: Vdev(\"net_af_packet0,iface=fw-in\"), addresses: [\"198.18.1.1/24\"])],\n)\n",
+    );
+    let (code, out, err) = run("tandemd", &["--config", good.to_str().unwrap(), "--check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configuration is valid"), "{out}");
+
+    let (code, _, err) = run(
+        "tandemd",
+        &["--config", "/nonexistent/tandem.ron", "--check"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/tandem.ron"), "{err}");
+}
+
+#[test]
+fn tandemctl_without_a_daemon_says_what_to_check() {
+    let (code, _, err) = run(
+        "tandemctl",
+        &["--socket", "/nonexistent/tandemd.sock", "status"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("Is tandemd running?"), "{err}");
+    assert!(err.contains("--socket"), "{err}");
+}
+
+#[test]
+fn tandemctl_refuses_bad_arguments_with_usage() {
+    let (code, _, err) = run("tandemctl", &["reboot"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unrecognized subcommand"), "{err}");
+    let (code, _, err) = run("tandemctl", &["conn", "list", "--port", "99999"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("99999"), "{err}");
+}
