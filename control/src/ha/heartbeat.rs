@@ -1,0 +1,230 @@
+//! The heartbeat wire format (UDP 5405), authenticated with HMAC-SHA256
+//! (truncated to 16 bytes) keyed by HKDF-SHA256 from the pre-shared key.
+//!
+//! ```text
+//!  0  magic      u32  "THAB"
+//!  4  version    u8   1
+//!  5  flags      u8   bit0 active, bit1 synchronized, bit2 yields,
+//!                     bits3-4 forced (0 none, 1 active, 2 passive),
+//!                     bits5-6 link (0 main, 1 backup, 2 data)
+//!  6  quality    u8   0..=100
+//!  7  priority   u8
+//!  8  cluster id u32
+//! 12  serial     u64  sender's member serial
+//! 20  epoch      u64  sender's boot epoch (must grow across restarts)
+//! 28  seq        u64  per-link sequence number, strictly increasing per epoch
+//! 36  uptime ms  u64
+//! 44  tag        [u8; 16]  HMAC-SHA256(key, bytes 0..44) truncated
+//! ```
+//! All integers big-endian. Decoding checks length, magic, version, cluster,
+//! the tag (constant-time), field ranges, then the replay window, and never
+//! panics.
+
+use super::machine::{LinkId, PeerState, Role};
+use ring::{hkdf, hmac};
+
+/// UDP port of heartbeats.
+pub const PORT: u16 = 5405;
+/// Size of a heartbeat on the wire.
+pub const LEN: usize = 60;
+const MAGIC: [u8; 4] = *b"THAB";
+const VERSION: u8 = 1;
+const BODY: usize = 44;
+const TAG: usize = 16;
+
+/// A decoded heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The path the sender sent it on (authenticated).
+    pub link: LinkId,
+    /// Sender's boot epoch.
+    pub epoch: u64,
+    /// Sequence number.
+    pub seq: u64,
+    /// What the sender announces.
+    pub state: PeerState,
+}
+
+/// Why a heartbeat was rejected (one counter per reason in the daemon).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not `LEN` bytes.
+    BadLength(usize),
+    /// Not a tandem heartbeat.
+    BadMagic,
+    /// A version we do not speak.
+    UnsupportedVersion(u8),
+    /// Another cluster's heartbeat (check the cluster id of both members).
+    WrongCluster(u32),
+    /// Authentication failed: wrong pre-shared key, or tampered.
+    BadTag,
+    /// A field out of range.
+    BadField,
+    /// An old or repeated sequence number (replay or reordering).
+    Replay,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Window {
+    epoch: u64,
+    seq: Option<u64>,
+}
+
+/// Encodes our heartbeats and authenticates / de-duplicates the peer's.
+pub struct Codec {
+    key: hmac::Key,
+    cluster: u32,
+    epoch: u64,
+    tx_seq: [u64; 3],
+    rx: [Window; 3],
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("cluster", &self.cluster)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn link_idx(l: LinkId) -> usize {
+    match l {
+        LinkId::Main => 0,
+        LinkId::Backup => 1,
+        LinkId::Data => 2,
+    }
+}
+
+/// The heartbeat key derived from the pre-shared key.
+pub fn derive_key(psk: &[u8], cluster: u32) -> hmac::Key {
+    let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"tandem-ha-heartbeat-v1");
+    let prk = salt.extract(psk);
+    let cid = cluster.to_be_bytes();
+    let info = [b"heartbeat".as_slice(), cid.as_slice()];
+    match prk.expand(&info, hmac::HMAC_SHA256) {
+        Ok(okm) => hmac::Key::from(okm),
+        // Cannot happen: the output length (32) is far below HKDF's limit.
+        Err(_) => hmac::Key::new(hmac::HMAC_SHA256, psk),
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+impl Codec {
+    /// A codec for `cluster`, keyed by `psk`; `epoch` must grow across
+    /// restarts of this member (e.g. wall-clock ms at start).
+    pub fn new(psk: &[u8], cluster: u32, epoch: u64) -> Self {
+        Codec {
+            key: derive_key(psk, cluster),
+            cluster,
+            epoch,
+            tx_seq: [0; 3],
+            rx: [Window::default(); 3],
+        }
+    }
+
+    /// The bytes of our next heartbeat on `link`.
+    pub fn encode(&mut self, link: LinkId, s: &PeerState) -> [u8; LEN] {
+        let i = link_idx(link);
+        self.tx_seq[i] += 1;
+        let mut b = [0u8; LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4] = VERSION;
+        let forced = match s.forced {
+            None => 0u8,
+            Some(Role::Active) => 1,
+            Some(Role::Passive) => 2,
+        };
+        b[5] = u8::from(s.role == Role::Active)
+            | u8::from(s.synchronized) << 1
+            | u8::from(s.yields) << 2
+            | forced << 3
+            | (i as u8) << 5;
+        b[6] = s.quality.min(100);
+        b[7] = s.priority;
+        b[8..12].copy_from_slice(&self.cluster.to_be_bytes());
+        b[12..20].copy_from_slice(&s.serial.to_be_bytes());
+        b[20..28].copy_from_slice(&self.epoch.to_be_bytes());
+        b[28..36].copy_from_slice(&self.tx_seq[i].to_be_bytes());
+        b[36..44].copy_from_slice(&s.uptime_ms.to_be_bytes());
+        let tag = hmac::sign(&self.key, &b[..BODY]);
+        b[BODY..].copy_from_slice(&tag.as_ref()[..TAG]);
+        b
+    }
+
+    /// Authenticates and parses a heartbeat, and advances the replay window.
+    pub fn decode(&mut self, buf: &[u8]) -> Result<Heartbeat, DecodeError> {
+        if buf.len() != LEN {
+            return Err(DecodeError::BadLength(buf.len()));
+        }
+        if buf[0..4] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if buf[4] != VERSION {
+            return Err(DecodeError::UnsupportedVersion(buf[4]));
+        }
+        let cluster = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        if cluster != self.cluster {
+            return Err(DecodeError::WrongCluster(cluster));
+        }
+        let tag = hmac::sign(&self.key, &buf[..BODY]);
+        if !ct_eq(&tag.as_ref()[..TAG], &buf[BODY..]) {
+            return Err(DecodeError::BadTag);
+        }
+        let flags = buf[5];
+        let forced = match (flags >> 3) & 3 {
+            0 => None,
+            1 => Some(Role::Active),
+            2 => Some(Role::Passive),
+            _ => return Err(DecodeError::BadField),
+        };
+        let link = match (flags >> 5) & 3 {
+            0 => LinkId::Main,
+            1 => LinkId::Backup,
+            2 => LinkId::Data,
+            _ => return Err(DecodeError::BadField),
+        };
+        if flags & 0x80 != 0 || buf[6] > 100 {
+            return Err(DecodeError::BadField);
+        }
+        let epoch = be64(buf, 20);
+        let seq = be64(buf, 28);
+        let w = &mut self.rx[link_idx(link)];
+        let fresh = epoch > w.epoch || (epoch == w.epoch && w.seq.is_none_or(|last| seq > last));
+        if !fresh {
+            return Err(DecodeError::Replay);
+        }
+        *w = Window {
+            epoch,
+            seq: Some(seq),
+        };
+        Ok(Heartbeat {
+            link,
+            epoch,
+            seq,
+            state: PeerState {
+                role: if flags & 1 != 0 {
+                    Role::Active
+                } else {
+                    Role::Passive
+                },
+                synchronized: flags & 2 != 0,
+                yields: flags & 4 != 0,
+                forced,
+                quality: buf[6],
+                priority: buf[7],
+                serial: be64(buf, 12),
+                uptime_ms: be64(buf, 36),
+            },
+        })
+    }
+}

@@ -1,0 +1,538 @@
+//! Tests of the quality factor, the heartbeat format, the machine, and
+//! seeded simulations checking the HA invariants.
+
+use super::heartbeat::{Codec, DecodeError, LEN};
+use super::machine::{Action, Config, Event, Ha, LinkId, PeerState, Reason, Role};
+use super::quality::{quality, Aggregate, AggregateId, AggregateKind, Interface, Penalty, QualityConfig};
+use super::sim::{Pair, Rng};
+use std::time::Duration;
+
+fn ms(x: u64) -> Duration {
+    Duration::from_millis(x)
+}
+
+// ---------------------------------------------------------------- quality
+
+#[test]
+fn quality_reference_example_is_63() {
+    let ifs = [
+        Interface::new("out", true),
+        Interface::new("in", false),
+        Interface {
+            weight: 75,
+            ..Interface::new("dmz2", true)
+        },
+    ];
+    // 175 / 275 = 63.6 -> 63 (rounded down)
+    assert_eq!(quality(&ifs, &[], &[], &QualityConfig::default()), 63);
+}
+
+#[test]
+fn quality_is_100_without_weighted_interfaces_and_ignores_ha_and_weight_0() {
+    assert_eq!(quality(&[], &[], &[], &QualityConfig::default()), 100);
+    let ifs = [
+        Interface {
+            weight: 0,
+            ..Interface::new("unused", false)
+        },
+        Interface {
+            ha: true,
+            ..Interface::new("ha-main", false)
+        },
+        Interface::new("out", true),
+    ];
+    assert_eq!(quality(&ifs, &[], &[], &QualityConfig::default()), 100);
+}
+
+#[test]
+fn quality_counts_an_aggregate_as_one_interface_unless_members_weigh() {
+    let agg = |kind| Aggregate {
+        id: AggregateId(1),
+        kind,
+        weight: 100,
+    };
+    let member = |n: &str, up| Interface {
+        aggregate: Some(AggregateId(1)),
+        ..Interface::new(n, up)
+    };
+    let ifs = [member("p0", true), member("p1", false), Interface::new("in", true)];
+    let none = QualityConfig::default();
+    for kind in [AggregateKind::Lacp, AggregateKind::Redundancy] {
+        assert_eq!(quality(&ifs, &[agg(kind)], &[], &none), 100);
+    }
+    let lacp = QualityConfig {
+        lacp_members_have_weight: true,
+        ..QualityConfig::default()
+    };
+    assert_eq!(quality(&ifs, &[agg(AggregateKind::Lacp)], &[], &lacp), 66);
+    assert_eq!(quality(&ifs, &[agg(AggregateKind::Redundancy)], &[], &lacp), 100);
+    let fo = QualityConfig {
+        failover_members_have_weight: true,
+        ..QualityConfig::default()
+    };
+    assert_eq!(quality(&ifs, &[agg(AggregateKind::Redundancy)], &[], &fo), 66);
+    let down = [member("p0", false), member("p1", false), Interface::new("in", true)];
+    assert_eq!(quality(&down, &[agg(AggregateKind::Lacp)], &[], &none), 50);
+}
+
+#[test]
+fn quality_penalties_pull_it_down() {
+    let ifs = [Interface::new("out", true)];
+    let pen = [Penalty {
+        name: "disk /var".into(),
+        ok: false,
+        weight: 100,
+    }];
+    assert_eq!(quality(&ifs, &[], &pen, &QualityConfig::default()), 50);
+}
+
+// ---------------------------------------------------------------- heartbeat
+
+fn state() -> PeerState {
+    PeerState {
+        role: Role::Active,
+        quality: 63,
+        priority: 50,
+        forced: Some(Role::Passive),
+        synchronized: true,
+        serial: 0xDEAD_BEEF,
+        uptime_ms: 12345,
+        yields: false,
+    }
+}
+
+#[test]
+fn heartbeat_round_trips() {
+    let mut tx = Codec::new(b"secret", 7, 1);
+    let mut rx = Codec::new(b"secret", 7, 99);
+    for link in LinkId::ALL {
+        let b = tx.encode(link, &state());
+        let hb = rx.decode(&b).expect("valid");
+        assert_eq!(hb.state, state());
+        assert_eq!(hb.link, link);
+        assert_eq!(hb.epoch, 1);
+    }
+}
+
+#[test]
+fn heartbeat_rejects_wrong_key_cluster_replay_and_tampering() {
+    let mut tx = Codec::new(b"secret", 7, 1);
+    let b1 = tx.encode(LinkId::Main, &state());
+    let b2 = tx.encode(LinkId::Main, &state());
+    assert_eq!(Codec::new(b"other", 7, 1).decode(&b1), Err(DecodeError::BadTag));
+    assert_eq!(Codec::new(b"secret", 8, 1).decode(&b1), Err(DecodeError::WrongCluster(7)));
+    let mut rx = Codec::new(b"secret", 7, 1);
+    rx.decode(&b2).expect("fresh");
+    assert_eq!(rx.decode(&b1), Err(DecodeError::Replay));
+    assert_eq!(rx.decode(&b2), Err(DecodeError::Replay));
+    // a restarted sender (higher epoch) starts its sequence again
+    let mut tx2 = Codec::new(b"secret", 7, 2);
+    rx.decode(&tx2.encode(LinkId::Main, &state())).expect("new epoch");
+    for i in 0..LEN * 8 {
+        let mut t = tx2.encode(LinkId::Backup, &state());
+        t[i / 8] ^= 1 << (i % 8);
+        assert!(rx.decode(&t).is_err(), "bit {i} flipped was accepted");
+    }
+    assert_eq!(rx.decode(&b1[..10]), Err(DecodeError::BadLength(10)));
+}
+
+#[test]
+fn heartbeat_decode_never_panics_on_random_bytes() {
+    let mut rng = Rng::new(1);
+    let mut rx = Codec::new(b"secret", 7, 1);
+    let mut tx = Codec::new(b"secret", 7, 1);
+    let good = tx.encode(LinkId::Main, &state());
+    for _ in 0..20_000 {
+        let len = rng.below(80) as usize;
+        let mut b: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        if rng.chance(0.5) && len >= 12 {
+            b[..12.min(len)].copy_from_slice(&good[..12.min(len)]);
+        }
+        let _ = rx.decode(&b);
+    }
+}
+
+// ---------------------------------------------------------------- machine
+
+fn fast(serial: u64) -> Config {
+    Config {
+        startup_wait: ms(300),
+        ..Config::new(serial)
+    }
+}
+
+#[test]
+fn alone_at_startup_becomes_active_after_wait_and_icmp() {
+    let mut ha = Ha::new(fast(1), ms(0));
+    let mut t = ms(0);
+    let mut probe_at = None;
+    while t < ms(1000) && ha.role() == Role::Passive {
+        t = ha.poll_timeout().max(t);
+        for a in ha.on_event(t, Event::Tick) {
+            if a == Action::StartIcmpProbe {
+                probe_at = Some(t);
+            }
+        }
+        if probe_at.is_some_and(|p| t >= p + ms(10)) {
+            ha.on_event(t, Event::IcmpTimeout);
+        }
+    }
+    assert_eq!(ha.role(), Role::Active);
+    assert!(probe_at.expect("probed") >= ms(300));
+}
+
+#[test]
+fn passive_answered_by_icmp_does_not_take_over() {
+    let mut ha = Ha::new(fast(1), ms(0));
+    let peer = PeerState {
+        serial: 2,
+        uptime_ms: 1,
+        ..state()
+    };
+    let peer = PeerState { forced: None, ..peer };
+    ha.on_event(ms(1), Event::PeerHeartbeat { link: LinkId::Main, peer });
+    assert_eq!(ha.role(), Role::Passive);
+    let mut t = ms(1);
+    while t < ms(2000) {
+        t = ha.poll_timeout().max(t + Duration::from_micros(1));
+        for a in ha.on_event(t, Event::Tick) {
+            if a == Action::StartIcmpProbe {
+                ha.on_event(t, Event::IcmpReply);
+            }
+        }
+        assert_eq!(ha.role(), Role::Passive);
+    }
+}
+
+#[test]
+fn a_better_synchronized_peer_makes_the_active_yield_and_announce_it() {
+    let mut ha = Ha::new(fast(1), ms(0));
+    let mut peer = PeerState {
+        role: Role::Passive,
+        quality: 50,
+        priority: 0,
+        forced: None,
+        synchronized: true,
+        serial: 2,
+        uptime_ms: 1,
+        yields: true,
+    };
+    ha.on_event(ms(1), Event::SyncComplete(true));
+    let acts = ha.on_event(ms(1), Event::PeerHeartbeat { link: LinkId::Main, peer });
+    assert!(acts.contains(&Action::BecomeActive { reason: Reason::Elected }));
+    peer.yields = false;
+    ha.on_event(ms(2), Event::PeerHeartbeat { link: LinkId::Main, peer });
+    assert_eq!(ha.role(), Role::Active);
+    let acts = ha.on_event(ms(3), Event::LocalQuality(40));
+    assert!(acts.contains(&Action::BecomePassive {
+        reason: Reason::PeerPreferred
+    }));
+    assert!(acts.iter().any(|a| matches!(a, Action::SendHeartbeat { state, .. } if state.role == Role::Passive && state.yields)));
+}
+
+// ---------------------------------------------------------------- simulation
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Cut(usize, Duration),
+    Freeze(usize, Duration),
+    Crash(usize, Duration),
+    Quality(usize, u8),
+    Forced(usize, Option<Role>),
+}
+
+#[derive(Clone, Copy)]
+struct Mix {
+    loss: f64,
+    /// A path that is never cut and never loses a packet.
+    anchor: Option<usize>,
+    cuts: bool,
+    /// Only one HA link may be cut.
+    one_ha_link_only: bool,
+    node_faults: bool,
+    freeze: bool,
+    quality: bool,
+    forced: bool,
+}
+
+const QUIET: Mix = Mix {
+    loss: 0.0,
+    anchor: None,
+    cuts: false,
+    one_ha_link_only: false,
+    node_faults: false,
+    freeze: false,
+    quality: false,
+    forced: false,
+};
+
+struct Run {
+    pair: Pair,
+    causes: u32,
+    swaps_after_convergence: u32,
+    forced_passive_violation: bool,
+    forced_end: [Option<Role>; 2],
+}
+
+const CONVERGED: u64 = 500;
+const FAULTS_END: u64 = 2500;
+const END: u64 = 3500;
+
+fn scenario(seed: u64, mix: Mix) -> Run {
+    let mut rng = Rng::new(seed ^ 0xA5A5_5A5A);
+    let mut a = Config::new(1);
+    let mut b = Config::new(2);
+    a.startup_wait = ms(300);
+    b.startup_wait = ms(300);
+    if rng.chance(0.5) {
+        a.priority = 50;
+    }
+    if rng.chance(0.3) {
+        b.quality_hold = ms(rng.below(100));
+        a.quality_hold = b.quality_hold;
+    }
+    let mut pair = Pair::new(seed, a, b);
+    for (i, p) in pair.paths.iter_mut().enumerate() {
+        if Some(i) != mix.anchor {
+            p.loss = mix.loss * rng.below(100) as f64 / 100.0;
+            p.jitter = Duration::from_micros(rng.below(1500));
+        }
+        p.delay = Duration::from_micros(50 + rng.below(1000));
+    }
+    // Start-up: the second member may start late.
+    if rng.chance(0.5) {
+        pair.crash(1, ms(rng.below(400)));
+    }
+    pair.run_until(ms(CONVERGED));
+    let base: u32 = pair.nodes.iter().map(|n| n.became_active).sum();
+    let mut faults = Vec::new();
+    let nf = rng.below(6);
+    for _ in 0..nf {
+        let t = CONVERGED + rng.below(FAULTS_END - CONVERGED);
+        let n = rng.below(2) as usize;
+        let d = ms(10 + rng.below(400));
+        let f = match rng.below(5) {
+            0 if mix.cuts => {
+                let mut path = rng.below(3) as usize;
+                if mix.one_ha_link_only {
+                    path = rng.below(2) as usize;
+                }
+                if Some(path) == mix.anchor {
+                    continue;
+                }
+                Fault::Cut(path, d)
+            }
+            1 if mix.node_faults => {
+                if mix.freeze && rng.chance(0.5) {
+                    Fault::Freeze(n, d)
+                } else {
+                    Fault::Crash(n, d)
+                }
+            }
+            2 if mix.quality => Fault::Quality(n, [100, 90, 63, 50, 0][rng.below(5) as usize]),
+            3 if mix.forced => Fault::Forced(
+                n,
+                [None, Some(Role::Active), Some(Role::Passive)][rng.below(3) as usize],
+            ),
+            _ => continue,
+        };
+        faults.push((ms(t), f));
+    }
+    if mix.one_ha_link_only {
+        // Never cut both HA links at the same time.
+        let first = faults.iter().find_map(|(_, f)| match f {
+            Fault::Cut(p, _) => Some(*p),
+            _ => None,
+        });
+        faults.retain(|(_, f)| !matches!(f, Fault::Cut(p, _) if Some(*p) != first));
+    }
+    faults.sort_by_key(|(t, _)| *t);
+    let causes = faults.len() as u32;
+    let mut heals: Vec<(Duration, usize)> = Vec::new();
+    let mut forced = [None, None];
+    let mut violation = false;
+    let step_check = |pair: &mut Pair, until: Duration, forced: &[Option<Role>; 2], v: &mut bool| {
+        while pair.now < until {
+            pair.step(until);
+            for (n, f) in forced.iter().enumerate() {
+                if *f == Some(Role::Passive) && pair.effectively_active(n) {
+                    *v = true;
+                }
+            }
+        }
+    };
+    for (t, f) in faults {
+        heals.sort();
+        while let Some(&(ht, p)) = heals.first() {
+            if ht > t {
+                break;
+            }
+            step_check(&mut pair, ht, &forced, &mut violation);
+            pair.paths[p].cut = false;
+            heals.remove(0);
+        }
+        step_check(&mut pair, t, &forced, &mut violation);
+        match f {
+            Fault::Cut(p, d) => {
+                pair.paths[p].cut = true;
+                heals.push((t + d, p));
+            }
+            Fault::Freeze(n, d) => pair.freeze(n, d),
+            Fault::Crash(n, d) => pair.crash(n, d),
+            Fault::Quality(n, q) => pair.feed(n, Event::LocalQuality(q)),
+            Fault::Forced(n, r) => {
+                forced[n] = r;
+                pair.nodes[n].forced = r;
+                pair.feed(n, Event::Forced(r));
+            }
+        }
+    }
+    for (ht, p) in heals {
+        let until = ht.max(pair.now);
+        step_check(&mut pair, until, &forced, &mut violation);
+        pair.paths[p].cut = false;
+    }
+    step_check(&mut pair, ms(FAULTS_END), &forced, &mut violation);
+    for p in pair.paths.iter_mut() {
+        p.cut = false;
+    }
+    // A restarted machine forgets forced status: the daemon re-applies it.
+    for n in 0..2 {
+        if forced[n].is_some() {
+            pair.feed(n, Event::Forced(forced[n]));
+        }
+    }
+    step_check(&mut pair, ms(END), &forced, &mut violation);
+    let total: u32 = pair.nodes.iter().map(|n| n.became_active).sum();
+    Run {
+        pair,
+        causes,
+        swaps_after_convergence: total - base,
+        forced_passive_violation: violation,
+        forced_end: forced,
+    }
+}
+
+fn seeds(n: u64, salt: u64) -> impl Iterator<Item = u64> {
+    (0..n).map(move |i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt)
+}
+
+fn detection_bound() -> Duration {
+    let c = Config::new(0);
+    c.detection_time() + 3 * c.interval + ms(5)
+}
+
+fn fail(seed: u64, what: &str, run: &Run) -> ! {
+    let mut logs = String::new();
+    for (i, n) in run.pair.nodes.iter().enumerate() {
+        for (t, l) in &n.log {
+            logs += &format!("{t:>10.3?} n{i} {l}\n");
+        }
+    }
+    panic!("seed {seed:#x}: {what}; rerun with that seed. causes {}, logs:\n{logs}", run.causes);
+}
+
+const RUNS: u64 = 1500;
+
+#[test]
+fn never_two_actives_while_a_path_works() {
+    for seed in seeds(RUNS, 1) {
+        let mut r = Rng::new(seed);
+        let mix = Mix {
+            loss: 0.2,
+            anchor: Some(r.below(3) as usize),
+            cuts: true,
+            node_faults: true,
+            quality: true,
+            forced: true,
+            ..QUIET
+        };
+        let run = scenario(seed, mix);
+        if run.pair.dual_active_with_path > Duration::ZERO {
+            fail(seed, &format!("dual active for {:?}", run.pair.dual_active_with_path), &run);
+        }
+    }
+}
+
+#[test]
+fn dual_active_never_outlasts_the_detection_time() {
+    for seed in seeds(RUNS, 2) {
+        let mix = Mix {
+            loss: 0.3,
+            cuts: true,
+            node_faults: true,
+            freeze: true,
+            quality: true,
+            forced: true,
+            ..QUIET
+        };
+        let run = scenario(seed, mix);
+        if run.pair.longest_dual_with_path > detection_bound() {
+            fail(seed, &format!("dual active for {:?}", run.pair.longest_dual_with_path), &run);
+        }
+    }
+}
+
+#[test]
+fn healthy_peer_is_never_deposed_and_one_ha_link_cut_swaps_nothing() {
+    for seed in seeds(RUNS, 3) {
+        let mix = Mix {
+            loss: 0.15,
+            cuts: true,
+            one_ha_link_only: true,
+            ..QUIET
+        };
+        let run = scenario(seed, mix);
+        if run.swaps_after_convergence != 0 {
+            fail(seed, &format!("{} swaps without cause", run.swaps_after_convergence), &run);
+        }
+    }
+}
+
+#[test]
+fn no_flapping_swaps_bounded_by_causes() {
+    for seed in seeds(RUNS, 4) {
+        let mix = Mix {
+            loss: 0.2,
+            cuts: true,
+            node_faults: true,
+            freeze: true,
+            quality: true,
+            forced: true,
+            ..QUIET
+        };
+        let run = scenario(seed, mix);
+        if run.swaps_after_convergence > 2 * run.causes {
+            fail(seed, &format!("{} swaps for {} causes", run.swaps_after_convergence, run.causes), &run);
+        }
+    }
+}
+
+#[test]
+fn forced_status_always_wins_and_the_pair_converges_to_one_active() {
+    for seed in seeds(RUNS, 5) {
+        let mix = Mix {
+            loss: 0.1,
+            cuts: true,
+            node_faults: true,
+            quality: true,
+            forced: true,
+            ..QUIET
+        };
+        let run = scenario(seed, mix);
+        if run.forced_passive_violation {
+            fail(seed, "a member forced passive was active", &run);
+        }
+        let f = run.forced_end;
+        let actives = run.pair.actives();
+        let want = if f == [Some(Role::Passive); 2] { 0 } else { 1 };
+        if actives != want {
+            fail(seed, &format!("{actives} actives at the end, want {want}"), &run);
+        }
+        for n in 0..2 {
+            if f[n] == Some(Role::Active) && f[1 - n] != Some(Role::Active) && !run.pair.effectively_active(n) {
+                fail(seed, &format!("member {n} forced active is passive"), &run);
+            }
+        }
+    }
+}
