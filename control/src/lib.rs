@@ -6,4 +6,5 @@ pub mod api;
 pub mod client;
 pub mod daemon;
 pub mod eventlog;
+pub mod ha;
 pub mod socket;

@@ -14,7 +14,8 @@
 //! 20  epoch      u64  sender's boot epoch (must grow across restarts)
 //! 28  seq        u64  per-link sequence number, strictly increasing per epoch
 //! 36  uptime ms  u64
-//! 44  tag        [u8; 16]  HMAC-SHA256(key, bytes 0..44) truncated
+//! 44  gen        u64  sender's heartbeat round (orders state across links)
+//! 52  tag        [u8; 16]  HMAC-SHA256(key, bytes 0..52) truncated
 //! ```
 //! All integers big-endian. Decoding checks length, magic, version, cluster,
 //! the tag (constant-time), field ranges, then the replay window, and never
@@ -26,10 +27,10 @@ use ring::{hkdf, hmac};
 /// UDP port of heartbeats.
 pub const PORT: u16 = 5405;
 /// Size of a heartbeat on the wire.
-pub const LEN: usize = 60;
+pub const LEN: usize = 68;
 const MAGIC: [u8; 4] = *b"THAB";
 const VERSION: u8 = 1;
-const BODY: usize = 44;
+const BODY: usize = 52;
 const TAG: usize = 16;
 
 /// A decoded heartbeat.
@@ -37,8 +38,6 @@ const TAG: usize = 16;
 pub struct Heartbeat {
     /// The path the sender sent it on (authenticated).
     pub link: LinkId,
-    /// Sender's boot epoch.
-    pub epoch: u64,
     /// Sequence number.
     pub seq: u64,
     /// What the sender announces.
@@ -74,7 +73,6 @@ struct Window {
 pub struct Codec {
     key: hmac::Key,
     cluster: u32,
-    epoch: u64,
     tx_seq: [u64; 3],
     rx: [Window; 3],
 }
@@ -83,7 +81,6 @@ impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Codec")
             .field("cluster", &self.cluster)
-            .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
 }
@@ -120,13 +117,12 @@ fn be64(b: &[u8], at: usize) -> u64 {
 }
 
 impl Codec {
-    /// A codec for `cluster`, keyed by `psk`; `epoch` must grow across
-    /// restarts of this member (e.g. wall-clock ms at start).
-    pub fn new(psk: &[u8], cluster: u32, epoch: u64) -> Self {
+    /// A codec for `cluster`, keyed by `psk`. The epoch sent is
+    /// `PeerState::epoch`, which must grow across restarts of the sender.
+    pub fn new(psk: &[u8], cluster: u32) -> Self {
         Codec {
             key: derive_key(psk, cluster),
             cluster,
-            epoch,
             tx_seq: [0; 3],
             rx: [Window::default(); 3],
         }
@@ -153,9 +149,10 @@ impl Codec {
         b[7] = s.priority;
         b[8..12].copy_from_slice(&self.cluster.to_be_bytes());
         b[12..20].copy_from_slice(&s.serial.to_be_bytes());
-        b[20..28].copy_from_slice(&self.epoch.to_be_bytes());
+        b[20..28].copy_from_slice(&s.epoch.to_be_bytes());
         b[28..36].copy_from_slice(&self.tx_seq[i].to_be_bytes());
         b[36..44].copy_from_slice(&s.uptime_ms.to_be_bytes());
+        b[44..52].copy_from_slice(&s.gen.to_be_bytes());
         let tag = hmac::sign(&self.key, &b[..BODY]);
         b[BODY..].copy_from_slice(&tag.as_ref()[..TAG]);
         b
@@ -209,7 +206,6 @@ impl Codec {
         };
         Ok(Heartbeat {
             link,
-            epoch,
             seq,
             state: PeerState {
                 role: if flags & 1 != 0 {
@@ -223,7 +219,9 @@ impl Codec {
                 quality: buf[6],
                 priority: buf[7],
                 serial: be64(buf, 12),
+                epoch,
                 uptime_ms: be64(buf, 36),
+                gen: be64(buf, 44),
             },
         })
     }

@@ -73,8 +73,13 @@ pub struct PeerState {
     pub synchronized: bool,
     /// Its unique member serial (the last tie-breaker: lower wins).
     pub serial: u64,
-    /// Milliseconds since its machine started (a decrease means a restart).
+    /// Its boot epoch (`Config::epoch`): a change means it restarted.
+    pub epoch: u64,
+    /// Milliseconds since its machine started.
     pub uptime_ms: u64,
+    /// Counts the sender's heartbeat rounds; within one epoch a lower value
+    /// is an older heartbeat (reordered across links) and its state is ignored.
+    pub gen: u64,
     /// It is passive and considers the receiver the rightful active.
     pub yields: bool,
 }
@@ -233,6 +238,9 @@ pub enum Event {
 pub struct Config {
     /// Our unique member serial (lower wins the last tie).
     pub serial: u64,
+    /// Our boot epoch: must differ at each start (e.g. wall-clock ms at start;
+    /// default 0).
+    pub epoch: u64,
     /// 50 for "active firewall if equal", else 0.
     pub priority: u8,
     /// Heartbeat interval on every live link (default 20 ms).
@@ -265,6 +273,7 @@ impl Config {
     pub fn new(serial: u64) -> Self {
         Config {
             serial,
+            epoch: 0,
             priority: 0,
             interval: Duration::from_millis(20),
             dead_time: Duration::from_millis(100),
@@ -327,6 +336,7 @@ pub struct Ha {
     peer: Option<PeerState>,
     peer_seen: bool,
     next_hb: Time,
+    gen: u64,
     check: Check,
     challenge_since: Option<Time>,
     dual_active: bool,
@@ -365,6 +375,7 @@ impl Ha {
             peer: None,
             peer_seen: false,
             next_hb: now,
+            gen: 0,
             check: Check::Idle,
             challenge_since: None,
             dual_active: false,
@@ -410,6 +421,7 @@ impl Ha {
     }
 
     fn me(&self, now: Time) -> PeerState {
+        let gen = self.gen;
         PeerState {
             role: self.role,
             quality: self.quality,
@@ -417,9 +429,11 @@ impl Ha {
             forced: self.forced,
             synchronized: self.role == Role::Active || self.sync_complete,
             serial: self.cfg.serial,
+            epoch: self.cfg.epoch,
             uptime_ms: u64::try_from(now.saturating_sub(self.started).as_millis())
                 .unwrap_or(u64::MAX),
             yields: false,
+            gen,
         }
     }
 
@@ -552,7 +566,11 @@ impl Ha {
         }
         p.last_rx = Some(now);
         if let Some(old) = self.peer {
-            if peer.uptime_ms < old.uptime_ms || old.serial != peer.serial {
+            if old.epoch == peer.epoch && old.serial == peer.serial {
+                if peer.gen < old.gen {
+                    return; // older than what we know: liveness only
+                }
+            } else {
                 self.log(HaEvent::PeerRestarted);
             }
             if old.quality != peer.quality {
@@ -586,10 +604,11 @@ impl Ha {
     fn evaluate(&mut self, now: Time) {
         self.update_paths(now);
         let alive = self.peer_alive();
+        if self.forced == Some(Role::Passive) && self.role == Role::Active {
+            self.set_role(now, Role::Passive, Reason::ForcedPassive);
+        }
         if let Phase::Startup { until } = self.phase {
-            if alive {
-                self.phase = Phase::Running;
-            } else if now >= until {
+            if alive || now >= until {
                 self.phase = Phase::Running;
             } else {
                 self.send_heartbeats(now);
@@ -648,6 +667,7 @@ impl Ha {
         if now < self.next_hb {
             return;
         }
+        self.gen += 1;
         let state = self.local_state(now);
         for link in [LinkId::Main, LinkId::Backup] {
             if self.paths[link.idx()].up {
@@ -783,7 +803,10 @@ pub fn rank(s: &PeerState) -> (u8, bool, u8, u8, Reverse<u64>) {
 /// quality better by at least `margin`, or equal quality and higher priority.
 /// Otherwise the current active stays.
 pub fn challenger_wins(incumbent: &PeerState, challenger: &PeerState, margin: u8) -> bool {
-    let (fi, fc) = (forced_rank(incumbent.forced), forced_rank(challenger.forced));
+    let (fi, fc) = (
+        forced_rank(incumbent.forced),
+        forced_rank(challenger.forced),
+    );
     if fi != fc {
         return fc > fi;
     }

@@ -148,7 +148,8 @@ impl Pair {
     /// Running: not crashed and not frozen.
     pub fn running(&self, n: usize) -> bool {
         let node = &self.nodes[n];
-        node.down_until.is_none_or(|t| self.now >= t) && node.frozen_until.is_none_or(|t| self.now >= t)
+        node.down_until.is_none_or(|t| self.now >= t)
+            && node.frozen_until.is_none_or(|t| self.now >= t)
     }
 
     /// Forwarding traffic: running and active.
@@ -220,6 +221,7 @@ impl Pair {
             if let Some(d) = self.nodes[n].down_until {
                 if self.now >= d {
                     self.nodes[n].down_until = None;
+                    self.nodes[n].cfg.epoch += 1;
                     self.nodes[n].ha = Ha::new(self.nodes[n].cfg.clone(), self.now);
                     self.nodes[n].role = Role::Passive;
                     self.start_sync(n);
@@ -311,7 +313,10 @@ impl Pair {
                 let (at, ev) = if answered {
                     (self.now + self.icmp_rtt, Event::IcmpReply)
                 } else {
-                    (self.now + self.nodes[n].cfg.icmp_timeout, Event::IcmpTimeout)
+                    (
+                        self.now + self.nodes[n].cfg.icmp_timeout,
+                        Event::IcmpTimeout,
+                    )
                 };
                 self.schedule(at, Ev::Deliver { to: n, ev });
             }
