@@ -68,6 +68,30 @@ pub struct HaConfig {
     /// address.
     #[serde(default = "default_garp_count")]
     pub garp_count: u8,
+    /// Elect the active member automatically (heartbeats on UDP 5405,
+    /// quality, priority). Off: the roles are set by hand (haactive /
+    /// hapassive). Transitional: on by default once split-brain protection
+    /// (ICMP check, last-resort heartbeat) is in.
+    #[serde(default)]
+    pub election: bool,
+    /// "Active firewall if equal": 50 for the preferred member, else 0.
+    #[serde(default)]
+    pub priority: u8,
+    /// Heartbeat interval in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u32,
+    /// The peer is dead after this many milliseconds without a heartbeat
+    /// on any link.
+    #[serde(default = "default_dead_ms")]
+    pub dead_ms: u32,
+}
+
+fn default_heartbeat_ms() -> u32 {
+    20
+}
+
+fn default_dead_ms() -> u32 {
+    100
 }
 
 /// One HA link of this node.

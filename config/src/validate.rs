@@ -60,6 +60,9 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "ha.sync_port" => "1..=65535",
         "ha.takeover_grace_ms" => "0..=600000",
         "ha.garp_count" => "1..=20",
+        "ha.priority" => "0 or 50 (\"active firewall if equal\"), at most 100",
+        "ha.heartbeat_ms" => "5..=1000 milliseconds",
+        "ha.dead_ms" => "at least 3 heartbeat intervals, at most 10000 milliseconds",
         "interfaces[].name" => "1..=15 characters from [a-z0-9_-], unique on the node",
         "interfaces[].mtu" => "576..=9000",
         "interfaces[].kernel_interface" => {
@@ -284,6 +287,14 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
     c.range("ha.sync_port", ha.sync_port, 1, 65535);
     c.range("ha.takeover_grace_ms", ha.takeover_grace_ms, 0, 600_000);
     c.range("ha.garp_count", ha.garp_count, 1, 20);
+    c.range("ha.priority", ha.priority, 0, 100);
+    c.range("ha.heartbeat_ms", ha.heartbeat_ms, 5, 1000);
+    c.range(
+        "ha.dead_ms",
+        ha.dead_ms,
+        ha.heartbeat_ms.saturating_mul(3).max(15),
+        10_000,
+    );
     let mut seen = HashSet::new();
     for (i, l) in ha.links.iter().enumerate() {
         if !in_charset(&l.name, 32, ident_char) {

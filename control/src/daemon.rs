@@ -21,6 +21,7 @@ use crate::api::{
     NeighbourStatus, PortStats, Request, Response, RouteStatus, StatsReport, StatusReport,
     SyncReport, WorkerStats, WorkerStatus,
 };
+use crate::cluster::Cluster;
 use crate::eventlog::EventLog;
 use crate::socket::{ControlSocket, SocketError};
 
@@ -43,6 +44,7 @@ pub enum DaemonError {
 
 const SIGNAL: Token = Token(0);
 const SOCKET_BASE: usize = 16;
+const CLUSTER_BASE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
 /// The control thread's state.
@@ -55,6 +57,8 @@ struct Daemon {
     started: SystemTime,
     started_at: Instant,
     events: EventLog,
+    /// The election, when the configuration enables it.
+    cluster: Option<Cluster>,
     /// What the last housekeeping saw, to log changes: (peer up,
     /// synchronized, link in use, role).
     seen: (bool, bool, u8, Role),
@@ -135,7 +139,15 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         started_at: Instant::now(),
         seen: (false, false, u8::MAX, Role::Passive),
         events: events_log,
+        cluster: None,
     };
+    daemon.cluster = Cluster::new(&daemon.cfg, poll.registry(), CLUSTER_BASE)?;
+    if daemon.cluster.is_some() {
+        daemon.events.event(
+            "HA",
+            "election on: heartbeats on UDP 5405 over the HA links",
+        );
+    }
     daemon.seen.3 = daemon.node.role();
     daemon.events.event(
         "SYSTEM",
@@ -150,9 +162,12 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
     'run: loop {
         let now = Instant::now();
-        let deadline = socket
+        let mut deadline = socket
             .next_deadline()
             .map_or(next_housekeeping, |d| d.min(next_housekeeping));
+        if let Some(c) = &daemon.cluster {
+            deadline = deadline.min(c.next_wakeup());
+        }
         if let Err(e) = poll.poll(&mut events, Some(deadline.saturating_duration_since(now))) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
@@ -167,6 +182,21 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             }
             if socket.owns(event.token()) {
                 socket.handle_event(poll.registry(), event, &mut |req| daemon.handle(req));
+            }
+            if let Some(c) = &mut daemon.cluster {
+                if c.owns(event.token()) {
+                    c.on_readable(event.token(), &daemon.node, &mut daemon.events);
+                }
+            }
+        }
+        if let Some(c) = &mut daemon.cluster {
+            if Instant::now() >= c.next_wakeup() {
+                let synced = daemon.node.sync().is_some_and(|s| {
+                    s.shared()
+                        .synchronized
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                });
+                c.poll(&daemon.node, synced, &mut daemon.events);
             }
         }
         let now = Instant::now();
@@ -251,7 +281,18 @@ impl Daemon {
             Request::HaPassive => self.forced = Some(Role::Passive),
             _ => self.forced = None,
         }
-        if let Some(role) = self.forced {
+        if let Some(c) = &mut self.cluster {
+            // The election decides, forced status first.
+            self.events.event(
+                "HA",
+                format_args!(
+                    "forced status {}",
+                    self.forced.map_or("removed", |r| r.as_str())
+                ),
+            );
+            c.forced(self.forced, &self.node, &mut self.events);
+            self.seen.3 = self.node.role();
+        } else if let Some(role) = self.forced {
             self.events
                 .event("HA", format_args!("forced status set to {}", role.as_str()));
             if self.node.role() != role {

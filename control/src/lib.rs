@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod daemon;
 pub mod eventlog;
 pub mod ha;

@@ -109,6 +109,8 @@ pub struct HaSection {
     pub links: Vec<(String, String, String, String)>,
     /// Only connections older than this are synchronised (0: all).
     pub sync_min_age_secs: u32,
+    /// Elect the active member automatically.
+    pub election: bool,
 }
 
 impl HaSection {
@@ -136,6 +138,7 @@ impl HaSection {
             psk: "Lab-Cluster-Key-2026".into(),
             encrypt: false,
             sync_min_age_secs: 0,
+            election: false,
             links: vec![
                 (
                     "HA-main".into(),
@@ -276,11 +279,12 @@ impl NodeConfig {
         }
         if let Some(ha) = &self.ha {
             s += &format!(
-                "    ha: (cluster_id: {}, psk: {}, encrypt: {}, sync_min_age_secs: {}, links: [\n",
+                "    ha: (cluster_id: {}, psk: {}, encrypt: {}, sync_min_age_secs: {}, election: {}, links: [\n",
                 ha.cluster_id,
                 ron_str(&ha.psk),
                 ha.encrypt,
-                ha.sync_min_age_secs
+                ha.sync_min_age_secs,
+                ha.election
             );
             for (name, iface, cidr, peer) in &ha.links {
                 s += &format!(

@@ -731,3 +731,55 @@ fn the_sync_moves_to_the_backup_link_when_the_main_one_is_cut() {
         "the connections reached fw2 over the backup link"
     );
 }
+
+#[test]
+fn with_the_election_on_a_kill_9_of_the_active_moves_a_live_transfer() {
+    require_root!();
+    let mut c = cluster_full("clkill", Some(POLICY), &[], |ha| ha.election = true);
+    // One member elects itself active (after the start-up wait).
+    let end = Instant::now() + Duration::from_secs(8);
+    let active = loop {
+        let roles: Vec<String> = c.nodes.iter().map(|n| role(n).0).collect();
+        if roles.iter().filter(|r| *r == "active").count() == 1 {
+            break roles.iter().position(|r| r == "active").unwrap();
+        }
+        assert!(Instant::now() < end, "no single active member: {roles:?}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let passive = 1 - active;
+    wait_sync(
+        &c.nodes[passive],
+        "the passive synchronized",
+        Duration::from_secs(10),
+        |s| s["synchronized"] == true,
+    );
+    host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(20))
+        .expect("through the active");
+    let _srv = IperfServer::start(c.lab.server(), addr::SERVER, 5201).unwrap();
+    let client = c.lab.client();
+    let mut victim = c.nodes.remove(active);
+    let res = thread::scope(|s| {
+        let run = s.spawn(|| host::iperf_client(client, addr::SERVER, 5201, 8, &["-i", "1"]));
+        thread::sleep(Duration::from_secs(3));
+        victim.proc.signal("KILL");
+        run.join().expect("iperf thread")
+    })
+    .expect("the transfer survived the kill -9 of the active");
+    drop(victim);
+    let survivor = &c.nodes[0];
+    assert_eq!(role(survivor).0, "active", "the passive took over");
+    let intervals = tools::iperf_intervals(&res.raw);
+    eprintln!(
+        "iperf intervals (Mbit/s): {:?}",
+        intervals
+            .iter()
+            .map(|b| (b / 1e6).round())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        intervals.iter().filter(|&&b| b < 1e6).count() <= 1,
+        "stalled: {intervals:?}"
+    );
+    let log = survivor.ctl(&["log", "--lines", "200"]).unwrap();
+    eprintln!("survivor's log: {:#}", log["lines"]);
+}
