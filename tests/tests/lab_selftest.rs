@@ -26,7 +26,7 @@ fn addresses_outside_the_lab_are_refused() {
     for bad in [
         "8.8.8.8",
         "198.20.0.1",
-        "10.0.0.1/8",
+        "203.0.113.1/24",
         "127.0.0.1",
         "::1",
         "host",

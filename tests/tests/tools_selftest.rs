@@ -297,7 +297,15 @@ fn tools_refuse_addresses_outside_the_lab() {
     require_root!();
     let lab = Lab::bridge_only("tsrefuse").unwrap();
     // Checked in Rust...
-    assert!(tools::udp_probe(lab.client(), "10.1.1.1", 9, "x", 1, Duration::from_secs(1)).is_err());
+    assert!(tools::udp_probe(
+        lab.client(),
+        "203.0.113.9",
+        9,
+        "x",
+        1,
+        Duration::from_secs(1)
+    )
+    .is_err());
     // ...and by the scripts themselves.
     for (script, args) in [
         ("udp_probe.py", vec!["--dst", "8.8.8.8", "--port", "53"]),

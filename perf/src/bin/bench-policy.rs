@@ -53,7 +53,8 @@ impl Rng {
 const KINDS: usize = 10;
 const IFACES: [(&str, u16); 2] = [("in", 0), ("out", 1)];
 
-/// A /len network in 10.0.0.0/8 (no traffic is sent: these are numbers).
+/// A /len network drawn from the 10/8 block as plain numbers: the
+/// benchmark only classifies queries, it sends no traffic anywhere.
 fn net(rng: &mut Rng, len: u8) -> String {
     let a = (0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff)) & (u32::MAX << (32 - len));
     if len == 32 {
