@@ -370,14 +370,22 @@ impl Core {
     fn drain_workers(&mut self, now: u64) -> usize {
         let active = Role::from_u8(self.role.load(Ordering::Acquire)) == Role::Active;
         let mut n = 0;
-        let budget = self.session.queue_space();
         for w in &mut self.workers {
             let session = &mut self.session;
             let shared = &self.shared;
-            n += w.deltas.drain(budget.max(64), |d| {
-                if !active {
-                    return;
-                }
+            if !active {
+                // A passive member has nothing to tell: drop what is there.
+                n += w.deltas.drain(usize::MAX, |_| {});
+                continue;
+            }
+            // Never more than the session can take: what stays in the ring
+            // waits for the next round (a full ring is the shard's to
+            // report, and a bulk repairs it).
+            let budget = session.queue_space();
+            if budget == 0 {
+                break;
+            }
+            n += w.deltas.drain(budget, |d| {
                 match session.queue(now, &Record::from_delta(&d)) {
                     Ok(()) => shared.records_queued.fetch_add(1, Ordering::Relaxed),
                     Err(_) => shared.records_refused.fetch_add(1, Ordering::Relaxed),
@@ -385,20 +393,14 @@ impl Core {
             });
         }
         if let Some(b) = &self.bulk {
-            if b.waiting
+            // Every worker has pushed its table and every ring is drained
+            // into the session: the bulk is complete.
+            let done = b.waiting
                 && self
                     .workers
                     .iter()
-                    .all(|w| !w.bulk_request.load(Ordering::Acquire))
-            {
-                // Every worker pushed its table; drain what is left, then
-                // close the bulk.
-                for w in &mut self.workers {
-                    let session = &mut self.session;
-                    w.deltas.drain(usize::MAX, |d| {
-                        let _ = session.queue(now, &Record::from_delta(&d));
-                    });
-                }
+                    .all(|w| !w.bulk_request.load(Ordering::Acquire) && w.deltas.len() == 0);
+            if done {
                 let _ = self.session.end_bulk(now);
                 self.shared.bulks_sent.fetch_add(1, Ordering::Relaxed);
                 self.bulk = None;

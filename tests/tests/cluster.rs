@@ -481,19 +481,21 @@ fn the_passive_converges_with_ten_percent_loss_on_the_ha_link() {
         .exec(&["nft", "list", "table", "inet", "loss"])
         .unwrap();
     eprintln!("nft on fw2: {}", String::from_utf8_lossy(&dropped.stdout));
-    let s1 = fw1.ctl(&["sync"]).unwrap();
-    eprintln!(
-        "fw1 retransmits {} nacks_received {}",
-        s1["details"]["retransmits"], s1["details"]["nacks_received"]
-    );
     assert!(
         String::from_utf8_lossy(&dropped.stdout).contains("packets"),
         "the loss rule counted"
     );
     assert_eq!(passive, active, "the passive converged");
-    assert!(
-        s1["details"]["retransmits"].as_u64().unwrap_or(0) > 0,
-        "losses were repaired by retransmission: {s1}"
+    // The session's counters are published once a second.
+    let s1 = wait_sync(
+        fw1,
+        "losses were repaired by retransmission",
+        Duration::from_secs(3),
+        |s| s["details"]["retransmits"].as_u64().unwrap_or(0) > 0,
+    );
+    eprintln!(
+        "fw1 retransmits {} nacks_received {}",
+        s1["details"]["retransmits"], s1["details"]["nacks_received"]
     );
 }
 
