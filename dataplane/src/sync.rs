@@ -399,7 +399,7 @@ impl Core {
                 && self
                     .workers
                     .iter()
-                    .all(|w| !w.bulk_request.load(Ordering::Acquire) && w.deltas.len() == 0);
+                    .all(|w| !w.bulk_request.load(Ordering::Acquire) && w.deltas.is_empty());
             if done {
                 let _ = self.session.end_bulk(now);
                 self.shared.bulks_sent.fetch_add(1, Ordering::Relaxed);
