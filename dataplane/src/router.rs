@@ -2701,17 +2701,22 @@ mod tests {
             &Ip::new("198.18.1.10", "198.18.2.10", 6).build(&tcp_segment(0x04, 5, 0, &[])),
         );
         let mut buf = [0u8; 128];
-        // A reset gets neither a reset nor an ICMP error about it... but
-        // the fallback for TCP is ICMP admin-prohibited, which is allowed.
-        let answer = r.build_reject(&rst, LAN, Reject::TcpReset, &mut buf);
-        if let Some((_, len)) = answer {
-            let ip = Ipv4Packet::new_checked(&buf[14..len]).unwrap();
-            assert_eq!(
-                ip.protocol(),
-                IpProtocol::Icmp,
-                "never a reset about a reset"
-            );
-        }
+        // A reset is never answered with a reset: the rejection falls back
+        // to ICMP administratively prohibited, so the sender still learns.
+        let (_, len) = r
+            .build_reject(&rst, LAN, Reject::TcpReset, &mut buf)
+            .expect("the ICMP fallback");
+        let ip = Ipv4Packet::new_checked(&buf[14..len]).unwrap();
+        assert_eq!(
+            ip.protocol(),
+            IpProtocol::Icmp,
+            "never a reset about a reset"
+        );
+        assert_eq!(
+            (ip.payload()[0], ip.payload()[1]),
+            (3, 13),
+            "admin prohibited"
+        );
         let dgram = client_frame(&Ip::new("198.18.1.10", "198.18.2.10", 17).build(&udp()));
         let (_, len) = r
             .build_reject(&dgram, LAN, Reject::PortUnreachable, &mut buf)

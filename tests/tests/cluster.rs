@@ -384,6 +384,18 @@ const UDP_POLICY: &str = r#"(
     default_action: Block,
 )"#;
 
+/// Opens `n` UDP flows through the active (fw1) towards a UDP echo on the
+/// server, and waits (bounded) until fw1 tracks them and fw2 holds as many;
+/// returns (fw1's count, fw2's count).
+fn replicate_udp_flows(c: &Cluster, n: u64, passive_timeout: Duration) -> (u64, u64) {
+    let _echo = tools::ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).unwrap();
+    udp_flows(c, n as usize);
+    let filter = ["--proto", "udp", "--port", "9000"];
+    let active = wait_total(&c.nodes[0], &filter, n, Duration::from_secs(10));
+    let passive = wait_total(&c.nodes[1], &filter, active, passive_timeout);
+    (active, passive)
+}
+
 fn wait_total(n: &Node, args: &[&str], want: u64, timeout: Duration) -> u64 {
     let end = Instant::now() + timeout;
     loop {
@@ -404,22 +416,9 @@ fn ten_thousand_connections_all_appear_on_the_passive() {
     wait_sync(fw2, "fw2 synchronized", Duration::from_secs(10), |s| {
         s["synchronized"] == true
     });
-    let _echo = tools::ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).unwrap();
     const N: u64 = 10_000;
-    udp_flows(&c, N as usize);
-    let active = wait_total(
-        fw1,
-        &["--proto", "udp", "--port", "9000"],
-        N,
-        Duration::from_secs(10),
-    );
+    let (active, passive) = replicate_udp_flows(&c, N, Duration::from_secs(20));
     assert!(active >= N, "fw1 tracks {active} of {N}");
-    let passive = wait_total(
-        fw2,
-        &["--proto", "udp", "--port", "9000"],
-        N,
-        Duration::from_secs(20),
-    );
     let s1 = fw1.ctl(&["sync"]).unwrap();
     let s2 = fw2.ctl(&["sync"]).unwrap();
     eprintln!(
@@ -460,21 +459,8 @@ fn the_passive_converges_with_ten_percent_loss_on_the_ha_link() {
         Duration::from_secs(20),
         |s| s["synchronized"] == true,
     );
-    let _echo = tools::ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).unwrap();
     const N: u64 = 3000;
-    udp_flows(&c, N as usize);
-    let active = wait_total(
-        fw1,
-        &["--proto", "udp", "--port", "9000"],
-        N,
-        Duration::from_secs(10),
-    );
-    let passive = wait_total(
-        fw2,
-        &["--proto", "udp", "--port", "9000"],
-        active,
-        Duration::from_secs(30),
-    );
+    let (active, passive) = replicate_udp_flows(&c, N, Duration::from_secs(30));
     let dropped = c
         .lab
         .fw(2)
@@ -627,20 +613,7 @@ fn a_member_of_the_next_protocol_version_still_syncs() {
         Duration::from_secs(10),
         |s| s["synchronized"] == true,
     );
-    let _echo = tools::ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).unwrap();
-    udp_flows(&c, 300);
-    let active = wait_total(
-        fw1,
-        &["--proto", "udp", "--port", "9000"],
-        300,
-        Duration::from_secs(10),
-    );
-    let passive = wait_total(
-        fw2,
-        &["--proto", "udp", "--port", "9000"],
-        active,
-        Duration::from_secs(10),
-    );
+    let (active, passive) = replicate_udp_flows(&c, 300, Duration::from_secs(10));
     assert_eq!(passive, active, "the mixed-version pair keeps state");
     // The session counters are published once a second.
     let skipped = |s: &Value| s["details"]["unknown_groups"].as_u64().unwrap_or(0) > 0;
@@ -714,20 +687,7 @@ fn the_sync_moves_to_the_backup_link_when_the_main_one_is_cut() {
         Duration::from_secs(3),
         |s| s["link"] == "HA-backup",
     );
-    let _echo = tools::ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).unwrap();
-    udp_flows(&c, 200);
-    let active = wait_total(
-        fw1,
-        &["--proto", "udp", "--port", "9000"],
-        200,
-        Duration::from_secs(10),
-    );
-    let passive = wait_total(
-        fw2,
-        &["--proto", "udp", "--port", "9000"],
-        active,
-        Duration::from_secs(10),
-    );
+    let (active, passive) = replicate_udp_flows(&c, 200, Duration::from_secs(10));
     assert_eq!(
         passive, active,
         "the connections reached fw2 over the backup link"
