@@ -321,7 +321,8 @@ impl Daemon {
     fn watch(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
         let role = self.node.role();
-        if role != self.seen.3 {
+        // With the election on, the swap itself was logged with its reason.
+        if role != self.seen.3 && self.cluster.is_none() {
             self.events
                 .event("HA", format_args!("role now {}", role.as_str()));
             self.seen.3 = role;
