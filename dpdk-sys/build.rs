@@ -34,6 +34,12 @@ const FUNCTIONS: &[&str] = &[
     "rte_ring_create",
     "rte_ring_free",
     "rte_acl_free",
+    // The bonding PMD (librte_net_bond; linked explicitly below).
+    "rte_eth_bond_mode_get",
+    "rte_eth_bond_slaves_get",
+    "rte_eth_bond_active_slaves_get",
+    "rte_eth_bond_primary_get",
+    "rte_eth_bond_primary_set",
     "tandem_.*",
 ];
 
@@ -45,6 +51,8 @@ const TYPES: &[&str] = &[
     "tandem_port_conf",
     "tandem_acl_rule",
     "tandem_acl_key",
+    "tandem_lacp_member",
+    "tandem_lacp_timers",
 ];
 
 /// Constants tandem uses (RSS flags, socket ids, ring flags, errno values).
@@ -58,6 +66,8 @@ const VARS: &[&str] = &[
     "RING_F_SC_DEQ",
     "RTE_ETHDEV_QUEUE_STAT_CNTRS",
     "LCORE_ID_ANY",
+    "RTE_MAX_ETHPORTS",
+    "BONDING_MODE_.*",
 ];
 
 fn main() {
@@ -94,6 +104,14 @@ fn main() {
         cc.include(path);
     }
     cc.compile("tandem_dpdk_shim");
+
+    // pkg-config's libdpdk lists the libraries, not the drivers (the EAL
+    // dlopens those from its driver directory). The bonding PMD's API is
+    // called directly, so link it: the dynamic loader then loads it at
+    // start-up (its constructor registers net_bonding), and the EAL's own
+    // dlopen of the same file in the driver directory finds it loaded.
+    // Linked after the shim, which calls it too.
+    println!("cargo:rustc-link-lib=dylib=rte_net_bond");
 
     let mut builder = bindgen::Builder::default()
         .header("shim/bindings.h")

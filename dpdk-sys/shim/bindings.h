@@ -12,4 +12,5 @@
 #include <rte_ring.h>
 #include <rte_eth_ring.h>
 #include <rte_acl.h>
+#include <rte_eth_bond.h>
 #include "shim.h"

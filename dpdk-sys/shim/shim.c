@@ -12,6 +12,8 @@
 #include <rte_ring.h>
 #include <rte_acl.h>
 #include <rte_malloc.h>
+#include <rte_eth_bond.h>
+#include <rte_eth_bond_8023ad.h>
 
 #include "shim.h"
 
@@ -292,4 +294,82 @@ uint64_t tandem_heap_allocated(void)
 			total += st.heap_allocsz_bytes;
 	}
 	return total;
+}
+
+/* ---- Link bonding ---- */
+
+int tandem_bond_lacp_member(uint16_t bond, uint16_t member,
+			    struct tandem_lacp_member *out)
+{
+	struct rte_eth_bond_8023ad_slave_info info;
+	int rc;
+
+	memset(&info, 0, sizeof(info));
+	rc = rte_eth_bond_8023ad_slave_info(bond, member, &info);
+	if (rc != 0)
+		return rc < 0 ? rc : -rc;
+	out->selected = (uint8_t)info.selected;
+	out->actor_state = info.actor_state;
+	out->partner_state = info.partner_state;
+	out->agg_port_id = info.agg_port_id;
+	return 0;
+}
+
+int tandem_bond_lacp_timers_get(uint16_t bond, struct tandem_lacp_timers *out)
+{
+	struct rte_eth_bond_8023ad_conf conf;
+	int rc;
+
+	memset(&conf, 0, sizeof(conf));
+	rc = rte_eth_bond_8023ad_conf_get(bond, &conf);
+	if (rc != 0)
+		return rc < 0 ? rc : -rc;
+	out->fast_periodic_ms = conf.fast_periodic_ms;
+	out->slow_periodic_ms = conf.slow_periodic_ms;
+	out->short_timeout_ms = conf.short_timeout_ms;
+	out->long_timeout_ms = conf.long_timeout_ms;
+	out->aggregate_wait_timeout_ms = conf.aggregate_wait_timeout_ms;
+	out->tx_period_ms = conf.tx_period_ms;
+	out->rx_marker_period_ms = conf.rx_marker_period_ms;
+	out->update_timeout_ms = conf.update_timeout_ms;
+	return 0;
+}
+
+int tandem_bond_lacp_timers_set(uint16_t bond,
+				const struct tandem_lacp_timers *t)
+{
+	struct rte_eth_bond_8023ad_conf conf;
+	int rc;
+
+	memset(&conf, 0, sizeof(conf));
+	rc = rte_eth_bond_8023ad_conf_get(bond, &conf);
+	if (rc != 0)
+		return rc < 0 ? rc : -rc;
+	conf.fast_periodic_ms = t->fast_periodic_ms;
+	conf.slow_periodic_ms = t->slow_periodic_ms;
+	conf.short_timeout_ms = t->short_timeout_ms;
+	conf.long_timeout_ms = t->long_timeout_ms;
+	conf.aggregate_wait_timeout_ms = t->aggregate_wait_timeout_ms;
+	conf.tx_period_ms = t->tx_period_ms;
+	conf.rx_marker_period_ms = t->rx_marker_period_ms;
+	conf.update_timeout_ms = t->update_timeout_ms;
+	/* No external state machine: the PMD runs LACP itself. */
+	conf.slowrx_cb = NULL;
+	rc = rte_eth_bond_8023ad_setup(bond, &conf);
+	if (rc != 0)
+		return rc < 0 ? rc : -rc;
+	/* The setup resets the aggregator selection to "stable": keep the one
+	 * the bond had (agg_mode= of the vdev). */
+	if (rte_eth_bond_8023ad_agg_selection_get(bond) != (int)conf.agg_selection)
+		rc = rte_eth_bond_8023ad_agg_selection_set(bond, conf.agg_selection);
+	return rc < 0 ? rc : -rc;
+}
+
+uint32_t tandem_port_ifindex(uint16_t port)
+{
+	struct rte_eth_dev_info info;
+
+	if (rte_eth_dev_info_get(port, &info) != 0)
+		return 0;
+	return info.if_index;
 }

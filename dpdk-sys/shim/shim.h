@@ -141,4 +141,47 @@ int tandem_acl_classify(const struct rte_acl_ctx *ctx,
 /* Bytes allocated from DPDK's heaps on all sockets (for memory reports). */
 uint64_t tandem_heap_allocated(void);
 
+/* ---- Link bonding (librte_net_bond) ----
+ * The 802.3ad structures of rte_eth_bond_8023ad.h are packed and hold a
+ * callback pointer and enums: the shim copies what tandem reads into
+ * plain structs. */
+
+/** One member's 802.3ad (LACP) state as the bond sees it. The state bytes
+ * carry the 802.1AX bits (0x01 active, 0x02 short timeout, 0x04
+ * aggregation, 0x08 synchronization, 0x10 collecting, 0x20 distributing,
+ * 0x40 defaulted, 0x80 expired). */
+struct tandem_lacp_member {
+	uint8_t selected;       /* 0 unselected, 1 standby, 2 selected */
+	uint8_t actor_state;
+	uint8_t partner_state;
+	uint16_t agg_port_id;   /* port id of the aggregator it is attached to */
+};
+
+/** The 802.3ad timers of a bond, in milliseconds. */
+struct tandem_lacp_timers {
+	uint32_t fast_periodic_ms;
+	uint32_t slow_periodic_ms;
+	uint32_t short_timeout_ms;
+	uint32_t long_timeout_ms;
+	uint32_t aggregate_wait_timeout_ms;
+	uint32_t tx_period_ms;
+	uint32_t rx_marker_period_ms;
+	uint32_t update_timeout_ms;
+};
+
+/* LACP state of a member that is active (link up) in an 802.3ad bond;
+ * 0 or a negative errno (-EINVAL: not an 802.3ad bond or not an active
+ * member). */
+int tandem_bond_lacp_member(uint16_t bond, uint16_t member,
+			    struct tandem_lacp_member *out);
+/* Reads / replaces the 802.3ad timers of a bond (replacing them restarts
+ * its state machine timer; the members keep their state). 0 or a negative
+ * errno. */
+int tandem_bond_lacp_timers_get(uint16_t bond, struct tandem_lacp_timers *out);
+int tandem_bond_lacp_timers_set(uint16_t bond,
+				const struct tandem_lacp_timers *timers);
+/* The kernel interface index behind a port (af_packet, af_xdp, tap), or 0
+ * when the driver names none. */
+uint32_t tandem_port_ifindex(uint16_t port);
+
 #endif
