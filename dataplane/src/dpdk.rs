@@ -1071,3 +1071,550 @@ impl Eal {
         EAL_READY.load(Ordering::SeqCst).then_some(&RUNNING)
     }
 }
+
+impl TxQueue {
+    /// Calls the driver's transmit function with no packets. Drivers that
+    /// send their own control frames from the transmit path need this when
+    /// there is nothing else to send: the bonding PMD in 802.3ad mode
+    /// transmits its LACPDUs only from inside a transmit call on the bond
+    /// (and handles the partner's only inside a receive call), so a worker
+    /// that owns a queue of an 802.3ad bond must call this (and `rx_burst`)
+    /// at least every 100 ms, or the partner times the members out.
+    /// [`TxQueue::tx_burst`] with an empty vector does not reach the driver.
+    #[inline]
+    pub fn kick(&mut self) {
+        let mut none = [std::ptr::null_mut::<ffi::rte_mbuf>(); 1];
+        // SAFETY: this handle is the queue's only user; with a count of 0
+        // the driver reads no packet pointer from the (valid) array.
+        unsafe {
+            ffi::tandem_tx_burst(self.port, self.queue, none.as_mut_ptr(), 0);
+        }
+    }
+}
+
+// ---- Link aggregates (the bonding PMD, net_bonding) ----
+//
+// A bond is created from the EAL's command line, its members first:
+//   --vdev=net_af_packet0,iface=eth1 --vdev=net_af_packet1,iface=eth2
+//   --vdev=net_bonding0,mode=4,slave=net_af_packet0,slave=net_af_packet1
+// (DPDK 22.11 spells the member key `slave`; further keys: primary=<member>,
+// xmit_policy=l2|l23|l34, agg_mode=count|stable|bandwidth,
+// lsc_poll_period_ms=, up_delay=, down_delay=, mac=). Only the bond is
+// opened as a [`Port`]: the PMD configures and starts the members itself.
+
+/// The bonding mode of a net_bonding port (`mode=` of its vdev spec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BondMode {
+    /// 0: round robin over the members that are up.
+    RoundRobin,
+    /// 1: one member carries everything; another takes over when it fails.
+    ActiveBackup,
+    /// 2: transmit balanced by a hash of the headers.
+    Balance,
+    /// 3: every frame on every member.
+    Broadcast,
+    /// 4: IEEE 802.3ad / 802.1AX dynamic aggregation with LACP.
+    Lacp,
+    /// 5: adaptive transmit load balancing.
+    Tlb,
+    /// 6: adaptive load balancing (transmit and receive).
+    Alb,
+}
+
+impl BondMode {
+    /// The mode of DPDK's number (`BONDING_MODE_*`), if it is one.
+    pub fn from_number(n: u8) -> Option<BondMode> {
+        Some(match u32::from(n) {
+            ffi::BONDING_MODE_ROUND_ROBIN => BondMode::RoundRobin,
+            ffi::BONDING_MODE_ACTIVE_BACKUP => BondMode::ActiveBackup,
+            ffi::BONDING_MODE_BALANCE => BondMode::Balance,
+            ffi::BONDING_MODE_BROADCAST => BondMode::Broadcast,
+            ffi::BONDING_MODE_8023AD => BondMode::Lacp,
+            ffi::BONDING_MODE_TLB => BondMode::Tlb,
+            ffi::BONDING_MODE_ALB => BondMode::Alb,
+            _ => return None,
+        })
+    }
+
+    /// DPDK's number for the mode (what `mode=` takes).
+    pub fn number(self) -> u8 {
+        (match self {
+            BondMode::RoundRobin => ffi::BONDING_MODE_ROUND_ROBIN,
+            BondMode::ActiveBackup => ffi::BONDING_MODE_ACTIVE_BACKUP,
+            BondMode::Balance => ffi::BONDING_MODE_BALANCE,
+            BondMode::Broadcast => ffi::BONDING_MODE_BROADCAST,
+            BondMode::Lacp => ffi::BONDING_MODE_8023AD,
+            BondMode::Tlb => ffi::BONDING_MODE_TLB,
+            BondMode::Alb => ffi::BONDING_MODE_ALB,
+        }) as u8
+    }
+}
+
+/// What the control thread needs to know about an aggregate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BondInfo {
+    /// The bonding mode.
+    pub mode: BondMode,
+    /// Every member port, in the bond's order (the order of `slave=`).
+    pub members: Vec<u16>,
+    /// The members whose link is up: for members backed by a kernel
+    /// interface (af_packet, af_xdp, tap) the kernel's carrier, read at
+    /// the call (see [`port_kernel_carrier`]); for the others the link the
+    /// bond sees. A subset of `members`, in the same order.
+    pub up: Vec<u16>,
+    /// The members that carry traffic, a subset of `up`: in 802.3ad mode
+    /// those the bond distributes on (LACP negotiated: actor state
+    /// DISTRIBUTING); in active-backup mode the current primary; in the
+    /// other modes every member that is up. A member whose carrier dropped
+    /// leaves this list at once, even while the bond itself still sends on
+    /// it (see [`bond_follow_carriers`]).
+    pub active: Vec<u16>,
+    /// The current primary member (the active one in active-backup mode,
+    /// the source of the bond's MAC address in the others), if any.
+    pub primary: Option<u16>,
+}
+
+/// 802.1AX actor/partner state bits, as [`LacpMember`] reports them.
+pub mod lacp_state {
+    /// LACP active (sends LACPDUs even to a passive partner).
+    pub const ACTIVE: u8 = 0x01;
+    /// Short timeout: asks the partner for a LACPDU every second.
+    pub const SHORT_TIMEOUT: u8 = 0x02;
+    /// The link can be aggregated.
+    pub const AGGREGATION: u8 = 0x04;
+    /// Attached to the right aggregator.
+    pub const SYNCHRONIZATION: u8 = 0x08;
+    /// Accepting frames.
+    pub const COLLECTING: u8 = 0x10;
+    /// Sending frames.
+    pub const DISTRIBUTING: u8 = 0x20;
+    /// Using default (not received) partner information.
+    pub const DEFAULTED: u8 = 0x40;
+    /// The partner's information expired.
+    pub const EXPIRED: u8 = 0x80;
+}
+
+/// One member's LACP state in an 802.3ad bond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LacpMember {
+    /// Selection of the member's aggregator: 0 unselected, 1 standby,
+    /// 2 selected.
+    pub selected: u8,
+    /// Our state on this member ([`lacp_state`] bits).
+    pub actor_state: u8,
+    /// The partner's state as last received ([`lacp_state`] bits).
+    pub partner_state: u8,
+    /// The port id of the aggregator the member is attached to.
+    pub aggregator: u16,
+}
+
+impl LacpMember {
+    /// Whether the bond distributes frames on this member.
+    pub fn distributing(&self) -> bool {
+        self.actor_state & lacp_state::DISTRIBUTING != 0
+    }
+}
+
+/// The 802.3ad timers of a bond, in milliseconds
+/// (`struct rte_eth_bond_8023ad_conf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LacpTimers {
+    /// LACPDU period when the partner asked for short timeouts.
+    pub fast_periodic_ms: u32,
+    /// LACPDU period otherwise. DPDK's members never ask for short
+    /// timeouts, so between two DPDK bonds this is the period in use.
+    pub slow_periodic_ms: u32,
+    /// Expiry of the partner's information once expired (and with short
+    /// timeouts).
+    pub short_timeout_ms: u32,
+    /// Expiry of the partner's information after its last LACPDU: with
+    /// DPDK's members (long timeouts) the time a silent partner keeps a
+    /// member distributing.
+    pub long_timeout_ms: u32,
+    /// Wait before attaching a member to an aggregator.
+    pub aggregate_wait_timeout_ms: u32,
+    /// Minimum time between two LACPDUs on a member.
+    pub tx_period_ms: u32,
+    /// Marker response period.
+    pub rx_marker_period_ms: u32,
+    /// Period of the state machines (an EAL alarm).
+    pub update_timeout_ms: u32,
+}
+
+impl LacpTimers {
+    /// DPDK 22.11's defaults: a LACPDU every 29 s between DPDK bonds, a
+    /// silent partner noticed after 90 s.
+    pub const DPDK_DEFAULT: LacpTimers = LacpTimers {
+        fast_periodic_ms: 900,
+        slow_periodic_ms: 29_000,
+        short_timeout_ms: 3_000,
+        long_timeout_ms: 90_000,
+        aggregate_wait_timeout_ms: 2_000,
+        tx_period_ms: 500,
+        rx_marker_period_ms: 2_000,
+        update_timeout_ms: 100,
+    };
+
+    /// The fast rate of 802.3ad, for two DPDK bonds facing each other: a
+    /// LACPDU every second and a silent partner noticed after 3 s. Set it
+    /// on BOTH ends: DPDK never asks its partner for short timeouts, so a
+    /// partner on slow timers (a switch, a DPDK bond on the defaults) sends
+    /// every 30 s and would be timed out between two of its LACPDUs.
+    pub const FAST: LacpTimers = LacpTimers {
+        fast_periodic_ms: 900,
+        slow_periodic_ms: 1_000,
+        short_timeout_ms: 2_000,
+        long_timeout_ms: 3_000,
+        aggregate_wait_timeout_ms: 2_000,
+        tx_period_ms: 500,
+        rx_marker_period_ms: 2_000,
+        update_timeout_ms: 100,
+    };
+
+    fn check(&self) -> Result<(), &'static str> {
+        if self.fast_periodic_ms == 0 || self.fast_periodic_ms >= self.slow_periodic_ms {
+            return Err("fast_periodic_ms must be above 0 and below slow_periodic_ms");
+        }
+        if self.short_timeout_ms == 0 || self.short_timeout_ms >= self.long_timeout_ms {
+            return Err("short_timeout_ms must be above 0 and below long_timeout_ms");
+        }
+        if self.aggregate_wait_timeout_ms == 0
+            || self.tx_period_ms == 0
+            || self.rx_marker_period_ms == 0
+            || self.update_timeout_ms == 0
+        {
+            return Err("every timer must be above 0");
+        }
+        Ok(())
+    }
+}
+
+fn port_error(port: u16, op: &'static str, code: i32) -> DpdkError {
+    let name = port_info(port).map(|i| i.device).unwrap_or_default();
+    DpdkError::Port {
+        port,
+        name,
+        op,
+        code: -code.abs(),
+        msg: strerror(code),
+    }
+}
+
+/// The device name of a port (a PCI address or the vdev name, e.g.
+/// `net_af_packet0`): how members of a bond are named in its vdev spec.
+pub fn port_name(port_id: u16) -> Result<String, DpdkError> {
+    port_info(port_id).map(|i| i.device)
+}
+
+/// The driver's counters of any port by id, e.g. a bond's member, which is
+/// not opened as a [`Port`] (the bond drives it).
+pub fn port_counters(port_id: u16) -> Result<PortCounters, DpdkError> {
+    let mut s = ffi::rte_eth_stats::default();
+    // SAFETY: valid out pointer; DPDK checks the port id.
+    let rc = unsafe { ffi::rte_eth_stats_get(port_id, &mut s) };
+    if rc != 0 {
+        return Err(port_error(port_id, "read statistics", rc));
+    }
+    Ok(PortCounters {
+        rx_packets: s.ipackets,
+        rx_bytes: s.ibytes,
+        tx_packets: s.opackets,
+        tx_bytes: s.obytes,
+        rx_missed: s.imissed,
+        rx_errors: s.ierrors,
+        tx_errors: s.oerrors,
+        rx_nombuf: s.rx_nombuf,
+    })
+}
+
+/// The kernel interface behind a port (the `iface=` of an af_packet or
+/// af_xdp port, the interface of a tap port), looked up in the calling
+/// thread's network namespace. `None` for ports without one (PCI, ring,
+/// null, bonding) and for unknown ports.
+pub fn port_kernel_interface(port_id: u16) -> Option<String> {
+    // SAFETY: a plain query; an unknown port gives 0.
+    let ifindex = unsafe { ffi::tandem_port_ifindex(port_id) };
+    if ifindex == 0 {
+        return None;
+    }
+    let mut buf = [0 as std::os::raw::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has the IF_NAMESIZE bytes if_indextoname writes at most.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success if_indextoname wrote a NUL-terminated name into
+    // buf (p points at buf).
+    let name = unsafe { CStr::from_ptr(p) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Whether the kernel interface behind a port is up with carrier (flags
+/// IFF_UP and IFF_RUNNING, read with SIOCGIFFLAGS in the calling thread's
+/// network namespace, so it works where sysfs shows another namespace).
+/// `None` for ports without a kernel interface. DPDK 22.11's af_packet and
+/// af_xdp drivers never report a carrier change themselves: this is the
+/// only way to see a cut link behind them.
+pub fn port_kernel_carrier(port_id: u16) -> Option<bool> {
+    let name = port_kernel_interface(port_id)?;
+    kernel_interface_running(&name)
+}
+
+fn kernel_interface_running(name: &str) -> Option<bool> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let bytes = name.as_bytes();
+    if bytes.len() >= libc::IF_NAMESIZE {
+        return None;
+    }
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data for which all zeroes is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, &s) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *d = s as std::os::raw::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket and a valid ifreq holding a NUL-terminated
+    // name (bytes.len() < IF_NAMESIZE, rest zeroed); SIOCGIFFLAGS writes
+    // the flags into it.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) };
+    if rc < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags });
+    Some(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
+}
+
+fn member_link_up(port: u16) -> bool {
+    if let Some(carrier) = port_kernel_carrier(port) {
+        return carrier;
+    }
+    let mut l = ffi::tandem_link::default();
+    // SAFETY: valid out pointer; an unknown port returns an error.
+    let rc = unsafe { ffi::tandem_port_link(port, &mut l) };
+    rc == 0 && l.up != 0
+}
+
+fn bond_ports(
+    bond: u16,
+    op: &'static str,
+    get: unsafe extern "C" fn(u16, *mut u16, u16) -> std::os::raw::c_int,
+) -> Result<Vec<u16>, DpdkError> {
+    let mut ids = [0u16; ffi::RTE_MAX_ETHPORTS as usize];
+    // SAFETY: ids holds RTE_MAX_ETHPORTS entries, the length given; the
+    // call writes at most that many port ids.
+    let n = unsafe { get(bond, ids.as_mut_ptr(), ids.len() as u16) };
+    if n < 0 {
+        return Err(port_error(bond, op, n));
+    }
+    Ok(ids[..(n as usize).min(ids.len())].to_vec())
+}
+
+/// The state of an aggregate: `None` when the port is not a net_bonding
+/// port. Safe to call from the control thread while workers poll the
+/// bond's queues (the bonding PMD's getters only read).
+pub fn bond_info(port_id: u16) -> Result<Option<BondInfo>, DpdkError> {
+    let info = port_info(port_id)?;
+    if info.driver != "net_bonding" {
+        return Ok(None);
+    }
+    // SAFETY: a plain query on an existing port.
+    let mode = unsafe { ffi::rte_eth_bond_mode_get(port_id) };
+    if mode < 0 {
+        return Err(port_error(port_id, "read bonding mode", -libc::EINVAL));
+    }
+    let mode = BondMode::from_number(mode as u8).ok_or_else(|| DpdkError::Port {
+        port: port_id,
+        name: info.device.clone(),
+        op: "read bonding mode",
+        code: -libc::EINVAL,
+        msg: format!("unknown bonding mode {mode}"),
+    })?;
+    let members = bond_ports(port_id, "list members", ffi::rte_eth_bond_slaves_get)?;
+    let link_up = bond_ports(
+        port_id,
+        "list active members",
+        ffi::rte_eth_bond_active_slaves_get,
+    )?;
+    // SAFETY: a plain query; -1 when the bond has no member.
+    let primary = unsafe { ffi::rte_eth_bond_primary_get(port_id) };
+    let primary = u16::try_from(primary).ok().filter(|p| members.contains(p));
+    let up: Vec<u16> = members
+        .iter()
+        .copied()
+        .filter(|m| link_up.contains(m) && member_link_up(*m))
+        .collect();
+    let active = match mode {
+        BondMode::Lacp => {
+            let mut active = Vec::with_capacity(up.len());
+            for &m in &up {
+                if lacp_member(port_id, m)?.is_some_and(|l| l.distributing()) {
+                    active.push(m);
+                }
+            }
+            active
+        }
+        BondMode::ActiveBackup => primary.filter(|p| up.contains(p)).into_iter().collect(),
+        _ => up.clone(),
+    };
+    Ok(Some(BondInfo {
+        mode,
+        members,
+        up,
+        active,
+        primary,
+    }))
+}
+
+/// The LACP state of one member of an 802.3ad bond; `None` while the bond
+/// has the member out of use (its link down as the bond sees it).
+pub fn lacp_member(bond: u16, member: u16) -> Result<Option<LacpMember>, DpdkError> {
+    let mut raw = ffi::tandem_lacp_member::default();
+    // SAFETY: valid out pointer; DPDK checks both port ids.
+    let rc = unsafe { ffi::tandem_bond_lacp_member(bond, member, &mut raw) };
+    if rc == -libc::EINVAL {
+        // Not an 802.3ad bond, or not one of its members in use: tell the
+        // two apart for the caller.
+        // SAFETY: a plain query.
+        let mode = unsafe { ffi::rte_eth_bond_mode_get(bond) };
+        if mode != ffi::BONDING_MODE_8023AD as i32 {
+            return Err(DpdkError::Port {
+                port: bond,
+                name: port_name(bond).unwrap_or_default(),
+                op: "read LACP state",
+                code: -libc::EINVAL,
+                msg: "not an 802.3ad (mode=4) bond".into(),
+            });
+        }
+        return Ok(None);
+    }
+    if rc != 0 {
+        return Err(port_error(bond, "read LACP state", rc));
+    }
+    Ok(Some(LacpMember {
+        selected: raw.selected,
+        actor_state: raw.actor_state,
+        partner_state: raw.partner_state,
+        aggregator: raw.agg_port_id,
+    }))
+}
+
+/// The 802.3ad timers of a bond.
+pub fn bond_lacp_timers(bond: u16) -> Result<LacpTimers, DpdkError> {
+    let mut t = ffi::tandem_lacp_timers::default();
+    // SAFETY: valid out pointer; DPDK checks the port.
+    let rc = unsafe { ffi::tandem_bond_lacp_timers_get(bond, &mut t) };
+    if rc != 0 {
+        return Err(port_error(bond, "read LACP timers", rc));
+    }
+    Ok(LacpTimers {
+        fast_periodic_ms: t.fast_periodic_ms,
+        slow_periodic_ms: t.slow_periodic_ms,
+        short_timeout_ms: t.short_timeout_ms,
+        long_timeout_ms: t.long_timeout_ms,
+        aggregate_wait_timeout_ms: t.aggregate_wait_timeout_ms,
+        tx_period_ms: t.tx_period_ms,
+        rx_marker_period_ms: t.rx_marker_period_ms,
+        update_timeout_ms: t.update_timeout_ms,
+    })
+}
+
+/// Replaces the 802.3ad timers of a bond (e.g. [`LacpTimers::FAST`]).
+/// Works on a started bond: the PMD restarts its state-machine timer and
+/// the members keep their negotiated state. Call it after [`Port::open`]
+/// (configuring the bond resets the timers to DPDK's defaults).
+pub fn set_bond_lacp_timers(bond: u16, timers: &LacpTimers) -> Result<(), DpdkError> {
+    if let Err(why) = timers.check() {
+        return Err(DpdkError::Port {
+            port: bond,
+            name: port_name(bond).unwrap_or_default(),
+            op: "set LACP timers",
+            code: -libc::EINVAL,
+            msg: why.into(),
+        });
+    }
+    let t = ffi::tandem_lacp_timers {
+        fast_periodic_ms: timers.fast_periodic_ms,
+        slow_periodic_ms: timers.slow_periodic_ms,
+        short_timeout_ms: timers.short_timeout_ms,
+        long_timeout_ms: timers.long_timeout_ms,
+        aggregate_wait_timeout_ms: timers.aggregate_wait_timeout_ms,
+        tx_period_ms: timers.tx_period_ms,
+        rx_marker_period_ms: timers.rx_marker_period_ms,
+        update_timeout_ms: timers.update_timeout_ms,
+    };
+    // SAFETY: a valid struct; DPDK checks the port and the mode.
+    let rc = unsafe { ffi::tandem_bond_lacp_timers_set(bond, &t) };
+    if rc != 0 {
+        return Err(port_error(
+            bond,
+            "set LACP timers (is it a mode=4 bond?)",
+            rc,
+        ));
+    }
+    Ok(())
+}
+
+/// Makes `member` the bond's primary: in active-backup mode the member
+/// that carries the traffic from now on (in the others the source of the
+/// bond's MAC address). The member must be one of the bond's.
+pub fn set_bond_primary(bond: u16, member: u16) -> Result<(), DpdkError> {
+    // SAFETY: plain call; DPDK checks both port ids.
+    let rc = unsafe { ffi::rte_eth_bond_primary_set(bond, member) };
+    if rc != 0 {
+        return Err(port_error(bond, "set primary member", rc));
+    }
+    Ok(())
+}
+
+/// Feeds the kernel carrier of a bond's members into the bond, for
+/// members whose driver cannot see it (af_packet, af_xdp: DPDK 22.11's
+/// drivers report their link up from start to stop, so the bond's own
+/// link monitoring, `lsc_poll_period_ms`, never sees them fail).
+///
+/// What it does, by mode:
+/// - active-backup: when the current primary's kernel interface has lost
+///   its carrier (see [`port_kernel_carrier`]) and another member has one,
+///   makes the first such member (in the bond's order) the primary and
+///   returns it. The bond then sends and receives on it from its next
+///   burst. There is no automatic return: the new primary stays until it
+///   fails in turn (Linux's `primary_reselect=failure`).
+/// - 802.3ad: nothing to do and `None`: the bond stops distributing on a
+///   member when the partner's LACPDUs stop arriving on it, after the
+///   long timeout (90 s with DPDK's defaults, 3 s with
+///   [`LacpTimers::FAST`] on both ends). Until then the frames the bond
+///   hashes onto the cut member are lost. [`bond_info`] already leaves
+///   the member out of `up` and `active` from the carrier drop on.
+/// - the other modes: `None` (not handled).
+///
+/// Call it from the control thread every 100 ms or so; the failover time
+/// of active-backup over af_packet is that period plus the call.
+pub fn bond_follow_carriers(bond: u16) -> Result<Option<u16>, DpdkError> {
+    let Some(info) = bond_info(bond)? else {
+        return Err(DpdkError::Port {
+            port: bond,
+            name: port_name(bond).unwrap_or_default(),
+            op: "follow member carriers",
+            code: -libc::EINVAL,
+            msg: "not a net_bonding port".into(),
+        });
+    };
+    if info.mode != BondMode::ActiveBackup {
+        return Ok(None);
+    }
+    let current_up = info.primary.is_some_and(|p| info.up.contains(&p));
+    if current_up {
+        return Ok(None);
+    }
+    let Some(&next) = info.up.first() else {
+        return Ok(None);
+    };
+    set_bond_primary(bond, next)?;
+    Ok(Some(next))
+}
