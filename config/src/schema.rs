@@ -69,11 +69,25 @@ pub struct HaConfig {
     #[serde(default = "default_garp_count")]
     pub garp_count: u8,
     /// Elect the active member automatically (heartbeats on UDP 5405,
-    /// quality, priority). Off: the roles are set by hand (haactive /
-    /// hapassive). Transitional: on by default once split-brain protection
-    /// (ICMP check, last-resort heartbeat) is in.
-    #[serde(default)]
+    /// quality, priority). Off: the roles are set by hand only (haactive /
+    /// hapassive), as in a lab that wants to drive the swaps itself.
+    #[serde(default = "yes")]
     pub election: bool,
+    /// When no HA link carries heartbeats, send them over the data ports
+    /// too (the last-resort heartbeat), and check a silent peer with ICMP
+    /// over the data ports before taking over. Off: a silent peer is dead.
+    #[serde(default = "yes")]
+    pub last_resort: bool,
+    /// At start-up, wait this long for the peer before deciding alone.
+    #[serde(default = "default_startup_wait_ms")]
+    pub startup_wait_ms: u32,
+    /// How long the ICMP check waits for the peer's answer.
+    #[serde(default = "default_icmp_timeout_ms")]
+    pub icmp_timeout_ms: u32,
+    /// Keep sending gratuitous ARP for every address this often while
+    /// active (0: only on becoming active).
+    #[serde(default)]
+    pub garp_interval_ms: u32,
     /// "Active firewall if equal": 50 for the preferred member, else 0.
     #[serde(default)]
     pub priority: u8,
@@ -88,6 +102,18 @@ pub struct HaConfig {
 
 fn default_heartbeat_ms() -> u32 {
     20
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_startup_wait_ms() -> u32 {
+    1000
+}
+
+fn default_icmp_timeout_ms() -> u32 {
+    50
 }
 
 fn default_dead_ms() -> u32 {
@@ -448,6 +474,17 @@ pub struct InterfaceConfig {
     /// [`InterfaceConfig::kernel_interface`].
     #[serde(default)]
     pub kernel_interface: Option<String>,
+    /// Weight of the interface in the HA quality factor (0..=9999; 0: its
+    /// link does not count).
+    #[serde(default = "default_weight")]
+    pub weight: u16,
+}
+
+/// The default weight of an interface in the quality factor.
+pub const DEFAULT_WEIGHT: u16 = 100;
+
+fn default_weight() -> u16 {
+    DEFAULT_WEIGHT
 }
 
 /// The default interface MTU.

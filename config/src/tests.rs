@@ -1011,3 +1011,29 @@ fn firewall_timeouts_override_only_what_is_written() {
         "1..=2592000 seconds",
     );
 }
+
+#[test]
+fn election_and_split_brain_protection_are_on_by_default() {
+    let cfg = parse(&with("routes: [],", HA), "t.ron").unwrap();
+    let ha = cfg.ha.expect("ha section");
+    assert!(ha.election && ha.last_resort);
+    assert_eq!((ha.startup_wait_ms, ha.icmp_timeout_ms), (1000, 50));
+    assert_eq!(ha.garp_interval_ms, 0);
+    assert!(cfg.interfaces.iter().all(|i| i.weight == 100));
+}
+
+#[test]
+fn interface_weight_and_ha_timers_are_range_checked() {
+    let text = with(r#"["198.18.2.1/24"]"#, r#"["198.18.2.1/24"], weight: 10000"#);
+    rejects(&text, "interfaces[1].weight", "10000", "0..=9999 (default 100)");
+    let text = with(
+        "routes: [],",
+        &HA.replace("cluster_id: 7,", "cluster_id: 7, icmp_timeout_ms: 1,"),
+    );
+    rejects(&text, "ha.icmp_timeout_ms", "icmp_timeout_ms", "5..=5000");
+    let text = with(
+        "routes: [],",
+        &HA.replace("cluster_id: 7,", "cluster_id: 7, garp_interval_ms: 10,"),
+    );
+    rejects(&text, "ha.garp_interval_ms", "garp_interval_ms", "0 (off) or 100");
+}

@@ -63,6 +63,10 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "ha.priority" => "0 or 50 (\"active firewall if equal\"), at most 100",
         "ha.heartbeat_ms" => "5..=1000 milliseconds",
         "ha.dead_ms" => "at least 3 heartbeat intervals, at most 10000 milliseconds",
+        "ha.startup_wait_ms" => "0..=600000 milliseconds",
+        "ha.icmp_timeout_ms" => "5..=5000 milliseconds",
+        "ha.garp_interval_ms" => "0 (off) or 100..=3600000 milliseconds",
+        "interfaces[].weight" => "0..=9999 (default 100)",
         "interfaces[].name" => "1..=15 characters from [a-z0-9_-], unique on the node",
         "interfaces[].mtu" => "576..=9000",
         "interfaces[].kernel_interface" => {
@@ -295,6 +299,11 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
         ha.heartbeat_ms.saturating_mul(3).max(15),
         10_000,
     );
+    c.range("ha.startup_wait_ms", ha.startup_wait_ms, 0, 600_000);
+    c.range("ha.icmp_timeout_ms", ha.icmp_timeout_ms, 5, 5000);
+    if ha.garp_interval_ms != 0 {
+        c.range("ha.garp_interval_ms", ha.garp_interval_ms, 100, 3_600_000);
+    }
     let mut seen = HashSet::new();
     for (i, l) in ha.links.iter().enumerate() {
         if !in_charset(&l.name, 32, ident_char) {
@@ -595,6 +604,7 @@ fn interfaces(c: &mut Checker<'_>, cfg: &NodeConfig) {
             }
         }
         c.range(&format!("{p}.mtu"), f.mtu, 576, 9000);
+        c.range(&format!("{p}.weight"), f.weight, 0, 9999);
         if let Some(k) = &f.kernel_interface {
             if !is_linux_ifname(k) {
                 c.fail(

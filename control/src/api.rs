@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, log"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, log, ha_info"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -57,6 +57,9 @@ pub enum Request {
         #[serde(default)]
         lines: Option<usize>,
     },
+    /// The cluster as the election sees it (members, links, checks), as
+    /// `hainfo`.
+    HaInfo,
 }
 
 /// Which connections `conn list` shows (every field narrows the list).
@@ -96,6 +99,7 @@ impl Request {
         "ha_reset",
         "sync",
         "log",
+        "ha_info",
     ];
 
     /// The value of `cmd` for this request.
@@ -111,6 +115,7 @@ impl Request {
             Request::HaReset => "ha_reset",
             Request::Sync => "sync",
             Request::Log { .. } => "log",
+            Request::HaInfo => "ha_info",
         }
     }
 
@@ -150,6 +155,8 @@ pub enum Response {
     },
     /// Answer to [`Request::Sync`].
     Sync(SyncReport),
+    /// Answer to [`Request::HaInfo`].
+    HaInfo(HaInfo),
     /// Answer to [`Request::PolicyReload`].
     Policy {
         /// Rules in the policy now in force.
@@ -345,6 +352,76 @@ pub struct SyncReport {
     pub lag_samples: u64,
     /// The session's own counters, by name (drops per reason, ...).
     pub details: BTreeMap<String, u64>,
+}
+
+/// One member as `hainfo` shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaMemberInfo {
+    /// Serial (the peer's: the last 8 characters, as its heartbeats carry).
+    pub serial: String,
+    /// "active" or "passive".
+    pub role: String,
+    /// Forced status ("active", "passive") or none.
+    pub forced: Option<String>,
+    /// Quality factor 0..=100.
+    pub quality: u8,
+    /// Priority (50: "active firewall if equal").
+    pub priority: u8,
+    /// Its connection table is complete.
+    pub synchronized: bool,
+    /// Time since its election machine started, ms.
+    pub uptime_ms: u64,
+    /// When it took its current role (Unix seconds; local member only).
+    pub since_unix: Option<u64>,
+}
+
+/// One path to the peer as `hainfo` shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaLinkInfo {
+    /// "HA-main", "HA-backup", or "last-resort" (over the data ports).
+    pub name: String,
+    /// The kernel interface (the data interfaces for the last resort).
+    pub interface: String,
+    /// Our address on the link.
+    pub address: String,
+    /// The peer's address on the link.
+    pub peer: String,
+    /// Our end is up (last resort: its heartbeats are being sent).
+    pub carrier: bool,
+    /// The peer's heartbeats arrive on it.
+    pub peer_heard: bool,
+    /// When the peer was last heard on it, ms ago.
+    pub last_heard_ms_ago: Option<u64>,
+}
+
+/// Answer to `hainfo`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaInfo {
+    /// The election runs (else the roles are set by hand only).
+    pub election: bool,
+    /// "starting (waiting for the peer)", "running", "running alone (peer silent)".
+    pub state: String,
+    /// This member.
+    pub local: HaMemberInfo,
+    /// The peer, once heard.
+    pub peer: Option<HaMemberInfo>,
+    /// HA links and the last-resort path.
+    pub links: Vec<HaLinkInfo>,
+    /// "idle", "probing", "peer answered".
+    pub icmp_check: String,
+    /// Round trip of the last answered ICMP check, microseconds.
+    pub last_icmp_rtt_us: Option<u64>,
+    /// Both members are active right now (a partition being resolved).
+    pub dual_active: bool,
+    /// Role changes since start.
+    pub swaps: u64,
+    /// The last role change, as logged.
+    pub last_swap: Option<String>,
+    /// Heartbeats refused (bad tag, wrong cluster, wrong sender...).
+    pub heartbeats_rejected: u64,
+    /// Data-path counters: last-resort heartbeats in, checks answered,
+    /// check answers in, frames sent, frames dropped.
+    pub data_path: [u64; 5],
 }
 
 /// Answer to `conn list`.
@@ -741,6 +818,7 @@ mod tests {
             | Request::HaPassive
             | Request::HaReset
             | Request::Sync
+            | Request::HaInfo
             | Request::Log { .. } => {}
         }
         let all = [
@@ -756,6 +834,7 @@ mod tests {
             Request::HaReset,
             Request::Sync,
             Request::Log { lines: None },
+            Request::HaInfo,
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
         for req in all {
@@ -776,7 +855,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, log"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, log, ha_info"
         );
     }
 

@@ -16,7 +16,7 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use thiserror::Error;
 
 use crate::api::{
-    parse_response, ConnectionsReport, Request, Response, StatsReport, StatusReport, SyncReport,
+    parse_response, ConnectionsReport, HaInfo, HaMemberInfo, Request, Response, StatsReport, StatusReport, SyncReport,
 };
 
 /// The largest answer `tandemctl` accepts (the connection table can be big).
@@ -482,6 +482,101 @@ pub fn format_sync(r: &SyncReport) -> String {
         }
         t
     });
+    out
+}
+
+/// Human-readable text of a `hainfo` answer: the members side by side,
+/// then the paths to the peer.
+pub fn format_hainfo(r: &HaInfo) -> String {
+    let mut out = String::new();
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    let _ = writeln!(out, "state:         {}", r.state);
+    let _ = writeln!(out, "election:      {}", if r.election { "on" } else { "off" });
+    let member = |m: Option<&HaMemberInfo>| -> Vec<String> {
+        match m {
+            None => vec!["(not heard)".into(); 6],
+            Some(m) => vec![
+                m.serial.clone(),
+                m.role.clone(),
+                m.forced.clone().unwrap_or_else(|| "no".into()),
+                format!("{}%", m.quality),
+                m.priority.to_string(),
+                yn(m.synchronized).into(),
+            ],
+        }
+    };
+    section(&mut out, "Members", false, || {
+        let mut t = Table::new(&[
+            ("", L),
+            ("SERIAL", L),
+            ("MODE", L),
+            ("FORCED", L),
+            ("QUALITY", R),
+            ("PRIORITY", R),
+            ("SYNCHRONIZED", L),
+        ]);
+        for (name, m) in [("local", Some(&r.local)), ("peer", r.peer.as_ref())] {
+            let mut row = vec![name.to_string()];
+            row.extend(member(m));
+            t.row(row);
+        }
+        t
+    });
+    if !r.local.synchronized && r.local.role == "passive" {
+        let _ = writeln!(
+            out,
+            "note: this member is not synchronized yet: it will not preempt, and a takeover now would lose connections"
+        );
+    }
+    section(&mut out, "Links", r.links.is_empty(), || {
+        let mut t = Table::new(&[
+            ("LINK", L),
+            ("INTERFACE", L),
+            ("ADDRESS", L),
+            ("PEER", L),
+            ("UP", L),
+            ("PEER HEARD", L),
+            ("LAST HEARD", R),
+        ]);
+        for l in &r.links {
+            t.row(vec![
+                l.name.clone(),
+                l.interface.clone(),
+                l.address.clone(),
+                l.peer.clone(),
+                yn(l.carrier).into(),
+                yn(l.peer_heard).into(),
+                l.last_heard_ms_ago
+                    .map_or_else(|| "never".into(), |ms| format!("{ms} ms ago")),
+            ]);
+        }
+        t
+    });
+    let _ = writeln!(
+        out,
+        "icmp check:    {}{}",
+        r.icmp_check,
+        r.last_icmp_rtt_us
+            .map_or_else(String::new, |us| format!(" (last answer in {:.1} ms)", us as f64 / 1e3))
+    );
+    if r.dual_active {
+        let _ = writeln!(out, "DUAL ACTIVE:   both members are active; the lower-ranked one is yielding");
+    }
+    let _ = writeln!(
+        out,
+        "swaps:         {}{}",
+        r.swaps,
+        r.last_swap
+            .as_ref()
+            .map_or_else(String::new, |s| format!(", last: {s}"))
+    );
+    let d = r.data_path;
+    let _ = writeln!(
+        out,
+        "data path:     {} heartbeats in, {} checks answered, {} answers in, {} sent, {} dropped",
+        d[0], d[1], d[2], d[3], d[4]
+    );
+    let _ = writeln!(out, "rejected:      {} heartbeats", r.heartbeats_rejected);
     out
 }
 

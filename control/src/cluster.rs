@@ -3,42 +3,74 @@
 //! the links' carriers, the node's quality, forced status and the sync's
 //! table state in; roles, heartbeats and event-log lines out.
 //!
-//! Not yet wired: the last-resort heartbeat over a data port and the ICMP
-//! check (a probe is answered "no reply" at once, so cutting both HA links
-//! of a healthy pair still makes two actives until that lands).
+//! When no HA link carries heartbeats, the last-resort heartbeat goes over
+//! the data ports, and a silent peer is checked with ICMP over the data
+//! ports before a takeover; both travel through the dataplane
+//! ([`tandem_dataplane::hadata`]), so they prove the peer's dataplane is
+//! alive, not just its kernel.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use tandem_config::NodeConfig;
+use tandem_dataplane::hadata::{self, Kind};
 use tandem_dataplane::node::{kernel_carrier, Node};
 use tandem_dataplane::worker::Role as PlaneRole;
 
+use crate::api::{HaInfo, HaLinkInfo, HaMemberInfo};
 use crate::eventlog::EventLog;
-use crate::ha::heartbeat::{Codec, PORT};
-use crate::ha::machine::{Action, Config, Event, Ha, LinkId, Role};
+use crate::ha::heartbeat::{Codec, DecodeError, PORT};
+use crate::ha::machine::{Action, Config, Event, Ha, LinkId, PeerState, Phase, Role};
 use crate::ha::quality::{quality, Interface, QualityConfig};
 
 struct Link {
     id: LinkId,
     name: String,
     interface: String,
+    local: Ipv4Addr,
     socket: UdpSocket,
     peer: SocketAddrV4,
     up: bool,
 }
+
+/// A data port that carries the last-resort heartbeat and ICMP checks.
+struct DataPort {
+    index: usize,
+    port: u16,
+    mac: [u8; 6],
+    addr: Ipv4Addr,
+}
+
+/// An ICMP check in flight.
+struct Probe {
+    nonce: u64,
+    sent: Instant,
+    deadline: Instant,
+}
+
+/// While an ICMP check is in flight, look for its answer this often.
+const PROBE_POLL: Duration = Duration::from_millis(2);
 
 /// The election of one member and its I/O.
 pub struct Cluster {
     ha: Ha,
     codec: Codec,
     links: Vec<Link>,
+    data_ports: Vec<DataPort>,
+    last_resort: bool,
+    icmp_timeout: Duration,
+    probe: Option<Probe>,
+    probes: u64,
     token_base: usize,
     origin: Instant,
     quality: u8,
     synchronized: bool,
+    role_since: SystemTime,
+    swaps: u64,
+    last_swap: Option<String>,
+    last_icmp_rtt_us: Option<u64>,
     /// Heartbeats dropped by reason (bad tag, replay, ...).
     pub rejected: u64,
 }
@@ -51,11 +83,42 @@ pub fn serial_number(serial: &str) -> u64 {
     tail.iter().fold(0u64, |acc, &c| acc << 8 | u64::from(c))
 }
 
+/// The text of a serial number (the last 8 bytes of the serial), for
+/// display: printable ASCII as is, else in hex.
+pub fn serial_text(n: u64) -> String {
+    let bytes: Vec<u8> = n
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|&b| b == 0)
+        .collect();
+    if !bytes.is_empty() && bytes.iter().all(|b| b.is_ascii_graphic()) {
+        String::from_utf8_lossy(&bytes).into_owned()
+    } else {
+        format!("{n:#x}")
+    }
+}
+
+fn plane(r: Role) -> PlaneRole {
+    match r {
+        Role::Active => PlaneRole::Active,
+        Role::Passive => PlaneRole::Passive,
+    }
+}
+
+fn role_name(r: Role) -> String {
+    plane(r).as_str().to_owned()
+}
+
+fn forced_name(f: Option<Role>) -> Option<String> {
+    f.map(role_name)
+}
+
 impl Cluster {
     /// The election of a member whose configuration enables it; `None`
     /// otherwise. Sockets use tokens `token_base..token_base + links`.
     pub fn new(
         cfg: &NodeConfig,
+        node: &Node,
         registry: &Registry,
         token_base: usize,
     ) -> std::io::Result<Option<Cluster>> {
@@ -71,12 +134,28 @@ impl Cluster {
                 id: if i == 0 { LinkId::Main } else { LinkId::Backup },
                 name: l.name.clone(),
                 interface: l.interface.clone(),
+                local: l.address.addr,
                 socket,
                 peer: SocketAddrV4::new(l.peer, PORT),
                 up: false,
             });
         }
-        let mut c = Config::new(serial_number(&cfg.node.serial));
+        let data_ports: Vec<DataPort> = node
+            .interfaces()
+            .iter()
+            .enumerate()
+            .filter_map(|(index, i)| {
+                Some(DataPort {
+                    index,
+                    port: i.port.id(),
+                    mac: i.mac.0,
+                    addr: i.config.addresses.first()?.addr,
+                })
+            })
+            .collect();
+        let last_resort = ha.last_resort && node.ha_data().is_some() && !data_ports.is_empty();
+        let serial = serial_number(&cfg.node.serial);
+        let mut c = Config::new(serial);
         // Grows across restarts: the peer tells a restart from a replay.
         c.epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -84,16 +163,27 @@ impl Cluster {
         c.priority = ha.priority;
         c.interval = Duration::from_millis(u64::from(ha.heartbeat_ms));
         c.dead_time = Duration::from_millis(u64::from(ha.dead_ms));
-        c.last_resort = false;
+        c.startup_wait = Duration::from_millis(u64::from(ha.startup_wait_ms));
+        c.icmp_timeout = Duration::from_millis(u64::from(ha.icmp_timeout_ms));
+        c.last_resort = last_resort;
         let origin = Instant::now();
         Ok(Some(Cluster {
             ha: Ha::new(c, Duration::ZERO),
-            codec: Codec::new(ha.psk.as_bytes(), ha.cluster_id),
+            codec: Codec::new(ha.psk.as_bytes(), ha.cluster_id).with_own_serial(serial),
             links,
+            data_ports,
+            last_resort,
+            icmp_timeout: Duration::from_millis(u64::from(ha.icmp_timeout_ms)),
+            probe: None,
+            probes: 0,
             token_base,
             origin,
             quality: 100,
             synchronized: false,
+            role_since: SystemTime::now(),
+            swaps: 0,
+            last_swap: None,
+            last_icmp_rtt_us: None,
             rejected: 0,
         }))
     }
@@ -109,7 +199,11 @@ impl Cluster {
 
     /// When the machine next needs a tick.
     pub fn next_wakeup(&self) -> Instant {
-        self.origin + self.ha.poll_timeout()
+        let t = self.origin + self.ha.poll_timeout();
+        match &self.probe {
+            Some(_) => t.min(Instant::now() + PROBE_POLL),
+            None => t,
+        }
     }
 
     /// Reads every heartbeat waiting on the link of `token`.
@@ -141,9 +235,57 @@ impl Cluster {
         self.run(node, log);
     }
 
-    /// Feeds the machine what changed (links, quality, table) and a tick,
-    /// then carries out its actions.
+    /// Takes what the workers received on the data ports: last-resort
+    /// heartbeats and answers to our ICMP check.
+    fn drain_data(&mut self, node: &Node, log: &mut EventLog) {
+        let Some(data) = node.ha_data() else { return };
+        for r in data.received() {
+            match r.kind {
+                Kind::Heartbeat => match self.codec.decode(&r.payload) {
+                    Ok(hb) if hb.link == LinkId::Data => {
+                        let now = self.now();
+                        self.ha
+                            .handle_event(now, Event::LastResortHeartbeat { peer: hb.state });
+                    }
+                    // The same heartbeat arrives once per data port.
+                    Err(DecodeError::Replay | DecodeError::Own) => {}
+                    _ => self.rejected += 1,
+                },
+                Kind::ProbeReply => {
+                    let nonce = self.codec.open_probe(&r.payload);
+                    if let Some(p) = self.probe.take_if(|p| Some(p.nonce) == nonce) {
+                        let rtt = p.sent.elapsed();
+                        self.last_icmp_rtt_us = Some(rtt.as_micros() as u64);
+                        log.event(
+                            "HA",
+                            format_args!(
+                                "ICMP check: the peer's dataplane answers on port {} in {:.1} ms",
+                                r.port,
+                                rtt.as_secs_f64() * 1e3
+                            ),
+                        );
+                        let now = self.now();
+                        self.ha.handle_event(now, Event::IcmpReply);
+                    }
+                }
+                Kind::ProbeRequest => {}
+            }
+        }
+        if self
+            .probe
+            .as_ref()
+            .is_some_and(|p| Instant::now() >= p.deadline)
+        {
+            self.probe = None;
+            let now = self.now();
+            self.ha.handle_event(now, Event::IcmpTimeout);
+        }
+    }
+
+    /// Feeds the machine what changed (links, quality, table, data-port
+    /// frames) and a tick, then carries out its actions.
     pub fn poll(&mut self, node: &Node, sync_complete: bool, log: &mut EventLog) {
+        self.drain_data(node, log);
         let now = self.now();
         for l in &mut self.links {
             let up = kernel_carrier(&l.interface);
@@ -152,8 +294,14 @@ impl Cluster {
                 self.ha.handle_event(now, Event::LinkState(l.id, up));
             }
         }
-        let interfaces: Vec<Interface> = (0..node.interfaces().len())
-            .map(|i| Interface::new(&node.interfaces()[i].config.name, node.link(i).0.up))
+        let interfaces: Vec<Interface> = node
+            .interfaces()
+            .iter()
+            .enumerate()
+            .map(|(i, iface)| Interface {
+                weight: iface.config.weight,
+                ..Interface::new(&iface.config.name, node.link(i).0.up)
+            })
             .collect();
         let q = quality(&interfaces, &[], &[], &QualityConfig::default());
         if q != self.quality {
@@ -184,33 +332,91 @@ impl Cluster {
     fn run(&mut self, node: &Node, log: &mut EventLog) {
         while let Some(a) = self.ha.poll_action() {
             match a {
-                Action::BecomeActive { reason } => {
-                    if node.role() != PlaneRole::Active {
-                        log.event("HA", format_args!("swap: passive -> active ({reason:?})"));
+                Action::BecomeActive { reason } | Action::BecomePassive { reason } => {
+                    let to = if matches!(a, Action::BecomeActive { .. }) {
+                        PlaneRole::Active
+                    } else {
+                        PlaneRole::Passive
+                    };
+                    if node.role() != to {
+                        let line = format!(
+                            "swap: {} -> {} ({reason:?})",
+                            node.role().as_str(),
+                            to.as_str()
+                        );
+                        log.event("HA", &line);
+                        self.swaps += 1;
+                        self.last_swap = Some(line);
+                        self.role_since = SystemTime::now();
                     }
-                    node.set_role(PlaneRole::Active);
+                    node.set_role(to);
                 }
-                Action::BecomePassive { reason } => {
-                    if node.role() != PlaneRole::Passive {
-                        log.event("HA", format_args!("swap: active -> passive ({reason:?})"));
-                    }
-                    node.set_role(PlaneRole::Passive);
-                }
-                Action::SendHeartbeat { link, state } => {
-                    if let Some(l) = self.links.iter().find(|l| l.id == link) {
-                        let bytes = self.codec.encode(link, &state);
-                        let _ = l.socket.send_to(&bytes, SocketAddr::V4(l.peer));
-                    }
-                }
-                Action::StartIcmpProbe => {
-                    // No ICMP check yet (see the module doc).
-                    let now = self.now();
-                    self.ha.handle_event(now, Event::IcmpTimeout);
-                }
+                Action::SendHeartbeat { link, state } => self.send_heartbeat(node, link, &state),
+                Action::StartIcmpProbe => self.start_probe(node, log),
                 Action::RequestResync => log.event("HA", "asking the peer for a resync"),
                 Action::Log(e) => log.event("HA", format_args!("{e:?}")),
             }
         }
+    }
+
+    fn send_heartbeat(&mut self, node: &Node, link: LinkId, state: &PeerState) {
+        if link == LinkId::Data {
+            let (Some(data), true) = (node.ha_data(), self.last_resort) else {
+                return;
+            };
+            let bytes = self.codec.encode(link, state);
+            let seq = (state.gen & 0xffff) as u16;
+            for p in self.data_ports.iter().filter(|p| node.link(p.index).0.up) {
+                let mut f = [0u8; hadata::HEADER_LEN + 128];
+                if let Some(n) =
+                    hadata::build_request(&mut f, p.mac, p.addr, hadata::ID_HEARTBEAT, seq, &bytes)
+                {
+                    data.send(p.port, f[..n].to_vec());
+                }
+            }
+        } else if let Some(l) = self.links.iter().find(|l| l.id == link) {
+            let bytes = self.codec.encode(link, state);
+            let _ = l.socket.send_to(&bytes, SocketAddr::V4(l.peer));
+        }
+    }
+
+    /// Sends an ICMP check on every data port whose link is up; with none
+    /// (or the check off), the peer is silent everywhere: answer "no reply".
+    fn start_probe(&mut self, node: &Node, log: &mut EventLog) {
+        let mut sent = 0;
+        if let (Some(data), true) = (node.ha_data(), self.last_resort) {
+            self.probes += 1;
+            let nonce = self.ha.config().epoch ^ self.probes.rotate_left(32);
+            let token = self.codec.seal_probe(nonce);
+            for p in self.data_ports.iter().filter(|p| node.link(p.index).0.up) {
+                let mut f = [0u8; hadata::HEADER_LEN + 64];
+                if let Some(n) = hadata::build_request(
+                    &mut f,
+                    p.mac,
+                    p.addr,
+                    hadata::ID_PROBE,
+                    self.probes as u16,
+                    &token,
+                ) {
+                    sent += usize::from(data.send(p.port, f[..n].to_vec()));
+                }
+            }
+            if sent > 0 {
+                let now = Instant::now();
+                self.probe = Some(Probe {
+                    nonce,
+                    sent: now,
+                    deadline: now + self.icmp_timeout,
+                });
+                log.event(
+                    "HA",
+                    format_args!("peer silent on every path: ICMP check on {sent} data ports"),
+                );
+                return;
+            }
+        }
+        let now = self.now();
+        self.ha.handle_event(now, Event::IcmpTimeout);
     }
 
     /// The names of the links whose peer is heard now.
@@ -220,5 +426,93 @@ impl Cluster {
             .filter(|l| self.ha.path_alive(l.id))
             .map(|l| l.name.clone())
             .collect()
+    }
+
+    /// The hainfo view.
+    pub fn info(&self, cfg: &NodeConfig, node: &Node) -> HaInfo {
+        let now = self.now();
+        let ago = |t: Option<Duration>| t.map(|t| now.saturating_sub(t).as_millis() as u64);
+        let since = self
+            .role_since
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let local = HaMemberInfo {
+            serial: cfg.node.serial.clone(),
+            role: node.role().as_str().to_owned(),
+            forced: forced_name(self.ha.forced()),
+            quality: self.ha.quality(),
+            priority: self.ha.config().priority,
+            synchronized: node.role() == PlaneRole::Active || self.ha.sync_complete(),
+            uptime_ms: now.as_millis() as u64,
+            since_unix: Some(since),
+        };
+        let peer = self.ha.peer().map(|p| HaMemberInfo {
+            serial: serial_text(p.serial),
+            role: role_name(p.role),
+            forced: forced_name(p.forced),
+            quality: p.quality,
+            priority: p.priority,
+            synchronized: p.synchronized,
+            uptime_ms: p.uptime_ms,
+            since_unix: None,
+        });
+        let mut links: Vec<HaLinkInfo> = self
+            .links
+            .iter()
+            .map(|l| HaLinkInfo {
+                name: l.name.clone(),
+                interface: l.interface.clone(),
+                address: l.local.to_string(),
+                peer: l.peer.ip().to_string(),
+                carrier: l.up,
+                peer_heard: self.ha.path_alive(l.id),
+                last_heard_ms_ago: ago(self.ha.last_heard(l.id)),
+            })
+            .collect();
+        if self.last_resort {
+            links.push(HaLinkInfo {
+                name: "last-resort".into(),
+                interface: self
+                    .data_ports
+                    .iter()
+                    .map(|p| node.interfaces()[p.index].config.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                address: String::new(),
+                peer: String::new(),
+                carrier: self.ha.last_resort_on(),
+                peer_heard: self.ha.path_alive(LinkId::Data),
+                last_heard_ms_ago: ago(self.ha.last_heard(LinkId::Data)),
+            });
+        }
+        let counters = node.ha_data().map(|d| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = &d.counters;
+            [
+                c.heartbeats_in.load(Relaxed),
+                c.probes_answered.load(Relaxed),
+                c.probe_replies_in.load(Relaxed),
+                c.sent.load(Relaxed),
+                c.dropped.load(Relaxed),
+            ]
+        });
+        HaInfo {
+            election: true,
+            state: match self.ha.phase() {
+                Phase::Startup { .. } => "starting (waiting for the peer)".into(),
+                Phase::Running if self.ha.peer_heard() => "running".into(),
+                Phase::Running => "running alone (peer silent)".into(),
+            },
+            local,
+            peer,
+            links,
+            icmp_check: self.ha.icmp_check().into(),
+            last_icmp_rtt_us: self.last_icmp_rtt_us,
+            dual_active: self.ha.dual_active(),
+            swaps: self.swaps,
+            last_swap: self.last_swap.clone(),
+            heartbeats_rejected: self.rejected,
+            data_path: counters.unwrap_or_default(),
+        }
     }
 }

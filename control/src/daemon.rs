@@ -141,11 +141,11 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         events: events_log,
         cluster: None,
     };
-    daemon.cluster = Cluster::new(&daemon.cfg, poll.registry(), CLUSTER_BASE)?;
+    daemon.cluster = Cluster::new(&daemon.cfg, &daemon.node, poll.registry(), CLUSTER_BASE)?;
     if daemon.cluster.is_some() {
         daemon.events.event(
             "HA",
-            "election on: heartbeats on UDP 5405 over the HA links",
+            "election on: heartbeats on UDP 5405 over the HA links, last resort and ICMP check over the data ports",
         );
     }
     daemon.seen.3 = daemon.node.role();
@@ -221,6 +221,7 @@ impl Daemon {
             Request::Stats => Response::Stats(self.stats()),
             Request::HaActive | Request::HaPassive | Request::HaReset => self.forced_status(req),
             Request::Log { lines } => Response::Log { lines: self.events.tail(lines.unwrap_or(50)) },
+            Request::HaInfo => self.ha_info(),
             Request::Sync => match self.node.sync() {
                 Some(core) => Response::Sync(self.sync_report(core)),
                 None => Response::error(
@@ -264,6 +265,31 @@ impl Daemon {
                     Response::error(format!("{e}; the policy in force is unchanged"))
                 }
             },
+        }
+    }
+
+    /// hainfo: the election's view, or the hand-set role when it is off.
+    fn ha_info(&self) -> Response {
+        if self.cfg.ha.is_none() {
+            return Response::error(
+                "this node is not a cluster member (no ha section in its configuration): it is always active",
+            );
+        }
+        match &self.cluster {
+            Some(c) => Response::HaInfo(c.info(&self.cfg, &self.node)),
+            None => Response::HaInfo(crate::api::HaInfo {
+                election: false,
+                state: "election off (ha.election: false): roles are set by hand".into(),
+                local: crate::api::HaMemberInfo {
+                    serial: self.cfg.node.serial.clone(),
+                    role: self.node.role().as_str().into(),
+                    forced: self.forced.map(|r| r.as_str().into()),
+                    uptime_ms: self.started_at.elapsed().as_millis() as u64,
+                    ..Default::default()
+                },
+                icmp_check: "off".into(),
+                ..Default::default()
+            }),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod dpdk;
 pub mod firewall;
 pub mod flow;
 pub mod frag;
+pub mod hadata;
 pub mod k2k;
 pub mod lpm;
 pub mod neigh;

@@ -16,6 +16,7 @@ use crate::conntrack::{ConnView, ShardConfig};
 use crate::counters::WorkerCounters;
 use crate::dpdk::{DpdkError, Eal, LinkState, Mempool, Port, PortCounters, PortSetup};
 use crate::firewall::{ConnQuery, Firewall, FirewallCounters, FirewallSettings};
+use crate::hadata::HaDataHandle;
 use crate::neigh::{NeighbourTable, NeighbourTimers};
 use crate::policy::{Policy, PolicyError};
 use crate::router::{Router, RouterError, RouterInterface, StaticRoute};
@@ -111,6 +112,7 @@ pub struct Node {
     policy: Option<PolicyInfo>,
     role: Arc<AtomicU8>,
     sync: Option<SyncCore>,
+    ha_data: Option<HaDataHandle>,
     eal: Option<Eal>,
 }
 
@@ -205,6 +207,7 @@ impl Node {
                 Role::Active
             } as u8)),
             sync: None,
+            ha_data: None,
             eal: Some(eal),
         };
         let policy = match policy_path {
@@ -244,7 +247,12 @@ impl Node {
         Ok((Arc::new(policy), info))
     }
 
-    /// The sync core, on a cluster member with a firewall.
+    /// The HA path over the data ports, on a cluster member.
+    pub fn ha_data(&self) -> Option<&HaDataHandle> {
+        self.ha_data.as_ref()
+    }
+
+    /// The sync core, when the node is a cluster member with a firewall.
     pub fn sync(&self) -> Option<&SyncCore> {
         self.sync.as_ref()
     }
@@ -369,6 +377,13 @@ impl Node {
                 max_sleep: Duration::from_micros(u64::from(dp.idle.max_sleep_us)),
             },
         };
+        // Cluster members exchange last-resort heartbeats and ICMP checks
+        // over the data ports (worker 0 sends, every worker receives).
+        let ha_path = cfg.ha.as_ref().map(|_| {
+            let (handle, path) = crate::hadata::channel();
+            self.ha_data = Some(handle);
+            path
+        });
         let mut built = Vec::new();
         for (id, wc) in dp.workers.iter().enumerate() {
             // Worker `id` owns queue `id` of every port; take from the back
@@ -391,6 +406,10 @@ impl Node {
                 } else {
                     0
                 },
+                garp_interval_ms: cfg
+                    .ha
+                    .as_ref()
+                    .map_or(0, |h| u64::from(h.garp_interval_ms)),
             };
             let counters = Arc::new(WorkerCounters::default());
             let lcore = Arc::new(std::sync::OnceLock::new());
@@ -406,6 +425,13 @@ impl Node {
             )
             .with_commands(cmd_rx)
             .with_role(self.role.clone());
+            if let Some(p) = &ha_path {
+                worker = worker.with_ha_data(if id == 0 {
+                    p.clone()
+                } else {
+                    p.without_sending()
+                });
+            }
             let mut fw_counters = None;
             if let Some(policy) = &policy {
                 let c = Arc::new(FirewallCounters::default());

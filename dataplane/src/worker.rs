@@ -14,6 +14,7 @@ use crate::conntrack::ConnView;
 use crate::counters::{WorkerCounters, WorkerDrop};
 use crate::dpdk::{self, Mbuf, Mempool, RxQueue, TxQueue};
 use crate::firewall::{ConnQuery, Firewall};
+use crate::hadata::{self, HaDataPath};
 use crate::policy::Policy;
 use crate::router::{Action, HeldResult, Router};
 use crate::sync::WorkerSync;
@@ -113,6 +114,9 @@ pub struct WorkerSettings {
     /// Gratuitous ARPs per address this worker sends when the node becomes
     /// active (0 for all workers but one).
     pub garp_count: u8,
+    /// While active, repeat the gratuitous ARPs this often (0: only on
+    /// becoming active).
+    pub garp_interval_ms: u64,
 }
 
 struct Held {
@@ -169,6 +173,8 @@ pub struct Worker {
     current_role: Role,
     sync: Option<WorkerSync>,
     bulk_cursor: Option<usize>,
+    ha_data: Option<HaDataPath>,
+    next_garp_ms: u64,
 }
 
 impl Worker {
@@ -216,6 +222,8 @@ impl Worker {
             current_role: Role::Active,
             sync: None,
             bulk_cursor: None,
+            ha_data: None,
+            next_garp_ms: 0,
         }
     }
 
@@ -223,6 +231,52 @@ impl Worker {
     /// core), if the worker filters.
     pub fn take_delta_consumer(&mut self) -> Option<crate::conntrack::DeltaConsumer> {
         self.firewall.as_mut()?.shard_mut().take_delta_consumer()
+    }
+
+    /// Connects this worker to the HA path over the data network
+    /// (last-resort heartbeats and ICMP checks, see [`crate::hadata`]).
+    pub fn with_ha_data(mut self, path: HaDataPath) -> Worker {
+        self.ha_data = Some(path);
+        self
+    }
+
+    /// Handles an HA frame from the peer: answers a check at once (in
+    /// either role), hands heartbeats and check replies to the control
+    /// thread.
+    fn handle_ha_frame(&mut self, in_port: u16, kind: hadata::Kind, mut mbuf: Mbuf) {
+        let Some(ha) = &self.ha_data else { return };
+        if kind != hadata::Kind::ProbeRequest {
+            ha.deliver(in_port, kind, mbuf.data());
+            return;
+        }
+        let Some(mac) = self.router.interface(in_port).map(|i| i.mac.0) else {
+            return;
+        };
+        hadata::answer_in_place(mbuf.data_mut(), mac);
+        ha.answered();
+        self.enqueue(in_port, mbuf);
+    }
+
+    /// Sends the frames the control thread queued (worker 0 only).
+    fn send_ha_frames(&mut self) {
+        let mut any = false;
+        while let Some(out) = self.ha_data.as_ref().and_then(|h| h.next_outgoing()) {
+            let m = self.pool.alloc().and_then(|mut m| {
+                let buf = m.append(u16::try_from(out.frame.len()).ok()?)?;
+                buf.copy_from_slice(&out.frame);
+                Some(m)
+            });
+            if let Some(ha) = &self.ha_data {
+                ha.sent(m.is_some());
+            }
+            if let Some(m) = m {
+                self.enqueue(out.port, m);
+                any = true;
+            }
+        }
+        if any {
+            self.flush_all();
+        }
     }
 
     /// Connects this worker's shard to the sync core.
@@ -278,6 +332,7 @@ impl Worker {
                 fw.publish();
             }
             self.announce();
+            self.next_garp_ms = now + self.settings.garp_interval_ms;
         }
     }
 
@@ -347,6 +402,13 @@ impl Worker {
         }
         self.next_maintenance_ms = now + MAINTENANCE_MS;
         self.serve_commands(now);
+        let every = self.settings.garp_interval_ms;
+        if every > 0 && self.current_role == Role::Active && now >= self.next_garp_ms {
+            if self.next_garp_ms != 0 {
+                self.announce();
+            }
+            self.next_garp_ms = now + every;
+        }
         if let Some(fw) = &mut self.firewall {
             fw.maintain(now);
         }
@@ -364,6 +426,7 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             self.follow_role();
             self.serve_sync();
+            self.send_ha_frames();
             let n = self.poll_once(&mut rx_buf);
             self.maintain();
             self.counters.polls.add(1);
@@ -419,6 +482,12 @@ impl Worker {
         if mbuf.segments() != 1 {
             self.counters.worker_drop(WorkerDrop::MultiSegment, 1);
             return;
+        }
+        if self.ha_data.is_some() {
+            if let Some(kind) = hadata::classify(mbuf.data()) {
+                self.handle_ha_frame(in_port, kind, mbuf);
+                return;
+            }
         }
         if self.current_role == Role::Passive {
             // Silent: only learn neighbours from ARP (warm for a takeover).

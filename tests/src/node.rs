@@ -50,6 +50,8 @@ pub struct IfaceConfig {
     pub vdev: String,
     /// Addresses with prefix length.
     pub addresses: Vec<String>,
+    /// Weight in the HA quality factor (tandemd's default 100 when `None`).
+    pub weight: Option<u16>,
 }
 
 /// A static route of a node config.
@@ -111,6 +113,8 @@ pub struct HaSection {
     pub sync_min_age_secs: u32,
     /// Elect the active member automatically.
     pub election: bool,
+    /// More fields of the section, written as is (e.g. `priority: 50,`).
+    pub extra: String,
 }
 
 impl HaSection {
@@ -138,7 +142,8 @@ impl HaSection {
             psk: "Lab-Cluster-Key-2026".into(),
             encrypt: false,
             sync_min_age_secs: 0,
-            election: false,
+            election: true,
+            extra: String::new(),
             links: vec![
                 (
                     "HA-main".into(),
@@ -195,11 +200,13 @@ impl NodeConfig {
                     name: "in".into(),
                     vdev: "net_af_packet0,iface=fw-in,framecnt=8192".into(),
                     addresses: vec!["198.18.1.1/24".into()],
+                    weight: None,
                 },
                 IfaceConfig {
                     name: "out".into(),
                     vdev: "net_af_packet1,iface=fw-out,framecnt=8192".into(),
                     addresses: vec!["198.18.2.1/24".into()],
+                    weight: None,
                 },
             ],
             routes: vec![],
@@ -249,10 +256,11 @@ impl NodeConfig {
         for i in &self.interfaces {
             let addrs: Vec<String> = i.addresses.iter().map(|a| ron_str(a)).collect();
             s += &format!(
-                "        (name: {}, device: Vdev({}), addresses: [{}]),\n",
+                "        (name: {}, device: Vdev({}), addresses: [{}]{}),\n",
                 ron_str(&i.name),
                 ron_str(&i.vdev),
-                addrs.join(", ")
+                addrs.join(", "),
+                i.weight.map_or_else(String::new, |w| format!(", weight: {w}"))
             );
         }
         s += "    ],\n";
@@ -279,12 +287,13 @@ impl NodeConfig {
         }
         if let Some(ha) = &self.ha {
             s += &format!(
-                "    ha: (cluster_id: {}, psk: {}, encrypt: {}, sync_min_age_secs: {}, election: {}, links: [\n",
+                "    ha: (cluster_id: {}, psk: {}, encrypt: {}, sync_min_age_secs: {}, election: {}, {} links: [\n",
                 ha.cluster_id,
                 ron_str(&ha.psk),
                 ha.encrypt,
                 ha.sync_min_age_secs,
-                ha.election
+                ha.election,
+                ha.extra
             );
             for (name, iface, cidr, peer) in &ha.links {
                 s += &format!(

@@ -5,6 +5,7 @@
 //! the lab's time limits, and every address is checked to lie in
 //! 198.18.0.0/15 here and again in the script.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -609,4 +610,39 @@ pub fn slow_intervals(raw: &Value, fraction: f64) -> Vec<usize> {
         .filter(|(i, r)| lens.get(*i).copied().unwrap_or(1.0) >= 0.5 && **r < fraction * m)
         .map(|(i, _)| i)
         .collect()
+}
+
+/// Runs `arp_who.py` in `ns`: `count` ARP requests for `target` from
+/// `source` on `iface`; returns every MAC that answered with its count.
+pub fn arp_census(
+    ns: &Netns,
+    iface: &str,
+    source: &str,
+    target: &str,
+    count: u32,
+) -> Result<BTreeMap<String, u64>> {
+    check_lab_addr(target)?;
+    check_lab_addr(source)?;
+    let args: Vec<String> = [
+        "--iface",
+        iface,
+        "--target",
+        target,
+        "--source",
+        source,
+        "--count",
+        &count.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let v = run_tool(ns, "arp_who.py", &args, Duration::from_secs(15))?;
+    Ok(v["macs"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default())
 }

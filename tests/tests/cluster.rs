@@ -1,8 +1,9 @@
 //! Two real tandemd processes as a cluster (two-node lab: both members on
-//! the same LAN and WAN bridges, HA links between them). Roles are set by
-//! hand (haactive / hapassive / hareset) until the election arrives.
+//! the same LAN and WAN bridges, HA links between them): the state sync.
+//! These tests turn the election off (`ha.election: false`) and set the
+//! roles by hand (haactive / hapassive), so that each swap happens exactly
+//! when the test wants it; tests/tests/election.rs runs the election.
 
-use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -13,13 +14,7 @@ use tandem_tests::node::{self, HaSection};
 use tandem_tests::tools;
 use tandem_tests::{heavy_lock, require_root, Lab, Node};
 
-/// A two-node lab with both members up (plain routers, both passive at
-/// start). Drop order: nodes, lab, lock.
-struct Cluster {
-    nodes: Vec<Node>,
-    lab: Lab,
-    _lock: MutexGuard<'static, ()>,
-}
+use tandem_tests::cluster::{role, worker_sum, Cluster};
 
 fn cluster(tag: &str) -> Cluster {
     cluster_with(tag, None)
@@ -41,7 +36,7 @@ fn cluster_with(tag: &str, policy: Option<&str>) -> Cluster {
 
 /// As [`cluster_with`], with extra environment for member `i` (1 or 2).
 fn cluster_env(tag: &str, policy: Option<&str>, env: &[(usize, &str, &str)]) -> Cluster {
-    cluster_full(tag, policy, env, |_| {})
+    cluster_full(tag, policy, env, |ha| ha.election = false)
 }
 
 /// The general fixture: `tweak` edits each member's HA section.
@@ -51,52 +46,7 @@ fn cluster_full(
     env: &[(usize, &str, &str)],
     tweak: impl Fn(&mut HaSection),
 ) -> Cluster {
-    let lock = heavy_lock();
-    if let Err(e) = node::find_bin("tandemd").and(node::find_bin("tandemctl")) {
-        panic!("{e}");
-    }
-    let lab = Lab::two_nodes(tag).expect("building the two-node lab");
-    let policy = policy.map(|text| {
-        tandem_tests::firewall::write_policy(&lab, "policy.ron", text).expect("policy file")
-    });
-    let mut nodes = Vec::new();
-    for i in 1..=2 {
-        let mut cfg = lab.node_config(i);
-        if let Some(p) = &policy {
-            cfg = cfg.with_policy(p);
-        }
-        let mut ha = HaSection::lab(i);
-        tweak(&mut ha);
-        cfg.ha = Some(ha);
-        cfg.env = env
-            .iter()
-            .filter(|e| e.0 == i)
-            .map(|e| (e.1.to_owned(), e.2.to_owned()))
-            .collect();
-        let mut n = lab.start_node_with(i, &cfg).expect("starting tandemd");
-        n.wait_ready(Duration::from_secs(30))
-            .expect("control socket");
-        nodes.push(n);
-    }
-    Cluster {
-        nodes,
-        lab,
-        _lock: lock,
-    }
-}
-
-fn role(n: &Node) -> (String, Option<String>) {
-    let s = n.status().expect("status");
-    (
-        s["role"].as_str().unwrap_or_default().to_owned(),
-        s["forced"].as_str().map(str::to_owned),
-    )
-}
-
-fn worker_sum(stats: &Value, key: &str) -> u64 {
-    stats["workers"].as_array().map_or(0, |ws| {
-        ws.iter().map(|w| w[key].as_u64().unwrap_or(0)).sum()
-    })
+    tandem_tests::cluster::start(tag, policy, env, |_, ha| tweak(ha)).expect("starting the cluster")
 }
 
 fn passive_drops(stats: &Value) -> u64 {
@@ -639,6 +589,7 @@ fn a_member_of_the_next_protocol_version_still_syncs() {
 fn young_connections_are_held_back_until_they_reach_the_sync_age() {
     require_root!();
     let c = cluster_full("clage", Some(UDP_POLICY), &[], |ha| {
+        ha.election = false;
         ha.sync_min_age_secs = 3
     });
     let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
@@ -692,56 +643,4 @@ fn the_sync_moves_to_the_backup_link_when_the_main_one_is_cut() {
         passive, active,
         "the connections reached fw2 over the backup link"
     );
-}
-
-#[test]
-fn with_the_election_on_a_kill_9_of_the_active_moves_a_live_transfer() {
-    require_root!();
-    let mut c = cluster_full("clkill", Some(POLICY), &[], |ha| ha.election = true);
-    // One member elects itself active (after the start-up wait).
-    let end = Instant::now() + Duration::from_secs(8);
-    let active = loop {
-        let roles: Vec<String> = c.nodes.iter().map(|n| role(n).0).collect();
-        if roles.iter().filter(|r| *r == "active").count() == 1 {
-            break roles.iter().position(|r| r == "active").unwrap();
-        }
-        assert!(Instant::now() < end, "no single active member: {roles:?}");
-        thread::sleep(Duration::from_millis(100));
-    };
-    let passive = 1 - active;
-    wait_sync(
-        &c.nodes[passive],
-        "the passive synchronized",
-        Duration::from_secs(10),
-        |s| s["synchronized"] == true,
-    );
-    host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(20))
-        .expect("through the active");
-    let _srv = IperfServer::start(c.lab.server(), addr::SERVER, 5201).unwrap();
-    let client = c.lab.client();
-    let mut victim = c.nodes.remove(active);
-    let res = thread::scope(|s| {
-        let run = s.spawn(|| host::iperf_client(client, addr::SERVER, 5201, 8, &["-i", "1"]));
-        thread::sleep(Duration::from_secs(3));
-        victim.proc.signal("KILL");
-        run.join().expect("iperf thread")
-    })
-    .expect("the transfer survived the kill -9 of the active");
-    drop(victim);
-    let survivor = &c.nodes[0];
-    assert_eq!(role(survivor).0, "active", "the passive took over");
-    let intervals = tools::iperf_intervals(&res.raw);
-    eprintln!(
-        "iperf intervals (Mbit/s): {:?}",
-        intervals
-            .iter()
-            .map(|b| (b / 1e6).round())
-            .collect::<Vec<_>>()
-    );
-    assert!(
-        intervals.iter().filter(|&&b| b < 1e6).count() <= 1,
-        "stalled: {intervals:?}"
-    );
-    let log = survivor.ctl(&["log", "--lines", "200"]).unwrap();
-    eprintln!("survivor's log: {:#}", log["lines"]);
 }

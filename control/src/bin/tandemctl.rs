@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tandem_control::api::{ConnFilter, Request, Response, DEFAULT_SOCKET_PATH};
 use tandem_control::client::{
-    format_connections, format_stats, format_status, format_sync, request,
+    format_connections, format_stats, format_status, format_hainfo, format_sync, request,
 };
 
 /// Environment variable naming the control socket when --socket is not given.
@@ -68,6 +68,9 @@ enum Command {
     Hareset,
     /// State sync with the peer: counters, replication lag
     Sync,
+    /// The cluster: both members (role, forced, quality, priority, sync),
+    /// the HA links and the last-resort path, the ICMP check
+    Hainfo,
     /// The event log (HA, sync, policy events)
     Log {
         /// How many of the last lines
@@ -177,6 +180,7 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
             ))
         }
         (Command::Sync, Response::Sync(r)) => Outcome::print(format_sync(r)),
+        (Command::Hainfo, Response::HaInfo(r)) => Outcome::print(format_hainfo(r)),
         (Command::Log { .. }, Response::Log { lines }) => {
             Outcome::print(lines.iter().map(|l| format!("{l}\n")).collect())
         }
@@ -202,6 +206,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Policy { .. } => "policy",
         Response::Role { .. } => "role",
         Response::Sync(_) => "sync",
+        Response::HaInfo(_) => "hainfo",
         Response::Log { .. } => "log",
         Response::Error { .. } => "error",
     }
@@ -256,6 +261,7 @@ fn main() -> ExitCode {
         Command::Hapassive => Request::HaPassive,
         Command::Hareset => Request::HaReset,
         Command::Sync => Request::Sync,
+        Command::Hainfo => Request::HaInfo,
         Command::Log { lines } => Request::Log {
             lines: Some(*lines),
         },

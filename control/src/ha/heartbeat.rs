@@ -61,7 +61,13 @@ pub enum DecodeError {
     BadField,
     /// An old or repeated sequence number (replay or reordering).
     Replay,
+    /// Our own heartbeat, looped back (the data network is a broadcast
+    /// domain): ignored before it touches the replay window.
+    Own,
 }
+
+/// Size of an ICMP-check token: nonce then tag.
+pub const PROBE_LEN: usize = 8 + TAG;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Window {
@@ -75,6 +81,7 @@ pub struct Codec {
     cluster: u32,
     tx_seq: [u64; 3],
     rx: [Window; 3],
+    own_serial: Option<u64>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -125,7 +132,33 @@ impl Codec {
             cluster,
             tx_seq: [0; 3],
             rx: [Window::default(); 3],
+            own_serial: None,
         }
+    }
+
+    /// Rejects heartbeats carrying `serial` (ours) as [`DecodeError::Own`].
+    pub fn with_own_serial(mut self, serial: u64) -> Self {
+        self.own_serial = Some(serial);
+        self
+    }
+
+    /// The token of an ICMP check: `nonce` and its tag, so that only our
+    /// own check, reflected by the peer's dataplane, is taken as an answer.
+    pub fn seal_probe(&self, nonce: u64) -> [u8; PROBE_LEN] {
+        let mut b = [0u8; PROBE_LEN];
+        b[..8].copy_from_slice(&nonce.to_be_bytes());
+        let tag = hmac::sign(&self.key, &[b"probe".as_slice(), &b[..8]].concat());
+        b[8..].copy_from_slice(&tag.as_ref()[..TAG]);
+        b
+    }
+
+    /// The nonce of an authentic ICMP-check token, else `None`.
+    pub fn open_probe(&self, buf: &[u8]) -> Option<u64> {
+        if buf.len() != PROBE_LEN {
+            return None;
+        }
+        let tag = hmac::sign(&self.key, &[b"probe".as_slice(), &buf[..8]].concat());
+        ct_eq(&tag.as_ref()[..TAG], &buf[8..]).then(|| be64(buf, 0))
     }
 
     /// The bytes of our next heartbeat on `link`.
@@ -192,6 +225,9 @@ impl Codec {
         };
         if flags & 0x80 != 0 || buf[6] > 100 {
             return Err(DecodeError::BadField);
+        }
+        if self.own_serial == Some(be64(buf, 12)) {
+            return Err(DecodeError::Own);
         }
         let epoch = be64(buf, 20);
         let seq = be64(buf, 28);

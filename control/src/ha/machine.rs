@@ -411,6 +411,55 @@ impl Ha {
         self.paths[link.idx()].alive
     }
 
+    /// Our end of `link` is up (HA links; the data path is always up).
+    pub fn path_up(&self, link: LinkId) -> bool {
+        self.paths[link.idx()].up
+    }
+
+    /// When the peer was last heard on `link`.
+    pub fn last_heard(&self, link: LinkId) -> Option<Time> {
+        self.paths[link.idx()].last_rx
+    }
+
+    /// The forced status (haactive / hapassive), if any.
+    pub fn forced(&self) -> Option<Role> {
+        self.forced
+    }
+
+    /// Our quality factor.
+    pub fn quality(&self) -> u8 {
+        self.quality
+    }
+
+    /// Our table is complete (as last reported).
+    pub fn sync_complete(&self) -> bool {
+        self.sync_complete
+    }
+
+    /// Last-resort heartbeats over the data network are being sent.
+    pub fn last_resort_on(&self) -> bool {
+        self.last_resort_on
+    }
+
+    /// The ICMP check: "idle", "probing" or "peer answered".
+    pub fn icmp_check(&self) -> &'static str {
+        match self.check {
+            Check::Idle => "idle",
+            Check::Probing { .. } => "probing",
+            Check::Answered { .. } => "peer answered",
+        }
+    }
+
+    /// Both members are active (seen, not yet resolved).
+    pub fn dual_active(&self) -> bool {
+        self.dual_active
+    }
+
+    /// The peer is heard on some path.
+    pub fn peer_heard(&self) -> bool {
+        self.peer_alive()
+    }
+
     /// What we announce now.
     pub fn local_state(&self, now: Time) -> PeerState {
         let me = self.me(now);
@@ -654,9 +703,10 @@ impl Ha {
         } else if ha_alive {
             self.all_ha_lost_logged = false;
         }
-        // Last resort: when no HA link works, or the peer uses it (it does
-        // not hear us on the HA links).
-        let lr = self.cfg.last_resort && (!ha_alive || self.paths[2].alive);
+        // Last resort: while no HA link carries the peer's heartbeats. (If
+        // only the peer cannot hear us on them, it asks our dataplane with
+        // the ICMP check before anything else, so it never takes over.)
+        let lr = self.cfg.last_resort && !ha_alive;
         if lr != self.last_resort_on {
             self.last_resort_on = lr;
             self.log(HaEvent::LastResort(lr));

@@ -132,6 +132,35 @@ fn heartbeat_round_trips() {
 }
 
 #[test]
+fn our_own_looped_back_heartbeat_does_not_move_the_replay_window() {
+    let mut me = Codec::new(b"secret", 7);
+    let mut rx = Codec::new(b"secret", 7).with_own_serial(0xDEAD_BEEF);
+    let mut own = state();
+    own.epoch = 1 << 40; // a later epoch than the peer's
+    let b = me.encode(LinkId::Data, &own);
+    assert_eq!(rx.decode(&b), Err(DecodeError::Own));
+    let mut peer_state = state();
+    peer_state.serial = 2;
+    let b = Codec::new(b"secret", 7).encode(LinkId::Data, &peer_state);
+    assert!(rx.decode(&b).is_ok(), "the peer's older epoch still passes");
+}
+
+#[test]
+fn probe_tokens_open_only_with_the_same_key_and_unaltered() {
+    let c = Codec::new(b"secret", 7);
+    let t = c.seal_probe(42);
+    assert_eq!(c.open_probe(&t), Some(42));
+    assert_eq!(Codec::new(b"other", 7).open_probe(&t), None);
+    assert_eq!(Codec::new(b"secret", 8).open_probe(&t), None);
+    for i in 0..t.len() {
+        let mut bad = t;
+        bad[i] ^= 1;
+        assert_eq!(c.open_probe(&bad), None, "byte {i}");
+    }
+    assert_eq!(c.open_probe(&t[..10]), None);
+}
+
+#[test]
 fn heartbeat_rejects_wrong_key_cluster_replay_and_tampering() {
     let mut tx = Codec::new(b"secret", 7);
     let b1 = tx.encode(LinkId::Main, &state());

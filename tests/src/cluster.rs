@@ -1,0 +1,184 @@
+//! Two real `tandemd` members in a two-node lab, and what tests ask of
+//! them (roles, counters, sync state, hainfo), shared by the state-sync
+//! tests, the election tests, the demo and the benchmarks.
+
+use std::sync::MutexGuard;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::lab::{heavy_lock, Lab};
+use crate::node::{self, HaSection, Node};
+use crate::{LabError, Result};
+
+/// A two-node lab with both members up. Drop order: nodes, lab, lock.
+pub struct Cluster {
+    /// fw1 then fw2 (tests may take one out to kill it).
+    pub nodes: Vec<Node>,
+    /// The lab.
+    pub lab: Lab,
+    _lock: MutexGuard<'static, ()>,
+}
+
+/// Starts both members of a new two-node lab tagged `tag`: the firewall on
+/// with the policy text `policy` (plain routers when `None`), `env` extra
+/// environment per member `(i, key, value)` (i = 1 or 2), and `tweak`
+/// editing each member's HA section (the lab default has the election on).
+pub fn start(
+    tag: &str,
+    policy: Option<&str>,
+    env: &[(usize, &str, &str)],
+    tweak: impl Fn(usize, &mut HaSection),
+) -> Result<Cluster> {
+    let lock = heavy_lock();
+    node::find_bin("tandemd")?;
+    node::find_bin("tandemctl")?;
+    let lab = Lab::two_nodes(tag)?;
+    let policy = match policy {
+        Some(text) => Some(crate::firewall::write_policy(&lab, "policy.ron", text)?),
+        None => None,
+    };
+    let mut nodes = Vec::new();
+    for i in 1..=2 {
+        let mut cfg = lab.node_config(i);
+        if let Some(p) = &policy {
+            cfg = cfg.with_policy(p);
+        }
+        let mut ha = HaSection::lab(i);
+        tweak(i, &mut ha);
+        cfg.ha = Some(ha);
+        cfg.env = env
+            .iter()
+            .filter(|e| e.0 == i)
+            .map(|e| (e.1.to_owned(), e.2.to_owned()))
+            .collect();
+        let mut n = lab.start_node_with(i, &cfg)?;
+        n.wait_ready(Duration::from_secs(30))?;
+        nodes.push(n);
+    }
+    Ok(Cluster {
+        nodes,
+        lab,
+        _lock: lock,
+    })
+}
+
+impl Cluster {
+    /// Member `i` (1 or 2) is killed and started again: see [`restart`].
+    pub fn restart(&mut self, i: usize, ha: HaSection) -> Result<()> {
+        restart(&self.lab, &mut self.nodes, i, ha)
+    }
+
+    /// Waits (bounded) until exactly one member is active and returns its
+    /// index in `nodes`.
+    pub fn wait_single_active(&self, timeout: Duration) -> Result<usize> {
+        let end = Instant::now() + timeout;
+        loop {
+            let roles: Vec<String> = self.nodes.iter().map(|n| role(n).0).collect();
+            if roles.iter().filter(|r| *r == "active").count() == 1 {
+                return Ok(roles.iter().position(|r| r == "active").unwrap_or(0));
+            }
+            if Instant::now() >= end {
+                return Err(LabError::Timeout {
+                    what: format!("a single active member (roles {roles:?})"),
+                    timeout,
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Member `i` (1 or 2) of `lab` is killed (if still running) and started
+/// again with the lab's policy (if the cluster has one) and `ha`; it
+/// replaces `nodes[i - 1]`.
+pub fn restart(lab: &Lab, nodes: &mut Vec<Node>, i: usize, ha: HaSection) -> Result<()> {
+    let mut old = nodes.remove(i - 1);
+    old.proc.signal("KILL");
+    drop(old);
+    let mut cfg = lab.node_config(i);
+    let policy = lab.dir().join("policy.ron");
+    if policy.is_file() {
+        cfg = cfg.with_policy(&policy);
+    }
+    cfg.ha = Some(ha);
+    let mut n = lab.start_node_with(i, &cfg)?;
+    n.wait_ready(Duration::from_secs(30))?;
+    nodes.insert(i - 1, n);
+    Ok(())
+}
+
+/// A member's (role, forced status).
+pub fn role(n: &Node) -> (String, Option<String>) {
+    match n.status() {
+        Ok(s) => (
+            s["role"].as_str().unwrap_or_default().to_owned(),
+            s["forced"].as_str().map(str::to_owned),
+        ),
+        Err(_) => (String::from("unreachable"), None),
+    }
+}
+
+/// The sum over the workers of counter `key` in a `stats` answer.
+pub fn worker_sum(stats: &Value, key: &str) -> u64 {
+    stats["workers"].as_array().map_or(0, |ws| {
+        ws.iter().map(|w| w[key].as_u64().unwrap_or(0)).sum()
+    })
+}
+
+/// Waits (bounded) until `f` holds for `n`'s answer to `tandemctl args`.
+pub fn wait_ctl(
+    n: &Node,
+    args: &[&str],
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let end = Instant::now() + timeout;
+    loop {
+        let v = n.ctl(args)?;
+        if f(&v) {
+            return Ok(v);
+        }
+        if Instant::now() >= end {
+            return Err(LabError::Timeout {
+                what: format!("{what}: last answer {v}"),
+                timeout,
+            });
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The longest stretch of a stream without data, from iperf3 intervals of
+/// `interval_s` seconds: consecutive intervals that moved less than 1 % of
+/// the median, times the interval.
+pub fn largest_gap(intervals_bps: &[f64], interval_s: f64) -> Duration {
+    let mut sorted: Vec<f64> = intervals_bps.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let (mut run, mut best) = (0u32, 0u32);
+    for &b in intervals_bps {
+        if b < median * 0.01 {
+            run += 1;
+            best = best.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    Duration::from_secs_f64(f64::from(best) * interval_s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_gap_counts_the_longest_run_of_empty_intervals() {
+        let i = [9e8, 9e8, 0.0, 0.0, 9e8, 0.0, 0.0, 0.0, 9e8, 9e8];
+        assert_eq!(largest_gap(&i, 0.1), Duration::from_millis(300));
+        assert_eq!(largest_gap(&[9e8; 5], 0.1), Duration::ZERO);
+        assert_eq!(largest_gap(&[], 0.1), Duration::ZERO);
+    }
+}

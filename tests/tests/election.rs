@@ -1,0 +1,323 @@
+//! The HA election end to end (issue 5): two real tandemd members with the
+//! election on (the default), real hosts, a live TCP transfer (iperf3,
+//! 100 ms intervals) through the cluster in every test, and the largest
+//! gap in it measured and bounded.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tandem_tests::cmd::signal_group;
+use tandem_tests::cluster::{self, largest_gap, role, wait_ctl, worker_sum, Cluster};
+use tandem_tests::host::{self, IperfServer};
+use tandem_tests::lab::addr;
+use tandem_tests::node::HaSection;
+use tandem_tests::{link, require_root, tools, Lab};
+
+/// The policy of the election tests: TCP to iperf3 and pings through.
+const POLICY: &str = r#"(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5201"]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Icmp, icmp_types: [8]),
+    ],
+    default_action: Block,
+)"#;
+
+/// iperf3 report interval.
+const INTERVAL: f64 = 0.1;
+
+fn start(tag: &str, tweak: impl Fn(usize, &mut HaSection)) -> Cluster {
+    cluster::start(tag, Some(POLICY), &[], tweak).expect("starting the cluster")
+}
+
+/// Waits for the single active member and a synchronized passive; returns
+/// (active, passive) indices.
+fn settled(c: &Cluster) -> (usize, usize) {
+    let active = c
+        .wait_single_active(Duration::from_secs(8))
+        .expect("one member elected");
+    let passive = 1 - active;
+    wait_ctl(
+        &c.nodes[passive],
+        &["sync"],
+        "the passive synchronized",
+        Duration::from_secs(10),
+        |s| s["synchronized"] == true,
+    )
+    .expect("synchronized");
+    host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(20))
+        .expect("through the active");
+    (active, passive)
+}
+
+/// Runs an iperf3 transfer of `secs` seconds through the cluster, calls
+/// `during` after `at` seconds, and returns the largest gap in the stream
+/// and what `during` returned. Fails the test if the transfer fails.
+fn transfer<T: Send>(
+    lab: &Lab,
+    secs: u32,
+    at: Duration,
+    during: impl FnOnce() -> T + Send,
+) -> (Duration, T) {
+    let _srv = IperfServer::start(lab.server(), addr::SERVER, 5201).unwrap();
+    let client = lab.client();
+    let (res, out) = thread::scope(|s| {
+        let run = s.spawn(|| {
+            host::iperf_client(
+                client,
+                addr::SERVER,
+                5201,
+                secs,
+                &["-i", &INTERVAL.to_string()],
+            )
+        });
+        thread::sleep(at);
+        let out = during();
+        (run.join().expect("iperf thread"), out)
+    });
+    let res = res.expect("the transfer completed (no reset, no stall)");
+    let intervals = tools::iperf_intervals(&res.raw);
+    let gap = largest_gap(&intervals, INTERVAL);
+    eprintln!(
+        "transfer: {:.0} Mbit/s mean, largest gap {gap:?}",
+        res.bits_per_second / 1e6
+    );
+    (gap, out)
+}
+
+fn hainfo(n: &tandem_tests::Node) -> Value {
+    n.ctl(&["hainfo"]).expect("hainfo")
+}
+
+fn forwarded(n: &tandem_tests::Node) -> u64 {
+    worker_sum(&n.stats().expect("stats"), "forwarded")
+}
+
+fn log_text(n: &tandem_tests::Node) -> String {
+    n.ctl(&["log", "--lines", "300"]).expect("log")["lines"].to_string()
+}
+
+#[test]
+fn the_lower_serial_is_elected_and_hainfo_shows_both_members() {
+    require_root!();
+    let c = start("elstart", |_, _| {});
+    let (active, passive) = settled(&c);
+    assert_eq!(active, 0, "equal members: the lower serial (fw1) wins");
+    let info = hainfo(&c.nodes[passive]);
+    eprintln!(
+        "{}",
+        c.nodes[passive].ctl_text(&["hainfo"]).unwrap_or_default()
+    );
+    assert_eq!(info["state"], "running");
+    assert_eq!(info["local"]["role"], "passive");
+    assert_eq!(info["local"]["synchronized"], true);
+    assert_eq!(info["peer"]["role"], "active");
+    assert_eq!(info["peer"]["quality"], 100);
+    let links = info["links"].as_array().unwrap();
+    for name in ["HA-main", "HA-backup"] {
+        let l = links.iter().find(|l| l["name"] == name).unwrap();
+        assert_eq!(l["peer_heard"], true, "{name}: {info}");
+    }
+    // While an HA link works, nothing goes over the data network.
+    let lr = links.iter().find(|l| l["name"] == "last-resort").unwrap();
+    assert_eq!(lr["carrier"], false, "{info}");
+}
+
+#[test]
+fn a_kill_9_of_the_active_moves_a_live_transfer_within_the_detection_time() {
+    require_root!();
+    let mut c = start("elkill", |_, _| {});
+    let (active, _) = settled(&c);
+    let mut victim = c.nodes.remove(active);
+    let t0 = Instant::now();
+    let (gap, took) = transfer(&c.lab, 6, Duration::from_secs(2), || {
+        victim.proc.signal("KILL");
+        let t = Instant::now();
+        // The survivor takes over after dead time + ICMP check.
+        let end = t + Duration::from_secs(3);
+        while role(&c.nodes[0]).0 != "active" && Instant::now() < end {
+            thread::sleep(Duration::from_millis(5));
+        }
+        t.elapsed()
+    });
+    drop(victim);
+    eprintln!("takeover seen after {took:?} (test ran {:?})", t0.elapsed());
+    let survivor = &c.nodes[0];
+    assert_eq!(role(survivor).0, "active", "the passive took over");
+    let log = log_text(survivor);
+    assert!(log.contains("ICMP check"), "checked before taking over: {log}");
+    assert!(log.contains("PeerDead"), "{log}");
+    assert!(
+        gap <= Duration::from_millis(1500),
+        "largest gap {gap:?} (log: {log})"
+    );
+}
+
+#[test]
+fn forced_status_overrides_the_election_and_hareset_keeps_the_incumbent() {
+    require_root!();
+    let c = start("elforce", |_, _| {});
+    let (a, p) = settled(&c);
+    let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(2), || {
+        let r = c.nodes[p].ctl(&["haactive"]).expect("haactive");
+        assert_eq!(r["forced"], "active");
+        c.wait_single_active(Duration::from_secs(2))
+            .map(|i| assert_eq!(i, p, "the forced member is active"))
+            .expect("one active");
+    });
+    assert!(gap <= Duration::from_millis(1000), "gap {gap:?}");
+    assert_eq!(role(&c.nodes[a]).0, "passive");
+    // hareset: the forced status goes, the current active stays.
+    c.nodes[p].ctl(&["hareset"]).expect("hareset");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(role(&c.nodes[p]), ("active".to_owned(), None));
+    assert_eq!(role(&c.nodes[a]).0, "passive");
+    // hapassive on the active hands over to the peer.
+    c.nodes[p].ctl(&["hapassive"]).expect("hapassive");
+    let i = c.wait_single_active(Duration::from_secs(2)).expect("one active");
+    assert_eq!(i, a, "hapassive moved the role back");
+    // Forced passive on both: nobody may be active; the log says why.
+    c.nodes[a].ctl(&["hapassive"]).expect("hapassive");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(role(&c.nodes[a]).0, "passive");
+    assert_eq!(role(&c.nodes[p]).0, "passive");
+}
+
+#[test]
+fn cutting_the_actives_inside_link_swaps_on_quality() {
+    require_root!();
+    let c = start("elqual", |_, _| {});
+    let (a, p) = settled(&c);
+    let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(2), || {
+        c.lab.set_fw_port(a + 1, "in", false).expect("cut");
+        c.wait_single_active(Duration::from_secs(3))
+            .map(|i| assert_eq!(i, p, "the better member took over"))
+            .expect("one active");
+    });
+    let info = hainfo(&c.nodes[p]);
+    assert_eq!(info["peer"]["quality"], 50, "{info}");
+    assert_eq!(info["local"]["quality"], 100, "{info}");
+    assert!(gap <= Duration::from_millis(1500), "gap {gap:?}");
+    // The link comes back: equal quality, the current active stays.
+    c.lab.set_fw_port(a + 1, "in", true).expect("restore");
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(role(&c.nodes[p]).0, "active", "no preemption back");
+}
+
+#[test]
+fn losing_the_main_ha_link_is_not_a_failover() {
+    require_root!();
+    let c = start("elmain", |_, _| {});
+    let (a, p) = settled(&c);
+    let before = forwarded(&c.nodes[p]);
+    let (gap, ()) = transfer(&c.lab, 4, Duration::from_secs(1), || {
+        link::set_link(c.lab.fw(1), "ha-main", false).expect("cut the main link");
+        thread::sleep(Duration::from_millis(1500));
+    });
+    assert_eq!(role(&c.nodes[a]).0, "active");
+    assert_eq!(role(&c.nodes[p]).0, "passive");
+    assert_eq!(forwarded(&c.nodes[p]), before, "the passive forwarded");
+    let info = hainfo(&c.nodes[p]);
+    let links = info["links"].as_array().unwrap();
+    let heard = |n: &str| links.iter().find(|l| l["name"] == n).unwrap()["peer_heard"] == true;
+    assert!(!heard("HA-main") && heard("HA-backup"), "{info}");
+    assert!(log_text(&c.nodes[p]).contains("PeerLost(Main)"));
+    assert!(gap <= Duration::from_millis(300), "gap {gap:?}");
+}
+
+#[test]
+fn with_both_ha_links_cut_exactly_one_member_forwards_and_answers_arp() {
+    require_root!();
+    let c = start("elboth", |_, _| {});
+    let (a, p) = settled(&c);
+    let before = forwarded(&c.nodes[p]);
+    let (gap, ()) = transfer(&c.lab, 5, Duration::from_secs(1), || {
+        for l in ["ha-main", "ha-backup"] {
+            link::set_link(c.lab.fw(1), l, false).expect("cut");
+        }
+        thread::sleep(Duration::from_millis(2500));
+    });
+    assert_eq!(role(&c.nodes[a]).0, "active");
+    assert_eq!(role(&c.nodes[p]).0, "passive", "no split brain");
+    assert_eq!(forwarded(&c.nodes[p]), before, "the passive forwarded");
+    let info = hainfo(&c.nodes[p]);
+    let lr = info["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "last-resort")
+        .cloned()
+        .unwrap();
+    assert_eq!(lr["carrier"], true, "last resort on: {info}");
+    assert_eq!(lr["peer_heard"], true, "peer heard over the data ports: {info}");
+    // Only one MAC answers for the gateway address.
+    let macs = tools::arp_census(c.lab.client(), "eth0", addr::CLIENT, addr::LAN_GW, 3)
+        .expect("ARP census");
+    assert_eq!(macs.len(), 1, "ARP answered by {macs:?}");
+    assert!(gap <= Duration::from_millis(300), "gap {gap:?}");
+    // The links come back: still one active, no swap.
+    for l in ["ha-main", "ha-backup"] {
+        link::set_link(c.lab.fw(1), l, true).expect("restore");
+    }
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(role(&c.nodes[a]).0, "active");
+    assert_eq!(hainfo(&c.nodes[a])["swaps"], 1, "only the initial election");
+}
+
+#[test]
+fn a_killed_active_restarts_as_passive_gets_a_bulk_and_does_not_preempt() {
+    require_root!();
+    let mut c = start("elrejoin", |_, _| {});
+    let (a, p) = settled(&c);
+    assert_eq!(a, 0, "fw1 (lower serial) is elected");
+    let Cluster { nodes, lab, .. } = &mut c;
+    let (gap, ()) = transfer(lab, 9, Duration::from_secs(1), || {
+        // fw1 dies; fw2 takes over; fw1 comes back while traffic flows.
+        nodes[a].proc.signal("KILL");
+        thread::sleep(Duration::from_millis(700));
+        cluster::restart(lab, nodes, a + 1, HaSection::lab(a + 1)).expect("restart fw1");
+        wait_ctl(
+            &nodes[a],
+            &["sync"],
+            "the restarted member gets a bulk",
+            Duration::from_secs(10),
+            |s| s["synchronized"] == true && s["bulks_received"].as_u64() >= Some(1),
+        )
+        .expect("bulk");
+    });
+    assert_eq!(role(&c.nodes[p]).0, "active", "the survivor stays active");
+    assert_eq!(
+        role(&c.nodes[a]).0,
+        "passive",
+        "the restarted member (lower serial, same quality) does not preempt"
+    );
+    let info = hainfo(&c.nodes[a]);
+    assert_eq!(info["peer"]["role"], "active", "{info}");
+    assert!(gap <= Duration::from_millis(1500), "gap {gap:?}");
+}
+
+#[test]
+fn a_frozen_active_is_replaced_and_yields_when_it_wakes_up() {
+    require_root!();
+    let c = start("elfreeze", |_, _| {});
+    let (a, p) = settled(&c);
+    let pid = c.nodes[a].proc.pid();
+    let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(1), || {
+        signal_group(pid, "STOP");
+        let end = Instant::now() + Duration::from_secs(3);
+        while role(&c.nodes[p]).0 != "active" && Instant::now() < end {
+            thread::sleep(Duration::from_millis(10));
+        }
+        thread::sleep(Duration::from_millis(500));
+        signal_group(pid, "CONT");
+        thread::sleep(Duration::from_millis(1500));
+    });
+    // After waking, both were active for a moment; exactly one stays.
+    let i = c
+        .wait_single_active(Duration::from_secs(3))
+        .expect("dual-active resolved");
+    eprintln!("active after the freeze: fw{}", i + 1);
+    let log = format!("{}{}", log_text(&c.nodes[0]), log_text(&c.nodes[1]));
+    assert!(log.contains("DualActiveDetected"), "{log}");
+    assert!(gap <= Duration::from_millis(2000), "gap {gap:?}");
+}
