@@ -16,7 +16,8 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use thiserror::Error;
 
 use crate::api::{
-    parse_response, ConnectionsReport, HaInfo, HaMemberInfo, Request, Response, StatsReport, StatusReport, SyncReport,
+    parse_response, ConnectionsReport, HaInfo, HaMemberInfo, Request, Response, StatsReport,
+    StatusReport, SyncReport,
 };
 
 /// The largest answer `tandemctl` accepts (the connection table can be big).
@@ -491,7 +492,11 @@ pub fn format_hainfo(r: &HaInfo) -> String {
     let mut out = String::new();
     let yn = |b: bool| if b { "yes" } else { "no" };
     let _ = writeln!(out, "state:         {}", r.state);
-    let _ = writeln!(out, "election:      {}", if r.election { "on" } else { "off" });
+    let _ = writeln!(
+        out,
+        "election:      {}",
+        if r.election { "on" } else { "off" }
+    );
     let member = |m: Option<&HaMemberInfo>| -> Vec<String> {
         match m {
             None => vec!["(not heard)".into(); 6],
@@ -556,11 +561,16 @@ pub fn format_hainfo(r: &HaInfo) -> String {
         out,
         "icmp check:    {}{}",
         r.icmp_check,
-        r.last_icmp_rtt_us
-            .map_or_else(String::new, |us| format!(" (last answer in {:.1} ms)", us as f64 / 1e3))
+        r.last_icmp_rtt_us.map_or_else(String::new, |us| format!(
+            " (last answer in {:.1} ms)",
+            us as f64 / 1e3
+        ))
     );
     if r.dual_active {
-        let _ = writeln!(out, "DUAL ACTIVE:   both members are active; the lower-ranked one is yielding");
+        let _ = writeln!(
+            out,
+            "DUAL ACTIVE:   both members are active; the lower-ranked one is yielding"
+        );
     }
     let _ = writeln!(
         out,

@@ -353,7 +353,17 @@ impl Cluster {
                 }
                 Action::SendHeartbeat { link, state } => self.send_heartbeat(node, link, &state),
                 Action::StartIcmpProbe => self.start_probe(node, log),
-                Action::RequestResync => log.event("HA", "asking the peer for a resync"),
+                Action::RequestResync => {
+                    log.event(
+                        "HA",
+                        "our table is stale: asking the peer for a bulk resync",
+                    );
+                    if let Some(core) = node.sync() {
+                        core.request_resync();
+                    }
+                    // Incomplete until the bulk arrives.
+                    self.synchronized = false;
+                }
                 Action::Log(e) => log.event("HA", format_args!("{e:?}")),
             }
         }

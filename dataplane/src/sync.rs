@@ -76,6 +76,10 @@ pub struct SyncShared {
     pub synchronized: AtomicBool,
     /// Link in use: index into the links, or u8::MAX for none.
     pub link_in_use: AtomicU8,
+    /// Set by the control thread when this member's table is stale (it
+    /// yielded after both were active): the sync core asks the peer for a
+    /// bulk and the table counts as incomplete until it arrives.
+    pub resync_wanted: AtomicBool,
     /// A text snapshot of the session's counters (drops per reason,
     /// retransmissions, ...), refreshed every second.
     pub details: Mutex<Vec<(String, u64)>>,
@@ -214,6 +218,12 @@ impl SyncCore {
     pub fn shared(&self) -> &SyncShared {
         &self.shared
     }
+
+    /// Asks the peer for a bulk resync (our table is stale).
+    pub fn request_resync(&self) {
+        self.shared.synchronized.store(false, Ordering::Relaxed);
+        self.shared.resync_wanted.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for SyncCore {
@@ -273,6 +283,10 @@ impl Core {
             let mut work = 0;
             work += self.check_links(now);
             self.follow_role(now);
+            if self.shared.resync_wanted.swap(false, Ordering::AcqRel) {
+                self.shared.synchronized.store(false, Ordering::Relaxed);
+                let _ = self.session.request_bulk(now);
+            }
             work += self.receive(now, &mut buf);
             work += self.drain_workers(now);
             self.session.handle_timeout(now);

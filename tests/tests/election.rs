@@ -7,8 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tandem_tests::cmd::signal_group;
 use tandem_tests::cluster::{self, largest_gap, role, wait_ctl, worker_sum, Cluster};
+use tandem_tests::cmd::signal_group;
 use tandem_tests::host::{self, IperfServer};
 use tandem_tests::lab::addr;
 use tandem_tests::node::HaSection;
@@ -145,7 +145,10 @@ fn a_kill_9_of_the_active_moves_a_live_transfer_within_the_detection_time() {
     let survivor = &c.nodes[0];
     assert_eq!(role(survivor).0, "active", "the passive took over");
     let log = log_text(survivor);
-    assert!(log.contains("ICMP check"), "checked before taking over: {log}");
+    assert!(
+        log.contains("ICMP check"),
+        "checked before taking over: {log}"
+    );
     assert!(log.contains("PeerDead"), "{log}");
     assert!(
         gap <= Duration::from_millis(1500),
@@ -161,9 +164,14 @@ fn forced_status_overrides_the_election_and_hareset_keeps_the_incumbent() {
     let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(2), || {
         let r = c.nodes[p].ctl(&["haactive"]).expect("haactive");
         assert_eq!(r["forced"], "active");
-        c.wait_single_active(Duration::from_secs(2))
-            .map(|i| assert_eq!(i, p, "the forced member is active"))
-            .expect("one active");
+        wait_ctl(
+            &c.nodes[p],
+            &["status"],
+            "the forced member becomes active",
+            Duration::from_secs(2),
+            |s| s["role"] == "active",
+        )
+        .expect("forced swap");
     });
     assert!(gap <= Duration::from_millis(1000), "gap {gap:?}");
     assert_eq!(role(&c.nodes[a]).0, "passive");
@@ -174,8 +182,15 @@ fn forced_status_overrides_the_election_and_hareset_keeps_the_incumbent() {
     assert_eq!(role(&c.nodes[a]).0, "passive");
     // hapassive on the active hands over to the peer.
     c.nodes[p].ctl(&["hapassive"]).expect("hapassive");
-    let i = c.wait_single_active(Duration::from_secs(2)).expect("one active");
-    assert_eq!(i, a, "hapassive moved the role back");
+    wait_ctl(
+        &c.nodes[a],
+        &["status"],
+        "hapassive moves the role back",
+        Duration::from_secs(2),
+        |s| s["role"] == "active",
+    )
+    .expect("swap back");
+    assert_eq!(role(&c.nodes[p]).0, "passive");
     // Forced passive on both: nobody may be active; the log says why.
     c.nodes[a].ctl(&["hapassive"]).expect("hapassive");
     thread::sleep(Duration::from_millis(500));
@@ -190,9 +205,14 @@ fn cutting_the_actives_inside_link_swaps_on_quality() {
     let (a, p) = settled(&c);
     let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(2), || {
         c.lab.set_fw_port(a + 1, "in", false).expect("cut");
-        c.wait_single_active(Duration::from_secs(3))
-            .map(|i| assert_eq!(i, p, "the better member took over"))
-            .expect("one active");
+        wait_ctl(
+            &c.nodes[p],
+            &["status"],
+            "the better member takes over",
+            Duration::from_secs(3),
+            |s| s["role"] == "active",
+        )
+        .expect("swap on quality");
     });
     let info = hainfo(&c.nodes[p]);
     assert_eq!(info["peer"]["quality"], 50, "{info}");
@@ -249,7 +269,10 @@ fn with_both_ha_links_cut_exactly_one_member_forwards_and_answers_arp() {
         .cloned()
         .unwrap();
     assert_eq!(lr["carrier"], true, "last resort on: {info}");
-    assert_eq!(lr["peer_heard"], true, "peer heard over the data ports: {info}");
+    assert_eq!(
+        lr["peer_heard"], true,
+        "peer heard over the data ports: {info}"
+    );
     // Only one MAC answers for the gateway address.
     let macs = tools::arp_census(c.lab.client(), "eth0", addr::CLIENT, addr::LAN_GW, 3)
         .expect("ARP census");
@@ -317,6 +340,18 @@ fn a_frozen_active_is_replaced_and_yields_when_it_wakes_up() {
         .wait_single_active(Duration::from_secs(3))
         .expect("dual-active resolved");
     eprintln!("active after the freeze: fw{}", i + 1);
+    assert_eq!(
+        i, p,
+        "the member that took over (fresher table) stays active"
+    );
+    wait_ctl(
+        &c.nodes[a],
+        &["sync"],
+        "the yielding member resynchronizes",
+        Duration::from_secs(10),
+        |s| s["synchronized"] == true && s["bulks_received"].as_u64() >= Some(1),
+    )
+    .expect("resync after the dual-active episode");
     let log = format!("{}{}", log_text(&c.nodes[0]), log_text(&c.nodes[1]));
     assert!(log.contains("DualActiveDetected"), "{log}");
     assert!(gap <= Duration::from_millis(2000), "gap {gap:?}");

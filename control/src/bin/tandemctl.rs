@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tandem_control::api::{ConnFilter, Request, Response, DEFAULT_SOCKET_PATH};
 use tandem_control::client::{
-    format_connections, format_stats, format_status, format_hainfo, format_sync, request,
+    format_connections, format_hainfo, format_stats, format_status, format_sync, request,
 };
 
 /// Environment variable naming the control socket when --socket is not given.

@@ -6,7 +6,8 @@
 //!  4  version    u8   1
 //!  5  flags      u8   bit0 active, bit1 synchronized, bit2 yields,
 //!                     bits3-4 forced (0 none, 1 active, 2 passive),
-//!                     bits5-6 link (0 main, 1 backup, 2 data)
+//!                     bits5-6 link (0 main, 1 backup, 2 data),
+//!                     bit7 took over (active after the peer went silent)
 //!  6  quality    u8   0..=100
 //!  7  priority   u8
 //!  8  cluster id u32
@@ -177,7 +178,8 @@ impl Codec {
             | u8::from(s.synchronized) << 1
             | u8::from(s.yields) << 2
             | forced << 3
-            | (i as u8) << 5;
+            | (i as u8) << 5
+            | u8::from(s.took_over) << 7;
         b[6] = s.quality.min(100);
         b[7] = s.priority;
         b[8..12].copy_from_slice(&self.cluster.to_be_bytes());
@@ -223,7 +225,7 @@ impl Codec {
             2 => LinkId::Data,
             _ => return Err(DecodeError::BadField),
         };
-        if flags & 0x80 != 0 || buf[6] > 100 {
+        if buf[6] > 100 {
             return Err(DecodeError::BadField);
         }
         if self.own_serial == Some(be64(buf, 12)) {
@@ -251,6 +253,7 @@ impl Codec {
                 },
                 synchronized: flags & 2 != 0,
                 yields: flags & 4 != 0,
+                took_over: flags & 0x80 != 0,
                 forced,
                 quality: buf[6],
                 priority: buf[7],

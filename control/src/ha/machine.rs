@@ -82,6 +82,11 @@ pub struct PeerState {
     pub gen: u64,
     /// It is passive and considers the receiver the rightful active.
     pub yields: bool,
+    /// It is active because it took over from a silent peer, and has not
+    /// had a synchronized passive since: its table is the fresher one, so
+    /// it stays when both turn out to be active (a peer that was frozen or
+    /// cut off comes back).
+    pub took_over: bool,
 }
 
 /// Why a member changes role.
@@ -340,6 +345,7 @@ pub struct Ha {
     check: Check,
     challenge_since: Option<Time>,
     dual_active: bool,
+    took_over: bool,
     last_resort_on: bool,
     all_ha_lost_logged: bool,
     actions: VecDeque<Action>,
@@ -379,6 +385,7 @@ impl Ha {
             check: Check::Idle,
             challenge_since: None,
             dual_active: false,
+            took_over: false,
             last_resort_on: false,
             all_ha_lost_logged: false,
             actions: VecDeque::new(),
@@ -482,6 +489,7 @@ impl Ha {
             uptime_ms: u64::try_from(now.saturating_sub(self.started).as_millis())
                 .unwrap_or(u64::MAX),
             yields: false,
+            took_over: self.took_over,
             gen,
         }
     }
@@ -642,6 +650,7 @@ impl Ha {
         }
         self.role = role;
         self.challenge_since = None;
+        self.took_over = role == Role::Active && matches!(reason, Reason::PeerDead { .. });
         self.log(HaEvent::Swap { to: role, reason });
         self.actions.push_back(match role {
             Role::Active => Action::BecomeActive { reason },
@@ -789,6 +798,9 @@ impl Ha {
         }
         match (self.role, peer.role) {
             (Role::Active, Role::Passive) => {
+                if peer.synchronized {
+                    self.took_over = false;
+                }
                 if self.dual_active {
                     self.dual_active = false;
                     self.log(HaEvent::DualActiveResolved { we_yielded: false });
@@ -816,7 +828,7 @@ impl Ha {
                     self.dual_active = true;
                     self.log(HaEvent::DualActiveDetected);
                 }
-                if rank(&me) < rank(&peer) {
+                if dual_rank(&me) < dual_rank(&peer) {
                     self.dual_active = false;
                     self.set_role(now, Role::Passive, Reason::DualActive);
                     self.log(HaEvent::DualActiveResolved { we_yielded: true });
@@ -846,6 +858,13 @@ pub fn rank(s: &PeerState) -> (u8, bool, u8, u8, Reverse<u64>) {
         s.priority,
         Reverse(s.serial),
     )
+}
+
+/// The order that decides who stays when both are active: forced first,
+/// then the member that took over from a silent peer (the other one was
+/// frozen or cut off, so its table is stale), then [`rank`].
+pub fn dual_rank(s: &PeerState) -> (u8, bool, (u8, bool, u8, u8, Reverse<u64>)) {
+    (forced_rank(s.forced), s.took_over, rank(s))
 }
 
 /// Whether the passive `challenger` should replace the active `incumbent`:

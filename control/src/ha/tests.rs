@@ -116,6 +116,7 @@ fn state() -> PeerState {
         uptime_ms: 12345,
         gen: 9,
         yields: false,
+        took_over: true,
     }
 }
 
@@ -284,6 +285,7 @@ fn a_better_synchronized_peer_makes_the_active_yield_and_announce_it() {
         uptime_ms: 1,
         gen: 1,
         yields: true,
+        took_over: false,
     };
     ha.on_event(ms(1), Event::SyncComplete(true));
     let acts = ha.on_event(
@@ -677,4 +679,55 @@ fn simulation_is_not_vacuous_takeovers_and_dual_active_happen() {
     // ICMP rarely decides here: the last-resort heartbeat answers first.
     let _ = icmp_saves;
     assert!(takeovers > 50 && dual_yields > 5);
+}
+
+/// A member that found no peer at start-up and became active.
+fn alone_active(serial: u64) -> Ha {
+    let mut ha = Ha::new(
+        Config {
+            startup_wait: ms(0),
+            ..Config::new(serial)
+        },
+        ms(0),
+    );
+    ha.on_event(ms(1), Event::Tick);
+    ha.on_event(ms(1), Event::IcmpTimeout);
+    ha
+}
+
+#[test]
+fn after_a_freeze_the_member_that_took_over_stays_active() {
+    // Member 1 (lower serial) was active and froze; member 2 took over.
+    // When 1 wakes up still active, it yields although it ranks first.
+    let mut ha = alone_active(1);
+    assert_eq!(ha.role(), Role::Active);
+    let peer = PeerState {
+        role: Role::Active,
+        forced: None,
+        serial: 2,
+        took_over: true,
+        ..state()
+    };
+    let acts = ha.on_event(
+        ms(3),
+        Event::PeerHeartbeat {
+            link: LinkId::Main,
+            peer,
+        },
+    );
+    assert_eq!(ha.role(), Role::Passive, "{acts:?}");
+    assert!(acts.contains(&Action::RequestResync), "{acts:?}");
+    // Without the takeover mark, the lower serial would have stayed.
+    let mut ha = alone_active(1);
+    ha.on_event(
+        ms(3),
+        Event::PeerHeartbeat {
+            link: LinkId::Main,
+            peer: PeerState {
+                took_over: false,
+                ..peer
+            },
+        },
+    );
+    assert_eq!(ha.role(), Role::Active);
 }
