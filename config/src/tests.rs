@@ -1024,8 +1024,16 @@ fn election_and_split_brain_protection_are_on_by_default() {
 
 #[test]
 fn interface_weight_and_ha_timers_are_range_checked() {
-    let text = with(r#"["198.18.2.1/24"]"#, r#"["198.18.2.1/24"], weight: 10000"#);
-    rejects(&text, "interfaces[1].weight", "10000", "0..=9999 (default 100)");
+    let text = with(
+        r#"["198.18.2.1/24"]"#,
+        r#"["198.18.2.1/24"], weight: 10000"#,
+    );
+    rejects(
+        &text,
+        "interfaces[1].weight",
+        "10000",
+        "0..=9999 (default 100)",
+    );
     let text = with(
         "routes: [],",
         &HA.replace("cluster_id: 7,", "cluster_id: 7, icmp_timeout_ms: 1,"),
@@ -1035,5 +1043,10 @@ fn interface_weight_and_ha_timers_are_range_checked() {
         "routes: [],",
         &HA.replace("cluster_id: 7,", "cluster_id: 7, garp_interval_ms: 10,"),
     );
-    rejects(&text, "ha.garp_interval_ms", "garp_interval_ms", "0 (off) or 100");
+    rejects(
+        &text,
+        "ha.garp_interval_ms",
+        "garp_interval_ms",
+        "0 (off) or 100",
+    );
 }

@@ -360,7 +360,10 @@ mod tests {
         p[ETH + 2..ETH + 4].copy_from_slice(&3u16.to_be_bytes());
         assert_eq!(payload(&p), None);
         let mut small = [0u8; 40];
-        assert_eq!(build_request(&mut small, MAC, ADDR, ID_PROBE, 1, b"x"), None);
+        assert_eq!(
+            build_request(&mut small, MAC, ADDR, ID_PROBE, 1, b"x"),
+            None
+        );
         let mut out = [0u8; 1024];
         assert_eq!(
             build_request(&mut out, MAC, ADDR, ID_PROBE, 1, &[0; MAX_PAYLOAD + 1]),

@@ -406,10 +406,7 @@ impl Node {
                 } else {
                     0
                 },
-                garp_interval_ms: cfg
-                    .ha
-                    .as_ref()
-                    .map_or(0, |h| u64::from(h.garp_interval_ms)),
+                garp_interval_ms: cfg.ha.as_ref().map_or(0, |h| u64::from(h.garp_interval_ms)),
             };
             let counters = Arc::new(WorkerCounters::default());
             let lcore = Arc::new(std::sync::OnceLock::new());

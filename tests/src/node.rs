@@ -260,7 +260,8 @@ impl NodeConfig {
                 ron_str(&i.name),
                 ron_str(&i.vdev),
                 addrs.join(", "),
-                i.weight.map_or_else(String::new, |w| format!(", weight: {w}"))
+                i.weight
+                    .map_or_else(String::new, |w| format!(", weight: {w}"))
             );
         }
         s += "    ],\n";
