@@ -1327,6 +1327,39 @@ pub fn port_counters(port_id: u16) -> Result<PortCounters, DpdkError> {
     })
 }
 
+/// Turns promiscuous reception of a port on or off (for a bond: on every
+/// member, and the bond accepts frames for any destination).
+///
+/// An 802.3ad bond needs it over members that cannot filter multicast
+/// (af_packet: "Failed to enable allmulti mode" in the log at start):
+/// its receive path then drops every broadcast and multicast frame, ARP
+/// requests included, unless the bond is promiscuous (check with
+/// [`port_allmulticast`]). Frames for other unicast addresses then reach
+/// the application too, which must check the destination itself.
+pub fn set_promiscuous(port_id: u16, on: bool) -> Result<(), DpdkError> {
+    // SAFETY: plain calls; DPDK checks the port id.
+    let rc = unsafe {
+        if on {
+            ffi::rte_eth_promiscuous_enable(port_id)
+        } else {
+            ffi::rte_eth_promiscuous_disable(port_id)
+        }
+    };
+    if rc != 0 {
+        return Err(port_error(port_id, "set promiscuous mode", rc));
+    }
+    Ok(())
+}
+
+/// Whether a port receives every multicast and broadcast frame (promiscuous
+/// or all-multicast mode on). `false` for unknown ports.
+pub fn port_allmulticast(port_id: u16) -> bool {
+    // SAFETY: plain queries; DPDK checks the port id (-1 when unknown).
+    unsafe {
+        ffi::rte_eth_promiscuous_get(port_id) == 1 || ffi::rte_eth_allmulticast_get(port_id) == 1
+    }
+}
+
 /// The kernel interface behind a port (the `iface=` of an af_packet or
 /// af_xdp port, the interface of a tap port), looked up in the calling
 /// thread's network namespace. `None` for ports without one (PCI, ring,

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_dataplane::dpdk::{
-    bond_follow_carriers, bond_info, lacp_member, port_counters, port_kernel_carrier,
-    port_kernel_interface, set_bond_lacp_timers, BondMode, Eal, LacpTimers, Mbuf, Mempool, Port,
-    PortSetup, RxQueue, TxQueue,
+    bond_follow_carriers, bond_info, lacp_member, port_allmulticast, port_counters,
+    port_kernel_carrier, port_kernel_interface, set_bond_lacp_timers, set_promiscuous, BondMode,
+    Eal, LacpTimers, Mbuf, Mempool, Port, PortSetup, RxQueue, TxQueue,
 };
 
 /// A network namespace with veth pairs, deleted when dropped (also when the
@@ -145,6 +145,21 @@ fn send_and_count(
     wait: Duration,
 ) -> usize {
     let dst = to.port.mac().expect("mac");
+    send_frames(pool, from, to, n, tag, dst, wait)
+}
+
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// As `send_and_count`, to destination `dst`.
+fn send_frames(
+    pool: &Mempool,
+    from: &mut Bond,
+    to: &mut Bond,
+    n: usize,
+    tag: u8,
+    dst: [u8; 6],
+    wait: Duration,
+) -> usize {
     let mut burst = Vec::new();
     for i in 0..n {
         let mut m = pool.alloc().expect("mbuf");
@@ -296,6 +311,38 @@ fn lacp_and_active_backup_bonds_survive_the_loss_of_a_member() {
     );
     let got = send_and_count(&pool, &mut b, &mut a, n, 2, Duration::from_secs(3));
     assert_eq!(got, n, "and back");
+
+    // Broadcast (ARP) over af_packet members, which cannot do allmulticast:
+    // dropped by the 802.3ad receive path until the bond is promiscuous.
+    assert!(
+        !port_allmulticast(pb),
+        "af_packet members refuse allmulticast"
+    );
+    let bcast = send_frames(
+        &pool,
+        &mut a,
+        &mut b,
+        32,
+        9,
+        BROADCAST,
+        Duration::from_millis(300),
+    );
+    assert_eq!(
+        bcast, 0,
+        "an 802.3ad bond drops broadcasts unless promiscuous"
+    );
+    set_promiscuous(pb, true).expect("promiscuous bond");
+    assert!(port_allmulticast(pb));
+    let bcast = send_frames(
+        &pool,
+        &mut a,
+        &mut b,
+        32,
+        10,
+        BROADCAST,
+        Duration::from_secs(3),
+    );
+    assert_eq!(bcast, 32, "a promiscuous 802.3ad bond receives broadcasts");
 
     // Cut one member: a1 down takes b1's carrier too.
     let (a0, a1, b0, b1) = (a.members[0], a.members[1], b.members[0], b.members[1]);
