@@ -373,6 +373,8 @@ pub struct HaMemberInfo {
     pub uptime_ms: u64,
     /// When it took its current role (Unix seconds; local member only).
     pub since_unix: Option<u64>,
+    /// Heard now on some path (the peer; always true for the local member).
+    pub alive: bool,
 }
 
 /// One path to the peer as `hainfo` shows it.
@@ -422,6 +424,9 @@ pub struct HaInfo {
     /// Data-path counters: last-resort heartbeats in, checks answered,
     /// check answers in, frames sent, frames dropped.
     pub data_path: [u64; 5],
+    /// The state-sync (K2K) protocol version in use with the peer (0: not
+    /// established).
+    pub sync_version: u8,
 }
 
 /// Answer to `conn list`.

@@ -502,7 +502,11 @@ pub fn format_hainfo(r: &HaInfo) -> String {
             None => vec!["(not heard)".into(); 6],
             Some(m) => vec![
                 m.serial.clone(),
-                m.role.clone(),
+                if m.alive {
+                    m.role.clone()
+                } else {
+                    format!("lost (was {})", m.role)
+                },
                 m.forced.clone().unwrap_or_else(|| "no".into()),
                 format!("{}%", m.quality),
                 m.priority.to_string(),
@@ -587,6 +591,9 @@ pub fn format_hainfo(r: &HaInfo) -> String {
         d[0], d[1], d[2], d[3], d[4]
     );
     let _ = writeln!(out, "rejected:      {} heartbeats", r.heartbeats_rejected);
+    if r.sync_version > 0 {
+        let _ = writeln!(out, "state sync:    K2K version {}", r.sync_version);
+    }
     out
 }
 

@@ -22,7 +22,7 @@ use tandem_dataplane::worker::Role as PlaneRole;
 use crate::api::{HaInfo, HaLinkInfo, HaMemberInfo};
 use crate::eventlog::EventLog;
 use crate::ha::heartbeat::{Codec, DecodeError, PORT};
-use crate::ha::machine::{Action, Config, Event, Ha, LinkId, PeerState, Phase, Role};
+use crate::ha::machine::{Action, Config, Event, Ha, HaEvent, LinkId, PeerState, Phase, Role};
 use crate::ha::quality::{quality, Interface, QualityConfig};
 
 struct Link {
@@ -364,7 +364,9 @@ impl Cluster {
                     // Incomplete until the bulk arrives.
                     self.synchronized = false;
                 }
-                Action::Log(e) => log.event("HA", format_args!("{e:?}")),
+                // The swap is logged with its old and new role just above.
+                Action::Log(HaEvent::Swap { .. }) => {}
+                Action::Log(e) => log.event("HA", self.describe(&e)),
             }
         }
     }
@@ -429,6 +431,85 @@ impl Cluster {
         self.ha.handle_event(now, Event::IcmpTimeout);
     }
 
+    fn link_name(&self, id: LinkId) -> String {
+        match id {
+            LinkId::Data => "the data ports (last resort)".to_owned(),
+            _ => self.links.iter().find(|l| l.id == id).map_or_else(
+                || format!("{id:?}"),
+                |l| format!("link {} ({})", l.name, l.peer.ip()),
+            ),
+        }
+    }
+
+    /// An event as an operator reads it in the log.
+    fn describe(&self, e: &HaEvent) -> String {
+        match e {
+            HaEvent::PeerFound { serial } => {
+                format!("peer {} found (cluster member)", serial_text(*serial))
+            }
+            HaEvent::PeerLost(l) => {
+                format!("HA communication on {} has failed", self.link_name(*l))
+            }
+            HaEvent::PeerBack(l) => format!("HA communication on {} is back", self.link_name(*l)),
+            HaEvent::LinkState(l, up) => format!(
+                "our end of {} is {}",
+                self.link_name(*l),
+                if *up { "up" } else { "down" }
+            ),
+            HaEvent::AllHaLinksLost => {
+                "no HA link carries the peer's heartbeats any more".to_owned()
+            }
+            HaEvent::LastResort(on) => if *on {
+                "last-resort heartbeats over the data ports started"
+            } else {
+                "last-resort heartbeats over the data ports stopped (an HA link works)"
+            }
+            .to_owned(),
+            HaEvent::Swap { to, reason } => {
+                format!("election: this member becomes {} ({reason:?})", role_name(*to))
+            }
+            HaEvent::TakeoverWithIncompleteTable => {
+                "taking over with an incomplete connection table: connections not yet synchronized are lost".to_owned()
+            }
+            HaEvent::QualityChanged { from, to } => {
+                format!("our quality changed: {from} -> {to}")
+            }
+            HaEvent::PeerQualityChanged { from, to } => {
+                format!("the peer's quality changed: {from} -> {to}")
+            }
+            HaEvent::ForcedChanged(f) => format!(
+                "forced status now {}",
+                forced_name(*f).unwrap_or_else(|| "none".into())
+            ),
+            HaEvent::IcmpMonitoringStarted => {
+                "peer lost on every path: starting ICMP monitoring".to_owned()
+            }
+            HaEvent::IcmpResult { peer_alive } => if *peer_alive {
+                "ICMP check: the peer's dataplane answers, it is not taken over"
+            } else {
+                "ICMP check: no answer from the peer"
+            }
+            .to_owned(),
+            HaEvent::DualActiveDetected => "both members are active (dual active)".to_owned(),
+            HaEvent::DualActiveResolved { we_yielded } => if *we_yielded {
+                "dual active resolved: this member yields"
+            } else {
+                "dual active resolved: the peer yielded"
+            }
+            .to_owned(),
+            HaEvent::PeerRestarted => "the peer restarted".to_owned(),
+            HaEvent::LocalStall { ms } => {
+                format!("this process was not scheduled for {ms} ms; silent paths get a fresh dead time")
+            }
+            HaEvent::Synchronized(done) => if *done {
+                "our connection table is complete"
+            } else {
+                "our connection table is not complete"
+            }
+            .to_owned(),
+        }
+    }
+
     /// The names of the links whose peer is heard now.
     pub fn links_alive(&self) -> Vec<String> {
         self.links
@@ -455,9 +536,21 @@ impl Cluster {
             synchronized: node.role() == PlaneRole::Active || self.ha.sync_complete(),
             uptime_ms: now.as_millis() as u64,
             since_unix: Some(since),
+            alive: true,
         };
+        // Heartbeats carry the serial's last 8 bytes; the sync's Hello the
+        // whole of it.
+        let sync_serial = node
+            .sync()
+            .and_then(|s| s.shared().peer_serial.lock().ok().map(|g| g.clone()))
+            .unwrap_or_default();
         let peer = self.ha.peer().map(|p| HaMemberInfo {
-            serial: serial_text(p.serial),
+            serial: if serial_number(&sync_serial) == p.serial {
+                sync_serial.clone()
+            } else {
+                serial_text(p.serial)
+            },
+            alive: self.ha.peer_heard(),
             role: role_name(p.role),
             forced: forced_name(p.forced),
             quality: p.quality,
@@ -523,6 +616,11 @@ impl Cluster {
             last_swap: self.last_swap.clone(),
             heartbeats_rejected: self.rejected,
             data_path: counters.unwrap_or_default(),
+            sync_version: node.sync().map_or(0, |s| {
+                s.shared()
+                    .version
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
         }
     }
 }

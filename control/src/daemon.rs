@@ -285,6 +285,7 @@ impl Daemon {
                     role: self.node.role().as_str().into(),
                     forced: self.forced.map(|r| r.as_str().into()),
                     uptime_ms: self.started_at.elapsed().as_millis() as u64,
+                    alive: true,
                     ..Default::default()
                 },
                 icmp_check: "off".into(),

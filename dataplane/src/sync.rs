@@ -80,6 +80,10 @@ pub struct SyncShared {
     /// yielded after both were active): the sync core asks the peer for a
     /// bulk and the table counts as incomplete until it arrives.
     pub resync_wanted: AtomicBool,
+    /// The peer's serial (from its authenticated Hello), empty until then.
+    pub peer_serial: Mutex<String>,
+    /// The K2K protocol version both speak (0 until the peer answered).
+    pub version: AtomicU8,
     /// A text snapshot of the session's counters (drops per reason,
     /// retransmissions, ...), refreshed every second.
     pub details: Mutex<Vec<(String, u64)>>,
@@ -428,6 +432,20 @@ impl Core {
             match ev {
                 Event::PeerUp { .. } => {
                     self.shared.peer_up.store(true, Ordering::Relaxed);
+                    if let Some(p) = self.session.peer() {
+                        let text: String = p
+                            .serial
+                            .iter()
+                            .filter(|&&b| b != 0)
+                            .map(|&b| char::from(b))
+                            .collect();
+                        if let Ok(mut g) = self.shared.peer_serial.lock() {
+                            *g = text;
+                        }
+                    }
+                    self.shared
+                        .version
+                        .store(self.session.version(), Ordering::Relaxed);
                     self.shared.synchronized.store(false, Ordering::Relaxed);
                     // An active member resyncs a (re)joining peer.
                     self.start_bulk(now, BulkReason::PeerUp);
