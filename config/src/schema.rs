@@ -88,6 +88,23 @@ pub struct HaConfig {
     /// active (0: only on becoming active).
     #[serde(default)]
     pub garp_interval_ms: u32,
+    /// Each member of an LACP aggregate counts in the quality factor with
+    /// the aggregate's weight (off: the aggregate counts once, up while a
+    /// member is).
+    #[serde(default)]
+    pub lacp_members_have_weight: bool,
+    /// The same for active-backup aggregates.
+    #[serde(default)]
+    pub failover_members_have_weight: bool,
+    /// Keep LACP aggregates in distribution on the passive member (off:
+    /// the passive stops its LACPDUs, so partners take its members out;
+    /// a takeover then waits for LACP to converge).
+    #[serde(default = "yes")]
+    pub lacp_when_passive: bool,
+    /// Bounce (down, up) the data interfaces of a member that becomes
+    /// passive, so switches forget its MAC addresses at once.
+    #[serde(default)]
+    pub bounce_on_swap: bool,
     /// "Active firewall if equal": 50 for the preferred member, else 0.
     #[serde(default)]
     pub priority: u8,
@@ -478,6 +495,55 @@ pub struct InterfaceConfig {
     /// link does not count).
     #[serde(default = "default_weight")]
     pub weight: u16,
+    /// A link aggregate: `device` is then a DPDK bonding vdev
+    /// (`Vdev("net_bonding0")`) over these members.
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
+}
+
+/// A link aggregate (DPDK's bonding PMD).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// LACP (802.3ad) or active-backup redundancy.
+    pub mode: AggregateMode,
+    /// The member ports, 2..=8; the first is the active-backup primary.
+    pub members: Vec<Device>,
+    /// LACP timers: `Standard` (IEEE: 30 s LACPDUs, 90 s timeout) or
+    /// `Fast` (1 s, 3 s: only when the partner runs DPDK with `Fast` too,
+    /// as DPDK never asks its partner for fast LACPDUs).
+    #[serde(default)]
+    pub lacp_rate: LacpRate,
+}
+
+/// How an aggregate uses its members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AggregateMode {
+    /// 802.3ad (bonding mode 4): every member in distribution carries traffic.
+    Lacp,
+    /// One member carries traffic, the next takes over when it goes down
+    /// (bonding mode 1).
+    ActiveBackup,
+}
+
+impl AggregateMode {
+    /// The bonding PMD's mode number.
+    pub fn bonding_mode(self) -> u8 {
+        match self {
+            AggregateMode::Lacp => 4,
+            AggregateMode::ActiveBackup => 1,
+        }
+    }
+}
+
+/// LACP timer set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LacpRate {
+    /// IEEE defaults (DPDK's).
+    #[default]
+    Standard,
+    /// Fast periodic LACPDUs and a 3 s timeout.
+    Fast,
 }
 
 /// The default weight of an interface in the quality factor.
@@ -600,13 +666,32 @@ impl NodeConfig {
         args.push("--no-telemetry".to_owned());
         args.push(EAL_LOG_LEVEL.to_owned());
         let mut pci = 0;
+        let mut device = |d: &Device, args: &mut Vec<String>| match d {
+            Device::Vdev(spec) => args.push(format!("--vdev={spec}")),
+            Device::Pci(addr) => {
+                pci += 1;
+                args.extend(["-a".to_owned(), addr.clone()]);
+            }
+        };
         for iface in &self.interfaces {
-            match &iface.device {
-                Device::Vdev(spec) => args.push(format!("--vdev={spec}")),
-                Device::Pci(addr) => {
-                    pci += 1;
-                    args.extend(["-a".to_owned(), addr.clone()]);
+            match (&iface.aggregate, &iface.device) {
+                (Some(agg), Device::Vdev(spec)) => {
+                    // Members first: the bond refers to them by name.
+                    for m in &agg.members {
+                        device(m, &mut args);
+                    }
+                    let mut bond = format!("{spec},mode={}", agg.mode.bonding_mode());
+                    for m in &agg.members {
+                        bond += &format!(",slave={}", m.name());
+                    }
+                    if let (AggregateMode::ActiveBackup, Some(first)) =
+                        (agg.mode, agg.members.first())
+                    {
+                        bond += &format!(",primary={}", first.name());
+                    }
+                    args.push(format!("--vdev={bond}"));
                 }
+                (_, d) => device(d, &mut args),
             }
         }
         if pci == 0 {

@@ -1050,3 +1050,62 @@ fn interface_weight_and_ha_timers_are_range_checked() {
         "0 (off) or 100",
     );
 }
+
+const BOND_IN: &str = r#"(name: "in", device: Vdev("net_bonding0"), addresses: ["198.18.1.1/24"],
+            aggregate: Some((mode: Lacp, lacp_rate: Fast, members: [Vdev("net_af_packet2,iface=in0"), Vdev("net_af_packet3,iface=in1")]))),"#;
+
+#[test]
+fn an_aggregate_puts_its_members_then_the_bond_on_the_eal_command_line() {
+    let text = with(
+        r#"(name: "in", device: Vdev("net_af_packet0,iface=fw-in"), addresses: ["198.18.1.1/24"]),"#,
+        BOND_IN,
+    );
+    let cfg = parse(&text, "t.ron").unwrap();
+    let agg = cfg.interfaces[0].aggregate.as_ref().expect("aggregate");
+    assert_eq!(
+        (agg.mode, agg.lacp_rate),
+        (AggregateMode::Lacp, LacpRate::Fast)
+    );
+    let args = cfg.eal_args();
+    let at = |s: &str| {
+        args.iter()
+            .position(|a| a == s)
+            .unwrap_or_else(|| panic!("{s} in {args:?}"))
+    };
+    let bond = "--vdev=net_bonding0,mode=4,slave=net_af_packet2,slave=net_af_packet3";
+    assert!(at("--vdev=net_af_packet2,iface=in0") < at(bond));
+    assert!(at("--vdev=net_af_packet3,iface=in1") < at(bond));
+    let ab = text.replace("mode: Lacp", "mode: ActiveBackup");
+    let args = parse(&ab, "t.ron").unwrap().eal_args();
+    assert!(
+        args.contains(&"--vdev=net_bonding0,mode=1,slave=net_af_packet2,slave=net_af_packet3,primary=net_af_packet2".to_owned()),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn an_aggregate_needs_a_bonding_device_and_two_to_eight_unique_members() {
+    let base = r#"(name: "in", device: Vdev("net_af_packet0,iface=fw-in"), addresses: ["198.18.1.1/24"]),"#;
+    let text = with(base, &BOND_IN.replace("net_bonding0", "net_ring0"));
+    rejects(&text, "interfaces[0].device", "net_ring0", "bonding vdev");
+    let text = with(
+        base,
+        &BOND_IN.replace(r#", Vdev("net_af_packet3,iface=in1")"#, ""),
+    );
+    rejects(
+        &text,
+        "interfaces[0].aggregate.members",
+        "aggregate",
+        "2..=8 member devices",
+    );
+    let text = with(
+        base,
+        &BOND_IN.replace("net_af_packet3,iface=in1", "net_af_packet1,iface=in1"),
+    );
+    let err = parse(&text, "t.ron").expect_err("member reused");
+    assert!(
+        err.to_string()
+            .contains("\"net_af_packet1\" is already the device of interfaces[0]"),
+        "{err}"
+    );
+}

@@ -67,6 +67,7 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "ha.icmp_timeout_ms" => "5..=5000 milliseconds",
         "ha.garp_interval_ms" => "0 (off) or 100..=3600000 milliseconds",
         "interfaces[].weight" => "0..=9999 (default 100)",
+        "interfaces[].aggregate.members" => "2..=8 member devices, each used once on the node",
         "interfaces[].name" => "1..=15 characters from [a-z0-9_-], unique on the node",
         "interfaces[].mtu" => "576..=9000",
         "interfaces[].kernel_interface" => {
@@ -605,6 +606,40 @@ fn interfaces(c: &mut Checker<'_>, cfg: &NodeConfig) {
         }
         c.range(&format!("{p}.mtu"), f.mtu, 576, 9000);
         c.range(&format!("{p}.weight"), f.weight, 0, 9999);
+        if let Some(agg) = &f.aggregate {
+            if !f.device.name().starts_with("net_bonding") {
+                c.fail(
+                    format!("{p}.device"),
+                    format!(
+                        "an aggregate's device must be a bonding vdev; expected e.g. \
+                         Vdev(\"net_bonding0\"), got {:?}",
+                        f.device.name()
+                    ),
+                );
+            }
+            if !(2..=8).contains(&agg.members.len()) {
+                c.fail(
+                    format!("{p}.aggregate.members"),
+                    format!(
+                        "{} members given; allowed {}",
+                        agg.members.len(),
+                        allowed("interfaces[].aggregate.members")
+                    ),
+                );
+            }
+            for (j, m) in agg.members.iter().enumerate() {
+                let name = m.name();
+                if let Some(first) = devices.insert(name, i) {
+                    c.fail(
+                        format!("{p}.aggregate.members[{j}]"),
+                        format!(
+                            "{name:?} is already used by interfaces[{first}]; allowed a \
+                             device used once on the node"
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(k) = &f.kernel_interface {
             if !is_linux_ifname(k) {
                 c.fail(

@@ -23,7 +23,10 @@ use crate::api::{HaInfo, HaLinkInfo, HaMemberInfo};
 use crate::eventlog::EventLog;
 use crate::ha::heartbeat::{Codec, DecodeError, PORT};
 use crate::ha::machine::{Action, Config, Event, Ha, HaEvent, LinkId, PeerState, Phase, Role};
-use crate::ha::quality::{quality, Interface, QualityConfig};
+use crate::ha::quality::{
+    quality, Aggregate, AggregateId, AggregateKind, Interface, QualityConfig,
+};
+use tandem_config::AggregateMode;
 
 struct Link {
     id: LinkId,
@@ -71,6 +74,8 @@ pub struct Cluster {
     swaps: u64,
     last_swap: Option<String>,
     last_icmp_rtt_us: Option<u64>,
+    quality_cfg: QualityConfig,
+    bounce_on_swap: bool,
     /// Heartbeats dropped by reason (bad tag, replay, ...).
     pub rejected: u64,
 }
@@ -96,6 +101,41 @@ pub fn serial_text(n: u64) -> String {
     } else {
         format!("{n:#x}")
     }
+}
+
+/// The data interfaces (aggregates as their members) and the aggregates,
+/// as the quality factor takes them.
+fn quality_inputs(node: &Node) -> (Vec<Interface>, Vec<Aggregate>) {
+    let mut interfaces = Vec::new();
+    let mut aggregates = Vec::new();
+    for (i, iface) in node.interfaces().iter().enumerate() {
+        let weight = iface.config.weight;
+        match (&iface.config.aggregate, node.aggregate(i)) {
+            (Some(agg), Some(members)) => {
+                let id = AggregateId(i as u16);
+                aggregates.push(Aggregate {
+                    id,
+                    kind: match agg.mode {
+                        AggregateMode::Lacp => AggregateKind::Lacp,
+                        AggregateMode::ActiveBackup => AggregateKind::Redundancy,
+                    },
+                    weight,
+                });
+                for (name, up) in members {
+                    interfaces.push(Interface {
+                        weight,
+                        aggregate: Some(id),
+                        ..Interface::new(&name, up)
+                    });
+                }
+            }
+            _ => interfaces.push(Interface {
+                weight,
+                ..Interface::new(&iface.config.name, node.link(i).0.up)
+            }),
+        }
+    }
+    (interfaces, aggregates)
 }
 
 fn plane(r: Role) -> PlaneRole {
@@ -184,6 +224,11 @@ impl Cluster {
             swaps: 0,
             last_swap: None,
             last_icmp_rtt_us: None,
+            quality_cfg: QualityConfig {
+                lacp_members_have_weight: ha.lacp_members_have_weight,
+                failover_members_have_weight: ha.failover_members_have_weight,
+            },
+            bounce_on_swap: ha.bounce_on_swap,
             rejected: 0,
         }))
     }
@@ -294,16 +339,8 @@ impl Cluster {
                 self.ha.handle_event(now, Event::LinkState(l.id, up));
             }
         }
-        let interfaces: Vec<Interface> = node
-            .interfaces()
-            .iter()
-            .enumerate()
-            .map(|(i, iface)| Interface {
-                weight: iface.config.weight,
-                ..Interface::new(&iface.config.name, node.link(i).0.up)
-            })
-            .collect();
-        let q = quality(&interfaces, &[], &[], &QualityConfig::default());
+        let (interfaces, aggregates) = quality_inputs(node);
+        let q = quality(&interfaces, &aggregates, &[], &self.quality_cfg);
         if q != self.quality {
             self.quality = q;
             self.ha.handle_event(now, Event::LocalQuality(q));
@@ -350,6 +387,14 @@ impl Cluster {
                         self.role_since = SystemTime::now();
                     }
                     node.set_role(to);
+                    if to == PlaneRole::Passive && self.bounce_on_swap {
+                        for (iface, why) in node.bounce_ports() {
+                            log.event(
+                                "HA",
+                                format_args!("cannot bounce interface {iface} on swap: {why}"),
+                            );
+                        }
+                    }
                 }
                 Action::SendHeartbeat { link, state } => self.send_heartbeat(node, link, &state),
                 Action::StartIcmpProbe => self.start_probe(node, log),

@@ -46,6 +46,8 @@ const SIGNAL: Token = Token(0);
 const SOCKET_BASE: usize = 16;
 const CLUSTER_BASE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// Active-backup aggregates follow their members' carriers this often.
+const AGGREGATES: Duration = Duration::from_millis(100);
 
 /// The control thread's state.
 struct Daemon {
@@ -160,11 +162,13 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
 
     let mut events = Events::with_capacity(64);
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+    let mut next_aggregates = Instant::now() + AGGREGATES;
     'run: loop {
         let now = Instant::now();
         let mut deadline = socket
             .next_deadline()
-            .map_or(next_housekeeping, |d| d.min(next_housekeeping));
+            .map_or(next_housekeeping, |d| d.min(next_housekeeping))
+            .min(next_aggregates);
         if let Some(c) = &daemon.cluster {
             deadline = deadline.min(c.next_wakeup());
         }
@@ -200,6 +204,15 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             }
         }
         let now = Instant::now();
+        if now >= next_aggregates {
+            for iface in daemon.node.poll_aggregates() {
+                daemon.events.event(
+                    "SYSTEM",
+                    format_args!("aggregate {iface}: active member lost its carrier, failed over"),
+                );
+            }
+            next_aggregates = now + AGGREGATES;
+        }
         socket.poll_timeouts(now);
         if now >= next_housekeeping {
             daemon.node.housekeeping();
@@ -462,6 +475,7 @@ impl Daemon {
                     link_source: match source {
                         LinkSource::Dpdk => "dpdk".into(),
                         LinkSource::Kernel(k) => format!("kernel:{k}"),
+                        LinkSource::Aggregate => "aggregate".into(),
                     },
                     speed_mbps: link.speed_mbps,
                     rx_queues: iface.port.queues(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tandem_config::{Device, InterfaceConfig, NodeConfig};
+use tandem_config::{AggregateMode, Device, InterfaceConfig, LacpRate, NodeConfig};
 
 use crossbeam::channel::{bounded, Sender};
 
@@ -68,6 +68,8 @@ pub enum LinkSource {
     /// From the carrier of the kernel interface behind the port (af_packet
     /// and af_xdp ports, whose driver does not see carrier changes).
     Kernel(String),
+    /// From the members of a link aggregate (up while one carries traffic).
+    Aggregate,
 }
 
 /// A worker thread and what the control thread can see of it.
@@ -142,6 +144,17 @@ impl Node {
                 mtu: ic.mtu,
             };
             let port = Port::open(&eal, ic.device.name(), &setup, pool.clone())?;
+            if let Some(agg) = &ic.aggregate {
+                // Over af_packet members the bond cannot turn on
+                // all-multicast, and would drop ARP: promiscuous instead
+                // (the router checks destination MACs itself).
+                if !crate::dpdk::port_allmulticast(port.id()) {
+                    crate::dpdk::set_promiscuous(port.id(), true)?;
+                }
+                if agg.mode == AggregateMode::Lacp && agg.lacp_rate == LacpRate::Fast {
+                    crate::dpdk::set_bond_lacp_timers(port.id(), &crate::dpdk::LacpTimers::FAST)?;
+                }
+            }
             let mac = EthernetAddress(port.mac()?);
             interfaces.push(NodeInterface {
                 config: ic.clone(),
@@ -245,6 +258,65 @@ impl Node {
             nat_rules: cfg.nat.iter().filter(|n| n.enabled).count(),
         };
         Ok((Arc::new(policy), info))
+    }
+
+    /// The members of interface `i`'s link aggregate (none for a plain
+    /// interface), as (port name, carries traffic: in distribution for
+    /// LACP, the current active member for active-backup).
+    pub fn aggregate(&self, i: usize) -> Option<Vec<(String, bool)>> {
+        let iface = self.interfaces.get(i)?;
+        iface.config.aggregate.as_ref()?;
+        let info = crate::dpdk::bond_info(iface.port.id()).ok()??;
+        Some(
+            info.members
+                .iter()
+                .map(|&m| {
+                    (
+                        crate::dpdk::port_name(m).unwrap_or_else(|_| format!("port {m}")),
+                        info.active.contains(&m),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Moves every active-backup aggregate to a member with carrier when
+    /// its active member lost it (the bonding PMD cannot see af_packet
+    /// carriers): call every 100 ms or so. Returns the interfaces that
+    /// failed over.
+    pub fn poll_aggregates(&self) -> Vec<String> {
+        let mut moved = Vec::new();
+        for iface in &self.interfaces {
+            let Some(agg) = &iface.config.aggregate else {
+                continue;
+            };
+            if agg.mode == AggregateMode::ActiveBackup
+                && matches!(
+                    crate::dpdk::bond_follow_carriers(iface.port.id()),
+                    Ok(Some(_))
+                )
+            {
+                moved.push(iface.config.name.clone());
+            }
+        }
+        moved
+    }
+
+    /// Sets every data port's link down then up again (where the driver
+    /// can), so switches forget this member's MAC addresses; returns what
+    /// failed, by interface.
+    pub fn bounce_ports(&self) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        for iface in &self.interfaces {
+            let r = iface
+                .port
+                .set_link(false)
+                .and_then(|()| iface.port.set_link(true));
+            if let Err(e) = r {
+                failed.push((iface.config.name.clone(), e.to_string()));
+            }
+        }
+        failed
     }
 
     /// The HA path over the data ports, on a cluster member.
@@ -407,6 +479,18 @@ impl Node {
                     0
                 },
                 garp_interval_ms: cfg.ha.as_ref().map_or(0, |h| u64::from(h.garp_interval_ms)),
+                lacp_ports: self
+                    .interfaces
+                    .iter()
+                    .filter(|i| {
+                        i.config
+                            .aggregate
+                            .as_ref()
+                            .is_some_and(|a| a.mode == AggregateMode::Lacp)
+                    })
+                    .map(|i| i.port.id())
+                    .collect(),
+                lacp_quiet_when_passive: cfg.ha.as_ref().is_some_and(|h| !h.lacp_when_passive),
             };
             let counters = Arc::new(WorkerCounters::default());
             let lcore = Arc::new(std::sync::OnceLock::new());
@@ -554,6 +638,11 @@ impl Node {
             speed_mbps: 0,
             full_duplex: false,
         });
+        if iface.config.aggregate.is_some() {
+            // An aggregate is up while a member carries traffic.
+            let up = self.aggregate(i).is_some_and(|a| a.iter().any(|m| m.1));
+            return (LinkState { up, ..driver }, LinkSource::Aggregate);
+        }
         match iface.config.kernel_interface() {
             Some(k) => (
                 LinkState {

@@ -117,6 +117,12 @@ pub struct WorkerSettings {
     /// While active, repeat the gratuitous ARPs this often (0: only on
     /// becoming active).
     pub garp_interval_ms: u64,
+    /// Ports that are LACP aggregates: the bonding PMD sends its LACPDUs
+    /// from TX bursts, so the worker kicks their TX queues regularly.
+    pub lacp_ports: Vec<u16>,
+    /// While passive, leave the LACP aggregates alone (no RX, no LACPDUs),
+    /// so partners take this member's links out of distribution.
+    pub lacp_quiet_when_passive: bool,
 }
 
 struct Held {
@@ -402,6 +408,7 @@ impl Worker {
         }
         self.next_maintenance_ms = now + MAINTENANCE_MS;
         self.serve_commands(now);
+        self.kick_lacp();
         let every = self.settings.garp_interval_ms;
         if every > 0 && self.current_role == Role::Active && now >= self.next_garp_ms {
             if self.next_garp_ms != 0 {
@@ -412,6 +419,23 @@ impl Worker {
         if let Some(fw) = &mut self.firewall {
             fw.maintain(now);
         }
+    }
+
+    /// An empty TX burst on every LACP aggregate, for its LACPDUs.
+    fn kick_lacp(&mut self) {
+        if self.lacp_quiet() {
+            return;
+        }
+        for &port in &self.settings.lacp_ports {
+            if let Some(i) = self.tx_index.get(usize::from(port)).copied().flatten() {
+                self.tx[i].kick();
+            }
+        }
+    }
+
+    /// Passive with LACP kept out of distribution.
+    fn lacp_quiet(&self) -> bool {
+        self.settings.lacp_quiet_when_passive && self.current_role == Role::Passive
     }
 
     fn now_ms(&self) -> u64 {
@@ -458,7 +482,11 @@ impl Worker {
     /// Returns the number of packets received.
     pub fn poll_once(&mut self, rx_buf: &mut Vec<Mbuf>) -> usize {
         let mut total = 0;
+        let quiet = self.lacp_quiet();
         for qi in 0..self.rx.len() {
+            if quiet && self.settings.lacp_ports.contains(&self.rx[qi].port()) {
+                continue;
+            }
             let n = self.rx[qi].rx_burst(rx_buf, self.settings.burst);
             if n == 0 {
                 continue;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::lab::{heavy_lock, Lab};
-use crate::node::{self, HaSection, Node};
+use crate::node::{self, HaSection, Node, NodeConfig};
 use crate::{LabError, Result};
 
 /// A two-node lab with both members up. Drop order: nodes, lab, lock.
@@ -32,9 +32,25 @@ pub fn start(
     tweak: impl Fn(usize, &mut HaSection),
 ) -> Result<Cluster> {
     let lock = heavy_lock();
+    let lab = Lab::two_nodes(tag)?;
+    start_on(lab, lock, policy, env, |i, cfg| {
+        if let Some(ha) = cfg.ha.as_mut() {
+            tweak(i, ha);
+        }
+    })
+}
+
+/// As [`start`] on a lab built (and maybe rewired) by the caller, who holds
+/// the heavy lock; `tweak` edits each member's whole configuration.
+pub fn start_on(
+    lab: Lab,
+    lock: MutexGuard<'static, ()>,
+    policy: Option<&str>,
+    env: &[(usize, &str, &str)],
+    tweak: impl Fn(usize, &mut NodeConfig),
+) -> Result<Cluster> {
     node::find_bin("tandemd")?;
     node::find_bin("tandemctl")?;
-    let lab = Lab::two_nodes(tag)?;
     let policy = match policy {
         Some(text) => Some(crate::firewall::write_policy(&lab, "policy.ron", text)?),
         None => None,
@@ -45,14 +61,13 @@ pub fn start(
         if let Some(p) = &policy {
             cfg = cfg.with_policy(p);
         }
-        let mut ha = HaSection::lab(i);
-        tweak(i, &mut ha);
-        cfg.ha = Some(ha);
+        cfg.ha = Some(HaSection::lab(i));
         cfg.env = env
             .iter()
             .filter(|e| e.0 == i)
             .map(|e| (e.1.to_owned(), e.2.to_owned()))
             .collect();
+        tweak(i, &mut cfg);
         let mut n = lab.start_node_with(i, &cfg)?;
         n.wait_ready(Duration::from_secs(30))?;
         nodes.push(n);

@@ -52,6 +52,8 @@ pub struct IfaceConfig {
     pub addresses: Vec<String>,
     /// Weight in the HA quality factor (tandemd's default 100 when `None`).
     pub weight: Option<u16>,
+    /// More fields of the interface, written as is (e.g. an aggregate).
+    pub extra: String,
 }
 
 /// A static route of a node config.
@@ -201,12 +203,14 @@ impl NodeConfig {
                     vdev: "net_af_packet0,iface=fw-in,framecnt=8192".into(),
                     addresses: vec!["198.18.1.1/24".into()],
                     weight: None,
+                    extra: String::new(),
                 },
                 IfaceConfig {
                     name: "out".into(),
                     vdev: "net_af_packet1,iface=fw-out,framecnt=8192".into(),
                     addresses: vec!["198.18.2.1/24".into()],
                     weight: None,
+                    extra: String::new(),
                 },
             ],
             routes: vec![],
@@ -256,12 +260,13 @@ impl NodeConfig {
         for i in &self.interfaces {
             let addrs: Vec<String> = i.addresses.iter().map(|a| ron_str(a)).collect();
             s += &format!(
-                "        (name: {}, device: Vdev({}), addresses: [{}]{}),\n",
+                "        (name: {}, device: Vdev({}), addresses: [{}]{}{}),\n",
                 ron_str(&i.name),
                 ron_str(&i.vdev),
                 addrs.join(", "),
                 i.weight
-                    .map_or_else(String::new, |w| format!(", weight: {w}"))
+                    .map_or_else(String::new, |w| format!(", weight: {w}")),
+                i.extra
             );
         }
         s += "    ],\n";

@@ -361,3 +361,137 @@ fn a_frozen_active_is_replaced_and_yields_when_it_wakes_up() {
     );
     assert!(gap <= Duration::from_millis(2000), "gap {gap:?}");
 }
+
+/// fw1's inside leg as an LACP aggregate of two veths towards a DPDK
+/// bonding partner (`bond-partner` in its own namespace, bridging the
+/// aggregate to the LAN switch). Drop order: cluster, partner, namespace.
+struct LacpLab {
+    c: Cluster,
+    _partner: tandem_tests::Proc,
+    _bp: tandem_tests::Netns,
+}
+
+fn lacp_lab(tag: &str, members_weigh: bool) -> LacpLab {
+    let lock = tandem_tests::heavy_lock();
+    let lab = Lab::two_nodes(tag).expect("lab");
+    let bp = tandem_tests::Netns::create(&format!("{}-bp", lab.prefix()), &lab.dir().join("logs"))
+        .expect("partner namespace");
+    let (fw1, sw) = (lab.fw(1), lab.switch());
+    for (f, b) in [("fw-in0", "m0"), ("fw-in1", "m1")] {
+        link::veth(fw1, f, &bp, b).unwrap();
+        link::ipv6_off(fw1, f).unwrap();
+        link::gro_off(fw1, f).unwrap();
+        link::set_up(fw1, f).unwrap();
+        link::set_up(&bp, b).unwrap();
+    }
+    link::veth(&bp, "uplink", sw, "fw1-bp").unwrap();
+    link::attach(sw, "lan", "fw1-bp").unwrap();
+    link::set_up(&bp, "uplink").unwrap();
+    link::set_up(sw, "fw1-bp").unwrap();
+    // fw1's plain inside leg is not used: unplug it from the LAN.
+    link::set_link(sw, "fw1-in", false).unwrap();
+    let bin = tandem_tests::node::find_bin("bond-partner").expect("bond-partner is built");
+    let bin = bin.to_string_lossy().into_owned();
+    let prefix = format!("{}-bp", lab.prefix());
+    let partner = bp
+        .spawn(
+            "bond-partner",
+            &[
+                bin.as_str(),
+                "--file-prefix",
+                &prefix,
+                "--bond-member",
+                "m0",
+                "--bond-member",
+                "m1",
+                "--mode",
+                "4",
+                "--lacp-timers",
+                "fast",
+                "--port",
+                "uplink",
+            ],
+        )
+        .expect("bond-partner");
+    let c = cluster::start_on(lab, lock, Some(POLICY), &[], |i, cfg| {
+        if i == 1 {
+            let inside = &mut cfg.interfaces[0];
+            inside.vdev = "net_bonding0".into();
+            inside.extra = ", aggregate: Some((mode: Lacp, lacp_rate: Fast, members: [\
+                Vdev(\"net_af_packet2,iface=fw-in0,framecnt=8192\"), \
+                Vdev(\"net_af_packet3,iface=fw-in1,framecnt=8192\")]))"
+                .into();
+        }
+        if let Some(ha) = cfg.ha.as_mut() {
+            ha.extra = format!("lacp_members_have_weight: {members_weigh},");
+        }
+    })
+    .expect("cluster with an aggregate");
+    // LACP converges (both members in distribution: fw1's quality 100),
+    // then fw1 is made the active member.
+    wait_ctl(
+        &c.nodes[0],
+        &["hainfo"],
+        "fw1's aggregate in distribution",
+        Duration::from_secs(15),
+        |v| v["local"]["quality"] == 100,
+    )
+    .expect("LACP up");
+    c.nodes[0].ctl(&["haactive"]).expect("haactive");
+    wait_ctl(
+        &c.nodes[0],
+        &["status"],
+        "fw1 active",
+        Duration::from_secs(3),
+        |s| s["role"] == "active",
+    )
+    .expect("fw1 active");
+    c.nodes[0].ctl(&["hareset"]).expect("hareset");
+    wait_ctl(
+        &c.nodes[1],
+        &["sync"],
+        "fw2 synchronized",
+        Duration::from_secs(10),
+        |s| s["synchronized"] == true,
+    )
+    .expect("synchronized");
+    host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(20))
+        .expect("through fw1's aggregate");
+    LacpLab {
+        c,
+        _partner: partner,
+        _bp: bp,
+    }
+}
+
+#[test]
+fn losing_one_lacp_member_swaps_only_when_members_carry_weight() {
+    require_root!();
+    for weigh in [false, true] {
+        let l = lacp_lab(if weigh { "ellacpw" } else { "ellacp" }, weigh);
+        let (c, bp) = (&l.c, &l._bp);
+        let (gap, ()) = transfer(&c.lab, 7, Duration::from_secs(1), || {
+            link::set_link(bp, "m1", false).expect("cut one member");
+            thread::sleep(Duration::from_millis(1500));
+        });
+        let info = hainfo(&c.nodes[if weigh { 1 } else { 0 }]);
+        eprintln!("members weigh: {weigh}; gap {gap:?}; {info}");
+        if weigh {
+            // out 100 up + two members of 100, one down: 200/300.
+            assert_eq!(info["peer"]["quality"], 66, "{info}");
+            assert_eq!(role(&c.nodes[1]).0, "active", "swap on quality");
+            assert_eq!(role(&c.nodes[0]).0, "passive");
+            assert!(gap <= Duration::from_millis(1500), "gap {gap:?}");
+        } else {
+            assert_eq!(
+                info["local"]["quality"], 100,
+                "the aggregate still counts as up"
+            );
+            assert_eq!(role(&c.nodes[0]).0, "active", "no swap");
+            assert_eq!(role(&c.nodes[1]).0, "passive");
+            // Frames hashed onto the lost member wait for the LACP timeout
+            // (3 s with fast timers) on the partner's side.
+            assert!(gap <= Duration::from_millis(4000), "gap {gap:?}");
+        }
+    }
+}
