@@ -36,6 +36,7 @@ bench: build-release
 	./target/release/bench-firewall
 	./target/release/bench-conntrack --connections 1000000
 	./target/release/bench-policy
+	./target/release/bench-failover --rounds 20
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -16,6 +16,7 @@ pub mod firewall;
 pub mod host;
 pub mod lab;
 pub mod link;
+pub mod linuxpair;
 pub mod netns;
 pub mod node;
 pub mod tools;
