@@ -130,7 +130,7 @@ fn default_startup_wait_ms() -> u32 {
 }
 
 fn default_icmp_timeout_ms() -> u32 {
-    50
+    30
 }
 
 fn default_dead_ms() -> u32 {

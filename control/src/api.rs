@@ -378,7 +378,7 @@ pub struct HaMemberInfo {
 }
 
 /// One path to the peer as `hainfo` shows it.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct HaLinkInfo {
     /// "HA-main", "HA-backup", or "last-resort" (over the data ports).
     pub name: String,
@@ -394,10 +394,17 @@ pub struct HaLinkInfo {
     pub peer_heard: bool,
     /// When the peer was last heard on it, ms ago.
     pub last_heard_ms_ago: Option<u64>,
+    /// Heartbeats received on it while it was alive.
+    pub heartbeats: u64,
+    /// The longest gap between two of them, ms (a gap of the dead time
+    /// would be a failover).
+    pub max_gap_ms: f64,
+    /// Gaps longer than two heartbeat intervals.
+    pub late: u64,
 }
 
 /// Answer to `hainfo`.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct HaInfo {
     /// The election runs (else the roles are set by hand only).
     pub election: bool,

@@ -546,6 +546,8 @@ pub fn format_hainfo(r: &HaInfo) -> String {
             ("UP", L),
             ("PEER HEARD", L),
             ("LAST HEARD", R),
+            ("MAX GAP", R),
+            ("LATE", R),
         ]);
         for l in &r.links {
             t.row(vec![
@@ -557,6 +559,8 @@ pub fn format_hainfo(r: &HaInfo) -> String {
                 yn(l.peer_heard).into(),
                 l.last_heard_ms_ago
                     .map_or_else(|| "never".into(), |ms| format!("{ms} ms ago")),
+                format!("{:.1} ms", l.max_gap_ms),
+                format!("{}/{}", l.late, l.heartbeats),
             ]);
         }
         t

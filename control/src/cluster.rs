@@ -36,6 +36,30 @@ struct Link {
     socket: UdpSocket,
     peer: SocketAddrV4,
     up: bool,
+    gaps: GapStats,
+}
+
+/// Inter-arrival times of the peer's heartbeats on one path while it is
+/// alive: how close the pair came to a false failover.
+#[derive(Default, Clone, Copy)]
+struct GapStats {
+    last: Option<Instant>,
+    max: Duration,
+    /// Gaps longer than two heartbeat intervals.
+    late: u64,
+    count: u64,
+}
+
+impl GapStats {
+    fn arrival(&mut self, now: Instant, alive: bool, interval: Duration) {
+        if let (Some(last), true) = (self.last, alive) {
+            let gap = now.saturating_duration_since(last);
+            self.max = self.max.max(gap);
+            self.late += u64::from(gap > interval * 2);
+            self.count += 1;
+        }
+        self.last = Some(now);
+    }
 }
 
 /// A data port that carries the last-resort heartbeat and ICMP checks.
@@ -178,6 +202,7 @@ impl Cluster {
                 socket,
                 peer: SocketAddrV4::new(l.peer, PORT),
                 up: false,
+                gaps: GapStats::default(),
             });
         }
         let data_ports: Vec<DataPort> = node
@@ -265,6 +290,9 @@ impl Cluster {
             }
             match self.codec.decode(&buf[..n]) {
                 Ok(hb) => {
+                    let alive = self.ha.path_alive(self.links[i].id);
+                    let interval = self.ha.config().interval;
+                    self.links[i].gaps.arrival(Instant::now(), alive, interval);
                     let now = self.now();
                     self.ha.handle_event(
                         now,
@@ -615,6 +643,9 @@ impl Cluster {
                 carrier: l.up,
                 peer_heard: self.ha.path_alive(l.id),
                 last_heard_ms_ago: ago(self.ha.last_heard(l.id)),
+                heartbeats: l.gaps.count,
+                max_gap_ms: l.gaps.max.as_secs_f64() * 1e3,
+                late: l.gaps.late,
             })
             .collect();
         if self.last_resort {
@@ -631,6 +662,7 @@ impl Cluster {
                 carrier: self.ha.last_resort_on(),
                 peer_heard: self.ha.path_alive(LinkId::Data),
                 last_heard_ms_ago: ago(self.ha.last_heard(LinkId::Data)),
+                ..Default::default()
             });
         }
         let counters = node.ha_data().map(|d| {

@@ -495,3 +495,41 @@ fn losing_one_lacp_member_swaps_only_when_members_carry_weight() {
         }
     }
 }
+
+#[test]
+fn full_traffic_causes_no_false_failover_and_heartbeats_stay_on_time() {
+    require_root!();
+    let c = start("elload", |_, _| {});
+    let (a, p) = settled(&c);
+    let swaps = |n: &tandem_tests::Node| hainfo(n)["swaps"].as_u64().unwrap_or(99);
+    let before = (swaps(&c.nodes[a]), swaps(&c.nodes[p]));
+    // Both directions at full speed for 8 s: the active's worker and the
+    // kernel's veths take both cores of this machine.
+    let _srv = IperfServer::start(c.lab.server(), addr::SERVER, 5201).unwrap();
+    let res = host::iperf_client(c.lab.client(), addr::SERVER, 5201, 8, &["--bidir"])
+        .expect("iperf3 --bidir");
+    eprintln!("load: {:.0} Mbit/s", res.bits_per_second / 1e6);
+    assert_eq!(
+        (swaps(&c.nodes[a]), swaps(&c.nodes[p])),
+        before,
+        "a swap under load"
+    );
+    for n in &c.nodes {
+        let info = hainfo(n);
+        for l in info["links"].as_array().unwrap() {
+            if l["name"] == "last-resort" {
+                continue;
+            }
+            let gap = l["max_gap_ms"].as_f64().unwrap_or(f64::MAX);
+            eprintln!(
+                "{} {}: {} heartbeats, max gap {gap:.1} ms, {} late",
+                info["local"]["serial"], l["name"], l["heartbeats"], l["late"]
+            );
+            assert!(l["heartbeats"].as_u64() > Some(100), "{info}");
+            assert!(
+                gap < 100.0,
+                "a gap of the dead time would be a failover: {info}"
+            );
+        }
+    }
+}
