@@ -29,10 +29,10 @@ use std::path::Path;
 pub use cidr::{CidrParseError, Ipv4Cidr, MAX_PREFIX_LEN};
 pub use error::{ConfigError, Diagnostic, Position};
 pub use schema::{
-    AggregateConfig, AggregateMode, ControlConfig, DataplaneConfig, Device, EalConfig,
-    FirewallConfig, HaConfig, HaLinkConfig, IdleConfig, InterfaceConfig, LacpRate, NeighbourConfig,
-    NodeConfig, NodeIdentity, PollMode, RouteConfig, TimeoutsConfig, WorkerConfig,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_MTU, EAL_LOG_LEVEL,
+    AggregateConfig, AggregateMode, ControlConfig, DataplaneConfig, Device, DiskQualityConfig,
+    EalConfig, FirewallConfig, HaConfig, HaLinkConfig, IdleConfig, InterfaceConfig, LacpRate,
+    NeighbourConfig, NodeConfig, NodeIdentity, PollMode, RouteConfig, TimeoutsConfig,
+    TpmQualityConfig, WorkerConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_MTU, EAL_LOG_LEVEL,
 };
 
 use locate::SourceMap;

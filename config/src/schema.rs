@@ -105,6 +105,17 @@ pub struct HaConfig {
     /// passive, so switches forget its MAC addresses at once.
     #[serde(default)]
     pub bounce_on_swap: bool,
+    /// Disks in the quality factor: each path must stay a writable
+    /// directory with the given free space.
+    #[serde(default)]
+    pub quality_disks: Vec<DiskQualityConfig>,
+    /// The TPM in the quality factor (`TPMQualityIncluded`).
+    #[serde(default)]
+    pub quality_tpm: Option<TpmQualityConfig>,
+    /// The hardware sensors in the quality factor with this weight: no
+    /// hwmon temperature at or above its critical mark.
+    #[serde(default)]
+    pub quality_hwmon_weight: Option<u16>,
     /// "Active firewall if equal": 50 for the preferred member, else 0.
     #[serde(default)]
     pub priority: u8,
@@ -135,6 +146,35 @@ fn default_icmp_timeout_ms() -> u32 {
 
 fn default_dead_ms() -> u32 {
     100
+}
+
+/// A disk check of the quality factor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskQualityConfig {
+    /// A directory on the disk (e.g. the log directory).
+    pub path: std::path::PathBuf,
+    /// Less free space than this (MB) fails the check.
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
+    /// Weight in the quality factor (0..=9999).
+    #[serde(default = "default_weight")]
+    pub weight: u16,
+}
+
+fn default_min_free_mb() -> u64 {
+    100
+}
+
+/// The TPM check of the quality factor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmQualityConfig {
+    /// The TPM device (e.g. /dev/tpmrm0).
+    pub device: std::path::PathBuf,
+    /// Weight in the quality factor (0..=9999).
+    #[serde(default = "default_weight")]
+    pub weight: u16,
 }
 
 /// One HA link of this node.

@@ -1109,3 +1109,44 @@ fn an_aggregate_needs_a_bonding_device_and_two_to_eight_unique_members() {
         "{err}"
     );
 }
+
+#[test]
+fn quality_checks_need_absolute_paths_and_weights_in_range() {
+    let text = with(
+        "routes: [],",
+        &HA.replace(
+            "cluster_id: 7,",
+            "cluster_id: 7, quality_disks: [(path: \"var/log\")],",
+        ),
+    );
+    rejects(
+        &text,
+        "ha.quality_disks[0].path",
+        "quality_disks",
+        "absolute directory path",
+    );
+    let text = with(
+        "routes: [],",
+        &HA.replace(
+            "cluster_id: 7,",
+            "cluster_id: 7, quality_tpm: Some((device: \"/dev/tpmrm0\", weight: 10000)),",
+        ),
+    );
+    rejects(
+        &text,
+        "ha.quality_tpm.weight",
+        "quality_tpm",
+        "10000 is out of range",
+    );
+    let ok = with(
+        "routes: [],",
+        &HA.replace(
+            "cluster_id: 7,",
+            "cluster_id: 7, quality_disks: [(path: \"/var/log\")], quality_hwmon_weight: Some(50),",
+        ),
+    );
+    let ha = parse(&ok, "t.ron").unwrap().ha.unwrap();
+    assert_eq!(ha.quality_disks[0].min_free_mb, 100);
+    assert_eq!(ha.quality_disks[0].weight, 100);
+    assert_eq!(ha.quality_hwmon_weight, Some(50));
+}

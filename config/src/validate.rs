@@ -301,6 +301,24 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
         10_000,
     );
     c.range("ha.startup_wait_ms", ha.startup_wait_ms, 0, 600_000);
+    for (i, d) in ha.quality_disks.iter().enumerate() {
+        c.range(&format!("ha.quality_disks[{i}].weight"), d.weight, 0, 9999);
+        if !d.path.is_absolute() {
+            c.fail(
+                format!("ha.quality_disks[{i}].path"),
+                format!(
+                    "{:?} is relative; allowed an absolute directory path",
+                    d.path
+                ),
+            );
+        }
+    }
+    if let Some(t) = &ha.quality_tpm {
+        c.range("ha.quality_tpm.weight", t.weight, 0, 9999);
+    }
+    if let Some(w) = ha.quality_hwmon_weight {
+        c.range("ha.quality_hwmon_weight", w, 0, 9999);
+    }
     c.range("ha.icmp_timeout_ms", ha.icmp_timeout_ms, 5, 5000);
     if ha.garp_interval_ms != 0 {
         c.range("ha.garp_interval_ms", ha.garp_interval_ms, 100, 3_600_000);

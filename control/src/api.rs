@@ -428,6 +428,8 @@ pub struct HaInfo {
     pub last_swap: Option<String>,
     /// Heartbeats refused (bad tag, wrong cluster, wrong sender...).
     pub heartbeats_rejected: u64,
+    /// Failing quality checks (disks, TPM, sensors).
+    pub quality_problems: Vec<String>,
     /// Data-path counters: last-resort heartbeats in, checks answered,
     /// check answers in, frames sent, frames dropped.
     pub data_path: [u64; 5],

@@ -595,6 +595,9 @@ pub fn format_hainfo(r: &HaInfo) -> String {
         d[0], d[1], d[2], d[3], d[4]
     );
     let _ = writeln!(out, "rejected:      {} heartbeats", r.heartbeats_rejected);
+    for p in &r.quality_problems {
+        let _ = writeln!(out, "quality check failed: {p}");
+    }
     if r.sync_version > 0 {
         let _ = writeln!(out, "state sync:    K2K version {}", r.sync_version);
     }

@@ -24,8 +24,9 @@ use crate::eventlog::EventLog;
 use crate::ha::heartbeat::{Codec, DecodeError, PORT};
 use crate::ha::machine::{Action, Config, Event, Ha, HaEvent, LinkId, PeerState, Phase, Role};
 use crate::ha::quality::{
-    quality, Aggregate, AggregateId, AggregateKind, Interface, QualityConfig,
+    quality, Aggregate, AggregateId, AggregateKind, Interface, Penalty, QualityConfig,
 };
+use crate::health::Health;
 use tandem_config::AggregateMode;
 
 struct Link {
@@ -77,6 +78,9 @@ struct Probe {
     deadline: Instant,
 }
 
+/// Disks, TPM and sensors are checked this often.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
 /// While an ICMP check is in flight, look for its answer this often.
 const PROBE_POLL: Duration = Duration::from_millis(2);
 
@@ -100,6 +104,10 @@ pub struct Cluster {
     last_icmp_rtt_us: Option<u64>,
     quality_cfg: QualityConfig,
     bounce_on_swap: bool,
+    health: Health,
+    penalties: Vec<Penalty>,
+    problems: Vec<String>,
+    next_health: Instant,
     /// Heartbeats dropped by reason (bad tag, replay, ...).
     pub rejected: u64,
 }
@@ -254,6 +262,10 @@ impl Cluster {
                 failover_members_have_weight: ha.failover_members_have_weight,
             },
             bounce_on_swap: ha.bounce_on_swap,
+            health: Health::new(ha),
+            penalties: Vec::new(),
+            problems: Vec::new(),
+            next_health: origin,
             rejected: 0,
         }))
     }
@@ -367,8 +379,19 @@ impl Cluster {
                 self.ha.handle_event(now, Event::LinkState(l.id, up));
             }
         }
+        if !self.health.is_empty() && Instant::now() >= self.next_health {
+            self.next_health = Instant::now() + HEALTH_EVERY;
+            let (penalties, problems) = self.health.check();
+            for p in problems.iter().filter(|p| !self.problems.contains(p)) {
+                log.event("HA", format_args!("quality check failed: {p}"));
+            }
+            for p in self.problems.iter().filter(|p| !problems.contains(p)) {
+                log.event("HA", format_args!("quality check passes again: {p}"));
+            }
+            (self.penalties, self.problems) = (penalties, problems);
+        }
         let (interfaces, aggregates) = quality_inputs(node);
-        let q = quality(&interfaces, &aggregates, &[], &self.quality_cfg);
+        let q = quality(&interfaces, &aggregates, &self.penalties, &self.quality_cfg);
         if q != self.quality {
             self.quality = q;
             self.ha.handle_event(now, Event::LocalQuality(q));
@@ -692,6 +715,7 @@ impl Cluster {
             swaps: self.swaps,
             last_swap: self.last_swap.clone(),
             heartbeats_rejected: self.rejected,
+            quality_problems: self.problems.clone(),
             data_path: counters.unwrap_or_default(),
             sync_version: node.sync().map_or(0, |s| {
                 s.shared()

@@ -8,4 +8,5 @@ pub mod cluster;
 pub mod daemon;
 pub mod eventlog;
 pub mod ha;
+pub mod health;
 pub mod socket;

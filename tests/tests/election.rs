@@ -533,3 +533,47 @@ fn full_traffic_causes_no_false_failover_and_heartbeats_stay_on_time() {
         }
     }
 }
+
+#[test]
+fn a_failed_disk_check_lowers_the_quality_and_swaps() {
+    require_root!();
+    let lock = tandem_tests::heavy_lock();
+    let lab = Lab::two_nodes("eldisk").expect("lab");
+    let disk = |i: usize| lab.dir().join(format!("disk-fw{i}"));
+    for i in 1..=2 {
+        std::fs::create_dir_all(disk(i)).unwrap();
+    }
+    let dirs = [disk(1), disk(2)];
+    let c = cluster::start_on(lab, lock, Some(POLICY), &[], |i, cfg| {
+        if let Some(ha) = cfg.ha.as_mut() {
+            ha.extra = format!(
+                "quality_disks: [(path: {:?}, min_free_mb: 1)],",
+                dirs[i - 1].to_string_lossy()
+            );
+        }
+    })
+    .expect("cluster");
+    let (a, p) = settled(&c);
+    let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(1), || {
+        // The active's disk fails (its directory is gone).
+        std::fs::remove_dir_all(&dirs[a]).unwrap();
+        wait_ctl(
+            &c.nodes[p],
+            &["status"],
+            "the member with a working disk takes over",
+            Duration::from_secs(4),
+            |s| s["role"] == "active",
+        )
+        .expect("swap on the disk check");
+    });
+    let info = hainfo(&c.nodes[a]);
+    assert_eq!(
+        info["local"]["quality"], 66,
+        "in, out and the disk: 200/300: {info}"
+    );
+    assert!(
+        info["quality_problems"].to_string().contains("disk-fw"),
+        "{info}"
+    );
+    assert!(gap <= Duration::from_millis(1500), "gap {gap:?}");
+}
