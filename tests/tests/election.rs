@@ -100,9 +100,19 @@ fn log_text(n: &tandem_tests::Node) -> String {
 #[test]
 fn the_lower_serial_is_elected_and_hainfo_shows_both_members() {
     require_root!();
-    let c = start("elstart", |_, _| {});
+    let c = start("elstart", |_, ha| ha.extra = "garp_interval_ms: 200,".into());
     let (active, passive) = settled(&c);
     assert_eq!(active, 0, "equal members: the lower serial (fw1) wins");
+    // The active keeps announcing its addresses every 200 ms.
+    let garps = || worker_sum(&c.nodes[active].stats().unwrap(), "garps_sent");
+    let g0 = garps();
+    thread::sleep(Duration::from_millis(1100));
+    let sent = garps() - g0;
+    assert!(
+        (8..=30).contains(&sent),
+        "2 addresses x 3 GARPs every 200 ms for 1.1 s: {sent}"
+    );
+    assert_eq!(worker_sum(&c.nodes[passive].stats().unwrap(), "garps_sent"), 0);
     let info = hainfo(&c.nodes[passive]);
     eprintln!(
         "{}",
