@@ -848,9 +848,13 @@ fn forced_rank(f: Option<Role>) -> u8 {
     }
 }
 
+/// What [`rank`] compares: forced, synchronized, quality, priority, serial
+/// (lower first).
+pub type Rank = (u8, bool, u8, u8, Reverse<u64>);
+
 /// The total order used when there is no single incumbent (both passive, or
 /// both active): forced, synchronized, quality, priority, lower serial.
-pub fn rank(s: &PeerState) -> (u8, bool, u8, u8, Reverse<u64>) {
+pub fn rank(s: &PeerState) -> Rank {
     (
         forced_rank(s.forced),
         s.synchronized,
@@ -863,7 +867,7 @@ pub fn rank(s: &PeerState) -> (u8, bool, u8, u8, Reverse<u64>) {
 /// The order that decides who stays when both are active: forced first,
 /// then the member that took over from a silent peer (the other one was
 /// frozen or cut off, so its table is stale), then [`rank`].
-pub fn dual_rank(s: &PeerState) -> (u8, bool, (u8, bool, u8, u8, Reverse<u64>)) {
+pub fn dual_rank(s: &PeerState) -> (u8, bool, Rank) {
     (forced_rank(s.forced), s.took_over, rank(s))
 }
 
