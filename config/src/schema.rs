@@ -84,6 +84,11 @@ pub struct HaConfig {
     /// How long the ICMP check waits for the peer's answer.
     #[serde(default = "default_icmp_timeout_ms")]
     pub icmp_timeout_ms: u32,
+    /// Real-time (SCHED_RR) priority of the control thread, which sends
+    /// and reads the heartbeats, so busy workers cannot delay it (0: the
+    /// normal scheduler).
+    #[serde(default = "default_control_priority")]
+    pub control_priority: u8,
     /// Keep sending gratuitous ARP for every address this often while
     /// active (0: only on becoming active).
     #[serde(default)]
@@ -129,7 +134,7 @@ pub struct HaConfig {
 }
 
 fn default_heartbeat_ms() -> u32 {
-    20
+    10
 }
 
 fn yes() -> bool {
@@ -141,11 +146,15 @@ fn default_startup_wait_ms() -> u32 {
 }
 
 fn default_icmp_timeout_ms() -> u32 {
-    30
+    15
+}
+
+fn default_control_priority() -> u8 {
+    10
 }
 
 fn default_dead_ms() -> u32 {
-    100
+    40
 }
 
 /// A disk check of the quality factor.

@@ -64,6 +64,7 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "ha.heartbeat_ms" => "5..=1000 milliseconds",
         "ha.dead_ms" => "at least 3 heartbeat intervals, at most 10000 milliseconds",
         "ha.startup_wait_ms" => "0..=600000 milliseconds",
+        "ha.control_priority" => "0 (normal scheduling) or a SCHED_RR priority 1..=99",
         "ha.icmp_timeout_ms" => "5..=5000 milliseconds",
         "ha.garp_interval_ms" => "0 (off) or 100..=3600000 milliseconds",
         "interfaces[].weight" => "0..=9999 (default 100)",
@@ -301,6 +302,7 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
         10_000,
     );
     c.range("ha.startup_wait_ms", ha.startup_wait_ms, 0, 600_000);
+    c.range("ha.control_priority", ha.control_priority, 0, 99);
     for (i, d) in ha.quality_disks.iter().enumerate() {
         c.range(&format!("ha.quality_disks[{i}].weight"), d.weight, 0, 9999);
         if !d.path.is_absolute() {

@@ -239,6 +239,8 @@ impl Cluster {
         c.startup_wait = Duration::from_millis(u64::from(ha.startup_wait_ms));
         c.icmp_timeout = Duration::from_millis(u64::from(ha.icmp_timeout_ms));
         c.last_resort = last_resort;
+        // Our own lateness is not the peer's death.
+        c.stall_threshold = c.dead_time / 2;
         let origin = Instant::now();
         Ok(Some(Cluster {
             ha: Ha::new(c, Duration::ZERO),

@@ -107,6 +107,28 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let node = Node::start(&cfg, &config_dir)?;
+    // The workers and the sync core are started: only this (control)
+    // thread gets the real-time class, so heartbeats leave on time even
+    // when the workers keep every core busy.
+    if let Some(prio) = cfg
+        .ha
+        .as_ref()
+        .map(|h| h.control_priority)
+        .filter(|&p| p > 0)
+    {
+        match tandem_dataplane::dpdk::set_current_thread_realtime(prio) {
+            Ok(()) => events_log.event(
+                "SYSTEM",
+                format_args!("control thread in the real-time class (SCHED_RR {prio})"),
+            ),
+            Err(e) => events_log.event(
+                "SYSTEM",
+                format_args!(
+                    "control thread stays in the normal class: SCHED_RR {prio} refused: {e}"
+                ),
+            ),
+        }
+    }
     if let Some(p) = node.policy() {
         events_log.event(
             "POLICY",

@@ -206,6 +206,21 @@ pub fn register_current_thread() -> Result<u32, DpdkError> {
     Ok(lcore_id())
 }
 
+/// Puts the calling thread in the real-time round-robin class at
+/// `priority` (1..=99) so that it runs as soon as it wakes, ahead of busy
+/// poll-mode workers on a shared core (the HA control thread: heartbeats
+/// on time). Needs root or CAP_SYS_NICE; the error says why not.
+pub fn set_current_thread_realtime(priority: u8) -> Result<(), String> {
+    let prio = i32::from(priority.clamp(1, 99));
+    // SAFETY: plain call on the calling thread; no pointers cross.
+    let rc = unsafe { ffi::tandem_thread_set_realtime(prio) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc).to_string())
+    }
+}
+
 /// The DPDK lcore id of the calling thread (`u32::MAX` for an unregistered
 /// thread).
 pub fn lcore_id() -> u32 {

@@ -115,6 +115,8 @@ pub struct Node {
     role: Arc<AtomicU8>,
     sync: Option<SyncCore>,
     ha_data: Option<HaDataHandle>,
+    /// A passive member keeps its LACP aggregates out of distribution.
+    lacp_quiet_when_passive: bool,
     eal: Option<Eal>,
 }
 
@@ -221,6 +223,7 @@ impl Node {
             } as u8)),
             sync: None,
             ha_data: None,
+            lacp_quiet_when_passive: cfg.ha.as_ref().is_some_and(|h| !h.lacp_when_passive),
             eal: Some(eal),
         };
         let policy = match policy_path {
@@ -262,18 +265,24 @@ impl Node {
 
     /// The members of interface `i`'s link aggregate (none for a plain
     /// interface), as (port name, carries traffic: in distribution for
-    /// LACP, the current active member for active-backup).
+    /// LACP, the current active member for active-backup). A member that
+    /// keeps its LACP aggregates out of distribution while passive reports
+    /// the members' carriers instead: distribution then only says which
+    /// role it has (and after becoming active LACP takes a few seconds to
+    /// converge, which must not count as a failure and swap it back).
     pub fn aggregate(&self, i: usize) -> Option<Vec<(String, bool)>> {
         let iface = self.interfaces.get(i)?;
-        iface.config.aggregate.as_ref()?;
+        let agg = iface.config.aggregate.as_ref()?;
         let info = crate::dpdk::bond_info(iface.port.id()).ok()??;
+        let quiet = self.lacp_quiet_when_passive && agg.mode == AggregateMode::Lacp;
+        let carrying = if quiet { &info.up } else { &info.active };
         Some(
             info.members
                 .iter()
                 .map(|&m| {
                     (
                         crate::dpdk::port_name(m).unwrap_or_else(|_| format!("port {m}")),
-                        info.active.contains(&m),
+                        carrying.contains(&m),
                     )
                 })
                 .collect(),

@@ -1,6 +1,8 @@
 /* See shim.h. Every function here is a thin, allocation-free forwarder. */
 #define ALLOW_EXPERIMENTAL_API 1
 #include <string.h>
+#include <pthread.h>
+#include <sched.h>
 #include <rte_config.h>
 #include <rte_errno.h>
 #include <rte_lcore.h>
@@ -372,4 +374,10 @@ uint32_t tandem_port_ifindex(uint16_t port)
 	if (rte_eth_dev_info_get(port, &info) != 0)
 		return 0;
 	return info.if_index;
+}
+
+int tandem_thread_set_realtime(int priority)
+{
+	struct sched_param p = { .sched_priority = priority };
+	return pthread_setschedparam(pthread_self(), SCHED_RR, &p);
 }

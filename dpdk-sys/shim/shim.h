@@ -184,4 +184,8 @@ int tandem_bond_lacp_timers_set(uint16_t bond,
  * when the driver names none. */
 uint32_t tandem_port_ifindex(uint16_t port);
 
+/* Puts the calling thread in the SCHED_RR real-time class at `priority`
+ * (1..=99), as DPDK's control threads can be: 0 or a positive errno. */
+int tandem_thread_set_realtime(int priority);
+
 #endif

@@ -461,7 +461,10 @@ fn a_restarted_passive_gets_a_bulk_sync_and_can_take_over() {
             .lab
             .node_config(2)
             .with_policy(&c.lab.dir().join("policy.ron"));
-        cfg.ha = Some(HaSection::lab(2));
+        cfg.ha = Some(HaSection {
+            election: false,
+            ..HaSection::lab(2)
+        });
         let mut fw2 = c.lab.start_node_with(2, &cfg).expect("restart fw2");
         fw2.wait_ready(Duration::from_secs(30))
             .expect("control socket");

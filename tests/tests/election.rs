@@ -100,7 +100,9 @@ fn log_text(n: &tandem_tests::Node) -> String {
 #[test]
 fn the_lower_serial_is_elected_and_hainfo_shows_both_members() {
     require_root!();
-    let c = start("elstart", |_, ha| ha.extra = "garp_interval_ms: 200,".into());
+    let c = start("elstart", |_, ha| {
+        ha.extra = "garp_interval_ms: 200,".into()
+    });
     let (active, passive) = settled(&c);
     assert_eq!(active, 0, "equal members: the lower serial (fw1) wins");
     // The active keeps announcing its addresses every 200 ms.
@@ -112,7 +114,10 @@ fn the_lower_serial_is_elected_and_hainfo_shows_both_members() {
         (8..=30).contains(&sent),
         "2 addresses x 3 GARPs every 200 ms for 1.1 s: {sent}"
     );
-    assert_eq!(worker_sum(&c.nodes[passive].stats().unwrap(), "garps_sent"), 0);
+    assert_eq!(
+        worker_sum(&c.nodes[passive].stats().unwrap(), "garps_sent"),
+        0
+    );
     let info = hainfo(&c.nodes[passive]);
     eprintln!(
         "{}",
@@ -381,7 +386,7 @@ struct LacpLab {
     _bp: tandem_tests::Netns,
 }
 
-fn lacp_lab(tag: &str, members_weigh: bool) -> LacpLab {
+fn lacp_lab(tag: &str, ha_extra: &str) -> LacpLab {
     let lock = tandem_tests::heavy_lock();
     let lab = Lab::two_nodes(tag).expect("lab");
     let bp = tandem_tests::Netns::create(&format!("{}-bp", lab.prefix()), &lab.dir().join("logs"))
@@ -433,7 +438,7 @@ fn lacp_lab(tag: &str, members_weigh: bool) -> LacpLab {
                 .into();
         }
         if let Some(ha) = cfg.ha.as_mut() {
-            ha.extra = format!("lacp_members_have_weight: {members_weigh},");
+            ha.extra = ha_extra.to_owned();
         }
     })
     .expect("cluster with an aggregate");
@@ -478,7 +483,10 @@ fn lacp_lab(tag: &str, members_weigh: bool) -> LacpLab {
 fn losing_one_lacp_member_swaps_only_when_members_carry_weight() {
     require_root!();
     for weigh in [false, true] {
-        let l = lacp_lab(if weigh { "ellacpw" } else { "ellacp" }, weigh);
+        let l = lacp_lab(
+            if weigh { "ellacpw" } else { "ellacp" },
+            &format!("lacp_members_have_weight: {weigh},"),
+        );
         let (c, bp) = (&l.c, &l._bp);
         let (gap, ()) = transfer(&c.lab, 7, Duration::from_secs(1), || {
             link::set_link(bp, "m1", false).expect("cut one member");
@@ -586,4 +594,56 @@ fn a_failed_disk_check_lowers_the_quality_and_swaps() {
         "{info}"
     );
     assert!(gap <= Duration::from_millis(1500), "gap {gap:?}");
+}
+
+/// The partner's last report of its bond's members in distribution.
+fn partner_active_members(p: &tandem_tests::Proc) -> Option<u64> {
+    tools::json_lines(&p.stdout())
+        .iter()
+        .rev()
+        .find_map(|v| v["active_members"].as_u64())
+}
+
+#[test]
+fn a_passive_without_lacp_when_passive_leaves_distribution_and_rejoins_when_active() {
+    require_root!();
+    let l = lacp_lab("ellacpq", "lacp_when_passive: false,");
+    let c = &l.c;
+    let end = Instant::now() + Duration::from_secs(15);
+    while partner_active_members(&l._partner) != Some(2) && Instant::now() < end {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let out = l._partner.stdout();
+    let tail: Vec<&str> = out.lines().rev().take(3).collect();
+    assert_eq!(
+        partner_active_members(&l._partner),
+        Some(2),
+        "fw1 active: both members; partner: {tail:?}"
+    );
+    // fw1 goes passive: its LACPDUs stop, the partner times its links out.
+    c.nodes[0].ctl(&["hapassive"]).expect("hapassive");
+    let end = Instant::now() + Duration::from_secs(8);
+    while partner_active_members(&l._partner) != Some(0) && Instant::now() < end {
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        partner_active_members(&l._partner),
+        Some(0),
+        "the passive's aggregate left distribution"
+    );
+    // Active again: LACP converges and traffic flows through fw1.
+    c.nodes[1].ctl(&["hapassive"]).expect("hapassive on fw2");
+    c.nodes[0].ctl(&["hareset"]).expect("hareset");
+    let end = Instant::now() + Duration::from_secs(10);
+    while partner_active_members(&l._partner) != Some(2) && Instant::now() < end {
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(role(&c.nodes[0]).0, "active");
+    assert_eq!(
+        partner_active_members(&l._partner),
+        Some(2),
+        "back in distribution"
+    );
+    host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(10))
+        .expect("through fw1's aggregate again");
 }

@@ -107,6 +107,8 @@ pub enum Reason {
     DualActive,
     /// The operator forced us passive.
     ForcedPassive,
+    /// The operator forced us active while the peer is silent.
+    ForcedActive,
 }
 
 /// One line of the HA event log (F7).
@@ -754,6 +756,12 @@ impl Ha {
         }
         if self.role == Role::Active || self.forced == Some(Role::Passive) {
             self.check = Check::Idle;
+            return;
+        }
+        if self.forced == Some(Role::Active) {
+            // The operator's word: no ICMP check can keep us passive.
+            self.check = Check::Idle;
+            self.set_role(now, Role::Active, Reason::ForcedActive);
             return;
         }
         match self.check {

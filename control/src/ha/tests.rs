@@ -731,3 +731,19 @@ fn after_a_freeze_the_member_that_took_over_stays_active() {
     );
     assert_eq!(ha.role(), Role::Active);
 }
+
+#[test]
+fn forced_active_takes_over_from_a_silent_peer_even_if_it_answers_icmp() {
+    let mut ha = Ha::new(fast(2), ms(0));
+    ha.on_event(ms(1), Event::Forced(Some(Role::Active)));
+    let mut t = ms(1);
+    while t < ms(1000) && ha.role() == Role::Passive {
+        t = ha.poll_timeout().max(t + Duration::from_micros(1));
+        for a in ha.on_event(t, Event::Tick) {
+            if a == Action::StartIcmpProbe {
+                ha.on_event(t, Event::IcmpReply);
+            }
+        }
+    }
+    assert_eq!(ha.role(), Role::Active, "the operator's word wins");
+}
