@@ -89,6 +89,10 @@ pub struct HaConfig {
     /// normal scheduler).
     #[serde(default = "default_control_priority")]
     pub control_priority: u8,
+    /// Time between two of the `garp_count` gratuitous ARPs of an address
+    /// on becoming active (0: all at once).
+    #[serde(default = "default_garp_spacing_ms")]
+    pub garp_spacing_ms: u32,
     /// Keep sending gratuitous ARP for every address this often while
     /// active (0: only on becoming active).
     #[serde(default)]
@@ -147,6 +151,10 @@ fn default_startup_wait_ms() -> u32 {
 
 fn default_icmp_timeout_ms() -> u32 {
     15
+}
+
+fn default_garp_spacing_ms() -> u32 {
+    20
 }
 
 fn default_control_priority() -> u8 {

@@ -64,6 +64,7 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "ha.heartbeat_ms" => "5..=1000 milliseconds",
         "ha.dead_ms" => "at least 3 heartbeat intervals, at most 10000 milliseconds",
         "ha.startup_wait_ms" => "0..=600000 milliseconds",
+        "ha.garp_spacing_ms" => "0 (all at once) ..=10000 milliseconds",
         "ha.control_priority" => "0 (normal scheduling) or a SCHED_RR priority 1..=99",
         "ha.icmp_timeout_ms" => "5..=5000 milliseconds",
         "ha.garp_interval_ms" => "0 (off) or 100..=3600000 milliseconds",
@@ -303,6 +304,7 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
     );
     c.range("ha.startup_wait_ms", ha.startup_wait_ms, 0, 600_000);
     c.range("ha.control_priority", ha.control_priority, 0, 99);
+    c.range("ha.garp_spacing_ms", ha.garp_spacing_ms, 0, 10_000);
     for (i, d) in ha.quality_disks.iter().enumerate() {
         c.range(&format!("ha.quality_disks[{i}].weight"), d.weight, 0, 9999);
         if !d.path.is_absolute() {

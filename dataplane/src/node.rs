@@ -488,6 +488,7 @@ impl Node {
                     0
                 },
                 garp_interval_ms: cfg.ha.as_ref().map_or(0, |h| u64::from(h.garp_interval_ms)),
+                garp_spacing_ms: cfg.ha.as_ref().map_or(0, |h| u64::from(h.garp_spacing_ms)),
                 lacp_ports: self
                     .interfaces
                     .iter()

@@ -117,6 +117,8 @@ pub struct WorkerSettings {
     /// While active, repeat the gratuitous ARPs this often (0: only on
     /// becoming active).
     pub garp_interval_ms: u64,
+    /// Time between two of the `garp_count` rounds (0: all at once).
+    pub garp_spacing_ms: u64,
     /// Ports that are LACP aggregates: the bonding PMD sends its LACPDUs
     /// from TX bursts, so the worker kicks their TX queues regularly.
     pub lacp_ports: Vec<u16>,
@@ -181,6 +183,8 @@ pub struct Worker {
     bulk_cursor: Option<usize>,
     ha_data: Option<HaDataPath>,
     next_garp_ms: u64,
+    garp_rounds_left: u8,
+    next_garp_round_ms: u64,
 }
 
 impl Worker {
@@ -230,6 +234,8 @@ impl Worker {
             bulk_cursor: None,
             ha_data: None,
             next_garp_ms: 0,
+            garp_rounds_left: 0,
+            next_garp_round_ms: 0,
         }
     }
 
@@ -343,9 +349,36 @@ impl Worker {
     }
 
     /// Sends the gratuitous ARPs of every address of every port.
+    /// Starts a series of `garp_count` rounds of gratuitous ARPs for every
+    /// address, `garp_spacing_ms` apart (all at once when 0); the first
+    /// round leaves now.
     fn announce(&mut self) {
+        if self.settings.garp_count == 0 {
+            return;
+        }
+        let rounds = if self.settings.garp_spacing_ms == 0 {
+            self.settings.garp_count
+        } else {
+            1
+        };
+        self.garp_round(rounds);
+        self.garp_rounds_left = self.settings.garp_count - rounds;
+        self.next_garp_round_ms = self.now_ms() + self.settings.garp_spacing_ms;
+    }
+
+    /// The rest of a series started by [`Worker::announce`], when due.
+    fn announce_more(&mut self, now: u64) {
+        if self.garp_rounds_left > 0 && now >= self.next_garp_round_ms {
+            self.garp_round(1);
+            self.garp_rounds_left -= 1;
+            self.next_garp_round_ms = now + self.settings.garp_spacing_ms;
+        }
+    }
+
+    /// `rounds` gratuitous ARPs for every address of every port.
+    fn garp_round(&mut self, rounds: u8) {
         let router = self.router.clone();
-        for _ in 0..self.settings.garp_count {
+        for _ in 0..rounds {
             for iface in router.interfaces() {
                 for &(addr, _) in &iface.addresses {
                     let Some(mut m) = self.pool.alloc() else {
@@ -409,6 +442,11 @@ impl Worker {
         self.next_maintenance_ms = now + MAINTENANCE_MS;
         self.serve_commands(now);
         self.kick_lacp();
+        if self.current_role == Role::Active {
+            self.announce_more(now);
+        } else {
+            self.garp_rounds_left = 0;
+        }
         let every = self.settings.garp_interval_ms;
         if every > 0 && self.current_role == Role::Active && now >= self.next_garp_ms {
             if self.next_garp_ms != 0 {

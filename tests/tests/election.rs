@@ -647,3 +647,50 @@ fn a_passive_without_lacp_when_passive_leaves_distribution_and_rejoins_when_acti
     host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(10))
         .expect("through fw1's aggregate again");
 }
+
+#[test]
+fn a_member_with_priority_takes_the_role_back_only_once_synchronized() {
+    require_root!();
+    let prio = |i: usize, ha: &mut HaSection| {
+        if i == 1 {
+            ha.extra = "priority: 50,".into();
+        }
+    };
+    let mut c = start("elprio", prio);
+    let (a, _) = settled(&c);
+    assert_eq!(a, 0, "fw1 has priority 50");
+    let Cluster { nodes, lab, .. } = &mut c;
+    let (gap, ()) = transfer(lab, 9, Duration::from_secs(1), || {
+        nodes[0].proc.signal("KILL");
+        wait_ctl(
+            &nodes[1],
+            &["status"],
+            "fw2 takes over",
+            Duration::from_secs(3),
+            |s| s["role"] == "active",
+        )
+        .expect("takeover");
+        let mut ha = HaSection::lab(1);
+        prio(1, &mut ha);
+        cluster::restart(lab, nodes, 1, ha).expect("restart fw1");
+        wait_ctl(
+            &nodes[0],
+            &["status"],
+            "fw1 (priority 50) takes the role back",
+            Duration::from_secs(10),
+            |s| s["role"] == "active",
+        )
+        .expect("preemption by priority");
+    });
+    let log = log_text(&nodes[0]);
+    let complete = log
+        .find("our connection table is complete")
+        .expect("synchronized");
+    let swap = log.find("swap: passive -> active").expect("swap");
+    assert!(
+        complete < swap,
+        "no preemption before the table is complete: {log}"
+    );
+    assert_eq!(role(&nodes[1]).0, "passive");
+    assert!(gap <= Duration::from_millis(1500), "gap {gap:?}");
+}
