@@ -138,7 +138,7 @@ pub struct HaConfig {
 }
 
 fn default_heartbeat_ms() -> u32 {
-    10
+    5
 }
 
 fn yes() -> bool {
@@ -150,7 +150,7 @@ fn default_startup_wait_ms() -> u32 {
 }
 
 fn default_icmp_timeout_ms() -> u32 {
-    15
+    10
 }
 
 fn default_garp_spacing_ms() -> u32 {
@@ -162,7 +162,7 @@ fn default_control_priority() -> u8 {
 }
 
 fn default_dead_ms() -> u32 {
-    40
+    25
 }
 
 /// A disk check of the quality factor.

@@ -1017,10 +1017,10 @@ fn election_and_split_brain_protection_are_on_by_default() {
     let cfg = parse(&with("routes: [],", HA), "t.ron").unwrap();
     let ha = cfg.ha.expect("ha section");
     assert!(ha.election && ha.last_resort);
-    assert_eq!((ha.startup_wait_ms, ha.icmp_timeout_ms), (1000, 15));
+    assert_eq!((ha.startup_wait_ms, ha.icmp_timeout_ms), (1000, 10));
     assert_eq!(
         (ha.heartbeat_ms, ha.dead_ms, ha.control_priority),
-        (10, 40, 10)
+        (5, 25, 10)
     );
     assert_eq!(ha.garp_interval_ms, 0);
     assert!(cfg.interfaces.iter().all(|i| i.weight == 100));

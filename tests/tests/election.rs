@@ -111,8 +111,8 @@ fn the_lower_serial_is_elected_and_hainfo_shows_both_members() {
     thread::sleep(Duration::from_millis(1100));
     let sent = garps() - g0;
     assert!(
-        (8..=30).contains(&sent),
-        "2 addresses x 3 GARPs every 200 ms for 1.1 s: {sent}"
+        (12..=48).contains(&sent),
+        "a series of 3 GARPs for 2 addresses every 200 ms for 1.1 s: {sent}"
     );
     assert_eq!(
         worker_sum(&c.nodes[passive].stats().unwrap(), "garps_sent"),
