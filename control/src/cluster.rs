@@ -545,6 +545,11 @@ impl Cluster {
             HaEvent::PeerFound { serial } => {
                 format!("peer {} found (cluster member)", serial_text(*serial))
             }
+            HaEvent::PeerLost(LinkId::Data)
+                if self.ha.path_alive(LinkId::Main) || self.ha.path_alive(LinkId::Backup) =>
+            {
+                "the peer stopped its last-resort heartbeats (an HA link works)".to_owned()
+            }
             HaEvent::PeerLost(l) => {
                 format!("HA communication on {} has failed", self.link_name(*l))
             }
