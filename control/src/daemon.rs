@@ -47,7 +47,7 @@ const SOCKET_BASE: usize = 16;
 const CLUSTER_BASE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Active-backup aggregates follow their members' carriers this often.
-const AGGREGATES: Duration = Duration::from_millis(100);
+const AGGREGATES: Duration = Duration::from_millis(10);
 
 /// The control thread's state.
 struct Daemon {

@@ -265,7 +265,8 @@ impl Node {
 
     /// The members of interface `i`'s link aggregate (none for a plain
     /// interface), as (port name, carries traffic: in distribution for
-    /// LACP, the current active member for active-backup). A member that
+    /// LACP, carrier for active-backup, whose bond fails over to any member
+    /// with carrier within one `poll_aggregates`). A member that
     /// keeps its LACP aggregates out of distribution while passive reports
     /// the members' carriers instead: distribution then only says which
     /// role it has (and after becoming active LACP takes a few seconds to
@@ -274,8 +275,11 @@ impl Node {
         let iface = self.interfaces.get(i)?;
         let agg = iface.config.aggregate.as_ref()?;
         let info = crate::dpdk::bond_info(iface.port.id()).ok()??;
-        let quiet = self.lacp_quiet_when_passive && agg.mode == AggregateMode::Lacp;
-        let carrying = if quiet { &info.up } else { &info.active };
+        // Active-backup: any member with carrier carries traffic once the
+        // bond fails over to it (poll_aggregates), so carriers count.
+        let by_carrier = agg.mode == AggregateMode::ActiveBackup
+            || (self.lacp_quiet_when_passive && agg.mode == AggregateMode::Lacp);
+        let carrying = if by_carrier { &info.up } else { &info.active };
         Some(
             info.members
                 .iter()

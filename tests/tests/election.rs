@@ -377,9 +377,10 @@ fn a_frozen_active_is_replaced_and_yields_when_it_wakes_up() {
     assert!(gap <= Duration::from_millis(2000), "gap {gap:?}");
 }
 
-/// fw1's inside leg as an LACP aggregate of two veths towards a DPDK
-/// bonding partner (`bond-partner` in its own namespace, bridging the
-/// aggregate to the LAN switch). Drop order: cluster, partner, namespace.
+/// fw1's inside leg as a link aggregate (LACP, or active-backup with
+/// `active_backup`) of two veths towards a DPDK bonding partner
+/// (`bond-partner` in its own namespace, bridging the aggregate to the LAN
+/// switch). Drop order: cluster, partner, namespace.
 struct LacpLab {
     c: Cluster,
     _partner: tandem_tests::Proc,
@@ -387,6 +388,10 @@ struct LacpLab {
 }
 
 fn lacp_lab(tag: &str, ha_extra: &str) -> LacpLab {
+    aggregate_lab(tag, false, ha_extra)
+}
+
+fn aggregate_lab(tag: &str, active_backup: bool, ha_extra: &str) -> LacpLab {
     let lock = tandem_tests::heavy_lock();
     let lab = Lab::two_nodes(tag).expect("lab");
     let bp = tandem_tests::Netns::create(&format!("{}-bp", lab.prefix()), &lab.dir().join("logs"))
@@ -408,34 +413,37 @@ fn lacp_lab(tag: &str, ha_extra: &str) -> LacpLab {
     let bin = tandem_tests::node::find_bin("bond-partner").expect("bond-partner is built");
     let bin = bin.to_string_lossy().into_owned();
     let prefix = format!("{}-bp", lab.prefix());
-    let partner = bp
-        .spawn(
-            "bond-partner",
-            &[
-                bin.as_str(),
-                "--file-prefix",
-                &prefix,
-                "--bond-member",
-                "m0",
-                "--bond-member",
-                "m1",
-                "--mode",
-                "4",
-                "--lacp-timers",
-                "fast",
-                "--port",
-                "uplink",
-            ],
-        )
-        .expect("bond-partner");
+    let mut args = vec![
+        bin.as_str(),
+        "--file-prefix",
+        &prefix,
+        "--bond-member",
+        "m0",
+        "--bond-member",
+        "m1",
+        "--port",
+        "uplink",
+    ];
+    args.extend(if active_backup {
+        ["--mode", "1"].as_slice()
+    } else {
+        ["--mode", "4", "--lacp-timers", "fast"].as_slice()
+    });
+    let partner = bp.spawn("bond-partner", &args).expect("bond-partner");
+    let agg_mode = if active_backup {
+        "ActiveBackup"
+    } else {
+        "Lacp"
+    };
     let c = cluster::start_on(lab, lock, Some(POLICY), &[], |i, cfg| {
         if i == 1 {
             let inside = &mut cfg.interfaces[0];
             inside.vdev = "net_bonding0".into();
-            inside.extra = ", aggregate: Some((mode: Lacp, lacp_rate: Fast, members: [\
-                Vdev(\"net_af_packet2,iface=fw-in0,framecnt=8192\"), \
-                Vdev(\"net_af_packet3,iface=fw-in1,framecnt=8192\")]))"
-                .into();
+            inside.extra = format!(
+                ", aggregate: Some((mode: {agg_mode}, lacp_rate: Fast, members: [\
+                 Vdev(\"net_af_packet2,iface=fw-in0,framecnt=8192\"), \
+                 Vdev(\"net_af_packet3,iface=fw-in1,framecnt=8192\")]))"
+            );
         }
         if let Some(ha) = cfg.ha.as_mut() {
             ha.extra = ha_extra.to_owned();
@@ -693,4 +701,28 @@ fn a_member_with_priority_takes_the_role_back_only_once_synchronized() {
     );
     assert_eq!(role(&nodes[1]).0, "passive");
     assert!(gap <= Duration::from_millis(1500), "gap {gap:?}");
+}
+
+#[test]
+fn an_active_backup_aggregate_fails_over_to_its_backup_member_without_a_swap() {
+    require_root!();
+    let l = aggregate_lab("elab", true, "");
+    let (c, bp) = (&l.c, &l._bp);
+    let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(1), || {
+        // The primary member's cable is cut (both bonds fail over to m1).
+        link::set_link(bp, "m0", false).expect("cut the primary member");
+        thread::sleep(Duration::from_millis(1500));
+    });
+    let info = hainfo(&c.nodes[0]);
+    assert_eq!(
+        info["local"]["quality"], 100,
+        "the aggregate still counts as up: {info}"
+    );
+    assert_eq!(role(&c.nodes[0]).0, "active", "no swap");
+    assert!(
+        log_text(&c.nodes[0]).contains("aggregate in: active member lost its carrier, failed over"),
+        "{}",
+        log_text(&c.nodes[0])
+    );
+    assert!(gap <= Duration::from_millis(1000), "gap {gap:?}");
 }
