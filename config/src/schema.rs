@@ -74,10 +74,14 @@ pub struct HaConfig {
     #[serde(default = "yes")]
     pub election: bool,
     /// When no HA link carries heartbeats, send them over the data ports
-    /// too (the last-resort heartbeat), and check a silent peer with ICMP
-    /// over the data ports before taking over. Off: a silent peer is dead.
+    /// too (the last-resort heartbeat).
     #[serde(default = "yes")]
     pub last_resort: bool,
+    /// Before taking over from a peer silent on every path, check with
+    /// ICMP over the data ports that its dataplane is gone (it answers
+    /// while it forwards). Off: a silent peer is dead.
+    #[serde(default = "yes")]
+    pub icmp_check: bool,
     /// At start-up, wait this long for the peer before deciding alone.
     #[serde(default = "default_startup_wait_ms")]
     pub startup_wait_ms: u32,

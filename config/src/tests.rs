@@ -1016,7 +1016,7 @@ fn firewall_timeouts_override_only_what_is_written() {
 fn election_and_split_brain_protection_are_on_by_default() {
     let cfg = parse(&with("routes: [],", HA), "t.ron").unwrap();
     let ha = cfg.ha.expect("ha section");
-    assert!(ha.election && ha.last_resort);
+    assert!(ha.election && ha.last_resort && ha.icmp_check);
     assert_eq!((ha.startup_wait_ms, ha.icmp_timeout_ms), (1000, 10));
     assert_eq!(
         (ha.heartbeat_ms, ha.dead_ms, ha.control_priority),

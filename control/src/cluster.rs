@@ -91,6 +91,7 @@ pub struct Cluster {
     links: Vec<Link>,
     data_ports: Vec<DataPort>,
     last_resort: bool,
+    icmp_check: bool,
     icmp_timeout: Duration,
     probe: Option<Probe>,
     probes: u64,
@@ -226,7 +227,9 @@ impl Cluster {
                 })
             })
             .collect();
-        let last_resort = ha.last_resort && node.ha_data().is_some() && !data_ports.is_empty();
+        let data_path = node.ha_data().is_some() && !data_ports.is_empty();
+        let last_resort = ha.last_resort && data_path;
+        let icmp_check = ha.icmp_check && data_path;
         let serial = serial_number(&cfg.node.serial);
         let mut c = Config::new(serial);
         // Grows across restarts: the peer tells a restart from a replay.
@@ -248,6 +251,7 @@ impl Cluster {
             links,
             data_ports,
             last_resort,
+            icmp_check,
             icmp_timeout: Duration::from_millis(u64::from(ha.icmp_timeout_ms)),
             probe: None,
             probes: 0,
@@ -494,7 +498,7 @@ impl Cluster {
     /// (or the check off), the peer is silent everywhere: answer "no reply".
     fn start_probe(&mut self, node: &Node, log: &mut EventLog) {
         let mut sent = 0;
-        if let (Some(data), true) = (node.ha_data(), self.last_resort) {
+        if let (Some(data), true) = (node.ha_data(), self.icmp_check) {
             self.probes += 1;
             let nonce = self.ha.config().epoch ^ self.probes.rotate_left(32);
             let token = self.codec.seal_probe(nonce);

@@ -726,3 +726,39 @@ fn an_active_backup_aggregate_fails_over_to_its_backup_member_without_a_swap() {
     );
     assert!(gap <= Duration::from_millis(1000), "gap {gap:?}");
 }
+
+#[test]
+fn without_the_last_resort_the_icmp_check_keeps_a_cut_off_passive_passive() {
+    require_root!();
+    let c = start("elicmp", |_, ha| ha.extra = "last_resort: false,".into());
+    let (a, p) = settled(&c);
+    let before = forwarded(&c.nodes[p]);
+    let (gap, ()) = transfer(&c.lab, 5, Duration::from_secs(1), || {
+        for l in ["ha-main", "ha-backup"] {
+            link::set_link(c.lab.fw(1), l, false).expect("cut");
+        }
+        thread::sleep(Duration::from_millis(2500));
+    });
+    assert_eq!(role(&c.nodes[a]).0, "active");
+    assert_eq!(
+        role(&c.nodes[p]).0,
+        "passive",
+        "the ICMP check found the peer alive"
+    );
+    assert_eq!(forwarded(&c.nodes[p]), before, "the passive forwarded");
+    let log = log_text(&c.nodes[p]);
+    assert!(
+        log.contains("peer lost on every path: starting ICMP monitoring"),
+        "{log}"
+    );
+    assert!(
+        log.contains("ICMP check: the peer's dataplane answers, it is not taken over"),
+        "{log}"
+    );
+    let info = hainfo(&c.nodes[p]);
+    assert_eq!(info["icmp_check"], "peer answered", "{info}");
+    let macs = tools::arp_census(c.lab.client(), "eth0", addr::CLIENT, addr::LAN_GW, 3)
+        .expect("ARP census");
+    assert_eq!(macs.len(), 1, "ARP answered by {macs:?}");
+    assert!(gap <= Duration::from_millis(300), "gap {gap:?}");
+}
