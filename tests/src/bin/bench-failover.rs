@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use tandem_tests::args::Args;
 use tandem_tests::lab::{addr, Lab};
 use tandem_tests::linuxpair::{LinuxPair, LinuxPairOptions, VrrpState};
 use tandem_tests::node::{self, HaSection, Node, NodeConfig};
@@ -395,75 +396,24 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         baseline: Duration::from_millis(1500),
         out: PathBuf::from("results/failover.json"),
     };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| LabError::Other(format!("{a} needs a value\n{USAGE}")))
-        };
-        let bad = |v: &str| LabError::Other(format!("bad value {v:?} for {a}\n{USAGE}"));
-        match a.as_str() {
-            "--rounds" => {
-                let v = val()?;
-                o.rounds = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=200).contains(n))
-                    .ok_or_else(|| bad(&v))?;
-            }
-            "--connections" => {
-                let v = val()?;
-                o.connections = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n <= 1000)
-                    .ok_or_else(|| bad(&v))?;
-            }
-            "--only" => {
-                let v = val()?;
-                if !["tandem", "linux"].contains(&v.as_str()) {
-                    return Err(bad(&v));
-                }
-                o.clusters = vec![v];
-            }
+    let mut a = Args::new(args, USAGE);
+    while let Some(flag) = a.next_flag() {
+        match flag {
+            "--rounds" => o.rounds = a.number(flag, 1..=200)?,
+            "--connections" => o.connections = a.number(flag, 0..=1000)?,
+            "--only" => o.clusters = vec![a.choice(flag, &["tandem", "linux"])?.to_owned()],
             "--advert-int" => {
-                let v = val()?;
-                let s: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s| (0.01..=40.0).contains(s))
-                    .ok_or_else(|| bad(&v))?;
+                let s: f64 = a.number(flag, 0.01..=40.0)?;
                 o.advert_int = Duration::from_millis((s * 100.0).round() as u64 * 10);
             }
             "--linux-cache" => {
-                let v = val()?;
-                o.external_cache = match v.as_str() {
-                    "external" => true,
-                    "disabled" => false,
-                    _ => return Err(bad(&v)),
-                };
+                o.external_cache = a.choice(flag, &["external", "disabled"])? == "external";
             }
-            "--linux-sync" => {
-                let v = val()?;
-                o.linux_sync = match v.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    _ => return Err(bad(&v)),
-                };
-            }
-            "--baseline" => {
-                let v = val()?;
-                let s: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s| (0.2..=30.0).contains(s))
-                    .ok_or_else(|| bad(&v))?;
-                o.baseline = Duration::from_secs_f64(s);
-            }
-            "--out" => o.out = PathBuf::from(val()?),
+            "--linux-sync" => o.linux_sync = a.choice(flag, &["on", "off"])? == "on",
+            "--baseline" => o.baseline = Duration::from_secs_f64(a.number(flag, 0.2..=30.0)?),
+            "--out" => o.out = PathBuf::from(a.value(flag)?),
             "-h" | "--help" => return Err(LabError::Other(USAGE.into())),
-            _ => return Err(LabError::Other(format!("unknown option {a}\n{USAGE}"))),
+            _ => return Err(a.unknown(flag)),
         }
     }
     Ok(o)

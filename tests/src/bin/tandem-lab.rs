@@ -10,14 +10,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tandem_tests::args::Args;
 use tandem_tests::host::{self, HttpServer, IperfServer};
 use tandem_tests::lab::{self, Lab, LabKind};
 use tandem_tests::node::{self, Node};
 use tandem_tests::{LabError, Result};
 
 const USAGE: &str = "usage: tandem-lab <command>
-  demo                          two-node cluster (firewall + state sync): a live iperf3
-                                through the active, a swap mid-transfer, the largest gap
+  demo                          two-node cluster (election, firewall, state sync): a live
+                                iperf3, kill -9 of the active mid-transfer, the largest gap
   demo-single                   single-node lab: tandemd + ping, 20 MB HTTP, 10 s iperf3
   bench-iperf [--seconds N] [--runs R] [--labs tandem,linux,bridge] [--out FILE]
                                 iperf3 through tandemd vs Linux router vs bridge
@@ -236,43 +237,23 @@ fn parse_bench(args: &[String]) -> Result<BenchOpts> {
         labs: vec!["tandem".into(), "linux".into(), "bridge".into()],
         out: "results/iperf.json".into(),
     };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| LabError::Other(format!("{a} needs a value\n{USAGE}")))
-        };
-        let bad = |v: &str| LabError::Other(format!("bad value {v:?} for {a}"));
-        match a.as_str() {
-            "--seconds" => {
-                let v = val()?;
-                o.seconds = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=300).contains(n))
-                    .ok_or_else(|| bad(&v))?;
-            }
-            "--runs" => {
-                let v = val()?;
-                o.runs = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=50).contains(n))
-                    .ok_or_else(|| bad(&v))?;
-            }
+    let mut a = Args::new(args, USAGE);
+    while let Some(flag) = a.next_flag() {
+        match flag {
+            "--seconds" => o.seconds = a.number(flag, 1..=300)?,
+            "--runs" => o.runs = a.number(flag, 1..=50)?,
             "--labs" => {
-                let v = val()?;
+                let v = a.value(flag)?;
                 o.labs = v.split(',').map(str::to_string).collect();
                 if o.labs
                     .iter()
                     .any(|l| !["tandem", "linux", "bridge"].contains(&l.as_str()))
                 {
-                    return Err(bad(&v));
+                    return Err(a.bad(flag, v, "a comma-separated list of tandem, linux, bridge"));
                 }
             }
-            "--out" => o.out = val()?,
-            _ => return Err(LabError::Other(format!("unknown option {a}\n{USAGE}"))),
+            "--out" => o.out = a.value(flag)?.to_owned(),
+            _ => return Err(a.unknown(flag)),
         }
     }
     Ok(o)
