@@ -371,6 +371,22 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever arrives on a data port, classifying it and reading its
+        /// payload never panics, and only frames with a tandem identifier
+        /// are taken.
+        #[test]
+        fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            if let Some(kind) = classify(&bytes) {
+                let id = u16::from_be_bytes([bytes[38], bytes[39]]);
+                proptest::prop_assert!(id == ID_HEARTBEAT || id == ID_PROBE, "{:?}", kind);
+                let _ = payload(&bytes);
+                let mut copy = bytes.clone();
+                answer_in_place(&mut copy, MAC);
+            }
+        }
+    }
+
     #[test]
     fn the_channel_carries_frames_both_ways_and_counts_overflow() {
         let (handle, path) = channel();
