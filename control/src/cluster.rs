@@ -617,6 +617,41 @@ impl Cluster {
         }
     }
 
+    /// On a clean stop (SIGTERM, an upgrade): an active member with a live
+    /// peer becomes passive first and waits (at most `limit`) until the
+    /// peer announces itself active, so the takeover costs a heartbeat
+    /// round trip instead of the dead time.
+    pub fn hand_over(&mut self, node: &Node, log: &mut EventLog, limit: Duration) {
+        if node.role() != PlaneRole::Active || !self.ha.peer_heard() {
+            return;
+        }
+        log.event("HA", "stopping: handing the active role to the peer");
+        let t0 = Instant::now();
+        self.forced(Some(PlaneRole::Passive), node, log);
+        while t0.elapsed() < limit {
+            for i in 0..self.links.len() {
+                self.on_readable(Token(self.token_base + i), node, log);
+            }
+            let synced = self.synchronized;
+            self.poll(node, synced, log);
+            if self.ha.peer().is_some_and(|p| p.role == Role::Active) {
+                log.event(
+                    "HA",
+                    format_args!(
+                        "the peer is active {:.1} ms after the hand-over began",
+                        t0.elapsed().as_secs_f64() * 1e3
+                    ),
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        log.event(
+            "HA",
+            format_args!("the peer did not take over within {limit:?}; stopping anyway"),
+        );
+    }
+
     /// The names of the links whose peer is heard now.
     pub fn links_alive(&self) -> Vec<String> {
         self.links

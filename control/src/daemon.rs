@@ -46,6 +46,8 @@ const SIGNAL: Token = Token(0);
 const SOCKET_BASE: usize = 16;
 const CLUSTER_BASE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// How long a stopping active member waits for the peer to take over.
+const HAND_OVER: Duration = Duration::from_millis(500);
 /// Active-backup aggregates follow their members' carriers this often.
 const AGGREGATES: Duration = Duration::from_millis(10);
 
@@ -243,6 +245,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         }
     }
     daemon.events.event("SYSTEM", "stopping on signal");
+    if let Some(c) = &mut daemon.cluster {
+        // An active member hands over before it goes: no dead time to wait.
+        c.hand_over(&daemon.node, &mut daemon.events, HAND_OVER);
+    }
     drop(socket);
     daemon.node.shutdown();
     daemon.events.event("SYSTEM", "stopped");

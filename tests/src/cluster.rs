@@ -109,8 +109,25 @@ impl Cluster {
 /// again with the lab's policy (if the cluster has one) and `ha`; it
 /// replaces `nodes[i - 1]`.
 pub fn restart(lab: &Lab, nodes: &mut Vec<Node>, i: usize, ha: HaSection) -> Result<()> {
+    restart_with(lab, nodes, i, ha, &[], false)
+}
+
+/// As [`restart`], with `env` for the new process, and a clean stop
+/// (SIGTERM, as for an upgrade) when `graceful`.
+pub fn restart_with(
+    lab: &Lab,
+    nodes: &mut Vec<Node>,
+    i: usize,
+    ha: HaSection,
+    env: &[(&str, &str)],
+    graceful: bool,
+) -> Result<()> {
     let mut old = nodes.remove(i - 1);
-    old.proc.signal("KILL");
+    if graceful {
+        old.stop();
+    } else {
+        old.proc.signal("KILL");
+    }
     drop(old);
     let mut cfg = lab.node_config(i);
     let policy = lab.dir().join("policy.ron");
@@ -118,6 +135,10 @@ pub fn restart(lab: &Lab, nodes: &mut Vec<Node>, i: usize, ha: HaSection) -> Res
         cfg = cfg.with_policy(&policy);
     }
     cfg.ha = Some(ha);
+    cfg.env = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let mut n = lab.start_node_with(i, &cfg)?;
     n.wait_ready(Duration::from_secs(30))?;
     nodes.insert(i - 1, n);

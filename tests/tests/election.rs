@@ -762,3 +762,53 @@ fn without_the_last_resort_the_icmp_check_keeps_a_cut_off_passive_passive() {
     assert_eq!(macs.len(), 1, "ARP answered by {macs:?}");
     assert!(gap <= Duration::from_millis(300), "gap {gap:?}");
 }
+
+#[test]
+fn a_rolling_upgrade_hands_over_cleanly_and_ends_on_the_new_protocol() {
+    require_root!();
+    let mut c = start("elupg", |_, _| {});
+    let (a, p) = settled(&c);
+    assert_eq!((a, p), (0, 1));
+    let v2 = [("TANDEM_K2K_TEST_VERSION", "2")];
+    let Cluster { nodes, lab, .. } = &mut c;
+    let (gap, versions) = transfer(lab, 10, Duration::from_secs(1), || {
+        // 1. The passive (fw2) is upgraded: stopped, started on the new
+        //    version; the pair speaks the older one (fail-soft).
+        cluster::restart_with(lab, nodes, 2, HaSection::lab(2), &v2, true).expect("fw2 up");
+        wait_ctl(
+            &nodes[1],
+            &["sync"],
+            "fw2 synchronized",
+            Duration::from_secs(10),
+            |s| s["synchronized"] == true,
+        )
+        .expect("fw2 synchronized");
+        let mixed = hainfo(&nodes[1])["sync_version"].as_u64();
+        // 2. The active (fw1) is upgraded: its clean stop hands over to fw2
+        //    at once; it comes back passive.
+        cluster::restart_with(lab, nodes, 1, HaSection::lab(1), &v2, true).expect("fw1 up");
+        wait_ctl(
+            &nodes[0],
+            &["sync"],
+            "fw1 synchronized",
+            Duration::from_secs(10),
+            |s| s["synchronized"] == true,
+        )
+        .expect("fw1 synchronized");
+        (mixed, hainfo(&nodes[0])["sync_version"].as_u64())
+    });
+    assert_eq!(
+        versions,
+        (Some(1), Some(2)),
+        "fail-soft during, new protocol after"
+    );
+    assert_eq!(role(&nodes[1]).0, "active");
+    assert_eq!(role(&nodes[0]).0, "passive");
+    let log = log_text(&nodes[1]);
+    assert!(
+        log.contains("swap: passive -> active (Elected)"),
+        "handed over: {log}"
+    );
+    assert!(!log.contains("PeerDead"), "no dead-time takeover: {log}");
+    assert!(gap <= Duration::from_millis(500), "gap {gap:?}");
+}
