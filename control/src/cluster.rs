@@ -105,10 +105,11 @@ pub struct Cluster {
     last_icmp_rtt_us: Option<u64>,
     quality_cfg: QualityConfig,
     bounce_on_swap: bool,
-    health: Health,
+    /// Results of the disk / TPM / sensor checks, run on their own thread
+    /// (a hung disk must not hold up the heartbeats).
+    health: Option<crossbeam::channel::Receiver<(Vec<Penalty>, Vec<String>)>>,
     penalties: Vec<Penalty>,
     problems: Vec<String>,
-    next_health: Instant,
     /// Heartbeats dropped by reason (bad tag, replay, ...).
     pub rejected: u64,
 }
@@ -134,6 +135,27 @@ pub fn serial_text(n: u64) -> String {
     } else {
         format!("{n:#x}")
     }
+}
+
+/// Runs `health` once a second on a thread of its own (none when nothing
+/// is checked); the thread ends when the receiver is dropped.
+#[allow(clippy::type_complexity)]
+fn spawn_health(
+    health: Health,
+) -> std::io::Result<Option<crossbeam::channel::Receiver<(Vec<Penalty>, Vec<String>)>>> {
+    if health.is_empty() {
+        return Ok(None);
+    }
+    let (tx, rx) = crossbeam::channel::bounded(4);
+    std::thread::Builder::new()
+        .name("tandem-health".into())
+        .spawn(move || loop {
+            if tx.send(health.check()).is_err() {
+                return;
+            }
+            std::thread::sleep(HEALTH_EVERY);
+        })?;
+    Ok(Some(rx))
 }
 
 /// The data interfaces (aggregates as their members) and the aggregates,
@@ -268,10 +290,9 @@ impl Cluster {
                 failover_members_have_weight: ha.failover_members_have_weight,
             },
             bounce_on_swap: ha.bounce_on_swap,
-            health: Health::new(ha),
+            health: spawn_health(Health::new(ha))?,
             penalties: Vec::new(),
             problems: Vec::new(),
-            next_health: origin,
             rejected: 0,
         }))
     }
@@ -385,9 +406,8 @@ impl Cluster {
                 self.ha.handle_event(now, Event::LinkState(l.id, up));
             }
         }
-        if !self.health.is_empty() && Instant::now() >= self.next_health {
-            self.next_health = Instant::now() + HEALTH_EVERY;
-            let (penalties, problems) = self.health.check();
+        let latest = self.health.as_ref().and_then(|h| h.try_iter().last());
+        if let Some((penalties, problems)) = latest {
             for p in problems.iter().filter(|p| !self.problems.contains(p)) {
                 log.event("HA", format_args!("quality check failed: {p}"));
             }

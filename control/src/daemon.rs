@@ -109,28 +109,6 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let node = Node::start(&cfg, &config_dir)?;
-    // The workers and the sync core are started: only this (control)
-    // thread gets the real-time class, so heartbeats leave on time even
-    // when the workers keep every core busy.
-    if let Some(prio) = cfg
-        .ha
-        .as_ref()
-        .map(|h| h.control_priority)
-        .filter(|&p| p > 0)
-    {
-        match tandem_dataplane::dpdk::set_current_thread_realtime(prio) {
-            Ok(()) => events_log.event(
-                "SYSTEM",
-                format_args!("control thread in the real-time class (SCHED_RR {prio})"),
-            ),
-            Err(e) => events_log.event(
-                "SYSTEM",
-                format_args!(
-                    "control thread stays in the normal class: SCHED_RR {prio} refused: {e}"
-                ),
-            ),
-        }
-    }
     if let Some(p) = node.policy() {
         events_log.event(
             "POLICY",
@@ -173,6 +151,29 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
             "HA",
             "election on: heartbeats on UDP 5405 over the HA links, last resort and ICMP check over the data ports",
         );
+    }
+    // The workers, the sync core and the health checker are started: only
+    // this (control) thread gets the real-time class, so heartbeats leave
+    // on time even when the workers keep every core busy.
+    if let Some(prio) = daemon
+        .cfg
+        .ha
+        .as_ref()
+        .map(|h| h.control_priority)
+        .filter(|&p| p > 0)
+    {
+        match tandem_dataplane::dpdk::set_current_thread_realtime(prio) {
+            Ok(()) => daemon.events.event(
+                "SYSTEM",
+                format_args!("control thread in the real-time class (SCHED_RR {prio})"),
+            ),
+            Err(e) => daemon.events.event(
+                "SYSTEM",
+                format_args!(
+                    "control thread stays in the normal class: SCHED_RR {prio} refused: {e}"
+                ),
+            ),
+        }
     }
     daemon.seen.3 = daemon.node.role();
     daemon.events.event(
