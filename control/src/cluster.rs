@@ -12,6 +12,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crossbeam::channel::Receiver;
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use tandem_config::NodeConfig;
@@ -78,6 +79,9 @@ struct Probe {
     deadline: Instant,
 }
 
+/// What the quality checks found: the penalties and a line per failure.
+type HealthReport = (Vec<Penalty>, Vec<String>);
+
 /// Disks, TPM and sensors are checked this often.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
@@ -107,7 +111,7 @@ pub struct Cluster {
     bounce_on_swap: bool,
     /// Results of the disk / TPM / sensor checks, run on their own thread
     /// (a hung disk must not hold up the heartbeats).
-    health: Option<crossbeam::channel::Receiver<(Vec<Penalty>, Vec<String>)>>,
+    health: Option<Receiver<HealthReport>>,
     penalties: Vec<Penalty>,
     problems: Vec<String>,
     /// Heartbeats dropped by reason (bad tag, replay, ...).
@@ -139,10 +143,7 @@ pub fn serial_text(n: u64) -> String {
 
 /// Runs `health` once a second on a thread of its own (none when nothing
 /// is checked); the thread ends when the receiver is dropped.
-#[allow(clippy::type_complexity)]
-fn spawn_health(
-    health: Health,
-) -> std::io::Result<Option<crossbeam::channel::Receiver<(Vec<Penalty>, Vec<String>)>>> {
+fn spawn_health(health: Health) -> std::io::Result<Option<Receiver<HealthReport>>> {
     if health.is_empty() {
         return Ok(None);
     }
