@@ -812,3 +812,59 @@ fn a_rolling_upgrade_hands_over_cleanly_and_ends_on_the_new_protocol() {
     assert!(!log.contains("PeerDead"), "no dead-time takeover: {log}");
     assert!(gap <= Duration::from_millis(500), "gap {gap:?}");
 }
+
+#[test]
+fn a_member_alone_at_start_up_waits_for_its_peer_then_takes_the_role() {
+    require_root!();
+    let lock = tandem_tests::heavy_lock();
+    let lab = Lab::two_nodes("elalone").expect("lab");
+    let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", POLICY).unwrap();
+    let mut cfg = lab.node_config(2).with_policy(&policy);
+    cfg.ha = Some(HaSection::lab(2));
+    let mut fw2 = lab.start_node_with(2, &cfg).expect("fw2");
+    fw2.wait_ready(Duration::from_secs(30)).expect("fw2 ready");
+    let t0 = Instant::now();
+    assert_eq!(role(&fw2).0, "passive", "waiting for the peer");
+    wait_ctl(
+        &fw2,
+        &["status"],
+        "fw2 alone takes the role",
+        Duration::from_secs(5),
+        |s| s["role"] == "active",
+    )
+    .expect("active alone");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "the start-up wait (1 s) was kept: {waited:?}"
+    );
+    assert!(
+        log_text(&fw2).contains("StartupAlone"),
+        "{}",
+        log_text(&fw2)
+    );
+    host::wait_for_ping(lab.client(), addr::SERVER, Duration::from_secs(10)).expect("through fw2");
+    // The peer arrives: it joins as passive, synchronizes, fw2 stays.
+    let mut cfg = lab.node_config(1).with_policy(&policy);
+    cfg.ha = Some(HaSection::lab(1));
+    let mut fw1 = lab.start_node_with(1, &cfg).expect("fw1");
+    fw1.wait_ready(Duration::from_secs(30)).expect("fw1 ready");
+    wait_ctl(
+        &fw1,
+        &["sync"],
+        "fw1 synchronized",
+        Duration::from_secs(10),
+        |s| s["synchronized"] == true,
+    )
+    .expect("fw1 synchronized");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        role(&fw1).0,
+        "passive",
+        "the newcomer (lower serial) does not preempt"
+    );
+    assert_eq!(role(&fw2).0, "active");
+    drop((fw1, fw2));
+    drop(lab);
+    drop(lock);
+}
