@@ -101,8 +101,6 @@ pub struct Cluster {
     probes: u64,
     token_base: usize,
     origin: Instant,
-    quality: u8,
-    synchronized: bool,
     role_since: SystemTime,
     swaps: u64,
     last_swap: Option<String>,
@@ -280,8 +278,6 @@ impl Cluster {
             probes: 0,
             token_base,
             origin,
-            quality: 100,
-            synchronized: false,
             role_since: SystemTime::now(),
             swaps: 0,
             last_swap: None,
@@ -397,7 +393,7 @@ impl Cluster {
 
     /// Feeds the machine what changed (links, quality, table, data-port
     /// frames) and a tick, then carries out its actions.
-    pub fn poll(&mut self, node: &Node, sync_complete: bool, log: &mut EventLog) {
+    pub fn poll(&mut self, node: &Node, log: &mut EventLog) {
         self.drain_data(node, log);
         let now = self.now();
         for l in &mut self.links {
@@ -419,15 +415,14 @@ impl Cluster {
         }
         let (interfaces, aggregates) = quality_inputs(node);
         let q = quality(&interfaces, &aggregates, &self.penalties, &self.quality_cfg);
-        if q != self.quality {
-            self.quality = q;
-            self.ha.handle_event(now, Event::LocalQuality(q));
-        }
-        if sync_complete != self.synchronized {
-            self.synchronized = sync_complete;
-            self.ha
-                .handle_event(now, Event::SyncComplete(sync_complete));
-        }
+        // The machine acts on changes only: feed the current values.
+        self.ha.handle_event(now, Event::LocalQuality(q));
+        let complete = node.sync().is_some_and(|s| {
+            s.shared()
+                .synchronized
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        self.ha.handle_event(now, Event::SyncComplete(complete));
         self.ha.handle_event(now, Event::Tick);
         self.run(node, log);
     }
@@ -481,11 +476,10 @@ impl Cluster {
                         "HA",
                         "our table is stale: asking the peer for a bulk resync",
                     );
+                    // Incomplete (for the sync core too) until the bulk arrives.
                     if let Some(core) = node.sync() {
                         core.request_resync();
                     }
-                    // Incomplete until the bulk arrives.
-                    self.synchronized = false;
                 }
                 // The swap is logged with its old and new role just above.
                 Action::Log(HaEvent::Swap { .. }) => {}
@@ -653,8 +647,7 @@ impl Cluster {
             for i in 0..self.links.len() {
                 self.on_readable(Token(self.token_base + i), node, log);
             }
-            let synced = self.synchronized;
-            self.poll(node, synced, log);
+            self.poll(node, log);
             if self.ha.peer().is_some_and(|p| p.role == Role::Active) {
                 log.event(
                     "HA",
@@ -671,15 +664,6 @@ impl Cluster {
             "HA",
             format_args!("the peer did not take over within {limit:?}; stopping anyway"),
         );
-    }
-
-    /// The names of the links whose peer is heard now.
-    pub fn links_alive(&self) -> Vec<String> {
-        self.links
-            .iter()
-            .filter(|l| self.ha.path_alive(l.id))
-            .map(|l| l.name.clone())
-            .collect()
     }
 
     /// The hainfo view.

@@ -220,12 +220,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         }
         if let Some(c) = &mut daemon.cluster {
             if Instant::now() >= c.next_wakeup() {
-                let synced = daemon.node.sync().is_some_and(|s| {
-                    s.shared()
-                        .synchronized
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                });
-                c.poll(&daemon.node, synced, &mut daemon.events);
+                c.poll(&daemon.node, &mut daemon.events);
             }
         }
         let now = Instant::now();

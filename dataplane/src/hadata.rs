@@ -234,13 +234,17 @@ impl HaDataPath {
         }
     }
 
-    /// Hands a received heartbeat or check reply to the control thread.
+    /// Hands a received heartbeat or check reply to the control thread
+    /// (check requests are answered by the worker, never handed over).
     pub fn deliver(&self, port: u16, kind: Kind, frame: &[u8]) {
         let c = &self.counters;
         HaDataCounters::bump(match kind {
             Kind::Heartbeat => &c.heartbeats_in,
             Kind::ProbeReply => &c.probe_replies_in,
-            Kind::ProbeRequest => &c.probes_answered,
+            Kind::ProbeRequest => {
+                HaDataCounters::bump(&c.dropped);
+                return;
+            }
         });
         let Some(p) = payload(frame) else {
             HaDataCounters::bump(&c.dropped);

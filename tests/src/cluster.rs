@@ -187,6 +187,17 @@ pub fn wait_ctl(
     }
 }
 
+/// Waits (bounded) until `n` has `role` ("active" or "passive").
+pub fn wait_role(n: &Node, role: &str, what: &str, timeout: Duration) -> Result<Value> {
+    wait_ctl(n, &["status"], what, timeout, |s| s["role"] == role)
+}
+
+/// Waits (bounded) until `n`'s connection table is complete (a bulk sync
+/// arrived since the peer came up).
+pub fn wait_synchronized(n: &Node, what: &str, timeout: Duration) -> Result<Value> {
+    wait_ctl(n, &["sync"], what, timeout, |s| s["synchronized"] == true)
+}
+
 /// The longest stretch of a stream without data, from iperf3 intervals of
 /// `interval_s` seconds: consecutive intervals that moved less than 1 % of
 /// the median, times the interval.

@@ -164,15 +164,7 @@ fn forced_status_is_refused_on_a_lone_node() {
 
 /// Waits (bounded) until `f` holds for `n`'s `tandemctl sync` answer.
 fn wait_sync(n: &Node, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
-    let end = Instant::now() + timeout;
-    loop {
-        let s = n.ctl(&["sync"]).expect("sync");
-        if f(&s) {
-            return s;
-        }
-        assert!(Instant::now() < end, "{what} within {timeout:?}: {s}");
-        thread::sleep(Duration::from_millis(100));
-    }
+    tandem_tests::cluster::wait_ctl(n, &["sync"], what, timeout, f).expect(what)
 }
 
 fn conn_total(n: &Node, args: &[&str]) -> (u64, Value) {

@@ -7,7 +7,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tandem_tests::cluster::{self, largest_gap, role, wait_ctl, worker_sum, Cluster};
+use tandem_tests::cluster::{
+    self, largest_gap, role, wait_ctl, wait_role, wait_synchronized, worker_sum, Cluster,
+};
 use tandem_tests::cmd::signal_group;
 use tandem_tests::host::{self, IperfServer};
 use tandem_tests::lab::addr;
@@ -37,12 +39,10 @@ fn settled(c: &Cluster) -> (usize, usize) {
         .wait_single_active(Duration::from_secs(8))
         .expect("one member elected");
     let passive = 1 - active;
-    wait_ctl(
+    wait_synchronized(
         &c.nodes[passive],
-        &["sync"],
         "the passive synchronized",
         Duration::from_secs(10),
-        |s| s["synchronized"] == true,
     )
     .expect("synchronized");
     host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(20))
@@ -179,12 +179,11 @@ fn forced_status_overrides_the_election_and_hareset_keeps_the_incumbent() {
     let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(2), || {
         let r = c.nodes[p].ctl(&["haactive"]).expect("haactive");
         assert_eq!(r["forced"], "active");
-        wait_ctl(
+        wait_role(
             &c.nodes[p],
-            &["status"],
+            "active",
             "the forced member becomes active",
             Duration::from_secs(2),
-            |s| s["role"] == "active",
         )
         .expect("forced swap");
     });
@@ -197,12 +196,11 @@ fn forced_status_overrides_the_election_and_hareset_keeps_the_incumbent() {
     assert_eq!(role(&c.nodes[a]).0, "passive");
     // hapassive on the active hands over to the peer.
     c.nodes[p].ctl(&["hapassive"]).expect("hapassive");
-    wait_ctl(
+    wait_role(
         &c.nodes[a],
-        &["status"],
+        "active",
         "hapassive moves the role back",
         Duration::from_secs(2),
-        |s| s["role"] == "active",
     )
     .expect("swap back");
     assert_eq!(role(&c.nodes[p]).0, "passive");
@@ -220,12 +218,11 @@ fn cutting_the_actives_inside_link_swaps_on_quality() {
     let (a, p) = settled(&c);
     let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(2), || {
         c.lab.set_fw_port(a + 1, "in", false).expect("cut");
-        wait_ctl(
+        wait_role(
             &c.nodes[p],
-            &["status"],
+            "active",
             "the better member takes over",
             Duration::from_secs(3),
-            |s| s["role"] == "active",
         )
         .expect("swap on quality");
     });
@@ -461,23 +458,10 @@ fn aggregate_lab(tag: &str, active_backup: bool, ha_extra: &str) -> LacpLab {
     )
     .expect("LACP up");
     c.nodes[0].ctl(&["haactive"]).expect("haactive");
-    wait_ctl(
-        &c.nodes[0],
-        &["status"],
-        "fw1 active",
-        Duration::from_secs(3),
-        |s| s["role"] == "active",
-    )
-    .expect("fw1 active");
+    wait_role(&c.nodes[0], "active", "fw1 active", Duration::from_secs(3)).expect("fw1 active");
     c.nodes[0].ctl(&["hareset"]).expect("hareset");
-    wait_ctl(
-        &c.nodes[1],
-        &["sync"],
-        "fw2 synchronized",
-        Duration::from_secs(10),
-        |s| s["synchronized"] == true,
-    )
-    .expect("synchronized");
+    wait_synchronized(&c.nodes[1], "fw2 synchronized", Duration::from_secs(10))
+        .expect("synchronized");
     host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(20))
         .expect("through fw1's aggregate");
     LacpLab {
@@ -583,12 +567,11 @@ fn a_failed_disk_check_lowers_the_quality_and_swaps() {
     let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(1), || {
         // The active's disk fails (its directory is gone).
         std::fs::remove_dir_all(&dirs[a]).unwrap();
-        wait_ctl(
+        wait_role(
             &c.nodes[p],
-            &["status"],
+            "active",
             "the member with a working disk takes over",
             Duration::from_secs(4),
-            |s| s["role"] == "active",
         )
         .expect("swap on the disk check");
     });
@@ -612,46 +595,46 @@ fn partner_active_members(p: &tandem_tests::Proc) -> Option<u64> {
         .find_map(|v| v["active_members"].as_u64())
 }
 
+/// Waits (bounded) until the partner reports `want` members in
+/// distribution; fails with `what` and the partner's last reports.
+fn wait_partner_members(p: &tandem_tests::Proc, want: u64, what: &str, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    while partner_active_members(p) != Some(want) && Instant::now() < end {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let out = p.stdout();
+    let tail: Vec<&str> = out.lines().rev().take(3).collect();
+    assert_eq!(
+        partner_active_members(p),
+        Some(want),
+        "{what}; partner: {tail:?}"
+    );
+}
+
 #[test]
 fn a_passive_without_lacp_when_passive_leaves_distribution_and_rejoins_when_active() {
     require_root!();
     let l = lacp_lab("ellacpq", "lacp_when_passive: false,");
-    let c = &l.c;
-    let end = Instant::now() + Duration::from_secs(15);
-    while partner_active_members(&l._partner) != Some(2) && Instant::now() < end {
-        thread::sleep(Duration::from_millis(200));
-    }
-    let out = l._partner.stdout();
-    let tail: Vec<&str> = out.lines().rev().take(3).collect();
-    assert_eq!(
-        partner_active_members(&l._partner),
-        Some(2),
-        "fw1 active: both members; partner: {tail:?}"
+    let (c, partner) = (&l.c, &l._partner);
+    wait_partner_members(
+        partner,
+        2,
+        "fw1 active: both members",
+        Duration::from_secs(15),
     );
     // fw1 goes passive: its LACPDUs stop, the partner times its links out.
     c.nodes[0].ctl(&["hapassive"]).expect("hapassive");
-    let end = Instant::now() + Duration::from_secs(8);
-    while partner_active_members(&l._partner) != Some(0) && Instant::now() < end {
-        thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(
-        partner_active_members(&l._partner),
-        Some(0),
-        "the passive's aggregate left distribution"
+    wait_partner_members(
+        partner,
+        0,
+        "the passive's aggregate left distribution",
+        Duration::from_secs(8),
     );
     // Active again: LACP converges and traffic flows through fw1.
     c.nodes[1].ctl(&["hapassive"]).expect("hapassive on fw2");
     c.nodes[0].ctl(&["hareset"]).expect("hareset");
-    let end = Instant::now() + Duration::from_secs(10);
-    while partner_active_members(&l._partner) != Some(2) && Instant::now() < end {
-        thread::sleep(Duration::from_millis(200));
-    }
+    wait_partner_members(partner, 2, "back in distribution", Duration::from_secs(10));
     assert_eq!(role(&c.nodes[0]).0, "active");
-    assert_eq!(
-        partner_active_members(&l._partner),
-        Some(2),
-        "back in distribution"
-    );
     host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(10))
         .expect("through fw1's aggregate again");
 }
@@ -670,23 +653,21 @@ fn a_member_with_priority_takes_the_role_back_only_once_synchronized() {
     let Cluster { nodes, lab, .. } = &mut c;
     let (gap, ()) = transfer(lab, 9, Duration::from_secs(1), || {
         nodes[0].proc.signal("KILL");
-        wait_ctl(
+        wait_role(
             &nodes[1],
-            &["status"],
+            "active",
             "fw2 takes over",
             Duration::from_secs(3),
-            |s| s["role"] == "active",
         )
         .expect("takeover");
         let mut ha = HaSection::lab(1);
         prio(1, &mut ha);
         cluster::restart(lab, nodes, 1, ha).expect("restart fw1");
-        wait_ctl(
+        wait_role(
             &nodes[0],
-            &["status"],
+            "active",
             "fw1 (priority 50) takes the role back",
             Duration::from_secs(10),
-            |s| s["role"] == "active",
         )
         .expect("preemption by priority");
     });
@@ -775,26 +756,14 @@ fn a_rolling_upgrade_hands_over_cleanly_and_ends_on_the_new_protocol() {
         // 1. The passive (fw2) is upgraded: stopped, started on the new
         //    version; the pair speaks the older one (fail-soft).
         cluster::restart_with(lab, nodes, 2, HaSection::lab(2), &v2, true).expect("fw2 up");
-        wait_ctl(
-            &nodes[1],
-            &["sync"],
-            "fw2 synchronized",
-            Duration::from_secs(10),
-            |s| s["synchronized"] == true,
-        )
-        .expect("fw2 synchronized");
+        wait_synchronized(&nodes[1], "fw2 synchronized", Duration::from_secs(10))
+            .expect("fw2 synchronized");
         let mixed = hainfo(&nodes[1])["sync_version"].as_u64();
         // 2. The active (fw1) is upgraded: its clean stop hands over to fw2
         //    at once; it comes back passive.
         cluster::restart_with(lab, nodes, 1, HaSection::lab(1), &v2, true).expect("fw1 up");
-        wait_ctl(
-            &nodes[0],
-            &["sync"],
-            "fw1 synchronized",
-            Duration::from_secs(10),
-            |s| s["synchronized"] == true,
-        )
-        .expect("fw1 synchronized");
+        wait_synchronized(&nodes[0], "fw1 synchronized", Duration::from_secs(10))
+            .expect("fw1 synchronized");
         (mixed, hainfo(&nodes[0])["sync_version"].as_u64())
     });
     assert_eq!(
@@ -825,12 +794,11 @@ fn a_member_alone_at_start_up_waits_for_its_peer_then_takes_the_role() {
     fw2.wait_ready(Duration::from_secs(30)).expect("fw2 ready");
     let t0 = Instant::now();
     assert_eq!(role(&fw2).0, "passive", "waiting for the peer");
-    wait_ctl(
+    wait_role(
         &fw2,
-        &["status"],
+        "active",
         "fw2 alone takes the role",
         Duration::from_secs(5),
-        |s| s["role"] == "active",
     )
     .expect("active alone");
     let waited = t0.elapsed();
@@ -849,14 +817,7 @@ fn a_member_alone_at_start_up_waits_for_its_peer_then_takes_the_role() {
     cfg.ha = Some(HaSection::lab(1));
     let mut fw1 = lab.start_node_with(1, &cfg).expect("fw1");
     fw1.wait_ready(Duration::from_secs(30)).expect("fw1 ready");
-    wait_ctl(
-        &fw1,
-        &["sync"],
-        "fw1 synchronized",
-        Duration::from_secs(10),
-        |s| s["synchronized"] == true,
-    )
-    .expect("fw1 synchronized");
+    wait_synchronized(&fw1, "fw1 synchronized", Duration::from_secs(10)).expect("fw1 synchronized");
     thread::sleep(Duration::from_millis(300));
     assert_eq!(
         role(&fw1).0,
