@@ -413,12 +413,10 @@ impl Daemon {
                 "peer lost".to_owned()
             });
         }
-        if synced != self.seen.1 {
-            lines.push(if synced {
-                "bulk received: the connection table is synchronized".to_owned()
-            } else {
-                "connection table not synchronized yet".to_owned()
-            });
+        // Why the table stopped (or started) being complete comes from the
+        // sync core itself, with its reason.
+        while let Some(e) = sh.next_event() {
+            lines.push(e.to_string());
         }
         if link != self.seen.2 {
             lines.push(format!("state sync now on {}", link_name(link)));

@@ -17,7 +17,7 @@ use crate::firewall::{ConnQuery, Firewall};
 use crate::hadata::{self, HaDataPath};
 use crate::policy::Policy;
 use crate::router::{Action, HeldResult, Router};
-use crate::sync::WorkerSync;
+use crate::sync::{Install, WorkerSync};
 
 /// What the control thread asks of a worker; the worker serves it between
 /// bursts, so nothing it owns is ever shared.
@@ -181,6 +181,12 @@ pub struct Worker {
     current_role: Role,
     sync: Option<WorkerSync>,
     bulk_cursor: Option<usize>,
+    /// The dump generation last asked for by the sync core.
+    dump_gen: u64,
+    /// When the peer's bulk in progress began (this worker's clock).
+    bulk_since: Option<u64>,
+    /// A sweep of unconfirmed larval entries: (confirmed before, cursor).
+    sweep: Option<(u64, usize)>,
     ha_data: Option<HaDataPath>,
     next_garp_ms: u64,
     garp_rounds_left: u8,
@@ -232,6 +238,9 @@ impl Worker {
             current_role: Role::Active,
             sync: None,
             bulk_cursor: None,
+            dump_gen: 0,
+            bulk_since: None,
+            sweep: None,
             ha_data: None,
             next_garp_ms: 0,
             garp_rounds_left: 0,
@@ -296,26 +305,64 @@ impl Worker {
         self.sync = Some(sync);
     }
 
-    /// Installs what the peer replicated (bounded per call) and serves a
-    /// bulk-dump request a little at a time.
+    /// Installs what the peer replicated (bounded per call; as an active
+    /// member, without ever overriding a live entry), sweeps the larval
+    /// entries a complete bulk did not confirm, and serves a bulk-dump
+    /// request a little at a time.
     fn serve_sync(&mut self) {
         let (Some(sync), Some(fw)) = (&self.sync, &mut self.firewall) else {
             return;
         };
-        if sync.installs.is_empty() && !sync.bulk_request.load(Ordering::Relaxed) {
+        let want = sync.dump.requested.load(Ordering::Acquire);
+        if sync.installs.is_empty()
+            && want == self.dump_gen
+            && self.bulk_cursor.is_none()
+            && self.sweep.is_none()
+        {
             return;
         }
         let now = self.epoch.elapsed().as_millis() as u64;
+        let active = self.current_role == Role::Active;
         for _ in 0..1024 {
-            let Some(d) = sync.installs.pop() else { break };
-            let _ = fw.shard_mut().apply(now, &d);
+            let Some(item) = sync.installs.pop() else {
+                break;
+            };
+            match item {
+                Install::Record(d) => {
+                    let _ = if active {
+                        fw.shard_mut().apply_active(now, &d)
+                    } else {
+                        fw.shard_mut().apply(now, &d)
+                    };
+                }
+                Install::BulkStart => self.bulk_since = Some(now),
+                Install::BulkEnd { complete } => {
+                    let since = self.bulk_since.take();
+                    if let (true, false, Some(before)) = (complete, active, since) {
+                        self.sweep = Some((before, 0));
+                    }
+                    sync.dump.ends_applied.fetch_add(1, Ordering::AcqRel);
+                }
+            }
         }
-        if sync.bulk_request.load(Ordering::Acquire) {
-            let cursor = self.bulk_cursor.get_or_insert(0);
+        if let Some((before, cursor)) = &mut self.sweep {
+            fw.shard_mut().sweep_larval(now, *before, cursor, 16_384);
+            if *cursor >= fw.shard().capacity() {
+                self.sweep = None;
+            }
+        }
+        if want != self.dump_gen {
+            // A new dump (or none): start the walk over.
+            self.dump_gen = want;
+            self.bulk_cursor = (want != 0).then_some(0);
+        }
+        if let Some(cursor) = &mut self.bulk_cursor {
             fw.shard_mut().bulk_sync(now, cursor, 4096);
             if *cursor >= fw.shard().capacity() {
                 self.bulk_cursor = None;
-                sync.bulk_request.store(false, Ordering::Release);
+                let end = fw.shard().delta_position() as u64;
+                sync.dump.end.store(end, Ordering::Release);
+                sync.dump.done.store(want, Ordering::Release);
             }
         }
     }
@@ -343,8 +390,15 @@ impl Worker {
                 fw.shard_mut().activate_all(now);
                 fw.publish();
             }
+            // A sweep belongs to a passive table.
+            self.sweep = None;
             self.announce();
             self.next_garp_ms = now + self.settings.garp_interval_ms;
+        } else if let Some(fw) = &mut self.firewall {
+            // The new active's stream is authoritative from now on: our
+            // entries wait larval for its bulk to confirm or sweep them.
+            fw.shard_mut().deactivate_all();
+            fw.publish();
         }
     }
 

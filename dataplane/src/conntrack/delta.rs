@@ -129,6 +129,9 @@ struct Ring {
     head: Padded,
     /// Next slot to write (written by the producer).
     tail: Padded,
+    /// Records the producer could not push and that are lost (written by
+    /// the producer, read by the consumer to start a repair).
+    lost: Padded,
 }
 
 /// The delta ring is full (the record was not queued).
@@ -164,6 +167,7 @@ pub fn delta_queue(capacity: usize) -> (DeltaProducer, DeltaConsumer) {
         slots: (0..capacity).map(|_| Mutex::new(blank)).collect(),
         head: Padded::default(),
         tail: Padded::default(),
+        lost: Padded::default(),
     });
     (
         DeltaProducer {
@@ -207,6 +211,19 @@ impl DeltaProducer {
     pub fn capacity(&self) -> usize {
         self.ring.slots.len()
     }
+
+    /// Records pushed since the ring was made: the position the consumer
+    /// reaches once it has taken every one of them.
+    pub fn position(&self) -> usize {
+        self.tail
+    }
+
+    /// Counts a record that could not be pushed and is lost (the
+    /// consumer sees the count and has the loss repaired).
+    pub fn record_loss(&mut self) {
+        let n = self.ring.lost.0.load(Ordering::Relaxed);
+        self.ring.lost.0.store(n + 1, Ordering::Release);
+    }
 }
 
 impl DeltaConsumer {
@@ -242,6 +259,17 @@ impl DeltaConsumer {
         self.ring.tail.0.load(Ordering::Acquire) - self.head
     }
 
+    /// Records taken since the ring was made (compare with
+    /// [`DeltaProducer::position`]).
+    pub fn position(&self) -> usize {
+        self.head
+    }
+
+    /// Records the producer lost to a full ring since the ring was made.
+    pub fn losses(&self) -> usize {
+        self.ring.lost.0.load(Ordering::Acquire)
+    }
+
     /// Whether no record waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -273,6 +301,18 @@ mod tests {
         c.drain(10, |x| got.push(x.at_ms));
         assert_eq!(got, vec![1, 2, 3, 4]);
         assert!(c.pop().is_none());
+    }
+
+    #[test]
+    fn positions_and_losses_are_seen_across_the_ring() {
+        let (mut p, mut c) = delta_queue(2);
+        p.push(d(0)).unwrap();
+        p.push(d(1)).unwrap();
+        assert!(p.push(d(2)).is_err());
+        p.record_loss();
+        assert_eq!((p.position(), c.position(), c.losses()), (2, 0, 1));
+        c.drain(10, |_| {});
+        assert_eq!(c.position(), p.position());
     }
 
     #[test]

@@ -297,6 +297,9 @@ pub enum ApplyError {
     /// The update, refresh or delete names a connection this shard does
     /// not have (the sync core should ask the peer for it).
     Missing,
+    /// This member is active and tracks the connection itself: the
+    /// replicated record does not override the live entry.
+    Live,
     /// Installing a created connection failed.
     Create(CreateError),
 }
@@ -326,6 +329,12 @@ pub struct ShardCounters {
     pub activated: u64,
     /// Replicated records about unknown connections.
     pub sync_missing: u64,
+    /// Replicated records ignored because this (active) member tracks the
+    /// connection live itself.
+    pub sync_kept_live: u64,
+    /// Larval entries removed because the peer's complete bulk did not
+    /// carry them.
+    pub swept: u64,
     /// SNAT port allocations that failed.
     pub nat_exhausted: u64,
     /// Delta records pushed.
@@ -900,7 +909,9 @@ impl Shard {
         Ok(ConnId(slot))
     }
 
-    /// Applies one record of the peer's delta stream (on the passive).
+    /// Applies one record of the peer's delta stream on a passive member:
+    /// the peer is authoritative, every entry it names becomes (or stays)
+    /// larval and is marked as confirmed now (see [`Self::sweep_larval`]).
     pub fn apply(&mut self, now_ms: u64, d: &Delta) -> Result<(), ApplyError> {
         let find = |sh: &Shard, key: &FlowKey| match sh.lookup(key) {
             Some((id, Dir::Original)) => Some(id.0),
@@ -917,10 +928,13 @@ impl Shard {
                 let c = &mut self.conns[id as usize];
                 c.state = u.state;
                 c.deadline_ms = now_ms + u.remaining_ms;
+                c.last_sync_ms = now_ms;
                 self.wheel.ensure(id, now_ms + u.remaining_ms);
             }),
             DeltaKind::Refresh { key, remaining_ms } => find(self, key).map(|id| {
-                self.conns[id as usize].deadline_ms = now_ms + remaining_ms;
+                let c = &mut self.conns[id as usize];
+                c.deadline_ms = now_ms + remaining_ms;
+                c.last_sync_ms = now_ms;
                 self.wheel.ensure(id, now_ms + remaining_ms);
             }),
             DeltaKind::Delete { key } => {
@@ -931,6 +945,94 @@ impl Shard {
             self.counters.sync_missing += 1;
             ApplyError::Missing
         })
+    }
+
+    /// Applies one record of the peer's stream on a member that is
+    /// *active* (a late record from the old active after a swap, the
+    /// install queue at a takeover, a dual-active episode): a live entry of
+    /// ours is never changed by it (it is what the traffic follows), a
+    /// connection we do not have is installed live at once (its packets
+    /// must not be dropped as larval).
+    pub fn apply_active(&mut self, now_ms: u64, d: &Delta) -> Result<(), ApplyError> {
+        match &d.kind {
+            DeltaKind::Create(s) => {
+                let reply = self.reply_for(&s.orig, s.nat.as_ref());
+                let taken = self.lookup(&s.orig).is_some()
+                    || reply.is_some_and(|r| self.lookup(&r).is_some());
+                if taken {
+                    self.counters.sync_kept_live += 1;
+                    return Err(ApplyError::Live);
+                }
+                let id = self.install(now_ms, s).map_err(ApplyError::Create)?;
+                let c = &mut self.conns[id.0 as usize];
+                if c.flags & LARVAL != 0 {
+                    c.flags &= !LARVAL;
+                    self.larval -= 1;
+                    self.counters.activated += 1;
+                }
+                Ok(())
+            }
+            _ => match self.lookup(&d.key()) {
+                Some((id, Dir::Original)) if self.conns[id.0 as usize].is_larval() => {
+                    self.apply(now_ms, d)
+                }
+                Some(_) => {
+                    self.counters.sync_kept_live += 1;
+                    Err(ApplyError::Live)
+                }
+                None => {
+                    self.counters.sync_missing += 1;
+                    Err(ApplyError::Missing)
+                }
+            },
+        }
+    }
+
+    /// Removes larval entries that no record confirmed since `before_ms`
+    /// (the peer's complete bulk that began then did not carry them: they
+    /// are gone on the peer), visiting at most `budget` entries from
+    /// `*cursor` on; `*cursor` reaches [`Self::capacity`] when done.
+    /// Returns how many were removed.
+    pub fn sweep_larval(
+        &mut self,
+        now_ms: u64,
+        before_ms: u64,
+        cursor: &mut usize,
+        budget: usize,
+    ) -> usize {
+        let mut removed = 0;
+        let end = self.conns.len().min(cursor.saturating_add(budget));
+        while *cursor < end {
+            let c = &self.conns[*cursor];
+            if c.flags & (LIVE | LARVAL) == LIVE | LARVAL && c.last_sync_ms < before_ms {
+                self.remove(*cursor as u32, now_ms, false, false);
+                self.counters.swept += 1;
+                removed += 1;
+            }
+            *cursor += 1;
+        }
+        removed
+    }
+
+    /// Makes every live connection larval again (this member became
+    /// passive: from now on the peer's stream is authoritative, and the
+    /// peer's next bulk confirms or sweeps them). Returns how many.
+    pub fn deactivate_all(&mut self) -> usize {
+        let mut n = 0;
+        for c in &mut self.conns {
+            if c.flags & (LIVE | LARVAL) == LIVE {
+                c.flags |= LARVAL | SYNCED;
+                n += 1;
+            }
+        }
+        self.larval += n as u32;
+        n
+    }
+
+    /// Delta records pushed since the shard was made (the sync core has
+    /// sent everything up to here once its consumer reaches it).
+    pub fn delta_position(&self) -> usize {
+        self.deltas.position()
     }
 
     /// Makes every larval connection live (takeover) and starts the loose
@@ -1106,6 +1208,7 @@ impl Shard {
         } else {
             self.counters.deltas_dropped += 1;
             self.needs_resync = true;
+            self.deltas.record_loss();
         }
     }
 

@@ -970,6 +970,122 @@ fn install_replaces_a_colliding_local_entry() {
     assert_eq!(sh.counters().install_replaced, 1);
 }
 
+#[test]
+fn an_active_member_never_lets_a_replicated_record_override_a_live_entry() {
+    // The old active's late records reach a member that is active now.
+    let mut old = Shard::new(cfg(16), 0);
+    let k = key(proto::TCP, 40000, 80);
+    let oid = handshake(&mut old, 0, &k);
+    let stale = old.snapshot(S, oid).unwrap();
+
+    let mut now_active = Shard::new(cfg(16), 0);
+    let id = handshake(&mut now_active, 0, &k);
+    let before = *now_active.get(id).unwrap();
+    let late = Delta {
+        at_ms: S,
+        created_ms: 0,
+        kind: DeltaKind::Create(stale),
+    };
+    assert_eq!(now_active.apply_active(2 * S, &late), Err(ApplyError::Live));
+    let del = Delta {
+        at_ms: S,
+        created_ms: 0,
+        kind: DeltaKind::Delete { key: k },
+    };
+    assert_eq!(now_active.apply_active(2 * S, &del), Err(ApplyError::Live));
+    let after = now_active.get(id).unwrap();
+    assert!(!after.is_larval(), "the live entry was made larval");
+    assert_eq!(after.state(), before.state());
+    assert_eq!(now_active.counters().sync_kept_live, 2);
+    // Its packets still pass.
+    let data = tcp(F::ACK, 1001, 5001, 65535, 100);
+    assert_eq!(
+        now_active.track(3 * S, id, Dir::Original, &data, 152),
+        Track::Accept
+    );
+
+    // A connection the active does not have arrives live, not larval: its
+    // packets must not be dropped.
+    let k2 = key(proto::TCP, 40001, 80);
+    let oid2 = handshake(&mut old, 0, &k2);
+    let snap2 = old.snapshot(S, oid2).unwrap();
+    let create2 = Delta {
+        at_ms: S,
+        created_ms: 0,
+        kind: DeltaKind::Create(snap2),
+    };
+    assert_eq!(now_active.apply_active(2 * S, &create2), Ok(()));
+    let (id2, _) = now_active.lookup(&k2).unwrap();
+    assert!(!now_active.get(id2).unwrap().is_larval());
+    assert_eq!(now_active.larval(), 0);
+    assert_eq!(
+        now_active.track(3 * S, id2, Dir::Original, &data, 152),
+        Track::Accept
+    );
+}
+
+#[test]
+fn a_complete_bulk_sweeps_the_larval_entries_it_did_not_confirm() {
+    let mut active = Shard::new(cfg(64), 0);
+    let mut passive = Shard::new(cfg(64), 0);
+    let keys: Vec<FlowKey> = (0..6).map(|p| key(proto::UDP, 1000 + p, 53)).collect();
+    for k in &keys {
+        let id = active.create(0, k, &L4Info::Udp, meta()).unwrap();
+        passive
+            .install(0, &active.snapshot(0, id).unwrap())
+            .unwrap();
+    }
+    // Two connections end on the active while their deletes are lost.
+    for k in &keys[..2] {
+        let (id, _) = active.lookup(k).unwrap();
+        active.delete(S, id);
+    }
+    // The bulk, begun at 2 s, confirms the four that remain.
+    let bulk_since = 2 * S;
+    for k in &keys[2..] {
+        let (id, _) = active.lookup(k).unwrap();
+        let d = Delta {
+            at_ms: 3 * S,
+            created_ms: 0,
+            kind: DeltaKind::Create(active.snapshot(3 * S, id).unwrap()),
+        };
+        passive.apply(3 * S, &d).unwrap();
+    }
+    assert_eq!(passive.len(), 6);
+    let mut cursor = 0;
+    let mut removed = 0;
+    while cursor < passive.capacity() {
+        removed += passive.sweep_larval(4 * S, bulk_since, &mut cursor, 10);
+    }
+    assert_eq!(removed, 2);
+    assert_eq!(passive.counters().swept, 2);
+    let left: HashSet<FlowKey> = passive.iter(4 * S).map(|v| v.orig).collect();
+    assert_eq!(left, keys[2..].iter().copied().collect());
+}
+
+#[test]
+fn a_member_that_becomes_passive_holds_its_entries_larval() {
+    let mut sh = Shard::new(cfg(16), 0);
+    let mut rx = sh.take_delta_consumer().unwrap();
+    let k = key(proto::UDP, 5353, 53);
+    let id = sh.create(0, &k, &L4Info::Udp, meta()).unwrap();
+    drain(&mut rx);
+    assert_eq!(sh.deactivate_all(), 1);
+    assert!(sh.get(id).unwrap().is_larval());
+    assert_eq!(sh.larval(), 1);
+    // The new active's stream now rules it; removing it says nothing to
+    // the peer.
+    let del = Delta {
+        at_ms: S,
+        created_ms: 0,
+        kind: DeltaKind::Delete { key: k },
+    };
+    sh.apply(S, &del).unwrap();
+    assert!(sh.is_empty());
+    assert!(drain(&mut rx).is_empty());
+    assert_eq!(sh.larval(), 0);
+}
+
 fn drain(c: &mut DeltaConsumer) -> Vec<Delta> {
     let mut v = vec![];
     c.drain(usize::MAX, |d| v.push(d));
@@ -1078,6 +1194,8 @@ fn a_full_delta_ring_is_counted_and_asks_for_a_bulk_resync() {
     }
     assert_eq!(sh.counters().deltas_dropped, 6);
     assert!(sh.needs_bulk_resync());
+    // The sync core sees the loss on its end of the ring.
+    assert_eq!(rx.losses(), 6);
     assert_eq!(drain(&mut rx).len(), 4);
     sh.clear_bulk_resync();
     let mut cursor = 0;
