@@ -767,8 +767,9 @@ fn timeouts(t: &tandem_config::TimeoutsConfig) -> crate::conntrack::Timeouts {
 /// the peer, on the main link, else the backup.
 fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings {
     use crate::k2k::{serial_from_str, Psk, SessionConfig};
-    // Every start gets a new, larger epoch (nonces are never reused with
-    // the same key): the wall clock in seconds.
+    // The boot number shown to the peer (its log); the session's random
+    // id, drawn by SessionConfig::new, is what keeps keys and nonces
+    // unique across restarts, whatever the clock does.
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_secs() as u32)
@@ -781,7 +782,7 @@ fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings
     );
     session.encrypt = ha.encrypt;
     // Test builds of a later protocol version (rolling-upgrade tests):
-    // TANDEM_K2K_TEST_VERSION=2 offers version 2 and adds a v2 record type.
+    // TANDEM_K2K_TEST_VERSION=3 offers version 3 and adds a v3 record type.
     let emulate_version = std::env::var("TANDEM_K2K_TEST_VERSION")
         .ok()
         .and_then(|v| v.parse::<u8>().ok());
@@ -802,5 +803,6 @@ fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings
         session,
         links,
         emulate_version,
+        link_dead_ms: u64::from(ha.dead_ms),
     }
 }

@@ -286,7 +286,7 @@ fn a_stateful_transfer_survives_a_forced_swap() {
         .filter_map(|l| l.as_str())
         .collect();
     for want in [
-        "SYNC: bulk received",
+        "SYNC: whole connection table received from the peer",
         "HA: swap: passive -> active (forced)",
     ] {
         assert!(
@@ -543,12 +543,12 @@ fn a_datagram_sealed_with_the_wrong_key_is_rejected_and_counted() {
 #[test]
 fn a_member_of_the_next_protocol_version_still_syncs() {
     require_root!();
-    // fw1 plays a build whose K2K is one version higher (it offers v2 and
-    // adds a v2 record type to every datagram); fw2 is this build (v1).
+    // fw1 plays a build whose K2K is one version higher (it offers v3 and
+    // adds a v3 record type to every datagram); fw2 is this build (v2).
     let c = cluster_env(
         "clver",
         Some(UDP_POLICY),
-        &[(1, "TANDEM_K2K_TEST_VERSION", "2")],
+        &[(1, "TANDEM_K2K_TEST_VERSION", "3")],
     );
     let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
     fw1.ctl(&["haactive"]).expect("haactive");
@@ -564,7 +564,7 @@ fn a_member_of_the_next_protocol_version_still_syncs() {
     let skipped = |s: &Value| s["details"]["unknown_groups"].as_u64().unwrap_or(0) > 0;
     wait_sync(
         fw2,
-        "the v1 member skipped the v2 record type",
+        "the v2 member skipped the v3 record type",
         Duration::from_secs(3),
         skipped,
     );
@@ -575,7 +575,7 @@ fn a_member_of_the_next_protocol_version_still_syncs() {
         |s| s["details"]["version"] != 0,
     );
     assert_eq!(
-        s1["details"]["version"], 1,
+        s1["details"]["version"], 2,
         "fail-soft: the pair speaks the lower version"
     );
 }

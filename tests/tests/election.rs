@@ -750,25 +750,25 @@ fn a_rolling_upgrade_hands_over_cleanly_and_ends_on_the_new_protocol() {
     let mut c = start("elupg", |_, _| {});
     let (a, p) = settled(&c);
     assert_eq!((a, p), (0, 1));
-    let v2 = [("TANDEM_K2K_TEST_VERSION", "2")];
+    let v3 = [("TANDEM_K2K_TEST_VERSION", "3")];
     let Cluster { nodes, lab, .. } = &mut c;
     let (gap, versions) = transfer(lab, 10, Duration::from_secs(1), || {
         // 1. The passive (fw2) is upgraded: stopped, started on the new
         //    version; the pair speaks the older one (fail-soft).
-        cluster::restart_with(lab, nodes, 2, HaSection::lab(2), &v2, true).expect("fw2 up");
+        cluster::restart_with(lab, nodes, 2, HaSection::lab(2), &v3, true).expect("fw2 up");
         wait_synchronized(&nodes[1], "fw2 synchronized", Duration::from_secs(10))
             .expect("fw2 synchronized");
         let mixed = hainfo(&nodes[1])["sync_version"].as_u64();
         // 2. The active (fw1) is upgraded: its clean stop hands over to fw2
         //    at once; it comes back passive.
-        cluster::restart_with(lab, nodes, 1, HaSection::lab(1), &v2, true).expect("fw1 up");
+        cluster::restart_with(lab, nodes, 1, HaSection::lab(1), &v3, true).expect("fw1 up");
         wait_synchronized(&nodes[0], "fw1 synchronized", Duration::from_secs(10))
             .expect("fw1 synchronized");
         (mixed, hainfo(&nodes[0])["sync_version"].as_u64())
     });
     assert_eq!(
         versions,
-        (Some(1), Some(2)),
+        (Some(2), Some(3)),
         "fail-soft during, new protocol after"
     );
     assert_eq!(role(&nodes[1]).0, "active");

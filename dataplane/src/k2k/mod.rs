@@ -11,10 +11,11 @@
 //!   groups (unknown types skipped, longer records accepted), the records
 //!   (connection create / update / refresh / delete, bulk start / end /
 //!   request, update request, Hello, NACK).
-//! - [`crypto`]: per-direction ChaCha20-Poly1305 keys from the cluster's
-//!   pre-shared key (HKDF-SHA256, `ring`); every datagram authenticated,
-//!   the body encrypted when configured.
-//! - [`session`]: epochs, replay window, sequencing, cumulative acks,
+//! - [`crypto`]: ChaCha20-Poly1305 keys per pair of sessions from the
+//!   cluster's pre-shared key (HKDF-SHA256, `ring`); every datagram
+//!   authenticated, the body encrypted when configured.
+//! - [`session`]: random session ids and the Hello exchange that proves
+//!   freshness, replay window, sequencing, cumulative acks,
 //!   NACKs, retransmission from a bounded buffer, bulk-resync signalling,
 //!   version negotiation (fail-soft to the lower common version),
 //!   counters per drop reason, replication-lag samples.
@@ -39,11 +40,11 @@ pub mod wire;
 
 pub use crypto::{seal_datagram, Psk};
 pub use session::{
-    BulkReason, ConfigError, Counters, DropReason, Event, LagSample, PeerInfo, QueueError, Session,
-    SessionConfig, MAX_NACK_RANGES, MIN_MTU, WINDOW,
+    random_session_id, BulkReason, ConfigError, Counters, DropReason, Event, LagSample, PeerInfo,
+    QueueError, Session, SessionConfig, MAX_NACK_RANGES, MIN_MTU, WINDOW,
 };
 pub use wire::{
     decode_body, serial_from_str, BodyInfo, BodyWriter, DecodeError, Header, Hello, Record,
-    RecordType, Serial, CONTROL_SEQ_BIT, CREATE_LEN, GROUP_HEADER_LEN, HEADER_LEN, MAGIC, OVERHEAD,
-    TAG_LEN, VERSION,
+    RecordType, Serial, SessionId, CONTROL_SEQ_BIT, CREATE_LEN, GROUP_HEADER_LEN, HEADER_LEN,
+    MAGIC, MIN_VERSION, NO_SESSION, OVERHEAD, TAG_LEN, VERSION,
 };

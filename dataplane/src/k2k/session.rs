@@ -15,9 +15,9 @@
 
 use super::crypto::{DirKey, Psk};
 use super::wire::{
-    decode_body, BodyInfo, BodyWriter, DecodeError, Header, Hello, Record, Serial, CAP_ENCRYPT,
-    CAP_UPDATE_REQUEST, CONTROL_SEQ_BIT, FLAG_ENCRYPTED, GROUP_HEADER_LEN, HEADER_LEN,
-    MAX_DATAGRAM, MAX_RECORD_LEN, OVERHEAD, TAG_LEN, VERSION,
+    decode_body, BodyInfo, BodyWriter, DecodeError, Header, Hello, Record, Serial, SessionId,
+    CAP_ENCRYPT, CAP_UPDATE_REQUEST, CONTROL_SEQ_BIT, FLAG_ENCRYPTED, GROUP_HEADER_LEN, HEADER_LEN,
+    MAX_DATAGRAM, MAX_RECORD_LEN, MIN_VERSION, NO_SESSION, OVERHEAD, TAG_LEN, VERSION,
 };
 use crate::conntrack::Delta;
 use crate::flow::FlowKey;
@@ -33,6 +33,12 @@ pub const MAX_NACK_RANGES: usize = 64;
 const RTO_BURST: usize = 16;
 /// Most replication-lag samples kept for the caller.
 const LAG_SAMPLES: usize = 4096;
+/// Replaced session ids of the peer remembered (their datagrams are
+/// refused as `stale_session`, so a replay cannot bring one back).
+const RETIRED: usize = 16;
+/// Least time between two Hellos sent in answer to something (a flood of
+/// replayed Hellos gets at most this many answers).
+const HELLO_GAP_MS: u64 = 5;
 /// The smallest datagram size (MTU) a session accepts: room for one
 /// record of every version-1 type.
 pub const MIN_MTU: usize = OVERHEAD + GROUP_HEADER_LEN + MAX_RECORD_LEN;
@@ -45,14 +51,17 @@ pub struct SessionConfig {
     pub cluster_id: u32,
     /// This node's serial ([`super::serial_from_str`]).
     pub serial: Serial,
-    /// The cluster's pre-shared key.
+    /// The cluster's pre-shared key (or a key derived from it).
     pub psk: Psk,
     /// Encrypt the body ("encrypt communication between firewalls");
     /// datagrams are authenticated either way.
     pub encrypt: bool,
-    /// This run's epoch: must be greater than every epoch this node used
-    /// before with the same key (a persisted counter bumped at start, or
-    /// the wall-clock seconds), and not 0. Reusing an epoch reuses nonces.
+    /// This run's session id: random, drawn at every start
+    /// ([`SessionConfig::new`] does), never all zero. Every key depends on
+    /// it, so nothing this run sends shares a key with another run.
+    pub session_id: SessionId,
+    /// This run's boot number, shown to the peer for its log (no security
+    /// role: the clock may go back, the session id protects).
     pub epoch: u32,
     /// Largest datagram (UDP payload) to send, in bytes (default 1400).
     pub mtu: usize,
@@ -77,7 +86,7 @@ pub struct SessionConfig {
     /// Hello period while the peer has not shown it heard us
     /// (default 1000 ms).
     pub hello_interval_ms: u64,
-    /// Lowest protocol version spoken (default 1).
+    /// Lowest protocol version spoken (default [`MIN_VERSION`]).
     pub min_version: u8,
     /// Highest protocol version spoken (default [`VERSION`]).
     pub max_version: u8,
@@ -86,13 +95,15 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    /// A configuration with the defaults documented on each field.
+    /// A configuration with the defaults documented on each field and a
+    /// fresh random session id.
     pub fn new(cluster_id: u32, serial: Serial, psk: Psk, epoch: u32) -> SessionConfig {
         SessionConfig {
             cluster_id,
             serial,
             psk,
             encrypt: false,
+            session_id: random_session_id(),
             epoch,
             mtu: 1400,
             retransmit_capacity: WINDOW as usize,
@@ -103,11 +114,25 @@ impl SessionConfig {
             ack_delay_ms: 5,
             nack_interval_ms: 20,
             hello_interval_ms: 1000,
-            min_version: 1,
+            min_version: MIN_VERSION,
             max_version: VERSION,
             peer_serial: None,
         }
     }
+}
+
+/// 16 random bytes from the operating system's generator, never all
+/// zero.
+pub fn random_session_id() -> SessionId {
+    use ring::rand::SecureRandom;
+    let rng = ring::rand::SystemRandom::new();
+    let mut id = NO_SESSION;
+    while id == NO_SESSION {
+        // The system generator does not fail on Linux once booted; should
+        // it, the loop draws again.
+        let _ = rng.fill(&mut id);
+    }
+    id
 }
 
 /// A [`SessionConfig`] that cannot work.
@@ -115,8 +140,8 @@ impl SessionConfig {
 pub enum ConfigError {
     /// The pre-shared key is empty.
     EmptyPsk,
-    /// Epoch 0 is reserved (it means "no epoch" in acks).
-    ZeroEpoch,
+    /// The session id is all zero (reserved for "none").
+    ZeroSession,
     /// The MTU is below [`MIN_MTU`] or above 65535.
     BadMtu,
     /// The retransmit or queue capacity is 0.
@@ -129,7 +154,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ConfigError::EmptyPsk => "the HA pre-shared key is empty: set the cluster key",
-            ConfigError::ZeroEpoch => "K2K epoch 0 is reserved: start epochs at 1",
+            ConfigError::ZeroSession => "K2K session id all zero is reserved: draw a random one",
             ConfigError::BadMtu => "K2K MTU out of range (190..=65535 bytes)",
             ConfigError::ZeroCapacity => "K2K retransmit and queue capacities must be above 0",
             ConfigError::BadVersions => "K2K version range empty or starting at 0",
@@ -159,8 +184,9 @@ pub enum DropReason {
     Reflected,
     /// From a serial other than the configured peer's.
     WrongPeer,
-    /// From an epoch older than the peer's current one.
-    StaleEpoch,
+    /// From (or to) a session of the peer (or of ours) that was replaced:
+    /// a restart, or a replay of an old datagram.
+    StaleSession,
     /// Already received (a replay, or a retransmission that crossed its
     /// ack).
     Replayed,
@@ -182,8 +208,8 @@ pub enum DropReason {
     HelloMismatch,
     /// Authentic, but the peer's version range does not meet ours.
     IncompatibleVersion,
-    /// Authentic stream data from a peer epoch whose Hello has not
-    /// arrived yet (a Hello is requested).
+    /// Authentic data from a peer session whose Hello has not arrived
+    /// yet (a Hello is requested).
     PeerNotReady,
 }
 
@@ -200,7 +226,7 @@ impl DropReason {
         DropReason::WrongCluster,
         DropReason::Reflected,
         DropReason::WrongPeer,
-        DropReason::StaleEpoch,
+        DropReason::StaleSession,
         DropReason::Replayed,
         DropReason::BeyondWindow,
         DropReason::BadAuth,
@@ -225,7 +251,7 @@ impl DropReason {
             DropReason::WrongCluster => "wrong_cluster",
             DropReason::Reflected => "reflected",
             DropReason::WrongPeer => "wrong_peer",
-            DropReason::StaleEpoch => "stale_epoch",
+            DropReason::StaleSession => "stale_session",
             DropReason::Replayed => "replayed",
             DropReason::BeyondWindow => "beyond_window",
             DropReason::BadAuth => "bad_auth",
@@ -371,7 +397,9 @@ pub struct LagSample {
 pub struct PeerInfo {
     /// Its serial.
     pub serial: Serial,
-    /// Its current epoch.
+    /// Its current session id.
+    pub session: SessionId,
+    /// Its boot number (for the log).
     pub epoch: u32,
     /// Its lowest version.
     pub min_version: u8,
@@ -434,6 +462,10 @@ pub struct Counters {
     pub hellos_sent: u64,
     /// Hellos received.
     pub hellos_received: u64,
+    /// Keepalives sent.
+    pub keepalives_sent: u64,
+    /// Keepalives received.
+    pub keepalives_received: u64,
     /// `BulkNeeded` events raised.
     pub bulks_needed: u64,
     /// Bulks started (`start_bulk`).
@@ -576,8 +608,22 @@ impl Rtt {
 /// The K2K state-sync session with one peer (see the module doc).
 pub struct Session {
     cfg: SessionConfig,
-    tx_key: DirKey,
-    rx_key: Option<(Serial, DirKey)>,
+    /// Seals what we send before we know the peer's session (Hellos).
+    tx_hello: DirKey,
+    /// Seals what we send to the peer's current session.
+    tx_data: Option<DirKey>,
+    /// Opens what the peer's current session sends us.
+    rx_data: Option<DirKey>,
+    /// The last key derived for a datagram from an unknown session.
+    rx_other: Option<(Serial, SessionId, SessionId, DirKey)>,
+    /// Session ids of the peer that were replaced.
+    retired: VecDeque<(Serial, SessionId)>,
+    /// A session that sent us a Hello without knowing ours: our next
+    /// Hello goes to it, so that it can answer with proof.
+    reply_to: Option<SessionId>,
+    last_hello_ms: Option<u64>,
+    last_rx_ms: Option<u64>,
+    keepalive_in: Option<(u8, u8)>,
     /// Version stamped on outgoing datagrams (negotiated, or our lowest
     /// before the peer's Hello).
     version: u8,
@@ -645,8 +691,8 @@ impl Session {
         if cfg.psk.is_empty() {
             return Err(ConfigError::EmptyPsk);
         }
-        if cfg.epoch == 0 {
-            return Err(ConfigError::ZeroEpoch);
+        if cfg.session_id == NO_SESSION {
+            return Err(ConfigError::ZeroSession);
         }
         if cfg.mtu < MIN_MTU || cfg.mtu > MAX_DATAGRAM {
             return Err(ConfigError::BadMtu);
@@ -657,12 +703,19 @@ impl Session {
         if cfg.min_version == 0 || cfg.min_version > cfg.max_version {
             return Err(ConfigError::BadVersions);
         }
-        let tx_key = DirKey::derive(&cfg.psk, cfg.cluster_id, &cfg.serial);
+        let tx_hello = DirKey::hello(&cfg.psk, cfg.cluster_id, &cfg.serial, &cfg.session_id);
         let cap = cfg.retransmit_capacity.min(WINDOW as usize);
         Ok(Session {
             version: cfg.min_version,
-            tx_key,
-            rx_key: None,
+            tx_hello,
+            tx_data: None,
+            rx_data: None,
+            rx_other: None,
+            retired: VecDeque::with_capacity(RETIRED),
+            reply_to: None,
+            last_hello_ms: None,
+            last_rx_ms: None,
+            keepalive_in: None,
             next_seq: 1,
             ctrl_seq: 1,
             snd_una: 1,
@@ -802,25 +855,37 @@ impl Session {
         if self.cfg.peer_serial.is_some_and(|p| p != h.serial) {
             return Err(DropReason::WrongPeer);
         }
-        // Cheap checks before the AEAD: stale epoch, replay. A duplicate
-        // stream datagram is still authenticated: if genuine, the peer
-        // missed our ack and gets another one.
+        if h.session == NO_SESSION {
+            return Err(DropReason::BadHeaderLength);
+        }
+        if self.retired.contains(&(h.serial, h.session)) {
+            return Err(DropReason::StaleSession);
+        }
+        let to_us = h.peer_session == self.cfg.session_id;
+        if h.peer_session != NO_SESSION && !to_us {
+            // Sealed for a run of ours that is gone (we restarted, or a
+            // replay): tell the sender who we are now.
+            self.want_hello(now);
+            return Err(DropReason::StaleSession);
+        }
+        let current = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.serial == h.serial && p.session == h.session);
+        // Cheap checks before the AEAD: replay within the current session.
+        // A duplicate stream datagram is still authenticated: if genuine,
+        // the peer missed our ack and gets another one.
         let mut duplicate = false;
-        if let Some(e) = self.known_epoch(&h.serial) {
-            if h.epoch < e {
-                return Err(DropReason::StaleEpoch);
-            }
-            if h.epoch == e {
-                match self.check_replay(&h) {
-                    Err(DropReason::Replayed) if !h.is_control() => duplicate = true,
-                    r => r?,
-                }
+        if current && to_us {
+            match self.check_replay(&h) {
+                Err(DropReason::Replayed) if !h.is_control() => duplicate = true,
+                r => r?,
             }
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut staging = std::mem::take(&mut self.staging);
         staging.clear();
-        let r = self.open_and_decode(&h, hdr_len, d, &mut scratch, &mut staging);
+        let r = self.open_and_decode(&h, hdr_len, d, current, &mut scratch, &mut staging);
         self.scratch = scratch;
         if duplicate {
             self.staging = staging;
@@ -828,16 +893,22 @@ impl Session {
             self.ack_due_ms.get_or_insert(now + self.cfg.ack_delay_ms);
             return Err(DropReason::Replayed);
         }
-        let r = r.and_then(|info| self.accept(now, &h, &staging, info, d.len()));
+        let r = r.and_then(|info| {
+            if to_us {
+                self.accept(now, &h, &staging, info, d.len(), current)
+            } else {
+                self.accept_hello_only(now, &h, &staging)
+            }
+        });
         self.staging = staging;
         r
     }
 
-    fn known_epoch(&self, serial: &Serial) -> Option<u32> {
-        self.peer
-            .as_ref()
-            .filter(|p| p.serial == *serial)
-            .map(|p| p.epoch)
+    /// Asks for a Hello soon (at most one every [`HELLO_GAP_MS`]).
+    fn want_hello(&mut self, now: u64) {
+        if self.last_hello_ms.is_none_or(|t| now >= t + HELLO_GAP_MS) {
+            self.hello_now = true;
+        }
     }
 
     fn check_replay(&self, h: &Header) -> Result<(), DropReason> {
@@ -861,34 +932,75 @@ impl Session {
         Ok(())
     }
 
+    /// Authenticates with the key the header names: the peer's current
+    /// session's data key, a data key for a new session of the peer that
+    /// knows ours, or a hello key.
     fn open_and_decode(
         &mut self,
         h: &Header,
         hdr_len: usize,
         d: &[u8],
+        current: bool,
         scratch: &mut [u8],
         staging: &mut Vec<Record>,
     ) -> Result<BodyInfo, DropReason> {
-        let mut fresh = None;
-        let key = match &self.rx_key {
-            Some((s, k)) if *s == h.serial => k,
-            _ => fresh.insert(DirKey::derive(
-                &self.cfg.psk,
-                self.cfg.cluster_id,
-                &h.serial,
-            )),
+        let key = match (&self.rx_data, current && h.peer_session != NO_SESSION) {
+            (Some(k), true) => k,
+            _ => {
+                let cached = self.rx_other.as_ref().is_some_and(|(s, a, b, _)| {
+                    *s == h.serial && *a == h.session && *b == h.peer_session
+                });
+                if !cached {
+                    let k = DirKey::for_header(&self.cfg.psk, h);
+                    self.rx_other = Some((h.serial, h.session, h.peer_session, k));
+                }
+                match &self.rx_other {
+                    Some((_, _, _, k)) => k,
+                    None => return Err(DropReason::BadAuth),
+                }
+            }
         };
         let body = key
-            .open(h.is_encrypted(), h.epoch, h.seq, d, hdr_len, scratch)
+            .open(h.is_encrypted(), h.seq, d, hdr_len, scratch)
             .map_err(|_| DropReason::BadAuth)?;
         let info = decode_body(body, |r| staging.push(r))?;
-        if let Some(k) = fresh {
-            self.rx_key = Some((h.serial, k));
-        }
         Ok(info)
     }
 
-    /// Applies an authentic, well-formed datagram (or drops it whole).
+    /// An authentic datagram sealed with the hello key: its sender does
+    /// not know our session. Only a Hello counts, and it changes nothing
+    /// but our next Hello, which goes to that session (a replayed Hello
+    /// gets an answer that nobody can use).
+    fn accept_hello_only(
+        &mut self,
+        now: u64,
+        h: &Header,
+        recs: &[Record],
+    ) -> Result<(), DropReason> {
+        let mut hello = None;
+        for r in recs {
+            match r {
+                Record::Hello(x) => hello = Some(*x),
+                _ => return Err(DropReason::DataInControl),
+            }
+        }
+        let Some(x) = hello else {
+            return Err(DropReason::PeerNotReady);
+        };
+        if x.serial != h.serial {
+            return Err(DropReason::HelloMismatch);
+        }
+        self.counters.hellos_received += 1;
+        self.reply_to = Some(h.session);
+        self.want_hello(now);
+        Ok(())
+    }
+
+    /// Applies an authentic, well-formed datagram sealed for our session
+    /// (or drops it whole). `current`: from the peer's current session;
+    /// otherwise it must carry a Hello and starts a new peer session
+    /// (its key involves our session id, so it cannot be a replay from
+    /// before we started).
     fn accept(
         &mut self,
         now: u64,
@@ -896,34 +1008,36 @@ impl Session {
         recs: &[Record],
         info: BodyInfo,
         len: usize,
+        current: bool,
     ) -> Result<(), DropReason> {
         let control = h.is_control();
         let mut hello = None;
         let mut nacks = false;
+        let mut keepalive = None;
         for r in recs {
             match r {
                 Record::Hello(x) => hello = Some(*x),
                 Record::Nack { .. } => nacks = true,
+                Record::Keepalive { link, heard } => keepalive = Some((*link, *heard)),
                 _ if control => return Err(DropReason::DataInControl),
                 _ => {}
             }
         }
         if let Some(x) = &hello {
-            if x.serial != h.serial || x.epoch != h.epoch {
+            if x.serial != h.serial {
                 return Err(DropReason::HelloMismatch);
             }
         }
-        let new_instance = self.known_epoch(&h.serial).is_none_or(|e| h.epoch > e);
-        if new_instance {
+        if !current {
             let Some(x) = hello else {
-                self.hello_now = true;
+                self.want_hello(now);
                 return Err(DropReason::PeerNotReady);
             };
             let lo = self.cfg.min_version.max(x.min_version);
             let hi = self.cfg.max_version.min(x.max_version);
             if hi < lo {
-                if self.mismatch_reported != Some((h.serial, h.epoch)) {
-                    self.mismatch_reported = Some((h.serial, h.epoch));
+                if self.mismatch_reported != Some((h.serial, x.epoch)) {
+                    self.mismatch_reported = Some((h.serial, x.epoch));
                     self.events.push_back(Event::VersionMismatch {
                         peer_min: x.min_version,
                         peer_max: x.max_version,
@@ -932,20 +1046,26 @@ impl Session {
                 return Err(DropReason::IncompatibleVersion);
             }
             self.reset_peer(h, &x, hi);
+            self.check_replay(h)?;
         }
-        self.check_replay(h)?;
 
         // Accepted: from here on nothing is refused.
         self.counters.datagrams_received += 1;
         self.counters.bytes_received += len as u64;
         self.counters.unknown_groups += info.unknown_groups as u64;
         self.counters.unknown_records += info.unknown_records as u64;
+        self.last_rx_ms = Some(now);
+        self.peer_knows_us = true;
         if control {
             self.ctrl_window.commit(h.seq & !CONTROL_SEQ_BIT);
         }
-        self.on_ack(now, h.ack_epoch, h.ack);
+        self.on_ack(now, h.ack);
         if let Some(x) = &hello {
             self.on_hello(x);
+        }
+        if let Some(k) = keepalive {
+            self.counters.keepalives_received += 1;
+            self.keepalive_in = Some(k);
         }
         if nacks {
             self.counters.nacks_received += 1;
@@ -961,23 +1081,46 @@ impl Session {
         Ok(())
     }
 
-    /// A new peer instance (first contact, restart, or another serial):
-    /// both directions start over.
+    /// A new peer session (first contact, restart, or another serial):
+    /// both directions start over, with keys of the new pair of sessions.
     fn reset_peer(&mut self, h: &Header, x: &Hello, version: u8) {
         let old = self.peer.replace(PeerInfo {
             serial: h.serial,
-            epoch: h.epoch,
+            session: h.session,
+            epoch: x.epoch,
             min_version: x.min_version,
             max_version: x.max_version,
             capabilities: x.capabilities,
         });
         self.version = version;
+        let psk = &self.cfg.psk;
+        self.tx_data = Some(DirKey::data(
+            psk,
+            self.cfg.cluster_id,
+            &self.cfg.serial,
+            &self.cfg.session_id,
+            &h.session,
+        ));
+        self.rx_data = Some(DirKey::data(
+            psk,
+            self.cfg.cluster_id,
+            &h.serial,
+            &h.session,
+            &self.cfg.session_id,
+        ));
+        if self.reply_to == Some(h.session) {
+            self.reply_to = None;
+        }
         match old {
             Some(o) if o.serial == h.serial => {
+                if self.retired.len() >= RETIRED {
+                    self.retired.pop_front();
+                }
+                self.retired.push_back((o.serial, o.session));
                 self.counters.peer_restarts += 1;
                 self.events.push_back(Event::PeerRestarted {
                     old_epoch: o.epoch,
-                    new_epoch: h.epoch,
+                    new_epoch: x.epoch,
                     version,
                 });
                 self.bulk_needed(BulkReason::PeerRestarted);
@@ -985,7 +1128,7 @@ impl Session {
             _ => {
                 self.events.push_back(Event::PeerUp {
                     serial: h.serial,
-                    epoch: h.epoch,
+                    epoch: x.epoch,
                     version,
                 });
                 self.bulk_needed(BulkReason::PeerUp);
@@ -1003,6 +1146,7 @@ impl Session {
         self.gap_since_ms = None;
         self.last_nack_ms = None;
         self.bulk_rx = None;
+        self.keepalive_in = None;
         // Send side: what was queued or in flight was for the old
         // instance; the bulk replaces it.
         self.pending.clear();
@@ -1015,7 +1159,9 @@ impl Session {
         self.rtt.backoff = 0;
         self.lost_reported_base = 0;
         self.bulk_tx = None;
-        self.peer_knows_us = false;
+        self.peer_knows_us = true;
+        // Our Hello tells the new session our base and proves that we
+        // heard it (it is sealed with the new data key).
         self.hello_now = true;
     }
 
@@ -1057,11 +1203,10 @@ impl Session {
         }
     }
 
-    fn on_ack(&mut self, now: u64, ack_epoch: u32, ack: u64) {
-        if ack_epoch != self.cfg.epoch || self.peer.is_none() {
+    fn on_ack(&mut self, now: u64, ack: u64) {
+        if self.peer.is_none() {
             return;
         }
-        self.peer_knows_us = true;
         if ack < self.snd_una || ack >= self.next_seq {
             return;
         }
@@ -1329,21 +1474,43 @@ impl Session {
             && self.next_seq - self.snd_una < WINDOW
     }
 
-    fn header(&self, seq: u64) -> Header {
-        let (ack_epoch, ack) = match &self.peer {
-            Some(p) => (p.epoch, self.rcv_next - 1),
-            None => (0, 0),
+    /// The header of a datagram to the peer's current session (to
+    /// `reply_to` instead when given, without an ack).
+    fn header(&self, seq: u64, reply_to: Option<SessionId>) -> Header {
+        let (peer_session, ack) = match (reply_to, &self.peer) {
+            (Some(x), _) => (x, 0),
+            (None, Some(p)) => (p.session, self.rcv_next - 1),
+            (None, None) => (NO_SESSION, 0),
         };
         Header {
             version: self.version,
             flags: if self.cfg.encrypt { FLAG_ENCRYPTED } else { 0 },
             cluster_id: self.cfg.cluster_id,
             serial: self.cfg.serial,
-            epoch: self.cfg.epoch,
-            ack_epoch,
+            session: self.cfg.session_id,
+            peer_session,
             seq,
             ack,
         }
+    }
+
+    /// Seals `buf[..HEADER_LEN + body_len]` with the key its header names.
+    fn seal(&self, h: &Header, buf: &mut [u8], body_len: usize) -> usize {
+        let derived;
+        let key = if h.peer_session == NO_SESSION {
+            &self.tx_hello
+        } else if let (Some(k), Some(p)) = (&self.tx_data, &self.peer) {
+            if p.session == h.peer_session {
+                k
+            } else {
+                derived = DirKey::for_header(&self.cfg.psk, h);
+                &derived
+            }
+        } else {
+            derived = DirKey::for_header(&self.cfg.psk, h);
+            &derived
+        };
+        key.seal(self.cfg.encrypt, h.seq, buf, HEADER_LEN, body_len)
     }
 
     fn my_hello(&self) -> Hello {
@@ -1385,13 +1552,16 @@ impl Session {
         n
     }
 
-    /// A control datagram: Hello if due, NACKs if due, and the ack.
+    /// A control datagram: Hello if due, NACKs if due, and the ack. A
+    /// Hello owed to a session that does not know ours goes alone.
     fn send_control(&mut self, now: u64, buf: &mut [u8]) -> usize {
         let hello = self.hello_due(now);
-        let nack = self.nack_due(now);
+        let reply_to = if hello { self.reply_to.take() } else { None };
+        let nack = reply_to.is_none() && self.nack_due(now);
         let seq = CONTROL_SEQ_BIT | self.ctrl_seq;
         self.ctrl_seq += 1;
-        self.header(seq).emit(buf);
+        let h = self.header(seq, reply_to);
+        h.emit(buf);
         let mut ranges = [(0u64, 0u64); MAX_NACK_RANGES];
         let n_ranges = if nack { self.missing(&mut ranges) } else { 0 };
         let end = buf.len() - TAG_LEN;
@@ -1410,6 +1580,7 @@ impl Session {
         if hello {
             self.hello_now = false;
             self.hello_next_ms = now + self.cfg.hello_interval_ms;
+            self.last_hello_ms = Some(now);
             self.counters.hellos_sent += 1;
         }
         if nack {
@@ -1420,15 +1591,10 @@ impl Session {
         if !hello && !nack {
             self.counters.acks_sent += 1;
         }
-        self.ack_due_ms = None;
-        let n = self.tx_key.seal(
-            self.cfg.encrypt,
-            self.cfg.epoch,
-            seq,
-            buf,
-            HEADER_LEN,
-            body_len,
-        );
+        if reply_to.is_none() {
+            self.ack_due_ms = None;
+        }
+        let n = self.seal(&h, buf, body_len);
         self.counters.datagrams_sent += 1;
         self.counters.control_datagrams_sent += 1;
         self.counters.bytes_sent += n as u64;
@@ -1438,9 +1604,15 @@ impl Session {
     /// A new stream datagram packed with queued records.
     fn send_data(&mut self, now: u64, buf: &mut [u8]) -> usize {
         let seq = self.next_seq;
-        self.header(seq).emit(buf);
+        let h = self.header(seq, None);
+        h.emit(buf);
         let end = buf.len() - TAG_LEN;
-        let mut w = BodyWriter::new(&mut buf[HEADER_LEN..end]);
+        // Room for the extension group, so that every datagram carries it.
+        let reserve = self
+            .extension
+            .as_ref()
+            .map_or(0, |(_, d)| GROUP_HEADER_LEN + d.len());
+        let mut w = BodyWriter::new(&mut buf[HEADER_LEN..end - reserve]);
         let mut records = 0u32;
         let mut oldest = u64::MAX;
         while let Some(p) = self.pending.front() {
@@ -1451,18 +1623,13 @@ impl Session {
             records += 1;
             self.pending.pop_front();
         }
+        let mut body_len = w.len();
         if let Some((ty, data)) = &self.extension {
-            w.push_raw(*ty, data);
+            let mut x = BodyWriter::new(&mut buf[HEADER_LEN + body_len..end]);
+            x.push_raw(*ty, data);
+            body_len += x.len();
         }
-        let body_len = w.len();
-        let n = self.tx_key.seal(
-            self.cfg.encrypt,
-            self.cfg.epoch,
-            seq,
-            buf,
-            HEADER_LEN,
-            body_len,
-        );
+        let n = self.seal(&h, buf, body_len);
         if self.sent.len() >= self.cfg.retransmit_capacity.min(WINDOW as usize) {
             if let Some(old) = self.sent.pop_front() {
                 self.counters.evicted_unacked += 1;
@@ -1495,6 +1662,55 @@ impl Session {
     }
 
     // ----- Output and state. -----
+
+    /// A keepalive for the HA link `link`, saying on which links we hear
+    /// the peer (`heard`, bit i: link i), with our ack; `None` before the
+    /// peer's session is known. The caller sends it on that link every
+    /// few milliseconds, so each side learns which links carry both ways.
+    pub fn poll_keepalive(&mut self, buf: &mut [u8], link: u8, heard: u8) -> Option<usize> {
+        let limit = buf.len().min(self.cfg.mtu);
+        if self.peer.is_none() || limit < MIN_MTU {
+            return None;
+        }
+        let buf = &mut buf[..limit];
+        let seq = CONTROL_SEQ_BIT | self.ctrl_seq;
+        self.ctrl_seq += 1;
+        let h = self.header(seq, None);
+        h.emit(buf);
+        let end = buf.len() - TAG_LEN;
+        let mut w = BodyWriter::new(&mut buf[HEADER_LEN..end]);
+        w.push(&Record::Keepalive { link, heard });
+        let body_len = w.len();
+        self.ack_due_ms = None;
+        let n = self.seal(&h, buf, body_len);
+        self.counters.keepalives_sent += 1;
+        self.counters.datagrams_sent += 1;
+        self.counters.control_datagrams_sent += 1;
+        self.counters.bytes_sent += n as u64;
+        Some(n)
+    }
+
+    /// The last keepalive received from the peer (the link it came on and
+    /// the links on which the peer hears us), once.
+    pub fn take_keepalive(&mut self) -> Option<(u8, u8)> {
+        self.keepalive_in.take()
+    }
+
+    /// When an authentic datagram of the peer's current session last
+    /// arrived.
+    pub fn last_heard_ms(&self) -> Option<u64> {
+        self.last_rx_ms
+    }
+
+    /// Records delivered by the peer and not yet taken.
+    pub fn records_pending(&self) -> usize {
+        self.records.len()
+    }
+
+    /// This run's session id.
+    pub fn session_id(&self) -> SessionId {
+        self.cfg.session_id
+    }
 
     /// The next record delivered by the peer, in stream order (Hello,
     /// NACK and BulkRequest are consumed by the session).

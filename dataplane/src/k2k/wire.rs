@@ -18,10 +18,15 @@ use std::net::Ipv4Addr;
 /// The four bytes every K2K datagram starts with.
 pub const MAGIC: [u8; 4] = *b"TK2K";
 /// The protocol version this build implements (and the highest it speaks).
-pub const VERSION: u8 = 1;
-/// Length of the version-1 header (a later version may append fields; the
+/// Version 2 replaced version 1's clock-based epochs with random session
+/// ids from both members (version 1 could reuse a nonce when a member
+/// restarted twice within a second); the two do not interoperate.
+pub const VERSION: u8 = 2;
+/// The lowest protocol version this build speaks.
+pub const MIN_VERSION: u8 = 2;
+/// Length of the version-2 header (a later version may append fields; the
 /// header's own length field says where the body starts).
-pub const HEADER_LEN: usize = 52;
+pub const HEADER_LEN: usize = 76;
 /// Length of the AEAD tag that ends every datagram.
 pub const TAG_LEN: usize = 16;
 /// Header plus tag: the fixed cost of a datagram.
@@ -41,6 +46,15 @@ pub const MAX_DATAGRAM: usize = 65535;
 /// A node's serial number as carried on the wire: 16 bytes, the ASCII
 /// serial zero-padded (see [`serial_from_str`]).
 pub type Serial = [u8; 16];
+
+/// A session id: 16 random bytes a node draws at every start (never all
+/// zero). The keys of a datagram are derived from the sender's and the
+/// receiver's session ids, so a restart never reuses a key, and a
+/// datagram captured before a restart authenticates under no current key.
+pub type SessionId = [u8; 16];
+
+/// The "no session id known" value.
+pub const NO_SESSION: SessionId = [0; 16];
 
 /// The wire form of a serial string: its first 16 bytes, zero padded.
 pub fn serial_from_str(s: &str) -> Serial {
@@ -90,7 +104,7 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Header field offsets (version 1).
+/// Header field offsets (version 2).
 mod hdr {
     pub const MAGIC: usize = 0;
     pub const VERSION: usize = 4;
@@ -98,10 +112,10 @@ mod hdr {
     pub const HDR_LEN: usize = 6;
     pub const CLUSTER: usize = 8;
     pub const SERIAL: usize = 12;
-    pub const EPOCH: usize = 28;
-    pub const ACK_EPOCH: usize = 32;
-    pub const SEQ: usize = 36;
-    pub const ACK: usize = 44;
+    pub const SESSION: usize = 28;
+    pub const PEER_SESSION: usize = 44;
+    pub const SEQ: usize = 60;
+    pub const ACK: usize = 68;
 }
 
 fn be16(b: &[u8], o: usize) -> u16 {
@@ -138,14 +152,16 @@ pub struct Header {
     pub cluster_id: u32,
     /// The sender's serial.
     pub serial: Serial,
-    /// The sender's session epoch (bumped on every restart).
-    pub epoch: u32,
-    /// The receiver's epoch that `ack` refers to (0: none known).
-    pub ack_epoch: u32,
-    /// Sequence number within `epoch` (bit 63: control datagram).
+    /// The sender's session id (random, new at every start).
+    pub session: SessionId,
+    /// The receiver's session id as the sender knows it
+    /// ([`NO_SESSION`]: none yet). The datagram's key depends on it.
+    pub peer_session: SessionId,
+    /// Sequence number within the sender's session (bit 63: control
+    /// datagram).
     pub seq: u64,
-    /// Highest in-order sequence number received from the receiver in
-    /// `ack_epoch`.
+    /// Highest in-order stream sequence number received from the
+    /// receiver's session `peer_session` (0 with no session).
     pub ack: u64,
 }
 
@@ -168,16 +184,19 @@ impl Header {
         if hdr_len < HEADER_LEN || hdr_len + TAG_LEN > d.len() {
             return Err(DecodeError::BadHeaderLength);
         }
-        let mut serial = [0u8; 16];
-        serial.copy_from_slice(&d[hdr::SERIAL..hdr::SERIAL + 16]);
+        let field = |at: usize| {
+            let mut v = [0u8; 16];
+            v.copy_from_slice(&d[at..at + 16]);
+            v
+        };
         Ok((
             Header {
                 version,
                 flags: d[hdr::FLAGS],
                 cluster_id: be32(d, hdr::CLUSTER),
-                serial,
-                epoch: be32(d, hdr::EPOCH),
-                ack_epoch: be32(d, hdr::ACK_EPOCH),
+                serial: field(hdr::SERIAL),
+                session: field(hdr::SESSION),
+                peer_session: field(hdr::PEER_SESSION),
                 seq: be64(d, hdr::SEQ),
                 ack: be64(d, hdr::ACK),
             },
@@ -194,8 +213,8 @@ impl Header {
         put16(out, hdr::HDR_LEN, HEADER_LEN as u16);
         put32(out, hdr::CLUSTER, self.cluster_id);
         out[hdr::SERIAL..hdr::SERIAL + 16].copy_from_slice(&self.serial);
-        put32(out, hdr::EPOCH, self.epoch);
-        put32(out, hdr::ACK_EPOCH, self.ack_epoch);
+        out[hdr::SESSION..hdr::SESSION + 16].copy_from_slice(&self.session);
+        out[hdr::PEER_SESSION..hdr::PEER_SESSION + 16].copy_from_slice(&self.peer_session);
         put64(out, hdr::SEQ, self.seq);
         put64(out, hdr::ACK, self.ack);
     }
@@ -227,6 +246,8 @@ pub enum RecordType {
     BulkEnd = 0x05,
     /// Ask the peer for one connection by key.
     UpdateRequest = 0x06,
+    /// Liveness of one HA link, with what the sender hears (control).
+    Keepalive = 0x07,
     /// A full connection.
     ConnCreate = 0x10,
     /// A state transition.
@@ -239,13 +260,14 @@ pub enum RecordType {
 
 impl RecordType {
     /// Every version-1 type.
-    pub const ALL: [RecordType; 10] = [
+    pub const ALL: [RecordType; 11] = [
         RecordType::Hello,
         RecordType::Nack,
         RecordType::BulkRequest,
         RecordType::BulkStart,
         RecordType::BulkEnd,
         RecordType::UpdateRequest,
+        RecordType::Keepalive,
         RecordType::ConnCreate,
         RecordType::ConnUpdate,
         RecordType::ConnRefresh,
@@ -263,7 +285,7 @@ impl RecordType {
         match self {
             RecordType::Hello => HELLO_LEN,
             RecordType::Nack => 16,
-            RecordType::BulkRequest | RecordType::BulkStart => 4,
+            RecordType::BulkRequest | RecordType::BulkStart | RecordType::Keepalive => 4,
             RecordType::BulkEnd => 12,
             RecordType::UpdateRequest | RecordType::ConnDelete => KEY_LEN,
             RecordType::ConnCreate => CREATE_LEN,
@@ -274,7 +296,10 @@ impl RecordType {
 
     /// Control types travel outside the reliable stream.
     pub fn is_control(self) -> bool {
-        matches!(self, RecordType::Hello | RecordType::Nack)
+        matches!(
+            self,
+            RecordType::Hello | RecordType::Nack | RecordType::Keepalive
+        )
     }
 }
 
@@ -310,7 +335,8 @@ pub struct Hello {
     pub capabilities: u32,
     /// The sender's serial (equal to the header's).
     pub serial: Serial,
-    /// The sender's epoch (equal to the header's).
+    /// The sender's boot number (for the log; the session id, not this,
+    /// tells instances apart).
     pub epoch: u32,
     /// Lowest sequence number of the sender's stream it can still
     /// (re)send: the receiver skips anything older.
@@ -352,6 +378,15 @@ pub enum Record {
         /// Original key.
         key: FlowKey,
     },
+    /// Sent on every HA link every few milliseconds: the link it was sent
+    /// on, and the links on which the sender hears the receiver (bit i:
+    /// link i), so each side uses a link only where both directions work.
+    Keepalive {
+        /// The link it was sent on (0 main, 1 backup).
+        link: u8,
+        /// Links on which the sender hears the receiver.
+        heard: u8,
+    },
     /// A full connection (first sync, or part of a bulk).
     ConnCreate(ConnSnapshot),
     /// A state transition of a known connection.
@@ -380,6 +415,7 @@ impl Record {
             Record::BulkStart { .. } => RecordType::BulkStart,
             Record::BulkEnd { .. } => RecordType::BulkEnd,
             Record::UpdateRequest { .. } => RecordType::UpdateRequest,
+            Record::Keepalive { .. } => RecordType::Keepalive,
             Record::ConnCreate(_) => RecordType::ConnCreate,
             Record::ConnUpdate(_) => RecordType::ConnUpdate,
             Record::ConnRefresh { .. } => RecordType::ConnRefresh,
@@ -441,6 +477,10 @@ impl Record {
                 put64(out, 4, *count);
             }
             Record::UpdateRequest { key } | Record::ConnDelete { key } => emit_key(out, key),
+            Record::Keepalive { link, heard } => {
+                out[0] = *link;
+                out[1] = *heard;
+            }
             Record::ConnCreate(s) => emit_create(out, s),
             Record::ConnUpdate(u) => {
                 emit_key(out, &u.key);
@@ -496,6 +536,10 @@ impl Record {
                 count: be64(b, 4),
             },
             RecordType::UpdateRequest => Record::UpdateRequest { key: parse_key(b) },
+            RecordType::Keepalive => Record::Keepalive {
+                link: b[0],
+                heard: b[1],
+            },
             RecordType::ConnDelete => Record::ConnDelete { key: parse_key(b) },
             RecordType::ConnRefresh => Record::ConnRefresh {
                 key: parse_key(b),

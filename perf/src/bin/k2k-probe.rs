@@ -13,8 +13,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tandem_dataplane::k2k::{
-    seal_datagram, serial_from_str, BodyWriter, Header, Hello, Psk, Record, CONTROL_SEQ_BIT,
-    VERSION,
+    random_session_id, seal_datagram, serial_from_str, BodyWriter, Header, Hello, Psk, Record,
+    CONTROL_SEQ_BIT, MIN_VERSION, NO_SESSION, VERSION,
 };
 
 /// Send K2K Hellos sealed with a given key.
@@ -35,7 +35,7 @@ struct Args {
     /// Source address (port 0: any).
     #[arg(long, default_value = "0.0.0.0:0")]
     from: SocketAddrV4,
-    /// Epoch to claim (the real peer's, to get past the epoch checks).
+    /// Boot number to claim (informational in the protocol).
     #[arg(long, default_value_t = 1)]
     epoch: u32,
     /// Datagrams to send.
@@ -63,12 +63,14 @@ fn main() -> ExitCode {
     let serial = serial_from_str(&a.serial);
     let psk = Psk::new(a.psk.as_bytes());
     let epoch = a.epoch;
+    // A session of its own: sealed with the hello key of (serial, session).
+    let session = random_session_id();
     let mut sent = 0;
     for i in 0..a.count {
         let mut body = [0u8; 256];
         let mut w = BodyWriter::new(&mut body);
         w.push(&Record::Hello(Hello {
-            min_version: 1,
+            min_version: MIN_VERSION,
             max_version: VERSION,
             reply: false,
             capabilities: 0,
@@ -78,12 +80,12 @@ fn main() -> ExitCode {
         }));
         let len = w.len();
         let header = Header {
-            version: 1,
+            version: MIN_VERSION,
             flags: 0,
             cluster_id: a.cluster,
             serial,
-            epoch,
-            ack_epoch: 0,
+            session,
+            peer_session: NO_SESSION,
             // Far ahead of the real peer's sequence numbers: not a replay.
             seq: CONTROL_SEQ_BIT | (1 << 40) | u64::from(i),
             ack: 0,
