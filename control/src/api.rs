@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, log, ha_info"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, log, ha_info"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -51,6 +51,10 @@ pub enum Request {
     HaReset,
     /// State-sync (K2K) counters and replication lag.
     Sync,
+    /// The digest of the replicated part of the connection table (per
+    /// bucket: connections and XOR of fingerprints); equal on both members
+    /// when they hold the same connections.
+    SyncDigest,
     /// The last lines of the event log.
     Log {
         /// How many lines (default 50).
@@ -98,6 +102,7 @@ impl Request {
         "ha_passive",
         "ha_reset",
         "sync",
+        "sync_digest",
         "log",
         "ha_info",
     ];
@@ -114,6 +119,7 @@ impl Request {
             Request::HaPassive => "ha_passive",
             Request::HaReset => "ha_reset",
             Request::Sync => "sync",
+            Request::SyncDigest => "sync_digest",
             Request::Log { .. } => "log",
             Request::HaInfo => "ha_info",
         }
@@ -135,6 +141,8 @@ pub enum Response {
     Stats(StatsReport),
     /// Answer to [`Request::ConnList`].
     Connections(ConnectionsReport),
+    /// Answer to [`Request::SyncDigest`].
+    Digest(DigestReport),
     /// Answer to [`Request::ConnFlush`].
     Flushed {
         /// How many connections were deleted.
@@ -352,6 +360,17 @@ pub struct SyncReport {
     pub lag_samples: u64,
     /// The session's own counters, by name (drops per reason, ...).
     pub details: BTreeMap<String, u64>,
+}
+
+/// The digest of the replicated connections (see [`Request::SyncDigest`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct DigestReport {
+    /// Replicated connections (the active's synced ones, the passive's
+    /// larval ones).
+    pub connections: u64,
+    /// Per bucket (256, by a fixed hash of the keys): connections and the
+    /// XOR of their fingerprints (hex).
+    pub buckets: Vec<(u64, String)>,
 }
 
 /// One member as `hainfo` shows it.
@@ -832,6 +851,7 @@ mod tests {
             | Request::HaPassive
             | Request::HaReset
             | Request::Sync
+            | Request::SyncDigest
             | Request::HaInfo
             | Request::Log { .. } => {}
         }
@@ -847,6 +867,7 @@ mod tests {
             Request::HaPassive,
             Request::HaReset,
             Request::Sync,
+            Request::SyncDigest,
             Request::Log { lines: None },
             Request::HaInfo,
         ];
@@ -869,7 +890,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, log, ha_info"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, log, ha_info"
         );
     }
 

@@ -259,6 +259,17 @@ impl Daemon {
             Request::HaActive | Request::HaPassive | Request::HaReset => self.forced_status(req),
             Request::Log { lines } => Response::Log { lines: self.events.tail(lines.unwrap_or(50)) },
             Request::HaInfo => self.ha_info(),
+            Request::SyncDigest => match self.node.table_digest() {
+                Ok(d) => Response::Digest(crate::api::DigestReport {
+                    connections: d.connections(),
+                    buckets: d
+                        .buckets
+                        .iter()
+                        .map(|&(n, x)| (n, format!("{x:016x}")))
+                        .collect(),
+                }),
+                Err(e) => Response::error(e.to_string()),
+            },
             Request::Sync => match self.node.sync() {
                 Some(core) => Response::Sync(self.sync_report(core)),
                 None => Response::error(

@@ -415,6 +415,26 @@ impl Node {
         Ok((all, total))
     }
 
+    /// The digest of the replicated part of the whole table (every
+    /// worker's shard merged).
+    pub fn table_digest(&self) -> Result<crate::conntrack::TableDigest, NodeError> {
+        let mut all = crate::conntrack::TableDigest::default();
+        for w in &self.workers {
+            let (tx, rx) = bounded(1);
+            let d = w
+                .commands
+                .send_timeout(WorkerCommand::Digest { reply: tx }, COMMAND_TIMEOUT)
+                .ok()
+                .and_then(|()| rx.recv_timeout(COMMAND_TIMEOUT).ok())
+                .ok_or_else(|| NodeError::Worker {
+                    id: w.id,
+                    msg: "did not answer within 2 s".into(),
+                })?;
+            all.merge(&d);
+        }
+        Ok(all)
+    }
+
     /// Deletes every connection of every worker; returns how many.
     pub fn flush_connections(&self) -> Result<u64, NodeError> {
         let mut n = 0;

@@ -37,6 +37,11 @@ pub enum WorkerCommand {
         /// Where to send the count.
         reply: Sender<u64>,
     },
+    /// Send back the digest of the replicated part of the table.
+    Digest {
+        /// Where to send it.
+        reply: Sender<crate::conntrack::TableDigest>,
+    },
 }
 
 /// Which counter an answer built by the node goes to.
@@ -483,6 +488,14 @@ impl Worker {
                 WorkerCommand::Flush { reply } => {
                     let n = self.firewall.as_mut().map_or(0, |fw| fw.flush(now));
                     let _ = reply.try_send(n);
+                }
+                WorkerCommand::Digest { reply } => {
+                    let d = self
+                        .firewall
+                        .as_ref()
+                        .map(|fw| fw.shard().digest())
+                        .unwrap_or_default();
+                    let _ = reply.try_send(d);
                 }
             }
         }

@@ -67,7 +67,10 @@ enum Command {
     /// Removes the forced status
     Hareset,
     /// State sync with the peer: counters, replication lag
-    Sync,
+    Sync {
+        #[command(subcommand)]
+        action: Option<SyncAction>,
+    },
     /// The cluster: both members (role, forced, quality, priority, sync),
     /// the HA links and the last-resort path, the ICMP check
     Hainfo,
@@ -104,6 +107,13 @@ enum ConnAction {
     },
     /// Deletes every tracked connection (established ones then need a new handshake)
     Flush,
+}
+
+#[derive(Subcommand, Debug)]
+enum SyncAction {
+    /// The digest of the replicated connections (equal on both members
+    /// when they hold the same connections)
+    Digest,
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,7 +189,21 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
                 forced.as_deref().unwrap_or("no")
             ))
         }
-        (Command::Sync, Response::Sync(r)) => Outcome::print(format_sync(r)),
+        (Command::Sync { .. }, Response::Sync(r)) => Outcome::print(format_sync(r)),
+        (Command::Sync { .. }, Response::Digest(d)) => {
+            let differing: Vec<String> = d
+                .buckets
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.0 > 0)
+                .map(|(i, (n, x))| format!("  bucket {i:3}: {n} connections, {x}\n"))
+                .collect();
+            Outcome::print(format!(
+                "replicated connections: {}\n{}",
+                d.connections,
+                differing.concat()
+            ))
+        }
         (Command::Hainfo, Response::HaInfo(r)) => Outcome::print(format_hainfo(r)),
         (Command::Log { .. }, Response::Log { lines }) => {
             Outcome::print(lines.iter().map(|l| format!("{l}\n")).collect())
@@ -206,6 +230,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Policy { .. } => "policy",
         Response::Role { .. } => "role",
         Response::Sync(_) => "sync",
+        Response::Digest(_) => "digest",
         Response::HaInfo(_) => "hainfo",
         Response::Log { .. } => "log",
         Response::Error { .. } => "error",
@@ -260,7 +285,10 @@ fn main() -> ExitCode {
         Command::Haactive => Request::HaActive,
         Command::Hapassive => Request::HaPassive,
         Command::Hareset => Request::HaReset,
-        Command::Sync => Request::Sync,
+        Command::Sync { action: None } => Request::Sync,
+        Command::Sync {
+            action: Some(SyncAction::Digest),
+        } => Request::SyncDigest,
         Command::Hainfo => Request::HaInfo,
         Command::Log { lines } => Request::Log {
             lines: Some(*lines),

@@ -493,6 +493,71 @@ pub struct ConnView {
     pub sync: bool,
 }
 
+/// Buckets of a [`TableDigest`].
+pub const DIGEST_BUCKETS: usize = 256;
+
+/// A digest of the replicated part of a connection table: per bucket (by
+/// a fixed hash of the connection's keys, the same on every node), how
+/// many connections and the XOR of their fingerprints. Two members hold
+/// the same connections when their digests are equal; a differing bucket
+/// says where to look.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDigest {
+    /// (connections, XOR of fingerprints) per bucket.
+    pub buckets: Vec<(u64, u64)>,
+}
+
+impl Default for TableDigest {
+    fn default() -> Self {
+        TableDigest {
+            buckets: vec![(0, 0); DIGEST_BUCKETS],
+        }
+    }
+}
+
+impl TableDigest {
+    /// Adds another shard's digest.
+    pub fn merge(&mut self, other: &TableDigest) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            a.0 += b.0;
+            a.1 ^= b.1;
+        }
+    }
+
+    /// Connections in all.
+    pub fn connections(&self) -> u64 {
+        self.buckets.iter().map(|b| b.0).sum()
+    }
+
+    /// The buckets that differ from `other`'s.
+    pub fn differences(&self, other: &TableDigest) -> Vec<usize> {
+        (0..DIGEST_BUCKETS)
+            .filter(|&i| self.buckets.get(i) != other.buckets.get(i))
+            .collect()
+    }
+}
+
+/// The fingerprint of a connection for [`TableDigest`]: a fixed mix of its
+/// original and reply keys (so a NAT binding counts), identical on every
+/// node and build.
+pub fn conn_fingerprint(orig: &FlowKey, reply: &FlowKey) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let mut h = 0x243f_6a88_85a3_08d3u64;
+    for k in [orig, reply] {
+        for v in [
+            u64::from(u32::from(k.src)) << 32 | u64::from(u32::from(k.dst)),
+            u64::from(k.sport) << 24 | u64::from(k.dport) << 8 | u64::from(k.proto),
+        ] {
+            h = mix(h ^ v).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    h
+}
+
 /// One worker's part of the connection table.
 #[derive(Debug)]
 pub struct Shard {
@@ -1027,6 +1092,25 @@ impl Shard {
         }
         self.larval += n as u32;
         n
+    }
+
+    /// The digest of what this shard holds for the peer: its replicated
+    /// connections (live ones the peer was told about, or larval ones the
+    /// peer sent). Walks the whole table: not for the packet path.
+    pub fn digest(&self) -> TableDigest {
+        let mut d = TableDigest::default();
+        for c in &self.conns {
+            let f = c.flags;
+            let replicated =
+                f & LIVE != 0 && (f & LARVAL != 0 || f & (SYNC | SYNCED) == SYNC | SYNCED);
+            if replicated {
+                let h = conn_fingerprint(&c.keys[0], &c.keys[1]);
+                let b = &mut d.buckets[(h >> 56) as usize];
+                b.0 += 1;
+                b.1 ^= h;
+            }
+        }
+        d
     }
 
     /// Delta records pushed since the shard was made (the sync core has

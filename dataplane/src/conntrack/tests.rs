@@ -1086,6 +1086,40 @@ fn a_member_that_becomes_passive_holds_its_entries_larval() {
     assert_eq!(sh.larval(), 0);
 }
 
+#[test]
+fn digests_agree_when_the_peer_holds_the_same_connections() {
+    let mut active = Shard::new(cfg(64), 0);
+    let mut rx = active.take_delta_consumer().unwrap();
+    let mut passive = Shard::new(cfg(64), 0);
+    for p in 0..20 {
+        active
+            .create(0, &key(proto::UDP, 2000 + p, 53), &L4Info::Udp, meta())
+            .unwrap();
+    }
+    // A connection the policy does not sync is not in the digest.
+    let private = ConnMeta {
+        sync: false,
+        ..meta()
+    };
+    active
+        .create(0, &key(proto::UDP, 9, 53), &L4Info::Udp, private)
+        .unwrap();
+    for d in drain(&mut rx) {
+        passive.apply(0, &d).unwrap();
+    }
+    assert_eq!(active.digest(), passive.digest());
+    assert_eq!(active.digest().connections(), 20);
+    // One lost on the way: exactly its bucket differs.
+    let lost = key(proto::UDP, 2005, 53);
+    let (id, _) = passive.lookup(&lost).unwrap();
+    passive.delete(0, id);
+    let diff = active.digest().differences(&passive.digest());
+    let (id, _) = active.lookup(&lost).unwrap();
+    let c = active.get(id).unwrap();
+    let bucket = (conn_fingerprint(&c.key(Dir::Original), &c.key(Dir::Reply)) >> 56) as usize;
+    assert_eq!(diff, vec![bucket]);
+}
+
 fn drain(c: &mut DeltaConsumer) -> Vec<Delta> {
     let mut v = vec![];
     c.drain(usize::MAX, |d| v.push(d));
