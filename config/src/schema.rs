@@ -247,6 +247,11 @@ pub struct FirewallConfig {
     /// out keep their built-in defaults (close to Linux conntrack's, TCP
     /// established 2 h).
     pub timeouts: TimeoutsConfig,
+    /// Room for connection changes waiting for the state sync, per
+    /// worker. When it overflows, the changes are lost, counted and logged,
+    /// and the peer gets the whole table again (a bulk): larger absorbs
+    /// longer bursts of new connections.
+    pub delta_ring: u32,
 }
 
 /// Connection timeouts in seconds (`None`: the built-in default).
@@ -321,6 +326,7 @@ impl Default for FirewallConfig {
             verify_checksums: true,
             fragment_timeout_ms: 2000,
             timeouts: TimeoutsConfig::default(),
+            delta_ring: 16384,
         }
     }
 }

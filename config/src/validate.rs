@@ -50,6 +50,7 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "dataplane.idle.max_sleep_us" => "1..=100000",
         "interfaces" => "at least one interface",
         "firewall.connections" => "1024..=16777216 connections (per node, split over the workers)",
+        "firewall.delta_ring" => "64..=4194304 changes per worker",
         "firewall.fragment_timeout_ms" => "100..=60000",
         g if g.starts_with("firewall.timeouts.") => "1..=2592000 seconds (30 days)",
         "ha.psk" => "at least 12 characters mixing three of: lower case, upper case, digits, other characters",
@@ -213,6 +214,7 @@ pub(crate) fn validate(
 fn firewall(c: &mut Checker<'_>, cfg: &NodeConfig) {
     let f = &cfg.firewall;
     c.range("firewall.connections", f.connections, 1024, 16_777_216);
+    c.range("firewall.delta_ring", f.delta_ring, 64, 4_194_304);
     c.range(
         "firewall.fragment_timeout_ms",
         f.fragment_timeout_ms,

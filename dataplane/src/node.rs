@@ -558,6 +558,7 @@ impl Node {
                         shard: id,
                         shards,
                         hash_seed: seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        delta_capacity: fw.delta_ring as usize,
                         // F10: only connections older than this are synced.
                         sync_min_age_ms: cfg
                             .ha

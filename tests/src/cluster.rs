@@ -198,6 +198,101 @@ pub fn wait_synchronized(n: &Node, what: &str, timeout: Duration) -> Result<Valu
     wait_ctl(n, &["sync"], what, timeout, |s| s["synchronized"] == true)
 }
 
+/// Member `i` (1 or 2) of `lab` is killed (SIGKILL) if still running and
+/// started again with `cfg`; it replaces `nodes[i - 1]`.
+pub fn restart_config(lab: &Lab, nodes: &mut Vec<Node>, i: usize, cfg: &NodeConfig) -> Result<()> {
+    let mut old = nodes.remove(i - 1);
+    old.proc.signal("KILL");
+    drop(old);
+    let mut n = lab.start_node_with(i, cfg)?;
+    n.wait_ready(Duration::from_secs(30))?;
+    nodes.insert(i - 1, n);
+    Ok(())
+}
+
+/// The digest of `n`'s replicated connections (`tandemctl sync digest`):
+/// (connections, per bucket (connections, XOR of fingerprints)).
+pub fn digest(n: &Node) -> Result<(u64, Vec<(u64, String)>)> {
+    let v = n.ctl(&["sync", "digest"])?;
+    let buckets = v["buckets"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .map(|x| {
+                    (
+                        x[0].as_u64().unwrap_or(0),
+                        x[1].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((v["connections"].as_u64().unwrap_or(0), buckets))
+}
+
+/// Waits (bounded) until `a` and `b` hold the same replicated connections
+/// (equal digests) and at least `min` of them; returns how many. On
+/// timeout the error names the differing buckets.
+pub fn wait_same_table(a: &Node, b: &Node, min: u64, timeout: Duration) -> Result<u64> {
+    let end = Instant::now() + timeout;
+    loop {
+        let (da, db) = (digest(a)?, digest(b)?);
+        if da == db && da.0 >= min {
+            return Ok(da.0);
+        }
+        if Instant::now() >= end {
+            let differing: Vec<usize> = (0..da.1.len().max(db.1.len()))
+                .filter(|&i| da.1.get(i) != db.1.get(i))
+                .collect();
+            return Err(LabError::Timeout {
+                what: format!(
+                    "the same table on {} ({} connections) and {} ({}), at least {min}: {} buckets differ {:?}",
+                    a.name,
+                    da.0,
+                    b.name,
+                    db.0,
+                    differing.len(),
+                    &differing[..differing.len().min(16)]
+                ),
+                timeout,
+            });
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Opens `count` UDP flows from the lab's client to the server's port
+/// `dport` (and the ports after it, 64,000 flows each) at `rate` flows per
+/// second; returns how many were sent.
+pub fn open_udp_flows(lab: &Lab, count: u64, dport: u16, rate: u64) -> Result<u64> {
+    use crate::lab::addr;
+    let limit = Duration::from_secs(count / rate.max(1) + 30);
+    let args: Vec<String> = [
+        "--src",
+        addr::CLIENT,
+        "--dst",
+        addr::SERVER,
+        "--dport",
+        &dport.to_string(),
+        "--count",
+        &count.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--timeout",
+        &limit.as_secs().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let v = crate::tools::run_tool(
+        lab.client(),
+        "udp_flows.py",
+        &args,
+        limit + Duration::from_secs(5),
+    )?;
+    Ok(v["sent"].as_u64().unwrap_or(0))
+}
+
 /// The longest stretch of a stream without data, from iperf3 intervals of
 /// `interval_s` seconds: consecutive intervals that moved less than 1 % of
 /// the median, times the interval.

@@ -27,17 +27,16 @@ pub use lab::{cleanup_stale, heavy_lock, Lab, LabBuilder, LabKind};
 pub use netns::{Netns, Proc};
 pub use node::{Node, NodeConfig};
 
-/// Skips the current test (returns from it) with a loud message unless the
-/// process runs as root; the lab needs root for namespaces.
+/// Fails the current test with a clear message unless the process runs as
+/// root: the lab needs root for namespaces, and a test that did not run
+/// must never count as passed. Run the suite as root (`sudo make test`).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::cmd::is_root() {
-            eprintln!(
-                "\n!!!!!!!!!! SKIPPED {}: the lab needs root (network namespaces) !!!!!!!!!!\n",
-                module_path!()
-            );
-            return;
-        }
+        assert!(
+            $crate::cmd::is_root(),
+            "{}: this end-to-end test builds network namespaces and needs root; run it as root (sudo make test)",
+            module_path!()
+        );
     };
 }
