@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, log, ha_info"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -55,6 +55,14 @@ pub enum Request {
     /// bucket: connections and XOR of fingerprints); equal on both members
     /// when they hold the same connections.
     SyncDigest,
+    /// Compares both members' tables over the state sync (digests taken at
+    /// the same point of the stream); `start`: begin a verify now,
+    /// otherwise only report the last one finished.
+    SyncVerify {
+        /// Begin one now.
+        #[serde(default)]
+        start: bool,
+    },
     /// The last lines of the event log.
     Log {
         /// How many lines (default 50).
@@ -103,6 +111,7 @@ impl Request {
         "ha_reset",
         "sync",
         "sync_digest",
+        "sync_verify",
         "log",
         "ha_info",
     ];
@@ -120,6 +129,7 @@ impl Request {
             Request::HaReset => "ha_reset",
             Request::Sync => "sync",
             Request::SyncDigest => "sync_digest",
+            Request::SyncVerify { .. } => "sync_verify",
             Request::Log { .. } => "log",
             Request::HaInfo => "ha_info",
         }
@@ -143,6 +153,8 @@ pub enum Response {
     Connections(ConnectionsReport),
     /// Answer to [`Request::SyncDigest`].
     Digest(DigestReport),
+    /// Answer to [`Request::SyncVerify`].
+    Verify(VerifyStatus),
     /// Answer to [`Request::ConnFlush`].
     Flushed {
         /// How many connections were deleted.
@@ -371,6 +383,34 @@ pub struct DigestReport {
     /// Per bucket (256, by a fixed hash of the keys): connections and the
     /// XOR of their fingerprints (hex).
     pub buckets: Vec<(u64, String)>,
+}
+
+/// The last table verify (see [`Request::SyncVerify`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyStatus {
+    /// Id of the last verify finished (0: none yet); a verify started now
+    /// is done when this grows.
+    pub done: u64,
+    /// A verify was started by this request.
+    pub started: bool,
+    /// How long the last one took, in ms.
+    pub ms: u64,
+    /// Replicated connections here.
+    pub ours: u64,
+    /// Replicated connections on the peer.
+    pub theirs: u64,
+    /// Digest buckets that differed (0: both tables hold the same
+    /// connections).
+    pub differing_buckets: u64,
+    /// Buckets being repaired (they also differed at the verify before).
+    pub repairing: u64,
+    /// Verifies finished, differences found and repairs started since
+    /// tandemd started (background ones included).
+    pub verifies: u64,
+    /// Differing buckets found in all.
+    pub differences_total: u64,
+    /// Repairs started in all.
+    pub repairs: u64,
 }
 
 /// One member as `hainfo` shows it.
@@ -852,6 +892,7 @@ mod tests {
             | Request::HaReset
             | Request::Sync
             | Request::SyncDigest
+            | Request::SyncVerify { .. }
             | Request::HaInfo
             | Request::Log { .. } => {}
         }
@@ -868,6 +909,7 @@ mod tests {
             Request::HaReset,
             Request::Sync,
             Request::SyncDigest,
+            Request::SyncVerify { start: false },
             Request::Log { lines: None },
             Request::HaInfo,
         ];
@@ -890,7 +932,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, log, ha_info"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info"
         );
     }
 

@@ -270,6 +270,31 @@ impl Daemon {
                 }),
                 Err(e) => Response::error(e.to_string()),
             },
+            Request::SyncVerify { start } => match self.node.sync() {
+                Some(core) => {
+                    use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+                    let sh = core.shared();
+                    if start {
+                        sh.verify_wanted.store(true, Release);
+                    }
+                    let r = sh.last_verify.lock().map(|r| *r).unwrap_or_default();
+                    Response::Verify(crate::api::VerifyStatus {
+                        done: sh.verify_done.load(Acquire),
+                        started: start,
+                        ms: r.ms,
+                        ours: r.ours,
+                        theirs: r.theirs,
+                        differing_buckets: r.differing_buckets,
+                        repairing: r.repairing,
+                        verifies: sh.verifies.load(Relaxed),
+                        differences_total: sh.verify_differences.load(Relaxed),
+                        repairs: sh.verify_repairs.load(Relaxed),
+                    })
+                }
+                None => Response::error(
+                    "no state sync on this node: it needs an ha section and a firewall policy in its configuration",
+                ),
+            },
             Request::Sync => match self.node.sync() {
                 Some(core) => Response::Sync(self.sync_report(core)),
                 None => Response::error(

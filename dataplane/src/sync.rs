@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam::queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
-use crate::conntrack::{Delta, DeltaConsumer, DeltaKind};
+use crate::conntrack::{BucketMask, Delta, DeltaConsumer, DeltaKind, TableDigest, DIGEST_BUCKETS};
+use crate::k2k::wire::DIGEST_PER_RECORD;
 use crate::k2k::{BulkReason, Event, QueueError, Record, Session, SessionConfig};
 use crate::node::kernel_carrier;
 use crate::worker::Role;
@@ -112,7 +113,46 @@ pub struct SyncShared {
     /// Times a worker's install queue was full and the sync core waited
     /// (backpressure: nothing is lost, the peer retransmits).
     pub install_waits: AtomicU64,
+    /// Set by the control thread: run a verify now (`tandemctl sync
+    /// verify`).
+    pub verify_wanted: AtomicBool,
+    /// The id of the verify running (or last started).
+    pub verify_running: AtomicU64,
+    /// The id of the last verify finished.
+    pub verify_done: AtomicU64,
+    /// The last verify's outcome.
+    pub last_verify: Mutex<VerifyReport>,
+    /// Verifies finished.
+    pub verifies: AtomicU64,
+    /// Differing buckets found, in all.
+    pub verify_differences: AtomicU64,
+    /// Repairs started by verifies.
+    pub verify_repairs: AtomicU64,
+    /// Verifies given up (no answer).
+    pub verify_timeouts: AtomicU64,
 }
+
+/// The outcome of a table verify.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Its id.
+    pub id: u32,
+    /// How long it took.
+    pub ms: u64,
+    /// Replicated connections here.
+    pub ours: u64,
+    /// Replicated connections on the peer.
+    pub theirs: u64,
+    /// Digest buckets that differ.
+    pub differing_buckets: u64,
+    /// Buckets being repaired (they differed at the previous verify too).
+    pub repairing: u64,
+}
+
+/// A background verify runs this often on a synchronized passive.
+pub const VERIFY_EVERY_MS: u64 = 30_000;
+/// A verify without an answer is given up after this long.
+const VERIFY_TIMEOUT_MS: u64 = 5_000;
 
 impl Default for SyncShared {
     fn default() -> Self {
@@ -142,6 +182,14 @@ impl Default for SyncShared {
             bulks_incomplete: AtomicU64::new(0),
             bulks_abandoned: AtomicU64::new(0),
             install_waits: AtomicU64::new(0),
+            verify_wanted: AtomicBool::new(false),
+            verify_running: AtomicU64::new(0),
+            verify_done: AtomicU64::new(0),
+            last_verify: Mutex::new(VerifyReport::default()),
+            verifies: AtomicU64::new(0),
+            verify_differences: AtomicU64::new(0),
+            verify_repairs: AtomicU64::new(0),
+            verify_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -164,8 +212,18 @@ impl SyncShared {
 pub enum Install {
     /// A replicated record for this worker's shard.
     Record(Delta),
-    /// The peer began a bulk: entries confirmed from now on are current.
-    BulkStart,
+    /// The peer began a bulk of the digest buckets in `mask`: entries
+    /// confirmed from now on are current.
+    BulkStart {
+        /// The buckets the bulk carries.
+        mask: BucketMask,
+    },
+    /// Take the shard's digest here (after everything before it is
+    /// applied) for digest job `gen`.
+    Digest {
+        /// The job.
+        gen: u64,
+    },
     /// The peer's bulk ended. `complete`: every record it announced
     /// arrived, so larval entries it did not confirm are gone on the peer
     /// and are swept.
@@ -177,7 +235,7 @@ pub enum Install {
 
 /// The bulk-dump handshake between the sync core and one worker, and
 /// the worker's acknowledgement of bulk ends.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DumpControl {
     /// The dump generation the sync core asks for (0: none). A new value
     /// restarts the worker's walk of its table.
@@ -189,6 +247,40 @@ pub struct DumpControl {
     pub end: AtomicU64,
     /// Bulk ends ([`Install::BulkEnd`]) the worker has applied.
     pub ends_applied: AtomicU64,
+    /// The digest buckets the requested dump carries (stored before
+    /// `requested`).
+    pub mask: Mutex<BucketMask>,
+    /// A digest the sync core asks for now (generation; 0: none).
+    pub digest_requested: AtomicU64,
+    /// Digests taken: (generation, digest, delta-ring position then).
+    pub digests: Mutex<Vec<(u64, TableDigest, u64)>>,
+}
+
+impl Default for DumpControl {
+    fn default() -> Self {
+        DumpControl {
+            requested: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            end: AtomicU64::new(0),
+            ends_applied: AtomicU64::new(0),
+            mask: Mutex::new(BucketMask::ALL),
+            digest_requested: AtomicU64::new(0),
+            digests: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl DumpControl {
+    /// Keeps a digest the worker took.
+    pub fn put_digest(&self, gen: u64, digest: TableDigest, position: u64) {
+        if let Ok(mut d) = self.digests.lock() {
+            // Bounded: a job never collected is dropped with the oldest.
+            if d.len() >= 8 {
+                d.remove(0);
+            }
+            d.push((gen, digest, position));
+        }
+    }
 }
 
 /// A worker's side of the sync: the install queue the sync core fills
@@ -273,6 +365,22 @@ pub enum SyncEvent {
         /// Why.
         why: &'static str,
     },
+    /// A verify found both tables equal.
+    Verified {
+        /// Replicated connections.
+        connections: u64,
+    },
+    /// A verify found differing buckets.
+    VerifyDiffers {
+        /// How many buckets differ.
+        buckets: u64,
+        /// Our replicated connections.
+        ours: u64,
+        /// The peer's.
+        theirs: u64,
+        /// Buckets repaired now (they differed at the previous verify too).
+        repairing: u64,
+    },
     /// The peer's state sync went silent on every link.
     PeerSilent {
         /// For how long, at least.
@@ -331,6 +439,26 @@ impl std::fmt::Display for SyncEvent {
             ),
             SyncEvent::Unsynchronized { why } => {
                 write!(f, "our connection table is not synchronized: {why}")
+            }
+            SyncEvent::Verified { connections } => write!(
+                f,
+                "verify: both members hold the same {connections} connections"
+            ),
+            SyncEvent::VerifyDiffers {
+                buckets,
+                ours,
+                theirs,
+                repairing,
+            } => {
+                write!(
+                    f,
+                    "verify: {buckets} of {DIGEST_BUCKETS} digest buckets differ ({ours} connections here, {theirs} on the peer); "
+                )?;
+                if *repairing > 0 {
+                    write!(f, "repairing {repairing} buckets that differed twice")
+                } else {
+                    f.write_str("checking again in 500 ms before repairing")
+                }
             }
             SyncEvent::PeerSilent { ms } => write!(
                 f,
@@ -444,6 +572,14 @@ impl SyncCore {
             shared: shared.clone(),
             bulk: None,
             bulk_wanted: None,
+            digest_jobs: Vec::new(),
+            next_digest_gen: 1,
+            hold: None,
+            verify: None,
+            next_verify_id: 1,
+            suspect: BucketMask::NONE,
+            next_verify_ms: 0,
+            peer_digest: None,
             dump_gen: 0,
             parked: None,
             rx_bulk: None,
@@ -507,6 +643,38 @@ struct BulkTx {
     started_ms: u64,
 }
 
+/// What a digest of the workers is for.
+#[derive(Clone, Copy, Debug)]
+enum DigestPurpose {
+    /// Our verify (we are active): the digest at this point of our stream,
+    /// then the VerifyRequest.
+    OwnAtDrainPoint { id: u32 },
+    /// Our verify (we are passive): our digest at the point of the peer's
+    /// stream where its digest ended, to compare with it.
+    OwnAtMarker { id: u32 },
+    /// The peer's verify: our digest, sent back.
+    Answer { id: u32 },
+}
+
+/// A digest the workers are computing (generation `gen`).
+struct DigestJob {
+    gen: u64,
+    purpose: DigestPurpose,
+    /// Taken at a drain point (active) rather than at a marker in the
+    /// install queues (passive).
+    drain_point: bool,
+}
+
+/// Our own verify of the peer's table against ours.
+struct OwnVerify {
+    id: u32,
+    started_ms: u64,
+    /// Ours, when taken before the peer's arrives (active).
+    ours: Option<TableDigest>,
+    /// Asked by the operator (logged even when nothing differs).
+    operator: bool,
+}
+
 /// Where a record from the peer goes.
 enum Target {
     Worker(usize),
@@ -528,8 +696,25 @@ struct Core {
     epoch: Instant,
     shared: Arc<SyncShared>,
     bulk: Option<BulkTx>,
-    /// A bulk to send as soon as the current one (if any) ends, and why.
-    bulk_wanted: Option<&'static str>,
+    /// A bulk to send as soon as the current one (if any) ends: why, and
+    /// the digest buckets it must carry (all of them for a full bulk).
+    bulk_wanted: Option<(&'static str, BucketMask)>,
+    /// The digest jobs of the workers in progress.
+    digest_jobs: Vec<DigestJob>,
+    next_digest_gen: u64,
+    /// Draining stops at these delta-ring positions (one per worker; None
+    /// until the worker reported) while a digest is taken at a point of
+    /// the stream.
+    hold: Option<Vec<Option<u64>>>,
+    /// Our own verify in progress.
+    verify: Option<OwnVerify>,
+    next_verify_id: u32,
+    /// Buckets our last verify found different (repaired if they differ
+    /// again at the next one).
+    suspect: BucketMask,
+    next_verify_ms: u64,
+    /// The peer's digest records of the verify `id`, as they arrive.
+    peer_digest: Option<(u32, TableDigest, u32)>,
     dump_gen: u64,
     /// A record waiting for room in an install queue (backpressure).
     parked: Option<(Target, Install)>,
@@ -577,11 +762,12 @@ impl Core {
         }
         let first = self.last_role.is_none();
         self.last_role = Some(role);
+        self.forget_verify();
         match role {
             Role::Active => {
                 self.complete_pending = false;
                 if !first {
-                    self.bulk_wanted = Some("this member became active");
+                    self.want_bulk("this member became active", BucketMask::ALL);
                 }
             }
             Role::Passive => {
@@ -621,7 +807,9 @@ impl Core {
                 self.shared.install_waits.fetch_add(1, Ordering::Relaxed);
             }
             self.check_losses();
+            self.digest_progress(now);
             work += self.drain_workers(now);
+            self.verify_timer(now);
             self.bulk_progress(now);
             self.session.handle_timeout(now);
             self.events(now);
@@ -730,7 +918,10 @@ impl Core {
                 self.abandon_bulk("the peer went silent");
                 if self.active() {
                     // It gets the whole table when it is back.
-                    self.bulk_wanted = Some("the peer's state sync came back after a silence");
+                    self.want_bulk(
+                        "the peer's state sync came back after a silence",
+                        BucketMask::ALL,
+                    );
                 } else {
                     self.rx_bulk = None;
                     self.complete_pending = false;
@@ -826,13 +1017,30 @@ impl Core {
     /// Where a record goes and what it becomes; bulk bookkeeping.
     fn route(&mut self, now: u64, r: Record) -> Option<(Target, Install)> {
         match r {
-            Record::BulkStart { id } => {
+            Record::BulkStart { id, mask } => {
                 self.rx_bulk = Some(RxBulk { id, creates: 0 });
                 self.complete_pending = false;
                 if !self.active() {
-                    self.unsynchronized("the peer is sending its whole table");
+                    self.unsynchronized(if mask.is_all() {
+                        "the peer is sending its whole table"
+                    } else {
+                        "the peer is repairing part of our table"
+                    });
                 }
-                Some((Target::All, Install::BulkStart))
+                Some((Target::All, Install::BulkStart { mask }))
+            }
+            Record::VerifyRequest { id } => {
+                // The peer's verify: our digest at this point.
+                if self.active() {
+                    self.start_digest(DigestPurpose::Answer { id }, true);
+                    None
+                } else {
+                    let gen = self.start_digest(DigestPurpose::Answer { id }, false);
+                    Some((Target::All, Install::Digest { gen }))
+                }
+            }
+            Record::VerifyDigest { id, first, buckets } => {
+                self.peer_digest_part(now, id, first, &buckets)
             }
             Record::BulkEnd { id, count } => {
                 self.shared.bulks_received.fetch_add(1, Ordering::Relaxed);
@@ -868,6 +1076,310 @@ impl Core {
                 Some((Target::Worker(w), Install::Record(d)))
             }
         }
+    }
+
+    /// Starts a digest of every worker's shard; returns its generation.
+    /// At a drain point (active): the workers take it now and draining
+    /// stops at their ring positions until it is used; else the caller
+    /// sends the marker ([`Install::Digest`]) through the install queues.
+    fn start_digest(&mut self, purpose: DigestPurpose, drain_point: bool) -> u64 {
+        let gen = self.next_digest_gen;
+        self.next_digest_gen += 1;
+        if drain_point {
+            // One drain point at a time: a second waits for the first.
+            if self.hold.is_some() || self.digest_jobs.iter().any(|j| j.drain_point) {
+                self.digest_jobs.push(DigestJob {
+                    gen,
+                    purpose,
+                    drain_point,
+                });
+                return gen;
+            }
+            self.request_drain_point(gen);
+        }
+        self.digest_jobs.push(DigestJob {
+            gen,
+            purpose,
+            drain_point,
+        });
+        gen
+    }
+
+    fn request_drain_point(&mut self, gen: u64) {
+        self.hold = Some(vec![None; self.workers.len()]);
+        for w in &self.workers {
+            w.dump.digest_requested.store(gen, Ordering::Release);
+        }
+    }
+
+    /// Collects the workers' digests; a job whose every worker reported
+    /// is used (at a drain point: once the rings are drained exactly up to
+    /// where the digests were taken).
+    fn digest_progress(&mut self, now: u64) {
+        let Some(job) = self.digest_jobs.first().map(|j| (j.gen, j.drain_point)) else {
+            return;
+        };
+        let (gen, drain_point) = job;
+        if drain_point && self.hold.is_none() {
+            self.request_drain_point(gen);
+        }
+        let mut parts = Vec::with_capacity(self.workers.len());
+        for (i, w) in self.workers.iter().enumerate() {
+            let got = w
+                .dump
+                .digests
+                .lock()
+                .ok()
+                .and_then(|d| d.iter().find(|x| x.0 == gen).map(|x| (x.1.clone(), x.2)));
+            match got {
+                Some((d, pos)) => {
+                    if drain_point {
+                        if let Some(h) = &mut self.hold {
+                            h[i] = Some(pos);
+                        }
+                    }
+                    parts.push((d, pos));
+                }
+                None => return,
+            }
+        }
+        if drain_point {
+            // Every record made before the digests must be in the stream
+            // before what the digest is for, and none made after.
+            let drained = self
+                .workers
+                .iter()
+                .zip(&parts)
+                .all(|(w, (_, pos))| w.deltas.position() as u64 >= *pos);
+            if !drained {
+                return;
+            }
+        }
+        let mut digest = TableDigest::default();
+        for (d, _) in &parts {
+            digest.merge(d);
+        }
+        for w in &self.workers {
+            if let Ok(mut d) = w.dump.digests.lock() {
+                d.retain(|x| x.0 != gen);
+            }
+        }
+        let job = self.digest_jobs.remove(0);
+        if drain_point {
+            self.hold = None;
+        }
+        self.use_digest(now, job.purpose, digest);
+    }
+
+    fn use_digest(&mut self, now: u64, purpose: DigestPurpose, digest: TableDigest) {
+        match purpose {
+            DigestPurpose::Answer { id } => self.queue_digest(now, id, &digest),
+            DigestPurpose::OwnAtDrainPoint { id } => {
+                if let Some(v) = self.verify.as_mut().filter(|v| v.id == id) {
+                    v.ours = Some(digest);
+                    let _ = self.session.queue(now, &Record::VerifyRequest { id });
+                }
+            }
+            DigestPurpose::OwnAtMarker { id } => {
+                let theirs = self.peer_digest.take().filter(|p| p.0 == id);
+                if let Some((_, theirs, _)) = theirs {
+                    self.verify_result(now, id, &digest, &theirs);
+                }
+            }
+        }
+    }
+
+    /// Our digest as VerifyDigest records (16 buckets each).
+    fn queue_digest(&mut self, now: u64, id: u32, d: &TableDigest) {
+        for (k, chunk) in d.buckets.chunks(DIGEST_PER_RECORD).enumerate() {
+            let mut buckets = [(0u32, 0u64); DIGEST_PER_RECORD];
+            for (slot, &(n, x)) in buckets.iter_mut().zip(chunk) {
+                *slot = (u32::try_from(n).unwrap_or(u32::MAX), x);
+            }
+            let first = (k * DIGEST_PER_RECORD) as u8;
+            let _ = self
+                .session
+                .queue(now, &Record::VerifyDigest { id, first, buckets });
+        }
+    }
+
+    /// A part of the peer's digest; when the last arrives, ours is taken
+    /// at this point of its stream (passive) or was taken already
+    /// (active), and the two are compared.
+    fn peer_digest_part(
+        &mut self,
+        now: u64,
+        id: u32,
+        first: u8,
+        buckets: &[(u32, u64); DIGEST_PER_RECORD],
+    ) -> Option<(Target, Install)> {
+        if self.verify.as_ref().is_none_or(|v| v.id != id) {
+            return None;
+        }
+        let entry = self
+            .peer_digest
+            .get_or_insert_with(|| (id, TableDigest::default(), 0));
+        if entry.0 != id {
+            *entry = (id, TableDigest::default(), 0);
+        }
+        let base = usize::from(first);
+        for (i, &(n, x)) in buckets.iter().enumerate() {
+            if let Some(b) = entry.1.buckets.get_mut(base + i) {
+                *b = (u64::from(n), x);
+            }
+        }
+        entry.2 += 1;
+        if entry.2 < (DIGEST_BUCKETS / DIGEST_PER_RECORD) as u32 {
+            return None;
+        }
+        let ours = self.verify.as_mut().and_then(|v| v.ours.take());
+        match ours {
+            Some(ours) => {
+                let theirs = self.peer_digest.take().map(|p| p.1).unwrap_or_default();
+                self.verify_result(now, id, &ours, &theirs);
+                None
+            }
+            None => {
+                let gen = self.start_digest(DigestPurpose::OwnAtMarker { id }, false);
+                Some((Target::All, Install::Digest { gen }))
+            }
+        }
+    }
+
+    /// The operator's verify when asked, a background one every
+    /// [`VERIFY_EVERY_MS`] on a synchronized passive, and one that never
+    /// gets its answer is given up.
+    fn verify_timer(&mut self, now: u64) {
+        if let Some(v) = &self.verify {
+            if now.saturating_sub(v.started_ms) > VERIFY_TIMEOUT_MS {
+                self.verify = None;
+                self.peer_digest = None;
+                self.shared.verify_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.shared.verify_wanted.swap(false, Ordering::AcqRel) {
+            self.start_verify(now, true);
+            return;
+        }
+        let background = !self.active()
+            && self.shared.synchronized.load(Ordering::Acquire)
+            && self.bulk.is_none()
+            && self.rx_bulk.is_none();
+        if self.next_verify_ms == 0 {
+            self.next_verify_ms = now + VERIFY_EVERY_MS;
+        }
+        if (background || self.suspect != BucketMask::NONE) && now >= self.next_verify_ms {
+            self.next_verify_ms = now + VERIFY_EVERY_MS;
+            self.start_verify(now, false);
+        }
+    }
+
+    /// Starts our own verify (a background one, or the operator's).
+    fn start_verify(&mut self, now: u64, operator: bool) {
+        if self.verify.is_some() || !self.session.is_established() || self.silent_since.is_some() {
+            return;
+        }
+        let id = self.next_verify_id;
+        self.next_verify_id = self.next_verify_id.wrapping_add(1).max(1);
+        self.verify = Some(OwnVerify {
+            id,
+            started_ms: now,
+            ours: None,
+            operator,
+        });
+        self.peer_digest = None;
+        self.shared
+            .verify_running
+            .store(u64::from(id), Ordering::Release);
+        if self.active() {
+            self.start_digest(DigestPurpose::OwnAtDrainPoint { id }, true);
+        } else {
+            let _ = self.session.queue(now, &Record::VerifyRequest { id });
+        }
+    }
+
+    /// Compares the two digests; buckets that differ twice in a row are
+    /// repaired (once could be changes crossing on the way: a connection
+    /// expiring on one member a moment before the other).
+    fn verify_result(&mut self, now: u64, id: u32, ours: &TableDigest, theirs: &TableDigest) {
+        let Some(v) = self.verify.take().filter(|v| v.id == id) else {
+            return;
+        };
+        let diff = ours.differences(theirs);
+        let mask = BucketMask::of(&diff);
+        let confirmed = BucketMask::of(
+            &diff
+                .iter()
+                .copied()
+                .filter(|&b| self.suspect.contains(b))
+                .collect::<Vec<_>>(),
+        );
+        let sh = &self.shared;
+        sh.verifies.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut r) = sh.last_verify.lock() {
+            *r = VerifyReport {
+                id,
+                ms: now.saturating_sub(v.started_ms),
+                ours: ours.connections(),
+                theirs: theirs.connections(),
+                differing_buckets: diff.len() as u64,
+                repairing: confirmed.count() as u64,
+            };
+        }
+        sh.verify_done.store(u64::from(id), Ordering::Release);
+        self.next_verify_ms = now
+            + if diff.is_empty() {
+                VERIFY_EVERY_MS
+            } else {
+                500
+            };
+        if diff.is_empty() {
+            self.suspect = BucketMask::NONE;
+            if v.operator {
+                sh.event(SyncEvent::Verified {
+                    connections: ours.connections(),
+                });
+            }
+            return;
+        }
+        sh.verify_differences
+            .fetch_add(diff.len() as u64, Ordering::Relaxed);
+        sh.event(SyncEvent::VerifyDiffers {
+            buckets: diff.len() as u64,
+            ours: ours.connections(),
+            theirs: theirs.connections(),
+            repairing: confirmed.count() as u64,
+        });
+        self.suspect = mask;
+        if confirmed.count() == 0 {
+            return;
+        }
+        sh.verify_repairs.fetch_add(1, Ordering::Relaxed);
+        if self.active() {
+            self.want_bulk("a verify found the peer's table different", confirmed);
+        } else {
+            self.unsynchronized("a verify found our table different from the peer's");
+            let _ = self.session.request_repair(now, confirmed);
+        }
+    }
+
+    /// Drops the verifies and digests in progress (the role changed or the
+    /// peer restarted: they compare nothing any more), and never leaves
+    /// draining held.
+    fn forget_verify(&mut self) {
+        self.verify = None;
+        self.peer_digest = None;
+        self.digest_jobs.clear();
+        self.hold = None;
+        self.suspect = BucketMask::NONE;
+    }
+
+    /// A bulk is wanted (merged with one already wanted).
+    fn want_bulk(&mut self, why: &'static str, mask: BucketMask) {
+        self.bulk_wanted = Some(match self.bulk_wanted {
+            Some((w, m)) => (if m.is_all() { w } else { why }, m.union(&mask)),
+            None => (why, mask),
+        });
     }
 
     /// Pushes `item` to its worker(s), or gives it back when a queue is
@@ -913,6 +1425,7 @@ impl Core {
     /// the bulk start and says it is not synchronized until it ends).
     fn check_losses(&mut self) {
         let active = self.active();
+        let mut lost = false;
         for (i, w) in self.workers.iter_mut().enumerate() {
             let losses = w.deltas.losses();
             if losses != w.losses_seen {
@@ -924,9 +1437,15 @@ impl Core {
                         worker: i,
                         records: n,
                     });
-                    self.bulk_wanted = Some("state changes were lost in a full delta ring");
+                    lost = true;
                 }
             }
+        }
+        if lost {
+            self.want_bulk(
+                "state changes were lost in a full delta ring",
+                BucketMask::ALL,
+            );
         }
     }
 
@@ -935,7 +1454,7 @@ impl Core {
     fn drain_workers(&mut self, now: u64) -> usize {
         let active = self.active();
         let mut n = 0;
-        for w in &mut self.workers {
+        for (i, w) in self.workers.iter_mut().enumerate() {
             let session = &mut self.session;
             let shared = &self.shared;
             if !active {
@@ -944,9 +1463,18 @@ impl Core {
                 continue;
             }
             // Never more than the session can take: what stays in the ring
-            // waits for the next round.
-            let budget = session.queue_space();
-            if budget == 0 {
+            // waits for the next round. While a digest is taken at a drain
+            // point, not past where it was taken.
+            let mut budget = session.queue_space();
+            if let Some(h) = &self.hold {
+                let limit = h
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map_or(0, |p| p.saturating_sub(w.deltas.position() as u64) as usize);
+                budget = budget.min(limit);
+            }
+            if session.queue_space() == 0 {
                 break;
             }
             n += w.deltas.drain(budget, |d| {
@@ -987,13 +1515,16 @@ impl Core {
         if self.bulk.is_some() || !self.active() || !self.session.is_established() {
             return;
         }
-        let Some(reason) = self.bulk_wanted else {
+        let Some((reason, mask)) = self.bulk_wanted else {
             return;
         };
-        if self.session.start_bulk(now).is_ok() {
+        if self.session.start_partial_bulk(now, mask).is_ok() {
             self.bulk_wanted = None;
             self.dump_gen += 1;
             for w in &self.workers {
+                if let Ok(mut m) = w.dump.mask.lock() {
+                    *m = mask;
+                }
                 w.dump.requested.store(self.dump_gen, Ordering::Release);
             }
             self.bulk = Some(BulkTx {
@@ -1044,9 +1575,12 @@ impl Core {
                     // Queued, never dropped: a request during a bulk gets a
                     // bulk after it (the session forgets the running one
                     // when the peer restarts, see peer_reset).
-                    self.bulk_wanted = Some(reason_text(reason));
+                    self.want_bulk(reason_text(reason), BucketMask::ALL);
                 }
                 Event::BulkReceived { .. } => {}
+                Event::RepairRequested { mask } => {
+                    self.want_bulk("the peer's verify found buckets different", mask);
+                }
                 Event::RecordsLost { datagrams } => {
                     self.shared.event(SyncEvent::RecordsLost { datagrams });
                     self.rx_bulk = None;
@@ -1066,6 +1600,7 @@ impl Core {
     /// incomplete.
     fn peer_reset(&mut self, why: &'static str) {
         self.abandon_bulk("the peer restarted");
+        self.forget_verify();
         self.rx_bulk = None;
         self.complete_pending = false;
         if !self.active() {
@@ -1133,6 +1668,10 @@ impl Core {
             ("bulks_incomplete", &sh.bulks_incomplete),
             ("bulks_abandoned", &sh.bulks_abandoned),
             ("install_waits", &sh.install_waits),
+            ("verifies", &sh.verifies),
+            ("verify_differences", &sh.verify_differences),
+            ("verify_repairs", &sh.verify_repairs),
+            ("verify_timeouts", &sh.verify_timeouts),
             ("events_dropped", &sh.events_dropped),
         ] {
             details.push((k.into(), v.load(Ordering::Relaxed)));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender};
 
-use crate::conntrack::ConnView;
+use crate::conntrack::{BucketMask, ConnView};
 use crate::counters::{WorkerCounters, WorkerDrop};
 use crate::dpdk::{self, Mbuf, Mempool, RxQueue, TxQueue};
 use crate::firewall::{ConnQuery, Firewall};
@@ -188,10 +188,16 @@ pub struct Worker {
     bulk_cursor: Option<usize>,
     /// The dump generation last asked for by the sync core.
     dump_gen: u64,
-    /// When the peer's bulk in progress began (this worker's clock).
-    bulk_since: Option<u64>,
-    /// A sweep of unconfirmed larval entries: (confirmed before, cursor).
-    sweep: Option<(u64, usize)>,
+    /// The digest buckets of the dump in progress.
+    dump_mask: BucketMask,
+    /// The last drain-point digest taken.
+    digest_gen: u64,
+    /// When the peer's bulk in progress began (this worker's clock), and
+    /// the buckets it carries.
+    bulk_since: Option<(u64, BucketMask)>,
+    /// A sweep of unconfirmed larval entries: (confirmed before, cursor,
+    /// buckets).
+    sweep: Option<(u64, usize, BucketMask)>,
     ha_data: Option<HaDataPath>,
     next_garp_ms: u64,
     garp_rounds_left: u8,
@@ -244,6 +250,8 @@ impl Worker {
             sync: None,
             bulk_cursor: None,
             dump_gen: 0,
+            dump_mask: BucketMask::ALL,
+            digest_gen: 0,
             bulk_since: None,
             sweep: None,
             ha_data: None,
@@ -319,8 +327,10 @@ impl Worker {
             return;
         };
         let want = sync.dump.requested.load(Ordering::Acquire);
+        let digest = sync.dump.digest_requested.load(Ordering::Acquire);
         if sync.installs.is_empty()
             && want == self.dump_gen
+            && digest == self.digest_gen
             && self.bulk_cursor.is_none()
             && self.sweep.is_none()
         {
@@ -340,18 +350,30 @@ impl Worker {
                         fw.shard_mut().apply(now, &d)
                     };
                 }
-                Install::BulkStart => self.bulk_since = Some(now),
+                Install::BulkStart { mask } => self.bulk_since = Some((now, mask)),
                 Install::BulkEnd { complete } => {
                     let since = self.bulk_since.take();
-                    if let (true, false, Some(before)) = (complete, active, since) {
-                        self.sweep = Some((before, 0));
+                    if let (true, false, Some((before, mask))) = (complete, active, since) {
+                        self.sweep = Some((before, 0, mask));
                     }
                     sync.dump.ends_applied.fetch_add(1, Ordering::AcqRel);
                 }
+                Install::Digest { gen } => {
+                    // Everything before the marker is applied: the digest
+                    // of this point of the peer's stream.
+                    sync.dump.put_digest(gen, fw.shard().digest(), 0);
+                }
             }
         }
-        if let Some((before, cursor)) = &mut self.sweep {
-            fw.shard_mut().sweep_larval(now, *before, cursor, 16_384);
+        if digest != self.digest_gen {
+            // At a drain point: the digest, and how far the ring had come.
+            self.digest_gen = digest;
+            let pos = fw.shard().delta_position() as u64;
+            sync.dump.put_digest(digest, fw.shard().digest(), pos);
+        }
+        if let Some((before, cursor, mask)) = &mut self.sweep {
+            fw.shard_mut()
+                .sweep_larval_buckets(now, *before, cursor, 16_384, mask);
             if *cursor >= fw.shard().capacity() {
                 self.sweep = None;
             }
@@ -360,9 +382,13 @@ impl Worker {
             // A new dump (or none): start the walk over.
             self.dump_gen = want;
             self.bulk_cursor = (want != 0).then_some(0);
+            if let Ok(m) = sync.dump.mask.lock() {
+                self.dump_mask = *m;
+            }
         }
         if let Some(cursor) = &mut self.bulk_cursor {
-            fw.shard_mut().bulk_sync(now, cursor, 4096);
+            fw.shard_mut()
+                .bulk_sync_buckets(now, cursor, 4096, &self.dump_mask);
             if *cursor >= fw.shard().capacity() {
                 self.bulk_cursor = None;
                 let end = fw.shard().delta_position() as u64;

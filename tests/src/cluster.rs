@@ -261,6 +261,30 @@ pub fn wait_same_table(a: &Node, b: &Node, min: u64, timeout: Duration) -> Resul
     }
 }
 
+/// `tandemctl sync verify` on `n`: both members' tables compared over the
+/// state sync; the answer (`differing_buckets` 0: the same connections).
+pub fn verify(n: &Node) -> Result<Value> {
+    n.ctl(&["sync", "verify"])
+}
+
+/// Runs `sync verify` on `n` until it finds no difference (a difference
+/// seen twice is repaired by the sync itself), at most `tries` times;
+/// returns the last answer.
+pub fn verify_clean(n: &Node, tries: usize) -> Result<Value> {
+    let mut last = Value::Null;
+    for _ in 0..tries.max(1) {
+        last = verify(n)?;
+        if last["differing_buckets"] == 0 {
+            return Ok(last);
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    Err(LabError::Timeout {
+        what: format!("a clean verify on {}: last {last}", n.name),
+        timeout: Duration::from_millis(500 * tries as u64),
+    })
+}
+
 /// Opens `count` UDP flows from the lab's client to the server's port
 /// `dport` (and the ports after it, 64,000 flows each) at `rate` flows per
 /// second; returns how many were sent.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tandem_tests::cluster::{
-    self, digest, open_udp_flows, restart_config, role, wait_ctl, wait_role, wait_same_table,
-    wait_synchronized, Cluster,
+    self, digest, open_udp_flows, restart_config, role, verify, verify_clean, wait_ctl, wait_role,
+    wait_same_table, wait_synchronized, Cluster,
 };
 use tandem_tests::lab::addr;
 use tandem_tests::node::{HaSection, NodeConfig};
@@ -132,6 +132,8 @@ fn a_hundred_thousand_connections_survive_a_kill_and_the_restarted_member_resync
         .expect("fw1 holds the whole table");
     assert_eq!(same, held);
     assert_eq!(role(&nodes[0]).0, "passive", "fw1 does not preempt");
+    let v = verify_clean(&nodes[0], 3).expect("verify");
+    assert_eq!(v["ours"], held, "{v}");
     let s = sync(&nodes[1]);
     eprintln!(
         "fw2 sync: bulks_sent {} deltas_lost {} lag_ms {}",
@@ -181,6 +183,7 @@ fn the_passive_restarted_twice_within_a_second_never_repeats_a_nonce() {
     wait_synchronized(&nodes[1], "fw2 synchronized", Duration::from_secs(10))
         .expect("synchronized");
     wait_same_table(&nodes[0], &nodes[1], held, Duration::from_secs(10)).expect("same table");
+    verify_clean(&nodes[1], 3).expect("verify");
     let mut total = 0;
     let mut sessions = std::collections::BTreeSet::new();
     for mut p in captures {
@@ -286,6 +289,7 @@ fn a_capture_replayed_after_the_receiver_restarts_applies_nothing() {
     assert_eq!(digest(&nodes[1]).expect("digest"), table_before);
     assert_eq!(role(&nodes[1]).0, "passive");
     wait_same_table(&nodes[0], &nodes[1], 1, Duration::from_secs(5)).expect("same table");
+    verify_clean(&nodes[1], 3).expect("verify");
 }
 
 /// Drops everything that arrives on `iface` in member `i`'s namespace
@@ -339,6 +343,7 @@ fn a_blackholed_main_ha_link_moves_the_sync_to_the_backup_and_nothing_is_lost() 
     assert_eq!(role(&c.nodes[0]).0, "active", "no swap");
     assert_eq!(role(&c.nodes[1]).0, "passive", "no swap");
     assert_eq!(link(&c.nodes[1]).as_deref(), Some("HA-backup"));
+    verify_clean(&c.nodes[1], 3).expect("verify");
 }
 
 #[test]
@@ -365,6 +370,7 @@ fn ten_percent_loss_on_both_ha_links_during_a_burst_of_new_connections() {
     );
     assert!(detail(&s, "retransmits") > 0, "the loss was repaired: {s}");
     assert!(held >= 19_600);
+    verify_clean(&c.nodes[1], 3).expect("verify");
 }
 
 #[test]
@@ -406,4 +412,59 @@ fn a_delta_ring_overflow_is_counted_logged_and_repaired() {
         Duration::from_secs(10),
     )
     .expect("synchronized");
+    verify_clean(&c.nodes[1], 3).expect("verify");
+}
+
+#[test]
+fn a_verify_finds_a_damaged_passive_table_and_repairs_it() {
+    require_root!();
+    let (c, _) = start("igverify", "");
+    let held = fill(&c, 10_000, 20_000, 0);
+    let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
+    let v = verify(fw2).expect("verify");
+    assert_eq!(v["differing_buckets"], 0, "{v}");
+    assert_eq!(v["ours"], held, "{v}");
+    assert_eq!(v["theirs"], held, "{v}");
+    // The verify runs from the active too.
+    assert_eq!(verify(fw1).expect("verify")["differing_buckets"], 0);
+    // The passive loses its whole table behind the sync's back.
+    let flushed = fw2.ctl(&["conn", "flush"]).expect("flush");
+    assert_eq!(flushed["count"], held, "{flushed}");
+    let first = verify(fw2).expect("verify");
+    eprintln!("first verify after the damage: {first}");
+    assert!(
+        first["differing_buckets"].as_u64().unwrap_or(0) > 200,
+        "{first}"
+    );
+    assert_eq!(first["ours"], 0);
+    assert_eq!(
+        first["repairing"], 0,
+        "one sighting is not enough to repair"
+    );
+    // The second sighting repairs; the passive says it is not synchronized
+    // until the repair ends.
+    let second = verify(fw2).expect("verify");
+    assert!(second["repairing"].as_u64().unwrap_or(0) > 200, "{second}");
+    let same = wait_same_table(fw1, fw2, held, Duration::from_secs(20)).expect("repaired");
+    assert_eq!(same, held);
+    wait_synchronized(
+        fw2,
+        "fw2 synchronized after the repair",
+        Duration::from_secs(10),
+    )
+    .expect("synchronized");
+    let clean = verify_clean(fw2, 3).expect("clean verify");
+    assert!(clean["repairs"].as_u64().unwrap_or(0) >= 1, "{clean}");
+    // The sync core's events reach the log within a housekeeping round.
+    wait_ctl(
+        fw2,
+        &["log", "--lines", "400"],
+        "the verify's findings are logged",
+        Duration::from_secs(3),
+        |l| {
+            let t = l["lines"].to_string();
+            t.contains("digest buckets differ") && t.contains("repairing")
+        },
+    )
+    .expect("logged");
 }

@@ -114,6 +114,9 @@ enum SyncAction {
     /// The digest of the replicated connections (equal on both members
     /// when they hold the same connections)
     Digest,
+    /// Compares both members' tables over the state sync; exits 1 when
+    /// they differ (differences are repaired when they persist)
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]
@@ -155,6 +158,9 @@ impl Outcome {
     }
 }
 
+/// How long `sync verify` waits for the verify to finish.
+const VERIFY_WAIT: Duration = Duration::from_secs(15);
+
 fn render(command: &Command, response: &Response, json: bool) -> Outcome {
     if json {
         let text = match serde_json::to_string_pretty(response) {
@@ -190,6 +196,29 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
             ))
         }
         (Command::Sync { .. }, Response::Sync(r)) => Outcome::print(format_sync(r)),
+        (Command::Sync { .. }, Response::Verify(v)) => {
+            let text = format!(
+                "verify: {} connections here, {} on the peer, {} of 256 digest buckets differ{} ({} ms)\n",
+                v.ours,
+                v.theirs,
+                v.differing_buckets,
+                if v.repairing > 0 {
+                    format!(", repairing {}", v.repairing)
+                } else {
+                    String::new()
+                },
+                v.ms
+            );
+            if v.differing_buckets == 0 {
+                Outcome::print(text)
+            } else {
+                Outcome {
+                    stdout: Some(text),
+                    error: None,
+                    code: 1,
+                }
+            }
+        }
         (Command::Sync { .. }, Response::Digest(d)) => {
             let differing: Vec<String> = d
                 .buckets
@@ -231,6 +260,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Role { .. } => "role",
         Response::Sync(_) => "sync",
         Response::Digest(_) => "digest",
+        Response::Verify(_) => "verify",
         Response::HaInfo(_) => "hainfo",
         Response::Log { .. } => "log",
         Response::Error { .. } => "error",
@@ -289,6 +319,9 @@ fn main() -> ExitCode {
         Command::Sync {
             action: Some(SyncAction::Digest),
         } => Request::SyncDigest,
+        Command::Sync {
+            action: Some(SyncAction::Verify),
+        } => Request::SyncVerify { start: true },
         Command::Hainfo => Request::HaInfo,
         Command::Log { lines } => Request::Log {
             lines: Some(*lines),
@@ -297,13 +330,43 @@ fn main() -> ExitCode {
             action: PolicyAction::Reload,
         } => Request::PolicyReload,
     };
-    let response = match request(&socket, &req, Duration::from_millis(cli.timeout_ms)) {
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    let mut response = match request(&socket, &req, timeout) {
         Ok(response) => response,
         Err(e) => {
             eprintln!("tandemctl: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Response::Verify(first) = &response {
+        // The verify runs in the daemon: wait (bounded) for it to finish.
+        let before = first.done;
+        let end = std::time::Instant::now() + VERIFY_WAIT;
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            match request(&socket, &Request::SyncVerify { start: false }, timeout) {
+                Ok(Response::Verify(v)) if v.done > before => {
+                    response = Response::Verify(v);
+                    break;
+                }
+                Ok(Response::Verify(_)) if std::time::Instant::now() < end => {}
+                Ok(Response::Verify(_)) => {
+                    eprintln!(
+                        "tandemctl: no verify finished within {VERIFY_WAIT:?}: check that the peer's state sync is up (tandemctl sync)"
+                    );
+                    return ExitCode::from(2);
+                }
+                Ok(other) => {
+                    response = other;
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("tandemctl: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
     let outcome = render(&cli.command, &response, cli.json);
     if let Some(message) = &outcome.error {
         eprintln!("tandemctl: {message}");

@@ -537,6 +537,63 @@ impl TableDigest {
     }
 }
 
+/// A set of digest buckets (bit i: bucket i): what a partial bulk (a
+/// repair) carries and sweeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BucketMask(pub [u8; DIGEST_BUCKETS / 8]);
+
+impl BucketMask {
+    /// Every bucket (a full bulk).
+    pub const ALL: BucketMask = BucketMask([0xff; DIGEST_BUCKETS / 8]);
+    /// No bucket.
+    pub const NONE: BucketMask = BucketMask([0; DIGEST_BUCKETS / 8]);
+
+    /// Whether bucket `b` is in the set.
+    pub fn contains(&self, b: usize) -> bool {
+        b < DIGEST_BUCKETS && self.0[b / 8] & (1 << (b % 8)) != 0
+    }
+
+    /// Adds bucket `b`.
+    pub fn insert(&mut self, b: usize) {
+        if b < DIGEST_BUCKETS {
+            self.0[b / 8] |= 1 << (b % 8);
+        }
+    }
+
+    /// The union with `other`.
+    pub fn union(&self, other: &BucketMask) -> BucketMask {
+        let mut m = *self;
+        for (a, b) in m.0.iter_mut().zip(other.0) {
+            *a |= b;
+        }
+        m
+    }
+
+    /// Whether every bucket is in the set.
+    pub fn is_all(&self) -> bool {
+        *self == BucketMask::ALL
+    }
+
+    /// How many buckets are in the set.
+    pub fn count(&self) -> usize {
+        self.0.iter().map(|b| b.count_ones() as usize).sum()
+    }
+
+    /// The set of `buckets`.
+    pub fn of(buckets: &[usize]) -> BucketMask {
+        let mut m = BucketMask::NONE;
+        for &b in buckets {
+            m.insert(b);
+        }
+        m
+    }
+}
+
+/// The digest bucket of a connection with these keys.
+pub fn bucket_of(orig: &FlowKey, reply: &FlowKey) -> usize {
+    (conn_fingerprint(orig, reply) >> 56) as usize
+}
+
 /// The fingerprint of a connection for [`TableDigest`]: a fixed mix of its
 /// original and reply keys (so a NAT binding counts), identical on every
 /// node and build.
@@ -1065,11 +1122,28 @@ impl Shard {
         cursor: &mut usize,
         budget: usize,
     ) -> usize {
+        self.sweep_larval_buckets(now_ms, before_ms, cursor, budget, &BucketMask::ALL)
+    }
+
+    /// [`Self::sweep_larval`] limited to the digest buckets in `mask` (the
+    /// end of a repair of those buckets).
+    pub fn sweep_larval_buckets(
+        &mut self,
+        now_ms: u64,
+        before_ms: u64,
+        cursor: &mut usize,
+        budget: usize,
+        mask: &BucketMask,
+    ) -> usize {
+        let all = mask.is_all();
         let mut removed = 0;
         let end = self.conns.len().min(cursor.saturating_add(budget));
         while *cursor < end {
             let c = &self.conns[*cursor];
-            if c.flags & (LIVE | LARVAL) == LIVE | LARVAL && c.last_sync_ms < before_ms {
+            if c.flags & (LIVE | LARVAL) == LIVE | LARVAL
+                && c.last_sync_ms < before_ms
+                && (all || mask.contains(bucket_of(&c.keys[0], &c.keys[1])))
+            {
                 self.remove(*cursor as u32, now_ms, false, false);
                 self.counters.swept += 1;
                 removed += 1;
@@ -1105,6 +1179,7 @@ impl Shard {
                 f & LIVE != 0 && (f & LARVAL != 0 || f & (SYNC | SYNCED) == SYNC | SYNCED);
             if replicated {
                 let h = conn_fingerprint(&c.keys[0], &c.keys[1]);
+                debug_assert_eq!(bucket_of(&c.keys[0], &c.keys[1]), (h >> 56) as usize);
                 let b = &mut d.buckets[(h >> 56) as usize];
                 b.0 += 1;
                 b.1 ^= h;
@@ -1143,11 +1218,27 @@ impl Shard {
     /// several calls); advances `*cursor`, which reaches
     /// [`Self::capacity`] when done. Stops early when the ring is full.
     pub fn bulk_sync(&mut self, now_ms: u64, cursor: &mut usize, budget: usize) -> usize {
+        self.bulk_sync_buckets(now_ms, cursor, budget, &BucketMask::ALL)
+    }
+
+    /// [`Self::bulk_sync`] for the connections of the digest buckets in
+    /// `mask` only (a repair of the buckets a verify found different).
+    pub fn bulk_sync_buckets(
+        &mut self,
+        now_ms: u64,
+        cursor: &mut usize,
+        budget: usize,
+        mask: &BucketMask,
+    ) -> usize {
+        let all = mask.is_all();
         let mut n = 0;
-        while *cursor < self.conns.len() && n < budget {
+        let mut visited = 0;
+        while *cursor < self.conns.len() && n < budget && visited < budget * 16 {
+            visited += 1;
             let c = &self.conns[*cursor];
             let want = c.flags & (LIVE | LARVAL | SYNC) == LIVE | SYNC
-                && now_ms.saturating_sub(c.created_ms) >= self.cfg.sync_min_age_ms;
+                && now_ms.saturating_sub(c.created_ms) >= self.cfg.sync_min_age_ms
+                && (all || mask.contains(bucket_of(&c.keys[0], &c.keys[1])));
             if want {
                 let d = Delta {
                     at_ms: now_ms,

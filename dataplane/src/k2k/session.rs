@@ -19,7 +19,7 @@ use super::wire::{
     CAP_ENCRYPT, CAP_UPDATE_REQUEST, CONTROL_SEQ_BIT, FLAG_ENCRYPTED, GROUP_HEADER_LEN, HEADER_LEN,
     MAX_DATAGRAM, MAX_RECORD_LEN, MIN_VERSION, NO_SESSION, OVERHEAD, TAG_LEN, VERSION,
 };
-use crate::conntrack::Delta;
+use crate::conntrack::{BucketMask, Delta};
 use crate::flow::FlowKey;
 use std::collections::VecDeque;
 use std::fmt;
@@ -329,6 +329,12 @@ pub enum Event {
     /// Send the peer a full bulk (`start_bulk`, a ConnCreate per
     /// connection, `end_bulk`) if this node is the one that holds state.
     BulkNeeded(BulkReason),
+    /// The peer asks for a bulk of some digest buckets only (its verify
+    /// found them different).
+    RepairRequested {
+        /// The buckets.
+        mask: BucketMask,
+    },
     /// A bulk from the peer ended (its BulkEnd was delivered).
     BulkReceived {
         /// Bulk identifier.
@@ -794,8 +800,14 @@ impl Session {
     /// Starts a bulk: queues BulkStart and counts the ConnCreate records
     /// queued until [`Session::end_bulk`]. Returns the bulk's id.
     pub fn start_bulk(&mut self, now_ms: u64) -> Result<u32, QueueError> {
+        self.start_partial_bulk(now_ms, BucketMask::ALL)
+    }
+
+    /// Starts a bulk of the connections in the digest buckets of `mask`
+    /// (a repair; [`BucketMask::ALL`]: the whole table).
+    pub fn start_partial_bulk(&mut self, now_ms: u64, mask: BucketMask) -> Result<u32, QueueError> {
         let id = self.next_bulk_id;
-        self.queue(now_ms, &Record::BulkStart { id })?;
+        self.queue(now_ms, &Record::BulkStart { id, mask })?;
         self.next_bulk_id = self.next_bulk_id.wrapping_add(1).max(1);
         self.bulk_tx = Some((id, 0));
         self.counters.bulks_sent += 1;
@@ -813,9 +825,14 @@ impl Session {
 
     /// Asks the peer for a full bulk sync.
     pub fn request_bulk(&mut self, now_ms: u64) -> Result<(), QueueError> {
+        self.request_repair(now_ms, BucketMask::ALL)
+    }
+
+    /// Asks the peer for a bulk of the digest buckets in `mask`.
+    pub fn request_repair(&mut self, now_ms: u64, mask: BucketMask) -> Result<(), QueueError> {
         let id = self.next_bulk_id;
         self.next_bulk_id = self.next_bulk_id.wrapping_add(1).max(1);
-        self.queue(now_ms, &Record::BulkRequest { id })
+        self.queue(now_ms, &Record::BulkRequest { id, mask })
     }
 
     /// Asks the peer for one connection (it answers with a ConnCreate).
@@ -1318,11 +1335,15 @@ impl Session {
 
     fn deliver(&mut self, r: Record) {
         match r {
-            Record::BulkRequest { .. } => {
-                self.bulk_needed(BulkReason::PeerRequested);
+            Record::BulkRequest { mask, .. } => {
+                if mask.is_all() {
+                    self.bulk_needed(BulkReason::PeerRequested);
+                } else {
+                    self.events.push_back(Event::RepairRequested { mask });
+                }
                 return;
             }
-            Record::BulkStart { id } => self.bulk_rx = Some((id, 0)),
+            Record::BulkStart { id, .. } => self.bulk_rx = Some((id, 0)),
             Record::BulkEnd { id, count } => {
                 if let Some((bid, n)) = self.bulk_rx.take() {
                     if bid == id {

@@ -5,8 +5,8 @@
 use super::wire::{CONTROL_SEQ_BIT, FLAG_ENCRYPTED, KEY_LEN};
 use super::*;
 use crate::conntrack::{
-    ConnSnapshot, ConnUpdate, DgramState, EspConn, IcmpConn, Nat, NatKind, ProtoState, SctpConn,
-    SctpState, TcpConn, TcpPeer, TcpState,
+    BucketMask, ConnSnapshot, ConnUpdate, DgramState, EspConn, IcmpConn, Nat, NatKind, ProtoState,
+    SctpConn, SctpState, TcpConn, TcpPeer, TcpState,
 };
 use crate::flow::{proto, FlowKey};
 use proptest::prelude::*;
@@ -258,8 +258,23 @@ fn arb_record() -> impl Strategy<Value = Record> {
             first: a.min(b),
             last: a.max(b)
         }),
-        any::<u32>().prop_map(|id| Record::BulkRequest { id }),
-        any::<u32>().prop_map(|id| Record::BulkStart { id }),
+        (any::<u32>(), any::<[u8; 32]>()).prop_map(|(id, m)| Record::BulkRequest {
+            id,
+            mask: BucketMask(m)
+        }),
+        (any::<u32>(), any::<[u8; 32]>()).prop_map(|(id, m)| Record::BulkStart {
+            id,
+            mask: BucketMask(m)
+        }),
+        any::<u32>().prop_map(|id| Record::VerifyRequest { id }),
+        (any::<u32>(), 0u8..16, any::<[(u32, u64); 16]>()).prop_map(|(id, k, buckets)| {
+            Record::VerifyDigest {
+                id,
+                first: k * 16,
+                buckets,
+            }
+        }),
+        (0u8..2, 0u8..4).prop_map(|(link, heard)| Record::Keepalive { link, heard }),
         (any::<u32>(), any::<u64>()).prop_map(|(id, count)| Record::BulkEnd { id, count }),
         arb_key().prop_map(|key| Record::UpdateRequest { key }),
         arb_snapshot().prop_map(Record::ConnCreate),

@@ -8,8 +8,8 @@
 //! known to be long enough, so no input can make a decoder panic.
 
 use crate::conntrack::{
-    ConnSnapshot, ConnUpdate, Delta, DeltaKind, DgramState, EspConn, IcmpConn, Nat, NatKind,
-    ProtoState, SctpConn, SctpState, TcpConn, TcpPeer, TcpState,
+    BucketMask, ConnSnapshot, ConnUpdate, Delta, DeltaKind, DgramState, EspConn, IcmpConn, Nat,
+    NatKind, ProtoState, SctpConn, SctpState, TcpConn, TcpPeer, TcpState,
 };
 use crate::flow::FlowKey;
 use std::fmt;
@@ -248,6 +248,10 @@ pub enum RecordType {
     UpdateRequest = 0x06,
     /// Liveness of one HA link, with what the sender hears (control).
     Keepalive = 0x07,
+    /// Ask the peer for the digest of its table (a consistency check).
+    VerifyRequest = 0x08,
+    /// Sixteen buckets of the sender's table digest.
+    VerifyDigest = 0x09,
     /// A full connection.
     ConnCreate = 0x10,
     /// A state transition.
@@ -260,7 +264,7 @@ pub enum RecordType {
 
 impl RecordType {
     /// Every version-1 type.
-    pub const ALL: [RecordType; 11] = [
+    pub const ALL: [RecordType; 13] = [
         RecordType::Hello,
         RecordType::Nack,
         RecordType::BulkRequest,
@@ -268,6 +272,8 @@ impl RecordType {
         RecordType::BulkEnd,
         RecordType::UpdateRequest,
         RecordType::Keepalive,
+        RecordType::VerifyRequest,
+        RecordType::VerifyDigest,
         RecordType::ConnCreate,
         RecordType::ConnUpdate,
         RecordType::ConnRefresh,
@@ -285,7 +291,9 @@ impl RecordType {
         match self {
             RecordType::Hello => HELLO_LEN,
             RecordType::Nack => 16,
-            RecordType::BulkRequest | RecordType::BulkStart | RecordType::Keepalive => 4,
+            RecordType::BulkRequest | RecordType::BulkStart => 4 + MASK_LEN,
+            RecordType::Keepalive | RecordType::VerifyRequest => 4,
+            RecordType::VerifyDigest => DIGEST_LEN,
             RecordType::BulkEnd => 12,
             RecordType::UpdateRequest | RecordType::ConnDelete => KEY_LEN,
             RecordType::ConnCreate => CREATE_LEN,
@@ -313,6 +321,13 @@ pub const CREATE_LEN: usize = 116;
 pub const UPDATE_LEN: usize = KEY_LEN + STATE_LEN + 4;
 /// Length of a Hello record.
 pub const HELLO_LEN: usize = 36;
+/// Length of a bucket mask.
+pub const MASK_LEN: usize = 32;
+/// Digest buckets per VerifyDigest record.
+pub const DIGEST_PER_RECORD: usize = 16;
+/// Length of a VerifyDigest record: id, first bucket, 3 reserved bytes,
+/// then per bucket connections (u32) and XOR (u64).
+pub const DIGEST_LEN: usize = 8 + DIGEST_PER_RECORD * 12;
 /// The largest version-1 record.
 pub const MAX_RECORD_LEN: usize = CREATE_LEN;
 
@@ -355,16 +370,21 @@ pub enum Record {
         /// Last missing.
         last: u64,
     },
-    /// Ask the peer for a full bulk sync.
+    /// Ask the peer for a bulk sync of the digest buckets in `mask` (all
+    /// of them: the whole table; some: a repair).
     BulkRequest {
         /// Request identifier (echoed nowhere; for logs).
         id: u32,
+        /// The buckets wanted.
+        mask: BucketMask,
     },
-    /// A bulk sync begins: every connection the sender has follows as
-    /// ConnCreate, then a BulkEnd with the same id.
+    /// A bulk sync begins: every connection the sender has in the buckets
+    /// of `mask` follows as ConnCreate, then a BulkEnd with the same id.
     BulkStart {
         /// Bulk identifier.
         id: u32,
+        /// The buckets it carries (and the receiver sweeps at its end).
+        mask: BucketMask,
     },
     /// A bulk sync ended.
     BulkEnd {
@@ -377,6 +397,22 @@ pub enum Record {
     UpdateRequest {
         /// Original key.
         key: FlowKey,
+    },
+    /// Ask the peer for its table digest (the peer answers with
+    /// VerifyDigest records, taken at this point of the streams).
+    VerifyRequest {
+        /// Verify identifier, echoed by the answer.
+        id: u32,
+    },
+    /// Buckets `first .. first + 16` of the sender's table digest:
+    /// (connections, XOR of fingerprints) each.
+    VerifyDigest {
+        /// The VerifyRequest answered (or the sender's own verify).
+        id: u32,
+        /// The first bucket (a multiple of 16).
+        first: u8,
+        /// The buckets.
+        buckets: [(u32, u64); DIGEST_PER_RECORD],
     },
     /// Sent on every HA link every few milliseconds: the link it was sent
     /// on, and the links on which the sender hears the receiver (bit i:
@@ -416,6 +452,8 @@ impl Record {
             Record::BulkEnd { .. } => RecordType::BulkEnd,
             Record::UpdateRequest { .. } => RecordType::UpdateRequest,
             Record::Keepalive { .. } => RecordType::Keepalive,
+            Record::VerifyRequest { .. } => RecordType::VerifyRequest,
+            Record::VerifyDigest { .. } => RecordType::VerifyDigest,
             Record::ConnCreate(_) => RecordType::ConnCreate,
             Record::ConnUpdate(_) => RecordType::ConnUpdate,
             Record::ConnRefresh { .. } => RecordType::ConnRefresh,
@@ -471,7 +509,19 @@ impl Record {
                 put64(out, 0, *first);
                 put64(out, 8, *last);
             }
-            Record::BulkRequest { id } | Record::BulkStart { id } => put32(out, 0, *id),
+            Record::BulkRequest { id, mask } | Record::BulkStart { id, mask } => {
+                put32(out, 0, *id);
+                out[4..4 + MASK_LEN].copy_from_slice(&mask.0);
+            }
+            Record::VerifyRequest { id } => put32(out, 0, *id),
+            Record::VerifyDigest { id, first, buckets } => {
+                put32(out, 0, *id);
+                out[4] = *first;
+                for (i, (n, x)) in buckets.iter().enumerate() {
+                    put32(out, 8 + i * 12, *n);
+                    put64(out, 12 + i * 12, *x);
+                }
+            }
             Record::BulkEnd { id, count } => {
                 put32(out, 0, *id);
                 put64(out, 4, *count);
@@ -529,8 +579,30 @@ impl Record {
                 }
                 Record::Nack { first, last }
             }
-            RecordType::BulkRequest => Record::BulkRequest { id: be32(b, 0) },
-            RecordType::BulkStart => Record::BulkStart { id: be32(b, 0) },
+            RecordType::BulkRequest => Record::BulkRequest {
+                id: be32(b, 0),
+                mask: parse_mask(b),
+            },
+            RecordType::BulkStart => Record::BulkStart {
+                id: be32(b, 0),
+                mask: parse_mask(b),
+            },
+            RecordType::VerifyRequest => Record::VerifyRequest { id: be32(b, 0) },
+            RecordType::VerifyDigest => {
+                let first = b[4];
+                if usize::from(first) % DIGEST_PER_RECORD != 0 {
+                    return Err(DecodeError::BadValue);
+                }
+                let mut buckets = [(0u32, 0u64); DIGEST_PER_RECORD];
+                for (i, slot) in buckets.iter_mut().enumerate() {
+                    *slot = (be32(b, 8 + i * 12), be64(b, 12 + i * 12));
+                }
+                Record::VerifyDigest {
+                    id: be32(b, 0),
+                    first,
+                    buckets,
+                }
+            }
             RecordType::BulkEnd => Record::BulkEnd {
                 id: be32(b, 0),
                 count: be64(b, 4),
@@ -553,6 +625,12 @@ impl Record {
             RecordType::ConnCreate => Record::ConnCreate(parse_create(b)?),
         })
     }
+}
+
+fn parse_mask(b: &[u8]) -> BucketMask {
+    let mut m = [0u8; MASK_LEN];
+    m.copy_from_slice(&b[4..4 + MASK_LEN]);
+    BucketMask(m)
 }
 
 fn emit_key(out: &mut [u8], k: &FlowKey) {
