@@ -416,6 +416,28 @@ fn a_delta_ring_overflow_is_counted_logged_and_repaired() {
 }
 
 #[test]
+fn a_short_seeded_chaos_run_loses_no_connection_and_ends_with_equal_tables() {
+    require_root!();
+    let cfg = tandem_tests::chaos::ChaosConfig {
+        seed: 7,
+        faults: 6,
+        tcp_connections: 10,
+        udp_flows: 5_000,
+        tag: "igchaos".into(),
+    };
+    let report = tandem_tests::chaos::run(&cfg).expect("the pair settled after every fault");
+    eprintln!("{report}");
+    assert_eq!(report["tcp_lost"], 0, "TCP connections lost: {report}");
+    assert_eq!(report["final_actives"], 1);
+    assert_eq!(report["final_verify"]["differing_buckets"], 0);
+    assert!(
+        report["tcp_exchanges"].as_u64().unwrap_or(0) > 100,
+        "{report}"
+    );
+    assert_eq!(report["passed"], true);
+}
+
+#[test]
 fn a_verify_finds_a_damaged_passive_table_and_repairs_it() {
     require_root!();
     let (c, _) = start("igverify", "");

@@ -27,6 +27,12 @@ const USAGE: &str = "usage: tandem-lab <command>
                                 new connections per second through the active of a
                                 two-node cluster: replication lag p50/p99 per rate and
                                 whether the passive kept up (results/sync.json)
+  chaos [--seed N] [--faults K] [--connections C] [--flows F] [--out FILE]
+                                a seeded run of K faults (kill -9, SIGSTOP, HA-link cuts
+                                and blackholes, loss bursts, a cut data link, forced swaps,
+                                clean restarts) under live TCP and a table of UDP flows;
+                                fails unless every TCP connection survives, one member is
+                                active and a verify finds both tables equal
   cleanup [--force]             remove lab namespaces of dead runs (--force: all)
 env: TANDEM_BIN_DIR (where tandemd/tandemctl are), TANDEM_LAB_KEEP=1 (keep temp dirs)";
 
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
         "demo-single" => demo(),
         "bench-iperf" => parse_bench(rest).and_then(|o| bench_iperf(&o)),
         "bench-sync" => bench_sync(rest),
+        "chaos" => chaos(rest),
         "cleanup" => {
             let force = rest.iter().any(|a| a == "--force");
             let removed = lab::cleanup(lab::LAB_MARK, force);
@@ -70,6 +77,43 @@ fn main() -> ExitCode {
             eprintln!("tandem-lab {cmd}: FAILED: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn chaos(rest: &[String]) -> Result<()> {
+    let mut cfg = tandem_tests::chaos::ChaosConfig::default();
+    let mut out = std::path::PathBuf::from("results/chaos.json");
+    let mut a = Args::new(rest, USAGE);
+    while let Some(flag) = a.next_flag() {
+        match flag {
+            "--seed" => cfg.seed = a.number(flag, 0..=u64::MAX)?,
+            "--faults" => cfg.faults = a.number(flag, 1..=10_000)?,
+            "--connections" => cfg.tcp_connections = a.number(flag, 1..=1000)?,
+            "--flows" => cfg.udp_flows = a.number(flag, 1..=1_000_000)?,
+            "--out" => out = a.value(flag)?.into(),
+            other => {
+                return Err(LabError::Other(format!(
+                    "unknown option {other:?}\n{USAGE}"
+                )))
+            }
+        }
+    }
+    let report = tandem_tests::chaos::run(&cfg)?;
+    println!("{}", pretty(&report));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    }
+    std::fs::write(&out, pretty(&report) + "\n")
+        .map_err(|e| LabError::io(format!("writing {}", out.display()), e))?;
+    println!("written to {}", out.display());
+    if report["passed"] == true {
+        Ok(())
+    } else {
+        Err(LabError::Other(format!(
+            "the chaos run failed: {} TCP connections lost, {} actives, verify {}",
+            report["tcp_lost"], report["final_actives"], report["final_verify"]
+        )))
     }
 }
 
