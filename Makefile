@@ -37,6 +37,7 @@ bench: build-release
 	./target/release/bench-conntrack --connections 1000000
 	./target/release/bench-policy
 	./target/release/bench-failover --rounds 20
+	./target/release/tandem-lab chaos --seed 1 --faults 200 --out results/chaos.json
 
 lint:
 	$(CARGO) fmt --all -- --check
