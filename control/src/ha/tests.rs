@@ -547,6 +547,42 @@ fn never_two_actives_while_a_path_works() {
 }
 
 #[test]
+fn no_takeover_silently_loses_a_connection_older_than_the_lag_bound() {
+    // The table is streamed as records over lossy HA links that get cut;
+    // members crash, freeze, change quality and are forced. A member that
+    // takes over while saying its table is complete must hold every
+    // connection older than the lag bound.
+    let mut takeovers = 0;
+    let mut announced = 0;
+    for seed in seeds(RUNS / 5, 7) {
+        let mix = Mix {
+            loss: 0.2,
+            cuts: true,
+            node_faults: true,
+            freeze: true,
+            quality: true,
+            forced: true,
+            ..QUIET
+        };
+        let run = scenario(seed, mix);
+        let t = &run.pair.table;
+        takeovers += t.takeovers;
+        announced += t.announced_losses;
+        if t.silent_losses > 0 {
+            fail(
+                seed,
+                &format!("{} takeovers lost connections silently", t.silent_losses),
+                &run,
+            );
+        }
+    }
+    eprintln!(
+        "{takeovers} takeovers; connections lost at takeovers announced as incomplete: {announced}"
+    );
+    assert!(takeovers > 500, "the runs exercised takeovers: {takeovers}");
+}
+
+#[test]
 fn dual_active_never_outlasts_the_detection_time() {
     for seed in seeds(RUNS, 2) {
         let mix = Mix {
