@@ -588,12 +588,27 @@ pub fn format_hainfo(r: &HaInfo) -> String {
             .as_ref()
             .map_or_else(String::new, |s| format!(", last: {s}"))
     );
-    let d = r.data_path;
+    let d = &r.data_path;
     let _ = writeln!(
         out,
-        "data path:     {} heartbeats in, {} checks answered, {} answers in, {} sent, {} dropped",
-        d[0], d[1], d[2], d[3], d[4]
+        "data path:     {} heartbeats in, {} checks answered, {} answers in ({} accepted), {} sent, {} not sent",
+        d.heartbeats_in, d.checks_answered, d.answers_in, d.answers_accepted, d.sent, d.send_failed
     );
+    let _ = writeln!(
+        out,
+        "refused:       {} policed, {} not on an HA port, {} bad length, {} unauthentic, {} reflected, {} wrong peer, {} stale, {} channel full",
+        d.policed,
+        d.not_ha_port,
+        d.bad_length,
+        d.unauthentic,
+        d.reflected,
+        d.wrong_peer,
+        d.stale,
+        d.channel_full
+    );
+    if let Some(w) = &r.key_file_warning {
+        let _ = writeln!(out, "WARNING:       {w}");
+    }
     let _ = writeln!(out, "rejected:      {} heartbeats", r.heartbeats_rejected);
     for p in &r.quality_problems {
         let _ = writeln!(out, "quality check failed: {p}");
