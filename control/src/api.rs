@@ -399,6 +399,9 @@ pub struct HaLinkInfo {
     /// The longest gap between two of them, ms (a gap of the dead time
     /// would be a failover).
     pub max_gap_ms: f64,
+    /// The longest gap that ended in the last 4 to 8 seconds, ms.
+    #[serde(default)]
+    pub recent_max_gap_ms: f64,
     /// Gaps longer than two heartbeat intervals.
     pub late: u64,
 }

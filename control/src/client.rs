@@ -596,9 +596,10 @@ pub fn format_hainfo(r: &HaInfo) -> String {
     );
     let _ = writeln!(
         out,
-        "refused:       {} policed, {} not on an HA port, {} bad length, {} unauthentic, {} reflected, {} wrong peer, {} stale, {} channel full",
+        "refused:       {} policed, {} not on an HA port, {} before start, {} bad length, {} unauthentic, {} reflected, {} wrong peer, {} stale, {} channel full",
         d.policed,
         d.not_ha_port,
+        d.not_ready,
         d.bad_length,
         d.unauthentic,
         d.reflected,

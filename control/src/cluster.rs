@@ -58,17 +58,51 @@ struct GapStats {
     /// Gaps longer than two heartbeat intervals.
     late: u64,
     count: u64,
+    /// The largest gap of the current and of the previous [`GAP_WINDOW`].
+    recent: [Duration; 2],
+    window_start: Option<Instant>,
 }
+
+/// Length of the windows of [`GapStats::recent_max`].
+const GAP_WINDOW: Duration = Duration::from_secs(4);
 
 impl GapStats {
     fn arrival(&mut self, now: Instant, alive: bool, interval: Duration) {
+        self.roll(now);
         if let (Some(last), true) = (self.last, alive) {
             let gap = now.saturating_duration_since(last);
             self.max = self.max.max(gap);
+            self.recent[0] = self.recent[0].max(gap);
             self.late += u64::from(gap > interval * 2);
             self.count += 1;
         }
         self.last = Some(now);
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        let age = now.saturating_duration_since(start);
+        if age >= GAP_WINDOW * 2 {
+            self.recent = [Duration::ZERO; 2];
+            self.window_start = Some(now);
+        } else if age >= GAP_WINDOW {
+            self.recent = [Duration::ZERO, self.recent[0]];
+            self.window_start = Some(start + GAP_WINDOW);
+        }
+    }
+
+    /// The largest gap that ended in the last 4 to 8 s (two windows).
+    fn recent_max(&self, now: Instant) -> Duration {
+        let age = self
+            .window_start
+            .map_or(Duration::MAX, |s| now.saturating_duration_since(s));
+        if age >= GAP_WINDOW * 2 {
+            Duration::ZERO
+        } else if age >= GAP_WINDOW {
+            self.recent[0]
+        } else {
+            self.recent[0].max(self.recent[1])
+        }
     }
 }
 
@@ -125,6 +159,9 @@ pub struct Cluster {
     icmp_timeout: Duration,
     probe: Option<Probe>,
     probes: u64,
+    /// The nonce of the last check the peer answered: its answers on the
+    /// other data ports are duplicates, not stale.
+    last_answered: Option<[u8; NONCE_LEN]>,
     /// Frames the workers handed over that wait for the next tick.
     data_backlog: usize,
     token_base: usize,
@@ -325,6 +362,7 @@ impl Cluster {
             icmp_timeout: Duration::from_millis(u64::from(ha.icmp_timeout_ms)),
             probe: None,
             probes: 0,
+            last_answered: None,
             data_backlog: 0,
             token_base,
             origin,
@@ -453,20 +491,29 @@ impl Cluster {
     fn on_check_answer(&mut self, node: &Node, r: &hadata::Received, log: &mut EventLog) {
         let Some(data) = node.ha_data() else { return };
         let c = &data.counters;
-        let verdict = hadata::judge(
-            &self.check_key,
-            self.cluster_id,
-            self.serial,
-            self.ha.peer().map(|p| p.serial),
-            self.probe.as_ref().map(|p| &p.nonce),
-            r.port,
-            r.payload(),
-        );
+        let judge = |nonce: Option<&[u8; NONCE_LEN]>| {
+            hadata::judge(
+                &self.check_key,
+                self.cluster_id,
+                self.serial,
+                self.ha.peer().map(|p| p.serial),
+                nonce,
+                r.port,
+                r.payload(),
+            )
+        };
+        let verdict = judge(self.probe.as_ref().map(|p| &p.nonce));
+        if verdict == Verdict::Stale
+            && matches!(judge(self.last_answered.as_ref()), Verdict::Answer { .. })
+        {
+            return; // the same answer from another data port
+        }
         let counter = match verdict {
             Verdict::Answer { responder } => {
                 hadata::HaDataCounters::bump(&c.answers_accepted);
                 self.learn_peer_mac(r.port, r.src_mac, responder);
                 if let Some(p) = self.probe.take() {
+                    self.last_answered = Some(p.nonce);
                     let rtt = p.sent.elapsed();
                     self.last_icmp_rtt_us = Some(rtt.as_micros() as u64);
                     log.event(
@@ -490,9 +537,14 @@ impl Cluster {
             Verdict::Stale => &c.stale,
         };
         hadata::HaDataCounters::bump(counter);
-        // One line per check in flight: a flood does not flood the log.
-        if let Some(p) = self.probe.as_mut().filter(|p| !p.refusal_logged) {
-            p.refusal_logged = true;
+        // One line per check in flight (the counters tell the rest): a
+        // flood does not flood the log, nor hold up the control thread
+        // with file writes.
+        let due = self
+            .probe
+            .as_mut()
+            .is_some_and(|p| !std::mem::replace(&mut p.refusal_logged, true));
+        if due {
             let mac = r.src_mac.map(|b| format!("{b:02x}")).join(":");
             log.event(
                 "HA",
@@ -885,6 +937,7 @@ impl Cluster {
                 last_heard_ms_ago: ago(self.ha.last_heard(l.id)),
                 heartbeats: l.gaps.count,
                 max_gap_ms: l.gaps.max.as_secs_f64() * 1e3,
+                recent_max_gap_ms: l.gaps.recent_max(Instant::now()).as_secs_f64() * 1e3,
                 late: l.gaps.late,
             })
             .collect();

@@ -412,7 +412,7 @@ impl Limits {
 
 /// What the workers need to police and answer HA frames, given once by
 /// the control thread at start ([`HaDataHandle::configure`]). Until then
-/// every HA frame is dropped (counted as `not_ha_port`).
+/// every HA frame is dropped (counted as `not_ready`).
 #[derive(Debug)]
 pub struct HaDataConfig {
     /// The cluster.
@@ -510,9 +510,10 @@ pub struct HaDataCounters {
     pub send_failed: AtomicU64,
     /// Dropped by a token bucket before any work.
     pub policed: AtomicU64,
-    /// Arrived on a port that carries no HA frames (or before the control
-    /// thread configured the path).
+    /// Arrived on a port that carries no HA frames.
     pub not_ha_port: AtomicU64,
+    /// Arrived before the control thread configured the path (start-up).
+    pub not_ready: AtomicU64,
     /// Lengths that do not add up.
     pub bad_length: AtomicU64,
     /// Not sealed with our key (forged, or another cluster's).
@@ -546,6 +547,8 @@ pub struct HaDataStats {
     pub policed: u64,
     /// Arrived on a port that carries no HA frames.
     pub not_ha_port: u64,
+    /// Arrived before the control thread configured the path.
+    pub not_ready: u64,
     /// Lengths that do not add up.
     pub bad_length: u64,
     /// Not sealed with our key.
@@ -578,6 +581,7 @@ impl HaDataCounters {
             send_failed: g(&self.send_failed),
             policed: g(&self.policed),
             not_ha_port: g(&self.not_ha_port),
+            not_ready: g(&self.not_ready),
             bad_length: g(&self.bad_length),
             unauthentic: g(&self.unauthentic),
             reflected: g(&self.reflected),
@@ -682,10 +686,14 @@ impl HaDataPath {
     /// the port is empty.
     pub fn admit(&mut self, now_ms: u64, port: u16, kind: Kind) -> bool {
         let c = &self.counters;
-        let Some(cfg) = self.config.get().filter(|c| c.carries(port)) else {
-            HaDataCounters::bump(&c.not_ha_port);
+        let Some(cfg) = self.config.get() else {
+            HaDataCounters::bump(&c.not_ready);
             return false;
         };
+        if !cfg.carries(port) {
+            HaDataCounters::bump(&c.not_ha_port);
+            return false;
+        }
         let rate = match kind {
             Kind::Heartbeat => cfg.limits.heartbeats_per_sec,
             Kind::ProbeRequest | Kind::ProbeReply => cfg.limits.checks_per_sec,
@@ -1026,7 +1034,7 @@ mod tests {
         assert!(!w.admit(0, 0, Kind::Heartbeat));
         let mut f = frame(ID_PROBE, &request(ME, 0).seal(&key()));
         assert!(!w.answer(&mut f, PEER_MAC));
-        assert_eq!(w.counters.not_ha_port.load(Ordering::Relaxed), 1);
+        assert_eq!(w.counters.not_ready.load(Ordering::Relaxed), 1);
     }
 
     #[test]
