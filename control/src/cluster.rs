@@ -1018,3 +1018,28 @@ pub fn key_file_exposure(path: &Path) -> Option<String> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_key_file_readable_by_others_is_reported_with_what_to_do() {
+        let dir = std::env::temp_dir().join(format!("tandem-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("node.ron");
+        std::fs::write(&f, "(ha: Some((psk: \"x\")))").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = key_file_exposure(&f).expect("0644 is readable by others");
+        assert!(w.contains("0644") && w.contains("chmod 600"), "{w}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Root's own file with mode 0600 is fine; another owner is not.
+        let w = key_file_exposure(&f);
+        assert!(w.as_deref().is_none_or(|w| !w.contains("mode")), "{w:?}");
+        assert_eq!(w.is_none(), nix::unistd::geteuid().is_root(), "{w:?}");
+        let missing = key_file_exposure(&dir.join("missing.ron")).expect("cannot check");
+        assert!(missing.contains("cannot check"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
