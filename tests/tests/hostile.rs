@@ -405,6 +405,13 @@ fn a_flood_of_ha_shaped_frames_neither_swaps_nor_delays_the_heartbeats() {
             after[i]
         );
         assert_eq!(
+            d("channel_full"),
+            0,
+            "fw{}: the flood never filled the channel to the control thread: {}",
+            i + 1,
+            after[i]
+        );
+        assert_eq!(
             d("answers_accepted") + d("checks_answered"),
             0,
             "fw{}: nothing of the flood was answered or accepted: {}",
@@ -417,11 +424,16 @@ fn a_flood_of_ha_shaped_frames_neither_swaps_nor_delays_the_heartbeats() {
         "slowest {:?}",
         ha.slowest_status
     );
-    // The lab writes the configuration (with the key) world-readable:
-    // hainfo says so.
+    // hainfo says whether the configuration (it holds the key) is
+    // readable by others than root, as the file is.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(c.lab.dir().join(format!("fw{}.ron", a + 1))).expect("config");
+    let exposed = m.mode() & 0o077 != 0 || m.uid() != 0;
     let w = hainfo(&c.nodes[a])["key_file_warning"].clone();
-    assert!(
+    assert_eq!(
         w.as_str().is_some_and(|w| w.contains("chmod 600")),
-        "hainfo warns about the key file: {w}"
+        exposed,
+        "mode {:o}: {w}",
+        m.mode()
     );
 }
