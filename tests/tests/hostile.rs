@@ -95,8 +95,7 @@ struct EvilHost {
 }
 
 impl EvilHost {
-    fn on_wan(c: &Cluster) -> EvilHost {
-        let lab = &c.lab;
+    fn on_wan(lab: &tandem_tests::Lab) -> EvilHost {
         let ns = Netns::create(&format!("{}-evil", lab.prefix()), &lab.dir().join("logs"))
             .expect("evil namespace");
         link::veth(&ns, "eth0", lab.switch(), "evil").expect("veth");
@@ -155,7 +154,7 @@ fn a_host_reflecting_the_icmp_checks_does_not_block_the_takeover() {
             "0",
         ])
         .expect("the WAN switch floods everything");
-    let evil = EvilHost::on_wan(&c);
+    let evil = EvilHost::on_wan(&c.lab);
     for l in ["ha-main", "ha-backup"] {
         link::set_link(c.lab.fw(a + 1), l, false).expect("cut");
     }
@@ -322,7 +321,7 @@ fn a_flood_of_ha_shaped_frames_neither_swaps_nor_delays_the_heartbeats() {
     need_root();
     let c = start("hflood");
     let (a, p) = settled(&c);
-    let evil = EvilHost::on_wan(&c);
+    let evil = EvilHost::on_wan(&c.lab);
     // A quiet baseline window (the gap statistics cover the last 4-8 s).
     thread::sleep(Duration::from_millis(8500));
     let quiet: Vec<_> = c.nodes.iter().map(gaps).collect();
@@ -436,4 +435,82 @@ fn a_flood_of_ha_shaped_frames_neither_swaps_nor_delays_the_heartbeats() {
         "mode {:o}: {w}",
         m.mode()
     );
+}
+
+/// A member alone at start-up checks with a broadcast ICMP check (it
+/// knows no peer MAC) before it takes the role: a host on the WAN
+/// segment that reflects the check must not keep it passive (before,
+/// any reflection of our own nonce and tag was an answer: no member
+/// would ever have become active).
+#[test]
+fn a_reflector_does_not_keep_a_lone_member_from_starting_active() {
+    need_root();
+    let lock = tandem_tests::heavy_lock();
+    let lab = tandem_tests::Lab::two_nodes("hralone").expect("lab");
+    let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", POLICY).unwrap();
+    let evil = EvilHost::on_wan(&lab);
+    let mut reflector = evil.spawn(
+        "reflector",
+        "ha_reflector.py",
+        &["--iface", "eth0", "--duration", "20", "--max", "3"],
+    );
+    let mut cfg = lab.node_config(2).with_policy(&policy);
+    cfg.ha = Some(HaSection::lab(2));
+    let mut fw2 = lab.start_node_with(2, &cfg).expect("fw2");
+    fw2.wait_ready(Duration::from_secs(30)).expect("fw2 ready");
+    cluster::wait_role(
+        &fw2,
+        "active",
+        "fw2 alone takes the role despite the reflector",
+        Duration::from_secs(5),
+    )
+    .expect("active alone");
+    let lines = log_lines(&fw2);
+    let log = lines.join("\n");
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .and_then(|l| line_ms(l))
+            .unwrap_or_else(|| panic!("{needle:?} in the log: {log}"))
+    };
+    let took = (at("swap: passive -> active") + 86_400_000
+        - at("peer silent on every path: ICMP check"))
+        % 86_400_000;
+    let info = hainfo(&fw2);
+    reflector.signal("TERM");
+    let refl = tools::json_lines(&reflector.stdout());
+    let reflected = refl.iter().filter(|v| v["event"] == "reflected").count();
+    eprintln!(
+        "check to takeover {took} ms; reflector reflected {reflected} checks; data path {}",
+        info["data_path"]
+    );
+    assert!(
+        reflected >= 1,
+        "the reflector saw no check: the test proves nothing: {refl:?}"
+    );
+    assert!(
+        log.contains("ICMP check on 2 data ports (0 to the peer's MAC)"),
+        "broadcast checks: {log}"
+    );
+    assert!(
+        log.contains("a reflection of our own frame"),
+        "the refusal is logged: {log}"
+    );
+    assert!(log.contains("StartupAlone"), "{log}");
+    assert!(
+        info["data_path"]["reflected"].as_u64() >= Some(1),
+        "{}",
+        info["data_path"]
+    );
+    assert_eq!(info["data_path"]["answers_accepted"], 0, "{info}");
+    assert!(
+        (took as f64) < CHECK_MS + 150.0,
+        "the check took {took} ms to give up: {log}"
+    );
+    drop(reflector);
+    drop(fw2);
+    drop(evil);
+    drop(lab);
+    drop(lock);
 }
