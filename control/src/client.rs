@@ -1004,4 +1004,26 @@ Drops (non-zero):
         assert_eq!(format_unix_time(951_782_400), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_unix_time(4_102_444_799), "2099-12-31 23:59:59 UTC");
     }
+
+    #[test]
+    fn hainfo_names_every_refusal_and_the_key_file_warning() {
+        let mut r = HaInfo::default();
+        r.data_path.policed = 450_000;
+        r.data_path.reflected = 2;
+        r.data_path.unauthentic = 4143;
+        r.key_file_warning = Some("fw1.ron ... chmod 600".into());
+        let text = format_hainfo(&r);
+        assert!(text.contains("450000 policed"), "{text}");
+        assert!(text.contains("2 reflected"), "{text}");
+        assert!(text.contains("4143 unauthentic"), "{text}");
+        assert!(
+            text.contains("WARNING:       fw1.ron ... chmod 600"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["data_path"]["policed"], 450_000,
+            "named fields: {json}"
+        );
+    }
 }
