@@ -458,6 +458,9 @@ pub struct HaLinkInfo {
     /// The longest gap between two of them, ms (a gap of the dead time
     /// would be a failover).
     pub max_gap_ms: f64,
+    /// The longest gap that ended in the last 4 to 8 seconds, ms.
+    #[serde(default)]
+    pub recent_max_gap_ms: f64,
     /// Gaps longer than two heartbeat intervals.
     pub late: u64,
 }
@@ -489,9 +492,13 @@ pub struct HaInfo {
     pub heartbeats_rejected: u64,
     /// Failing quality checks (disks, TPM, sensors).
     pub quality_problems: Vec<String>,
-    /// Data-path counters: last-resort heartbeats in, checks answered,
-    /// check answers in, frames sent, frames dropped.
-    pub data_path: [u64; 5],
+    /// The HA path over the data ports: what came in, and why frames were
+    /// refused (policed, bad length, unauthentic, reflected, wrong peer...).
+    pub data_path: Box<tandem_dataplane::hadata::HaDataStats>,
+    /// Set when the configuration file, which holds the pre-shared key, is
+    /// readable by others than root: what is wrong and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file_warning: Option<String>,
     /// The state-sync (K2K) protocol version in use with the peer (0: not
     /// established).
     pub sync_version: u8,

@@ -588,12 +588,28 @@ pub fn format_hainfo(r: &HaInfo) -> String {
             .as_ref()
             .map_or_else(String::new, |s| format!(", last: {s}"))
     );
-    let d = r.data_path;
+    let d = &r.data_path;
     let _ = writeln!(
         out,
-        "data path:     {} heartbeats in, {} checks answered, {} answers in, {} sent, {} dropped",
-        d[0], d[1], d[2], d[3], d[4]
+        "data path:     {} heartbeats in, {} checks answered, {} answers in ({} accepted), {} sent, {} not sent",
+        d.heartbeats_in, d.checks_answered, d.answers_in, d.answers_accepted, d.sent, d.send_failed
     );
+    let _ = writeln!(
+        out,
+        "refused:       {} policed, {} not on an HA port, {} before start, {} bad length, {} unauthentic, {} reflected, {} wrong peer, {} stale, {} channel full",
+        d.policed,
+        d.not_ha_port,
+        d.not_ready,
+        d.bad_length,
+        d.unauthentic,
+        d.reflected,
+        d.wrong_peer,
+        d.stale,
+        d.channel_full
+    );
+    if let Some(w) = &r.key_file_warning {
+        let _ = writeln!(out, "WARNING:       {w}");
+    }
     let _ = writeln!(out, "rejected:      {} heartbeats", r.heartbeats_rejected);
     for p in &r.quality_problems {
         let _ = writeln!(out, "quality check failed: {p}");
@@ -987,5 +1003,27 @@ Drops (non-zero):
         assert_eq!(format_unix_time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_unix_time(951_782_400), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_unix_time(4_102_444_799), "2099-12-31 23:59:59 UTC");
+    }
+
+    #[test]
+    fn hainfo_names_every_refusal_and_the_key_file_warning() {
+        let mut r = HaInfo::default();
+        r.data_path.policed = 450_000;
+        r.data_path.reflected = 2;
+        r.data_path.unauthentic = 4143;
+        r.key_file_warning = Some("fw1.ron ... chmod 600".into());
+        let text = format_hainfo(&r);
+        assert!(text.contains("450000 policed"), "{text}");
+        assert!(text.contains("2 reflected"), "{text}");
+        assert!(text.contains("4143 unauthentic"), "{text}");
+        assert!(
+            text.contains("WARNING:       fw1.ron ... chmod 600"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["data_path"]["policed"], 450_000,
+            "named fields: {json}"
+        );
     }
 }

@@ -7,22 +7,30 @@
 //! the data ports, and a silent peer is checked with ICMP over the data
 //! ports before a takeover; both travel through the dataplane
 //! ([`tandem_dataplane::hadata`]), so they prove the peer's dataplane is
-//! alive, not just its kernel.
+//! alive, not just its kernel. Only the peer can answer for the peer: a
+//! check carries an unpredictable nonce, the peer's worker answers with
+//! its serial under the check key, and any other frame that comes back
+//! (a reflection, our own frame, a late or relayed answer) is refused and
+//! counted. The frames the workers hand over are read a bounded number
+//! per tick ([`DATA_FRAMES_PER_TICK`]).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam::channel::Receiver;
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use tandem_config::NodeConfig;
-use tandem_dataplane::hadata::{self, Kind};
+use tandem_dataplane::hadata::{self, CheckKey, CheckKind, CheckMsg, Kind, Verdict, NONCE_LEN};
+use tandem_dataplane::hakeys::HaKeys;
 use tandem_dataplane::node::{kernel_carrier, Node};
 use tandem_dataplane::worker::Role as PlaneRole;
 
 use crate::api::{HaInfo, HaLinkInfo, HaMemberInfo};
 use crate::eventlog::EventLog;
-use crate::ha::heartbeat::{Codec, DecodeError, PORT};
+use crate::ha::heartbeat::{Codec, DecodeError, LEN as HEARTBEAT_LEN, PORT};
 use crate::ha::machine::{Action, Config, Event, Ha, HaEvent, LinkId, PeerState, Phase, Role};
 use crate::ha::quality::{
     quality, Aggregate, AggregateId, AggregateKind, Interface, Penalty, QualityConfig,
@@ -50,17 +58,51 @@ struct GapStats {
     /// Gaps longer than two heartbeat intervals.
     late: u64,
     count: u64,
+    /// The largest gap of the current and of the previous [`GAP_WINDOW`].
+    recent: [Duration; 2],
+    window_start: Option<Instant>,
 }
+
+/// Length of the windows of [`GapStats::recent_max`].
+const GAP_WINDOW: Duration = Duration::from_secs(4);
 
 impl GapStats {
     fn arrival(&mut self, now: Instant, alive: bool, interval: Duration) {
+        self.roll(now);
         if let (Some(last), true) = (self.last, alive) {
             let gap = now.saturating_duration_since(last);
             self.max = self.max.max(gap);
+            self.recent[0] = self.recent[0].max(gap);
             self.late += u64::from(gap > interval * 2);
             self.count += 1;
         }
         self.last = Some(now);
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        let age = now.saturating_duration_since(start);
+        if age >= GAP_WINDOW * 2 {
+            self.recent = [Duration::ZERO; 2];
+            self.window_start = Some(now);
+        } else if age >= GAP_WINDOW {
+            self.recent = [Duration::ZERO, self.recent[0]];
+            self.window_start = Some(start + GAP_WINDOW);
+        }
+    }
+
+    /// The largest gap that ended in the last 4 to 8 s (two windows).
+    fn recent_max(&self, now: Instant) -> Duration {
+        let age = self
+            .window_start
+            .map_or(Duration::MAX, |s| now.saturating_duration_since(s));
+        if age >= GAP_WINDOW * 2 {
+            Duration::ZERO
+        } else if age >= GAP_WINDOW {
+            self.recent[0]
+        } else {
+            self.recent[0].max(self.recent[1])
+        }
     }
 }
 
@@ -70,14 +112,28 @@ struct DataPort {
     port: u16,
     mac: [u8; 6],
     addr: Ipv4Addr,
+    /// The peer's MAC on this port, learned from an authentic frame of the
+    /// peer (last-resort heartbeat or check answer), and when.
+    peer_mac: Option<([u8; 6], Instant)>,
 }
 
 /// An ICMP check in flight.
 struct Probe {
-    nonce: u64,
+    nonce: [u8; NONCE_LEN],
     sent: Instant,
     deadline: Instant,
+    /// A refusal was logged for this check already (one line per check).
+    refusal_logged: bool,
 }
+
+/// Frames from the data ports the control thread handles per tick, at
+/// most: a flood waits in (and overflows) the workers' channel instead
+/// of delaying the heartbeats.
+pub const DATA_FRAMES_PER_TICK: usize = 32;
+
+/// A peer MAC learned on a data port is used for this long after the last
+/// authentic frame from it; then checks are broadcast again.
+const PEER_MAC_TTL: Duration = Duration::from_secs(5);
 
 /// What the quality checks found: the penalties and a line per failure.
 type HealthReport = (Vec<Penalty>, Vec<String>);
@@ -92,6 +148,10 @@ const PROBE_POLL: Duration = Duration::from_millis(2);
 pub struct Cluster {
     ha: Ha,
     codec: Codec,
+    check_key: CheckKey,
+    cluster_id: u32,
+    serial: u64,
+    key_file_warning: Option<String>,
     links: Vec<Link>,
     data_ports: Vec<DataPort>,
     last_resort: bool,
@@ -99,6 +159,11 @@ pub struct Cluster {
     icmp_timeout: Duration,
     probe: Option<Probe>,
     probes: u64,
+    /// The nonce of the last check the peer answered: its answers on the
+    /// other data ports are duplicates, not stale.
+    last_answered: Option<[u8; NONCE_LEN]>,
+    /// Frames the workers handed over that wait for the next tick.
+    data_backlog: usize,
     token_base: usize,
     origin: Instant,
     role_since: SystemTime,
@@ -210,11 +275,17 @@ fn forced_name(f: Option<Role>) -> Option<String> {
 impl Cluster {
     /// The election of a member whose configuration enables it; `None`
     /// otherwise. Sockets use tokens `token_base..token_base + links`.
+    /// `keys` are the cluster's HA keys ([`tandem_dataplane::hakeys::for_cluster`]),
+    /// `config_path` the file that holds the pre-shared key (checked for
+    /// access by others than root, see [`key_file_exposure`]). Gives the
+    /// workers what they need to police and answer the data-port frames.
     pub fn new(
         cfg: &NodeConfig,
         node: &Node,
         registry: &Registry,
         token_base: usize,
+        keys: &Arc<HaKeys>,
+        config_path: &Path,
     ) -> std::io::Result<Option<Cluster>> {
         let Some(ha) = cfg.ha.as_ref().filter(|h| h.election) else {
             return Ok(None);
@@ -245,6 +316,7 @@ impl Cluster {
                     port: i.port.id(),
                     mac: i.mac.0,
                     addr: i.config.addresses.first()?.addr,
+                    peer_mac: None,
                 })
             })
             .collect();
@@ -252,6 +324,16 @@ impl Cluster {
         let last_resort = ha.last_resort && data_path;
         let icmp_check = ha.icmp_check && data_path;
         let serial = serial_number(&cfg.node.serial);
+        if let Some(data) = node.ha_data() {
+            data.configure(hadata::HaDataConfig {
+                cluster_id: ha.cluster_id,
+                serial,
+                key: CheckKey::new(keys.check().as_bytes()),
+                ports: data_ports.iter().map(|p| p.port).collect(),
+                heartbeat_len: HEARTBEAT_LEN,
+                limits: hadata::Limits::for_heartbeat_ms(ha.heartbeat_ms),
+            });
+        }
         let mut c = Config::new(serial);
         // Grows across restarts: the peer tells a restart from a replay.
         c.epoch = SystemTime::now()
@@ -268,7 +350,11 @@ impl Cluster {
         let origin = Instant::now();
         Ok(Some(Cluster {
             ha: Ha::new(c, Duration::ZERO),
-            codec: Codec::new(ha.psk.as_bytes(), ha.cluster_id).with_own_serial(serial),
+            codec: Codec::new(keys.heartbeat().as_bytes(), ha.cluster_id).with_own_serial(serial),
+            check_key: CheckKey::new(keys.check().as_bytes()),
+            cluster_id: ha.cluster_id,
+            serial,
+            key_file_warning: key_file_exposure(config_path),
             links,
             data_ports,
             last_resort,
@@ -276,6 +362,8 @@ impl Cluster {
             icmp_timeout: Duration::from_millis(u64::from(ha.icmp_timeout_ms)),
             probe: None,
             probes: 0,
+            last_answered: None,
+            data_backlog: 0,
             token_base,
             origin,
             role_since: SystemTime::now(),
@@ -306,8 +394,10 @@ impl Cluster {
     /// When the machine next needs a tick.
     pub fn next_wakeup(&self) -> Instant {
         let t = self.origin + self.ha.poll_timeout();
+        let backlog = self.data_backlog > 0;
         match &self.probe {
             Some(_) => t.min(Instant::now() + PROBE_POLL),
+            None if backlog => t.min(Instant::now() + PROBE_POLL),
             None => t,
         }
     }
@@ -344,42 +434,37 @@ impl Cluster {
         self.run(node, log);
     }
 
-    /// Takes what the workers received on the data ports: last-resort
-    /// heartbeats and answers to our ICMP check.
+    /// Takes (a bounded number of) what the workers received on the data
+    /// ports: last-resort heartbeats and answers to our ICMP check; every
+    /// refusal is counted by reason.
     fn drain_data(&mut self, node: &Node, log: &mut EventLog) {
         let Some(data) = node.ha_data() else { return };
-        for r in data.received() {
+        let c = &data.counters;
+        let bump = hadata::HaDataCounters::bump;
+        for r in data.received(DATA_FRAMES_PER_TICK) {
             match r.kind {
-                Kind::Heartbeat => match self.codec.decode(&r.payload) {
+                Kind::Heartbeat => match self.codec.decode(r.payload()) {
                     Ok(hb) if hb.link == LinkId::Data => {
+                        self.learn_peer_mac(r.port, r.src_mac, hb.state.serial);
                         let now = self.now();
                         self.ha
                             .handle_event(now, Event::LastResortHeartbeat { peer: hb.state });
                     }
+                    // An HA-link heartbeat carried onto a data port.
+                    Ok(_) | Err(DecodeError::Own) => bump(&c.reflected),
                     // The same heartbeat arrives once per data port.
-                    Err(DecodeError::Replay | DecodeError::Own) => {}
-                    _ => self.rejected += 1,
-                },
-                Kind::ProbeReply => {
-                    let nonce = self.codec.open_probe(&r.payload);
-                    if let Some(p) = self.probe.take_if(|p| Some(p.nonce) == nonce) {
-                        let rtt = p.sent.elapsed();
-                        self.last_icmp_rtt_us = Some(rtt.as_micros() as u64);
-                        log.event(
-                            "HA",
-                            format_args!(
-                                "ICMP check: the peer's dataplane answers on port {} in {:.1} ms",
-                                r.port,
-                                rtt.as_secs_f64() * 1e3
-                            ),
-                        );
-                        let now = self.now();
-                        self.ha.handle_event(now, Event::IcmpReply);
+                    Err(DecodeError::Replay) => {}
+                    Err(DecodeError::BadLength(_)) => bump(&c.bad_length),
+                    Err(_) => {
+                        self.rejected += 1;
+                        bump(&c.unauthentic);
                     }
-                }
+                },
+                Kind::ProbeReply => self.on_check_answer(node, &r, log),
                 Kind::ProbeRequest => {}
             }
         }
+        self.data_backlog = data.backlog();
         if self
             .probe
             .as_ref()
@@ -388,6 +473,93 @@ impl Cluster {
             self.probe = None;
             let now = self.now();
             self.ha.handle_event(now, Event::IcmpTimeout);
+        }
+    }
+
+    /// Remembers where the peer (`serial`, when it is the peer) is on `port`.
+    fn learn_peer_mac(&mut self, port: u16, mac: [u8; 6], serial: u64) {
+        if serial == self.serial || self.ha.peer().is_some_and(|p| p.serial != serial) {
+            return;
+        }
+        if let Some(p) = self.data_ports.iter_mut().find(|p| p.port == port) {
+            p.peer_mac = Some((mac, Instant::now()));
+        }
+    }
+
+    /// An echo reply to an ICMP check: the peer's answer to the check in
+    /// flight, or something that counts for nothing.
+    fn on_check_answer(&mut self, node: &Node, r: &hadata::Received, log: &mut EventLog) {
+        let Some(data) = node.ha_data() else { return };
+        let c = &data.counters;
+        let judge = |nonce: Option<&[u8; NONCE_LEN]>| {
+            hadata::judge(
+                &self.check_key,
+                self.cluster_id,
+                self.serial,
+                self.ha.peer().map(|p| p.serial),
+                nonce,
+                r.port,
+                r.payload(),
+            )
+        };
+        let verdict = judge(self.probe.as_ref().map(|p| &p.nonce));
+        if verdict == Verdict::Stale
+            && matches!(judge(self.last_answered.as_ref()), Verdict::Answer { .. })
+        {
+            return; // the same answer from another data port
+        }
+        let counter = match verdict {
+            Verdict::Answer { responder } => {
+                hadata::HaDataCounters::bump(&c.answers_accepted);
+                self.learn_peer_mac(r.port, r.src_mac, responder);
+                if let Some(p) = self.probe.take() {
+                    self.last_answered = Some(p.nonce);
+                    let rtt = p.sent.elapsed();
+                    self.last_icmp_rtt_us = Some(rtt.as_micros() as u64);
+                    log.event(
+                        "HA",
+                        format_args!(
+                            "ICMP check: the peer's dataplane ({}) answers on port {} in {:.1} ms",
+                            serial_text(responder),
+                            r.port,
+                            rtt.as_secs_f64() * 1e3
+                        ),
+                    );
+                    let now = self.now();
+                    self.ha.handle_event(now, Event::IcmpReply);
+                }
+                return;
+            }
+            Verdict::BadLength => &c.bad_length,
+            Verdict::Unauthentic => &c.unauthentic,
+            Verdict::Reflected => &c.reflected,
+            Verdict::WrongPeer => &c.wrong_peer,
+            Verdict::Stale => &c.stale,
+        };
+        hadata::HaDataCounters::bump(counter);
+        // One line per check in flight (the counters tell the rest): a
+        // flood does not flood the log, nor hold up the control thread
+        // with file writes.
+        let due = self
+            .probe
+            .as_mut()
+            .is_some_and(|p| !std::mem::replace(&mut p.refusal_logged, true));
+        if due {
+            let mac = r.src_mac.map(|b| format!("{b:02x}")).join(":");
+            log.event(
+                "HA",
+                format_args!(
+                    "ICMP check: refused a reply on port {} from {mac} ({}): only the peer's answer counts",
+                    r.port,
+                    match verdict {
+                        Verdict::Reflected => "a reflection of our own frame",
+                        Verdict::Unauthentic => "not sealed with the cluster key",
+                        Verdict::WrongPeer => "names another member",
+                        Verdict::Stale => "answers another check",
+                        _ => "bad length",
+                    }
+                ),
+            );
         }
     }
 
@@ -496,11 +668,17 @@ impl Cluster {
             let bytes = self.codec.encode(link, state);
             let seq = (state.gen & 0xffff) as u16;
             for p in self.data_ports.iter().filter(|p| node.link(p.index).0.up) {
-                let mut f = [0u8; hadata::HEADER_LEN + 128];
-                if let Some(n) =
-                    hadata::build_request(&mut f, p.mac, p.addr, hadata::ID_HEARTBEAT, seq, &bytes)
-                {
-                    data.send(p.port, f[..n].to_vec());
+                let mut f = [0u8; hadata::MAX_FRAME];
+                if let Some(n) = hadata::build_request(
+                    &mut f,
+                    hadata::BROADCAST,
+                    p.mac,
+                    p.addr,
+                    hadata::ID_HEARTBEAT,
+                    seq,
+                    &bytes,
+                ) {
+                    data.send(p.port, &f[..n]);
                 }
             }
         } else if let Some(l) = self.links.iter().find(|l| l.id == link) {
@@ -509,37 +687,77 @@ impl Cluster {
         }
     }
 
-    /// Sends an ICMP check on every data port whose link is up; with none
-    /// (or the check off), the peer is silent everywhere: answer "no reply".
+    /// A fresh check nonce: unpredictable without the check key (an HMAC
+    /// of our boot epoch and a counter), never repeated (the epoch grows
+    /// across restarts), and no entropy source that could fail.
+    fn next_nonce(&mut self) -> [u8; NONCE_LEN] {
+        self.probes += 1;
+        let seed = CheckMsg {
+            kind: CheckKind::Request,
+            port: 0,
+            cluster: self.cluster_id,
+            requester: self.ha.config().epoch,
+            responder: self.probes,
+            nonce: [0; NONCE_LEN],
+        }
+        .seal(&self.check_key);
+        let mut n = [0u8; NONCE_LEN];
+        n.copy_from_slice(&seed[seed.len() - NONCE_LEN..]);
+        n
+    }
+
+    /// Sends an ICMP check on every data port whose link is up: unicast to
+    /// the peer's MAC where an authentic frame of the peer taught it
+    /// (recently), else broadcast. With none (or the check off), the peer
+    /// is silent everywhere: answer "no reply".
     fn start_probe(&mut self, node: &Node, log: &mut EventLog) {
         let mut sent = 0;
+        let mut unicast = 0;
         if let (Some(data), true) = (node.ha_data(), self.icmp_check) {
-            self.probes += 1;
-            let nonce = self.ha.config().epoch ^ self.probes.rotate_left(32);
-            let token = self.codec.seal_probe(nonce);
+            let nonce = self.next_nonce();
+            let now = Instant::now();
             for p in self.data_ports.iter().filter(|p| node.link(p.index).0.up) {
-                let mut f = [0u8; hadata::HEADER_LEN + 64];
+                let payload = CheckMsg {
+                    kind: CheckKind::Request,
+                    port: p.port,
+                    cluster: self.cluster_id,
+                    requester: self.serial,
+                    responder: 0,
+                    nonce,
+                }
+                .seal(&self.check_key);
+                let dst = match p.peer_mac {
+                    Some((mac, at)) if now.saturating_duration_since(at) < PEER_MAC_TTL => {
+                        unicast += 1;
+                        mac
+                    }
+                    _ => hadata::BROADCAST,
+                };
+                let mut f = [0u8; hadata::MAX_FRAME];
                 if let Some(n) = hadata::build_request(
                     &mut f,
+                    dst,
                     p.mac,
                     p.addr,
                     hadata::ID_PROBE,
                     self.probes as u16,
-                    &token,
+                    &payload,
                 ) {
-                    sent += usize::from(data.send(p.port, f[..n].to_vec()));
+                    sent += usize::from(data.send(p.port, &f[..n]));
                 }
             }
             if sent > 0 {
-                let now = Instant::now();
                 self.probe = Some(Probe {
                     nonce,
                     sent: now,
                     deadline: now + self.icmp_timeout,
+                    refusal_logged: false,
                 });
                 log.event(
                     "HA",
-                    format_args!("peer silent on every path: ICMP check on {sent} data ports"),
+                    format_args!(
+                        "peer silent on every path: ICMP check on {sent} data ports ({unicast} to the peer's MAC)"
+                    ),
                 );
                 return;
             }
@@ -719,6 +937,7 @@ impl Cluster {
                 last_heard_ms_ago: ago(self.ha.last_heard(l.id)),
                 heartbeats: l.gaps.count,
                 max_gap_ms: l.gaps.max.as_secs_f64() * 1e3,
+                recent_max_gap_ms: l.gaps.recent_max(Instant::now()).as_secs_f64() * 1e3,
                 late: l.gaps.late,
             })
             .collect();
@@ -739,17 +958,7 @@ impl Cluster {
                 ..Default::default()
             });
         }
-        let counters = node.ha_data().map(|d| {
-            use std::sync::atomic::Ordering::Relaxed;
-            let c = &d.counters;
-            [
-                c.heartbeats_in.load(Relaxed),
-                c.probes_answered.load(Relaxed),
-                c.probe_replies_in.load(Relaxed),
-                c.sent.load(Relaxed),
-                c.dropped.load(Relaxed),
-            ]
-        });
+        let counters = node.ha_data().map(|d| d.counters.snapshot());
         HaInfo {
             election: true,
             state: match self.ha.phase() {
@@ -767,12 +976,70 @@ impl Cluster {
             last_swap: self.last_swap.clone(),
             heartbeats_rejected: self.rejected,
             quality_problems: self.problems.clone(),
-            data_path: counters.unwrap_or_default(),
+            key_file_warning: self.key_file_warning.clone(),
+            data_path: Box::new(counters.unwrap_or_default()),
             sync_version: node.sync().map_or(0, |s| {
                 s.shared()
                     .version
                     .load(std::sync::atomic::Ordering::Relaxed)
             }),
         }
+    }
+}
+
+/// A warning when the configuration file at `path`, which holds the
+/// pre-shared key, can be read or changed by others than root (any group
+/// or other permission bit, or an owner other than root); `None` when it
+/// is root's alone.
+pub fn key_file_exposure(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            return Some(format!(
+                "cannot check who can read {} (it holds the HA pre-shared key): {e}",
+                path.display()
+            ))
+        }
+    };
+    let mode = m.mode() & 0o777;
+    let mut why = Vec::new();
+    if mode & 0o077 != 0 {
+        why.push(format!("its mode is {mode:04o}"));
+    }
+    if m.uid() != 0 {
+        why.push(format!("its owner is uid {}, not root", m.uid()));
+    }
+    (!why.is_empty()).then(|| {
+        format!(
+            "{} holds the HA pre-shared key and can be read by others than root ({}): run chown root:root and chmod 600 on it, then change the key on both members",
+            path.display(),
+            why.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_key_file_readable_by_others_is_reported_with_what_to_do() {
+        let dir = std::env::temp_dir().join(format!("tandem-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("node.ron");
+        std::fs::write(&f, "(ha: Some((psk: \"x\")))").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = key_file_exposure(&f).expect("0644 is readable by others");
+        assert!(w.contains("0644") && w.contains("chmod 600"), "{w}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Root's own file with mode 0600 is fine; another owner is not.
+        let w = key_file_exposure(&f);
+        assert!(w.as_deref().is_none_or(|w| !w.contains("mode")), "{w:?}");
+        assert_eq!(w.is_none(), nix::unistd::geteuid().is_root(), "{w:?}");
+        let missing = key_file_exposure(&dir.join("missing.ron")).expect("cannot check");
+        assert!(missing.contains("cannot check"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

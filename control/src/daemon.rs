@@ -37,6 +37,9 @@ pub enum DaemonError {
     /// The dataplane could not start.
     #[error("dataplane: {0}")]
     Node(#[from] NodeError),
+    /// The HA keys could not be derived from the pre-shared key.
+    #[error("HA keys: {0}")]
+    Keys(#[from] tandem_dataplane::hakeys::KeyError),
     /// An operating-system call of the control loop failed.
     #[error("control loop: {0}")]
     Io(#[from] std::io::Error),
@@ -108,6 +111,27 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    // The HA keys first (memory-hard on purpose, once per start): the
+    // dataplane's state sync, the workers' check answers and the election
+    // all take theirs from this derivation.
+    let keys = match &cfg.ha {
+        Some(ha) => {
+            let keys = tandem_dataplane::hakeys::for_cluster(&ha.psk, ha.cluster_id)?;
+            events_log.event(
+                "HA",
+                format_args!(
+                    "HA keys derived from the pre-shared key (Argon2id) in {} ms",
+                    keys.took().as_millis()
+                ),
+            );
+            if let Some(w) = crate::cluster::key_file_exposure(config_path) {
+                events_log.event("HA", format_args!("WARNING: {w}"));
+                eprintln!("tandemd: WARNING: {w}");
+            }
+            Some(keys)
+        }
+        None => None,
+    };
     let node = Node::start(&cfg, &config_dir)?;
     if let Some(p) = node.policy() {
         events_log.event(
@@ -145,7 +169,16 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         events: events_log,
         cluster: None,
     };
-    daemon.cluster = Cluster::new(&daemon.cfg, &daemon.node, poll.registry(), CLUSTER_BASE)?;
+    if let Some(keys) = &keys {
+        daemon.cluster = Cluster::new(
+            &daemon.cfg,
+            &daemon.node,
+            poll.registry(),
+            CLUSTER_BASE,
+            keys,
+            config_path,
+        )?;
+    }
     if daemon.cluster.is_some() {
         daemon.events.event(
             "HA",

@@ -13,6 +13,7 @@ pub mod firewall;
 pub mod flow;
 pub mod frag;
 pub mod hadata;
+pub mod hakeys;
 pub mod k2k;
 pub mod lpm;
 pub mod neigh;

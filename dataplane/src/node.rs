@@ -798,7 +798,7 @@ fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings
     let mut session = SessionConfig::new(
         ha.cluster_id,
         serial_from_str(&cfg.node.serial),
-        Psk::new(ha.psk.as_bytes()),
+        Psk::new(crate::hakeys::k2k_master(ha).as_bytes()),
         epoch,
     );
     session.encrypt = ha.encrypt;

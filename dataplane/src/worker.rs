@@ -274,11 +274,16 @@ impl Worker {
         self
     }
 
-    /// Handles an HA frame from the peer: answers a check at once (in
-    /// either role), hands heartbeats and check replies to the control
-    /// thread.
-    fn handle_ha_frame(&mut self, in_port: u16, kind: hadata::Kind, mut mbuf: Mbuf) {
-        let Some(ha) = &self.ha_data else { return };
+    /// Handles an HA frame (classified by [`hadata::classify`]), before the
+    /// policy and the role: policed first (port, token bucket), then a
+    /// check request is answered at once (in either role) and heartbeats
+    /// and check answers are handed to the control thread. Whatever is
+    /// refused is counted and its mbuf freed.
+    fn handle_ha_frame(&mut self, now: u64, in_port: u16, kind: hadata::Kind, mut mbuf: Mbuf) {
+        let Some(ha) = &mut self.ha_data else { return };
+        if !ha.admit(now, in_port, kind) {
+            return;
+        }
         if kind != hadata::Kind::ProbeRequest {
             ha.deliver(in_port, kind, mbuf.data());
             return;
@@ -286,9 +291,9 @@ impl Worker {
         let Some(mac) = self.router.interface(in_port).map(|i| i.mac.0) else {
             return;
         };
-        hadata::answer_in_place(mbuf.data_mut(), mac);
-        ha.answered();
-        self.enqueue(in_port, mbuf);
+        if ha.answer(mbuf.data_mut(), mac) {
+            self.enqueue(in_port, mbuf);
+        }
     }
 
     /// Sends the frames the control thread queued (worker 0 only).
@@ -296,8 +301,9 @@ impl Worker {
         let mut any = false;
         while let Some(out) = self.ha_data.as_ref().and_then(|h| h.next_outgoing()) {
             let m = self.pool.alloc().and_then(|mut m| {
-                let buf = m.append(u16::try_from(out.frame.len()).ok()?)?;
-                buf.copy_from_slice(&out.frame);
+                let frame = out.frame();
+                let buf = m.append(u16::try_from(frame.len()).ok()?)?;
+                buf.copy_from_slice(frame);
                 Some(m)
             });
             if let Some(ha) = &self.ha_data {
@@ -644,7 +650,7 @@ impl Worker {
         }
         if self.ha_data.is_some() {
             if let Some(kind) = hadata::classify(mbuf.data()) {
-                self.handle_ha_frame(in_port, kind, mbuf);
+                self.handle_ha_frame(now, in_port, kind, mbuf);
                 return;
             }
         }

@@ -1,5 +1,9 @@
-//! The heartbeat wire format (UDP 5405), authenticated with HMAC-SHA256
-//! (truncated to 16 bytes) keyed by HKDF-SHA256 from the pre-shared key.
+//! The heartbeat wire format (UDP 5405 on the HA links, and the payload of
+//! the last-resort ICMP frames on the data ports), authenticated with
+//! HMAC-SHA256 (truncated to 16 bytes) under the heartbeat key: Argon2id
+//! of the pre-shared key, then HKDF ([`tandem_dataplane::hakeys`]), so a
+//! host that records last-resort heartbeats on a data segment cannot test
+//! guesses of the pre-shared key at any useful rate.
 //!
 //! ```text
 //!  0  magic      u32  "THAB"
@@ -19,11 +23,14 @@
 //! 52  tag        [u8; 16]  HMAC-SHA256(key, bytes 0..52) truncated
 //! ```
 //! All integers big-endian. Decoding checks length, magic, version, cluster,
-//! the tag (constant-time), field ranges, then the replay window, and never
-//! panics.
+//! the tag (constant-time), field ranges, the sender's serial (our own,
+//! looped back, is refused), then the replay window, and never panics. A
+//! heartbeat thus proves knowledge of the key and names the member that
+//! sent it. (The ICMP check has its own format and key, see
+//! [`tandem_dataplane::hadata::CheckMsg`].)
 
 use super::machine::{LinkId, PeerState, Role};
-use ring::{hkdf, hmac};
+use ring::hmac;
 
 /// UDP port of heartbeats.
 pub const PORT: u16 = 5405;
@@ -67,9 +74,6 @@ pub enum DecodeError {
     Own,
 }
 
-/// Size of an ICMP-check token: nonce then tag.
-pub const PROBE_LEN: usize = 8 + TAG;
-
 #[derive(Clone, Copy, Debug, Default)]
 struct Window {
     epoch: u64,
@@ -101,19 +105,6 @@ fn link_idx(l: LinkId) -> usize {
     }
 }
 
-/// The heartbeat key derived from the pre-shared key.
-pub fn derive_key(psk: &[u8], cluster: u32) -> hmac::Key {
-    let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"tandem-ha-heartbeat-v1");
-    let prk = salt.extract(psk);
-    let cid = cluster.to_be_bytes();
-    let info = [b"heartbeat".as_slice(), cid.as_slice()];
-    match prk.expand(&info, hmac::HMAC_SHA256) {
-        Ok(okm) => hmac::Key::from(okm),
-        // Cannot happen: the output length (32) is far below HKDF's limit.
-        Err(_) => hmac::Key::new(hmac::HMAC_SHA256, psk),
-    }
-}
-
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -125,11 +116,12 @@ fn be64(b: &[u8], at: usize) -> u64 {
 }
 
 impl Codec {
-    /// A codec for `cluster`, keyed by `psk`. The epoch sent is
+    /// A codec for `cluster`, keyed by `key` (the heartbeat key of
+    /// [`tandem_dataplane::hakeys::HaKeys::heartbeat`]). The epoch sent is
     /// `PeerState::epoch`, which must grow across restarts of the sender.
-    pub fn new(psk: &[u8], cluster: u32) -> Self {
+    pub fn new(key: &[u8], cluster: u32) -> Self {
         Codec {
-            key: derive_key(psk, cluster),
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
             cluster,
             tx_seq: [0; 3],
             rx: [Window::default(); 3],
@@ -141,25 +133,6 @@ impl Codec {
     pub fn with_own_serial(mut self, serial: u64) -> Self {
         self.own_serial = Some(serial);
         self
-    }
-
-    /// The token of an ICMP check: `nonce` and its tag, so that only our
-    /// own check, reflected by the peer's dataplane, is taken as an answer.
-    pub fn seal_probe(&self, nonce: u64) -> [u8; PROBE_LEN] {
-        let mut b = [0u8; PROBE_LEN];
-        b[..8].copy_from_slice(&nonce.to_be_bytes());
-        let tag = hmac::sign(&self.key, &[b"probe".as_slice(), &b[..8]].concat());
-        b[8..].copy_from_slice(&tag.as_ref()[..TAG]);
-        b
-    }
-
-    /// The nonce of an authentic ICMP-check token, else `None`.
-    pub fn open_probe(&self, buf: &[u8]) -> Option<u64> {
-        if buf.len() != PROBE_LEN {
-            return None;
-        }
-        let tag = hmac::sign(&self.key, &[b"probe".as_slice(), &buf[..8]].concat());
-        ct_eq(&tag.as_ref()[..TAG], &buf[8..]).then(|| be64(buf, 0))
     }
 
     /// The bytes of our next heartbeat on `link`.

@@ -20,7 +20,8 @@ use tandem_dataplane::k2k::{
 /// Send K2K Hellos sealed with a given key.
 #[derive(Parser, Debug)]
 struct Args {
-    /// The pre-shared key to seal with.
+    /// The pre-shared key to seal with (the K2K key is derived from it as
+    /// the members derive theirs).
     #[arg(long)]
     psk: String,
     /// Cluster id.
@@ -61,7 +62,16 @@ fn main() -> ExitCode {
         }
     };
     let serial = serial_from_str(&a.serial);
-    let psk = Psk::new(a.psk.as_bytes());
+    // Members seal with the K2K master key derived from the pre-shared key
+    // (Argon2id then HKDF), not with the pre-shared key itself.
+    let keys = match tandem_dataplane::hakeys::for_cluster(&a.psk, a.cluster) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("k2k-probe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let psk = Psk::new(keys.k2k_master().as_bytes());
     let epoch = a.epoch;
     // A session of its own: sealed with the hello key of (serial, session).
     let session = random_session_id();

@@ -1,0 +1,277 @@
+//! The keys of the HA protocols, derived once at start from the cluster's
+//! pre-shared key.
+//!
+//! Last-resort heartbeats and ICMP checks travel over the data networks,
+//! where any host can record them: a key derived quickly from the
+//! pre-shared key would let it test guesses offline at billions per
+//! second. So the pre-shared key goes through Argon2id (memory-hard,
+//! [`KdfParams::DEFAULT`], a few hundred milliseconds once per start) into
+//! a master secret, and HKDF-SHA256 splits that into one key per purpose:
+//!
+//! ```text
+//! master    = Argon2id(psk, salt = "tandem-ha-kdf-v1" || cluster id (u32 BE), 32 bytes)
+//! prk       = HKDF-Extract(salt = "tandem-ha-keys-v1", master)
+//! heartbeat = HKDF-Expand(prk, "heartbeat"    || cluster id, 32)   HMAC of the heartbeats (UDP 5405 and last resort)
+//! check     = HKDF-Expand(prk, "icmp-check"   || cluster id, 32)   HMAC of the ICMP checks and their answers
+//! k2k       = HKDF-Expand(prk, "k2k-master"   || cluster id, 32)   input of the state sync's own derivation
+//! ```
+//!
+//! Every secret we hold is zeroed on drop ([`Zeroizing`]); `Debug` never
+//! shows one. (ring's HMAC keys and HKDF states, built from these bytes,
+//! are not wiped by ring.)
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ring::hkdf;
+use zeroize::Zeroizing;
+
+/// Length of every derived key.
+pub const KEY_LEN: usize = 32;
+
+/// A derived secret of [`KEY_LEN`] bytes, zeroed on drop.
+#[derive(Clone)]
+pub struct KeyBytes(Zeroizing<[u8; KEY_LEN]>);
+
+impl KeyBytes {
+    /// The bytes (hand them straight to the consumer; do not copy them
+    /// into buffers that outlive the call).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0[..]
+    }
+}
+
+impl fmt::Debug for KeyBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyBytes(<redacted>)")
+    }
+}
+
+/// The cost of the memory-hard derivation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes over the memory.
+    pub passes: u32,
+    /// Lanes.
+    pub lanes: u32,
+}
+
+impl KdfParams {
+    /// 64 MiB, 2 passes, 1 lane: about 130 ms on one core of the lab
+    /// machine (measured by `hakeys::tests::the_default_cost_is_a_few_hundred_ms`),
+    /// paid once per start, off the heartbeat path.
+    pub const DEFAULT: KdfParams = KdfParams {
+        memory_kib: 64 * 1024,
+        passes: 2,
+        lanes: 1,
+    };
+}
+
+/// Why the keys could not be derived.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The pre-shared key is empty.
+    #[error("the HA pre-shared key (ha.psk) is empty: set the cluster key on both members")]
+    EmptyPsk,
+    /// Argon2 refused its parameters (a build defect, not a configuration one).
+    #[error("the key derivation (Argon2id) failed: {0}; report this defect")]
+    Kdf(String),
+}
+
+/// The HA keys of one cluster (see the module documentation).
+pub struct HaKeys {
+    cluster_id: u32,
+    heartbeat: KeyBytes,
+    check: KeyBytes,
+    k2k: KeyBytes,
+    took: Duration,
+}
+
+impl fmt::Debug for HaKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HaKeys")
+            .field("cluster_id", &self.cluster_id)
+            .field("took", &self.took)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+fn expand(prk: &hkdf::Prk, label: &[u8], cluster_id: u32) -> Result<KeyBytes, KeyError> {
+    let cid = cluster_id.to_be_bytes();
+    let info = [label, &cid[..]];
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    prk.expand(&info, Len(KEY_LEN))
+        .and_then(|okm| okm.fill(&mut out[..]))
+        .map_err(|_| KeyError::Kdf("HKDF output length".into()))?;
+    Ok(KeyBytes(out))
+}
+
+impl HaKeys {
+    /// Derives the keys of `cluster_id` from `psk` with the default cost.
+    pub fn derive(psk: &[u8], cluster_id: u32) -> Result<HaKeys, KeyError> {
+        Self::derive_with(psk, cluster_id, KdfParams::DEFAULT)
+    }
+
+    /// Derives the keys with an explicit Argon2id cost (tests use a cheap one).
+    pub fn derive_with(psk: &[u8], cluster_id: u32, p: KdfParams) -> Result<HaKeys, KeyError> {
+        use argon2::{Algorithm, Argon2, Params, Version};
+        if psk.is_empty() {
+            return Err(KeyError::EmptyPsk);
+        }
+        let t0 = Instant::now();
+        let params = Params::new(p.memory_kib, p.passes, p.lanes, Some(KEY_LEN))
+            .map_err(|e| KeyError::Kdf(e.to_string()))?;
+        let mut salt = [0u8; 20];
+        salt[..16].copy_from_slice(b"tandem-ha-kdf-v1");
+        salt[16..].copy_from_slice(&cluster_id.to_be_bytes());
+        let mut master = Zeroizing::new([0u8; KEY_LEN]);
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_into(psk, &salt, &mut master[..])
+            .map_err(|e| KeyError::Kdf(e.to_string()))?;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"tandem-ha-keys-v1").extract(&master[..]);
+        Ok(HaKeys {
+            cluster_id,
+            heartbeat: expand(&prk, b"heartbeat", cluster_id)?,
+            check: expand(&prk, b"icmp-check", cluster_id)?,
+            k2k: expand(&prk, b"k2k-master", cluster_id)?,
+            took: t0.elapsed(),
+        })
+    }
+
+    /// The cluster the keys belong to.
+    pub fn cluster_id(&self) -> u32 {
+        self.cluster_id
+    }
+
+    /// The key of the heartbeats' HMAC.
+    pub fn heartbeat(&self) -> &KeyBytes {
+        &self.heartbeat
+    }
+
+    /// The key of the ICMP checks and of the answers the workers compute.
+    pub fn check(&self) -> &KeyBytes {
+        &self.check
+    }
+
+    /// The master key of the state sync (K2K derives its own keys from it).
+    pub fn k2k_master(&self) -> &KeyBytes {
+        &self.k2k
+    }
+
+    /// How long the derivation took.
+    pub fn took(&self) -> Duration {
+        self.took
+    }
+}
+
+/// The keys derived in this process, so that the derivation runs once per
+/// start whoever asks first (the daemon, the dataplane's state sync, the
+/// election). One entry: a process is one member of one cluster.
+struct Memo {
+    psk: Zeroizing<Vec<u8>>,
+    cluster_id: u32,
+    keys: Arc<HaKeys>,
+}
+
+static MEMO: Mutex<Option<Memo>> = Mutex::new(None);
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The keys of `cluster_id` under `psk`: derived on the first call of the
+/// process (slow, on purpose), the same keys on later calls.
+pub fn for_cluster(psk: &str, cluster_id: u32) -> Result<Arc<HaKeys>, KeyError> {
+    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = memo.as_ref() {
+        if m.cluster_id == cluster_id && same(&m.psk, psk.as_bytes()) {
+            return Ok(m.keys.clone());
+        }
+    }
+    let keys = Arc::new(HaKeys::derive(psk.as_bytes(), cluster_id)?);
+    *memo = Some(Memo {
+        psk: Zeroizing::new(psk.as_bytes().to_vec()),
+        cluster_id,
+        keys: keys.clone(),
+    });
+    Ok(keys)
+}
+
+/// The state sync's master key for `ha` ([`for_cluster`]); empty if the
+/// keys cannot be derived, which the state sync refuses at start with a
+/// clear error (the daemon derives the keys first and reports why).
+pub fn k2k_master(ha: &tandem_config::HaConfig) -> KeyBytes {
+    for_cluster(&ha.psk, ha.cluster_id).map_or_else(
+        |_| KeyBytes(Zeroizing::new([0u8; KEY_LEN])),
+        |k| k.k2k_master().clone(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHEAP: KdfParams = KdfParams {
+        memory_kib: 64,
+        passes: 1,
+        lanes: 1,
+    };
+
+    #[test]
+    fn keys_differ_per_purpose_per_cluster_and_per_psk() {
+        let a = HaKeys::derive_with(b"Lab-Cluster-Key-2026", 7, CHEAP).unwrap();
+        let b = HaKeys::derive_with(b"Lab-Cluster-Key-2026", 7, CHEAP).unwrap();
+        assert_eq!(a.heartbeat().as_bytes(), b.heartbeat().as_bytes());
+        assert_ne!(a.heartbeat().as_bytes(), a.check().as_bytes());
+        assert_ne!(a.check().as_bytes(), a.k2k_master().as_bytes());
+        let c = HaKeys::derive_with(b"Lab-Cluster-Key-2026", 8, CHEAP).unwrap();
+        assert_ne!(a.heartbeat().as_bytes(), c.heartbeat().as_bytes());
+        let d = HaKeys::derive_with(b"Lab-Cluster-Key-2027", 7, CHEAP).unwrap();
+        assert_ne!(a.heartbeat().as_bytes(), d.heartbeat().as_bytes());
+        // The pre-shared key itself is not one of them.
+        assert_ne!(&a.k2k_master().as_bytes()[..20], b"Lab-Cluster-Key-2026");
+    }
+
+    #[test]
+    fn an_empty_key_is_refused_with_a_clear_error() {
+        let e = HaKeys::derive_with(b"", 7, CHEAP).unwrap_err();
+        assert_eq!(e, KeyError::EmptyPsk);
+        assert!(e.to_string().contains("ha.psk"));
+    }
+
+    #[test]
+    fn debug_never_shows_a_key() {
+        let a = HaKeys::derive_with(b"Lab-Cluster-Key-2026", 7, CHEAP).unwrap();
+        let text = format!("{a:?} {:?}", a.check());
+        for k in [a.heartbeat(), a.check(), a.k2k_master()] {
+            assert!(!text.contains(&format!("{:?}", k.as_bytes())), "{text}");
+        }
+        assert!(text.contains("redacted"), "{text}");
+    }
+
+    /// The default cost is memory-hard and takes a noticeable time, paid
+    /// once: the memo hands the same keys out again at no cost.
+    #[test]
+    fn the_default_cost_is_a_few_hundred_ms_and_paid_once() {
+        let a = for_cluster("Lab-Cluster-Key-2026", 77).unwrap();
+        eprintln!("Argon2id {:?}: {:?}", KdfParams::DEFAULT, a.took());
+        assert!(a.took() >= Duration::from_millis(20), "{:?}", a.took());
+        let t = Instant::now();
+        let b = for_cluster("Lab-Cluster-Key-2026", 77).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(t.elapsed() < Duration::from_millis(20));
+        let c = HaKeys::derive_with(b"Lab-Cluster-Key-2026", 77, KdfParams::DEFAULT).unwrap();
+        assert_eq!(a.k2k_master().as_bytes(), c.k2k_master().as_bytes());
+    }
+}
