@@ -40,6 +40,11 @@ pub enum DaemonError {
     /// An operating-system call of the control loop failed.
     #[error("control loop: {0}")]
     Io(#[from] std::io::Error),
+    /// The event log's writer thread could not start.
+    #[error(
+        "cannot start the event log's writer thread: {0}. Check the process and memory limits"
+    )]
+    EventLog(std::io::Error),
 }
 
 const SIGNAL: Token = Token(0);
@@ -79,7 +84,8 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         .event_log
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/var/log/tandem/{name}.log")));
-    let mut events_log = EventLog::open(&name, Some(&log_path), 1 << 20, 5);
+    let events_log =
+        EventLog::open(&name, Some(&log_path), 1 << 20, 5).map_err(DaemonError::EventLog)?;
     let mut poll = Poll::new()?;
     let (sig_rx, sig_tx) = std::os::unix::net::UnixStream::pair()?;
     sig_rx.set_nonblocking(true)?;
