@@ -91,6 +91,9 @@ pub struct SyncShared {
     pub lag_ms: [AtomicU64; 4],
     /// Lag samples taken.
     pub lag_samples: AtomicU64,
+    /// Turns of the sync thread's loop: the control thread's watchdog
+    /// takes a counter that stops moving for a stuck or dead sync thread.
+    pub loops: AtomicU64,
 }
 
 /// A worker's side of the sync: the delta ring the sync core drains, the
@@ -283,6 +286,7 @@ impl Core {
         let mut buf = vec![0u8; 65_536];
         let mut idle = 0u32;
         while !stop.load(Ordering::Relaxed) {
+            self.shared.loops.fetch_add(1, Ordering::Relaxed);
             let now = self.now();
             let mut work = 0;
             work += self.check_links(now);
