@@ -171,6 +171,9 @@ pub struct FirewallConfig {
     pub policy: Option<PathBuf>,
     /// Size of the connection table.
     pub connections: u32,
+    /// More fields of the section, written as is (e.g.
+    /// `timeouts: (udp_unreplied: Some(600)),`).
+    pub extra: String,
 }
 
 fn ron_str(s: &str) -> String {
@@ -226,6 +229,7 @@ impl NodeConfig {
         self.firewall = Some(FirewallConfig {
             policy: Some(policy.to_path_buf()),
             connections: 65536,
+            extra: String::new(),
         });
         self
     }
@@ -286,9 +290,10 @@ impl NodeConfig {
         if let Some(fw) = &self.firewall {
             let policy = fw.policy.as_ref().map(|p| p.to_string_lossy().into_owned());
             s += &format!(
-                "    firewall: (policy: {}, connections: {}),\n",
+                "    firewall: (policy: {}, connections: {}, {}),\n",
                 ron_opt_str(&policy),
-                fw.connections
+                fw.connections,
+                fw.extra
             );
         }
         if let Some(ha) = &self.ha {
