@@ -194,7 +194,7 @@ impl ApiThread {
                 let ctx = ctx.clone();
                 move || run_jobs(&ctx, &jobs_rx)
             })
-            .map_err(|source| SocketError::Register { source })?;
+            .map_err(|source| SocketError::Thread { source })?;
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = unbounded();
         let server = Server {
@@ -214,7 +214,7 @@ impl ApiThread {
                 let stop = stop.clone();
                 move || server.run(&stop)
             })
-            .map_err(|source| SocketError::Register { source })?;
+            .map_err(|source| SocketError::Thread { source })?;
         Ok(ApiThread {
             waker,
             stop,

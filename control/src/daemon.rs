@@ -96,6 +96,15 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         .unwrap_or_else(|| PathBuf::from(format!("/var/log/tandem/{name}.log")));
     let events_log =
         EventLog::open(&name, Some(&log_path), 1 << 20, 5).map_err(DaemonError::EventLog)?;
+    let result = serve(cfg, config_path, events_log.clone());
+    // What the writer thread still holds reaches the file before the
+    // process ends, also when starting failed.
+    events_log.flush(Duration::from_secs(1));
+    result
+}
+
+/// [`run`] once the event log is open.
+fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<(), DaemonError> {
     let mut poll = Poll::new()?;
     let (sig_rx, sig_tx) = std::os::unix::net::UnixStream::pair()?;
     sig_rx.set_nonblocking(true)?;
@@ -312,7 +321,6 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         ),
     }
     events.event("SYSTEM", "stopped");
-    events.flush(Duration::from_secs(1));
     Ok(())
 }
 

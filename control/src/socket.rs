@@ -119,6 +119,12 @@ pub enum SocketError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The thread that serves the socket could not start.
+    #[error("cannot start the thread that serves the control socket: {source}. Check the process and memory limits")]
+    Thread {
+        /// The underlying error.
+        source: io::Error,
+    },
 }
 
 /// The listening control socket and the clients it is serving.
