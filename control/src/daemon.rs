@@ -175,6 +175,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
     if node.sync().is_some() {
         watched.push("the sync thread".into());
     }
+    let progress = progress_timeout(&cfg);
     let mut daemon = Daemon {
         forced: None,
         cfg: Arc::new(cfg),
@@ -184,7 +185,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
         events: events_log,
         cluster: None,
         shared: Arc::new(ControlShared::default()),
-        watchdog: Watchdog::new(watched, PROGRESS_TIMEOUT, Instant::now()),
+        watchdog: Watchdog::new(watched, progress, Instant::now()),
     };
     daemon.cluster = Cluster::new(&daemon.cfg, &daemon.node, poll.registry(), CLUSTER_BASE)?;
     if daemon.cluster.is_some() {
@@ -322,6 +323,17 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
     }
     events.event("SYSTEM", "stopped");
     Ok(())
+}
+
+/// How long a dataplane thread may go without turning its loop:
+/// [`PROGRESS_TIMEOUT`], or four of an adaptive worker's longest sleeps if
+/// that is longer (`idle.max_sleep_us` may be up to 100 ms).
+fn progress_timeout(cfg: &NodeConfig) -> Duration {
+    match cfg.dataplane.poll_mode {
+        tandem_config::PollMode::Adaptive => PROGRESS_TIMEOUT
+            .max(Duration::from_micros(u64::from(cfg.dataplane.idle.max_sleep_us)) * 4),
+        tandem_config::PollMode::Busy => PROGRESS_TIMEOUT,
+    }
 }
 
 impl Daemon {
@@ -492,5 +504,27 @@ impl Daemon {
         for l in lines {
             self.events.event("SYNC", l);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab_config() -> NodeConfig {
+        let text = include_str!("../../config/examples/node-lab.ron");
+        tandem_config::parse(text, "node-lab.ron").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_worker_that_may_sleep_long_gets_a_longer_progress_timeout() {
+        let mut cfg = lab_config();
+        cfg.dataplane.poll_mode = tandem_config::PollMode::Adaptive;
+        cfg.dataplane.idle.max_sleep_us = 500;
+        assert_eq!(progress_timeout(&cfg), PROGRESS_TIMEOUT);
+        cfg.dataplane.idle.max_sleep_us = 100_000;
+        assert_eq!(progress_timeout(&cfg), Duration::from_millis(400));
+        cfg.dataplane.poll_mode = tandem_config::PollMode::Busy;
+        assert_eq!(progress_timeout(&cfg), PROGRESS_TIMEOUT);
     }
 }

@@ -10,9 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-/// A thread whose loop counter does not move for this long is stuck. A
-/// live worker turns at least every `max_sleep_us` (500 us by default);
-/// the sync thread at least every millisecond.
+/// A thread whose loop counter does not move for this long is stuck (the
+/// daemon takes four of an adaptive worker's longest sleeps instead when
+/// that is longer). A live worker turns at least every `max_sleep_us`
+/// (500 us by default); the sync thread at least every millisecond.
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// What a watched thread shows at one check.
