@@ -585,6 +585,10 @@ fn faulty_cluster(tag: &str) -> (Cluster, usize, usize) {
     .expect("synchronized");
     host::wait_for_ping(c.lab.client(), addr::SERVER, Duration::from_secs(20))
         .expect("through the active");
+    // Linux hosts ignore a gratuitous ARP that comes within `locktime`
+    // (1 s) of the last update of the entry: let the hosts' ARP entries
+    // for the gateways age past it, so the new active's GARPs count.
+    thread::sleep(Duration::from_millis(1500));
     (c, active, passive)
 }
 
