@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -72,6 +72,31 @@ pub enum Request {
     /// The cluster as the election sees it (members, links, checks), as
     /// `hainfo`.
     HaInfo,
+    /// Injects a fault, for tests of the black-hole watchdog only: refused
+    /// unless tandemd was started with `TANDEM_TEST_FAULTS=1`.
+    Debug {
+        /// The fault (required).
+        #[serde(default)]
+        fault: Option<DebugFault>,
+    },
+}
+
+/// A fault `tandemctl debug` injects (tests only).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DebugFault {
+    /// A worker stops polling for a while, as one stuck in a loop would.
+    StallWorker {
+        /// Worker index.
+        worker: usize,
+        /// How long, ms (at most 10,000).
+        ms: u64,
+    },
+    /// A worker panics: its thread ends.
+    PanicWorker {
+        /// Worker index.
+        worker: usize,
+    },
 }
 
 /// Which connections `conn list` shows (every field narrows the list).
@@ -114,6 +139,7 @@ impl Request {
         "sync_verify",
         "log",
         "ha_info",
+        "debug",
     ];
 
     /// The value of `cmd` for this request.
@@ -132,6 +158,7 @@ impl Request {
             Request::SyncVerify { .. } => "sync_verify",
             Request::Log { .. } => "log",
             Request::HaInfo => "ha_info",
+            Request::Debug { .. } => "debug",
         }
     }
 
@@ -185,6 +212,11 @@ pub enum Response {
         nat_rules: usize,
         /// The file it was read from.
         path: String,
+    },
+    /// The request was carried out; `message` says what happened.
+    Done {
+        /// Human-readable, meant to be shown to the operator as is.
+        message: String,
     },
     /// The request was refused or failed; `message` says why and what to do.
     Error {
@@ -901,7 +933,8 @@ mod tests {
             | Request::SyncDigest
             | Request::SyncVerify { .. }
             | Request::HaInfo
-            | Request::Log { .. } => {}
+            | Request::Log { .. }
+            | Request::Debug { .. } => {}
         }
         let all = [
             Request::Status,
@@ -919,6 +952,7 @@ mod tests {
             Request::SyncVerify { start: false },
             Request::Log { lines: None },
             Request::HaInfo,
+            Request::Debug { fault: None },
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
         for req in all {
@@ -939,7 +973,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, debug"
         );
     }
 
@@ -1003,5 +1037,34 @@ mod tests {
             Response::Stats(s) => assert_eq!(s.drops_total["no_route"], 3),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_debug_request_names_its_fault_and_a_bad_one_says_what_is_wrong() {
+        let req = parse_request(br#"{"cmd":"debug","fault":{"kind":"panic_worker","worker":1}}"#)
+            .unwrap();
+        assert_eq!(
+            req,
+            Request::Debug {
+                fault: Some(DebugFault::PanicWorker { worker: 1 })
+            }
+        );
+        assert_eq!(parse_request(&req.to_line()).unwrap(), req);
+        let stall = Request::Debug {
+            fault: Some(DebugFault::StallWorker {
+                worker: 0,
+                ms: 3000,
+            }),
+        };
+        assert_eq!(
+            String::from_utf8(stall.to_line()).unwrap(),
+            "{\"cmd\":\"debug\",\"fault\":{\"kind\":\"stall_worker\",\"worker\":0,\"ms\":3000}}\n"
+        );
+        let err = parse_request(br#"{"cmd":"debug","fault":{"kind":"reboot"}}"#).unwrap_err();
+        assert!(
+            matches!(err, ApiError::BadArguments { .. })
+                && err.to_string().contains("stall_worker"),
+            "{err}"
+        );
     }
 }

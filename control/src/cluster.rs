@@ -179,6 +179,9 @@ pub struct Cluster {
     problems: Vec<String>,
     /// Heartbeats dropped by reason (bad tag, replay, ...).
     pub rejected: u64,
+    /// A worker or the sync thread died or stalls (the daemon's watchdog):
+    /// quality 0, so that the peer takes over (no black hole).
+    pub dataplane_failed: bool,
 }
 
 /// A serial as the number the election compares (lower stays active on a
@@ -379,6 +382,7 @@ impl Cluster {
             penalties: Vec::new(),
             problems: Vec::new(),
             rejected: 0,
+            dataplane_failed: false,
         }))
     }
 
@@ -587,6 +591,7 @@ impl Cluster {
         }
         let (interfaces, aggregates) = quality_inputs(node);
         let q = quality(&interfaces, &aggregates, &self.penalties, &self.quality_cfg);
+        let q = if self.dataplane_failed { 0 } else { q };
         // The machine acts on changes only: feed the current values.
         self.ha.handle_event(now, Event::LocalQuality(q));
         let complete = node.sync().is_some_and(|s| {

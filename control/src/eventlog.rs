@@ -10,23 +10,58 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
 
 /// Lines kept in memory for `tandemctl log`.
 pub const MEMORY_LINES: usize = 1000;
 
-/// The event log of one node.
-#[derive(Debug)]
+/// Lines waiting for the writer thread; more are dropped (and counted),
+/// never waited for.
+pub const QUEUE_LINES: usize = 4096;
+
+/// The event log of one node: a cheap handle (clone it for every thread
+/// that logs). [`EventLog::event`] never blocks: it formats the line and
+/// hands it to a writer thread over a bounded queue (a full queue drops
+/// the line and counts it); the writer thread prints it on stderr, writes
+/// the file (with rotation) and keeps the last [`MEMORY_LINES`] in memory.
+#[derive(Debug, Clone)]
 pub struct EventLog {
-    node: String,
+    node: Arc<str>,
+    tx: Sender<Message>,
+    shared: Arc<Shared>,
+}
+
+/// What the writer thread and the handles share.
+#[derive(Debug, Default)]
+struct Shared {
+    recent: Mutex<VecDeque<String>>,
+    /// Lines dropped because the queue was full (or the writer gone).
+    dropped: AtomicU64,
+    /// File errors (open, write, rotate): the log never stops the node.
+    errors: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Message {
+    Line(String),
+    /// Answer once every line queued before is handled.
+    Flush(Sender<()>),
+}
+
+/// The writer thread's file.
+struct Writer {
+    node: Arc<str>,
     path: Option<PathBuf>,
     file: Option<File>,
     written: u64,
     max_bytes: u64,
     keep: usize,
-    recent: VecDeque<String>,
-    /// Write errors (the log never stops the node).
-    pub errors: u64,
+    shared: Arc<Shared>,
+    dropped_reported: u64,
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) of a time since the Unix epoch.
@@ -56,20 +91,147 @@ pub fn timestamp(t: SystemTime) -> String {
 impl EventLog {
     /// A log for node `node` writing to `path` (created with its directory
     /// if missing), rotated when it reaches `max_bytes` into `path.1` ..
-    /// `path.<keep>`. Without a path the log is kept in memory only.
-    pub fn open(node: &str, path: Option<&Path>, max_bytes: u64, keep: usize) -> EventLog {
-        let mut log = EventLog {
-            node: node.to_owned(),
+    /// `path.<keep>`. Without a path the log is kept in memory only. Starts
+    /// the writer thread, which ends when every handle is dropped.
+    pub fn open(
+        node: &str,
+        path: Option<&Path>,
+        max_bytes: u64,
+        keep: usize,
+    ) -> std::io::Result<EventLog> {
+        Self::open_with_queue(node, path, max_bytes, keep, QUEUE_LINES)
+    }
+
+    fn open_with_queue(
+        node: &str,
+        path: Option<&Path>,
+        max_bytes: u64,
+        keep: usize,
+        queue: usize,
+    ) -> std::io::Result<EventLog> {
+        let node: Arc<str> = Arc::from(node);
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = bounded(queue);
+        let mut writer = Writer {
+            node: node.clone(),
             path: path.map(Path::to_path_buf),
             file: None,
             written: 0,
             max_bytes: max_bytes.max(4096),
             keep: keep.max(1),
-            recent: VecDeque::with_capacity(MEMORY_LINES),
-            errors: 0,
+            shared: shared.clone(),
+            dropped_reported: 0,
         };
-        log.reopen();
-        log
+        writer.reopen();
+        std::thread::Builder::new()
+            .name("tandem-log".into())
+            .spawn(move || writer.run(&rx))?;
+        Ok(EventLog { node, tx, shared })
+    }
+
+    /// Records one event of `service` (e.g. "HA", "SYNC", "POLICY"). Never
+    /// blocks: when the writer is behind by [`QUEUE_LINES`] lines, the line
+    /// is dropped and counted (the writer logs how many were lost).
+    pub fn event(&self, service: &str, message: impl std::fmt::Display) {
+        let line = format!(
+            "{} {} {service}: {message}",
+            timestamp(SystemTime::now()),
+            self.node
+        );
+        match self.tx.try_send(Message::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) until every line logged before is
+    /// written; false if the writer did not get there in time. For tests
+    /// and the end of the process, not for the control thread.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (ack, done) = bounded(1);
+        self.tx.send_timeout(Message::Flush(ack), timeout).is_ok()
+            && done.recv_timeout(timeout).is_ok()
+    }
+
+    /// The last `n` lines the writer handled (oldest first).
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let recent = self
+            .shared
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let skip = recent.len().saturating_sub(n);
+        recent.iter().skip(skip).cloned().collect()
+    }
+
+    /// Lines dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// File errors so far (the log never stops the node).
+    pub fn errors(&self) -> u64 {
+        self.shared.errors.load(Ordering::Relaxed)
+    }
+}
+
+impl Writer {
+    fn run(&mut self, rx: &Receiver<Message>) {
+        while let Ok(m) = rx.recv() {
+            match m {
+                Message::Line(line) => {
+                    self.report_dropped();
+                    self.write(line);
+                }
+                Message::Flush(ack) => {
+                    self.report_dropped();
+                    if let Some(f) = &mut self.file {
+                        let _ = f.flush();
+                    }
+                    let _ = ack.try_send(());
+                }
+            }
+        }
+    }
+
+    /// Says (once per loss) how many lines the queue dropped.
+    fn report_dropped(&mut self) {
+        let dropped = self.shared.dropped.load(Ordering::Relaxed);
+        if dropped > self.dropped_reported {
+            let lost = dropped - self.dropped_reported;
+            self.dropped_reported = dropped;
+            let line = format!(
+                "{} {} SYSTEM: {lost} event-log lines lost: the log writer fell behind (disk slow or full?)",
+                timestamp(SystemTime::now()),
+                self.node
+            );
+            self.write(line);
+        }
+    }
+
+    fn write(&mut self, line: String) {
+        eprintln!("{line}");
+        if self.written + line.len() as u64 + 1 > self.max_bytes {
+            self.rotate();
+        }
+        if let Some(f) = &mut self.file {
+            if writeln!(f, "{line}").is_ok() {
+                self.written += line.len() as u64 + 1;
+            } else {
+                self.shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut recent = self
+            .shared
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == MEMORY_LINES {
+            recent.pop_front();
+        }
+        recent.push_back(line);
     }
 
     fn reopen(&mut self) {
@@ -83,7 +245,7 @@ impl EventLog {
                 self.file = Some(f);
             }
             Err(_) => {
-                self.errors += 1;
+                self.shared.errors.fetch_add(1, Ordering::Relaxed);
                 self.file = None;
             }
         }
@@ -106,36 +268,6 @@ impl EventLog {
         let _ = std::fs::rename(&path, name(1));
         self.reopen();
     }
-
-    /// Records one event of `service` (e.g. "HA", "SYNC", "POLICY").
-    pub fn event(&mut self, service: &str, message: impl std::fmt::Display) {
-        let line = format!(
-            "{} {} {service}: {message}",
-            timestamp(SystemTime::now()),
-            self.node
-        );
-        eprintln!("{line}");
-        if self.recent.len() == MEMORY_LINES {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(line.clone());
-        if self.written + line.len() as u64 + 1 > self.max_bytes {
-            self.rotate();
-        }
-        if let Some(f) = &mut self.file {
-            if writeln!(f, "{line}").is_ok() {
-                self.written += line.len() as u64 + 1;
-            } else {
-                self.errors += 1;
-            }
-        }
-    }
-
-    /// The last `n` lines (oldest first).
-    pub fn tail(&self, n: usize) -> Vec<String> {
-        let skip = self.recent.len().saturating_sub(n);
-        self.recent.iter().skip(skip).cloned().collect()
-    }
 }
 
 #[cfg(test)]
@@ -157,14 +289,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tandem-eventlog-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("ha.log");
-        let mut log = EventLog::open("fw1", Some(&path), 4096, 2);
+        let log = EventLog::open("fw1", Some(&path), 4096, 2).unwrap();
         for i in 0..200 {
             log.event(
                 "HA",
                 format_args!("event number {i} with some padding to fill the file"),
             );
         }
-        assert_eq!(log.errors, 0);
+        assert!(log.flush(Duration::from_secs(5)));
+        assert_eq!(log.errors(), 0);
+        assert_eq!(log.dropped(), 0);
         let tail = log.tail(2);
         assert_eq!(tail.len(), 2);
         assert!(
@@ -188,11 +322,36 @@ mod tests {
 
     #[test]
     fn a_log_without_a_file_keeps_lines_in_memory() {
-        let mut log = EventLog::open("fw2", None, 0, 0);
+        let log = EventLog::open("fw2", None, 0, 0).unwrap();
         for i in 0..(MEMORY_LINES + 5) {
             log.event("SYNC", i);
         }
+        assert!(log.flush(Duration::from_secs(5)));
         assert_eq!(log.tail(usize::MAX).len(), MEMORY_LINES);
         assert!(log.tail(1)[0].ends_with(&format!("SYNC: {}", MEMORY_LINES + 4)));
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_lines_instead_of_blocking() {
+        let log = EventLog::open_with_queue("fw3", None, 0, 0, 8).unwrap();
+        // Hold the writer up: it blocks on the memory tail's lock.
+        let held = log.shared.recent.lock().unwrap();
+        for i in 0..100 {
+            log.event("HA", i);
+        }
+        let dropped = log.dropped();
+        assert!(
+            (100 - 9..=100).contains(&dropped),
+            "the queue holds 8 lines and the writer took at most one: {dropped} dropped"
+        );
+        drop(held);
+        assert!(log.flush(Duration::from_secs(5)));
+        let tail = log.tail(usize::MAX);
+        assert!(
+            tail.iter()
+                .any(|l| l.ends_with(&format!("SYSTEM: {dropped} event-log lines lost: the log writer fell behind (disk slow or full?)"))),
+            "{tail:?}"
+        );
+        assert_eq!(tail.len() as u64, 100 - dropped + 1);
     }
 }

@@ -3,10 +3,13 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod apiserver;
 pub mod client;
 pub mod cluster;
 pub mod daemon;
 pub mod eventlog;
 pub mod ha;
 pub mod health;
+pub mod reports;
 pub mod socket;
+pub mod watchdog;

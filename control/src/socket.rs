@@ -1,17 +1,21 @@
 //! The daemon's end of the local control socket.
 //!
 //! [`ControlSocket`] is a Unix-domain stream listener driven by a mio
-//! [`Poll`](mio::Poll) that the caller owns (the control thread, which also
-//! serves timers and HA sockets). It is a thin front end: it accepts a
-//! client, checks it is root, reads one request line, parses it into a
-//! [`Request`] and hands that to the caller's handler, writes the
-//! [`Response`] line back and closes. It never touches dataplane state.
+//! [`Poll`](mio::Poll) that the caller owns (the API thread, see
+//! [`crate::apiserver`]). It is a thin front end: it accepts a client,
+//! checks it is root, reads one request line, parses it into a [`Request`]
+//! and hands that to the caller's handler, writes the [`Response`] line
+//! back and closes. It never touches dataplane state. The handler answers
+//! at once, or later (work done on another thread): it returns `None` and
+//! the caller passes the answer to [`ControlSocket::answer`] with the
+//! client's [`ClientId`].
 //!
 //! Nothing here blocks: reads and writes are non-blocking and resume on the
 //! next readiness event. At most [`MAX_CLIENTS`] clients are served at once
 //! (more are answered "busy" and closed), and each one has
-//! [`CLIENT_TIMEOUT`] to send its request, and as long again to read the
-//! answer, enforced by [`ControlSocket::poll_timeouts`].
+//! [`CLIENT_TIMEOUT`] to send its request, [`ANSWER_TIMEOUT`] for the
+//! answer to be ready and [`CLIENT_TIMEOUT`] again to read it, enforced by
+//! [`ControlSocket::poll_timeouts`].
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -33,6 +37,10 @@ pub const MAX_CLIENTS: usize = 16;
 
 /// How long a client has to send its request, and then to read the answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an answer given later (a table walk, a policy compilation) may
+/// take before the client is told it timed out.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How many consecutive tokens, from the base given to
 /// [`ControlSocket::register`], the socket uses: the listener, then one per
@@ -111,6 +119,12 @@ pub enum SocketError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The thread that serves the socket could not start.
+    #[error("cannot start the thread that serves the control socket: {source}. Check the process and memory limits")]
+    Thread {
+        /// The underlying error.
+        source: io::Error,
+    },
 }
 
 /// The listening control socket and the clients it is serving.
@@ -123,7 +137,18 @@ pub struct ControlSocket {
     token_base: Option<usize>,
     clients: Vec<Option<Client>>,
     client_timeout: Duration,
+    answer_timeout: Duration,
     allowed_uid: u32,
+    /// Numbers the clients, so a late answer never reaches the next
+    /// client of the same slot.
+    admitted: u64,
+}
+
+/// Who an answer given later is for (see [`ControlSocket::answer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientId {
+    slot: usize,
+    serial: u64,
 }
 
 impl std::fmt::Debug for ControlSocket {
@@ -140,11 +165,15 @@ struct Client {
     stream: UnixStream,
     deadline: Instant,
     phase: Phase,
+    serial: u64,
 }
 
 enum Phase {
     /// Collecting the request line.
     Reading(Vec<u8>),
+    /// The request is with the caller; the answer comes through
+    /// [`ControlSocket::answer`].
+    Waiting,
     /// Sending the response line.
     Writing { out: Vec<u8>, written: usize },
 }
@@ -211,7 +240,9 @@ impl ControlSocket {
             token_base: None,
             clients: (0..MAX_CLIENTS).map(|_| None).collect(),
             client_timeout: CLIENT_TIMEOUT,
+            answer_timeout: ANSWER_TIMEOUT,
             allowed_uid: 0,
+            admitted: 0,
         })
     }
 
@@ -236,12 +267,14 @@ impl ControlSocket {
 
     /// Serves one readiness event of a token this socket [owns](Self::owns):
     /// accepts new clients, or advances one client's read, `handler` call
-    /// and write. Events for other tokens are ignored.
+    /// and write. Events for other tokens are ignored. The handler answers
+    /// at once (`Some`), or `None`: the answer comes later through
+    /// [`answer`](Self::answer) with the `ClientId` it was given.
     pub fn handle_event(
         &mut self,
         registry: &Registry,
         event: &Event,
-        handler: &mut dyn FnMut(Request) -> Response,
+        handler: &mut dyn FnMut(Request, ClientId) -> Option<Response>,
     ) {
         let Some(base) = self.token_base else {
             return;
@@ -255,20 +288,71 @@ impl ControlSocket {
         }
     }
 
-    /// Closes the clients whose time is up; one still sending its request is
-    /// told why first. Call it whenever [`next_deadline`](Self::next_deadline)
+    /// Sends `line` (one encoded [`Response`], newline included) to the
+    /// client `id` that was told to wait. Nothing happens if that client is
+    /// gone (hung up or timed out). Returns whether it was still waiting.
+    pub fn answer(&mut self, registry: &Registry, id: ClientId, line: Vec<u8>) -> bool {
+        let Some(base) = self.token_base else {
+            return false;
+        };
+        let timeout = self.client_timeout;
+        let Some(client) = self
+            .clients
+            .get_mut(id.slot)
+            .and_then(Option::as_mut)
+            .filter(|c| c.serial == id.serial && matches!(c.phase, Phase::Waiting))
+        else {
+            return false;
+        };
+        client.phase = Phase::Writing {
+            out: line,
+            written: 0,
+        };
+        client.deadline = Instant::now() + timeout;
+        let next = match &mut client.phase {
+            Phase::Writing { out, written } => write_response(&client.stream, out, written),
+            _ => Next::Close,
+        };
+        let close = match next {
+            Next::Writable => registry
+                .reregister(
+                    &mut client.stream,
+                    Token(base + 1 + id.slot),
+                    Interest::WRITABLE,
+                )
+                .is_err(),
+            Next::Readable => false,
+            Next::Close => true,
+        };
+        if close {
+            if let Some(mut client) = self.clients[id.slot].take() {
+                let _ = registry.deregister(&mut client.stream);
+            }
+        }
+        true
+    }
+
+    /// Closes the clients whose time is up; one still sending its request,
+    /// or still waiting for its answer, is told why first. Call it whenever [`next_deadline`](Self::next_deadline)
     /// has passed (calling it more often is harmless).
     pub fn poll_timeouts(&mut self, now: Instant) {
         let timeout_ms = self.client_timeout.as_millis();
+        let answer_ms = self.answer_timeout.as_millis();
         for slot in &mut self.clients {
             if slot.as_ref().is_none_or(|c| c.deadline > now) {
                 continue;
             }
             if let Some(client) = slot.take() {
-                if matches!(client.phase, Phase::Reading(_)) {
-                    let message = format!(
+                let message = match client.phase {
+                    Phase::Reading(_) => Some(format!(
                         "timed out: no complete request within {timeout_ms} ms; send one JSON object on one line, ended by a newline"
-                    );
+                    )),
+                    Phase::Waiting => Some(format!(
+                        "timed out: tandemd did not finish the request within {answer_ms} ms; it may still complete: check with status or the log"
+                    )),
+                    Phase::Writing { .. } => None,
+                };
+                if let Some(message) = message {
                     send_best_effort(&client.stream, &Response::error(message));
                 }
                 // Closing the descriptor also removes it from the poll set.
@@ -287,6 +371,12 @@ impl ControlSocket {
     /// read the answer (default [`CLIENT_TIMEOUT`]).
     pub fn set_client_timeout(&mut self, timeout: Duration) {
         self.client_timeout = timeout;
+    }
+
+    /// Changes how long an answer given later may take (default
+    /// [`ANSWER_TIMEOUT`]).
+    pub fn set_answer_timeout(&mut self, timeout: Duration) {
+        self.answer_timeout = timeout;
     }
 
     /// Number of clients being served.
@@ -340,10 +430,12 @@ impl ControlSocket {
         {
             return;
         }
+        self.admitted += 1;
         self.clients[slot] = Some(Client {
             stream,
             deadline: Instant::now() + self.client_timeout,
             phase: Phase::Reading(Vec::new()),
+            serial: self.admitted,
         });
     }
 
@@ -351,13 +443,18 @@ impl ControlSocket {
         &mut self,
         registry: &Registry,
         slot: usize,
-        handler: &mut dyn FnMut(Request) -> Response,
+        handler: &mut dyn FnMut(Request, ClientId) -> Option<Response>,
     ) {
         let Some(client) = self.clients.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
         let token = Token(self.token_base.unwrap_or_default() + 1 + slot);
-        let close = match client.advance(handler, self.client_timeout) {
+        let id = ClientId {
+            slot,
+            serial: client.serial,
+        };
+        let timeouts = (self.client_timeout, self.answer_timeout);
+        let close = match client.advance(handler, id, timeouts) {
             Next::Readable => false,
             Next::Writable => registry
                 .reregister(&mut client.stream, token, Interest::WRITABLE)
@@ -383,10 +480,18 @@ impl Drop for ControlSocket {
 }
 
 impl Client {
-    /// Reads what has arrived, answers once the request is complete, and
-    /// says what to wait for next. Reading the answer gets its own
-    /// `timeout`, so that a slow handler does not eat the client's time.
-    fn advance(&mut self, handler: &mut dyn FnMut(Request) -> Response, timeout: Duration) -> Next {
+    /// Reads what has arrived, answers once the request is complete (or
+    /// waits for the answer), and says what to wait for next. Reading the
+    /// answer gets its own timeout (`timeouts.0`), so that a slow handler
+    /// does not eat the client's time; an answer given later has
+    /// `timeouts.1` to come.
+    fn advance(
+        &mut self,
+        handler: &mut dyn FnMut(Request, ClientId) -> Option<Response>,
+        id: ClientId,
+        timeouts: (Duration, Duration),
+    ) -> Next {
+        let (timeout, answer_timeout) = timeouts;
         if let Phase::Reading(buf) = &mut self.phase {
             let response = match read_request(&mut self.stream, buf) {
                 ReadOutcome::Pending => return Next::Readable,
@@ -398,7 +503,16 @@ impl Client {
                     .to_string(),
                 ),
                 ReadOutcome::Line(end) => match parse_request(&buf[..end]) {
-                    Ok(request) => handler(request),
+                    Ok(request) => match handler(request, id) {
+                        Some(response) => response,
+                        None => {
+                            // Readiness events meanwhile (more input, a
+                            // half-close) are ignored until the answer.
+                            self.phase = Phase::Waiting;
+                            self.deadline = Instant::now() + answer_timeout;
+                            return Next::Readable;
+                        }
+                    },
                     Err(e) => Response::error(e.to_string()),
                 },
             };
@@ -410,7 +524,7 @@ impl Client {
         }
         match &mut self.phase {
             Phase::Writing { out, written } => write_response(&self.stream, out, written),
-            Phase::Reading(_) => Next::Readable,
+            Phase::Reading(_) | Phase::Waiting => Next::Readable,
         }
     }
 }
@@ -591,12 +705,20 @@ pub(crate) mod tests {
         let mut events = mio::Events::with_capacity(64);
         sock.register(poll.registry(), 100).unwrap();
         let mut calls = 0;
-        let mut handler = |req: Request| {
+        // Stats is answered later, from the loop (as work done on another
+        // thread would be); the rest at once.
+        // Sync is never answered (the client must time out).
+        let later = std::cell::RefCell::new(Vec::new());
+        let mut handler = |req: Request, id: ClientId| {
             calls += 1;
             match req {
-                Request::Status => Response::Status(sample_status()),
-                Request::Stats => Response::Stats(sample_stats()),
-                _ => Response::error("not served by this test"),
+                Request::Status => Some(Response::Status(sample_status())),
+                Request::Stats => {
+                    later.borrow_mut().push(id);
+                    None
+                }
+                Request::Sync => None,
+                _ => Some(Response::error("not served by this test")),
             }
         };
         let give_up = Instant::now() + Duration::from_secs(30);
@@ -606,6 +728,10 @@ pub(crate) mod tests {
             for event in events.iter() {
                 assert!(sock.owns(event.token()), "{event:?}");
                 sock.handle_event(poll.registry(), event, &mut handler);
+            }
+            for id in later.take() {
+                let line = Response::Stats(sample_stats()).to_line();
+                sock.answer(poll.registry(), id, line);
             }
             sock.poll_timeouts(Instant::now());
         }
@@ -714,7 +840,7 @@ pub(crate) mod tests {
         let message = error_message(&exchange(&server.path, b"{\"cmd\":\"haactive\"}\n"));
         assert_eq!(
             message,
-            "unknown command \"haactive\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info"
+            "unknown command \"haactive\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, debug"
         );
         assert_eq!(server.stop(), 0);
     }
@@ -781,6 +907,39 @@ pub(crate) mod tests {
         let line = exchange(&server.path, b"{\"cmd\":\"status\"}\n");
         assert!(line.starts_with("{\"result\":\"status\""), "{line}");
         drop(silent);
+    }
+
+    #[test]
+    fn an_answer_that_does_not_come_in_time_is_a_clear_timeout() {
+        let server = TestServer::start_with("answerlate", |s| {
+            s.set_answer_timeout(Duration::from_millis(200))
+        });
+        let started = Instant::now();
+        let message = error_message(&exchange(&server.path, b"{\"cmd\":\"sync\"}\n"));
+        assert!(
+            message.starts_with("timed out: tandemd did not finish the request within 200 ms"),
+            "{message}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(190));
+        // The slot is free again; answers given later still work.
+        let line = exchange(&server.path, b"{\"cmd\":\"stats\"}\n");
+        assert!(line.starts_with("{\"result\":\"stats\""), "{line}");
+        assert_eq!(server.stop(), 2);
+    }
+
+    #[test]
+    fn an_answer_for_a_client_that_is_gone_goes_nowhere() {
+        let dir = TempDir::new("gone");
+        let mut sock = ControlSocket::bind(&dir.0.join("s.sock")).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        sock.register(poll.registry(), 10).unwrap();
+        let nobody = ClientId { slot: 0, serial: 1 };
+        assert!(!sock.answer(poll.registry(), nobody, b"{}\n".to_vec()));
+        let out_of_range = ClientId {
+            slot: MAX_CLIENTS + 3,
+            serial: 1,
+        };
+        assert!(!sock.answer(poll.registry(), out_of_range, b"{}\n".to_vec()));
     }
 
     #[test]

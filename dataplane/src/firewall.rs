@@ -21,8 +21,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::conntrack::{
-    reply_key, ConnMeta, ConnView, CreateError, Dir, Nat, NatKind, Shard, ShardConfig, Track,
-    TrackDrop,
+    reply_key, ConnId, ConnMeta, ConnView, CreateError, Dir, Nat, NatKind, Shard, ShardConfig,
+    Track, TrackDrop,
 };
 use crate::counters::Counter;
 use crate::flow::{proto, FlowKey, L4Info};
@@ -213,6 +213,17 @@ impl ConnQuery {
     }
 }
 
+/// One step of a connection listing ([`Firewall::list_chunk`]).
+#[derive(Debug, Clone, Default)]
+pub struct ConnChunk {
+    /// The connections wanted, at most the query's limit.
+    pub views: Vec<ConnView>,
+    /// How many connections of the walked slots matched.
+    pub matched: u64,
+    /// The slot the next step starts from; none when the table is done.
+    pub next: Option<usize>,
+}
+
 /// One worker's stateful firewall.
 #[derive(Debug)]
 pub struct Firewall {
@@ -289,24 +300,46 @@ impl Firewall {
         }
     }
 
-    /// The connections `q` wants (at most `q.limit`) and how many matched.
-    pub fn list(&self, now_ms: u64, q: &ConnQuery) -> (Vec<ConnView>, u64) {
-        let mut out = Vec::new();
-        let mut total = 0u64;
-        for v in self.shard.iter(now_ms).filter(|v| q.matches(v)) {
-            total += 1;
-            if out.len() < q.limit {
-                out.push(v);
+    /// One step of a listing: walks at most `slots` table slots from slot
+    /// `from`, returns the views of the connections `q` wants (at most
+    /// `q.limit`), how many matched, and where the next step starts (none
+    /// at the end of the table). Bounded work, so a worker answers between
+    /// bursts without stalling its packets; a listing made of steps is not
+    /// an atomic snapshot (connections created or removed meanwhile may be
+    /// missed).
+    pub fn list_chunk(&self, now_ms: u64, q: &ConnQuery, from: usize, slots: usize) -> ConnChunk {
+        let end = from.saturating_add(slots.max(1)).min(self.shard.capacity());
+        let mut chunk = ConnChunk {
+            views: Vec::new(),
+            matched: 0,
+            next: (end < self.shard.capacity()).then_some(end),
+        };
+        for i in from..end {
+            let Some(v) = self.shard.view(now_ms, ConnId(i as u32)) else {
+                continue;
+            };
+            if q.matches(&v) {
+                chunk.matched += 1;
+                if chunk.views.len() < q.limit {
+                    chunk.views.push(v);
+                }
             }
         }
-        (out, total)
+        chunk
     }
 
-    /// Deletes every connection; returns how many.
-    pub fn flush(&mut self, now_ms: u64) -> u64 {
-        let n = self.shard.flush(now_ms) as u64;
+    /// One step of a flush: deletes the connections of at most `slots`
+    /// table slots from slot `from` (a delete delta for each synced one);
+    /// returns how many, and where the next step starts (none at the end
+    /// of the table).
+    pub fn flush_chunk(&mut self, now_ms: u64, from: usize, slots: usize) -> (u64, Option<usize>) {
+        let end = from.saturating_add(slots.max(1)).min(self.shard.capacity());
+        let mut n = 0;
+        for i in from..end {
+            n += u64::from(self.shard.delete(now_ms, ConnId(i as u32)));
+        }
         self.publish();
-        n
+        (n, (end < self.shard.capacity()).then_some(end))
     }
 
     fn drop(&self, why: FwDrop) -> FilterVerdict {
@@ -652,4 +685,110 @@ fn translate_icmp_error(ip: &mut [u8], p: &ParsedIpv4, n: &Nat, quoted_dir: Dir)
     icmp[3] = 0;
     let ck = checksum::checksum(icmp);
     icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::ConnMeta;
+    use crate::policy::Backend;
+
+    /// A firewall with a table of `capacity` slots and `n` UDP
+    /// connections (198.18.1.10:10000+i -> 198.18.2.10:9000).
+    fn firewall_with(capacity: u32, n: u16) -> Firewall {
+        let cfg = tandem_config::policy::parse("(rules: [], default_action: Pass)", "t.ron", None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ifaces = vec![("in".to_owned(), 0), ("out".to_owned(), 1)];
+        let policy = Policy::compile_with(&cfg, &ifaces, None, Backend::Linear).unwrap();
+        let settings = FirewallSettings {
+            shard: ShardConfig {
+                capacity,
+                ..ShardConfig::default()
+            },
+            verify_checksums: true,
+            fragment_capacity: 16,
+            fragment_timeout_ms: 1000,
+        };
+        let mut fw = Firewall::new(
+            settings,
+            Arc::new(policy),
+            Arc::new(FirewallCounters::default()),
+            0,
+        );
+        for i in 0..n {
+            let key = FlowKey::new(
+                Ipv4Addr::new(198, 18, 1, 10),
+                10_000 + i,
+                Ipv4Addr::new(198, 18, 2, 10),
+                9000,
+                proto::UDP,
+            );
+            fw.shard_mut()
+                .create(1, &key, &L4Info::Udp, ConnMeta::default())
+                .unwrap();
+        }
+        fw
+    }
+
+    #[test]
+    fn a_listing_in_chunks_walks_the_whole_table_once_and_each_chunk_is_bounded() {
+        let fw = firewall_with(1000, 300);
+        let q = ConnQuery {
+            limit: usize::MAX,
+            ..ConnQuery::default()
+        };
+        let (mut from, mut steps, mut seen, mut matched) = (Some(0), 0, Vec::new(), 0);
+        while let Some(f) = from {
+            let c = fw.list_chunk(2, &q, f, 64);
+            assert!(c.views.len() <= 64, "a step walks at most 64 slots");
+            matched += c.matched;
+            seen.extend(c.views.iter().map(|v| v.orig.sport));
+            from = c.next;
+            steps += 1;
+            assert!(steps <= 1000 / 64 + 1, "the walk ends");
+        }
+        assert_eq!(steps, 1000usize.div_ceil(64));
+        assert_eq!(matched, 300);
+        seen.sort_unstable();
+        assert_eq!(seen, (10_000..10_300).collect::<Vec<u16>>(), "each once");
+    }
+
+    #[test]
+    fn a_listing_chunk_counts_every_match_but_returns_at_most_the_limit() {
+        let fw = firewall_with(512, 100);
+        let q = ConnQuery {
+            limit: 7,
+            port: Some(9000),
+            ..ConnQuery::default()
+        };
+        let c = fw.list_chunk(2, &q, 0, 512);
+        assert_eq!((c.views.len(), c.matched, c.next), (7, 100, None));
+        let none = ConnQuery {
+            limit: 10,
+            port: Some(1),
+            ..ConnQuery::default()
+        };
+        assert_eq!(fw.list_chunk(2, &none, 0, 512).matched, 0);
+        // A start past the end is an empty, final step.
+        let past = fw.list_chunk(2, &q, 10_000, 64);
+        assert_eq!((past.matched, past.next), (0, None));
+    }
+
+    #[test]
+    fn a_flush_in_chunks_deletes_everything_a_bounded_step_at_a_time() {
+        let mut fw = firewall_with(1000, 300);
+        let (first, next) = fw.flush_chunk(2, 0, 100);
+        assert_eq!(next, Some(100));
+        assert!(first <= 100);
+        assert_eq!(fw.shard().len() as u64, 300 - first);
+        let (mut total, mut from) = (first, next);
+        while let Some(f) = from {
+            let (n, next) = fw.flush_chunk(2, f, 100);
+            total += n;
+            from = next;
+        }
+        assert_eq!(total, 300);
+        assert!(fw.shard().is_empty());
+        assert_eq!(fw.counters.connections.get(), 0, "counters published");
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -15,14 +15,14 @@ use crossbeam::channel::{bounded, Sender};
 use crate::conntrack::{ConnView, ShardConfig};
 use crate::counters::WorkerCounters;
 use crate::dpdk::{DpdkError, Eal, LinkState, Mempool, Port, PortCounters, PortSetup};
-use crate::firewall::{ConnQuery, Firewall, FirewallCounters, FirewallSettings};
+use crate::firewall::{ConnChunk, ConnQuery, Firewall, FirewallCounters, FirewallSettings};
 use crate::hadata::HaDataHandle;
 use crate::neigh::{NeighbourTable, NeighbourTimers};
 use crate::policy::{Policy, PolicyError};
 use crate::router::{Router, RouterError, RouterInterface, StaticRoute};
 use crate::sync::{SyncCore, SyncLink, SyncSettings};
 use crate::wire::EthernetAddress;
-use crate::worker::{PollMode, Role, Worker, WorkerCommand, WorkerSettings};
+use crate::worker::{PollMode, Role, Worker, WorkerCommand, WorkerFault, WorkerSettings};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,13 +39,36 @@ pub enum NodeError {
     /// The sync core could not start.
     #[error("state sync: {0}")]
     Sync(String),
-    /// A worker thread could not be started.
-    #[error("cannot start worker {id}: {msg}")]
+    /// A worker thread could not be started, or does not answer.
+    #[error("worker {id}: {msg}")]
     Worker {
         /// Worker index.
         id: usize,
         /// What went wrong.
         msg: String,
+    },
+    /// A walk over the connection table took longer than allowed.
+    #[error("{what} stopped after {ms} ms at worker {id}, slot {slot}: the workers answer too slowly (busy with traffic?); narrow the filter (--proto, --addr, --port) or retry")]
+    TooSlow {
+        /// "conn list" or "conn flush".
+        what: &'static str,
+        /// How long it ran.
+        ms: u64,
+        /// The worker it was at.
+        id: usize,
+        /// The slot it was at.
+        slot: usize,
+    },
+    /// The node is stopping: long requests are cut short.
+    #[error("tandemd is stopping: the request was cut short")]
+    Stopping,
+    /// No worker has this index.
+    #[error("there is no worker {id}: this node has {count} workers (0 to {last})", last = count.saturating_sub(1))]
+    NoSuchWorker {
+        /// The index asked for.
+        id: usize,
+        /// How many workers there are.
+        count: usize,
     },
 }
 
@@ -89,8 +112,31 @@ pub struct WorkerHandle {
     thread: Option<JoinHandle<()>>,
 }
 
-/// How long the control thread waits for a worker to answer a command.
+impl WorkerHandle {
+    /// Whether the worker's thread has ended. It only ends when the node
+    /// stops, so before that it means the worker panicked.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_some_and(JoinHandle::is_finished)
+    }
+
+    /// A counter the worker bumps on every turn of its poll loop: a live
+    /// worker moves it at least every `max_sleep_us` (adaptive) or all the
+    /// time (busy polling).
+    pub fn progress(&self) -> u64 {
+        self.counters.polls.get()
+    }
+}
+
+/// How long a request waits for a worker to take or answer one command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Table slots a worker walks per listing command (see
+/// [`WorkerCommand::ListConnections`]): about a millisecond of work.
+pub const LIST_SLOTS: usize = 16_384;
+
+/// Table slots a worker flushes per command: a step's delete records fit
+/// in the delta ring.
+pub const FLUSH_SLOTS: usize = 4_096;
 
 /// The policy in force and where it came from.
 #[derive(Debug, Clone)]
@@ -111,7 +157,12 @@ pub struct Node {
     stop: Arc<AtomicBool>,
     epoch: Instant,
     pool: Option<Arc<Mempool>>,
-    policy: Option<PolicyInfo>,
+    /// The policy in force (read by any thread, replaced by a reload).
+    policy: Mutex<Option<PolicyInfo>>,
+    /// Held while a reload compiles: one reload at a time.
+    reloading: Mutex<()>,
+    /// Set when the node stops: table walks in progress give up.
+    requests_cancelled: AtomicBool,
     role: Arc<AtomicU8>,
     sync: Option<SyncCore>,
     ha_data: Option<HaDataHandle>,
@@ -213,7 +264,9 @@ impl Node {
             stop: Arc::new(AtomicBool::new(false)),
             epoch: Instant::now(),
             pool: Some(pool),
-            policy: None,
+            policy: Mutex::new(None),
+            reloading: Mutex::new(()),
+            requests_cancelled: AtomicBool::new(false),
             // A cluster member starts passive, silent until it is told (or
             // elects itself) to be active; a lone node is active.
             role: Arc::new(AtomicU8::new(if cfg.ha.is_some() {
@@ -229,7 +282,10 @@ impl Node {
         let policy = match policy_path {
             Some(path) => {
                 let (policy, info) = node.compile_policy(&path)?;
-                node.policy = Some(info);
+                *node
+                    .policy
+                    .get_mut()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(info);
                 Some(policy)
             }
             None => None,
@@ -354,64 +410,125 @@ impl Node {
     }
 
     /// The policy in force, if the node filters.
-    pub fn policy(&self) -> Option<&PolicyInfo> {
-        self.policy.as_ref()
+    pub fn policy(&self) -> Option<PolicyInfo> {
+        self.policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// Reads the policy file again and hands the new snapshot to every
-    /// worker (they switch between bursts; connections stay). On error the
-    /// old policy stays in force.
-    pub fn reload_policy(&mut self) -> Result<PolicyInfo, NodeError> {
-        let Some(current) = &self.policy else {
+    /// Reads the policy file again, compiles it on the calling thread (a
+    /// big policy takes a while: not for the control thread), and hands the
+    /// new snapshot to every worker (they switch between bursts;
+    /// connections stay). On error the old policy stays in force. One
+    /// reload at a time: a second caller waits for the first.
+    pub fn reload_policy(&self) -> Result<PolicyInfo, NodeError> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(current) = self.policy() else {
             return Err(NodeError::Policy(
                 "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)".into(),
             ));
         };
-        let (policy, info) = self.compile_policy(&current.path.clone())?;
+        let (policy, info) = self.compile_policy(&current.path)?;
         for w in &self.workers {
             w.commands
                 .send_timeout(WorkerCommand::SetPolicy(policy.clone()), COMMAND_TIMEOUT)
                 .map_err(|_| NodeError::Worker {
                     id: w.id,
-                    msg: "does not take commands".into(),
+                    msg: "does not take commands (stopped or stuck)".into(),
                 })?;
         }
-        self.policy = Some(info.clone());
+        *self.policy.lock().unwrap_or_else(PoisonError::into_inner) = Some(info.clone());
         Ok(info)
     }
 
+    /// Asks worker `w` one command and waits (bounded) for its answer.
+    fn ask<T>(
+        &self,
+        w: &WorkerHandle,
+        command: impl FnOnce(Sender<T>) -> WorkerCommand,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = bounded(1);
+        w.commands
+            .send_timeout(command(tx), COMMAND_TIMEOUT)
+            .ok()
+            .and_then(|()| rx.recv_timeout(COMMAND_TIMEOUT).ok())
+            .ok_or_else(|| NodeError::Worker {
+                id: w.id,
+                msg: format!(
+                    "did not answer within {} s (stopped or stuck)",
+                    COMMAND_TIMEOUT.as_secs()
+                ),
+            })
+    }
+
+    /// Walks every worker's table in steps: `step(worker, from)` has the
+    /// worker serve one step from slot `from` (between two bursts) and
+    /// says where the next one starts (none when the table is done).
+    /// Gives up at `deadline` or when the node stops; at most
+    /// (capacity / `slots` + 2) steps per worker.
+    fn walk(
+        &self,
+        what: &'static str,
+        slots: usize,
+        deadline: Instant,
+        mut step: impl FnMut(&WorkerHandle, usize) -> Result<Option<usize>, NodeError>,
+    ) -> Result<(), NodeError> {
+        let started = Instant::now();
+        for w in &self.workers {
+            let capacity = w.firewall.as_ref().map_or(0, |f| f.capacity.get()) as usize;
+            let mut from = 0;
+            for _ in 0..capacity / slots.max(1) + 2 {
+                if self.requests_cancelled.load(Ordering::Relaxed) {
+                    return Err(NodeError::Stopping);
+                }
+                if Instant::now() >= deadline {
+                    return Err(NodeError::TooSlow {
+                        what,
+                        ms: started.elapsed().as_millis() as u64,
+                        id: w.id,
+                        slot: from,
+                    });
+                }
+                match step(w, from)? {
+                    Some(next) if next > from => from = next,
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The connections `query` wants, from every worker, with the owning
-    /// worker; and how many matched in all.
+    /// worker; and how many matched in all. Each worker walks its table
+    /// [`LIST_SLOTS`] slots at a time; the whole walk gives up at
+    /// `deadline`. Not an atomic snapshot: connections created or removed
+    /// during the walk may be missed.
     pub fn connections(
         &self,
         query: &ConnQuery,
+        deadline: Instant,
     ) -> Result<(Vec<(usize, ConnView)>, u64), NodeError> {
         let mut all = Vec::new();
         let mut total = 0;
-        for w in &self.workers {
-            let (tx, rx) = bounded(1);
-            let q = ConnQuery {
+        self.walk("conn list", LIST_SLOTS, deadline, |w, from| {
+            let query = ConnQuery {
                 limit: query.limit.saturating_sub(all.len()),
                 ..query.clone()
             };
-            let answer = w
-                .commands
-                .send_timeout(
-                    WorkerCommand::ListConnections {
-                        query: q,
-                        reply: tx,
-                    },
-                    COMMAND_TIMEOUT,
-                )
-                .ok()
-                .and_then(|()| rx.recv_timeout(COMMAND_TIMEOUT).ok())
-                .ok_or_else(|| NodeError::Worker {
-                    id: w.id,
-                    msg: "did not answer within 2 s".into(),
-                })?;
-            total += answer.1;
-            all.extend(answer.0.into_iter().map(|v| (w.id, v)));
-        }
+            let chunk: ConnChunk = self.ask(w, |reply| WorkerCommand::ListConnections {
+                query,
+                from,
+                slots: LIST_SLOTS,
+                reply,
+            })?;
+            total += chunk.matched;
+            all.extend(chunk.views.into_iter().map(|v| (w.id, v)));
+            Ok(chunk.next)
+        })?;
         Ok((all, total))
     }
 
@@ -435,22 +552,42 @@ impl Node {
         Ok(all)
     }
 
-    /// Deletes every connection of every worker; returns how many.
-    pub fn flush_connections(&self) -> Result<u64, NodeError> {
+    /// Deletes every connection of every worker, [`FLUSH_SLOTS`] slots at
+    /// a time; returns how many. Gives up at `deadline` (what was deleted
+    /// so far stays deleted).
+    pub fn flush_connections(&self, deadline: Instant) -> Result<u64, NodeError> {
         let mut n = 0;
-        for w in &self.workers {
-            let (tx, rx) = bounded(1);
-            n += w
-                .commands
-                .send_timeout(WorkerCommand::Flush { reply: tx }, COMMAND_TIMEOUT)
-                .ok()
-                .and_then(|()| rx.recv_timeout(COMMAND_TIMEOUT).ok())
-                .ok_or_else(|| NodeError::Worker {
-                    id: w.id,
-                    msg: "did not answer within 2 s".into(),
-                })?;
-        }
+        self.walk("conn flush", FLUSH_SLOTS, deadline, |w, from| {
+            let (deleted, next) = self.ask(w, |reply| WorkerCommand::Flush {
+                from,
+                slots: FLUSH_SLOTS,
+                reply,
+            })?;
+            n += deleted;
+            Ok(next)
+        })?;
         Ok(n)
+    }
+
+    /// Injects `fault` into worker `id` (tests of the black-hole watchdog;
+    /// the daemon allows it only when told to).
+    pub fn inject_fault(&self, id: usize, fault: WorkerFault) -> Result<(), NodeError> {
+        let w = self.workers.get(id).ok_or(NodeError::NoSuchWorker {
+            id,
+            count: self.workers.len(),
+        })?;
+        w.commands
+            .send_timeout(WorkerCommand::Fault(fault), COMMAND_TIMEOUT)
+            .map_err(|_| NodeError::Worker {
+                id,
+                msg: "does not take commands (stopped or stuck)".into(),
+            })
+    }
+
+    /// Cuts short the table walks in progress and refuses new ones (the
+    /// node is stopping).
+    pub fn cancel_requests(&self) {
+        self.requests_cancelled.store(true, Ordering::Relaxed);
     }
 
     fn spawn_workers(
@@ -703,6 +840,7 @@ impl Node {
 
     /// Stops the workers, closes the ports and releases DPDK.
     pub fn shutdown(mut self) {
+        self.cancel_requests();
         self.stop_all();
     }
 

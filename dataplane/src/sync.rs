@@ -130,6 +130,9 @@ pub struct SyncShared {
     pub verify_repairs: AtomicU64,
     /// Verifies given up (no answer).
     pub verify_timeouts: AtomicU64,
+    /// Turns of the sync thread's loop: the control thread's watchdog
+    /// takes a counter that stops moving for a stuck or dead sync thread.
+    pub loops: AtomicU64,
 }
 
 /// The outcome of a table verify.
@@ -190,6 +193,7 @@ impl Default for SyncShared {
             verify_differences: AtomicU64::new(0),
             verify_repairs: AtomicU64::new(0),
             verify_timeouts: AtomicU64::new(0),
+            loops: AtomicU64::new(0),
         }
     }
 }
@@ -790,6 +794,7 @@ impl Core {
         let mut buf = vec![0u8; 65_536];
         let mut idle = 0u32;
         while !stop.load(Ordering::Relaxed) {
+            self.shared.loops.fetch_add(1, Ordering::Relaxed);
             let now = self.now();
             let mut work = 0;
             work += self.check_links(now);

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender};
 
-use crate::conntrack::{BucketMask, ConnView};
+use crate::conntrack::BucketMask;
 use crate::counters::{WorkerCounters, WorkerDrop};
 use crate::dpdk::{self, Mbuf, Mempool, RxQueue, TxQueue};
-use crate::firewall::{ConnQuery, Firewall};
+use crate::firewall::{ConnChunk, ConnQuery, Firewall};
 use crate::hadata::{self, HaDataPath};
 use crate::policy::Policy;
 use crate::router::{Action, HeldResult, Router};
@@ -25,23 +25,56 @@ use crate::sync::{Install, WorkerSync};
 pub enum WorkerCommand {
     /// Switch to this policy snapshot.
     SetPolicy(Arc<Policy>),
-    /// Send back the connections the query wants, and how many matched.
+    /// One step of a listing: the connections the query wants among at
+    /// most `slots` table slots from slot `from` (see
+    /// [`Firewall::list_chunk`]).
     ListConnections {
         /// Which ones.
         query: ConnQuery,
+        /// The first slot to walk.
+        from: usize,
+        /// How many slots to walk (at most [`MAX_SLOTS_PER_COMMAND`]).
+        slots: usize,
         /// Where to send them.
-        reply: Sender<(Vec<ConnView>, u64)>,
+        reply: Sender<ConnChunk>,
     },
-    /// Delete every connection; send back how many.
+    /// One step of a flush: deletes the connections of at most `slots`
+    /// table slots from slot `from`; sends back how many and where the
+    /// next step starts.
     Flush {
-        /// Where to send the count.
-        reply: Sender<u64>,
+        /// The first slot.
+        from: usize,
+        /// How many slots (at most [`MAX_SLOTS_PER_COMMAND`]).
+        slots: usize,
+        /// Where to send the count and the next slot.
+        reply: Sender<(u64, Option<usize>)>,
     },
     /// Send back the digest of the replicated part of the table.
     Digest {
         /// Where to send it.
         reply: Sender<crate::conntrack::TableDigest>,
     },
+    /// A fault injected by a test (tandemd allows it only when started
+    /// with `TANDEM_TEST_FAULTS=1`): the black-hole watchdog must notice.
+    Fault(WorkerFault),
+}
+
+/// The most table slots a worker walks for one listing or flush command:
+/// the work a command may take from the packets is bounded whatever the
+/// caller asks.
+pub const MAX_SLOTS_PER_COMMAND: usize = 65_536;
+
+/// The longest stall a test may inject into a worker.
+pub const MAX_INJECTED_STALL: Duration = Duration::from_secs(10);
+
+/// Faults a test can inject into a worker (see [`WorkerCommand::Fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerFault {
+    /// Stop polling for this long (at most [`MAX_INJECTED_STALL`]), as a
+    /// worker stuck in a loop would.
+    Stall(Duration),
+    /// Panic: the worker's thread ends.
+    Panic,
 }
 
 /// Which counter an answer built by the node goes to.
@@ -510,16 +543,37 @@ impl Worker {
                         fw.set_policy(p);
                     }
                 }
-                WorkerCommand::ListConnections { query, reply } => {
+                WorkerCommand::ListConnections {
+                    query,
+                    from,
+                    slots,
+                    reply,
+                } => {
+                    let slots = slots.min(MAX_SLOTS_PER_COMMAND);
                     let answer = self
                         .firewall
                         .as_ref()
-                        .map_or((Vec::new(), 0), |fw| fw.list(now, &query));
+                        .map_or_else(ConnChunk::default, |fw| {
+                            fw.list_chunk(now, &query, from, slots)
+                        });
                     let _ = reply.try_send(answer);
                 }
-                WorkerCommand::Flush { reply } => {
-                    let n = self.firewall.as_mut().map_or(0, |fw| fw.flush(now));
-                    let _ = reply.try_send(n);
+                WorkerCommand::Flush { from, slots, reply } => {
+                    let slots = slots.min(MAX_SLOTS_PER_COMMAND);
+                    let answer = self
+                        .firewall
+                        .as_mut()
+                        .map_or((0, None), |fw| fw.flush_chunk(now, from, slots));
+                    let _ = reply.try_send(answer);
+                }
+                WorkerCommand::Fault(WorkerFault::Stall(d)) => {
+                    std::thread::sleep(d.min(MAX_INJECTED_STALL));
+                }
+                WorkerCommand::Fault(WorkerFault::Panic) => {
+                    panic!(
+                        "worker {}: panic injected by a test (tandemctl debug panic-worker)",
+                        self.settings.id
+                    );
                 }
                 WorkerCommand::Digest { reply } => {
                     let d = self

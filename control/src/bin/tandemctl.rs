@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tandem_control::api::{ConnFilter, Request, Response, DEFAULT_SOCKET_PATH};
+use tandem_control::api::{ConnFilter, DebugFault, Request, Response, DEFAULT_SOCKET_PATH};
 use tandem_control::client::{
     format_connections, format_hainfo, format_stats, format_status, format_sync, request,
 };
@@ -31,10 +31,11 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
-    /// How long to wait for tandemd's answer, in milliseconds
-    #[arg(long, global = true, value_name = "MS", default_value_t = 2000,
+    /// How long to wait for tandemd's answer, in milliseconds [default:
+    /// 30000 for conn list, conn flush and policy reload, 2000 otherwise]
+    #[arg(long, global = true, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..))]
-    timeout_ms: u64,
+    timeout_ms: Option<u64>,
 
     #[command(subcommand)]
     command: Command,
@@ -80,6 +81,29 @@ enum Command {
         #[arg(long, short = 'n', default_value_t = 50)]
         lines: usize,
     },
+    /// Fault injection for tests (refused unless tandemd was started with
+    /// TANDEM_TEST_FAULTS=1; never in production)
+    Debug {
+        #[command(subcommand)]
+        action: DebugAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugAction {
+    /// Worker N stops polling for a while (as if stuck in a loop)
+    StallWorker {
+        /// Worker index
+        worker: usize,
+        /// How long, in milliseconds (at most 10000)
+        #[arg(long, default_value_t = 3000)]
+        ms: u64,
+    },
+    /// Worker N panics (its thread ends)
+    PanicWorker {
+        /// Worker index
+        worker: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,6 +147,15 @@ enum SyncAction {
 enum PolicyAction {
     /// Reads the policy file again; workers switch to it between bursts
     Reload,
+}
+
+/// How long to wait for an answer when --timeout-ms is not given: the
+/// table walks and the policy compilation take longer on big tables.
+fn default_timeout_ms(req: &Request) -> u64 {
+    match req {
+        Request::ConnList { .. } | Request::ConnFlush | Request::PolicyReload => 30_000,
+        _ => 2000,
+    }
 }
 
 /// --socket, else a non-empty $TANDEM_SOCKET, else the default path.
@@ -237,6 +270,7 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
         (Command::Log { .. }, Response::Log { lines }) => {
             Outcome::print(lines.iter().map(|l| format!("{l}\n")).collect())
         }
+        (Command::Debug { .. }, Response::Done { message }) => Outcome::print(format!("{message}\n")),
         (Command::Policy { .. }, Response::Policy { rules, nat_rules, path }) => {
             Outcome::print(format!("policy reloaded from {path}: {rules} rules, {nat_rules} NAT rules\n"))
         }
@@ -263,6 +297,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Verify(_) => "verify",
         Response::HaInfo(_) => "hainfo",
         Response::Log { .. } => "log",
+        Response::Done { .. } => "done",
         Response::Error { .. } => "error",
     }
 }
@@ -329,8 +364,17 @@ fn main() -> ExitCode {
         Command::Policy {
             action: PolicyAction::Reload,
         } => Request::PolicyReload,
+        Command::Debug { action } => Request::Debug {
+            fault: Some(match action {
+                DebugAction::StallWorker { worker, ms } => DebugFault::StallWorker {
+                    worker: *worker,
+                    ms: *ms,
+                },
+                DebugAction::PanicWorker { worker } => DebugFault::PanicWorker { worker: *worker },
+            }),
+        },
     };
-    let timeout = Duration::from_millis(cli.timeout_ms);
+    let timeout = Duration::from_millis(cli.timeout_ms.unwrap_or(default_timeout_ms(&req)));
     let mut response = match request(&socket, &req, timeout) {
         Ok(response) => response,
         Err(e) => {
@@ -402,10 +446,12 @@ mod tests {
         .unwrap();
         assert!(cli.json);
         assert_eq!(cli.socket, Some(PathBuf::from("/tmp/x.sock")));
-        assert_eq!(cli.timeout_ms, 2000);
+        assert_eq!(cli.timeout_ms, None);
+        assert_eq!(default_timeout_ms(&Request::Stats), 2000);
+        assert_eq!(default_timeout_ms(&Request::ConnFlush), 30_000);
         assert!(matches!(cli.command, Command::Stats { all: true }));
         let cli = Cli::try_parse_from(["tandemctl", "--timeout-ms", "50", "status"]).unwrap();
-        assert_eq!(cli.timeout_ms, 50);
+        assert_eq!(cli.timeout_ms, Some(50));
         assert!(matches!(cli.command, Command::Status));
     }
 

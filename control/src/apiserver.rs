@@ -1,0 +1,523 @@
+//! The API thread: serves the control socket off the control thread
+//! (firecracker's `api_server_adapter` pattern).
+//!
+//! The control thread sends the heartbeats (every few ms, in the real-time
+//! class): it must never wait on an operator. So the socket lives here:
+//! [`ControlSocket`] accepts, reads and parses a request into a typed
+//! [`Request`], and this thread decides where it goes:
+//! - what needs the control loop's state (`hainfo`, `haactive`,
+//!   `hapassive`, `hareset`) becomes a typed [`ControlAction`] on a bounded
+//!   channel, with a [`Waker`] for the control loop, which answers at once
+//!   from the state it has, through a [`Reply`] (a non-blocking send and a
+//!   wake of this thread);
+//! - what is slow (`conn list`, `conn flush`, `policy reload`: table walks
+//!   and policy compilation) goes to the job thread, one at a time; this
+//!   thread keeps serving other clients meanwhile;
+//! - the rest (`status`, `stats`, `sync`, `log`, `debug`) is answered here.
+//!
+//! Answers given later reach the socket as [`Completion`]s over a channel
+//! and a wake of this thread's poll.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam::channel::{bounded, unbounded, Receiver, Sender, TrySendError};
+use mio::{Events, Poll, Token, Waker};
+use tandem_config::NodeConfig;
+use tandem_dataplane::node::Node;
+use tandem_dataplane::worker::{Role, WorkerFault, MAX_INJECTED_STALL};
+
+use crate::api::{ConnectionsReport, DebugFault, Request, Response};
+use crate::eventlog::{EventLog, MEMORY_LINES};
+use crate::reports;
+use crate::socket::{ClientId, ControlSocket, SocketError};
+
+const WAKE: Token = Token(0);
+const SOCKET_BASE: usize = 16;
+
+/// Actions waiting for the control loop; more are answered "busy".
+pub const ACTION_QUEUE: usize = 16;
+
+/// Slow requests waiting for the job thread (one runs at a time); more are
+/// answered "busy".
+pub const JOB_QUEUE: usize = 4;
+
+/// The longest a table walk (conn list, conn flush) may take.
+pub const JOB_LIMIT: Duration = Duration::from_secs(30);
+
+/// The neighbour table is aged this often (bounded work, on this thread).
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+
+/// The environment variable that allows `tandemctl debug` (fault
+/// injection) when set to `1` at start. For tests only.
+pub const FAULTS_ENV: &str = "TANDEM_TEST_FAULTS";
+
+/// What the control loop publishes for the other threads.
+#[derive(Debug, Default)]
+pub struct ControlShared {
+    /// The forced status: 0 none, 1 active, 2 passive.
+    forced: AtomicU8,
+}
+
+impl ControlShared {
+    /// Publishes the forced status (control thread).
+    pub fn set_forced(&self, forced: Option<Role>) {
+        let v = match forced {
+            None => 0,
+            Some(Role::Active) => 1,
+            Some(Role::Passive) => 2,
+        };
+        self.forced.store(v, Ordering::Release);
+    }
+
+    /// The forced status the control loop last published.
+    pub fn forced(&self) -> Option<Role> {
+        match self.forced.load(Ordering::Acquire) {
+            1 => Some(Role::Active),
+            2 => Some(Role::Passive),
+            _ => None,
+        }
+    }
+}
+
+/// What the API thread and its job thread read (all shared, nothing that
+/// belongs to the control loop).
+pub struct ApiContext {
+    /// The dataplane.
+    pub node: Arc<Node>,
+    /// The configuration the node runs.
+    pub cfg: Arc<NodeConfig>,
+    /// Where it was read from.
+    pub config_path: PathBuf,
+    /// When tandemd started (wall clock).
+    pub started: SystemTime,
+    /// When tandemd started.
+    pub started_at: Instant,
+    /// The event log.
+    pub events: EventLog,
+    /// What the control loop publishes.
+    pub shared: Arc<ControlShared>,
+    /// `tandemctl debug` is allowed ([`FAULTS_ENV`] was `1` at start).
+    pub faults: bool,
+}
+
+/// A request the control loop answers from the state it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRequest {
+    /// `hainfo`.
+    HaInfo,
+    /// `haactive` (active), `hapassive` (passive), `hareset` (none).
+    Forced(Option<Role>),
+}
+
+/// A [`ControlRequest`] and where its answer goes.
+#[derive(Debug)]
+pub struct ControlAction {
+    /// What is asked.
+    pub request: ControlRequest,
+    /// Where the answer goes.
+    pub reply: Reply,
+}
+
+/// An answer given later, on its way to the socket.
+#[derive(Debug)]
+pub struct Completion {
+    id: ClientId,
+    line: Vec<u8>,
+}
+
+/// Where the answer to one client goes: sending never blocks (an unbounded
+/// channel holding at most one answer per client, and a wake of the API
+/// thread's poll).
+#[derive(Debug)]
+pub struct Reply {
+    id: ClientId,
+    tx: Sender<Completion>,
+    waker: Arc<Waker>,
+}
+
+impl Reply {
+    /// Sends the answer (encoded here).
+    pub fn send(self, response: &Response) {
+        self.send_line(response.to_line());
+    }
+
+    fn send_line(self, line: Vec<u8>) {
+        // The API thread may be gone (stopping): nothing to answer then.
+        if self.tx.send(Completion { id: self.id, line }).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// A slow request for the job thread.
+struct Job {
+    request: Request,
+    reply: Reply,
+}
+
+/// The running API thread.
+pub struct ApiThread {
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ApiThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiThread").finish_non_exhaustive()
+    }
+}
+
+impl ApiThread {
+    /// Starts the API thread (and its job thread) serving `socket`;
+    /// `actions` and `control_waker` reach the control loop.
+    pub fn spawn(
+        mut socket: ControlSocket,
+        ctx: ApiContext,
+        actions: Sender<ControlAction>,
+        control_waker: Arc<Waker>,
+    ) -> Result<ApiThread, SocketError> {
+        let poll = Poll::new().map_err(|source| SocketError::Register { source })?;
+        let waker = Arc::new(
+            Waker::new(poll.registry(), WAKE).map_err(|source| SocketError::Register { source })?,
+        );
+        socket.register(poll.registry(), SOCKET_BASE)?;
+        let ctx = Arc::new(ctx);
+        let (jobs_tx, jobs_rx) = bounded::<Job>(JOB_QUEUE);
+        let jobs = std::thread::Builder::new()
+            .name("tandem-api-jobs".into())
+            .spawn({
+                let ctx = ctx.clone();
+                move || run_jobs(&ctx, &jobs_rx)
+            })
+            .map_err(|source| SocketError::Thread { source })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = unbounded();
+        let server = Server {
+            poll,
+            socket,
+            ctx,
+            actions,
+            control_waker,
+            jobs: Some((jobs_tx, jobs)),
+            done_tx,
+            done_rx,
+            waker: waker.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("tandem-api".into())
+            .spawn({
+                let stop = stop.clone();
+                move || server.run(&stop)
+            })
+            .map_err(|source| SocketError::Thread { source })?;
+        Ok(ApiThread {
+            waker,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops serving (clients in progress are dropped), waits for the
+    /// running job to end (cut short with [`Node::cancel_requests`] first)
+    /// and closes the socket.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Server {
+    poll: Poll,
+    socket: ControlSocket,
+    ctx: Arc<ApiContext>,
+    actions: Sender<ControlAction>,
+    control_waker: Arc<Waker>,
+    jobs: Option<(Sender<Job>, JoinHandle<()>)>,
+    done_tx: Sender<Completion>,
+    done_rx: Receiver<Completion>,
+    waker: Arc<Waker>,
+}
+
+impl Server {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut events = Events::with_capacity(64);
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        while !stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            let deadline = self
+                .socket
+                .next_deadline()
+                .map_or(next_housekeeping, |d| d.min(next_housekeeping));
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(deadline.saturating_duration_since(now)))
+            {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    self.ctx.events.event(
+                        "SYSTEM",
+                        format_args!("control socket: the API thread's event loop failed ({e}); retrying in 100 ms"),
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            for event in events.iter() {
+                if self.socket.owns(event.token()) {
+                    let Server {
+                        poll,
+                        socket,
+                        ctx,
+                        actions,
+                        control_waker,
+                        jobs,
+                        done_tx,
+                        waker,
+                        ..
+                    } = &mut self;
+                    let route = Route {
+                        ctx,
+                        actions,
+                        control_waker,
+                        jobs: jobs.as_ref().map(|j| &j.0),
+                        done_tx,
+                        waker,
+                    };
+                    socket
+                        .handle_event(poll.registry(), event, &mut |req, id| route.handle(req, id));
+                }
+            }
+            while let Ok(c) = self.done_rx.try_recv() {
+                self.socket.answer(self.poll.registry(), c.id, c.line);
+            }
+            let now = Instant::now();
+            self.socket.poll_timeouts(now);
+            if now >= next_housekeeping {
+                self.ctx.node.housekeeping();
+                next_housekeeping = now + HOUSEKEEPING;
+            }
+        }
+        // No new job; the running one ends (cut short if the node stops).
+        if let Some((tx, thread)) = self.jobs.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Where each request goes (borrowed parts of the [`Server`]).
+struct Route<'a> {
+    ctx: &'a ApiContext,
+    actions: &'a Sender<ControlAction>,
+    control_waker: &'a Waker,
+    jobs: Option<&'a Sender<Job>>,
+    done_tx: &'a Sender<Completion>,
+    waker: &'a Arc<Waker>,
+}
+
+impl Route<'_> {
+    fn reply(&self, id: ClientId) -> Reply {
+        Reply {
+            id,
+            tx: self.done_tx.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Answers now (`Some`), or hands the request on (`None`: the answer
+    /// comes back as a [`Completion`]).
+    fn handle(&self, req: Request, id: ClientId) -> Option<Response> {
+        let ctx = self.ctx;
+        match req {
+            Request::Status => Some(Response::Status(reports::status(ctx))),
+            Request::Stats => Some(Response::Stats(reports::stats(ctx))),
+            Request::Log { lines } => Some(Response::Log {
+                lines: ctx.events.tail(lines.unwrap_or(50).min(MEMORY_LINES)),
+            }),
+            Request::Sync => Some(match ctx.node.sync() {
+                Some(core) => Response::Sync(reports::sync_report(ctx, core)),
+                None => Response::error(
+                    "no state sync on this node: it needs an ha section and a firewall policy in its configuration",
+                ),
+            }),
+            Request::SyncVerify { start } => Some(reports::sync_verify(ctx, start)),
+            Request::HaInfo => self.to_control(ControlRequest::HaInfo, id),
+            Request::HaActive => self.to_control(ControlRequest::Forced(Some(Role::Active)), id),
+            Request::HaPassive => self.to_control(ControlRequest::Forced(Some(Role::Passive)), id),
+            Request::HaReset => self.to_control(ControlRequest::Forced(None), id),
+            Request::Debug { fault } => Some(debug(ctx, fault)),
+            Request::ConnList { .. }
+            | Request::ConnFlush
+            | Request::PolicyReload
+            | Request::SyncDigest
+                if ctx.node.policy().is_none() =>
+            {
+                Some(Response::error(
+                    "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)",
+                ))
+            }
+            Request::ConnList { .. }
+            | Request::ConnFlush
+            | Request::PolicyReload
+            | Request::SyncDigest => {
+                let Some(jobs) = self.jobs else {
+                    return Some(Response::error("tandemd is stopping"));
+                };
+                match jobs.try_send(Job {
+                    request: req,
+                    reply: self.reply(id),
+                }) {
+                    Ok(()) => None,
+                    Err(TrySendError::Full(_)) => Some(Response::error(format!(
+                        "busy: {JOB_QUEUE} long requests (conn list, conn flush, policy reload) are already waiting; retry when they are done"
+                    ))),
+                    Err(TrySendError::Disconnected(_)) => {
+                        Some(Response::error("tandemd is stopping"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands `request` to the control loop and wakes it.
+    fn to_control(&self, request: ControlRequest, id: ClientId) -> Option<Response> {
+        let action = ControlAction {
+            request,
+            reply: self.reply(id),
+        };
+        match self.actions.try_send(action) {
+            Ok(()) => {
+                let _ = self.control_waker.wake();
+                None
+            }
+            Err(TrySendError::Full(_)) => Some(Response::error(format!(
+                "busy: {ACTION_QUEUE} requests are waiting for the control loop; retry in a moment"
+            ))),
+            Err(TrySendError::Disconnected(_)) => Some(Response::error("tandemd is stopping")),
+        }
+    }
+}
+
+/// `tandemctl debug`: injects a fault, when allowed.
+fn debug(ctx: &ApiContext, fault: Option<DebugFault>) -> Response {
+    if !ctx.faults {
+        return Response::error(format!(
+            "refused: fault injection exists for tests only; start tandemd with {FAULTS_ENV}=1 to allow it (never in production)"
+        ));
+    }
+    let Some(fault) = fault else {
+        return Response::error(
+            "debug needs a fault: {\"kind\":\"stall_worker\",\"worker\":N,\"ms\":M} or {\"kind\":\"panic_worker\",\"worker\":N}",
+        );
+    };
+    let (worker, what, wf) = match fault {
+        DebugFault::StallWorker { worker, ms } => {
+            let d = Duration::from_millis(ms).min(MAX_INJECTED_STALL);
+            (
+                worker,
+                format!("worker {worker} stalls for {} ms", d.as_millis()),
+                WorkerFault::Stall(d),
+            )
+        }
+        DebugFault::PanicWorker { worker } => (
+            worker,
+            format!("worker {worker} panics"),
+            WorkerFault::Panic,
+        ),
+    };
+    match ctx.node.inject_fault(worker, wf) {
+        Ok(()) => {
+            ctx.events
+                .event("SYSTEM", format_args!("test fault injected: {what}"));
+            Response::Done {
+                message: format!("fault injected: {what}"),
+            }
+        }
+        Err(e) => Response::error(format!("cannot inject the fault: {e}")),
+    }
+}
+
+/// The job thread: runs the slow requests one at a time; ends when the
+/// API thread drops its sender.
+fn run_jobs(ctx: &ApiContext, jobs: &Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        let response = run_job(ctx, job.request);
+        // Encoded here: a listing of 100,000 connections takes a while.
+        job.reply.send_line(response.to_line());
+    }
+}
+
+fn run_job(ctx: &ApiContext, request: Request) -> Response {
+    let node = &ctx.node;
+    match request {
+        Request::ConnList { filter } => match reports::conn_query(&filter) {
+            Ok(q) => match node.connections(&q, Instant::now() + JOB_LIMIT) {
+                Ok((conns, total)) => Response::Connections(ConnectionsReport {
+                    connections: conns
+                        .iter()
+                        .map(|(w, v)| reports::conn_status(*w, v))
+                        .collect(),
+                    total,
+                }),
+                Err(e) => Response::error(e.to_string()),
+            },
+            Err(e) => Response::error(e),
+        },
+        Request::SyncDigest => match node.table_digest() {
+            Ok(d) => Response::Digest(crate::api::DigestReport {
+                connections: d.connections(),
+                buckets: d
+                    .buckets
+                    .iter()
+                    .map(|&(n, x)| (n, format!("{x:016x}")))
+                    .collect(),
+            }),
+            Err(e) => Response::error(e.to_string()),
+        },
+        Request::ConnFlush => match node.flush_connections(Instant::now() + JOB_LIMIT) {
+            Ok(count) => {
+                ctx.events.event(
+                    "FIREWALL",
+                    format_args!("connection table flushed: {count} connections"),
+                );
+                Response::Flushed { count }
+            }
+            Err(e) => Response::error(format!("{e}; connections deleted so far stay deleted")),
+        },
+        Request::PolicyReload => match node.reload_policy() {
+            Ok(info) => {
+                ctx.events.event(
+                    "POLICY",
+                    format_args!(
+                        "policy reloaded from {}: {} rules",
+                        info.path.display(),
+                        info.rules
+                    ),
+                );
+                Response::Policy {
+                    rules: info.rules,
+                    nat_rules: info.nat_rules,
+                    path: info.path.display().to_string(),
+                }
+            }
+            Err(e) => {
+                ctx.events.event(
+                    "POLICY",
+                    format_args!("policy reload refused, the old policy stays: {e}"),
+                );
+                Response::error(format!("{e}; the policy in force is unchanged"))
+            }
+        },
+        other => Response::error(format!(
+            "{} is not a long request (tandemd bug: please report it)",
+            other.name()
+        )),
+    }
+}
