@@ -351,6 +351,10 @@ pub struct ControlConfig {
     /// The event log (HA, sync, policy events), rotated at 1 MiB, 5 kept;
     /// default `/var/log/tandem/<node name>.log`.
     pub event_log: Option<PathBuf>,
+    /// Where the node keeps what must survive a restart (its boot epoch);
+    /// default `/var/lib/tandem`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The default control socket path.
@@ -361,6 +365,7 @@ impl Default for ControlConfig {
         Self {
             socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             event_log: None,
+            state_dir: None,
         }
     }
 }

@@ -15,7 +15,7 @@
 //! per tick ([`DATA_FRAMES_PER_TICK`]).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -177,6 +177,9 @@ pub struct Cluster {
     health: Option<Receiver<HealthReport>>,
     penalties: Vec<Penalty>,
     problems: Vec<String>,
+    /// What went wrong at start that the operator must hear of (the
+    /// daemon logs it).
+    pub startup_warnings: Vec<String>,
     /// Heartbeats dropped by reason (bad tag, replay, ...).
     pub rejected: u64,
     /// A worker or the sync thread died or stalls (the daemon's watchdog):
@@ -338,10 +341,29 @@ impl Cluster {
             });
         }
         let mut c = Config::new(serial);
-        // Grows across restarts: the peer tells a restart from a replay.
-        c.epoch = SystemTime::now()
+        // Grows across restarts, whatever the clock does: the peer tells a
+        // restart from a replay.
+        let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
+        let state_dir = cfg
+            .control
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/tandem"));
+        let mut warnings = Vec::new();
+        c.epoch = match crate::bootepoch::next_epoch(
+            &crate::bootepoch::epoch_file(&state_dir, &cfg.node.name),
+            now_ms,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                warnings.push(format!(
+                    "{e}; using the wall clock: if it was stepped back, the peer drops our heartbeats until it passes our last start"
+                ));
+                now_ms
+            }
+        };
         c.priority = ha.priority;
         c.interval = Duration::from_millis(u64::from(ha.heartbeat_ms));
         c.dead_time = Duration::from_millis(u64::from(ha.dead_ms));
@@ -352,6 +374,7 @@ impl Cluster {
         c.stall_threshold = c.dead_time / 2;
         let origin = Instant::now();
         Ok(Some(Cluster {
+            startup_warnings: warnings,
             ha: Ha::new(c, Duration::ZERO),
             codec: Codec::new(keys.heartbeat().as_bytes(), ha.cluster_id).with_own_serial(serial),
             check_key: CheckKey::new(keys.check().as_bytes()),

@@ -220,6 +220,14 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
             keys,
             config_path,
         )?;
+        let warnings = daemon
+            .cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.startup_warnings))
+            .unwrap_or_default();
+        for w in warnings {
+            daemon.events.event("HA", format_args!("WARNING: {w}"));
+        }
     }
     if daemon.cluster.is_some() {
         daemon.events.event(

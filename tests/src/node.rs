@@ -243,9 +243,17 @@ impl NodeConfig {
             ron_str(&self.serial)
         );
         s += &format!(
-            "    control: (socket: {}, event_log: Some({})),\n",
+            "    control: (socket: {}, event_log: Some({}), state_dir: Some({})),\n",
             ron_str(&self.socket.to_string_lossy()),
-            ron_str(&self.socket.with_extension("log").to_string_lossy())
+            ron_str(&self.socket.with_extension("log").to_string_lossy()),
+            ron_str(
+                &self
+                    .socket
+                    .parent()
+                    .unwrap_or(std::path::Path::new("/tmp"))
+                    .join("state")
+                    .to_string_lossy()
+            )
         );
         s += &format!(
             "    eal: (file_prefix: Some({}), lcores: {}, no_huge: {}, memory_mb: {}),\n",
