@@ -373,10 +373,13 @@ impl Cluster {
         // Our own lateness is not the peer's death.
         c.stall_threshold = c.dead_time / 2;
         let origin = Instant::now();
+        let own_epoch = c.epoch;
         Ok(Some(Cluster {
             startup_warnings: warnings,
             ha: Ha::new(c, Duration::ZERO),
-            codec: Codec::new(keys.heartbeat().as_bytes(), ha.cluster_id).with_own_serial(serial),
+            codec: Codec::new(keys.heartbeat().as_bytes(), ha.cluster_id)
+                .with_own_serial(serial)
+                .with_own_epoch(own_epoch),
             check_key: CheckKey::new(keys.check().as_bytes()),
             cluster_id: ha.cluster_id,
             serial,

@@ -2,7 +2,7 @@
 """A flood of HA-shaped frames for the tandem lab: on --iface, as fast as
 one process can for --duration seconds (and at most --max frames), sends
 broadcast IPv4 ICMP echo frames that look like tandem's last-resort
-heartbeats (id 0x5405, 68-byte payload with the heartbeat magic, version
+heartbeats (id 0x5405, 76-byte payload with the heartbeat magic, version
 and --cluster id), ICMP checks (id 0x5406, 60-byte payload with the check
 magic) and check answers (echo replies), all with source and destination
 --addr (a lab address) and random tags: valid-looking, wrong key. Prints
@@ -32,7 +32,8 @@ def frame(src_mac, addr, icmp_type, ident, seq, payload):
 
 
 def heartbeat(cluster):
-    body = b"THAB" + bytes([1, 1, 100, 0]) + struct.pack("!I", cluster) + os.urandom(40)
+    # Version 2: 60 bytes before the 16-byte tag (76 in all).
+    body = b"THAB" + bytes([2, 1, 100, 0]) + struct.pack("!I", cluster) + os.urandom(48)
     return body + os.urandom(16)
 
 

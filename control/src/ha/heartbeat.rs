@@ -20,7 +20,8 @@
 //! 28  seq        u64  per-link sequence number, strictly increasing per epoch
 //! 36  uptime ms  u64
 //! 44  gen        u64  sender's heartbeat round (orders state across links)
-//! 52  tag        [u8; 16]  HMAC-SHA256(key, bytes 0..52) truncated
+//! 52  echo       u64  the highest boot epoch the sender has seen from us
+//! 60  tag        [u8; 16]  HMAC-SHA256(key, bytes 0..60) truncated
 //! ```
 //! All integers big-endian. Decoding checks length, magic, version, cluster,
 //! the tag (constant-time), field ranges, the sender's serial (our own,
@@ -28,6 +29,13 @@
 //! heartbeat thus proves knowledge of the key and names the member that
 //! sent it. (The ICMP check has its own format and key, see
 //! [`tandem_dataplane::hadata::CheckMsg`].)
+//!
+//! Freshness: a heartbeat of a sender's boot epoch we have not accepted
+//! yet counts only if its `echo` is our own current epoch, that is, if it
+//! was made after the sender heard this run of ours. So a capture replayed
+//! after we restart (its echo names our previous run) keeps no dead peer
+//! alive. Until then it only tells us the epoch to echo back: a restart on
+//! either side costs one exchange of heartbeats (two intervals).
 
 use super::machine::{LinkId, PeerState, Role};
 use ring::hmac;
@@ -35,10 +43,10 @@ use ring::hmac;
 /// UDP port of heartbeats.
 pub const PORT: u16 = 5405;
 /// Size of a heartbeat on the wire.
-pub const LEN: usize = 68;
+pub const LEN: usize = 76;
 const MAGIC: [u8; 4] = *b"THAB";
-const VERSION: u8 = 1;
-const BODY: usize = 52;
+const VERSION: u8 = 2;
+const BODY: usize = 60;
 const TAG: usize = 16;
 
 /// A decoded heartbeat.
@@ -72,6 +80,11 @@ pub enum DecodeError {
     /// Our own heartbeat, looped back (the data network is a broadcast
     /// domain): ignored before it touches the replay window.
     Own,
+    /// Authentic, from a boot epoch of the peer not accepted yet, and made
+    /// before the peer heard our current run (its echo is not our epoch):
+    /// a replay, or a restarted peer's first heartbeat. Its epoch is
+    /// echoed back so that the peer can prove itself.
+    Unproven,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -87,6 +100,10 @@ pub struct Codec {
     tx_seq: [u64; 3],
     rx: [Window; 3],
     own_serial: Option<u64>,
+    /// Our boot epoch: a new epoch of the peer must echo it.
+    own_epoch: Option<u64>,
+    /// The highest authentic epoch seen from the peer (echoed).
+    peer_epoch: u64,
 }
 
 impl std::fmt::Debug for Codec {
@@ -126,7 +143,17 @@ impl Codec {
             tx_seq: [0; 3],
             rx: [Window::default(); 3],
             own_serial: None,
+            own_epoch: None,
+            peer_epoch: 0,
         }
+    }
+
+    /// Requires a new boot epoch of the peer to echo `epoch` (ours) before
+    /// its heartbeats count (see the module doc); without it, any fresh
+    /// epoch counts (tools and tests).
+    pub fn with_own_epoch(mut self, epoch: u64) -> Self {
+        self.own_epoch = Some(epoch);
+        self
     }
 
     /// Rejects heartbeats carrying `serial` (ours) as [`DecodeError::Own`].
@@ -161,6 +188,7 @@ impl Codec {
         b[28..36].copy_from_slice(&self.tx_seq[i].to_be_bytes());
         b[36..44].copy_from_slice(&s.uptime_ms.to_be_bytes());
         b[44..52].copy_from_slice(&s.gen.to_be_bytes());
+        b[52..60].copy_from_slice(&self.peer_epoch.to_be_bytes());
         let tag = hmac::sign(&self.key, &b[..BODY]);
         b[BODY..].copy_from_slice(&tag.as_ref()[..TAG]);
         b
@@ -206,10 +234,16 @@ impl Codec {
         }
         let epoch = be64(buf, 20);
         let seq = be64(buf, 28);
+        let echo = be64(buf, 52);
         let w = &mut self.rx[link_idx(link)];
         let fresh = epoch > w.epoch || (epoch == w.epoch && w.seq.is_none_or(|last| seq > last));
         if !fresh {
             return Err(DecodeError::Replay);
+        }
+        // An authentic epoch above any seen: the one to echo.
+        self.peer_epoch = self.peer_epoch.max(epoch);
+        if epoch > w.epoch && self.own_epoch.is_some_and(|own| echo != own) {
+            return Err(DecodeError::Unproven);
         }
         *w = Window {
             epoch,
