@@ -297,11 +297,15 @@ impl NodeConfig {
         }
         if let Some(fw) = &self.firewall {
             let policy = fw.policy.as_ref().map(|p| p.to_string_lossy().into_owned());
+            let extra = if fw.extra.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", fw.extra.trim_end_matches([',', ' ']))
+            };
             s += &format!(
-                "    firewall: (policy: {}, connections: {}, {}),\n",
+                "    firewall: (policy: {}, connections: {}{extra}),\n",
                 ron_opt_str(&policy),
                 fw.connections,
-                fw.extra
             );
         }
         if let Some(ha) = &self.ha {
