@@ -78,9 +78,11 @@ fuzz_target!(|data: &[u8]| {
             fw.maintain(now);
         }
     }
-    let (views, total) = fw.list(now, &ConnQuery { limit: usize::MAX, ..ConnQuery::default() });
-    assert_eq!(views.len() as u64, total);
-    for v in &views {
+    let q = ConnQuery { limit: usize::MAX, ..ConnQuery::default() };
+    let chunk = fw.list_chunk(now, &q, 0, usize::MAX);
+    assert_eq!(chunk.views.len() as u64, chunk.matched);
+    assert!(chunk.next.is_none(), "one chunk covers the whole table");
+    for v in &chunk.views {
         assert!(fw.shard().lookup(&v.orig).is_some(), "listed connection not found by its key");
     }
 });

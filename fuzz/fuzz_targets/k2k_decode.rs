@@ -14,8 +14,11 @@ use tandem_dataplane::k2k::{
 const CLUSTER: u32 = 42;
 const PSK: &[u8] = b"fuzzing key";
 
-fn session(serial: &str) -> Session {
-    let cfg = SessionConfig::new(CLUSTER, serial_from_str(serial), Psk::new(PSK), 1);
+/// A session with a fixed session id (`id` repeated), so that a crash
+/// input reproduces.
+fn session(serial: &str, id: u8) -> Session {
+    let mut cfg = SessionConfig::new(CLUSTER, serial_from_str(serial), Psk::new(PSK), 1);
+    cfg.session_id = [id; 16];
     Session::new(cfg).expect("valid configuration")
 }
 
@@ -24,17 +27,23 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // The codec alone.
-    let _ = Header::parse(rest, 1, u8::MAX);
+    let _ = Header::parse(rest, 2, u8::MAX);
     let _ = decode_body(rest, |_| {});
 
-    // A receiver that already knows its peer A (A's Hello delivered), so
-    // stream datagrams are not refused for want of a Hello.
-    let mut a = session("A");
-    let mut b = session("B");
+    // A receiver that already knows its peer A (the Hello exchange done),
+    // so stream datagrams are not refused for want of a Hello.
+    let mut a = session("A", 1);
+    let mut b = session("B", 2);
     let mut buf = vec![0u8; 70_000];
-    while let Some(n) = a.poll_transmit(0, &mut buf) {
-        let _ = b.handle_datagram(0, &buf[..n]);
+    for _ in 0..8 {
+        while let Some(n) = a.poll_transmit(0, &mut buf) {
+            let _ = b.handle_datagram(0, &buf[..n]);
+        }
+        while let Some(n) = b.poll_transmit(0, &mut buf) {
+            let _ = a.handle_datagram(0, &buf[..n]);
+        }
     }
+    assert!(b.is_established(), "the handshake completes");
     while b.poll_record().is_some() {}
 
     let datagram: &[u8] = if mode & 1 == 0 {
@@ -49,13 +58,15 @@ fuzz_target!(|data: &[u8]| {
         if mode & 2 == 0 {
             seq = (seq % 4096) | if mode & 4 != 0 { CONTROL } else { 0 };
         }
+        // Sealed with the data key of A's session towards B's (or, for
+        // some inputs, a session B does not know).
         let header = Header {
-            version: 1,
+            version: 2,
             flags: rest[0],
             cluster_id: CLUSTER,
             serial: serial_from_str("A"),
-            epoch: 1 + u32::from(mode >> 6),
-            ack_epoch: 1,
+            session: if mode & 0x40 == 0 { a.session_id() } else { [9; 16] },
+            peer_session: b.session_id(),
             seq,
             ack: u64::from(mode >> 3),
         };
