@@ -562,6 +562,9 @@ fn conn_list_flush_and_a_big_policy_reload_leave_the_heartbeats_on_time() {
     assert!(err.contains("TANDEM_TEST_FAULTS=1"), "{err}");
     thread::sleep(Duration::from_millis(300));
     assert_eq!(role(a).0, "active", "the worker is still there");
+    // The flush reached the passive too (deletes are replicated): both
+    // tables are the same.
+    cluster::verify_clean(&c.nodes[passive], 3).expect("a clean verify after the requests");
 }
 
 /// Both members with fault injection allowed, the election settled, the
