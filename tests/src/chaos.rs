@@ -361,7 +361,7 @@ pub fn run(cfg: &ChaosConfig) -> Result<Value> {
     let flows = cluster::open_udp_flows(&c.lab, cfg.udp_flows, 9000, 20_000)?;
     let faults = draw(cfg.seed, cfg.faults);
     // Long enough for every fault and its settling; stopped early.
-    let duration = 60 + 20 * cfg.faults as u64;
+    let duration = (60 + 20 * cfg.faults as u64).min(3600);
     let mut chatter = tools::spawn_tool(
         c.lab.client(),
         "chatter",
