@@ -686,6 +686,13 @@ impl Cluster {
                 }
                 // The swap is logged with its old and new role just above.
                 Action::Log(HaEvent::Swap { .. }) => {}
+                Action::Log(e @ HaEvent::DualActiveResolved { we_yielded: false }) => {
+                    // While both were active the neighbours may have learnt
+                    // the peer's MACs: announce ours again.
+                    node.reannounce();
+                    log.event("HA", self.describe(&e));
+                    log.event("HA", "announcing our addresses again (gratuitous ARP)");
+                }
                 Action::Log(e) => log.event("HA", self.describe(&e)),
             }
         }

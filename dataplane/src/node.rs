@@ -164,6 +164,8 @@ pub struct Node {
     /// Set when the node stops: table walks in progress give up.
     requests_cancelled: AtomicBool,
     role: Arc<AtomicU8>,
+    /// Bumped to have the workers announce the addresses again.
+    announce: Arc<std::sync::atomic::AtomicU64>,
     sync: Option<SyncCore>,
     ha_data: Option<HaDataHandle>,
     /// A passive member keeps its LACP aggregates out of distribution.
@@ -269,6 +271,7 @@ impl Node {
             requests_cancelled: AtomicBool::new(false),
             // A cluster member starts passive, silent until it is told (or
             // elects itself) to be active; a lone node is active.
+            announce: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             role: Arc::new(AtomicU8::new(if cfg.ha.is_some() {
                 Role::Passive
             } else {
@@ -407,6 +410,13 @@ impl Node {
     /// (on becoming active: larval connections go live, gratuitous ARPs).
     pub fn set_role(&self, role: Role) {
         self.role.store(role as u8, Ordering::Release);
+    }
+
+    /// Has the workers send the gratuitous ARPs of every address again
+    /// (while active): after a dual-active episode, the neighbours may have
+    /// learnt the member that yielded.
+    pub fn reannounce(&self) {
+        self.announce.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The policy in force, if the node filters.
@@ -676,7 +686,8 @@ impl Node {
                 self.epoch,
             )
             .with_commands(cmd_rx)
-            .with_role(self.role.clone());
+            .with_role(self.role.clone())
+            .with_announce(self.announce.clone());
             if let Some(p) = &ha_path {
                 worker = worker.with_ha_data(if id == 0 {
                     p.clone()

@@ -216,6 +216,10 @@ pub struct Worker {
     commands: Option<Receiver<WorkerCommand>>,
     next_maintenance_ms: u64,
     role: Arc<AtomicU8>,
+    /// Bumped by the control thread to have the addresses announced again
+    /// (gratuitous ARP) while active.
+    announce_gen: Arc<std::sync::atomic::AtomicU64>,
+    announce_seen: u64,
     current_role: Role,
     sync: Option<WorkerSync>,
     bulk_cursor: Option<usize>,
@@ -279,6 +283,8 @@ impl Worker {
             commands: None,
             next_maintenance_ms: 0,
             role: Arc::new(AtomicU8::new(Role::Active as u8)),
+            announce_gen: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            announce_seen: 0,
             current_role: Role::Active,
             sync: None,
             bulk_cursor: None,
@@ -435,6 +441,14 @@ impl Worker {
                 sync.dump.done.store(want, Ordering::Release);
             }
         }
+    }
+
+    /// Announces the addresses again whenever `gen` is bumped (while
+    /// active).
+    pub fn with_announce(mut self, gen: Arc<std::sync::atomic::AtomicU64>) -> Worker {
+        self.announce_seen = gen.load(Ordering::Acquire);
+        self.announce_gen = gen;
+        self
     }
 
     /// Follows the node's role (active when not given).
@@ -595,6 +609,13 @@ impl Worker {
         self.next_maintenance_ms = now + MAINTENANCE_MS;
         self.serve_commands(now);
         self.kick_lacp();
+        let gen = self.announce_gen.load(Ordering::Acquire);
+        if gen != self.announce_seen {
+            self.announce_seen = gen;
+            if self.current_role == Role::Active {
+                self.announce();
+            }
+        }
         if self.current_role == Role::Active {
             self.announce_more(now);
         } else {
