@@ -116,8 +116,6 @@ pub struct SyncShared {
     /// Set by the control thread: run a verify now (`tandemctl sync
     /// verify`).
     pub verify_wanted: AtomicBool,
-    /// The id of the verify running (or last started).
-    pub verify_running: AtomicU64,
     /// The id of the last verify finished.
     pub verify_done: AtomicU64,
     /// The last verify's outcome.
@@ -186,7 +184,6 @@ impl Default for SyncShared {
             bulks_abandoned: AtomicU64::new(0),
             install_waits: AtomicU64::new(0),
             verify_wanted: AtomicBool::new(false),
-            verify_running: AtomicU64::new(0),
             verify_done: AtomicU64::new(0),
             last_verify: Mutex::new(VerifyReport::default()),
             verifies: AtomicU64::new(0),
@@ -1293,9 +1290,6 @@ impl Core {
             operator,
         });
         self.peer_digest = None;
-        self.shared
-            .verify_running
-            .store(u64::from(id), Ordering::Release);
         if self.active() {
             self.start_digest(DigestPurpose::OwnAtDrainPoint { id }, true);
         } else {

@@ -14,18 +14,11 @@ use tandem_tests::cluster::{self, role, wait_ctl, wait_synchronized, Cluster};
 use tandem_tests::lab::addr;
 use tandem_tests::netns::{Netns, Proc};
 use tandem_tests::node::HaSection;
-use tandem_tests::{link, tools};
+use tandem_tests::{link, require_root, tools};
 
 /// The lab's HA timing (defaults): dead time and ICMP check timeout.
 const DEAD_MS: f64 = 25.0;
 const CHECK_MS: f64 = 10.0;
-
-fn need_root() {
-    assert!(
-        tandem_tests::cmd::is_root(),
-        "the hostile-host tests need root (network namespaces): run them as root"
-    );
-}
 
 /// Pings and iperf3 through, as in the election tests.
 const POLICY: &str = r#"(
@@ -137,7 +130,7 @@ fn result_of(p: &mut Proc, timeout: Duration) -> Value {
 /// reflection.
 #[test]
 fn a_host_reflecting_the_icmp_checks_does_not_block_the_takeover() {
-    need_root();
+    require_root!();
     let mut c = start("hrefl");
     let (a, p) = settled(&c);
     c.lab
@@ -318,7 +311,7 @@ fn flood(c: &Cluster, evil: &EvilHost, shape: &str) -> Flood {
 /// runs first.
 #[test]
 fn a_flood_of_ha_shaped_frames_neither_swaps_nor_delays_the_heartbeats() {
-    need_root();
+    require_root!();
     let c = start("hflood");
     let (a, p) = settled(&c);
     let evil = EvilHost::on_wan(&c.lab);
@@ -446,7 +439,7 @@ fn a_flood_of_ha_shaped_frames_neither_swaps_nor_delays_the_heartbeats() {
 /// would ever have become active).
 #[test]
 fn a_reflector_does_not_keep_a_lone_member_from_starting_active() {
-    need_root();
+    require_root!();
     let lock = tandem_tests::heavy_lock();
     let lab = tandem_tests::Lab::two_nodes("hralone").expect("lab");
     let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", POLICY).unwrap();

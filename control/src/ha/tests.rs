@@ -146,6 +146,19 @@ fn our_own_looped_back_heartbeat_does_not_move_the_replay_window() {
     assert!(rx.decode(&b).is_ok(), "the peer's older epoch still passes");
 }
 
+/// A member's state and codec: serial `serial`, boot epoch `epoch`.
+fn member(serial: u64, epoch: u64) -> (PeerState, Codec) {
+    let s = PeerState {
+        serial,
+        epoch,
+        ..state()
+    };
+    let c = Codec::new(b"secret", 7)
+        .with_own_serial(serial)
+        .with_own_epoch(epoch);
+    (s, c)
+}
+
 /// Two members' codecs (epochs `a` and `b`) exchange heartbeats on the
 /// main link until both accept the other's; returns the rounds it took.
 fn handshake(ca: &mut Codec, a: &PeerState, cb: &mut Codec, b: &PeerState) -> usize {
@@ -162,22 +175,8 @@ fn handshake(ca: &mut Codec, a: &PeerState, cb: &mut Codec, b: &PeerState) -> us
 
 #[test]
 fn a_new_epoch_counts_only_once_it_echoes_ours_and_a_restart_costs_one_exchange() {
-    let sa = PeerState {
-        serial: 1,
-        epoch: 1000,
-        ..state()
-    };
-    let sb = PeerState {
-        serial: 2,
-        epoch: 2000,
-        ..state()
-    };
-    let mut ca = Codec::new(b"secret", 7)
-        .with_own_serial(1)
-        .with_own_epoch(1000);
-    let mut cb = Codec::new(b"secret", 7)
-        .with_own_serial(2)
-        .with_own_epoch(2000);
+    let (sa, mut ca) = member(1, 1000);
+    let (sb, mut cb) = member(2, 2000);
     // First contact: A's first heartbeat cannot echo B yet.
     assert_eq!(
         cb.decode(&ca.encode(LinkId::Main, &sa)),
@@ -186,38 +185,19 @@ fn a_new_epoch_counts_only_once_it_echoes_ours_and_a_restart_costs_one_exchange(
     assert!(handshake(&mut ca, &sa, &mut cb, &sb) <= 2);
     // B restarts with a higher epoch (its clock even went back: the
     // epoch comes from its state directory): one more exchange.
-    let sb2 = PeerState { epoch: 2001, ..sb };
-    let mut cb2 = Codec::new(b"secret", 7)
-        .with_own_serial(2)
-        .with_own_epoch(2001);
+    let (sb2, mut cb2) = member(2, 2001);
     assert!(handshake(&mut ca, &sa, &mut cb2, &sb2) <= 2);
 }
 
 #[test]
 fn heartbeats_captured_before_the_receiver_restarted_keep_no_dead_peer_alive() {
-    let sa = PeerState {
-        serial: 1,
-        epoch: 1000,
-        ..state()
-    };
-    let sb = PeerState {
-        serial: 2,
-        epoch: 2000,
-        ..state()
-    };
-    let mut ca = Codec::new(b"secret", 7)
-        .with_own_serial(1)
-        .with_own_epoch(1000);
-    let mut cb = Codec::new(b"secret", 7)
-        .with_own_serial(2)
-        .with_own_epoch(2000);
+    let (sa, mut ca) = member(1, 1000);
+    let (sb, mut cb) = member(2, 2000);
     handshake(&mut ca, &sa, &mut cb, &sb);
     // A host on a data segment records A's last-resort heartbeats; A dies.
     let capture: Vec<_> = (0..50).map(|_| ca.encode(LinkId::Data, &sa)).collect();
     // B restarts (a new epoch) and gets the capture replayed: none counts.
-    let mut cb2 = Codec::new(b"secret", 7)
-        .with_own_serial(2)
-        .with_own_epoch(2001);
+    let (_, mut cb2) = member(2, 2001);
     for hb in &capture {
         assert!(cb2.decode(hb).is_err(), "a replayed heartbeat counted");
     }

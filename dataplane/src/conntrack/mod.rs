@@ -20,7 +20,8 @@
 //! - the delta stream for HA: creations, state transitions, refreshes of
 //!   long-lived entries and deletions go into a bounded SPSC ring
 //!   ([`delta_queue`]) that the sync core drains; a full ring is counted
-//!   and flags the shard for a bulk resync, it never blocks the worker.
+//!   on the ring (the sync core sees it and sends a bulk), it never
+//!   blocks the worker.
 //!   On the passive, [`Shard::apply`] / [`Shard::install`] hold replicated
 //!   connections as larval entries until [`Shard::activate_all`].
 //!
@@ -627,7 +628,6 @@ pub struct Shard {
     ports: PortAllocator,
     deltas: DeltaProducer,
     consumer: Option<DeltaConsumer>,
-    needs_resync: bool,
     larval: u32,
     loose_until_ms: u64,
     counters: ShardCounters,
@@ -647,7 +647,6 @@ impl Shard {
             ports: PortAllocator::new(cfg.nat_ports, cfg.shard, cfg.shards),
             deltas: producer,
             consumer: Some(consumer),
-            needs_resync: false,
             larval: 0,
             loose_until_ms: cfg.tcp.loose_until_ms,
             counters: ShardCounters::default(),
@@ -688,16 +687,6 @@ impl Shard {
     /// Counters.
     pub fn counters(&self) -> &ShardCounters {
         &self.counters
-    }
-
-    /// Deltas were lost: the peer needs a bulk resync of this shard.
-    pub fn needs_bulk_resync(&self) -> bool {
-        self.needs_resync
-    }
-
-    /// Acknowledges [`Self::needs_bulk_resync`] (the bulk is under way).
-    pub fn clear_bulk_resync(&mut self) {
-        self.needs_resync = false;
     }
 
     /// Until when TCP windows are tracked loosely.
@@ -1382,7 +1371,6 @@ impl Shard {
             self.counters.deltas += 1;
         } else {
             self.counters.deltas_dropped += 1;
-            self.needs_resync = true;
             self.deltas.record_loss();
         }
     }
