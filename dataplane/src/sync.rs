@@ -584,6 +584,9 @@ impl SyncCore {
             dump_gen: 0,
             parked: None,
             rx_bulk: None,
+            records_polled: 0,
+            last_bulk_start: None,
+            loss: None,
             ends_sent: 0,
             complete_pending: false,
             lag: Histogram::new_with_bounds(1, 3_600_000, 2).expect("valid histogram bounds"),
@@ -686,6 +689,22 @@ enum Target {
 struct RxBulk {
     id: u32,
     creates: u64,
+    /// Position of its BulkStart in the peer's record stream.
+    start_at: u64,
+}
+
+/// How long a passive waits for the peer's bulk after records were lost
+/// before it asks for one itself (the peer starts one when it skips
+/// records; this covers a bulk that never comes).
+const LOSS_REPAIR_WAIT_MS: u64 = 1_000;
+
+/// Records of the peer lost beyond repair, not yet covered by a complete
+/// bulk that started after them.
+struct PendingLoss {
+    /// Position in the peer's record stream of the hole.
+    at: u64,
+    /// When the last bulk was asked for (or the loss was seen).
+    since_ms: u64,
 }
 
 struct Core {
@@ -720,6 +739,11 @@ struct Core {
     /// A record waiting for room in an install queue (backpressure).
     parked: Option<(Target, Install)>,
     rx_bulk: Option<RxBulk>,
+    /// Records polled from the session so far (positions in the stream).
+    records_polled: u64,
+    /// Position of the last BulkStart polled.
+    last_bulk_start: Option<u64>,
+    loss: Option<PendingLoss>,
     /// Bulk ends handed to the workers.
     ends_sent: u64,
     /// A complete bulk was received: synchronized once every worker has
@@ -815,6 +839,7 @@ impl Core {
             self.bulk_progress(now);
             self.session.handle_timeout(now);
             self.events(now);
+            self.loss_timer(now);
             self.check_complete();
             self.watch_silence(now);
             work += self.transmit(now, &mut buf);
@@ -1001,6 +1026,7 @@ impl Core {
                     let Some(r) = self.session.poll_record() else {
                         break;
                     };
+                    self.records_polled += 1;
                     match self.route(now, r) {
                         Some(x) => x,
                         None => continue,
@@ -1020,7 +1046,13 @@ impl Core {
     fn route(&mut self, now: u64, r: Record) -> Option<(Target, Install)> {
         match r {
             Record::BulkStart { id, mask } => {
-                self.rx_bulk = Some(RxBulk { id, creates: 0 });
+                let start_at = self.records_polled - 1;
+                self.last_bulk_start = Some(start_at);
+                self.rx_bulk = Some(RxBulk {
+                    id,
+                    creates: 0,
+                    start_at,
+                });
                 self.complete_pending = false;
                 if !self.active() {
                     self.unsynchronized(if mask.is_all() {
@@ -1046,17 +1078,27 @@ impl Core {
             }
             Record::BulkEnd { id, count } => {
                 self.shared.bulks_received.fetch_add(1, Ordering::Relaxed);
-                let received = match self.rx_bulk.take() {
-                    Some(b) if b.id == id => b.creates,
-                    _ => 0,
+                let (received, start_at) = match self.rx_bulk.take() {
+                    Some(b) if b.id == id => (b.creates, Some(b.start_at)),
+                    _ => (0, None),
                 };
                 let complete = received == count;
+                // A bulk repairs a loss only if it started after the hole
+                // (a snapshot taken before it misses what was lost).
+                let covers = match (&self.loss, start_at) {
+                    (None, _) => true,
+                    (Some(l), Some(s)) => s >= l.at,
+                    (Some(_), None) => false,
+                };
+                if complete && covers {
+                    self.loss = None;
+                }
                 if complete {
                     self.shared.bulks_complete.fetch_add(1, Ordering::Relaxed);
                     self.shared.event(SyncEvent::BulkReceived {
                         connections: received,
                     });
-                    self.complete_pending = true;
+                    self.complete_pending = covers;
                 } else {
                     self.shared.bulks_incomplete.fetch_add(1, Ordering::Relaxed);
                     self.shared.event(SyncEvent::BulkIncomplete {
@@ -1544,7 +1586,44 @@ impl Core {
         }
     }
 
-    fn events(&mut self, _now: u64) {
+    /// Records of the peer were lost at position `at` of its stream. The
+    /// peer sends a bulk when it skips records; a bulk that started at or
+    /// after the hole (it may already be queued or applied: records and
+    /// events are polled separately) repairs it. Until one completes this
+    /// member is not synchronized, and it asks for a bulk itself if none
+    /// starts within [`LOSS_REPAIR_WAIT_MS`].
+    fn records_lost(&mut self, now: u64, at: u64) {
+        if self.active() {
+            return;
+        }
+        if self.last_bulk_start.is_some_and(|s| s >= at) {
+            // Covered by a bulk that started after the hole: complete, or
+            // its end will say (an incomplete one asks again).
+            return;
+        }
+        let at = self.loss.as_ref().map_or(at, |l| l.at.max(at));
+        self.loss = Some(PendingLoss { at, since_ms: now });
+        self.complete_pending = false;
+        self.unsynchronized("records of the peer were lost beyond repair");
+    }
+
+    /// A loss no bulk has covered yet: ask for one after a while.
+    fn loss_timer(&mut self, now: u64) {
+        if self.active() {
+            self.loss = None;
+            return;
+        }
+        let Some(l) = &mut self.loss else { return };
+        if self.last_bulk_start.is_some_and(|s| s >= l.at) {
+            return; // on its way
+        }
+        if now.saturating_sub(l.since_ms) >= LOSS_REPAIR_WAIT_MS {
+            l.since_ms = now;
+            let _ = self.session.request_bulk(now);
+        }
+    }
+
+    fn events(&mut self, now: u64) {
         while let Some(ev) = self.session.poll_event() {
             match ev {
                 Event::PeerUp { version, .. } => {
@@ -1580,11 +1659,12 @@ impl Core {
                 Event::RepairRequested { mask } => {
                     self.want_bulk("the peer's verify found buckets different", mask);
                 }
-                Event::RecordsLost { datagrams } => {
+                Event::RecordsLost {
+                    datagrams,
+                    at_record,
+                } => {
                     self.shared.event(SyncEvent::RecordsLost { datagrams });
-                    self.rx_bulk = None;
-                    self.complete_pending = false;
-                    self.unsynchronized("records of the peer were lost beyond repair");
+                    self.records_lost(now, at_record);
                 }
                 Event::VersionMismatch { peer_min, peer_max } => {
                     self.shared

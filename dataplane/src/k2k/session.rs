@@ -349,6 +349,10 @@ pub enum Event {
     RecordsLost {
         /// Datagrams skipped.
         datagrams: u64,
+        /// Where in the record stream the hole is: the number of records
+        /// delivered (through [`Session::poll_record`]) before it. The
+        /// records after it, a bulk among them, may already be queued.
+        at_record: u64,
     },
     /// The peer speaks no version in our range; nothing is exchanged.
     VersionMismatch {
@@ -645,6 +649,8 @@ pub struct Session {
     rtt: Rtt,
     rto_deadline: Option<u64>,
     lost_reported_base: u64,
+    /// Records ever pushed to `records` (positions for `RecordsLost`).
+    records_delivered: u64,
     next_bulk_id: u32,
     bulk_tx: Option<(u32, u64)>,
 
@@ -739,6 +745,7 @@ impl Session {
             },
             rto_deadline: None,
             lost_reported_base: 0,
+            records_delivered: 0,
             next_bulk_id: 1,
             bulk_tx: None,
             peer: None,
@@ -1208,8 +1215,10 @@ impl Session {
             }
             let lost = span - present;
             self.counters.lost_datagrams += lost;
-            self.events
-                .push_back(Event::RecordsLost { datagrams: lost });
+            self.events.push_back(Event::RecordsLost {
+                datagrams: lost,
+                at_record: self.records_delivered,
+            });
             self.rcv_next = x.base_seq;
             self.rcv_highest = self.rcv_highest.max(self.rcv_next - 1);
             self.deliver_in_order();
@@ -1364,6 +1373,7 @@ impl Session {
             _ => {}
         }
         self.counters.records_received += 1;
+        self.records_delivered += 1;
         self.records.push_back(r);
     }
 

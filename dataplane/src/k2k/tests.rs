@@ -1018,6 +1018,14 @@ fn nack_older_than_the_retransmit_buffer_triggers_a_bulk() {
     let mut sim = Sim::new(a, cfg("B", 1), Link::perfect(), 1);
     sim.establish();
     sim.events = [vec![], vec![]];
+    // Five records arrive before the hole.
+    for i in 1000..1005 {
+        sim.nodes[0]
+            .queue(sim.now, &Record::ConnCreate(tcp_snapshot(i)))
+            .unwrap();
+    }
+    sim.run_until(5_000, |s| s.delivered[1].len() == 5);
+    sim.delivered[1].clear();
     // 20 datagrams' worth of creates sent into the void: the first ones
     // fall out of the 8-datagram buffer.
     sim.blocked[1] = true;
@@ -1047,6 +1055,16 @@ fn nack_older_than_the_retransmit_buffer_triggers_a_bulk() {
         })
         .collect();
     assert!(!got.is_empty() && got.len() < 220);
+    // The event says where the hole is in the record stream: after the
+    // five records delivered before it.
+    let at: Vec<u64> = sim.events[1]
+        .iter()
+        .filter_map(|e| match e {
+            Event::RecordsLost { at_record, .. } => Some(*at_record),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(at, vec![5]);
     // The caller answers with a bulk; B sees it complete.
     let id = sim.nodes[0].start_bulk(sim.now).unwrap();
     for i in 0..50 {
