@@ -114,24 +114,113 @@ impl FlowKey {
     }
 
     /// The symmetric Toeplitz hash of the flow (same value for both
-    /// directions), over the same input a NIC hashes for IPv4 + L4 RSS.
+    /// directions), over the same input a NIC hashes for IPv4 + L4 RSS
+    /// (addresses, then ports), equal to
+    /// `toeplitz(&SYMMETRIC_RSS_KEY, input)` but table-driven: with a key
+    /// of period 16 bits every 16-bit word of the input contributes the
+    /// same function of its value wherever it stands (which is also why
+    /// the hash is symmetric).
+    #[inline]
     pub fn symmetric_hash(&self) -> u32 {
-        let mut input = [0u8; 12];
-        input[0..4].copy_from_slice(&self.src.octets());
-        input[4..8].copy_from_slice(&self.dst.octets());
-        input[8..10].copy_from_slice(&self.sport.to_be_bytes());
-        input[10..12].copy_from_slice(&self.dport.to_be_bytes());
-        toeplitz(&SYMMETRIC_RSS_KEY, &input)
+        let s = u32::from(self.src);
+        let d = u32::from(self.dst);
+        word_hash((s >> 16) as u16)
+            ^ word_hash(s as u16)
+            ^ word_hash((d >> 16) as u16)
+            ^ word_hash(d as u16)
+            ^ word_hash(self.sport)
+            ^ word_hash(self.dport)
     }
 
-    /// Which of `shards` owns this flow.
-    pub fn shard(&self, shards: usize) -> usize {
-        if shards <= 1 {
-            0
-        } else {
-            self.symmetric_hash() as usize % shards
-        }
+    /// The worker of `workers` that owns this flow: see [`owner_of_hash`].
+    #[inline]
+    pub fn owner(&self, workers: usize) -> usize {
+        owner_of_hash(self.symmetric_hash(), workers)
     }
+}
+
+/// Entries of the ownership table, the logical RSS redirection table: a
+/// flow's owner is entry `hash % OWNER_TABLE`. A NIC whose redirection
+/// table has a power-of-two size of at least this many entries is
+/// programmed with it repeated ([`reta_entry`]), so that its RSS lands
+/// every TCP/UDP flow on the worker that owns it. It also bounds the
+/// workers of a node.
+pub const OWNER_TABLE: usize = 128;
+
+/// The one function that decides which of `workers` owns a flow, given
+/// the flow's [`FlowKey::symmetric_hash`]. The NIC's redirection table,
+/// the software dispatch between workers, the SNAT port choice (replies
+/// land on the owner), the passive's installs and the bulk all use it.
+#[inline]
+pub fn owner_of_hash(hash: u32, workers: usize) -> usize {
+    if workers <= 1 {
+        0
+    } else {
+        (hash as usize & (OWNER_TABLE - 1)) % workers
+    }
+}
+
+/// Entry `i` of a NIC redirection table (any power-of-two size of at
+/// least [`OWNER_TABLE`]) that agrees with [`owner_of_hash`]: the NIC
+/// indexes its table with the hash's low bits.
+pub fn reta_entry(i: usize, workers: usize) -> u16 {
+    owner_of_hash(i as u32, workers) as u16
+}
+
+/// The hash of the addresses alone (what a NIC hashes for fragments and
+/// protocols without ports): the owner of a fragment group before its
+/// flow is known.
+#[inline]
+pub fn address_hash(src: Ipv4Addr, dst: Ipv4Addr) -> u32 {
+    let s = u32::from(src);
+    let d = u32::from(dst);
+    word_hash((s >> 16) as u16)
+        ^ word_hash(s as u16)
+        ^ word_hash((d >> 16) as u16)
+        ^ word_hash(d as u16)
+}
+
+/// Contribution to the symmetric hash of one 16-bit word of the input.
+#[inline]
+fn word_hash(w: u16) -> u32 {
+    WORD_HI[(w >> 8) as usize] ^ WORD_LO[(w & 0xff) as usize]
+}
+
+/// Contribution of the high (first) byte of a 16-bit input word.
+static WORD_HI: [u32; 256] = byte_table(0);
+/// Contribution of the low (second) byte.
+static WORD_LO: [u32; 256] = byte_table(1);
+
+/// Toeplitz contributions of a byte at offset `offset` of the input under
+/// [`SYMMETRIC_RSS_KEY`], for every byte value.
+const fn byte_table(offset: usize) -> [u32; 256] {
+    let key = SYMMETRIC_RSS_KEY;
+    let mut t = [0u32; 256];
+    let mut v = 0;
+    while v < 256 {
+        let mut r = 0u32;
+        let mut bit = 0;
+        while bit < 8 {
+            if v & (0x80 >> bit) != 0 {
+                // The key's 32-bit window starting at input bit
+                // offset * 8 + bit.
+                let start = offset * 8 + bit;
+                let mut w = 0u32;
+                let mut j = 0;
+                while j < 32 {
+                    let kb = start + j;
+                    let b = (key[kb / 8] >> (7 - kb % 8)) & 1;
+                    w = (w << 1) | b as u32;
+                    j += 1;
+                }
+                r ^= w;
+            }
+            bit += 1;
+        }
+        t[v] = r;
+        v += 1;
+    }
+    t
 }
 
 /// TCP flag bits (as in the TCP header's flags byte).
@@ -276,9 +365,56 @@ mod tests {
     fn symmetric_hash_is_the_same_both_ways() {
         let k = key([198, 18, 1, 10], 40000, [198, 18, 2, 10], 80);
         assert_eq!(k.symmetric_hash(), k.reverse().symmetric_hash());
-        assert_eq!(k.shard(4), k.reverse().shard(4));
+        assert_eq!(k.owner(4), k.reverse().owner(4));
         let other = key([198, 18, 1, 11], 40000, [198, 18, 2, 10], 80);
         assert_ne!(k.symmetric_hash(), other.symmetric_hash());
+    }
+
+    #[test]
+    fn the_table_driven_hash_is_the_toeplitz_hash_with_the_symmetric_key() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = FlowKey::new(
+                Ipv4Addr::from((x >> 32) as u32),
+                (x >> 16) as u16,
+                Ipv4Addr::from(x as u32 ^ 0x5bd1_e995),
+                x as u16,
+                proto::UDP,
+            );
+            let mut input = [0u8; 12];
+            input[0..4].copy_from_slice(&k.src.octets());
+            input[4..8].copy_from_slice(&k.dst.octets());
+            input[8..10].copy_from_slice(&k.sport.to_be_bytes());
+            input[10..12].copy_from_slice(&k.dport.to_be_bytes());
+            assert_eq!(k.symmetric_hash(), toeplitz(&SYMMETRIC_RSS_KEY, &input));
+            assert_eq!(
+                address_hash(k.src, k.dst),
+                toeplitz(&SYMMETRIC_RSS_KEY, &input[..8])
+            );
+        }
+    }
+
+    #[test]
+    fn a_redirection_table_of_any_supported_size_agrees_with_the_owner() {
+        for workers in 1..=16 {
+            for size in [128usize, 256, 512, 2048] {
+                let reta: Vec<u16> = (0..size).map(|i| reta_entry(i, workers)).collect();
+                for h in (0..100_000u32).map(|i| i.wrapping_mul(0x9e37_79b9)) {
+                    // The NIC: entry hash % size.
+                    let nic = reta[h as usize % size] as usize;
+                    assert_eq!(nic, owner_of_hash(h, workers), "{workers} workers, {size}");
+                }
+            }
+            // Every worker owns a share.
+            let mut per = vec![0; workers];
+            for i in 0..OWNER_TABLE {
+                per[reta_entry(i, workers) as usize] += 1;
+            }
+            assert!(per.iter().all(|&n| n >= OWNER_TABLE / workers), "{per:?}");
+        }
     }
 
     #[test]

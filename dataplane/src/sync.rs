@@ -1116,7 +1116,7 @@ impl Core {
                 if let (Some(b), DeltaKind::Create(_)) = (&mut self.rx_bulk, &d.kind) {
                     b.creates += 1;
                 }
-                let w = d.key().shard(self.workers.len().max(1));
+                let w = d.key().owner(self.workers.len());
                 Some((Target::Worker(w), Install::Record(d)))
             }
         }

@@ -171,7 +171,7 @@ impl PortAllocator {
                 return true;
             }
             let h = base ^ table[0][usize::from(p >> 8)] ^ table[1][usize::from(p & 0xff)];
-            h as usize % self.shards == self.shard
+            crate::flow::owner_of_hash(h, self.shards) == self.shard
         };
         let first = u32::from(self.range.first);
         let span = u32::from(self.range.last) - first + 1;
