@@ -456,6 +456,13 @@ pub struct DataplaneConfig {
     pub rx_descriptors: u16,
     /// Tx ring size per queue; power of two 64..=8192, default 1024.
     pub tx_descriptors: u16,
+    /// Packets each worker's handoff ring holds (packets other workers
+    /// hand to it because it owns their flow); power of two 256..=65536,
+    /// default 4096.
+    pub handoff_ring: u32,
+    /// Pin the sync core (the thread that streams connections to the
+    /// peer) to this CPU; unpinned when `None`.
+    pub sync_cpu: Option<usize>,
     /// The ARP/neighbour table.
     pub neighbour: NeighbourConfig,
     /// The back-off of the adaptive poll mode.
@@ -472,6 +479,8 @@ impl Default for DataplaneConfig {
             mbuf_cache: 256,
             rx_descriptors: 1024,
             tx_descriptors: 1024,
+            handoff_ring: 4096,
+            sync_cpu: None,
             neighbour: NeighbourConfig::default(),
             idle: IdleConfig::default(),
         }

@@ -42,6 +42,8 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "dataplane.rx_descriptors" | "dataplane.tx_descriptors" => {
             "a power of two in 64..=8192 (64, 128, 256, 512, 1024, 2048, 4096, 8192)"
         }
+        "dataplane.handoff_ring" => "a power of two in 256..=65536",
+        "dataplane.sync_cpu" => "a CPU number not used by a worker",
         "dataplane.neighbour.capacity" => "16..=1048576",
         "dataplane.neighbour.reachable_secs" => "1..=4294967295",
         "dataplane.neighbour.retry_ms" => "1..=4294967295",
@@ -501,6 +503,27 @@ fn dataplane(c: &mut Checker<'_>, cfg: &NodeConfig) {
                 );
             }
         }
+    }
+    if let Some(cpu) = d.sync_cpu {
+        if let Some(w) = cpus.get(&cpu) {
+            c.fail(
+                "dataplane.sync_cpu",
+                format!(
+                    "CPU {cpu} is already used by dataplane.workers[{w}]; allowed {}",
+                    allowed("dataplane.sync_cpu")
+                ),
+            );
+        }
+    }
+    if !d.handoff_ring.is_power_of_two() || !(256..=65_536).contains(&d.handoff_ring) {
+        c.fail(
+            "dataplane.handoff_ring",
+            format!(
+                "{} is not allowed; allowed {}",
+                d.handoff_ring,
+                allowed("dataplane.handoff_ring")
+            ),
+        );
     }
     c.range("dataplane.burst", d.burst, 1, 256);
     c.range("dataplane.mbufs", d.mbufs, 1023, 4_194_303);

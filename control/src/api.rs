@@ -311,6 +311,14 @@ pub struct InterfaceStatus {
     pub rx_queues: u16,
     /// Number of transmit queues.
     pub tx_queues: u16,
+    /// How received packets reach the worker that owns their flow:
+    /// `single` (one worker), `rss` (the NIC's redirection table, checked)
+    /// or `software` (handed between workers).
+    #[serde(default)]
+    pub steering: String,
+    /// Why the port is steered in software, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steering_why: Option<String>,
 }
 
 /// One route.
@@ -672,6 +680,18 @@ pub struct WorkerStats {
     pub garps_sent: u64,
     /// Packets the transmit queues did not take.
     pub tx_dropped: u64,
+    /// Packets handed to the worker that owns their flow.
+    #[serde(default)]
+    pub handoffs_out: u64,
+    /// Packets other workers handed to this one.
+    #[serde(default)]
+    pub handoffs_in: u64,
+    /// Frames handed to the worker holding the output port's TX queue.
+    #[serde(default)]
+    pub tx_handoffs: u64,
+    /// Connections in this worker's shard of the table.
+    #[serde(default)]
+    pub connections: u64,
     /// Receive polls.
     pub polls: u64,
     /// Receive polls that returned nothing.
@@ -793,6 +813,8 @@ pub(crate) fn sample_status() -> StatusReport {
                 speed_mbps: 10_000,
                 rx_queues: 2,
                 tx_queues: 2,
+                steering: "rss".into(),
+                steering_why: None,
             },
             InterfaceStatus {
                 name: "wan-uplink".into(),
@@ -806,6 +828,8 @@ pub(crate) fn sample_status() -> StatusReport {
                 speed_mbps: 0,
                 rx_queues: 1,
                 tx_queues: 1,
+                steering: "software".into(),
+                steering_why: Some("the device has one RX queue".into()),
             },
         ],
         routes: vec![
@@ -872,6 +896,10 @@ pub(crate) fn sample_stats() -> StatsReport {
         rejects_sent: 0,
         garps_sent: 0,
         tx_dropped: 0,
+        handoffs_out: 0,
+        handoffs_in: 0,
+        tx_handoffs: 0,
+        connections: 0,
         polls: 10_000,
         idle_polls: 7_500,
         sleeps: 12,

@@ -262,6 +262,7 @@ pub fn format_status(report: &StatusReport) -> String {
             ("SPEED", R),
             ("MTU", R),
             ("QUEUES", R),
+            ("STEERING", L),
             ("ADDRESSES", L),
             ("DEVICE", L),
         ]);
@@ -275,6 +276,7 @@ pub fn format_status(report: &StatusReport) -> String {
                 format_speed(i.speed_mbps),
                 i.mtu.to_string(),
                 format!("{}/{}", i.rx_queues, i.tx_queues),
+                or_dash(i.steering.clone()),
                 or_dash(i.addresses.join(",")),
                 i.device.clone(),
             ]);
@@ -381,6 +383,9 @@ pub fn format_stats(report: &StatsReport, all: bool) -> String {
             ("ARP REQ", R),
             ("ICMP ERR", R),
             ("TX DROPPED", R),
+            ("HANDOFF OUT", R),
+            ("HANDOFF IN", R),
+            ("CONNS", R),
             ("POLLS", R),
             ("IDLE POLLS", R),
             ("SLEEPS", R),
@@ -396,6 +401,9 @@ pub fn format_stats(report: &StatsReport, all: bool) -> String {
                 w.arp_requests_sent.to_string(),
                 w.icmp_errors_sent.to_string(),
                 w.tx_dropped.to_string(),
+                w.handoffs_out.to_string(),
+                w.handoffs_in.to_string(),
+                w.connections.to_string(),
                 w.polls.to_string(),
                 w.idle_polls.to_string(),
                 w.sleeps.to_string(),
@@ -932,9 +940,9 @@ poll mode: adaptive
 role:      active
 
 Interfaces:
-  NAME        PORT  MAC                LINK  SOURCE        SPEED   MTU  QUEUES  ADDRESSES               DEVICE
-  lan            0  02:00:00:00:00:01  up    dpdk            10G  1500     2/2  10.0.0.1/24,fd00::1/64  0000:00:08.0
-  wan-uplink     1  02:00:00:00:00:02  down  kernel:veth1      -  9000     1/1  -                       net_af_packet0
+  NAME        PORT  MAC                LINK  SOURCE        SPEED   MTU  QUEUES  STEERING  ADDRESSES               DEVICE
+  lan            0  02:00:00:00:00:01  up    dpdk            10G  1500     2/2  rss       10.0.0.1/24,fd00::1/64  0000:00:08.0
+  wan-uplink     1  02:00:00:00:00:02  down  kernel:veth1      -  9000     1/1  software  -                       net_af_packet0
 
 Routes:
   DESTINATION  VIA        INTERFACE   KIND
@@ -975,9 +983,9 @@ Ports:
   lan      0      123456  98765432      120000  95000000          7          0          0          0
 
 Workers:
-  ID    RX   TX  FORWARDED  REPLIES  HELD  ARP REQ  ICMP ERR  TX DROPPED  POLLS  IDLE POLLS  SLEEPS
-   0  1000  990        980       10     0        3         1           0  10000        7500      12
-   1  2000  990        980       10     0        3         1           0  10000        7500      12
+  ID    RX   TX  FORWARDED  REPLIES  HELD  ARP REQ  ICMP ERR  TX DROPPED  HANDOFF OUT  HANDOFF IN  CONNS  POLLS  IDLE POLLS  SLEEPS
+   0  1000  990        980       10     0        3         1           0            0           0      0  10000        7500      12
+   1  2000  990        980       10     0        3         1           0            0           0      0  10000        7500      12
 
 Drops (non-zero):
   REASON    TOTAL  W0  W1

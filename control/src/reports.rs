@@ -91,8 +91,13 @@ pub fn status(ctx: &ApiContext) -> StatusReport {
                     LinkSource::Aggregate => "aggregate".into(),
                 },
                 speed_mbps: link.speed_mbps,
-                rx_queues: iface.port.queues(),
-                tx_queues: iface.port.queues(),
+                rx_queues: iface.port.rx_queues(),
+                tx_queues: iface.port.tx_queues(),
+                steering: iface.port.steering().as_str().into(),
+                steering_why: match iface.port.steering() {
+                    tandem_dataplane::dpdk::Steering::Software(why) => Some(why.clone()),
+                    _ => None,
+                },
             }
         })
         .collect();
@@ -212,6 +217,10 @@ pub fn stats(ctx: &ApiContext) -> StatsReport {
                 tx_dropped: c.worker_drops
                     [tandem_dataplane::counters::WorkerDrop::TxQueueFull as usize]
                     .get(),
+                handoffs_out: c.handoffs_out.get(),
+                handoffs_in: c.handoffs_in.get(),
+                tx_handoffs: c.tx_handoffs.get(),
+                connections: w.firewall.as_ref().map_or(0, |f| f.connections.get()),
                 polls: c.polls.get(),
                 idle_polls: c.idle_polls.get(),
                 sleeps: c.sleeps.get(),

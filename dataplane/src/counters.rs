@@ -27,11 +27,14 @@ pub enum WorkerDrop {
     IcmpRateLimited,
     /// The node is passive: its data ports are silent.
     Passive,
+    /// The handoff ring of the worker that owns the packet's flow was
+    /// full (that worker is overloaded or stalled).
+    HandoffFull,
 }
 
 impl WorkerDrop {
     /// Number of variants.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     /// Every variant, in counter order.
     pub const ALL: [WorkerDrop; Self::COUNT] = [
         WorkerDrop::TxQueueFull,
@@ -41,6 +44,7 @@ impl WorkerDrop {
         WorkerDrop::NoMbuf,
         WorkerDrop::IcmpRateLimited,
         WorkerDrop::Passive,
+        WorkerDrop::HandoffFull,
     ];
 
     /// Stable snake_case name used in counters and JSON.
@@ -53,6 +57,7 @@ impl WorkerDrop {
             WorkerDrop::NoMbuf => "no_mbuf",
             WorkerDrop::IcmpRateLimited => "icmp_rate_limited",
             WorkerDrop::Passive => "passive",
+            WorkerDrop::HandoffFull => "handoff_full",
         }
     }
 }
@@ -109,6 +114,13 @@ pub struct WorkerCounters {
     pub garps_sent: Counter,
     /// Rejections sent (TCP resets, ICMP unreachables of reject rules).
     pub rejects_sent: Counter,
+    /// Packets handed to the worker that owns their flow.
+    pub handoffs_out: Counter,
+    /// Packets other workers handed to this one.
+    pub handoffs_in: Counter,
+    /// Frames handed to the worker that holds the output port's TX queue
+    /// (the port has fewer TX queues than the node has workers).
+    pub tx_handoffs: Counter,
     /// Poll iterations.
     pub polls: Counter,
     /// Poll iterations that found nothing.

@@ -72,6 +72,16 @@ pub enum DpdkError {
     /// No DPDK port has this name.
     #[error("no DPDK port named {0:?}: check the interface's device (a PCI address bound to vfio-pci, or a vdev spec such as net_af_packet0,iface=eth1)")]
     NoSuchPort(String),
+    /// A ring could not be created.
+    #[error("cannot create ring {name} of {size} packets: {msg}. Give the node more memory (eal.memory_mb / hugepages)")]
+    Ring {
+        /// Ring name.
+        name: String,
+        /// Requested size.
+        size: u32,
+        /// rte_strerror text.
+        msg: String,
+    },
     /// A port operation failed.
     #[error("port {port} ({name}): {op} failed: {msg} ({code})")]
     Port {
@@ -410,6 +420,14 @@ impl Mbuf {
         unsafe { ffi::tandem_mbuf_port(self.ptr.as_ptr()) }
     }
 
+    /// Records `port` as the port the mbuf was received on (a worker that
+    /// hands a packet to another says where it came in).
+    #[inline]
+    pub fn set_port(&mut self, port: u16) {
+        // SAFETY: valid mbuf, exclusively ours.
+        unsafe { ffi::tandem_mbuf_set_port(self.ptr.as_ptr(), port) }
+    }
+
     /// The RSS hash the NIC computed, if it did.
     #[inline]
     pub fn rss_hash(&self) -> Option<u32> {
@@ -448,6 +466,8 @@ pub struct PortInfo {
     pub rss_offloads: u64,
     /// RSS key size in bytes.
     pub rss_key_size: u8,
+    /// Entries of the RSS redirection table (0: none).
+    pub reta_size: u16,
     /// Largest MTU.
     pub max_mtu: u16,
 }
@@ -487,7 +507,8 @@ pub struct PortCounters {
 /// How to set a port up.
 #[derive(Debug, Clone)]
 pub struct PortSetup {
-    /// RX and TX queues (one per worker).
+    /// Workers of the node: the port gets one RX and one TX queue per
+    /// worker, or as many as the device offers.
     pub queues: u16,
     /// RX descriptors per queue.
     pub rx_descriptors: u16,
@@ -495,6 +516,32 @@ pub struct PortSetup {
     pub tx_descriptors: u16,
     /// MTU (0: keep the device's).
     pub mtu: u16,
+}
+
+/// How the packets a port receives reach the worker that owns their flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steering {
+    /// One worker: nothing to steer.
+    Single,
+    /// The NIC's RSS with the symmetric key and a redirection table that
+    /// agrees with [`crate::flow::owner_of_hash`] (programmed and read
+    /// back): TCP/UDP arrive at their owner; the software dispatch moves
+    /// the rest (ICMP, GRE, fragments, ...).
+    Rss,
+    /// The software dispatch moves every packet that arrived at a worker
+    /// that does not own it (why: the device's limits).
+    Software(String),
+}
+
+impl Steering {
+    /// A word for status output: `single`, `rss` or `software`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Steering::Single => "single",
+            Steering::Rss => "rss",
+            Steering::Software(_) => "software",
+        }
+    }
 }
 
 /// A configured and started port. Workers get its queues through
@@ -505,16 +552,19 @@ pub struct Port {
     id: u16,
     name: String,
     info: PortInfo,
-    queues: u16,
+    rx_queues: u16,
+    tx_queues: u16,
+    steering: Steering,
     queues_taken: AtomicBool,
     started: bool,
     _pool: Arc<Mempool>,
 }
 
 impl Port {
-    /// Looks a device up by name, reads its capabilities, configures
-    /// `setup.queues` RX/TX queue pairs (RSS with the symmetric key when
-    /// there is more than one queue) and starts it.
+    /// Looks a device up by name, reads its capabilities, configures one
+    /// RX and one TX queue per worker (`setup.queues`) or as many as the
+    /// device has, RSS with the symmetric key and the owners' redirection
+    /// table where the device can, and starts it.
     pub fn open(
         eal: &Eal,
         device: &str,
@@ -530,33 +580,40 @@ impl Port {
             code,
             msg: strerror(code),
         };
-        if setup.queues > info.max_rx_queues || setup.queues > info.max_tx_queues {
+        if info.max_rx_queues == 0 || info.max_tx_queues == 0 {
             return Err(DpdkError::Port {
                 port: id,
                 name: info.device.clone(),
                 op: "queue setup",
                 code: -libc::EINVAL,
                 msg: format!(
-                    "the device offers {} RX / {} TX queues but {} workers need one each; configure fewer workers (af_packet: add qpairs=N to the vdev spec)",
-                    info.max_rx_queues, info.max_tx_queues, setup.queues
+                    "the device offers {} RX / {} TX queues; a data port needs at least one of each",
+                    info.max_rx_queues, info.max_tx_queues
                 ),
             });
         }
-        let key = SYMMETRIC_RSS_KEY;
-        let use_rss = setup.queues > 1 && info.rss_offloads != 0;
+        let workers = setup.queues.max(1);
+        let rx_queues = workers.min(info.max_rx_queues);
+        let tx_queues = workers.min(info.max_tx_queues);
+        // The symmetric key at the device's length (the pattern repeats,
+        // so any length is symmetric and hashes 12 bytes the same).
+        let key_len = match info.rss_key_size {
+            0 => SYMMETRIC_RSS_KEY.len(),
+            n => usize::from(n),
+        };
+        let key: Vec<u8> = (0..key_len)
+            .map(|i| if i % 2 == 0 { 0x6d } else { 0x5a })
+            .collect();
+        let use_rss = rx_queues > 1 && info.rss_offloads != 0;
         let conf = ffi::tandem_port_conf {
-            nb_rx_queues: setup.queues,
-            nb_tx_queues: setup.queues,
+            nb_rx_queues: rx_queues,
+            nb_tx_queues: tx_queues,
             nb_rx_desc: setup.rx_descriptors,
             nb_tx_desc: setup.tx_descriptors,
             mtu: setup.mtu,
             rss_hf: if use_rss { rss::TANDEM } else { 0 },
             rss_key: key.as_ptr(),
-            rss_key_len: if info.rss_key_size as usize >= key.len() {
-                key.len() as u8
-            } else {
-                0
-            },
+            rss_key_len: key.len() as u8,
         };
         // SAFETY: conf points at a valid struct and key outlives the call
         // (DPDK copies the key); the pool is valid and kept alive by the
@@ -576,11 +633,27 @@ impl Port {
         unsafe {
             ffi::rte_eth_allmulticast_enable(id);
         }
+        let steering = if workers == 1 {
+            Steering::Single
+        } else if !use_rss {
+            Steering::Software(if rx_queues == 1 {
+                "the device has one RX queue".to_string()
+            } else {
+                "the device has no RSS (its queues are filled by its own rule)".to_string()
+            })
+        } else {
+            match program_rss(id, &info, &key, workers) {
+                Ok(()) => Steering::Rss,
+                Err(why) => Steering::Software(why),
+            }
+        };
         Ok(Port {
             id,
             name: info.device.clone(),
             info,
-            queues: setup.queues,
+            rx_queues,
+            tx_queues,
+            steering,
             queues_taken: AtomicBool::new(false),
             started: true,
             _pool: pool,
@@ -602,9 +675,19 @@ impl Port {
         &self.info
     }
 
-    /// Number of RX/TX queue pairs.
-    pub fn queues(&self) -> u16 {
-        self.queues
+    /// Number of RX queues (at most one per worker).
+    pub fn rx_queues(&self) -> u16 {
+        self.rx_queues
+    }
+
+    /// Number of TX queues (at most one per worker).
+    pub fn tx_queues(&self) -> u16 {
+        self.tx_queues
+    }
+
+    /// How received packets reach their owner.
+    pub fn steering(&self) -> &Steering {
+        &self.steering
     }
 
     /// Hands out the RX and TX queue handles, once.
@@ -612,13 +695,13 @@ impl Port {
         if self.queues_taken.swap(true, Ordering::SeqCst) {
             return None;
         }
-        let rx = (0..self.queues)
+        let rx = (0..self.rx_queues)
             .map(|q| RxQueue {
                 port: self.id,
                 queue: q,
             })
             .collect();
-        let tx = (0..self.queues)
+        let tx = (0..self.tx_queues)
             .map(|q| TxQueue {
                 port: self.id,
                 queue: q,
@@ -723,6 +806,52 @@ impl Drop for Port {
     }
 }
 
+/// Programs the redirection table of a started RSS port so that it agrees
+/// with [`crate::flow::owner_of_hash`], and reads the table and the key
+/// back. `Err` says why the port cannot be steered by the NIC.
+fn program_rss(id: u16, info: &PortInfo, key: &[u8], workers: u16) -> Result<(), String> {
+    let size = usize::from(info.reta_size);
+    if size < crate::flow::OWNER_TABLE || !size.is_power_of_two() || size > 2048 {
+        return Err(format!(
+            "its redirection table has {size} entries (needs a power of two from {} to 2048)",
+            crate::flow::OWNER_TABLE
+        ));
+    }
+    let table: Vec<u16> = (0..size)
+        .map(|i| crate::flow::reta_entry(i, usize::from(workers)))
+        .collect();
+    // SAFETY: table holds `size` entries.
+    let rc = unsafe { ffi::tandem_port_reta_set(id, table.as_ptr(), size as u16) };
+    if rc != 0 {
+        return Err(format!("programming its redirection table failed: {}", strerror(rc)));
+    }
+    let mut back = vec![0u16; size];
+    // SAFETY: back has room for `size` entries.
+    let rc = unsafe { ffi::tandem_port_reta_get(id, back.as_mut_ptr(), size as u16) };
+    if rc != 0 {
+        return Err(format!("reading its redirection table back failed: {}", strerror(rc)));
+    }
+    if back != table {
+        return Err("its redirection table reads back different from what was programmed".into());
+    }
+    let mut got = vec![0u8; key.len().max(64)];
+    let mut hf = 0u64;
+    // SAFETY: got has room for got.len() bytes; hf is a valid out pointer.
+    let n = unsafe { ffi::tandem_port_rss_key_get(id, got.as_mut_ptr(), got.len() as u8, &mut hf) };
+    if n < 0 {
+        return Err(format!("reading its RSS key back failed: {}", strerror(n)));
+    }
+    if got.get(..key.len()) != Some(key) {
+        return Err("its RSS key reads back different from the symmetric key".into());
+    }
+    if hf & (rss::NONFRAG_IPV4_TCP | rss::NONFRAG_IPV4_UDP)
+        != rss::NONFRAG_IPV4_TCP | rss::NONFRAG_IPV4_UDP
+    {
+        return Err(format!("it does not hash IPv4 TCP and UDP ports (hash types {hf:#x})"));
+    }
+    Ok(())
+}
+
 fn port_info(id: u16) -> Result<PortInfo, DpdkError> {
     let mut i = ffi::tandem_port_info::default();
     // SAFETY: valid out pointer.
@@ -751,6 +880,7 @@ fn port_info(id: u16) -> Result<PortInfo, DpdkError> {
         max_tx_queues: i.max_tx_queues,
         rss_offloads: i.flow_type_rss_offloads,
         rss_key_size: i.hash_key_size,
+        reta_size: i.reta_size,
         max_mtu: i.max_mtu,
     })
 }
@@ -812,6 +942,11 @@ impl TxQueue {
         self.port
     }
 
+    /// The queue index.
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
     /// Sends as many packets of `pkts` as the queue takes, removing them
     /// from the front of `pkts`; returns how many were sent. What is left
     /// stays owned by the caller.
@@ -840,6 +975,149 @@ impl TxQueue {
             }
         }
         sent_total
+    }
+}
+
+// ---- Rings of mbufs between workers ----
+
+/// A lock-free ring of mbufs (DPDK's `rte_ring`): any number of threads
+/// put packets in through a shared [`MbufRing`], exactly one takes them
+/// out through its [`RingConsumer`]. The workers' handoff uses it.
+#[derive(Debug)]
+pub struct MbufRing {
+    ptr: NonNull<ffi::rte_ring>,
+    capacity: usize,
+}
+
+// SAFETY: the ring is multi-producer safe (created without RING_F_SP_ENQ),
+// and the single consumer is enforced by RingConsumer not being Clone.
+unsafe impl Send for MbufRing {}
+// SAFETY: as above; enqueue through &self is the MP-safe operation.
+unsafe impl Sync for MbufRing {}
+
+/// The one handle that takes packets out of an [`MbufRing`].
+#[derive(Debug)]
+pub struct RingConsumer {
+    ring: Arc<MbufRing>,
+}
+
+impl MbufRing {
+    /// Creates a ring named `name` (unique in the process, at most 29
+    /// bytes) holding up to `capacity` packets (rounded up to a power of
+    /// two, minus one).
+    pub fn create(
+        _eal: &Eal,
+        name: &str,
+        capacity: usize,
+    ) -> Result<(Arc<MbufRing>, RingConsumer), DpdkError> {
+        let cname = CString::new(name).map_err(|_| DpdkError::BadArgument(name.to_string()))?;
+        let count = capacity.max(2).next_power_of_two() as u32;
+        // SAFETY: EAL initialised (we hold &Eal); cname is a valid C string.
+        let ptr = unsafe {
+            ffi::rte_ring_create(
+                cname.as_ptr(),
+                count,
+                ffi::SOCKET_ID_ANY,
+                ffi::RING_F_SC_DEQ,
+            )
+        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| {
+            let code = last_errno();
+            DpdkError::Ring {
+                name: name.to_string(),
+                size: count,
+                msg: strerror(code),
+            }
+        })?;
+        let ring = Arc::new(MbufRing {
+            ptr,
+            capacity: count as usize - 1,
+        });
+        Ok((ring.clone(), RingConsumer { ring }))
+    }
+
+    /// Packets the ring holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Packets in the ring now.
+    pub fn len(&self) -> usize {
+        // SAFETY: valid ring.
+        unsafe { ffi::tandem_ring_count(self.ptr.as_ptr()) as usize }
+    }
+
+    /// True when the ring holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Puts as many packets of `pkts` as fit, taken from its front;
+    /// returns how many. What did not fit stays in `pkts`.
+    pub fn enqueue(&self, pkts: &mut Vec<Mbuf>) -> usize {
+        let mut total = 0;
+        while !pkts.is_empty() {
+            let chunk = pkts.len().min(MAX_BURST);
+            let mut raw = [std::ptr::null_mut::<std::os::raw::c_void>(); MAX_BURST];
+            for (slot, m) in raw.iter_mut().zip(pkts.iter()) {
+                *slot = m.ptr.as_ptr().cast();
+            }
+            // SAFETY: MP-safe enqueue of `chunk` valid pointers we own; the
+            // ring takes ownership of the first `n`.
+            let n = unsafe {
+                ffi::tandem_ring_enqueue_burst(self.ptr.as_ptr(), raw.as_ptr(), chunk as u32)
+            } as usize;
+            for m in pkts.drain(..n) {
+                let _ = m.into_raw();
+            }
+            total += n;
+            if n < chunk {
+                break;
+            }
+        }
+        total
+    }
+
+    fn dequeue_raw(&self, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        let mut raw = [std::ptr::null_mut::<std::os::raw::c_void>(); MAX_BURST];
+        let max = max.min(MAX_BURST);
+        // SAFETY: the caller is the single consumer; raw has room for max.
+        let n = unsafe {
+            ffi::tandem_ring_dequeue_burst(self.ptr.as_ptr(), raw.as_mut_ptr(), max as u32)
+        } as usize;
+        out.extend(
+            raw[..n]
+                .iter()
+                .filter_map(|&p| NonNull::new(p.cast::<ffi::rte_mbuf>()))
+                .map(|ptr| Mbuf { ptr }),
+        );
+        n
+    }
+}
+
+impl RingConsumer {
+    /// Takes up to `max` (<= MAX_BURST) packets into `out`; returns how
+    /// many.
+    #[inline]
+    pub fn dequeue(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        self.ring.dequeue_raw(out, max)
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Arc<MbufRing> {
+        &self.ring
+    }
+}
+
+impl Drop for MbufRing {
+    fn drop(&mut self) {
+        // Free what is still queued (nobody else holds the ring now).
+        let mut left = Vec::new();
+        while self.dequeue_raw(&mut left, MAX_BURST) > 0 {
+            left.clear();
+        }
+        // SAFETY: the last handle is gone; nothing uses the ring.
+        unsafe { ffi::rte_ring_free(self.ptr.as_ptr()) }
     }
 }
 

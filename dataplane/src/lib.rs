@@ -8,6 +8,7 @@
 
 pub mod conntrack;
 pub mod counters;
+pub mod dispatch;
 pub mod dpdk;
 pub mod firewall;
 pub mod flow;

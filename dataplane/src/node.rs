@@ -636,15 +636,47 @@ impl Node {
             self.ha_data = Some(handle);
             path
         });
+        // Several workers: each hands the packets it does not own to their
+        // owner, and frames for a port it has no TX queue of to the worker
+        // that has one.
+        let mut dispatch: Vec<Option<crate::dispatch::Dispatch>> = if shards > 1 {
+            let eal = self.eal.as_ref().expect("EAL lives until shutdown");
+            crate::dispatch::Dispatch::build(
+                eal,
+                &format!("tw{}", std::process::id() % 100_000),
+                shards,
+                dp.handoff_ring as usize,
+            )?
+            .into_iter()
+            .map(Some)
+            .collect()
+        } else {
+            (0..shards).map(|_| None).collect()
+        };
+        let max_port = self
+            .interfaces
+            .iter()
+            .map(|i| i.port.id() as usize)
+            .max()
+            .unwrap_or(0);
         let mut built = Vec::new();
         for (id, wc) in dp.workers.iter().enumerate() {
-            // Worker `id` owns queue `id` of every port; take from the back
-            // so the indices stay valid (workers are spawned in order).
+            // Worker `id` polls RX queue `id` and sends on TX queue `id` of
+            // every port that has that many; a port with fewer TX queues
+            // sends this worker's frames through worker `id % queues`.
             let mut rx = Vec::new();
             let mut tx = Vec::new();
-            for (rxs, txs) in queue_sets.iter_mut() {
-                rx.push(rxs.remove(0));
-                tx.push(txs.remove(0));
+            let mut tx_proxy = vec![None; max_port + 1];
+            for ((rxs, txs), iface) in queue_sets.iter_mut().zip(&self.interfaces) {
+                if let Some(q) = rxs.iter().position(|q| q.queue() as usize == id) {
+                    rx.push(rxs.remove(q));
+                }
+                if let Some(q) = txs.iter().position(|q| q.queue() as usize == id) {
+                    tx.push(txs.remove(q));
+                } else {
+                    let queues = iface.port.tx_queues().max(1) as usize;
+                    tx_proxy[iface.port.id() as usize] = Some(id % queues);
+                }
             }
             let settings = WorkerSettings {
                 id,
@@ -688,6 +720,9 @@ impl Node {
             .with_commands(cmd_rx)
             .with_role(self.role.clone())
             .with_announce(self.announce.clone());
+            if let Some(d) = dispatch.get_mut(id).and_then(Option::take) {
+                worker = worker.with_dispatch(d, tx_proxy);
+            }
             if let Some(p) = &ha_path {
                 worker = worker.with_ha_data(if id == 0 {
                     p.clone()
@@ -974,5 +1009,6 @@ fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings
         links,
         emulate_version,
         link_dead_ms: u64::from(ha.dead_ms),
+        cpu: cfg.dataplane.sync_cpu,
     }
 }

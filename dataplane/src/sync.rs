@@ -51,6 +51,8 @@ pub struct SyncSettings {
     /// dead time: a blackholed link is left as fast as the election
     /// notices it).
     pub link_dead_ms: u64,
+    /// Pin the sync core's thread to this CPU (`dataplane.sync_cpu`).
+    pub cpu: Option<usize>,
 }
 
 /// Counters and state the control thread reads.
@@ -539,6 +541,7 @@ impl SyncCore {
             sockets.push(s);
         }
         let link_dead_ms = settings.link_dead_ms.max(1);
+        let cpu = settings.cpu;
         let n_links = settings.links.len();
         let mut session = Session::new(settings.session).map_err(SyncError::Session)?;
         if settings.emulate_version.is_some() {
@@ -604,7 +607,12 @@ impl SyncCore {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("tandem-sync".into())
-            .spawn(move || core.run(&stop2))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                }
+                core.run(&stop2)
+            })
             .map_err(SyncError::Thread)?;
         Ok((
             SyncCore {

@@ -12,6 +12,7 @@ use crossbeam::channel::{Receiver, Sender};
 
 use crate::conntrack::BucketMask;
 use crate::counters::{WorkerCounters, WorkerDrop};
+use crate::dispatch::{handed_port, Dispatch, Route};
 use crate::dpdk::{self, Mbuf, Mempool, RxQueue, TxQueue};
 use crate::firewall::{ConnChunk, ConnQuery, Firewall};
 use crate::hadata::{self, HaDataPath};
@@ -236,6 +237,11 @@ pub struct Worker {
     /// buckets).
     sweep: Option<(u64, usize, BucketMask)>,
     ha_data: Option<HaDataPath>,
+    /// The handoff to the other workers (several workers only).
+    dispatch: Option<Dispatch>,
+    /// By port id: the worker whose TX queue sends for this one (the port
+    /// has fewer TX queues than the node has workers).
+    tx_proxy: Vec<Option<usize>>,
     next_garp_ms: u64,
     garp_rounds_left: u8,
     next_garp_round_ms: u64,
@@ -294,6 +300,8 @@ impl Worker {
             bulk_since: None,
             sweep: None,
             ha_data: None,
+            dispatch: None,
+            tx_proxy: Vec::new(),
             next_garp_ms: 0,
             garp_rounds_left: 0,
             next_garp_round_ms: 0,
@@ -304,6 +312,15 @@ impl Worker {
     /// core), if the worker filters.
     pub fn take_delta_consumer(&mut self) -> Option<crate::conntrack::DeltaConsumer> {
         self.firewall.as_mut()?.shard_mut().take_delta_consumer()
+    }
+
+    /// Connects this worker to the others: packets it does not own go to
+    /// their owner; frames for a port it has no TX queue of go to the
+    /// worker in `tx_proxy` (by port id).
+    pub fn with_dispatch(mut self, dispatch: Dispatch, tx_proxy: Vec<Option<usize>>) -> Worker {
+        self.dispatch = Some(dispatch);
+        self.tx_proxy = tx_proxy;
+        self
     }
 
     /// Connects this worker to the HA path over the data network
@@ -708,9 +725,13 @@ impl Worker {
             let in_port = self.rx[qi].port();
             let now = self.now_ms();
             for mbuf in rx_buf.drain(..) {
-                self.handle(now, in_port, mbuf);
+                self.handle(now, in_port, mbuf, false);
+            }
+            if let Some(d) = &mut self.dispatch {
+                d.flush(&self.counters);
             }
         }
+        total += self.serve_handoffs(rx_buf);
         if !self.held.is_empty() {
             self.service_held(self.now_ms());
         }
@@ -718,7 +739,42 @@ impl Worker {
         total
     }
 
-    fn handle(&mut self, now: u64, in_port: u16, mut mbuf: Mbuf) {
+    /// Processes what other workers handed to this one: packets whose flow
+    /// it owns (or fragments to dispatch), and frames to send on its TX
+    /// queues.
+    fn serve_handoffs(&mut self, buf: &mut Vec<Mbuf>) -> usize {
+        let Some(d) = &mut self.dispatch else {
+            return 0;
+        };
+        let max = self.settings.burst * 4;
+        let n = d.receive(buf, max);
+        if n > 0 {
+            self.counters.handoffs_in.add(n as u64);
+            let now = self.now_ms();
+            for mbuf in buf.drain(..) {
+                let (in_port, final_) = handed_port(&mbuf);
+                self.handle(now, in_port, mbuf, final_);
+            }
+        }
+        let mut sent = 0;
+        if let Some(d) = &mut self.dispatch {
+            sent = d.receive_tx(buf, max);
+            d.flush(&self.counters);
+        }
+        for mbuf in buf.drain(..) {
+            let port = mbuf.port();
+            match self.tx_index.get(port as usize).copied().flatten() {
+                Some(i) => self.pending[i].push(mbuf),
+                None => self.counters.worker_drop(WorkerDrop::TxQueueFull, 1),
+            }
+        }
+        n + sent
+    }
+
+    /// Handles one frame received on `in_port`. Unless `dispatched` (a
+    /// packet another worker already routed here), a packet whose flow
+    /// another worker owns is handed to it.
+    fn handle(&mut self, now: u64, in_port: u16, mut mbuf: Mbuf, dispatched: bool) {
         if mbuf.segments() != 1 {
             self.counters.worker_drop(WorkerDrop::MultiSegment, 1);
             return;
@@ -736,6 +792,21 @@ impl Worker {
             }
             self.counters.worker_drop(WorkerDrop::Passive, 1);
             return;
+        }
+        if !dispatched {
+            if let Some(d) = &mut self.dispatch {
+                match d.route(now, mbuf.data()) {
+                    Route::Here => {}
+                    Route::Final(w) => {
+                        d.hand(w, in_port, mbuf, true);
+                        return;
+                    }
+                    Route::Dispatch(w) => {
+                        d.hand(w, in_port, mbuf, false);
+                        return;
+                    }
+                }
+            }
         }
         let action = match &mut self.firewall {
             Some(fw) => self
@@ -885,13 +956,23 @@ impl Worker {
     }
 
     fn enqueue(&mut self, port: u16, mbuf: Mbuf) {
-        match self.tx_index.get(port as usize).copied().flatten() {
-            Some(i) => self.pending[i].push(mbuf),
-            None => self.counters.worker_drop(WorkerDrop::TxQueueFull, 1),
+        if let Some(i) = self.tx_index.get(port as usize).copied().flatten() {
+            self.pending[i].push(mbuf);
+            return;
+        }
+        match (
+            self.tx_proxy.get(port as usize).copied().flatten(),
+            &mut self.dispatch,
+        ) {
+            (Some(w), Some(d)) => d.hand_tx(w, port, mbuf),
+            _ => self.counters.worker_drop(WorkerDrop::TxQueueFull, 1),
         }
     }
 
     fn flush_all(&mut self) {
+        if let Some(d) = &mut self.dispatch {
+            d.flush(&self.counters);
+        }
         for (q, pending) in self.tx.iter_mut().zip(self.pending.iter_mut()) {
             if pending.is_empty() {
                 continue;

@@ -154,6 +154,59 @@ uint32_t tandem_mbuf_rss(const struct rte_mbuf *m, int *valid)
 	return *valid ? m->hash.rss : 0;
 }
 
+void tandem_mbuf_set_port(struct rte_mbuf *m, uint16_t port) { m->port = port; }
+
+int tandem_port_reta_set(uint16_t port, const uint16_t *table, uint16_t size)
+{
+	struct rte_eth_rss_reta_entry64 conf[RTE_ETH_RSS_RETA_SIZE_512 / RTE_ETH_RETA_GROUP_SIZE * 4];
+	uint16_t i;
+
+	if (size == 0 || size % RTE_ETH_RETA_GROUP_SIZE != 0 ||
+	    size / RTE_ETH_RETA_GROUP_SIZE > RTE_DIM(conf))
+		return -EINVAL;
+	memset(conf, 0, sizeof(conf));
+	for (i = 0; i < size; i++) {
+		conf[i / RTE_ETH_RETA_GROUP_SIZE].mask = UINT64_MAX;
+		conf[i / RTE_ETH_RETA_GROUP_SIZE].reta[i % RTE_ETH_RETA_GROUP_SIZE] = table[i];
+	}
+	return rte_eth_dev_rss_reta_update(port, conf, size);
+}
+
+int tandem_port_reta_get(uint16_t port, uint16_t *table, uint16_t size)
+{
+	struct rte_eth_rss_reta_entry64 conf[RTE_ETH_RSS_RETA_SIZE_512 / RTE_ETH_RETA_GROUP_SIZE * 4];
+	uint16_t i;
+	int rc;
+
+	if (size == 0 || size % RTE_ETH_RETA_GROUP_SIZE != 0 ||
+	    size / RTE_ETH_RETA_GROUP_SIZE > RTE_DIM(conf))
+		return -EINVAL;
+	memset(conf, 0, sizeof(conf));
+	for (i = 0; i < size / RTE_ETH_RETA_GROUP_SIZE; i++)
+		conf[i].mask = UINT64_MAX;
+	rc = rte_eth_dev_rss_reta_query(port, conf, size);
+	if (rc != 0)
+		return rc;
+	for (i = 0; i < size; i++)
+		table[i] = conf[i / RTE_ETH_RETA_GROUP_SIZE].reta[i % RTE_ETH_RETA_GROUP_SIZE];
+	return 0;
+}
+
+int tandem_port_rss_key_get(uint16_t port, uint8_t *key, uint8_t len, uint64_t *hf)
+{
+	struct rte_eth_rss_conf conf;
+	int rc;
+
+	memset(&conf, 0, sizeof(conf));
+	conf.rss_key = key;
+	conf.rss_key_len = len;
+	rc = rte_eth_dev_rss_hash_conf_get(port, &conf);
+	if (rc != 0)
+		return rc;
+	*hf = conf.rss_hf;
+	return conf.rss_key_len;
+}
+
 unsigned tandem_ring_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned n)
 {
 	return rte_ring_enqueue_burst(r, objs, n, NULL);

@@ -82,6 +82,14 @@ uint16_t tandem_mbuf_port(const struct rte_mbuf *m);
 /* RSS hash if the device computed one, else 0 with *valid = 0. */
 uint32_t tandem_mbuf_rss(const struct rte_mbuf *m, int *valid);
 
+/** Sets the port id an mbuf carries (the input port of a handed-off packet). */
+void tandem_mbuf_set_port(struct rte_mbuf *m, uint16_t port);
+/** Programs the whole RSS redirection table (size: a multiple of 64, at most 2048). */
+int tandem_port_reta_set(uint16_t port, const uint16_t *table, uint16_t size);
+/** Reads the whole RSS redirection table back. */
+int tandem_port_reta_get(uint16_t port, uint16_t *table, uint16_t size);
+/** Reads the RSS key (len bytes of room) and hash types; returns the key length or a negative errno. */
+int tandem_port_rss_key_get(uint16_t port, uint8_t *key, uint8_t len, uint64_t *hf);
 unsigned tandem_ring_enqueue_burst(struct rte_ring *r, void *const *objs,
 				   unsigned n);
 unsigned tandem_ring_dequeue_burst(struct rte_ring *r, void **objs, unsigned n);
