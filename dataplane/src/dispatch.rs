@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use crate::conntrack::Redirects;
 use crate::counters::{WorkerCounters, WorkerDrop};
 use crate::dpdk::{Eal, Mbuf, MbufRing, RingConsumer, DpdkError};
 use crate::flow::{address_hash, owner_of_hash, L4Info};
@@ -65,6 +66,8 @@ pub struct Dispatch {
     stage: Vec<Vec<Mbuf>>,
     tx_stage: Vec<Vec<Mbuf>>,
     frags: FragmentTable,
+    /// Reply keys whose connection another worker holds (DNAT).
+    redirects: Arc<Redirects>,
 }
 
 impl std::fmt::Debug for Dispatch {
@@ -78,12 +81,14 @@ impl std::fmt::Debug for Dispatch {
 
 impl Dispatch {
     /// The dispatch ends of `workers` workers, each with rings of
-    /// `ring_size` packets (`name` prefixes the rings' names).
+    /// `ring_size` packets (`name` prefixes the rings' names), sharing the
+    /// shards' `redirects`.
     pub fn build(
         eal: &Eal,
         name: &str,
         workers: usize,
         ring_size: usize,
+        redirects: &Arc<Redirects>,
     ) -> Result<Vec<Dispatch>, DpdkError> {
         let mut to = Vec::with_capacity(workers);
         let mut tx_to = Vec::with_capacity(workers);
@@ -109,6 +114,7 @@ impl Dispatch {
                 stage: (0..workers).map(|_| Vec::new()).collect(),
                 tx_stage: (0..workers).map(|_| Vec::new()).collect(),
                 frags: FragmentTable::new(FRAGMENT_GROUPS, FRAGMENT_TIMEOUT_MS),
+                redirects: redirects.clone(),
             })
             .collect())
     }
@@ -133,7 +139,17 @@ impl Dispatch {
         };
         let key = match p.fragment {
             Fragment::None => match p.l4 {
-                L4Info::IcmpError { inner, .. } => inner,
+                L4Info::IcmpError { inner, .. } => {
+                    // About a packet of either direction of a connection.
+                    if let Some(w) = self
+                        .redirects
+                        .get(&inner)
+                        .or_else(|| self.redirects.get(&inner.reverse()))
+                    {
+                        return self.to_worker(w);
+                    }
+                    inner
+                }
                 _ => p.flow,
             },
             Fragment::First { .. } | Fragment::NonFirst { .. } => {
@@ -158,9 +174,18 @@ impl Dispatch {
                 }
             }
         };
-        match key.owner(self.workers) {
-            w if w == self.id => Route::Here,
-            w => Route::Final(w),
+        let owner = self
+            .redirects
+            .get(&key)
+            .unwrap_or_else(|| key.owner(self.workers));
+        self.to_worker(owner)
+    }
+
+    fn to_worker(&self, w: usize) -> Route {
+        if w == self.id {
+            Route::Here
+        } else {
+            Route::Final(w)
         }
     }
 

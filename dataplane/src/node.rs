@@ -639,6 +639,7 @@ impl Node {
         // Several workers: each hands the packets it does not own to their
         // owner, and frames for a port it has no TX queue of to the worker
         // that has one.
+        let redirects = Arc::new(crate::conntrack::Redirects::default());
         let mut dispatch: Vec<Option<crate::dispatch::Dispatch>> = if shards > 1 {
             let eal = self.eal.as_ref().expect("EAL lives until shutdown");
             crate::dispatch::Dispatch::build(
@@ -646,6 +647,7 @@ impl Node {
                 &format!("tw{}", std::process::id() % 100_000),
                 shards,
                 dp.handoff_ring as usize,
+                &redirects,
             )?
             .into_iter()
             .map(Some)
@@ -760,12 +762,11 @@ impl Node {
                     fragment_capacity: 1024,
                     fragment_timeout_ms: u64::from(fw.fragment_timeout_ms),
                 };
-                worker = worker.with_firewall(Firewall::new(
-                    settings,
-                    policy.clone(),
-                    c.clone(),
-                    self.now_ms(),
-                ));
+                let mut fw = Firewall::new(settings, policy.clone(), c.clone(), self.now_ms());
+                if shards > 1 {
+                    fw.shard_mut().set_redirects(redirects.clone());
+                }
+                worker = worker.with_firewall(fw);
                 fw_counters = Some(c);
             }
             built.push((id, wc.cpu, worker, lcore, counters, fw_counters, cmd_tx));

@@ -54,6 +54,31 @@ pub fn ping(ns: &Netns, dst: &str, count: u32, timeout: Duration) -> Result<Ping
     parse_ping(&text, out.status.code())
 }
 
+/// Pings `dst` with `size`-byte payloads that may be fragmented (`-M
+/// dont`): above the path MTU every request and reply travels as IPv4
+/// fragments.
+pub fn ping_fragmented(
+    ns: &Netns,
+    dst: &str,
+    count: u32,
+    size: u32,
+    timeout: Duration,
+) -> Result<PingResult> {
+    check_lab_addr(dst)?;
+    let deadline = timeout.as_secs().max(1).to_string();
+    let count_s = count.max(1).to_string();
+    let size_s = size.clamp(1, 65_000).to_string();
+    let out = ns.exec_timeout(
+        &[
+            "ping", "-n", "-M", "dont", "-s", &size_s, "-c", &count_s, "-i", "0.2", "-W", "1",
+            "-w", &deadline, dst,
+        ],
+        timeout + Duration::from_secs(5),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_ping(&text, out.status.code())
+}
+
 /// Parses the summary lines of iputils ping.
 pub fn parse_ping(text: &str, exit_code: Option<i32>) -> Result<PingResult> {
     let bad = |d: &str| LabError::Parse {

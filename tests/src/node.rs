@@ -223,6 +223,39 @@ impl NodeConfig {
         }
     }
 
+    /// The same config with `workers` workers and, for interface `i`,
+    /// `queues[i]` queue pairs on its af_packet device (`qpairs`; 1 when
+    /// missing): a port with fewer queues than workers is served through
+    /// the software dispatch and the other workers' TX handoff.
+    pub fn with_workers(mut self, workers: usize, queues: &[usize]) -> NodeConfig {
+        self.workers = workers.max(1);
+        for (i, iface) in self.interfaces.iter_mut().enumerate() {
+            let q = queues.get(i).copied().unwrap_or(1);
+            if q > 1 && iface.vdev.starts_with("net_af_packet") {
+                iface.vdev = format!("{},qpairs={q}", iface.vdev);
+            }
+        }
+        self
+    }
+
+    /// The same config with interface `i` on DPDK's pcap driver (one
+    /// queue pair, incoming frames only, the kernel interface's MAC)
+    /// instead of af_packet, whose kernel side reassembles IPv4 fragments
+    /// before the node sees them (its fanout's defrag flag): through pcap
+    /// the node receives fragments as they are.
+    pub fn with_pcap(mut self, i: usize) -> NodeConfig {
+        if let Some(iface) = self.interfaces.get_mut(i) {
+            let kernel = iface
+                .vdev
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("iface="))
+                .unwrap_or("fw-in")
+                .to_string();
+            iface.vdev = format!("net_pcap{i},rx_iface_in={kernel},tx_iface={kernel},phy_mac=1");
+        }
+        self
+    }
+
     /// The same config with a `firewall` section using the policy file
     /// `policy` and a table of 65536 connections.
     pub fn with_policy(mut self, policy: &Path) -> NodeConfig {

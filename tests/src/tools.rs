@@ -335,6 +335,26 @@ impl ToolServer {
         })
     }
 
+    /// A GRE echo server on `ip` in `ns` (`gre_echo.py serve`): echoes
+    /// keyed GRE packets back to their source.
+    pub fn gre_echo(ns: &Netns, ip: &str) -> Result<ToolServer> {
+        check_lab_addr(ip)?;
+        let args = vec![
+            "serve".into(),
+            "--bind".into(),
+            ip.into(),
+            "--timeout".into(),
+            "600".into(),
+        ];
+        let mut proc = spawn_tool(ns, "gre-echo", "gre_echo.py", &args)?;
+        wait_event(&mut proc, "ready", Duration::from_secs(10))?;
+        Ok(ToolServer {
+            proc,
+            ip: ip.to_string(),
+            port: 0,
+        })
+    }
+
     /// A UDP echo server on `ip:port` in `ns`.
     pub fn udp_echo(ns: &Netns, ip: &str, port: u16) -> Result<ToolServer> {
         Self::start(ns, "udp_echo.py", ip, port)
@@ -645,4 +665,30 @@ pub fn arp_census(
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// Sends `count` GRE packets with key `key` from `ns` to `dst`, each
+/// waiting up to 1 s for its echo (`gre_echo.py probe`); returns how many
+/// came back.
+pub fn gre_probe(ns: &Netns, dst: &str, key: u32, count: u32) -> Result<u64> {
+    check_lab_addr(dst)?;
+    let limit = f64::from(count.max(1)) + 5.0;
+    let args = vec![
+        "probe".into(),
+        "--dst".into(),
+        dst.into(),
+        "--key".into(),
+        key.to_string(),
+        "--count".into(),
+        count.max(1).to_string(),
+        "--timeout".into(),
+        format!("{limit:.0}"),
+    ];
+    let v = run_tool(
+        ns,
+        "gre_echo.py",
+        &args,
+        Duration::from_secs_f64(limit + 10.0),
+    )?;
+    Ok(v["echoed"].as_u64().unwrap_or(0))
 }

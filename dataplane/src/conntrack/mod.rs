@@ -34,6 +34,7 @@ mod delta;
 mod hosts;
 mod index;
 mod nat;
+mod redirect;
 mod state;
 mod tcp;
 #[cfg(test)]
@@ -45,6 +46,7 @@ pub use delta::{
     QueueFull,
 };
 pub use hosts::HostView;
+pub use redirect::Redirects;
 pub use nat::{reply_key, Nat, NatError, NatKind, PortAllocator, PortRange};
 pub use state::{DgramState, EspConn, IcmpConn, ProtoState, SctpConn, SctpState, Timeouts};
 pub use tcp::{TcpConn, TcpPeer, TcpState, PEER_FIN, PEER_FIN_ACKED, PEER_WSCALE};
@@ -631,6 +633,9 @@ pub struct Shard {
     larval: u32,
     loose_until_ms: u64,
     counters: ShardCounters,
+    /// Reply keys of this shard's connections that another worker owns
+    /// (several workers only).
+    redirects: Option<std::sync::Arc<Redirects>>,
 }
 
 impl Shard {
@@ -650,8 +655,20 @@ impl Shard {
             larval: 0,
             loose_until_ms: cfg.tcp.loose_until_ms,
             counters: ShardCounters::default(),
+            redirects: None,
             cfg,
         }
+    }
+
+    /// Shares the node's redirects: a connection whose reply key another
+    /// worker owns (DNAT) is recorded there while it lives.
+    pub fn set_redirects(&mut self, r: std::sync::Arc<Redirects>) {
+        self.redirects = Some(r);
+    }
+
+    /// Whether the reply key of a connection belongs to another worker.
+    fn foreign_reply(&self, reply: &FlowKey) -> bool {
+        self.cfg.shards > 1 && reply.owner(self.cfg.shards) != self.cfg.shard
     }
 
     /// The configuration.
@@ -1327,6 +1344,10 @@ impl Shard {
         if self.hosts.open(c.keys[0].src) {
             c.flags |= HOST;
         }
+        let reply = c.keys[1];
+        if let (Some(r), true) = (&self.redirects, self.foreign_reply(&reply)) {
+            r.insert(reply, self.cfg.shard);
+        }
     }
 
     /// Deletes entry `slot`; `emit`: push a delete delta if the peer knows
@@ -1347,6 +1368,9 @@ impl Shard {
         self.wheel.unschedule(slot);
         if c.flags & HOST != 0 {
             self.hosts.close(c.keys[0].src);
+        }
+        if let (Some(r), true) = (&self.redirects, self.foreign_reply(&c.keys[1])) {
+            r.remove(&c.keys[1], self.cfg.shard);
         }
         if c.flags & LARVAL != 0 {
             self.larval -= 1;
