@@ -7,7 +7,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential pkg-config libclang-dev
-  libdpdk-dev dpdk dpdk-dev
+  libdpdk-dev dpdk dpdk-dev librte-net-pcap23
   iproute2 iputils-ping iperf3 curl python3 ethtool nftables procps kmod util-linux coreutils
   keepalived conntrackd conntrack
 )
