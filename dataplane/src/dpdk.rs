@@ -823,13 +823,19 @@ fn program_rss(id: u16, info: &PortInfo, key: &[u8], workers: u16) -> Result<(),
     // SAFETY: table holds `size` entries.
     let rc = unsafe { ffi::tandem_port_reta_set(id, table.as_ptr(), size as u16) };
     if rc != 0 {
-        return Err(format!("programming its redirection table failed: {}", strerror(rc)));
+        return Err(format!(
+            "programming its redirection table failed: {}",
+            strerror(rc)
+        ));
     }
     let mut back = vec![0u16; size];
     // SAFETY: back has room for `size` entries.
     let rc = unsafe { ffi::tandem_port_reta_get(id, back.as_mut_ptr(), size as u16) };
     if rc != 0 {
-        return Err(format!("reading its redirection table back failed: {}", strerror(rc)));
+        return Err(format!(
+            "reading its redirection table back failed: {}",
+            strerror(rc)
+        ));
     }
     if back != table {
         return Err("its redirection table reads back different from what was programmed".into());
@@ -847,7 +853,9 @@ fn program_rss(id: u16, info: &PortInfo, key: &[u8], workers: u16) -> Result<(),
     if hf & (rss::NONFRAG_IPV4_TCP | rss::NONFRAG_IPV4_UDP)
         != rss::NONFRAG_IPV4_TCP | rss::NONFRAG_IPV4_UDP
     {
-        return Err(format!("it does not hash IPv4 TCP and UDP ports (hash types {hf:#x})"));
+        return Err(format!(
+            "it does not hash IPv4 TCP and UDP ports (hash types {hf:#x})"
+        ));
     }
     Ok(())
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tandem_tests::cluster::{
-    self, digest, open_udp_flows, restart_config, role, verify_clean, wait_role,
-    wait_same_table, wait_synchronized, Cluster,
+    self, digest, open_udp_flows, restart_config, role, verify_clean, wait_role, wait_same_table,
+    wait_synchronized, Cluster,
 };
 use tandem_tests::host::{self, HttpServer, IperfServer};
 use tandem_tests::lab::addr;
@@ -81,7 +81,9 @@ fn three_workers_carry_every_kind_of_traffic_with_nat() {
         .with_policy(&policy)
         .with_workers(WORKERS, &QUEUES)
         .with_pcap(0);
-    let mut node = lab.start_node_with(1, &cfg).expect("tandemd with 3 workers");
+    let mut node = lab
+        .start_node_with(1, &cfg)
+        .expect("tandemd with 3 workers");
     node.wait_ready(secs(30)).expect("ready");
     let (client, server) = (lab.client(), lab.server());
     host::wait_for_ping(client, addr::SERVER, secs(20)).expect("ping through tandemd");
@@ -101,14 +103,22 @@ fn three_workers_carry_every_kind_of_traffic_with_nat() {
 
     // TCP: a file over HTTP, intact; then 8 parallel streams.
     let http = HttpServer::start(server, addr::SERVER, 80, lab.dir(), 4).unwrap();
-    let name = http.file.file_name().unwrap().to_string_lossy().into_owned();
+    let name = http
+        .file
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let out = lab.dir().join("download.bin");
     let c = host::curl_download(client, addr::SERVER, 80, &name, &out, secs(30)).unwrap();
     assert!(c.ok(), "curl through 3 workers: {c:?}");
     assert_eq!(host::sha256_file(&out).unwrap(), http.sha256);
     let _iperf = IperfServer::start(server, addr::SERVER, 5201).unwrap();
     let ip = host::iperf_client(client, addr::SERVER, 5201, 3, &["-P", "8"]).expect("iperf3 -P 8");
-    eprintln!("iperf3 -P 8 through 3 workers: {:.0} Mbit/s", ip.bits_per_second / 1e6);
+    eprintln!(
+        "iperf3 -P 8 through 3 workers: {:.0} Mbit/s",
+        ip.bits_per_second / 1e6
+    );
     assert!(ip.bits_per_second > 1e6, "{:?}", ip.raw);
 
     // UDP: 3000 flows (one datagram each) and an echo.
@@ -117,7 +127,12 @@ fn three_workers_carry_every_kind_of_traffic_with_nat() {
     let _echo = ToolServer::udp_echo(server, addr::SERVER, 9000).unwrap();
     for i in 0..6 {
         let u = tools::udp_probe(client, addr::SERVER, 9000, &format!("w{i}"), 3, secs(1)).unwrap();
-        assert_eq!(u.text.as_deref(), Some(format!("w{i}").as_str()), "{:?}", u.raw);
+        assert_eq!(
+            u.text.as_deref(),
+            Some(format!("w{i}").as_str()),
+            "{:?}",
+            u.raw
+        );
     }
 
     // ICMP: six pings (six identifiers), then fragmented echoes.
@@ -131,7 +146,14 @@ fn three_workers_carry_every_kind_of_traffic_with_nat() {
     // reassembles them into frames larger than its ring's: not counted.)
     let big: String = "f".repeat(3000);
     for _ in 0..6 {
-        let _ = tools::udp_probe(client, addr::SERVER, 9000, &big, 1, Duration::from_millis(300));
+        let _ = tools::udp_probe(
+            client,
+            addr::SERVER,
+            9000,
+            &big,
+            1,
+            Duration::from_millis(300),
+        );
     }
     let whole = _echo
         .events()
@@ -142,7 +164,9 @@ fn three_workers_carry_every_kind_of_traffic_with_nat() {
         whole,
         6,
         "fragmented datagrams reassembled by the server; drops: {}",
-        node.stats().map(|s| s["drops_total"].clone()).unwrap_or_default()
+        node.stats()
+            .map(|s| s["drops_total"].clone())
+            .unwrap_or_default()
     );
 
     // GRE with six keys.
@@ -166,7 +190,12 @@ fn three_workers_carry_every_kind_of_traffic_with_nat() {
     // client's port 80; the replies' keys mostly belong to another worker
     // than the connection's.
     let inside = HttpServer::start(client, addr::CLIENT, 80, lab.dir(), 1).unwrap();
-    let name = inside.file.file_name().unwrap().to_string_lossy().into_owned();
+    let name = inside
+        .file
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     for i in 0..6 {
         let out = lab.dir().join(format!("dnat{i}.bin"));
         let c = host::curl_download(server, addr::WAN_GW, 8080, &name, &out, secs(30)).unwrap();
@@ -179,12 +208,24 @@ fn three_workers_carry_every_kind_of_traffic_with_nat() {
     eprintln!("workers: {}", serde_json::to_string(&ws).unwrap());
     assert_eq!(ws.len(), WORKERS);
     for w in &ws {
-        assert!(w["forwarded"].as_u64().unwrap_or(0) > 0, "every worker forwarded: {w}");
-        assert!(w["connections"].as_u64().unwrap_or(0) > 100, "every worker owns connections: {w}");
+        assert!(
+            w["forwarded"].as_u64().unwrap_or(0) > 0,
+            "every worker forwarded: {w}"
+        );
+        assert!(
+            w["connections"].as_u64().unwrap_or(0) > 100,
+            "every worker owns connections: {w}"
+        );
     }
-    assert!(sum(&ws, "handoffs_out") > 0, "packets were handed to their owner");
+    assert!(
+        sum(&ws, "handoffs_out") > 0,
+        "packets were handed to their owner"
+    );
     assert_eq!(sum(&ws, "handoffs_out"), sum(&ws, "handoffs_in"));
-    assert!(sum(&ws, "tx_handoffs") > 0, "workers 1 and 2 sent through worker 0");
+    assert!(
+        sum(&ws, "tx_handoffs") > 0,
+        "workers 1 and 2 sent through worker 0"
+    );
     assert_eq!(drop_count(&ws, "handoff_full"), 0);
     node.proc.ensure_running().expect("tandemd alive");
 }
@@ -226,7 +267,15 @@ fn a_kill_of_a_three_worker_active_loses_no_connection() {
         c.lab.server(),
         "chatter-serve",
         "tcp_chatter.py",
-        &argv(&["serve", "--bind", addr::SERVER, "--port", "80", "--timeout", "300"]),
+        &argv(&[
+            "serve",
+            "--bind",
+            addr::SERVER,
+            "--port",
+            "80",
+            "--timeout",
+            "300",
+        ]),
     )
     .unwrap();
     tools::wait_event(&mut serve, "ready", secs(10)).expect("chatter server");
@@ -257,7 +306,10 @@ fn a_kill_of_a_three_worker_active_loses_no_connection() {
     let fw2_owned = owned(&c.nodes[1]);
     eprintln!("fw1 workers own {fw1_owned:?}, fw2 (passive) {fw2_owned:?}");
     assert!(fw1_owned.iter().all(|&n| n > 5_000), "{fw1_owned:?}");
-    assert_eq!(fw1_owned, fw2_owned, "the passive installs each connection on its owner");
+    assert_eq!(
+        fw1_owned, fw2_owned,
+        "the passive installs each connection on its owner"
+    );
 
     let t0 = Instant::now();
     c.nodes[0].proc.signal("KILL");
@@ -288,7 +340,10 @@ fn a_kill_of_a_three_worker_active_loses_no_connection() {
     assert!(v["exchanges"].as_u64().unwrap_or(0) > 24 * 20, "{v}");
     let ws = workers_of(&nodes[1].stats().expect("stats"));
     for w in &ws {
-        assert!(w["forwarded"].as_u64().unwrap_or(0) > 0, "fw2's workers all forward: {w}");
+        assert!(
+            w["forwarded"].as_u64().unwrap_or(0) > 0,
+            "fw2's workers all forward: {w}"
+        );
     }
     assert_eq!(drop_count(&ws, "handoff_full"), 0);
 }

@@ -46,8 +46,8 @@ pub use delta::{
     QueueFull,
 };
 pub use hosts::HostView;
-pub use redirect::Redirects;
 pub use nat::{reply_key, Nat, NatError, NatKind, PortAllocator, PortRange};
+pub use redirect::Redirects;
 pub use state::{DgramState, EspConn, IcmpConn, ProtoState, SctpConn, SctpState, Timeouts};
 pub use tcp::{TcpConn, TcpPeer, TcpState, PEER_FIN, PEER_FIN_ACKED, PEER_WSCALE};
 

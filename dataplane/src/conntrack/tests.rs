@@ -1449,3 +1449,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_dnat_reply_key_owned_by_another_worker_is_redirected_while_the_connection_lives() {
+    let n = 3;
+    let redirects = std::sync::Arc::new(Redirects::default());
+    let mut found = 0;
+    for sport in 40_000..40_060u16 {
+        let k = key(proto::TCP, sport, 8080);
+        let real = FlowKey {
+            dst: Ipv4Addr::new(198, 18, 1, 10),
+            dport: 80,
+            ..k
+        };
+        let reply = real.reverse();
+        let owner = k.owner(n);
+        let mut sh = Shard::new(
+            ShardConfig {
+                capacity: 64,
+                shard: owner,
+                shards: n,
+                ..ShardConfig::default()
+            },
+            0,
+        );
+        sh.set_redirects(redirects.clone());
+        let nat = Nat {
+            kind: NatKind::Dnat,
+            orig: k,
+            translated: real,
+        };
+        let id = sh
+            .create(
+                0,
+                &k,
+                &tcp(F::SYN, 1000, 0, 65535, 0),
+                ConnMeta {
+                    nat: Some(nat),
+                    ..meta()
+                },
+            )
+            .unwrap();
+        let foreign = reply.owner(n) != owner;
+        assert_eq!(redirects.get(&reply), foreign.then_some(owner), "{k:?}");
+        assert_eq!(
+            redirects.get(&k),
+            None,
+            "the original key needs no redirect"
+        );
+        found += usize::from(foreign);
+        assert!(sh.delete(1, id));
+        assert_eq!(redirects.get(&reply), None, "removed with the connection");
+    }
+    assert!(
+        found > 10,
+        "most DNAT replies belong to another worker ({found} of 60)"
+    );
+    assert!(redirects.is_empty());
+}
