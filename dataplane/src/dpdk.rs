@@ -245,6 +245,23 @@ pub fn tsc() -> u64 {
     unsafe { ffi::tandem_tsc() }
 }
 
+/// Asks the CPU to bring the cache line of `x` in (a hint: no effect on
+/// what the program computes). The burst lookups use it to overlap the
+/// cache misses of a burst's connections.
+#[inline(always)]
+pub fn prefetch<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address; x is a valid
+    // reference anyway. SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (x as *const T).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 /// A CPU pause hint for spin loops.
 #[inline]
 pub fn pause() {
@@ -810,6 +827,9 @@ impl Drop for Port {
 /// with [`crate::flow::owner_of_hash`], and reads the table and the key
 /// back. `Err` says why the port cannot be steered by the NIC.
 fn program_rss(id: u16, info: &PortInfo, key: &[u8], workers: u16) -> Result<(), String> {
+    if info.rss_key_size == 0 {
+        return Err("it takes no RSS key (its hash cannot be the symmetric one)".into());
+    }
     let size = usize::from(info.reta_size);
     if size < crate::flow::OWNER_TABLE || !size.is_power_of_two() || size > 2048 {
         return Err(format!(

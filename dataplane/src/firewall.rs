@@ -232,6 +232,19 @@ pub struct Firewall {
     policy: Arc<Policy>,
     counters: Arc<FirewallCounters>,
     verify: bool,
+    /// The burst being processed: each packet parsed and looked up ahead,
+    /// in order (see [`Firewall::prepare_burst`]).
+    hints: Vec<Hint>,
+    hint_next: usize,
+}
+
+/// What [`Firewall::prepare_burst`] found for one packet.
+#[derive(Debug, Clone, Copy)]
+struct Hint {
+    /// Address of the packet's IPv4 header (identifies it in the burst).
+    ip: usize,
+    parsed: ParsedIpv4,
+    hit: Option<(crate::conntrack::ConnId, Dir)>,
 }
 
 /// The L4 header of a parsed packet, mutable, for NAT rewrites.
@@ -257,7 +270,61 @@ impl Firewall {
             policy,
             counters,
             verify: settings.verify_checksums,
+            hints: Vec::with_capacity(crate::conntrack::BURST),
+            hint_next: 0,
         }
+    }
+
+    /// Parses the IPv4 packets of a burst (each slice starts at an IPv4
+    /// header; at most [`crate::conntrack::BURST`] are taken) and looks
+    /// their connections up together, so that the cache misses of the
+    /// burst overlap; [`Filter::check`] of each of these packets then
+    /// uses what was found (checked again against the table, which the
+    /// burst's earlier packets may change). Call [`Self::end_burst`] once
+    /// the burst is processed.
+    pub fn prepare_burst<'a>(&mut self, ips: impl Iterator<Item = &'a [u8]>) {
+        self.hints.clear();
+        self.hint_next = 0;
+        let mut keys = [FlowKey::new(Ipv4Addr::UNSPECIFIED, 0, Ipv4Addr::UNSPECIFIED, 0, 0);
+            crate::conntrack::BURST];
+        for ip in ips.take(crate::conntrack::BURST) {
+            // Fragments, and what does not parse, take the normal path.
+            if let Ok(p) = parse_ipv4(ip, self.verify) {
+                if p.fragment == Fragment::None {
+                    keys[self.hints.len()] = p.flow;
+                    self.hints.push(Hint {
+                        ip: ip.as_ptr() as usize,
+                        parsed: p,
+                        hit: None,
+                    });
+                }
+            }
+        }
+        let n = self.hints.len();
+        let mut hits = [None; crate::conntrack::BURST];
+        self.shard.lookup_burst(&keys[..n], &mut hits[..n]);
+        for (h, hit) in self.hints.iter_mut().zip(hits) {
+            h.hit = hit;
+        }
+    }
+
+    /// Forgets the burst of [`Self::prepare_burst`].
+    pub fn end_burst(&mut self) {
+        self.hints.clear();
+        self.hint_next = 0;
+    }
+
+    /// The hint of the packet whose IPv4 header is `ip`, if it was
+    /// prepared (packets dropped before the filter are skipped).
+    fn take_hint(&mut self, ip: &[u8]) -> Option<Hint> {
+        let at = ip.as_ptr() as usize;
+        while let Some(h) = self.hints.get(self.hint_next).copied() {
+            self.hint_next += 1;
+            if h.ip == at {
+                return Some(h);
+            }
+        }
+        None
     }
 
     /// Switches to a new policy (between bursts). Existing connections
@@ -500,12 +567,16 @@ impl Filter for Firewall {
         ip: &mut [u8],
         router: &Router,
     ) -> FilterVerdict {
-        let p = match parse_ipv4(ip, self.verify) {
-            Ok(p) => p,
-            Err(d) => {
-                self.counters.parse_drops[d as usize].add(1);
-                return FilterVerdict::Drop;
-            }
+        let hint = self.take_hint(ip);
+        let p = match hint {
+            Some(h) => h.parsed,
+            None => match parse_ipv4(ip, self.verify) {
+                Ok(p) => p,
+                Err(d) => {
+                    self.counters.parse_drops[d as usize].add(1);
+                    return FilterVerdict::Drop;
+                }
+            },
         };
         match p.fragment {
             Fragment::None => {}
@@ -533,7 +604,15 @@ impl Filter for Firewall {
                 };
             }
         }
-        if let Some((id, dir)) = self.shard.lookup(&p.flow) {
+        // The burst's lookup, if it still holds (an earlier packet of the
+        // burst may have created or deleted entries).
+        let found = match hint.and_then(|h| h.hit) {
+            Some((id, dir)) if self.shard.get(id).is_some_and(|c| c.key(dir) == p.flow) => {
+                Some((id, dir))
+            }
+            _ => self.shard.lookup(&p.flow),
+        };
+        if let Some((id, dir)) = found {
             match self
                 .shard
                 .track(now_ms, id, dir, &p.l4, u32::from(p.total_len))

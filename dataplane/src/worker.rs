@@ -242,6 +242,8 @@ pub struct Worker {
     /// By port id: the worker whose TX queue sends for this one (the port
     /// has fewer TX queues than the node has workers).
     tx_proxy: Vec<Option<usize>>,
+    /// Admitted packets waiting to be routed, with their input port.
+    batch: Vec<(u16, Mbuf)>,
     next_garp_ms: u64,
     garp_rounds_left: u8,
     next_garp_round_ms: u64,
@@ -302,6 +304,7 @@ impl Worker {
             ha_data: None,
             dispatch: None,
             tx_proxy: Vec::new(),
+            batch: Vec::with_capacity(dpdk::MAX_BURST),
             next_garp_ms: 0,
             garp_rounds_left: 0,
             next_garp_round_ms: 0,
@@ -725,8 +728,9 @@ impl Worker {
             let in_port = self.rx[qi].port();
             let now = self.now_ms();
             for mbuf in rx_buf.drain(..) {
-                self.handle(now, in_port, mbuf, false);
+                self.admit(now, in_port, mbuf, false);
             }
+            self.process_batch(now);
             if let Some(d) = &mut self.dispatch {
                 d.flush(&self.counters);
             }
@@ -753,8 +757,9 @@ impl Worker {
             let now = self.now_ms();
             for mbuf in buf.drain(..) {
                 let (in_port, final_) = handed_port(&mbuf);
-                self.handle(now, in_port, mbuf, final_);
+                self.admit(now, in_port, mbuf, final_);
             }
+            self.process_batch(now);
         }
         let mut sent = 0;
         if let Some(d) = &mut self.dispatch {
@@ -771,10 +776,12 @@ impl Worker {
         n + sent
     }
 
-    /// Handles one frame received on `in_port`. Unless `dispatched` (a
+    /// Admits one frame received on `in_port`: HA frames and, while
+    /// passive, everything are dealt with here; unless `dispatched` (a
     /// packet another worker already routed here), a packet whose flow
-    /// another worker owns is handed to it.
-    fn handle(&mut self, now: u64, in_port: u16, mut mbuf: Mbuf, dispatched: bool) {
+    /// another worker owns is handed to it; the rest joins the batch this
+    /// worker processes (see [`Self::process_batch`]).
+    fn admit(&mut self, now: u64, in_port: u16, mut mbuf: Mbuf, dispatched: bool) {
         if mbuf.segments() != 1 {
             self.counters.worker_drop(WorkerDrop::MultiSegment, 1);
             return;
@@ -808,6 +815,34 @@ impl Worker {
                 }
             }
         }
+        self.batch.push((in_port, mbuf));
+    }
+
+    /// Routes and filters the admitted packets, a burst at a time: the
+    /// firewall parses the burst and looks its connections up together
+    /// first, so that their cache misses overlap.
+    fn process_batch(&mut self, now: u64) {
+        let mut batch = std::mem::take(&mut self.batch);
+        while !batch.is_empty() {
+            let n = batch.len().min(crate::conntrack::BURST);
+            if let Some(fw) = &mut self.firewall {
+                fw.prepare_burst(batch[..n].iter().filter_map(|(_, m)| {
+                    let d = m.data();
+                    (d.get(12..14) == Some(&[0x08, 0x00][..])).then(|| &d[14..])
+                }));
+            }
+            for (in_port, mbuf) in batch.drain(..n) {
+                self.process(now, in_port, mbuf);
+            }
+            if let Some(fw) = &mut self.firewall {
+                fw.end_burst();
+            }
+        }
+        self.batch = batch;
+    }
+
+    /// Routes (and filters) one admitted packet.
+    fn process(&mut self, now: u64, in_port: u16, mut mbuf: Mbuf) {
         let action = match &mut self.firewall {
             Some(fw) => self
                 .router

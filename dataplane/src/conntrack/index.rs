@@ -119,12 +119,14 @@ impl KeyIndex {
 
     /// Finds a burst of keys (at most [`BURST`]), in stages so that the
     /// cache misses of different keys overlap: all hashes, then all first
-    /// probes, then the key comparisons. `out[i]` receives `keys[i]`'s hit.
+    /// probes, then `touch` (a prefetch) of the entries they point at, then
+    /// the key comparisons. `out[i]` receives `keys[i]`'s hit.
     pub fn find_burst(
         &self,
         keys: &[FlowKey],
         out: &mut [Option<Hit>],
         key_of: impl Fn(u32, u8) -> FlowKey,
+        touch: impl Fn(u32),
     ) {
         let n = keys.len().min(out.len()).min(BURST);
         let mut hashes = [0u64; BURST];
@@ -134,6 +136,13 @@ impl KeyIndex {
         }
         for (f, h) in first.iter_mut().zip(&hashes[..n]) {
             *f = self.slots[*h as usize & self.mask];
+        }
+        // The entries the first probes point at, before comparing any.
+        for (f, h) in first.iter().zip(&hashes[..n]) {
+            if *f != EMPTY && *f >> self.payload_bits == self.tag(*h) {
+                let payload = *f & ((1 << self.payload_bits) - 1);
+                touch(payload >> 1);
+            }
         }
         for i in 0..n {
             let (h, key) = (hashes[i], &keys[i]);

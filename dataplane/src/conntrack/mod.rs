@@ -756,9 +756,16 @@ impl Shard {
         let mut hits = [None; BURST];
         let n = keys.len().min(out.len()).min(BURST);
         let conns = &self.conns;
-        self.index.find_burst(&keys[..n], &mut hits[..n], |s, d| {
-            conns[s as usize].keys[d as usize]
-        });
+        self.index.find_burst(
+            &keys[..n],
+            &mut hits[..n],
+            |s, d| conns[s as usize].keys[d as usize],
+            |s| {
+                if let Some(c) = conns.get(s as usize) {
+                    crate::dpdk::prefetch(c);
+                }
+            },
+        );
         for (o, h) in out.iter_mut().zip(&hits[..n]) {
             *o = h.map(|h| {
                 let dir = if h.dir == 0 {
