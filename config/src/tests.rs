@@ -359,6 +359,43 @@ fn two_workers_must_not_share_a_cpu() {
 }
 
 #[test]
+fn the_sync_core_must_not_share_a_workers_cpu() {
+    let text = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: 1), (cpu: 2)], sync_cpu: Some(2),",
+    );
+    let msg = rejects(
+        &text,
+        "dataplane.sync_cpu",
+        "sync_cpu",
+        "not used by a worker",
+    );
+    assert!(msg.contains("dataplane.workers[1]"), "{msg}");
+    let ok = with(
+        "workers: [(cpu: None)],",
+        "workers: [(cpu: 1), (cpu: 2)], sync_cpu: Some(3),",
+    );
+    let cfg = parse(&ok, "t.ron").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.dataplane.sync_cpu, Some(3));
+}
+
+#[test]
+fn the_handoff_ring_must_be_a_power_of_two_in_range() {
+    for bad in ["100", "128", "131072"] {
+        let text = with(
+            "workers: [(cpu: None)],",
+            &format!("workers: [(cpu: None)], handoff_ring: {bad},"),
+        );
+        rejects(
+            &text,
+            "dataplane.handoff_ring",
+            "handoff_ring",
+            "a power of two in 256..=65536",
+        );
+    }
+}
+
+#[test]
 fn burst_must_be_in_range() {
     let text = with(
         "workers: [(cpu: None)],",

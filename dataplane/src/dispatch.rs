@@ -24,7 +24,9 @@ use std::sync::Arc;
 use crate::conntrack::Redirects;
 use crate::counters::{WorkerCounters, WorkerDrop};
 use crate::dpdk::{DpdkError, Eal, Mbuf, MbufRing, RingConsumer};
-use crate::flow::{address_hash, owner_of_hash, L4Info};
+use std::net::Ipv4Addr;
+
+use crate::flow::{address_hash, owner_of_hash, proto, FlowKey, L4Info};
 use crate::frag::FragmentTable;
 use crate::parse::{parse_ipv4, Fragment};
 
@@ -199,6 +201,13 @@ impl Dispatcher {
         let Some(ip) = frame.get(14..) else {
             return Route::Here;
         };
+        if let Some(key) = quick_key(ip) {
+            let owner = self
+                .redirects
+                .get(&key)
+                .unwrap_or_else(|| key.owner(self.workers));
+            return self.to_worker(owner);
+        }
         let Ok(p) = parse_ipv4(ip, false) else {
             return Route::Here;
         };
@@ -253,6 +262,28 @@ impl Dispatcher {
             Route::Final(w)
         }
     }
+}
+
+/// The flow key of a plain TCP, UDP or SCTP packet (no options, not a
+/// fragment, long enough), read straight from the header: the common case,
+/// without the full parse. Anything else: `None`.
+#[inline]
+fn quick_key(ip: &[u8]) -> Option<FlowKey> {
+    let h: &[u8; 24] = ip.get(..24)?.try_into().ok()?;
+    let proto = h[9];
+    if h[0] != 0x45
+        || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0
+        || !matches!(proto, proto::TCP | proto::UDP | proto::SCTP)
+    {
+        return None;
+    }
+    Some(FlowKey::new(
+        Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+        u16::from_be_bytes([h[20], h[21]]),
+        Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+        u16::from_be_bytes([h[22], h[23]]),
+        proto,
+    ))
 }
 
 /// The input port of a handed packet, and whether it is final.

@@ -146,11 +146,28 @@ impl Eal {
         let mut argv: Vec<*mut std::os::raw::c_char> =
             cargs.iter().map(|c| c.as_ptr() as *mut _).collect();
         let argc = argv.len() as i32;
+        // The EAL pins the calling thread to its first lcore's CPUs; every
+        // thread started later (unpinned workers, the sync core, helper
+        // threads) would inherit that one CPU. Keep the process's own set
+        // and give it back to this thread afterwards: what is pinned is
+        // what the configuration pins.
+        // SAFETY: cpu_set_t is plain data; zeroed is its empty set.
+        let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid out pointer of the size given; 0 = this thread.
+        let have_cpus = unsafe {
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut cpus)
+        } == 0;
         // SAFETY: argv holds argc valid NUL-terminated strings; the strings
         // are leaked below so pointers the EAL keeps stay valid.
         let rc = unsafe { ffi::rte_eal_init(argc, argv.as_mut_ptr()) };
         std::mem::forget(cargs);
         std::mem::forget(argv);
+        if have_cpus {
+            // SAFETY: cpus was filled by sched_getaffinity above.
+            unsafe {
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &cpus);
+            }
+        }
         if rc < 0 {
             let code = last_errno();
             return Err(DpdkError::EalInit {

@@ -1,11 +1,14 @@
 //! Whole-packet benchmark of one worker's sans-IO path: the router with the
 //! stateful firewall (parse, connection lookup and tracking, policy on the
-//! ACL classifier, connection creation), against the plain router in the
-//! same process as the baseline. No NIC: frames are copied from templates
-//! into a buffer (as a NIC would have written them) and processed in place.
+//! ACL classifier, connection creation), one packet at a time and in
+//! bursts, against the plain router in the same process as the baseline;
+//! then 1, 2 and N workers at once, and the software dispatch's costs (the
+//! owner decision, a handoff through a DPDK ring between two threads). No
+//! NIC: frames are copied from templates into a buffer (as a NIC would
+//! have written them) and processed in place.
 //!
 //! ```text
-//! bench-firewall [--flows 100000] [--packets 5000000] [--rules 10]
+//! bench-firewall [--flows 100000] [--packets 5000000] [--rules 10] [--threads N]
 //! ```
 //!
 //! Prints a table and one JSON line.
@@ -37,6 +40,10 @@ struct Args {
     /// Filter rules in the policy (the flows match the last one).
     #[arg(long, default_value_t = 10)]
     rules: usize,
+    /// Most worker threads of the scaling pass (1 and 2 always run;
+    /// default: the machine's cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 const LAN_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 1]);
@@ -226,6 +233,206 @@ fn pass_burst(
     ns
 }
 
+/// The frames of `flows` flows from `first`: handshakes and established
+/// data both ways.
+struct Frames {
+    syns: Vec<(u16, Vec<u8>)>,
+    synacks: Vec<(u16, Vec<u8>)>,
+    acks: Vec<(u16, Vec<u8>)>,
+    data: Vec<(u16, Vec<u8>)>,
+}
+
+fn frames(first: usize, flows: usize) -> Frames {
+    let range = first..first + flows;
+    Frames {
+        syns: range
+            .clone()
+            .map(|i| (0u16, tcp_frame(i, 0x02, 1000, 0, 0, false)))
+            .collect(),
+        synacks: range
+            .clone()
+            .map(|i| (1u16, tcp_frame(i, 0x12, 5000, 1001, 0, true)))
+            .collect(),
+        acks: range
+            .clone()
+            .map(|i| (0u16, tcp_frame(i, 0x10, 1001, 5001, 0, false)))
+            .collect(),
+        // Established data, both ways (a retransmitted segment stays in
+        // window).
+        data: range
+            .flat_map(|i| {
+                [
+                    (0u16, tcp_frame(i, 0x18, 1001, 5001, 40, false)),
+                    (1u16, tcp_frame(i, 0x10, 5001, 1041, 0, true)),
+                ]
+            })
+            .collect(),
+    }
+}
+
+/// Opens every flow of `f` in `fw` (three-way handshakes); returns the
+/// SYN pass's ns per new connection.
+fn open(router: &Router, fw: &mut Firewall, f: &Frames) -> f64 {
+    let new_ns = pass(&f.syns, f.syns.len(), |p, b| {
+        router.process_filtered(1, p, b, fw)
+    });
+    pass(&f.synacks, f.synacks.len(), |p, b| {
+        router.process_filtered(2, p, b, fw)
+    });
+    pass(&f.acks, f.acks.len(), |p, b| {
+        router.process_filtered(3, p, b, fw)
+    });
+    new_ns
+}
+
+/// Established traffic through `fw` in bursts; ns per packet.
+fn established_bursts(
+    router: &Router,
+    fw: Firewall,
+    data: &[(u16, Vec<u8>)],
+    packets: usize,
+) -> (f64, Firewall) {
+    let cell = std::cell::RefCell::new(fw);
+    let ns = pass_burst(
+        data,
+        packets,
+        |ips| cell.borrow_mut().prepare_burst(ips.iter().copied()),
+        |p, b| router.process_filtered(5, p, b, &mut *cell.borrow_mut()),
+        || cell.borrow_mut().end_burst(),
+    );
+    (ns, cell.into_inner())
+}
+
+/// `threads` workers at once, each with its own firewall and `flows`
+/// flows, bursts of established traffic: aggregate Mpps and the mean ns
+/// per packet of one thread.
+fn threaded(
+    router: &Arc<Router>,
+    policy: &Arc<Policy>,
+    threads: usize,
+    flows: usize,
+    packets: usize,
+) -> (f64, f64) {
+    let barrier = Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (router, policy, barrier) = (router.clone(), policy.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let f = frames(t * flows, flows);
+                let mut fw = firewall(&policy, flows);
+                open(&router, &mut fw, &f);
+                barrier.wait();
+                let (ns, _) = established_bursts(&router, fw, &f.data, packets);
+                ns
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t0 = Instant::now();
+    let per: Vec<f64> = handles
+        .into_iter()
+        .map(|h| h.join().expect("bench thread"))
+        .collect();
+    let wall = t0.elapsed().as_secs_f64();
+    let mpps = (threads * packets) as f64 / wall / 1e6;
+    (mpps, per.iter().sum::<f64>() / per.len() as f64)
+}
+
+/// The software dispatch's cost: deciding the owner of each frame
+/// (`Dispatcher::route`: parse, hash, owner), ns per packet.
+fn dispatch_decision(data: &[(u16, Vec<u8>)], packets: usize, workers: usize) -> f64 {
+    use tandem_dataplane::dispatch::{Dispatcher, Route};
+    let mut d = Dispatcher::new(0, workers, Arc::new(Default::default()));
+    let mut here = 0usize;
+    let start = Instant::now();
+    for i in 0..packets {
+        if d.route(0, &data[i % data.len()].1) == Route::Here {
+            here += 1;
+        }
+    }
+    let ns = start.elapsed().as_nanos() as f64 / packets as f64;
+    black_box(here);
+    ns
+}
+
+/// A handoff between two threads through a DPDK ring, in bursts of 32:
+/// ns per packet of the pair's throughput (enqueue on one worker,
+/// dequeue on the other, with the mbuf's port field set and read, as the
+/// dispatch does).
+fn handoff(eal: &Eal, packets: usize) -> f64 {
+    use tandem_dataplane::dpdk::{MbufRing, Mempool};
+    let pool = Mempool::new(eal, "bench_pool", 16_383, 256).expect("mempool");
+    let (ring, mut consumer) = MbufRing::create(eal, "bench-h", 4096).expect("ring");
+    let bursts = packets / 32;
+    // The producer reuses the mbufs the consumer sends back.
+    let (back_tx, back_rx) =
+        std::sync::mpsc::sync_channel::<Vec<tandem_dataplane::dpdk::Mbuf>>(256);
+    let mut stock: Vec<Vec<_>> = (0..128)
+        .map(|_| (0..32).map(|_| pool.alloc().expect("mbuf")).collect())
+        .collect();
+    let start = Instant::now();
+    let producer = {
+        let ring = ring.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while sent < bursts * 32 {
+                let mut b = match stock.pop() {
+                    Some(b) => b,
+                    None => back_rx.recv().expect("mbufs back"),
+                };
+                // The consumer may send back short bursts: exactly the
+                // total goes through the ring.
+                b.truncate(bursts * 32 - sent);
+                sent += b.len();
+                for m in b.iter_mut() {
+                    m.set_port(0x8001);
+                }
+                while !b.is_empty() {
+                    if ring.enqueue(&mut b) == 0 {
+                        std::hint::spin_loop();
+                    }
+                }
+                // The emptied vector is dropped; the next comes from stock
+                // or back.
+            }
+        })
+    };
+    let mut got = Vec::with_capacity(64);
+    let mut n = 0usize;
+    let mut ports = 0u64;
+    while n < bursts * 32 {
+        if consumer.dequeue(&mut got, 32) == 0 {
+            std::hint::spin_loop();
+            continue;
+        }
+        n += got.len();
+        ports += got.iter().map(|m| u64::from(m.port())).sum::<u64>();
+        let full = std::mem::replace(&mut got, Vec::with_capacity(64));
+        let _ = back_tx.try_send(full);
+    }
+    producer.join().expect("producer");
+    let ns = start.elapsed().as_nanos() as f64 / n.max(1) as f64;
+    black_box(ports);
+    ns
+}
+
+/// The ring operations alone, one thread: a burst of 32 in, the same out;
+/// ns per packet.
+fn ring_ops(eal: &Eal, packets: usize) -> f64 {
+    use tandem_dataplane::dpdk::{MbufRing, Mempool};
+    let pool = Mempool::new(eal, "bench_pool1", 1023, 64).expect("mempool");
+    let (ring, mut consumer) = MbufRing::create(eal, "bench-h1", 256).expect("ring");
+    let mut b: Vec<_> = (0..32).map(|_| pool.alloc().expect("mbuf")).collect();
+    let start = Instant::now();
+    for _ in 0..packets / 32 {
+        ring.enqueue(&mut b);
+        consumer.dequeue(&mut b, 32);
+    }
+    let ns = start.elapsed().as_nanos() as f64 / (packets / 32 * 32).max(1) as f64;
+    assert_eq!(b.len(), 32);
+    ns
+}
+
 fn main() {
     let args = Args::parse();
     let eal_args: Vec<String> = [
@@ -241,8 +448,8 @@ fn main() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let _eal = Eal::init(&eal_args).expect("EAL");
-    let router = router();
+    let eal = Eal::init(&eal_args).expect("EAL");
+    let router = Arc::new(router());
     let cfg = policy(args.rules);
     let policy = Arc::new(
         Policy::compile(&cfg, &[("in".into(), 0), ("out".into(), 1)], None)
@@ -250,61 +457,48 @@ fn main() {
     );
     let backend = format!("{:?}", policy.backend());
     let flows = args.flows.max(1);
+    let f = frames(0, flows);
 
-    // Handshakes: SYN (client), SYN-ACK (server), ACK (client).
-    let syns: Vec<_> = (0..flows)
-        .map(|i| (0u16, tcp_frame(i, 0x02, 1000, 0, 0, false)))
-        .collect();
-    let synacks: Vec<_> = (0..flows)
-        .map(|i| (1u16, tcp_frame(i, 0x12, 5000, 1001, 0, true)))
-        .collect();
-    let acks: Vec<_> = (0..flows)
-        .map(|i| (0u16, tcp_frame(i, 0x10, 1001, 5001, 0, false)))
-        .collect();
-    // Established data, both ways (a retransmitted segment stays in window).
-    let data: Vec<_> = (0..flows)
-        .flat_map(|i| {
-            [
-                (0u16, tcp_frame(i, 0x18, 1001, 5001, 40, false)),
-                (1u16, tcp_frame(i, 0x10, 5001, 1041, 0, true)),
-            ]
+    // Baseline: the plain router on the same frames.
+    let router_ns = pass(&f.data, args.packets, |p, b| router.process(0, p, b));
+
+    let mut fw = firewall(&policy, flows);
+    let new_ns = open(&router, &mut fw, &f);
+    let new_per_sec = 1e9 / new_ns;
+    fw.publish();
+    let established = fw.shard().len();
+    let est_ns = pass(&f.data, args.packets, |p, b| {
+        router.process_filtered(4, p, b, &mut fw)
+    });
+    let (burst_ns, fw) = established_bursts(&router, fw, &f.data, args.packets);
+    let bytes_per_conn = fw.shard().bytes_per_conn();
+    drop(fw);
+
+    // Several workers at once (each its own firewall and flows).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut counts = vec![1usize, 2];
+    if args.threads > 2 {
+        counts.push(args.threads);
+    } else if cores > 2 {
+        counts.push(cores);
+    }
+    let per_thread_flows = (flows / 2).max(1);
+    let scaling: Vec<(usize, f64, f64)> = counts
+        .iter()
+        .map(|&t| {
+            let (mpps, ns) = threaded(&router, &policy, t, per_thread_flows, args.packets / 2);
+            (t, mpps, ns)
         })
         .collect();
 
-    // Baseline: the plain router on the same frames.
-    let router_ns = pass(&data, args.packets, |p, b| router.process(0, p, b));
-
-    let mut fw = firewall(&policy, flows);
-    let t = Instant::now();
-    let new_ns = pass(&syns, flows, |p, b| {
-        router.process_filtered(1, p, b, &mut fw)
-    });
-    let new_per_sec = flows as f64 / t.elapsed().as_secs_f64();
-    pass(&synacks, flows, |p, b| {
-        router.process_filtered(2, p, b, &mut fw)
-    });
-    pass(&acks, flows, |p, b| {
-        router.process_filtered(3, p, b, &mut fw)
-    });
-    fw.publish();
-    let established = fw.shard().len();
-    let est_ns = pass(&data, args.packets, |p, b| {
-        router.process_filtered(4, p, b, &mut fw)
-    });
-    let fw_cell = std::cell::RefCell::new(fw);
-    let burst_ns = pass_burst(
-        &data,
-        args.packets,
-        |ips| fw_cell.borrow_mut().prepare_burst(ips.iter().copied()),
-        |p, b| router.process_filtered(5, p, b, &mut *fw_cell.borrow_mut()),
-        || fw_cell.borrow_mut().end_burst(),
-    );
-    let fw = fw_cell.into_inner();
-    let bytes_per_conn = fw.shard().bytes_per_conn();
+    // The software dispatch: the decision, and the handoff itself.
+    let decide_ns = dispatch_decision(&f.data, args.packets, 4);
+    let ring_ns = ring_ops(&eal, args.packets);
+    let handoff_ns = handoff(&eal, args.packets);
 
     println!("backend: {backend}, rules: {}, flows: {flows}, connections after handshakes: {established}", args.rules);
     println!(
-        "{:<44} {:>10} {:>12}",
+        "{:<48} {:>10} {:>12}",
         "path (one core, in-place frames)", "ns/pkt", "Mpps"
     );
     for (what, ns) in [
@@ -312,8 +506,11 @@ fn main() {
         ("firewall, established TCP", est_ns),
         ("firewall, established TCP, bursts of 32", burst_ns),
         ("firewall, new TCP connection (SYN)", new_ns),
+        ("dispatch decision (parse, hash, owner)", decide_ns),
+        ("handoff: ring in + out, one thread", ring_ns),
+        ("handoff between two threads (ring, bursts)", handoff_ns),
     ] {
-        println!("{what:<44} {ns:>10.1} {:>12.2}", 1e3 / ns);
+        println!("{what:<48} {ns:>10.1} {:>12.2}", 1e3 / ns);
     }
     println!("new connections per second per core: {new_per_sec:.0}");
     println!(
@@ -321,6 +518,17 @@ fn main() {
         est_ns / router_ns,
         burst_ns / router_ns
     );
+    println!(
+        "dispatch + handoff / router cost: {:.2}x (paid by packets that arrive at a worker that does not own them)",
+        (decide_ns + handoff_ns) / router_ns
+    );
+    println!("workers at once ({cores} cores here; {per_thread_flows} flows each, bursts):");
+    for (t, mpps, ns) in &scaling {
+        println!(
+            "  {t} thread(s): {mpps:>6.2} Mpps together, {ns:>6.1} ns/pkt per thread, {:.2} Mpps per thread",
+            mpps / *t as f64
+        );
+    }
     println!("bytes per connection entry (entry + index + timer + free list): {bytes_per_conn}");
     println!(
         "{}",
@@ -336,6 +544,11 @@ fn main() {
             "established_burst_over_router": burst_ns / router_ns,
             "new_conn_ns": new_ns,
             "new_conn_per_sec": new_per_sec,
+            "dispatch_decision_ns": decide_ns,
+            "handoff_ns": handoff_ns,
+            "ring_ops_ns": ring_ns,
+            "threads": scaling.iter().map(|(t, mpps, ns)| serde_json::json!({"threads": t, "mpps": mpps, "ns_per_pkt": ns})).collect::<Vec<_>>(),
+            "cores": cores,
             "bytes_per_conn": bytes_per_conn,
             "established_over_router": est_ns / router_ns,
         })
