@@ -94,7 +94,8 @@ impl Counter {
 
 /// Everything one worker counts.
 #[derive(Debug, Default)]
-#[repr(align(64))]
+// 128: the adjacent-line prefetcher pulls cache lines in pairs.
+#[repr(align(128))]
 pub struct WorkerCounters {
     /// Packets received from all queues.
     pub rx_packets: Counter,

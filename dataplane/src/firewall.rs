@@ -94,7 +94,8 @@ impl FwDrop {
 /// the worker only (the shard's own counters are mirrored here by
 /// [`Firewall::publish`]).
 #[derive(Debug)]
-#[repr(align(64))]
+// 128: the adjacent-line prefetcher pulls cache lines in pairs.
+#[repr(align(128))]
 pub struct FirewallCounters {
     /// Packets let through (known connection or new accepted one).
     pub passed: Counter,

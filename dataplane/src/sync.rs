@@ -239,6 +239,7 @@ pub enum Install {
 /// The bulk-dump handshake between the sync core and one worker, and
 /// the worker's acknowledgement of bulk ends.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct DumpControl {
     /// The dump generation the sync core asks for (0: none). A new value
     /// restarts the worker's walk of its table.
