@@ -181,6 +181,25 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
                 if link.up { "up" } else { "down" }
             ),
         );
+        let port = &iface.port;
+        let steering = match port.steering() {
+            tandem_dataplane::dpdk::Steering::Software(why) => {
+                format!("packets reach their worker through the software dispatch: {why}")
+            }
+            s => format!("steering {}", s.as_str()),
+        };
+        if node.workers().len() > 1 {
+            events_log.event(
+                "SYSTEM",
+                format_args!(
+                    "interface {}: {} RX / {} TX queues for {} workers, {steering}",
+                    iface.config.name,
+                    port.rx_queues(),
+                    port.tx_queues(),
+                    node.workers().len()
+                ),
+            );
+        }
     }
     let faults = std::env::var(FAULTS_ENV).is_ok_and(|v| v == "1");
     if faults {

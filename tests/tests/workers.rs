@@ -100,6 +100,15 @@ fn three_workers_carry_every_kind_of_traffic_with_nat() {
         Some(WORKERS),
         "{status}"
     );
+    let log = node.ctl(&["log", "--lines", "100"]).expect("log")["lines"].to_string();
+    assert!(
+        log.contains("interface in: 1 RX / 1 TX queues for 3 workers, packets reach their worker through the software dispatch: the device has one RX queue"),
+        "{log}"
+    );
+    assert!(
+        log.contains("interface out: 3 RX / 3 TX queues for 3 workers, packets reach their worker through the software dispatch"),
+        "{log}"
+    );
 
     // TCP: a file over HTTP, intact; then 8 parallel streams.
     let http = HttpServer::start(server, addr::SERVER, 80, lab.dir(), 4).unwrap();
