@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod chaos;
+pub mod chart;
 pub mod cluster;
 pub mod cmd;
 pub mod error;

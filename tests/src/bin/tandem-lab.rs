@@ -610,6 +610,8 @@ fn cluster_demo() -> Result<()> {
     );
     let cluster::Cluster { nodes, lab, .. } = &mut c;
     let client = lab.client();
+    let started = Instant::now();
+    let mut marks = Vec::new();
     let res = std::thread::scope(|s| -> Result<_> {
         let run =
             s.spawn(|| host::iperf_client(client, lab::addr::SERVER, 5201, 12, &["-i", "0.1"]));
@@ -625,10 +627,18 @@ fn cluster_demo() -> Result<()> {
         step(t0, &format!("kill -9 tandemd on fw{}", active + 1));
         let killed_at = Instant::now();
         nodes[active].proc.signal("KILL");
+        marks.push(tandem_tests::chart::Mark {
+            at_s: killed_at.duration_since(started).as_secs_f64(),
+            label: format!("kill -9 of fw{}", active + 1),
+        });
         let end = killed_at + Duration::from_secs(5);
         while cluster::role(&nodes[passive]).0 != "active" && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(5));
         }
+        marks.push(tandem_tests::chart::Mark {
+            at_s: started.elapsed().as_secs_f64(),
+            label: format!("fw{} active (seen)", passive + 1),
+        });
         step(
             t0,
             &format!(
@@ -661,13 +671,28 @@ fn cluster_demo() -> Result<()> {
     })??;
     let intervals = tandem_tests::tools::iperf_intervals(&res.raw);
     let gap = largest_gap(&intervals, 0.1);
-    println!(
-        "iperf3 per 100 ms (Mbit/s): {:?}",
-        intervals
-            .iter()
-            .map(|b| (b / 1e6).round() as u64)
-            .collect::<Vec<_>>()
+    let mbps: Vec<f64> = intervals.iter().map(|b| b / 1e6).collect();
+    step(t0, "iperf3 through the cluster, Mbit/s per 100 ms:");
+    print!(
+        "{}",
+        tandem_tests::chart::terminal(&mbps, 0.1, "Mbit/s", 8, &marks)
     );
+    let svg_path = std::path::Path::new("results").join("demo-failover.svg");
+    let svg = tandem_tests::chart::svg(
+        &mbps,
+        0.1,
+        "Mbit/s",
+        &format!(
+            "iperf3 through the tandem cluster, kill -9 of fw{} (largest gap {} ms)",
+            active + 1,
+            gap.as_millis()
+        ),
+        &marks,
+    );
+    match std::fs::create_dir_all("results").and_then(|()| std::fs::write(&svg_path, svg)) {
+        Ok(()) => step(t0, &format!("chart written to {}", svg_path.display())),
+        Err(e) => step(t0, &format!("could not write {}: {e}", svg_path.display())),
+    }
     step(
         t0,
         &format!(
