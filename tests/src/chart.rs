@@ -207,7 +207,7 @@ mod tests {
             Some(' '),
             "the empty interval is empty: {t}"
         );
-        assert_eq!(top.chars().nth(0), Some('█'), "{t}");
+        assert_eq!(top.chars().next(), Some('█'), "{t}");
         let bottom = lines[3].split('|').nth(1).unwrap();
         assert_eq!(
             bottom.chars().nth(6),
