@@ -838,6 +838,28 @@ impl Port {
         Ok(())
     }
 
+    /// Stops and starts the port again, keeping its configuration and
+    /// queues. A memif client connects in start and never retries (a
+    /// server that is listening but not started yet turns it away): a
+    /// restart is its retry. Call it only from the thread that polls the
+    /// port's queues, or with every poller stopped, like [`Port::close`].
+    pub fn restart(&self) -> Result<(), DpdkError> {
+        // SAFETY: the port is configured and started (started is only
+        // cleared by shutdown, which consumes or drops self); the caller
+        // guarantees that no queue of it is polled during the call.
+        let rc = unsafe { ffi::rte_eth_dev_stop(self.id) };
+        if rc != 0 {
+            return Err(self.error("stop", rc));
+        }
+        // SAFETY: as above; the queues configured in open are kept by a
+        // stop.
+        let rc = unsafe { ffi::rte_eth_dev_start(self.id) };
+        if rc != 0 {
+            return Err(self.error("start", rc));
+        }
+        Ok(())
+    }
+
     /// Stops and closes the port. Workers must have stopped polling it.
     pub fn close(mut self) {
         self.shutdown();

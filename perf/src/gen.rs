@@ -264,6 +264,65 @@ pub fn check_seconds(option: &'static str, value: f64, zero_ok: bool) -> Result<
     }
 }
 
+/// The socket a memif client port connects to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemifSocket {
+    /// The `socket=` path (DPDK's default `/run/memif.sock`).
+    pub path: String,
+    /// In the abstract namespace (`socket-abstract=yes`, DPDK 22.11's
+    /// default): no file exists at `path`.
+    pub abstract_ns: bool,
+}
+
+impl MemifSocket {
+    /// The name `/proc/net/unix` shows for it (`@` marks abstract ones).
+    pub fn proc_name(&self) -> String {
+        if self.abstract_ns {
+            format!("@{}", self.path)
+        } else {
+            self.path.clone()
+        }
+    }
+
+    /// Whether `/proc/net/unix` (its text given) shows a socket of this
+    /// name listening: the memif server is up.
+    pub fn listening_in(&self, proc_net_unix: &str) -> bool {
+        const ACCEPTCON: u32 = 0x0001_0000;
+        let name = self.proc_name();
+        proc_net_unix.lines().skip(1).any(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            cols.len() >= 8
+                && cols[7..].join(" ") == name
+                && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & ACCEPTCON != 0)
+        })
+    }
+}
+
+/// The socket of a memif client port: `Some` for a vdev spec of
+/// `net_memif*` with `role=client`, `None` otherwise. DPDK 22.11's memif
+/// client fails to start when nothing listens there, so the generator
+/// waits for the server first.
+pub fn memif_client_socket(spec: &str) -> Option<MemifSocket> {
+    let mut parts = spec.split(',');
+    if !parts.next()?.starts_with("net_memif") {
+        return None;
+    }
+    let mut client = false;
+    let mut sock = MemifSocket {
+        path: "/run/memif.sock".into(),
+        abstract_ns: true,
+    };
+    for kv in parts {
+        match kv.split_once('=') {
+            Some(("role", r)) => client = r == "client",
+            Some(("socket", p)) => sock.path = p.into(),
+            Some(("socket-abstract", a)) => sock.abstract_ns = a != "no",
+            _ => {}
+        }
+    }
+    client.then_some(sock)
+}
+
 /// One flow's addresses and ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowTuple {
@@ -831,6 +890,38 @@ mod tests {
             let e = AddrRange::parse_bench("--src-net", garbage).unwrap_err();
             assert!(matches!(e, GenError::BadRange { .. }), "{garbage}: {e}");
         }
+    }
+
+    #[test]
+    fn memif_clients_name_their_socket() {
+        let s = memif_client_socket("net_memif0,role=client,socket=/tmp/x/a.sock").unwrap();
+        assert_eq!(s.proc_name(), "@/tmp/x/a.sock");
+        let s = memif_client_socket("net_memif3,role=client,socket-abstract=no").unwrap();
+        assert_eq!(s.proc_name(), "/run/memif.sock");
+        assert_eq!(
+            memif_client_socket("net_memif0,role=server,socket=/tmp/a"),
+            None
+        );
+        assert_eq!(memif_client_socket("net_memif0,socket=/tmp/a"), None);
+        assert_eq!(memif_client_socket("net_af_packet0,iface=veth0"), None);
+    }
+
+    #[test]
+    fn a_listening_memif_server_shows_in_proc_net_unix() {
+        let proc = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            00000000b0dfa26a: 00000002 00000000 00010000 0005 01 1728539 @/tmp/g/a.sock\n\
+            00000000b0dfa26b: 00000003 00000000 00000000 0005 03 1728540 @/tmp/g/b.sock\n\
+            00000000b0dfa26c: 00000002 00000000 00010000 0001 01 1728541 /run/x.sock\n";
+        let sock = |spec: &str| memif_client_socket(spec).unwrap();
+        assert!(sock("net_memif0,role=client,socket=/tmp/g/a.sock").listening_in(proc));
+        // Connected, not listening.
+        assert!(!sock("net_memif0,role=client,socket=/tmp/g/b.sock").listening_in(proc));
+        // A file socket is not the abstract one of the same path.
+        assert!(!sock("net_memif0,role=client,socket=/run/x.sock").listening_in(proc));
+        assert!(
+            sock("net_memif0,role=client,socket=/run/x.sock,socket-abstract=no").listening_in(proc)
+        );
+        assert!(!sock("net_memif0,role=client,socket=/tmp/g/c.sock").listening_in(proc));
     }
 
     #[test]

@@ -31,8 +31,8 @@ use clap::Parser;
 use tandem_dataplane::dpdk::{self, Eal, Mbuf, Mempool, Port, PortSetup, RxQueue, TxQueue};
 use tandem_dataplane::wire::EthernetAddress;
 use tandem_perf::gen::{
-    check_seconds, restamp, AddrRange, FlowPlan, Pacer, Probe, Report, RxAccount, Sizes, Template,
-    Tick, FCS_LEN,
+    check_seconds, memif_client_socket, restamp, AddrRange, FlowPlan, Pacer, Probe, Report,
+    RxAccount, Sizes, Template, Tick, FCS_LEN,
 };
 
 /// A DPDK traffic generator: UDP flows inside 198.18.0.0/15 from port A to
@@ -194,8 +194,9 @@ impl Side {
             tx_descriptors: 1024,
             mtu: 0,
         };
-        let port = Port::open(eal, name, &setup, pool.clone())
-            .map_err(|e| format!("{option} ({name}): {e}"))?;
+        let port = Port::open(eal, name, &setup, pool.clone()).map_err(|e| {
+            format!("{option} ({name}): {e}. A memif client does not start when its server is not listening on the socket (start the server first); an af_packet port needs an existing interface")
+        })?;
         let (mut rx, mut tx) = port
             .take_queues()
             .ok_or_else(|| format!("{option} ({name}): queues already taken"))?;
@@ -317,6 +318,28 @@ fn run(a: Args) -> Result<(), String> {
     } else {
         eal_args.push("--in-memory".into());
     }
+    // A memif client cannot start before its server listens: wait for
+    // the servers' sockets (bounded by --link-timeout).
+    let waited = std::time::Instant::now();
+    for (option, spec) in [("--port-a", &a.port_a), ("--port-b", &a.port_b)] {
+        let Some(sock) = memif_client_socket(spec) else {
+            continue;
+        };
+        loop {
+            let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+            if sock.listening_in(&table) {
+                break;
+            }
+            if waited.elapsed().as_secs_f64() >= p.link_timeout {
+                return Err(format!(
+                    "{option}: no memif server listens on {} (as /proc/net/unix shows it) after {} s: start the device under test (the memif server) first, or fix socket= / socket-abstract=",
+                    sock.proc_name(),
+                    p.link_timeout
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     dpdk::log_to_stderr();
     let eal = Eal::init(&eal_args).map_err(|e| {
         format!("{e}. Without hugepages (mount hugetlbfs on /dev/hugepages and reserve pages in /proc/sys/vm/nr_hugepages) run with --no-huge")
@@ -338,25 +361,45 @@ fn run(a: Args) -> Result<(), String> {
     let mut buf: Vec<Mbuf> = Vec::with_capacity(dpdk::MAX_BURST);
 
     // Wait for both links, receiving all the while (a memif client that
-    // does not receive stalls its peer).
+    // does not receive stalls its peer). A memif client turned away (its
+    // server listened but had not started its port yet) does not retry by
+    // itself: restart it every second.
+    let clients = [
+        memif_client_socket(&a.port_a).is_some(),
+        memif_client_socket(&a.port_b).is_some(),
+    ];
     let deadline = dpdk::tsc() + (p.link_timeout * hz as f64) as u64;
+    let mut next_retry = dpdk::tsc() + hz;
+    let mut last_error = String::new();
     loop {
         let up_a = side_a.port.link().map(|l| l.up).unwrap_or(false);
         let up_b = side_b.port.link().map(|l| l.up).unwrap_or(false);
         if up_a && up_b {
             break;
         }
-        if dpdk::tsc() >= deadline {
+        let now = dpdk::tsc();
+        if now >= deadline {
             let down: Vec<&str> = [(up_a, "--port-a"), (up_b, "--port-b")]
                 .iter()
                 .filter(|(up, _)| !up)
                 .map(|(_, o)| *o)
                 .collect();
             return Err(format!(
-                "{} still down after {} s. A memif client needs its server running and listening on the socket given (start the device under test first); an af_packet port needs its interface up",
+                "{} still down after {} s{}. A memif client needs its server running with its ports started (start the device under test first); an af_packet port needs its interface up",
                 down.join(" and "),
-                p.link_timeout
+                p.link_timeout,
+                if last_error.is_empty() { String::new() } else { format!(" (last retry: {last_error})") }
             ));
+        }
+        if now >= next_retry {
+            next_retry = now + hz;
+            for (side, up, client) in [(&side_a, up_a, clients[0]), (&side_b, up_b, clients[1])] {
+                if client && !up {
+                    if let Err(e) = side.port.restart() {
+                        last_error = e.to_string();
+                    }
+                }
+            }
         }
         side_a.rx.rx_burst(&mut buf, 64);
         side_b.rx.rx_burst(&mut buf, 64);
