@@ -57,14 +57,18 @@ dir=$(mktemp -d /tmp/tandem-gen-testpmd.XXXXXX)
 tp=
 gen=
 cleanup() {
+    # $tp and $gen are the pids of `timeout`, which passes SIGINT on to its
+    # command; the commands themselves are killed by pid if they linger.
+    local pids="$gen $tp"
+    for p in $gen $tp; do pids="$pids $(pgrep -P "$p" || true)"; done
     for p in $gen $tp; do kill -INT "$p" 2>/dev/null || true; done
     for _ in $(seq 30); do
         alive=
-        for p in $gen $tp; do kill -0 "$p" 2>/dev/null && alive=1; done
+        for p in $pids; do kill -0 "$p" 2>/dev/null && alive=1; done
         [ -z "$alive" ] && break
         sleep 0.1
     done
-    for p in $gen $tp; do kill -KILL "$p" 2>/dev/null || true; done
+    for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     if [ "${KEEP:-0}" = 1 ]; then echo "gen-testpmd: logs in $dir" >&2; else rm -rf "$dir"; fi
 }
