@@ -363,11 +363,17 @@ impl Mempool {
         // SAFETY: the pool pointer is valid for self's lifetime; raw has
         // room for n pointers. On success DPDK fills all n with freshly
         // reset mbufs we now own; on failure it fills none.
-        let rc = unsafe { ffi::tandem_mbuf_alloc_bulk(self.ptr.as_ptr(), raw.as_mut_ptr(), n as u32) };
+        let rc =
+            unsafe { ffi::tandem_mbuf_alloc_bulk(self.ptr.as_ptr(), raw.as_mut_ptr(), n as u32) };
         if rc != 0 {
             return false;
         }
-        out.extend(raw[..n].iter().filter_map(|&p| NonNull::new(p)).map(|ptr| Mbuf { ptr }));
+        out.extend(
+            raw[..n]
+                .iter()
+                .filter_map(|&p| NonNull::new(p))
+                .map(|ptr| Mbuf { ptr }),
+        );
         true
     }
 
