@@ -530,7 +530,10 @@ impl Probe {
     }
 }
 
-/// Paces a sender at `rate` frames per second of TSC time.
+/// Paces a sender at `rate` frames per second of TSC time. It lets
+/// frames go in batches of up to 10 us worth (at most a burst): at
+/// millions of frames per second, bursts of one or two would cost more
+/// per frame than the rate allows.
 #[derive(Clone, Copy, Debug)]
 pub struct Pacer {
     rate: u64,
@@ -538,21 +541,28 @@ pub struct Pacer {
     start: u64,
     /// Most frames a late sender may catch up at once.
     max_burst: u64,
+    /// Fewest frames let go at once (10 us worth, 1 to max_burst).
+    min_batch: u64,
 }
+
+/// The pacer's batching window, microseconds.
+pub const PACING_WINDOW_US: u64 = 10;
 
 impl Pacer {
     /// A pacer that starts at `start_tsc`; `rate` 0 means no limit.
     pub fn new(rate: u64, hz: u64, start_tsc: u64, max_burst: usize) -> Pacer {
+        let max_burst = (max_burst as u64).max(1);
         Pacer {
             rate,
             hz: hz.max(1),
             start: start_tsc,
-            max_burst: max_burst as u64,
+            max_burst,
+            min_batch: (rate * PACING_WINDOW_US / 1_000_000).clamp(1, max_burst),
         }
     }
 
     /// How many frames may go now, given that `generated` have been made
-    /// since the start (at most `max_burst`).
+    /// since the start: 0, or `min_batch` up to `max_burst`.
     #[inline]
     pub fn allowance(&self, now_tsc: u64, generated: u64) -> usize {
         if self.rate == 0 {
@@ -560,7 +570,12 @@ impl Pacer {
         }
         let ticks = now_tsc.saturating_sub(self.start);
         let due = (u128::from(ticks) * u128::from(self.rate) / u128::from(self.hz)) as u64;
-        due.saturating_sub(generated).min(self.max_burst) as usize
+        let n = due.saturating_sub(generated);
+        if n < self.min_batch {
+            0
+        } else {
+            n.min(self.max_burst) as usize
+        }
     }
 }
 
@@ -1085,16 +1100,41 @@ mod tests {
 
     #[test]
     fn pacer_spreads_frames_over_time() {
-        let p = Pacer::new(1_000_000, HZ, 1000, 32);
+        // 100 kpps: one frame per 10 us (20000 ticks at 2 GHz).
+        let p = Pacer::new(100_000, HZ, 1000, 32);
         assert_eq!(p.allowance(1000, 0), 0);
-        // 1 us = 2000 ticks = 1 frame.
-        assert_eq!(p.allowance(3000, 0), 1);
-        assert_eq!(p.allowance(1000 + 20_000, 4), 6);
+        assert_eq!(p.allowance(1000 + 19_999, 0), 0);
+        assert_eq!(p.allowance(1000 + 20_000, 0), 1);
+        assert_eq!(p.allowance(1000 + 200_000, 4), 6);
         // Late: at most a burst.
         assert_eq!(p.allowance(1000 + HZ, 0), 32);
-        assert_eq!(p.allowance(1000 + HZ, 1_000_000), 0);
+        assert_eq!(p.allowance(1000 + HZ, 100_000), 0);
         let unlimited = Pacer::new(0, HZ, 0, 32);
         assert_eq!(unlimited.allowance(0, 1 << 40), 32);
+    }
+
+    #[test]
+    fn pacer_batches_10_us_at_high_rates() {
+        // 1 Mpps: 10 frames per 10 us; nothing goes before 10 are due.
+        let p = Pacer::new(1_000_000, HZ, 0, 32);
+        assert_eq!(p.allowance(2_000 * 9, 0), 0);
+        assert_eq!(p.allowance(2_000 * 10, 0), 10);
+        // 5 Mpps: 50 due per 10 us, so full bursts of 32.
+        let p = Pacer::new(5_000_000, HZ, 0, 32);
+        assert_eq!(p.allowance(400 * 31, 0), 0);
+        assert_eq!(p.allowance(400 * 32, 0), 32);
+        // Over a second the count is exact whatever the batching.
+        let p = Pacer::new(1_234_567, HZ, 0, 32);
+        let mut generated = 0u64;
+        let mut now = 0;
+        while now < HZ {
+            generated += p.allowance(now, generated) as u64;
+            now += 1_000;
+        }
+        assert!(
+            (1_234_567 - 32..=1_234_567).contains(&generated),
+            "{generated}"
+        );
     }
 
     fn probe(flow: u32, seq: u64) -> Probe {
