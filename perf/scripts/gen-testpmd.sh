@@ -21,6 +21,7 @@
 # Every wait is bounded; testpmd and tandem-gen are killed on exit, even on
 # failure. Runs of more than 20 s are refused (the machine is shared).
 set -euo pipefail
+trap 'echo "gen-testpmd: failed at line $LINENO (status $?)" >&2' ERR
 
 GEN=${GEN:-target/release/tandem-gen}
 GEN_LCORE=${GEN_LCORE:-0}
