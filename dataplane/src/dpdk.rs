@@ -121,6 +121,16 @@ fn last_errno() -> i32 {
     unsafe { ffi::tandem_errno() }
 }
 
+/// Sends DPDK's log to stderr. Without it the Linux EAL writes its log to
+/// stdout (and syslog), mixed with what a tool prints there for its
+/// consumer (tandem-gen's JSON lines). Call before [`Eal::init`] to catch
+/// the EAL's own start-up messages; returns `false` if DPDK refused.
+pub fn log_to_stderr() -> bool {
+    // SAFETY: hands DPDK libc's stderr stream, valid for the whole process;
+    // rte_openlog_stream only stores the pointer (no EAL needed).
+    unsafe { ffi::tandem_log_to_stderr() == 0 }
+}
+
 static EAL_UP: AtomicBool = AtomicBool::new(false);
 static EAL_READY: AtomicBool = AtomicBool::new(false);
 
@@ -337,6 +347,34 @@ impl Mempool {
         // SAFETY: the pool pointer is valid for self's lifetime.
         let m = unsafe { ffi::tandem_mbuf_alloc(self.ptr.as_ptr()) };
         NonNull::new(m).map(|ptr| Mbuf { ptr })
+    }
+
+    /// Allocates `n` (<= [`MAX_BURST`]) mbufs at once and appends them to
+    /// `out`, or none at all (returns `false`) when the pool cannot give
+    /// that many. One call instead of `n`: what a traffic generator needs
+    /// to fill a burst.
+    #[inline]
+    pub fn alloc_bulk(&self, out: &mut Vec<Mbuf>, n: usize) -> bool {
+        let n = n.min(MAX_BURST);
+        if n == 0 {
+            return true;
+        }
+        let mut raw = [std::ptr::null_mut::<ffi::rte_mbuf>(); MAX_BURST];
+        // SAFETY: the pool pointer is valid for self's lifetime; raw has
+        // room for n pointers. On success DPDK fills all n with freshly
+        // reset mbufs we now own; on failure it fills none.
+        let rc =
+            unsafe { ffi::tandem_mbuf_alloc_bulk(self.ptr.as_ptr(), raw.as_mut_ptr(), n as u32) };
+        if rc != 0 {
+            return false;
+        }
+        out.extend(
+            raw[..n]
+                .iter()
+                .filter_map(|&p| NonNull::new(p))
+                .map(|ptr| Mbuf { ptr }),
+        );
+        true
     }
 
     /// Mbufs currently free.
@@ -802,6 +840,28 @@ impl Port {
         };
         if rc != 0 {
             return Err(self.error("set link", rc));
+        }
+        Ok(())
+    }
+
+    /// Stops and starts the port again, keeping its configuration and
+    /// queues. A memif client connects in start and never retries (a
+    /// server that is listening but not started yet turns it away): a
+    /// restart is its retry. Call it only from the thread that polls the
+    /// port's queues, or with every poller stopped, like [`Port::close`].
+    pub fn restart(&self) -> Result<(), DpdkError> {
+        // SAFETY: the port is configured and started (started is only
+        // cleared by shutdown, which consumes or drops self); the caller
+        // guarantees that no queue of it is polled during the call.
+        let rc = unsafe { ffi::rte_eth_dev_stop(self.id) };
+        if rc != 0 {
+            return Err(self.error("stop", rc));
+        }
+        // SAFETY: as above; the queues configured in open are kept by a
+        // stop.
+        let rc = unsafe { ffi::rte_eth_dev_start(self.id) };
+        if rc != 0 {
+            return Err(self.error("start", rc));
         }
         Ok(())
     }

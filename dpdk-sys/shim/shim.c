@@ -1,10 +1,12 @@
 /* See shim.h. Every function here is a thin, allocation-free forwarder. */
 #define ALLOW_EXPERIMENTAL_API 1
+#include <stdio.h>
 #include <string.h>
 #include <pthread.h>
 #include <sched.h>
 #include <rte_config.h>
 #include <rte_errno.h>
+#include <rte_log.h>
 #include <rte_lcore.h>
 #include <rte_cycles.h>
 #include <rte_pause.h>
@@ -23,6 +25,9 @@ int tandem_errno(void) { return rte_errno; }
 unsigned tandem_lcore_id(void) { return rte_lcore_id(); }
 uint64_t tandem_tsc(void) { return rte_get_tsc_cycles(); }
 void tandem_pause(void) { rte_pause(); }
+/* DPDK's log on stderr instead of the EAL's stdout+syslog stream (call
+ * before rte_eal_init): keeps stdout for a program's own output. */
+int tandem_log_to_stderr(void) { return rte_openlog_stream(stderr); }
 
 int tandem_port_info(uint16_t port, struct tandem_port_info *out)
 {

@@ -52,6 +52,7 @@ int tandem_errno(void);
 unsigned tandem_lcore_id(void);
 uint64_t tandem_tsc(void);
 void tandem_pause(void);
+int tandem_log_to_stderr(void);
 
 int tandem_port_info(uint16_t port, struct tandem_port_info *out);
 int tandem_port_configure(uint16_t port, const struct tandem_port_conf *conf,

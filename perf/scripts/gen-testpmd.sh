@@ -1,0 +1,109 @@
+#!/bin/bash
+# tandem-gen -> dpdk-testpmd (io forwarding between two memif server ports)
+# -> tandem-gen, on the host, in a private temp directory. Prints
+# tandem-gen's JSON lines (per second, then the report) on stdout; DPDK's
+# and testpmd's logs go to the temp directory (kept with KEEP=1).
+#
+#   perf/scripts/gen-testpmd.sh [tandem-gen options...]
+#   e.g. perf/scripts/gen-testpmd.sh --duration 5 --size 64 --flows 1000
+#
+# Environment:
+#   GEN        the tandem-gen binary (default: target/release/tandem-gen)
+#   GEN_LCORE  CPU of tandem-gen (default 0)
+#   TP_FWD     CPU of testpmd's forwarding core (default 1); its main
+#              lcore (mostly asleep) shares GEN_LCORE
+#   NO_HUGE=1  run both without hugepages (functional only; slower)
+#   KEEP=1     keep the temp directory with the logs
+#
+# With hugepages it reserves 512 x 2 MiB pages and mounts hugetlbfs on
+# /dev/hugepages if that is not done yet (root needed). Both processes use
+# --in-memory (or --no-huge --no-shconf): nothing is left in /dev/hugepages.
+# Every wait is bounded; testpmd and tandem-gen are killed on exit, even on
+# failure. Runs of more than 20 s are refused (the machine is shared).
+set -euo pipefail
+trap 'echo "gen-testpmd: failed at line $LINENO (status $?)" >&2' ERR
+
+GEN=${GEN:-target/release/tandem-gen}
+GEN_LCORE=${GEN_LCORE:-0}
+TP_FWD=${TP_FWD:-1}
+[ -x "$GEN" ] || { echo "gen-testpmd: $GEN is not built (cargo build --release -p tandem-perf)" >&2; exit 2; }
+command -v dpdk-testpmd >/dev/null || { echo "gen-testpmd: dpdk-testpmd missing (apt-get install dpdk)" >&2; exit 2; }
+
+# The run's length, for the sanity bound (defaults of tandem-gen: 10 + 1).
+dur=10; warm=1; prev=
+for a in "$@"; do
+    case $prev in --duration) dur=$a ;; --warmup) warm=$a ;; esac
+    prev=$a
+done
+total=$(awk -v d="$dur" -v w="$warm" 'BEGIN { printf "%d", d + w + 0.999 }')
+if [ "$total" -gt 20 ]; then
+    echo "gen-testpmd: --duration + --warmup = ${total} s; keep runs at 20 s or less on this shared machine" >&2
+    exit 2
+fi
+
+if [ "${NO_HUGE:-0}" = 1 ]; then
+    TP_MEM=(--no-huge --no-shconf -m 512)
+    GEN_MEM=(--no-huge)
+else
+    if [ "$(awk '/HugePages_Total/ {print $2}' /proc/meminfo)" -lt 512 ]; then
+        echo 512 > /proc/sys/vm/nr_hugepages
+    fi
+    mkdir -p /dev/hugepages
+    mountpoint -q /dev/hugepages || mount -t hugetlbfs none /dev/hugepages
+    TP_MEM=(--in-memory)
+    GEN_MEM=()
+fi
+
+dir=$(mktemp -d /tmp/tandem-gen-testpmd.XXXXXX)
+tp=
+gen=
+cleanup() {
+    # $tp and $gen are the pids of `timeout`, which passes SIGINT on to its
+    # command; the commands themselves are killed by pid if they linger.
+    local pids="$gen $tp"
+    for p in $gen $tp; do pids="$pids $(pgrep -P "$p" || true)"; done
+    for p in $gen $tp; do kill -INT "$p" 2>/dev/null || true; done
+    for _ in $(seq 30); do
+        alive=
+        for p in $pids; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ -z "$alive" ] && break
+        sleep 0.1
+    done
+    for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "${KEEP:-0}" = 1 ]; then echo "gen-testpmd: logs in $dir" >&2; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The memif servers first: a memif client cannot start before its server
+# listens. --stats-period keeps testpmd running without a terminal;
+# io mode forwards port 0 <-> port 1 untouched.
+timeout 60 dpdk-testpmd -l "$GEN_LCORE,$TP_FWD" --main-lcore "$GEN_LCORE" \
+    --file-prefix "tp-$$" "${TP_MEM[@]}" --no-pci --no-telemetry \
+    --vdev="net_memif0,role=server,socket=$dir/a.sock" \
+    --vdev="net_memif1,role=server,socket=$dir/b.sock" -- \
+    --forward-mode=io --auto-start --no-lsc-interrupt --stats-period=1 \
+    --nb-cores=1 --total-num-mbufs=16384 > "$dir/testpmd.log" 2>&1 < /dev/null &
+tp=$!
+for _ in $(seq 100); do
+    # memif sockets are abstract by default: look in /proc/net/unix.
+    n=$(grep -c -e "@$dir/a.sock\$" -e "@$dir/b.sock\$" /proc/net/unix || true)
+    [ "$n" -ge 2 ] && break
+    kill -0 "$tp" 2>/dev/null || { echo "gen-testpmd: testpmd exited:" >&2; tail -20 "$dir/testpmd.log" >&2; exit 1; }
+    sleep 0.1
+done
+
+rc=0
+timeout $((total + 15)) "$GEN" --lcore "$GEN_LCORE" --file-prefix "gen-$$" "${GEN_MEM[@]}" \
+    --port-a "net_memif0,role=client,socket=$dir/a.sock" \
+    --port-b "net_memif1,role=client,socket=$dir/b.sock" \
+    "$@" 2> "$dir/tandem-gen.log" &
+gen=$!
+wait "$gen" || rc=$?
+gen=
+if [ "$rc" != 0 ]; then
+    echo "gen-testpmd: tandem-gen failed ($rc):" >&2
+    grep -v '^EAL: ' "$dir/tandem-gen.log" | tail -20 >&2
+fi
+exit "$rc"

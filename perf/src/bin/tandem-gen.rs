@@ -1,0 +1,557 @@
+//! tandem-gen: a one-core DPDK traffic generator for measuring a
+//! dataplane. It sends UDP/IPv4 frames on port A and receives them on
+//! port B (with `--bidir` also B -> A), all inside 198.18.0.0/15; every
+//! frame carries a flow id, a per-flow sequence number and a TSC time
+//! stamp, so the receiving side counts loss, reordering, duplicates and
+//! one-way latency per flow.
+//!
+//! ```text
+//! tandem-gen --port-a net_memif0,role=client,socket=/tmp/x/a.sock \
+//!            --port-b net_memif1,role=client,socket=/tmp/x/b.sock \
+//!            [--bidir] [--flows 1] [--size 64 | --imix] [--rate 0] \
+//!            [--duration 10] [--warmup 1] [--dst-mac MAC] [--lcore 0]
+//! ```
+//!
+//! stdout: one JSON line per second, `{"t":..,"tx_pps":..,"rx_pps":..}`,
+//! then one final JSON line (see [`tandem_perf::gen::Report`] for its
+//! keys). DPDK's log and errors go to stderr. One thread does everything:
+//! it sends and polls both ports' receive queues in every iteration (a
+//! memif client must keep receiving on a port for its peer to send to it).
+//!
+//! The EAL runs with `--in-memory` (hugepages must be mounted and
+//! reserved) or, with `--no-huge`, with `--no-huge --no-shconf`: nothing
+//! is left behind in either case. SIGINT/SIGTERM end the run early with a
+//! report.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use tandem_dataplane::dpdk::{self, Eal, Mbuf, Mempool, Port, PortSetup, RxQueue, TxQueue};
+use tandem_dataplane::wire::EthernetAddress;
+use tandem_perf::gen::{
+    check_seconds, memif_client_socket, restamp, AddrRange, FlowPlan, Pacer, Probe, Report,
+    RxAccount, Sizes, Template, Tick, FCS_LEN,
+};
+
+/// A DPDK traffic generator: UDP flows inside 198.18.0.0/15 from port A to
+/// port B (and back with --bidir), with per-flow loss, reordering,
+/// duplicates and latency.
+#[derive(Parser, Debug)]
+#[command(name = "tandem-gen")]
+struct Args {
+    /// Port A (sends): a DPDK vdev spec, e.g.
+    /// net_memif0,role=client,socket=/tmp/x/a.sock or
+    /// net_af_packet0,iface=veth0,framecnt=8192.
+    #[arg(long)]
+    port_a: String,
+    /// Port B (receives): a DPDK vdev spec with a different device name.
+    #[arg(long)]
+    port_b: String,
+    /// Send both ways: A -> B and B -> A (the reply direction: addresses
+    /// and ports swapped), each at --rate.
+    #[arg(long)]
+    bidir: bool,
+    /// Source addresses of the A -> B flows: a prefix, a range a-b or one
+    /// address, inside 198.18.0.0/15.
+    #[arg(long, default_value = "198.18.1.10-198.18.1.250")]
+    src_net: String,
+    /// Destination addresses of the A -> B flows, inside 198.18.0.0/15.
+    #[arg(long, default_value = "198.18.2.10")]
+    dst_net: String,
+    /// UDP destination port of the A -> B flows.
+    #[arg(long, default_value_t = 9)]
+    dst_port: u16,
+    /// Destination MAC of the frames sent on A (the device under test's
+    /// port facing A). Default: port B's own MAC (right for a wire or an
+    /// L2 forwarder such as testpmd io).
+    #[arg(long)]
+    dst_mac: Option<EthernetAddress>,
+    /// Destination MAC of the frames sent on B with --bidir. Default: port
+    /// A's own MAC.
+    #[arg(long)]
+    dst_mac_b: Option<EthernetAddress>,
+    /// Distinct flows (5-tuples) per direction, spread over the source
+    /// addresses first, then over source ports 1024-65535.
+    #[arg(long, default_value_t = 1)]
+    flows: u64,
+    /// Frame size in bytes with the 4-byte FCS, 64 to 1518.
+    #[arg(long, default_value_t = 64, conflicts_with = "imix")]
+    size: u32,
+    /// Simple IMIX instead of one size: 7:4:1 of 64, 594 and 1518 bytes.
+    #[arg(long)]
+    imix: bool,
+    /// Frames per second per direction; 0 sends as fast as the port takes.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Seconds measured (after the warm-up), at most 3600.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds sent before the measured period and left out of its
+    /// counts, at most 3600.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// CPU (and EAL lcore) the generator runs on.
+    #[arg(long, default_value_t = 0)]
+    lcore: u32,
+    /// DPDK --file-prefix (unique per DPDK process on the machine).
+    /// Default: tandem-gen-<pid>.
+    #[arg(long)]
+    file_prefix: Option<String>,
+    /// Run the EAL without hugepages (--no-huge --no-shconf): for
+    /// functional tests; rates are much lower.
+    #[arg(long)]
+    no_huge: bool,
+    /// DPDK memory in MiB with --no-huge.
+    #[arg(long, default_value_t = 512)]
+    memory_mb: u32,
+    /// Frames per TX burst, 1 to 256.
+    #[arg(long, default_value_t = 32)]
+    burst: usize,
+    /// Mbufs in the packet pool.
+    #[arg(long, default_value_t = 16383)]
+    mbufs: u32,
+    /// Seconds to wait for both links to come up (a memif client connects
+    /// to its server).
+    #[arg(long, default_value_t = 10.0)]
+    link_timeout: f64,
+    /// DPDK log level (EAL --log-level), e.g. warning, notice, info.
+    #[arg(long, default_value = "warning")]
+    log_level: String,
+}
+
+/// Everything checked before DPDK starts.
+struct Plan {
+    a_to_b: FlowPlan,
+    sizes: Sizes,
+    duration: f64,
+    warmup: f64,
+    link_timeout: f64,
+}
+
+/// The device name of a vdev spec (before the first comma), checked.
+fn vdev_name(option: &str, spec: &str) -> Result<String, String> {
+    let name = spec.split(',').next().unwrap_or_default();
+    let ok_name = name.starts_with("net_")
+        && name.len() > 4
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok_name || spec.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{option} {spec:?} is not a DPDK vdev spec: give a device name starting with net_ and its arguments, such as net_memif0,role=client,socket=/tmp/x/a.sock or net_af_packet0,iface=veth0"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn plan(a: &Args) -> Result<Plan, String> {
+    let src = AddrRange::parse_bench("--src-net", &a.src_net).map_err(|e| e.to_string())?;
+    let dst = AddrRange::parse_bench("--dst-net", &a.dst_net).map_err(|e| e.to_string())?;
+    let a_to_b = FlowPlan::new(src, dst, a.dst_port, a.flows).map_err(|e| e.to_string())?;
+    let sizes = if a.imix {
+        Sizes::Imix
+    } else {
+        Sizes::fixed(a.size).map_err(|e| e.to_string())?
+    };
+    let duration = check_seconds("--duration", a.duration, false).map_err(|e| e.to_string())?;
+    let warmup = check_seconds("--warmup", a.warmup, true).map_err(|e| e.to_string())?;
+    let link_timeout =
+        check_seconds("--link-timeout", a.link_timeout, false).map_err(|e| e.to_string())?;
+    if !(1..=dpdk::MAX_BURST).contains(&a.burst) {
+        return Err(format!(
+            "--burst {}: give 1 to {}",
+            a.burst,
+            dpdk::MAX_BURST
+        ));
+    }
+    if a.mbufs < 4096 {
+        return Err(format!(
+            "--mbufs {}: give at least 4096 (the rings of both ports and the bursts in flight need them)",
+            a.mbufs
+        ));
+    }
+    Ok(Plan {
+        a_to_b,
+        sizes,
+        duration,
+        warmup,
+        link_timeout,
+    })
+}
+
+/// One port: its queues and what it sends.
+struct Side {
+    port: Port,
+    rx: RxQueue,
+    tx: TxQueue,
+}
+
+impl Side {
+    fn open(eal: &Eal, option: &str, name: &str, pool: &Arc<Mempool>) -> Result<Side, String> {
+        let setup = PortSetup {
+            queues: 1,
+            rx_descriptors: 1024,
+            tx_descriptors: 1024,
+            mtu: 0,
+        };
+        let port = Port::open(eal, name, &setup, pool.clone()).map_err(|e| {
+            format!("{option} ({name}): {e}. A memif client does not start when its server is not listening on the socket (start the server first); an af_packet port needs an existing interface")
+        })?;
+        let (mut rx, mut tx) = port
+            .take_queues()
+            .ok_or_else(|| format!("{option} ({name}): queues already taken"))?;
+        Ok(Side {
+            rx: rx.remove(0),
+            tx: tx.remove(0),
+            port,
+        })
+    }
+}
+
+/// The sending half of one direction.
+struct Sender {
+    templates: Vec<Template>,
+    /// Flow id of the first template.
+    flow_base: u32,
+    next_seq: Vec<u64>,
+    next_flow: usize,
+    /// Frames built (sent or pending).
+    generated: u64,
+    /// Frames the port accepted.
+    sent: u64,
+    /// Built frames the port has not taken yet (they go first next time,
+    /// with a fresh time stamp).
+    pending: Vec<Mbuf>,
+    pacer: Pacer,
+    sizes: Sizes,
+    burst: usize,
+    alloc_failures: u64,
+}
+
+impl Sender {
+    #[inline]
+    fn step(&mut self, pool: &Mempool, tx: &mut TxQueue, now: u64) {
+        let old = self.pending.len();
+        for m in &mut self.pending {
+            restamp(m.data_mut(), now);
+        }
+        let n = self
+            .pacer
+            .allowance(now, self.generated)
+            .min(self.burst - old);
+        if n > 0 {
+            if pool.alloc_bulk(&mut self.pending, n) {
+                for m in &mut self.pending[old..] {
+                    let size = self.sizes.nth(self.generated);
+                    self.generated += 1;
+                    let f = self.next_flow;
+                    self.next_flow = if f + 1 == self.templates.len() {
+                        0
+                    } else {
+                        f + 1
+                    };
+                    let probe = Probe {
+                        flow: self.flow_base + f as u32,
+                        seq: self.next_seq[f],
+                        tsc: now,
+                    };
+                    self.next_seq[f] += 1;
+                    match m.append(size - FCS_LEN as u16) {
+                        Some(buf) => self.templates[f].write(buf, &probe),
+                        None => unreachable!("a default mbuf holds a 1514-byte frame"),
+                    }
+                }
+            } else {
+                self.alloc_failures += 1;
+            }
+        }
+        if !self.pending.is_empty() {
+            self.sent += tx.tx_burst(&mut self.pending) as u64;
+        }
+    }
+}
+
+/// Receives a burst on `rx` and files it; returns how many frames came.
+#[inline]
+fn receive(rx: &mut RxQueue, buf: &mut Vec<Mbuf>, acc: &mut RxAccount) -> usize {
+    let n = rx.rx_burst(buf, 64);
+    if n > 0 {
+        let now = dpdk::tsc();
+        for m in buf.drain(..) {
+            acc.frame(m.data(), now);
+        }
+    }
+    n
+}
+
+fn run(a: Args) -> Result<(), String> {
+    let p = plan(&a)?;
+    let name_a = vdev_name("--port-a", &a.port_a)?;
+    let name_b = vdev_name("--port-b", &a.port_b)?;
+    if name_a == name_b {
+        return Err(format!(
+            "--port-a and --port-b are both {name_a}: give the two devices different names (net_memif0 and net_memif1)"
+        ));
+    }
+    let prefix = a
+        .file_prefix
+        .clone()
+        .unwrap_or_else(|| format!("tandem-gen-{}", std::process::id()));
+    let mut eal_args: Vec<String> = vec![
+        "tandem-gen".into(),
+        "-l".into(),
+        a.lcore.to_string(),
+        format!("--file-prefix={prefix}"),
+        "--no-pci".into(),
+        "--no-telemetry".into(),
+        format!("--log-level={}", a.log_level),
+        format!("--vdev={}", a.port_a),
+        format!("--vdev={}", a.port_b),
+    ];
+    if a.no_huge {
+        eal_args.extend([
+            "--no-huge".into(),
+            "--no-shconf".into(),
+            "-m".into(),
+            a.memory_mb.to_string(),
+        ]);
+    } else {
+        eal_args.push("--in-memory".into());
+    }
+    // A memif client cannot start before its server listens: wait for
+    // the servers' sockets (bounded by --link-timeout).
+    let waited = std::time::Instant::now();
+    for (option, spec) in [("--port-a", &a.port_a), ("--port-b", &a.port_b)] {
+        let Some(sock) = memif_client_socket(spec) else {
+            continue;
+        };
+        loop {
+            let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+            if sock.listening_in(&table) {
+                break;
+            }
+            if waited.elapsed().as_secs_f64() >= p.link_timeout {
+                return Err(format!(
+                    "{option}: no memif server listens on {} (as /proc/net/unix shows it) after {} s: start the device under test (the memif server) first, or fix socket= / socket-abstract=",
+                    sock.proc_name(),
+                    p.link_timeout
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    dpdk::log_to_stderr();
+    let eal = Eal::init(&eal_args).map_err(|e| {
+        format!("{e}. Without hugepages (mount hugetlbfs on /dev/hugepages and reserve pages in /proc/sys/vm/nr_hugepages) run with --no-huge")
+    })?;
+    // Eal::init gives the thread the process's CPU set back: pin it to the
+    // lcore's CPU ourselves (one busy thread, one CPU).
+    if !core_affinity::set_for_current(core_affinity::CoreId {
+        id: a.lcore as usize,
+    }) {
+        eprintln!(
+            "tandem-gen: warning: could not pin to CPU {}; running unpinned",
+            a.lcore
+        );
+    }
+    let hz = eal.tsc_hz();
+    let pool = Mempool::new(&eal, "tandem_gen", a.mbufs, 256).map_err(|e| e.to_string())?;
+    let mut side_a = Side::open(&eal, "--port-a", &name_a, &pool)?;
+    let mut side_b = Side::open(&eal, "--port-b", &name_b, &pool)?;
+    let mut buf: Vec<Mbuf> = Vec::with_capacity(dpdk::MAX_BURST);
+
+    // Wait for both links, receiving all the while (a memif client that
+    // does not receive stalls its peer). A memif client turned away (its
+    // server listened but had not started its port yet) does not retry by
+    // itself: restart it every second.
+    let clients = [
+        memif_client_socket(&a.port_a).is_some(),
+        memif_client_socket(&a.port_b).is_some(),
+    ];
+    let deadline = dpdk::tsc() + (p.link_timeout * hz as f64) as u64;
+    let mut next_retry = dpdk::tsc() + hz;
+    let mut last_error = String::new();
+    loop {
+        let up_a = side_a.port.link().map(|l| l.up).unwrap_or(false);
+        let up_b = side_b.port.link().map(|l| l.up).unwrap_or(false);
+        if up_a && up_b {
+            break;
+        }
+        let now = dpdk::tsc();
+        if now >= deadline {
+            let down: Vec<&str> = [(up_a, "--port-a"), (up_b, "--port-b")]
+                .iter()
+                .filter(|(up, _)| !up)
+                .map(|(_, o)| *o)
+                .collect();
+            return Err(format!(
+                "{} still down after {} s{}. A memif client needs its server running with its ports started (start the device under test first); an af_packet port needs its interface up",
+                down.join(" and "),
+                p.link_timeout,
+                if last_error.is_empty() { String::new() } else { format!(" (last retry: {last_error})") }
+            ));
+        }
+        if now >= next_retry {
+            next_retry = now + hz;
+            for (side, up, client) in [(&side_a, up_a, clients[0]), (&side_b, up_b, clients[1])] {
+                if client && !up {
+                    if let Err(e) = side.port.restart() {
+                        last_error = e.to_string();
+                    }
+                }
+            }
+        }
+        side_a.rx.rx_burst(&mut buf, 64);
+        side_b.rx.rx_burst(&mut buf, 64);
+        buf.clear();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+
+    let mac_a = EthernetAddress(side_a.port.mac().map_err(|e| e.to_string())?);
+    let mac_b = EthernetAddress(side_b.port.mac().map_err(|e| e.to_string())?);
+    let flows = p.a_to_b.flows;
+    let size0 = p.sizes.nth(0);
+    let dst_a = a.dst_mac.unwrap_or(mac_b);
+    let dst_b = a.dst_mac_b.unwrap_or(mac_a);
+    let sender = |src_mac, dst_mac, reverse: bool, base: u32, start: u64| {
+        let templates: Vec<Template> = (0..flows)
+            .map(|i| {
+                let t = p.a_to_b.tuple(i);
+                let t = if reverse { t.reversed() } else { t };
+                Template::new(src_mac, dst_mac, &t, size0)
+            })
+            .collect();
+        Sender {
+            next_seq: vec![0; templates.len()],
+            templates,
+            flow_base: base,
+            next_flow: 0,
+            generated: 0,
+            sent: 0,
+            pending: Vec::with_capacity(dpdk::MAX_BURST),
+            pacer: Pacer::new(a.rate, hz, start, a.burst),
+            sizes: p.sizes,
+            burst: a.burst,
+            alloc_failures: 0,
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
+    }
+
+    let mut acc = RxAccount::new(flows as usize * if a.bidir { 2 } else { 1 }, hz);
+    let start = dpdk::tsc();
+    let mut tx_a = sender(mac_a, dst_a, false, 0, start);
+    let mut tx_b = a.bidir.then(|| sender(mac_b, dst_b, true, flows, start));
+    let measure_at = start + (p.warmup * hz as f64) as u64;
+    let end_at = measure_at + (p.duration * hz as f64) as u64;
+    let mut measuring = false;
+    let mut sent_base = 0u64;
+    let mut measure_start = measure_at;
+    let mut rx_frames = 0u64;
+    let mut next_tick = start + hz;
+    let mut tick_t = 0u64;
+    let mut last = (start, 0u64, 0u64);
+    let total_sent = |a: &Sender, b: &Option<Sender>| a.sent + b.as_ref().map_or(0, |b| b.sent);
+
+    let mut now = start;
+    while now < end_at {
+        if !measuring && now >= measure_at {
+            let mut first: Vec<u64> = tx_a.next_seq.clone();
+            if let Some(b) = &tx_b {
+                first.extend_from_slice(&b.next_seq);
+            }
+            acc.start_measuring(&first);
+            // Frames built but not sent yet belong to the warm-up.
+            sent_base = total_sent(&tx_a, &tx_b)
+                + tx_a.pending.len() as u64
+                + tx_b.as_ref().map_or(0, |b| b.pending.len() as u64);
+            measure_start = now;
+            measuring = true;
+        }
+        if now >= next_tick {
+            tick_t += 1;
+            let sent = total_sent(&tx_a, &tx_b);
+            let dt = (now - last.0) as f64 / hz as f64;
+            let line = Tick {
+                t: tick_t,
+                tx_pps: ((sent - last.1) as f64 / dt) as u64,
+                rx_pps: ((rx_frames - last.2) as f64 / dt) as u64,
+            };
+            println!("{}", serde_json::to_string(&line).unwrap_or_default());
+            last = (now, sent, rx_frames);
+            next_tick += hz;
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        tx_a.step(&pool, &mut side_a.tx, now);
+        if let Some(b) = &mut tx_b {
+            b.step(&pool, &mut side_b.tx, now);
+        }
+        rx_frames += receive(&mut side_a.rx, &mut buf, &mut acc) as u64;
+        rx_frames += receive(&mut side_b.rx, &mut buf, &mut acc) as u64;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        now = dpdk::tsc();
+    }
+    let stopped_at = dpdk::tsc();
+    let sent_total = total_sent(&tx_a, &tx_b);
+    // What was built and not taken was never sent.
+    tx_a.pending.clear();
+    if let Some(b) = &mut tx_b {
+        b.pending.clear();
+    }
+    // Drain: frames still on their way, until 50 ms without one (at most
+    // 1 s).
+    let quiet = hz / 20;
+    let drain_end = stopped_at + hz;
+    let mut last_rx = stopped_at;
+    loop {
+        let n = receive(&mut side_a.rx, &mut buf, &mut acc)
+            + receive(&mut side_b.rx, &mut buf, &mut acc);
+        let t = dpdk::tsc();
+        if n > 0 {
+            last_rx = t;
+        }
+        if t >= drain_end || t - last_rx >= quiet {
+            break;
+        }
+    }
+    let (sent, duration) = if measuring {
+        (
+            sent_total.saturating_sub(sent_base),
+            (stopped_at - measure_start) as f64 / hz as f64,
+        )
+    } else {
+        (0, 0.0)
+    };
+    let report = Report::new(sent, &acc, duration, flows, p.sizes, a.bidir, a.rate);
+    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    let failures = tx_a.alloc_failures + tx_b.as_ref().map_or(0, |b| b.alloc_failures);
+    if failures > 0 {
+        eprintln!("tandem-gen: the packet pool ran dry {failures} times (raise --mbufs)");
+    }
+    drop(tx_a);
+    drop(tx_b);
+    drop(buf);
+    side_a.port.close();
+    side_b.port.close();
+    drop(pool);
+    eal.cleanup();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem-gen: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
