@@ -370,16 +370,18 @@ fn a_flood_of_ha_shaped_frames_neither_swaps_nor_delays_the_heartbeats() {
     // themselves, so the bound is then the same run's own noise: the
     // quiet window and the flood of the same rate with a foreign
     // identifier (LAB.md: measure against a baseline of the same run).
-    // The HA-shaped flood must add nothing to it, and never come near the
-    // dead time.
+    // The HA-shaped flood must add no more than half again to it (the
+    // largest gap of a window is a single sample: on this shared machine
+    // it moves by a few milliseconds between two windows of the same
+    // load), and never come near the dead time.
     let noise = worst(&quiet).max(worst(&junk.gaps));
-    let limit = (DEAD_MS / 2.0).max(noise + 3.0).min(DEAD_MS * 0.8);
+    let limit = (DEAD_MS / 2.0).max(noise * 1.5).min(DEAD_MS * 0.8);
     eprintln!("heartbeat gap limit {limit:.1} ms (noise {noise:.1} ms)");
     for (i, node_gaps) in ha.gaps.iter().enumerate() {
         for (name, recent, _) in node_gaps {
             assert!(
                 *recent < limit,
-                "fw{} {name}: a heartbeat gap of {recent:.1} ms under the flood (limit {limit:.1} ms: half the dead time, or this run's noise {noise:.1} ms + 3)",
+                "fw{} {name}: a heartbeat gap of {recent:.1} ms under the flood (limit {limit:.1} ms: half the dead time, or 1.5 times this run's noise {noise:.1} ms)",
                 i + 1,
             );
         }
