@@ -12,6 +12,9 @@
 #   GEN_LCORE  CPU of tandem-gen (default 0)
 #   TP_FWD     CPU of testpmd's forwarding core (default 1); its main
 #              lcore (mostly asleep) shares GEN_LCORE
+#   TP_MODE    testpmd's forwarding mode: io (default: frames untouched)
+#              or mac (source and destination MAC rewritten, as a router
+#              does at the least)
 #   NO_HUGE=1  run both without hugepages (functional only; slower)
 #   KEEP=1     keep the temp directory with the logs
 #
@@ -26,6 +29,8 @@ trap 'echo "gen-testpmd: failed at line $LINENO (status $?)" >&2' ERR
 GEN=${GEN:-target/release/tandem-gen}
 GEN_LCORE=${GEN_LCORE:-0}
 TP_FWD=${TP_FWD:-1}
+TP_MODE=${TP_MODE:-io}
+case $TP_MODE in io|mac) ;; *) echo "gen-testpmd: TP_MODE=$TP_MODE (allowed: io, mac)" >&2; exit 2 ;; esac
 [ -x "$GEN" ] || { echo "gen-testpmd: $GEN is not built (cargo build --release -p tandem-perf)" >&2; exit 2; }
 command -v dpdk-testpmd >/dev/null || { echo "gen-testpmd: dpdk-testpmd missing (apt-get install dpdk)" >&2; exit 2; }
 
@@ -78,12 +83,13 @@ trap 'exit 130' INT TERM
 
 # The memif servers first: a memif client cannot start before its server
 # listens. --stats-period keeps testpmd running without a terminal;
-# io mode forwards port 0 <-> port 1 untouched.
+# io mode forwards port 0 <-> port 1 untouched, mac mode rewrites the
+# addresses (tandem-gen counts what arrives whatever its MACs).
 timeout 60 dpdk-testpmd -l "$GEN_LCORE,$TP_FWD" --main-lcore "$GEN_LCORE" \
     --file-prefix "tp-$$" "${TP_MEM[@]}" --no-pci --no-telemetry \
     --vdev="net_memif0,role=server,socket=$dir/a.sock" \
     --vdev="net_memif1,role=server,socket=$dir/b.sock" -- \
-    --forward-mode=io --auto-start --no-lsc-interrupt --stats-period=1 \
+    --forward-mode=$TP_MODE --auto-start --no-lsc-interrupt --stats-period=1 \
     --nb-cores=1 --total-num-mbufs=16384 > "$dir/testpmd.log" 2>&1 < /dev/null &
 tp=$!
 for _ in $(seq 100); do

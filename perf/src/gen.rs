@@ -849,8 +849,73 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+impl AddrRange {
+    /// Whether `ip` is one of the range's addresses.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.first <= ip && ip <= self.last
+    }
+}
+
+/// Turns an ARP request for an address `owns` accepts into the reply from
+/// `mac`, in place (the generator stands for the hosts behind its ports,
+/// so that a router between them can resolve them). Anything else is left
+/// alone: `false`.
+pub fn arp_reply(frame: &mut [u8], mac: EthernetAddress, owns: impl Fn(Ipv4Addr) -> bool) -> bool {
+    // Ethernet (14) + ARP for IPv4 over Ethernet (28).
+    if frame.len() < 42
+        || frame[12..14] != [0x08, 0x06]
+        || frame[14..22] != [0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01]
+    {
+        return false;
+    }
+    let target = Ipv4Addr::new(frame[38], frame[39], frame[40], frame[41]);
+    if !owns(target) {
+        return false;
+    }
+    let (sender_mac, sender_ip): ([u8; 6], [u8; 4]) = (
+        frame[22..28].try_into().unwrap_or_default(),
+        frame[28..32].try_into().unwrap_or_default(),
+    );
+    frame[0..6].copy_from_slice(&sender_mac);
+    frame[6..12].copy_from_slice(&mac.0);
+    frame[21] = 2; // reply
+    frame[22..28].copy_from_slice(&mac.0);
+    frame[28..32].copy_from_slice(&target.octets());
+    frame[32..38].copy_from_slice(&sender_mac);
+    frame[38..42].copy_from_slice(&sender_ip);
+    true
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn arp_requests_for_our_hosts_are_answered_in_place() {
+        let mac = EthernetAddress([2, 0, 0, 0, 0, 0x42]);
+        let hosts = AddrRange::parse_bench("--dst-net", "198.18.2.10-198.18.2.20").unwrap();
+        let mut req = vec![0xffu8; 6];
+        req.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        req.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        req.extend_from_slice(&[2, 0, 0, 0, 0, 1, 198, 18, 2, 1]);
+        req.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 2, 15]);
+        req.resize(60, 0);
+        let mut f = req.clone();
+        assert!(arp_reply(&mut f, mac, |ip| hosts.contains(ip)));
+        assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(&f[6..12], &mac.0);
+        assert_eq!(f[21], 2);
+        assert_eq!(&f[22..32], &[2, 0, 0, 0, 0, 0x42, 198, 18, 2, 15]);
+        assert_eq!(&f[32..42], &[2, 0, 0, 0, 0, 1, 198, 18, 2, 1]);
+        // Not ours, or not a request: untouched.
+        let mut other = req.clone();
+        other[41] = 99;
+        let before = other.clone();
+        assert!(!arp_reply(&mut other, mac, |ip| hosts.contains(ip)));
+        assert_eq!(other, before);
+        let mut reply = req.clone();
+        reply[21] = 2;
+        assert!(!arp_reply(&mut reply, mac, |ip| hosts.contains(ip)));
+    }
+
     use super::*;
 
     const HZ: u64 = 2_000_000_000;

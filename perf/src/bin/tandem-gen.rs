@@ -31,8 +31,8 @@ use clap::Parser;
 use tandem_dataplane::dpdk::{self, Eal, Mbuf, Mempool, Port, PortSetup, RxQueue, TxQueue};
 use tandem_dataplane::wire::EthernetAddress;
 use tandem_perf::gen::{
-    check_seconds, memif_client_socket, restamp, AddrRange, FlowPlan, Pacer, Probe, Report,
-    RxAccount, Sizes, Template, Tick, FCS_LEN,
+    arp_reply, check_seconds, memif_client_socket, restamp, AddrRange, FlowPlan, Pacer, Probe,
+    Report, RxAccount, Sizes, Template, Tick, FCS_LEN,
 };
 
 /// A DPDK traffic generator: UDP flows inside 198.18.0.0/15 from port A to
@@ -271,14 +271,33 @@ impl Sender {
     }
 }
 
-/// Receives a burst on `rx` and files it; returns how many frames came.
+/// The hosts a port stands for: it answers ARP for them from its MAC (so
+/// that a router between the ports resolves them).
+#[derive(Clone, Copy)]
+struct Hosts {
+    range: AddrRange,
+    mac: EthernetAddress,
+}
+
+/// Receives a burst on `side` and files it, answering ARP requests for
+/// `hosts`; returns how many frames came.
 #[inline]
-fn receive(rx: &mut RxQueue, buf: &mut Vec<Mbuf>, acc: &mut RxAccount) -> usize {
-    let n = rx.rx_burst(buf, 64);
+fn receive(side: &mut Side, hosts: &Hosts, buf: &mut Vec<Mbuf>, acc: &mut RxAccount) -> usize {
+    let n = side.rx.rx_burst(buf, 64);
     if n > 0 {
         let now = dpdk::tsc();
-        for m in buf.drain(..) {
+        let mut replies = Vec::new();
+        for mut m in buf.drain(..) {
+            if m.data().get(12..14) == Some(&[0x08, 0x06][..]) {
+                if arp_reply(m.data_mut(), hosts.mac, |ip| hosts.range.contains(ip)) {
+                    replies.push(m);
+                }
+                continue;
+            }
             acc.frame(m.data(), now);
+        }
+        if !replies.is_empty() {
+            side.tx.tx_burst(&mut replies);
         }
     }
     n
@@ -441,6 +460,14 @@ fn run(a: Args) -> Result<(), String> {
             .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
     }
 
+    let hosts_a = Hosts {
+        range: p.a_to_b.src,
+        mac: mac_a,
+    };
+    let hosts_b = Hosts {
+        range: p.a_to_b.dst,
+        mac: mac_b,
+    };
     let mut acc = RxAccount::new(flows as usize * if a.bidir { 2 } else { 1 }, hz);
     let start = dpdk::tsc();
     let mut tx_a = sender(mac_a, dst_a, false, 0, start);
@@ -491,8 +518,8 @@ fn run(a: Args) -> Result<(), String> {
         if let Some(b) = &mut tx_b {
             b.step(&pool, &mut side_b.tx, now);
         }
-        rx_frames += receive(&mut side_a.rx, &mut buf, &mut acc) as u64;
-        rx_frames += receive(&mut side_b.rx, &mut buf, &mut acc) as u64;
+        rx_frames += receive(&mut side_a, &hosts_a, &mut buf, &mut acc) as u64;
+        rx_frames += receive(&mut side_b, &hosts_b, &mut buf, &mut acc) as u64;
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -511,8 +538,8 @@ fn run(a: Args) -> Result<(), String> {
     let drain_end = stopped_at + hz;
     let mut last_rx = stopped_at;
     loop {
-        let n = receive(&mut side_a.rx, &mut buf, &mut acc)
-            + receive(&mut side_b.rx, &mut buf, &mut acc);
+        let n = receive(&mut side_a, &hosts_a, &mut buf, &mut acc)
+            + receive(&mut side_b, &hosts_b, &mut buf, &mut acc);
         let t = dpdk::tsc();
         if n > 0 {
             last_rx = t;

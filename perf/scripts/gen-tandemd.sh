@@ -1,0 +1,139 @@
+#!/bin/bash
+# tandem-gen -> tandemd (the router and the stateful firewall between two
+# memif server ports, one worker) -> tandem-gen, on the host, in a private
+# temp directory: the same setup as gen-testpmd.sh with tandemd as the
+# device under test. tandem-gen answers ARP for the hosts behind its ports,
+# so tandemd resolves its next hops as on a wire. Prints tandem-gen's JSON
+# lines on stdout; tandemd's log goes to the temp directory (KEEP=1 keeps
+# it).
+#
+#   perf/scripts/gen-tandemd.sh [tandem-gen options...]
+#   e.g. perf/scripts/gen-tandemd.sh --duration 5 --size 64 --flows 1000
+#
+# Environment:
+#   GEN, GEN_LCORE  as in gen-testpmd.sh (default target/release/tandem-gen, 0)
+#   TANDEMD         the tandemd binary (default target/release/tandemd)
+#   TANDEMCTL       the tandemctl binary (default: beside tandemd); its
+#                   stats after the run go to stderr as "tandemd-stats {json}"
+#   FW_CPU          CPU of tandemd's worker (default 1)
+#   FIREWALL=0      the router only (no policy, no connection tracking)
+#   NO_HUGE=1       both without hugepages (functional only; slower)
+#   KEEP=1          keep the temp directory with the logs
+#
+# Every wait is bounded; both processes are stopped on exit, even on
+# failure. Runs of more than 20 s are refused (the machine is shared).
+set -euo pipefail
+trap 'echo "gen-tandemd: failed at line $LINENO (status $?)" >&2' ERR
+
+GEN=${GEN:-target/release/tandem-gen}
+TANDEMD=${TANDEMD:-target/release/tandemd}
+GEN_LCORE=${GEN_LCORE:-0}
+FW_CPU=${FW_CPU:-1}
+for b in "$GEN" "$TANDEMD"; do
+    [ -x "$b" ] || { echo "gen-tandemd: $b is not built (cargo build --release --workspace --bins)" >&2; exit 2; }
+done
+
+dur=10; warm=1; prev=
+for a in "$@"; do
+    case $prev in --duration) dur=$a ;; --warmup) warm=$a ;; esac
+    prev=$a
+done
+total=$(awk -v d="$dur" -v w="$warm" 'BEGIN { printf "%d", d + w + 0.999 }')
+if [ "$total" -gt 20 ]; then
+    echo "gen-tandemd: --duration + --warmup = ${total} s; keep runs at 20 s or less on this shared machine" >&2
+    exit 2
+fi
+
+if [ "${NO_HUGE:-0}" = 1 ]; then
+    EAL="no_huge: true, memory_mb: Some(512)"
+    GEN_MEM=(--no-huge)
+else
+    if [ "$(awk '/HugePages_Total/ {print $2}' /proc/meminfo)" -lt 512 ]; then
+        echo 512 > /proc/sys/vm/nr_hugepages
+    fi
+    mkdir -p /dev/hugepages
+    mountpoint -q /dev/hugepages || mount -t hugetlbfs none /dev/hugepages
+    EAL="in_memory: true"
+    GEN_MEM=()
+fi
+
+dir=$(mktemp -d /tmp/tandem-gen-tandemd.XXXXXX)
+fw=
+gen=
+cleanup() {
+    local pids="$gen $fw"
+    for p in $gen $fw; do pids="$pids $(pgrep -P "$p" || true)"; done
+    for p in $gen $fw; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        alive=
+        for p in $pids; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ -z "$alive" ] && break
+        sleep 0.1
+    done
+    for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "${KEEP:-0}" = 1 ]; then echo "gen-tandemd: logs in $dir" >&2; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+MAC_A=02:00:00:00:fa:01
+MAC_B=02:00:00:00:fa:02
+firewall=
+if [ "${FIREWALL:-1}" = 1 ]; then
+    cat > "$dir/policy.ron" <<POLICY
+(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], to: ["198.18.2.0/24"], proto: Udp),
+    ],
+    default_action: Block,
+)
+POLICY
+    firewall="firewall: (policy: Some(\"$dir/policy.ron\"), connections: 262144),"
+fi
+cat > "$dir/tandemd.ron" <<CONFIG
+(
+    node: (name: "bench", serial: "BENCH1"),
+    control: (socket: "$dir/tandemd.sock", event_log: Some("$dir/events.log")),
+    eal: (file_prefix: Some("fw-$$"), lcores: Some("0@($GEN_LCORE)"), $EAL),
+    dataplane: (workers: [(cpu: Some($FW_CPU))], poll_mode: Busy, burst: 32),
+    interfaces: [
+        (name: "in", device: Vdev("net_memif0,role=server,socket=$dir/a.sock,mac=$MAC_A"), addresses: ["198.18.1.1/24"]),
+        (name: "out", device: Vdev("net_memif1,role=server,socket=$dir/b.sock,mac=$MAC_B"), addresses: ["198.18.2.1/24"]),
+    ],
+    routes: [],
+    $firewall
+)
+CONFIG
+
+timeout 120 "$TANDEMD" --config "$dir/tandemd.ron" > "$dir/tandemd.out" 2> "$dir/tandemd.err" < /dev/null &
+fw=$!
+for _ in $(seq 200); do
+    n=$(grep -c -e "@$dir/a.sock\$" -e "@$dir/b.sock\$" /proc/net/unix || true)
+    [ "$n" -ge 2 ] && [ -S "$dir/tandemd.sock" ] && break
+    kill -0 "$fw" 2>/dev/null || { echo "gen-tandemd: tandemd exited:" >&2; tail -20 "$dir/tandemd.err" >&2; exit 1; }
+    sleep 0.1
+done
+
+rc=0
+timeout $((total + 15)) "$GEN" --lcore "$GEN_LCORE" --file-prefix "gen-$$" "${GEN_MEM[@]}" \
+    --port-a "net_memif0,role=client,socket=$dir/a.sock" \
+    --port-b "net_memif1,role=client,socket=$dir/b.sock" \
+    --dst-mac "$MAC_A" --dst-mac-b "$MAC_B" \
+    "$@" 2> "$dir/tandem-gen.log" &
+gen=$!
+wait "$gen" || rc=$?
+gen=
+# What tandemd counted (forwarded, dropped by reason, connections): the
+# proof that the frames took the path under test. To the directory and,
+# as one JSON line, to stderr.
+CTL=${TANDEMCTL:-$(dirname "$TANDEMD")/tandemctl}
+if [ -x "$CTL" ] && "$CTL" --socket "$dir/tandemd.sock" --json stats > "$dir/stats.json" 2>> "$dir/tandemctl.err"; then
+    echo "tandemd-stats $(tr -d '\n ' < "$dir/stats.json")" >&2
+fi
+if [ "$rc" != 0 ]; then
+    echo "gen-tandemd: tandem-gen failed ($rc):" >&2
+    grep -v '^EAL: ' "$dir/tandem-gen.log" | tail -20 >&2
+    tail -20 "$dir/tandemd.err" >&2
+fi
+exit "$rc"
