@@ -1,92 +1,144 @@
 #!/bin/bash
-# Measure 1 of the benchmark suite: established-flow forwarding of 64-byte
-# frames through tandemd's full path on one worker core, next to
-# dpdk-testpmd io and mac forwarding on the same memif ports and the same core, in
-# the same run (this machine is shared and noisy: the ratio holds, the
-# absolute rates do not). Rounds alternate testpmd io, testpmd mac, tandemd as a router,
-# tandemd with the firewall; the median of each goes into the JSON file.
+# The dataplane measures of the benchmark suite, each next to its baseline
+# of the same run (this machine is shared and noisy: the ratio holds, the
+# absolute rates do not):
+#   throughput  64-byte frames as fast as they go through tandemd's full
+#               firewall path on one worker core, next to the plain router
+#               and dpdk-testpmd io and mac forwarding on the same memif
+#               ports and the same core;
+#   latency     the same devices at a fixed rate well below saturation
+#               (--latency-rate): one-way latency p50 / p99 / p99.9;
+#   scale       the firewall with --scale-flows live connections (e.g.
+#               1000000,4000000) against the throughput run's flows.
+# Rounds alternate the devices; the median of each goes into the JSON
+# file (keys: <case>_mpps, <case>_latency_ns, ratios *_over_*).
 #
-#   perf/scripts/bench-dataplane.sh [--rounds 3] [--duration 5] [--flows 1000] [--out results/dataplane.json]
+#   perf/scripts/bench-dataplane.sh [--rounds 3] [--duration 5] [--flows 1000]
+#       [--latency-rate 1000000] [--scale-flows 1000000,4000000]
+#       [--out results/dataplane.json]
 #
 # Needs the release binaries (cargo build --release --workspace --bins),
-# dpdk-testpmd, root (hugepages). Each run is at most 20 s.
+# dpdk-testpmd, root (hugepages). Each run is at most 20 s. KEEP=1 keeps
+# the runs' output.
 set -euo pipefail
 rounds=3; duration=5; flows=1000; size=64; out=results/dataplane.json
+latency_rate=1000000; scale_flows=
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --flows) flows=$2; shift 2 ;;
         --size) size=$2; shift 2 ;;
+        --latency-rate) latency_rate=$2; shift 2 ;;
+        --scale-flows) scale_flows=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        *) echo "bench-dataplane: unknown option $1 (allowed: --rounds N, --duration S, --flows N, --size B, --out FILE)" >&2; exit 2 ;;
+        *) echo "bench-dataplane: unknown option $1 (allowed: --rounds N, --duration S, --flows N, --size B, --latency-rate PPS, --scale-flows N,N, --out FILE)" >&2; exit 2 ;;
     esac
 done
 [ "$rounds" -ge 1 ] && [ "$rounds" -le 20 ] || { echo "bench-dataplane: --rounds must be 1..20" >&2; exit 2; }
+[ "$latency_rate" -ge 1000 ] || { echo "bench-dataplane: --latency-rate must be at least 1000 frames/s" >&2; exit 2; }
+for n in ${scale_flows//,/ }; do
+    [ "$n" -ge 1 ] && [ "$n" -le 8000000 ] || { echo "bench-dataplane: --scale-flows takes counts of 1..8000000, comma-separated" >&2; exit 2; }
+done
 here=$(dirname "$0")
 tmp=$(mktemp -d /tmp/bench-dataplane.XXXXXX)
 trap '[ "${KEEP:-0}" = 1 ] && echo "bench-dataplane: runs in $tmp" >&2 || rm -rf "$tmp"' EXIT
-args=(--duration "$duration" --warmup 1 --flows "$flows" --size "$size")
+
+# One case: NAME DEVICE [tandem-gen options...]; DEVICE is testpmd,
+# testpmd_mac, router or firewall.
+run_case() {
+    local name=$1 dut=$2 r=$3
+    shift 3
+    local args=(--duration "$duration" --warmup 1 --size "$size" "$@")
+    local o="$tmp/$name-$r.json" e="$tmp/$name-$r.err"
+    case $dut in
+        testpmd) "$here/gen-testpmd.sh" "${args[@]}" > "$o" 2> "$e" ;;
+        testpmd_mac) TP_MODE=mac "$here/gen-testpmd.sh" "${args[@]}" > "$o" 2> "$e" ;;
+        router) FIREWALL=0 "$here/gen-tandemd.sh" "${args[@]}" > "$o" 2> "$e" ;;
+        firewall) "$here/gen-tandemd.sh" "${args[@]}" > "$o" 2> "$e" ;;
+    esac || { echo "bench-dataplane: $name round $r failed:" >&2; grep -v '^EAL' "$e" | tail -20 >&2; exit 1; }
+    echo "bench-dataplane: round $r $name: $(tail -1 "$o" | python3 -c 'import json, sys; r = json.load(sys.stdin); print("%.2f Mpps received of %.2f sent, lost %d, latency p50 %.1f us" % (r["rx_mpps"], r["tx_mpps"], r["lost"], r["latency_ns"]["p50"] / 1e3))')" >&2
+}
+
+cases=()
 for r in $(seq "$rounds"); do
     for dut in testpmd testpmd_mac router firewall; do
-        case $dut in
-            testpmd) "$here/gen-testpmd.sh" "${args[@]}" > "$tmp/$dut-$r.json" ;;
-            testpmd_mac) TP_MODE=mac "$here/gen-testpmd.sh" "${args[@]}" > "$tmp/$dut-$r.json" ;;
-            router) FIREWALL=0 "$here/gen-tandemd.sh" "${args[@]}" > "$tmp/$dut-$r.json" 2> "$tmp/$dut-$r.err" ;;
-            firewall) "$here/gen-tandemd.sh" "${args[@]}" > "$tmp/$dut-$r.json" 2> "$tmp/$dut-$r.err" ;;
-        esac
-        echo "bench-dataplane: round $r $dut: $(tail -1 "$tmp/$dut-$r.json" | python3 -c 'import json, sys; r = json.load(sys.stdin); print("%.2f Mpps received of %.2f sent, lost %d" % (r["rx_mpps"], r["tx_mpps"], r["lost"]))')" >&2
+        run_case "$dut" "$dut" "$r" --flows "$flows"
+        cases+=("$dut")
+    done
+    for dut in testpmd router firewall; do
+        run_case "${dut}_paced" "$dut" "$r" --flows "$flows" --rate "$latency_rate"
+        cases+=("${dut}_paced")
+    done
+    for n in ${scale_flows//,/ }; do
+        # Enough table for every flow, and a warm-up long enough to open
+        # them at the slowest rate seen here (about 2 Mpps).
+        CONNECTIONS=$((n + n / 4 + 1024)) run_case "firewall_${n}" firewall "$r" --flows "$n" --warmup $((1 + n / 2000000))
+        cases+=("firewall_${n}")
     done
 done
 mkdir -p "$(dirname "$out")"
-python3 - "$tmp" "$rounds" "$out" "$duration" "$flows" "$size" <<'PY'
+python3 - "$tmp" "$rounds" "$out" "$duration" "$flows" "$size" "$latency_rate" "$scale_flows" <<'PY'
 import json, statistics, sys, os, platform, datetime
-tmp, rounds, out, duration, flows, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-runs = {}
-for dut in ("testpmd", "testpmd_mac", "router", "firewall"):
-    rs = []
-    for r in range(1, rounds + 1):
-        lines = [l for l in open(os.path.join(tmp, f"{dut}-{r}.json")) if l.strip()]
-        run = json.loads(lines[-1])
-        err = os.path.join(tmp, f"{dut}-{r}.err")
-        if os.path.exists(err):
-            # tandemd's own counters: the frames took the path under test.
-            for l in open(err):
-                if l.startswith("tandemd-stats "):
-                    st = json.loads(l.split(" ", 1)[1])
-                    w = st["workers"]
-                    run["tandemd"] = {
-                        "forwarded": sum(x["forwarded"] for x in w),
-                        "connections": sum(x["connections"] for x in w),
-                        "drops": {k: v for k, v in st["drops_total"].items() if v},
-                    }
+tmp, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+duration, flows, size, latency_rate = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+scale = [int(x) for x in sys.argv[8].split(",") if x]
+
+def load(name, r):
+    """One run: tandem-gen's report, with tandemd's own counters."""
+    lines = [l for l in open(os.path.join(tmp, f"{name}-{r}.json")) if l.strip()]
+    run = json.loads(lines[-1])
+    for l in open(os.path.join(tmp, f"{name}-{r}.err")):
+        if l.startswith("tandemd-stats "):
+            st = json.loads(l.split(" ", 1)[1])
+            w = st["workers"]
+            run["tandemd"] = {
+                "forwarded": sum(x["forwarded"] for x in w),
+                "connections": sum(x["connections"] for x in w),
+                "drops": {k: v for k, v in st["drops_total"].items() if v},
+            }
+    return run
+
+names = ["testpmd", "testpmd_mac", "router", "firewall", "testpmd_paced", "router_paced", "firewall_paced"] + [f"firewall_{n}" for n in scale]
+runs = {n: [load(n, r) for r in range(1, rounds + 1)] for n in names}
+for n, rs in runs.items():
+    if n.startswith("router") or n.startswith("firewall"):
+        for i, run in enumerate(rs):
             if "tandemd" not in run:
-                sys.exit(f"bench-dataplane: no tandemd stats for {dut} round {r} (see {err})")
-            if dut == "firewall" and run["tandemd"]["connections"] < flows:
-                sys.exit(f"bench-dataplane: the firewall tracked {run['tandemd']['connections']} connections for {flows} flows: the frames did not take the firewall path")
-        rs.append(run)
-    runs[dut] = rs
-def med(dut, key):
-    """The median of `key` over the rounds of `dut`."""
-    return statistics.median(r[key] for r in runs[dut])
+                sys.exit(f"bench-dataplane: no tandemd stats for {n} round {i + 1}")
+    if n.startswith("firewall"):
+        want = int(n.split("_")[1]) if n.split("_")[1:] and n.split("_")[1].isdigit() else flows
+        for i, run in enumerate(rs):
+            got = run["tandemd"]["connections"]
+            if got < want:
+                sys.exit(f"bench-dataplane: {n} round {i + 1}: the firewall tracked {got} connections for {want} flows: the frames did not all take the firewall path")
+
+med = lambda n, f: statistics.median(f(r) for r in runs[n])
 res = {
     "bench": "dataplane",
-    "what": "64-byte UDP frames, tandem-gen -> device under test (memif, one worker core) -> tandem-gen; received Mpps, median of the rounds",
-    "date": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "what": "UDP frames, tandem-gen -> device under test (two memif ports, one worker core) -> tandem-gen; medians of the rounds",
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
     "rounds": rounds, "duration_s": duration, "flows": flows, "size": size,
-    "unit": "Mpps",
-    "testpmd_io_mpps": med("testpmd", "rx_mpps"),
-    "testpmd_mac_mpps": med("testpmd_mac", "rx_mpps"),
-    "tandemd_router_mpps": med("router", "rx_mpps"),
-    "tandemd_firewall_mpps": med("firewall", "rx_mpps"),
-    "latency_p50_ns": {d: statistics.median(r["latency_ns"]["p50"] for r in runs[d]) for d in runs},
-    "lost": {d: [r["lost"] for r in runs[d]] for d in runs},
-    "runs": runs,
+    "latency_rate_pps": latency_rate,
 }
-res["firewall_over_testpmd"] = res["tandemd_firewall_mpps"] / max(res["testpmd_io_mpps"], 1e-9)
-res["router_over_testpmd"] = res["tandemd_router_mpps"] / max(res["testpmd_io_mpps"], 1e-9)
-res["firewall_over_testpmd_mac"] = res["tandemd_firewall_mpps"] / max(res["testpmd_mac_mpps"], 1e-9)
+for n in ("testpmd", "testpmd_mac", "router", "firewall") + tuple(f"firewall_{s}" for s in scale):
+    res[f"{n}_mpps"] = med(n, lambda r: r["rx_mpps"])
+for n in ("testpmd_paced", "router_paced", "firewall_paced"):
+    res[f"{n}_latency_ns"] = {p: med(n, lambda r: r["latency_ns"][p]) for p in ("p50", "p99", "p999")}
+    res[f"{n}_mpps"] = med(n, lambda r: r["rx_mpps"])
+ratio = lambda a, b: res[a] / max(res[b], 1e-9)
+res["router_over_testpmd"] = ratio("router_mpps", "testpmd_mpps")
+res["firewall_over_testpmd"] = ratio("firewall_mpps", "testpmd_mpps")
+res["firewall_over_testpmd_mac"] = ratio("firewall_mpps", "testpmd_mac_mpps")
+res["firewall_over_router"] = ratio("firewall_mpps", "router_mpps")
+for p in ("p50", "p99", "p999"):
+    base = max(res["testpmd_paced_latency_ns"][p], 1)
+    res[f"firewall_paced_latency_{p}_over_testpmd"] = res["firewall_paced_latency_ns"][p] / base
+for s in scale:
+    res[f"firewall_{s}_over_firewall"] = ratio(f"firewall_{s}_mpps", "firewall_mpps")
+res["lost"] = {n: [r["lost"] for r in rs] for n, rs in runs.items()}
+res["runs"] = runs
 json.dump(res, open(out, "w"), indent=1, sort_keys=True)
-print(json.dumps({k: res[k] for k in ("testpmd_io_mpps", "testpmd_mac_mpps", "tandemd_router_mpps", "tandemd_firewall_mpps", "router_over_testpmd", "firewall_over_testpmd", "firewall_over_testpmd_mac")}, sort_keys=True))
+print(json.dumps({k: v for k, v in res.items() if k not in ("runs", "lost", "machine", "what")}, sort_keys=True))
 PY

@@ -128,8 +128,10 @@ gen=
 # proof that the frames took the path under test. To the directory and,
 # as one JSON line, to stderr.
 CTL=${TANDEMCTL:-$(dirname "$TANDEMD")/tandemctl}
-if [ -x "$CTL" ] && "$CTL" --socket "$dir/tandemd.sock" --json stats > "$dir/stats.json" 2>> "$dir/tandemctl.err"; then
+if [ -x "$CTL" ] && "$CTL" --socket "$dir/tandemd.sock" --json stats > "$dir/stats.json" 2> "$dir/tandemctl.err"; then
     echo "tandemd-stats $(tr -d '\n ' < "$dir/stats.json")" >&2
+else
+    echo "gen-tandemd: no stats from tandemd ($CTL): $(cat "$dir/tandemctl.err" 2>/dev/null)" >&2
 fi
 if [ "$rc" != 0 ]; then
     echo "gen-tandemd: tandem-gen failed ($rc):" >&2
