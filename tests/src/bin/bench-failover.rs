@@ -29,11 +29,16 @@ use tandem_tests::tools::{self, json_lines, median};
 use tandem_tests::{cmd, host, LabError, Proc, Result};
 
 const USAGE: &str = "usage: bench-failover [--rounds N] [--connections N] [--only tandem|linux]
+                      [--fault kill|stop|swap|term]
                       [--advert-int SECONDS] [--linux-cache external|disabled]
                       [--linux-sync on|off] [--baseline SECONDS] [--out FILE]
   --rounds N          failovers per cluster (default 20)
   --connections N     idle-ish TCP connections per round besides the stream (default 50)
   --only C            run one cluster only (default: tandem, then linux)
+  --fault F           what happens to the active (default kill): kill = kill -9, back by a
+                      restart; stop = SIGSTOP, back by SIGCONT (it must yield); swap = a
+                      forced swap (hapassive, then hareset); term = a clean stop (SIGTERM,
+                      it hands over), back by a restart. stop, swap and term: tandem only
   --advert-int S      keepalived VRRP advert interval (default 0.01, the fastest keepalived
                       2.2.7 accepts: VRRPv3 counts in centiseconds; 0.01-40)
   --linux-cache M     conntrackd external cache (default external: committed on becoming
@@ -382,6 +387,7 @@ struct Opts {
     external_cache: bool,
     linux_sync: bool,
     baseline: Duration,
+    fault: Fault,
     out: PathBuf,
 }
 
@@ -394,6 +400,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         external_cache: true,
         linux_sync: true,
         baseline: Duration::from_millis(1500),
+        fault: Fault::Kill,
         out: PathBuf::from("results/failover.json"),
     };
     let mut a = Args::new(args, USAGE);
@@ -411,10 +418,27 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             }
             "--linux-sync" => o.linux_sync = a.choice(flag, &["on", "off"])? == "on",
             "--baseline" => o.baseline = Duration::from_secs_f64(a.number(flag, 0.2..=30.0)?),
+            "--fault" => {
+                o.fault = match a.choice(flag, &["kill", "stop", "swap", "term"])? {
+                    "stop" => Fault::Stop,
+                    "swap" => Fault::Swap,
+                    "term" => Fault::Term,
+                    _ => Fault::Kill,
+                }
+            }
             "--out" => o.out = PathBuf::from(a.value(flag)?),
             "-h" | "--help" => return Err(LabError::Other(USAGE.into())),
             _ => return Err(a.unknown(flag)),
         }
+    }
+    if o.fault != Fault::Kill && o.clusters.iter().any(|c| c == "linux") {
+        if args.iter().any(|a| a == "--only") {
+            return Err(LabError::Other(format!(
+                "--fault {} is for tandem only (the Linux pair has --fault kill): use --only tandem",
+                o.fault.name()
+            )));
+        }
+        o.clusters = vec!["tandem".into()];
     }
     Ok(o)
 }
@@ -464,6 +488,30 @@ fn ms(d: f64) -> f64 {
     (d * 1e4).round() / 10.0
 }
 
+/// What a round does to the active member.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    /// kill -9, then a restart.
+    Kill,
+    /// SIGSTOP, then SIGCONT once the peer has taken over.
+    Stop,
+    /// A forced swap (`hapassive`), then `hareset`.
+    Swap,
+    /// A clean stop (SIGTERM: it hands over first), then a restart.
+    Term,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Stop => "stop",
+            Fault::Swap => "swap",
+            Fault::Term => "term",
+        }
+    }
+}
+
 /// A two-member cluster as the rounds drive it; members are 1 and 2.
 trait Pair {
     /// "tandem" or "linux".
@@ -472,10 +520,11 @@ trait Pair {
     fn actives(&mut self) -> Vec<usize>;
     /// True if member `i` says it is active.
     fn is_active(&mut self, i: usize) -> bool;
-    /// Kills member `i` (see the module doc for what that means).
-    fn kill(&mut self, i: usize) -> Result<()>;
-    /// Starts member `i` again.
-    fn restart(&mut self, i: usize) -> Result<()>;
+    /// Does `fault` to member `i` (see the module doc for what a kill
+    /// means).
+    fn fault(&mut self, i: usize, fault: Fault) -> Result<()>;
+    /// Brings member `i` back after `fault`.
+    fn recover(&mut self, i: usize, fault: Fault) -> Result<()>;
     /// True once member `i` is passive and synchronized with the active.
     fn ready_passive(&mut self, i: usize) -> bool;
     /// What member `i` recorded about the last failover.
@@ -509,7 +558,7 @@ impl<'l> TandemPair<'l> {
             cfg.ha = Some(ha);
             pair.configs.push(cfg);
             pair.nodes.push(None);
-            pair.restart(i)?;
+            pair.recover(i, Fault::Kill)?;
         }
         Ok(pair)
     }
@@ -539,23 +588,53 @@ impl Pair for TandemPair<'_> {
         self.role(i).as_deref() == Some("active")
     }
 
-    fn kill(&mut self, i: usize) -> Result<()> {
-        let mut n = self.nodes[i - 1]
-            .take()
-            .ok_or_else(|| LabError::Other(format!("fw{i} is not running")))?;
-        n.proc.signal("KILL");
-        if n.proc.wait_timeout(Duration::from_secs(5)).is_none() {
-            return Err(LabError::Other(format!(
-                "tandemd of fw{i} survived SIGKILL"
-            )));
+    fn fault(&mut self, i: usize, fault: Fault) -> Result<()> {
+        let not_running = || LabError::Other(format!("fw{i} is not running"));
+        match fault {
+            Fault::Kill | Fault::Term => {
+                let mut n = self.nodes[i - 1].take().ok_or_else(not_running)?;
+                n.proc
+                    .signal(if fault == Fault::Kill { "KILL" } else { "TERM" });
+                if n.proc.wait_timeout(Duration::from_secs(5)).is_none() {
+                    return Err(LabError::Other(format!(
+                        "tandemd of fw{i} did not end within 5 s of SIG{}",
+                        if fault == Fault::Kill { "KILL" } else { "TERM" }
+                    )));
+                }
+            }
+            Fault::Stop => self.nodes[i - 1]
+                .as_mut()
+                .ok_or_else(not_running)?
+                .proc
+                .signal("STOP"),
+            Fault::Swap => {
+                self.nodes[i - 1]
+                    .as_ref()
+                    .ok_or_else(not_running)?
+                    .ctl(&["hapassive"])?;
+            }
         }
         Ok(())
     }
 
-    fn restart(&mut self, i: usize) -> Result<()> {
-        let mut n = self.lab.start_node_with(i, &self.configs[i - 1])?;
-        n.wait_ready(Duration::from_secs(30))?;
-        self.nodes[i - 1] = Some(n);
+    fn recover(&mut self, i: usize, fault: Fault) -> Result<()> {
+        match fault {
+            Fault::Kill | Fault::Term => {
+                let mut n = self.lab.start_node_with(i, &self.configs[i - 1])?;
+                n.wait_ready(Duration::from_secs(30))?;
+                self.nodes[i - 1] = Some(n);
+            }
+            Fault::Stop => {
+                if let Some(n) = self.nodes[i - 1].as_mut() {
+                    n.proc.signal("CONT");
+                }
+            }
+            Fault::Swap => {
+                if let Some(n) = self.nodes[i - 1].as_ref() {
+                    n.ctl(&["hareset"])?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -646,11 +725,17 @@ impl Pair for LinuxCluster<'_> {
         self.pair.state(i) == VrrpState::Master
     }
 
-    fn kill(&mut self, i: usize) -> Result<()> {
-        self.pair.crash(i)
+    fn fault(&mut self, i: usize, fault: Fault) -> Result<()> {
+        match fault {
+            Fault::Kill => self.pair.crash(i),
+            f => Err(LabError::Other(format!(
+                "the Linux pair has only --fault kill, not {}",
+                f.name()
+            ))),
+        }
     }
 
-    fn restart(&mut self, i: usize) -> Result<()> {
+    fn recover(&mut self, i: usize, _: Fault) -> Result<()> {
         self.pair.restart(i)
     }
 
@@ -933,7 +1018,7 @@ fn round(
 
     let t_kill = wall();
     let k = Instant::now();
-    pair.kill(victim)?;
+    pair.fault(victim, o.fault)?;
     let kill_ms = k.elapsed().as_secs_f64() * 1e3;
     let became_active = cmd::poll_until(WAIT_ACTIVE, Duration::from_millis(10), || {
         pair.is_active(survivor).then(wall)
@@ -1007,7 +1092,7 @@ fn round(
 
     // The victim comes back and must be passive and synchronized.
     let r = Instant::now();
-    let restarted = pair.restart(victim);
+    let restarted = pair.recover(victim, o.fault);
     let ready = restarted.is_ok()
         && cmd::poll_until(WAIT_READY_PASSIVE, Duration::from_millis(100), || {
             pair.ready_passive(victim).then_some(())
@@ -1023,8 +1108,9 @@ fn round(
     step(
         t0,
         &format!(
-            "{who} round {n}/{}: killed fw{victim}; fw{survivor} active after {} ms; streams resumed after {}/{} ms; largest gap {gap:.0} ms (after the kill {failover_gap:.0}, before it {baseline_gap:.0}); lost {lost}/{}{}; long-lived lost so far {long_lost_total}/{}; fw{victim} back passive+synchronized {}",
+            "{who} round {n}/{}: {} of fw{victim}; fw{survivor} active after {} ms; streams resumed after {}/{} ms; largest gap {gap:.0} ms (after the kill {failover_gap:.0}, before it {baseline_gap:.0}); lost {lost}/{}{}; long-lived lost so far {long_lost_total}/{}; fw{victim} back passive+synchronized {}",
             o.rounds,
+            o.fault.name(),
             fmt_ms(active_ms),
             fmt_ms(fs.resumed_after_ms),
             fmt_ms(ls.resumed_after_ms),
@@ -1039,7 +1125,7 @@ fn round(
                "resumed_after_ms": s.resumed_after_ms, "lost": s.lost, "error": s.err, "worst_gap": s.worst})
     };
     let mut v = json!({
-        "round": n, "killed": format!("fw{victim}"), "survivor": format!("fw{survivor}"),
+        "round": n, "fault": o.fault.name(), "killed": format!("fw{victim}"), "survivor": format!("fw{survivor}"),
         "kill_command_ms": ms(kill_ms / 1e3),
         "failed_over": failed_over, "active_after_ms": active_ms,
         "gap_ms": gap, "failover_gap_ms": failover_gap, "baseline_gap_ms": baseline_gap,
@@ -1291,6 +1377,7 @@ fn run(o: &Opts) -> Result<bool> {
     let doc = json!({
         "benchmark": "failover by killing the active member under live TCP traffic, tandem vs Linux (keepalived + conntrackd)",
         "rounds": o.rounds,
+        "fault": o.fault.name(),
         "connections_per_round": o.connections,
         "stream": "one TCP connection, 200 bytes every 1 ms each way, every reception timestamped; gap = largest silence between two receptions, either direction",
         "idle_connections": "a line every 200 ms each (random phase), echoed; lost = errored/reset or no echo received after the takeover within 20 s",
