@@ -31,13 +31,11 @@ FUZZ_SECONDS ?= 30
 fuzz:
 	./scripts/fuzz.sh $(FUZZ_SECONDS)
 
+# The benchmark suite: every figure into results/bench.json (stable keys,
+# units, baselines of the same run) and plots into results/plots/.
+# BENCH_ARGS=--quick for a shorter run.
 bench: build-release
-	./target/release/tandem-lab bench-iperf --seconds 10 --runs 3
-	./target/release/bench-firewall
-	./target/release/bench-conntrack --connections 1000000
-	./target/release/bench-policy
-	./target/release/bench-failover --rounds 20
-	./target/release/tandem-lab chaos --seed 1 --faults 200 --out results/chaos.json
+	./perf/scripts/bench-all.sh $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

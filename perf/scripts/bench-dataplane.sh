@@ -9,12 +9,14 @@
 #   latency     the same devices at a fixed rate well below saturation
 #               (--latency-rate): one-way latency p50 / p99 / p99.9;
 #   scale       the firewall with --scale-flows live connections (e.g.
-#               1000000,4000000) against the throughput run's flows.
+#               1000000,4000000) against the throughput run's flows;
+#   rules       the firewall with --rules policies of that many rules (e.g.
+#               10,1000,10000; the flows match the last one).
 # Rounds alternate the devices; the median of each goes into the JSON
 # file (keys: <case>_mpps, <case>_latency_ns, ratios *_over_*).
 #
 #   perf/scripts/bench-dataplane.sh [--rounds 3] [--duration 5] [--flows 1000]
-#       [--latency-rate 1000000] [--scale-flows 1000000,4000000]
+#       [--latency-rate 1000000] [--scale-flows 1000000,4000000] [--rules 10,1000,10000]
 #       [--out results/dataplane.json]
 #
 # Needs the release binaries (cargo build --release --workspace --bins),
@@ -22,7 +24,7 @@
 # the runs' output.
 set -euo pipefail
 rounds=3; duration=5; flows=1000; size=64; out=results/dataplane.json
-latency_rate=1000000; scale_flows=
+latency_rate=1000000; scale_flows=; rules=
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
@@ -31,14 +33,18 @@ while [ $# -gt 0 ]; do
         --size) size=$2; shift 2 ;;
         --latency-rate) latency_rate=$2; shift 2 ;;
         --scale-flows) scale_flows=$2; shift 2 ;;
+        --rules) rules=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        *) echo "bench-dataplane: unknown option $1 (allowed: --rounds N, --duration S, --flows N, --size B, --latency-rate PPS, --scale-flows N,N, --out FILE)" >&2; exit 2 ;;
+        *) echo "bench-dataplane: unknown option $1 (allowed: --rounds N, --duration S, --flows N, --size B, --latency-rate PPS, --scale-flows N,N, --rules N,N, --out FILE)" >&2; exit 2 ;;
     esac
 done
 [ "$rounds" -ge 1 ] && [ "$rounds" -le 20 ] || { echo "bench-dataplane: --rounds must be 1..20" >&2; exit 2; }
 [ "$latency_rate" -ge 1000 ] || { echo "bench-dataplane: --latency-rate must be at least 1000 frames/s" >&2; exit 2; }
 for n in ${scale_flows//,/ }; do
     [ "$n" -ge 1 ] && [ "$n" -le 8000000 ] || { echo "bench-dataplane: --scale-flows takes counts of 1..8000000, comma-separated" >&2; exit 2; }
+done
+for n in ${rules//,/ }; do
+    [ "$n" -ge 1 ] && [ "$n" -le 100000 ] || { echo "bench-dataplane: --rules takes counts of 1..100000, comma-separated" >&2; exit 2; }
 done
 here=$(dirname "$0")
 tmp=$(mktemp -d /tmp/bench-dataplane.XXXXXX)
@@ -76,13 +82,18 @@ for r in $(seq "$rounds"); do
         CONNECTIONS=$((n + n / 4 + 1024)) run_case "firewall_${n}" firewall "$r" --flows "$n" --warmup $((1 + n / 2000000))
         cases+=("firewall_${n}")
     done
+    for n in ${rules//,/ }; do
+        RULES=$n run_case "firewall_rules_${n}" firewall "$r" --flows "$flows"
+        cases+=("firewall_rules_${n}")
+    done
 done
 mkdir -p "$(dirname "$out")"
-python3 - "$tmp" "$rounds" "$out" "$duration" "$flows" "$size" "$latency_rate" "$scale_flows" <<'PY'
+python3 - "$tmp" "$rounds" "$out" "$duration" "$flows" "$size" "$latency_rate" "$scale_flows" "$rules" <<'PY'
 import json, statistics, sys, os, platform, datetime
 tmp, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 duration, flows, size, latency_rate = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 scale = [int(x) for x in sys.argv[8].split(",") if x]
+rules = [int(x) for x in sys.argv[9].split(",") if x]
 
 def load(name, r):
     """One run: tandem-gen's report, with tandemd's own counters."""
@@ -99,7 +110,7 @@ def load(name, r):
             }
     return run
 
-names = ["testpmd", "testpmd_mac", "router", "firewall", "testpmd_paced", "router_paced", "firewall_paced"] + [f"firewall_{n}" for n in scale]
+names = ["testpmd", "testpmd_mac", "router", "firewall", "testpmd_paced", "router_paced", "firewall_paced"] + [f"firewall_{n}" for n in scale] + [f"firewall_rules_{n}" for n in rules]
 runs = {n: [load(n, r) for r in range(1, rounds + 1)] for n in names}
 for n, rs in runs.items():
     if n.startswith("router") or n.startswith("firewall"):
@@ -107,7 +118,7 @@ for n, rs in runs.items():
             if "tandemd" not in run:
                 sys.exit(f"bench-dataplane: no tandemd stats for {n} round {i + 1}")
     if n.startswith("firewall"):
-        want = int(n.split("_")[1]) if n.split("_")[1:] and n.split("_")[1].isdigit() else flows
+        want = int(n.split("_")[1]) if n in (f"firewall_{s}" for s in scale) else flows
         for i, run in enumerate(rs):
             got = run["tandemd"]["connections"]
             if got < want:
@@ -122,7 +133,7 @@ res = {
     "rounds": rounds, "duration_s": duration, "flows": flows, "size": size,
     "latency_rate_pps": latency_rate,
 }
-for n in ("testpmd", "testpmd_mac", "router", "firewall") + tuple(f"firewall_{s}" for s in scale):
+for n in ("testpmd", "testpmd_mac", "router", "firewall") + tuple(f"firewall_{s}" for s in scale) + tuple(f"firewall_rules_{s}" for s in rules):
     res[f"{n}_mpps"] = med(n, lambda r: r["rx_mpps"])
 for n in ("testpmd_paced", "router_paced", "firewall_paced"):
     res[f"{n}_latency_ns"] = {p: med(n, lambda r: r["latency_ns"][p]) for p in ("p50", "p99", "p999")}
@@ -137,6 +148,8 @@ for p in ("p50", "p99", "p999"):
     res[f"firewall_paced_latency_{p}_over_testpmd"] = res["firewall_paced_latency_ns"][p] / base
 for s in scale:
     res[f"firewall_{s}_over_firewall"] = ratio(f"firewall_{s}_mpps", "firewall_mpps")
+for s in rules:
+    res[f"firewall_rules_{s}_over_firewall"] = ratio(f"firewall_rules_{s}_mpps", "firewall_mpps")
 res["lost"] = {n: [r["lost"] for r in rs] for n, rs in runs.items()}
 res["runs"] = runs
 json.dump(res, open(out, "w"), indent=1, sort_keys=True)

@@ -1,0 +1,68 @@
+#!/bin/bash
+# The benchmark suite (make bench): every benchmark in turn, each writing
+# its result file into results/ (the in-process ones print tables, then a
+# JSON line), then perf/scripts/bench-report.py gathers the figures into
+# results/bench.json (stable keys, units, baselines of the same run,
+# ratios) and draws results/plots/*.svg.
+#
+#   perf/scripts/bench-all.sh [--quick]
+#
+# --quick: smaller sizes and fewer rounds (about 10 minutes instead of
+# about 45 here); the figures are noisier. Needs root, the release build
+# (make build-release) and the packages of scripts/install-deps.sh.
+# Benchmarks run one at a time: on this 2-core machine two at once only
+# measure each other.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+quick=0
+for a in "$@"; do
+    case $a in
+        --quick) quick=1 ;;
+        *) echo "bench-all: unknown option $a (allowed: --quick)" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "bench-all: needs root (network namespaces, hugepages)" >&2; exit 2; }
+bin=target/release
+for b in tandemd tandemctl tandem-gen tandem-lab bench-firewall bench-conntrack bench-policy bench-k2k bench-failover; do
+    [ -x "$bin/$b" ] || { echo "bench-all: $bin/$b is not built (make build-release)" >&2; exit 2; }
+done
+mkdir -p results
+export TANDEM_BIN_DIR=$PWD/$bin GEN=$PWD/$bin/tandem-gen TANDEMD=$PWD/$bin/tandemd
+
+# Runs one benchmark: NAME COMMAND...; its output is kept in
+# results/raw/NAME.txt and the run stops at the first failure.
+step() {
+    local name=$1
+    shift
+    mkdir -p results/raw
+    echo "== $name: $*" >&2
+    local t=$SECONDS
+    if ! "$@" > >(tee "results/raw/$name.txt") 2>&1; then
+        echo "bench-all: $name failed (output in results/raw/$name.txt)" >&2
+        exit 1
+    fi
+    echo "== $name: $((SECONDS - t)) s" >&2
+}
+# The last line of an in-process benchmark's output is its JSON.
+last_json() { tail -1 "results/raw/$1.txt" > "results/$1.json"; }
+
+if [ "$quick" = 1 ]; then
+    rounds=1; dur=3; conns=200000; fo_rounds=3; faults=20; scale=1000000
+else
+    rounds=3; dur=5; conns=1000000; fo_rounds=10; faults=200; scale=1000000,4000000
+fi
+
+step firewall "$bin/bench-firewall"; last_json firewall
+step conntrack "$bin/bench-conntrack" --connections "$conns"; last_json conntrack
+step policy "$bin/bench-policy"; last_json policy
+step k2k "$bin/bench-k2k"; last_json k2k
+step dataplane perf/scripts/bench-dataplane.sh --rounds "$rounds" --duration "$dur" \
+    --scale-flows "$scale" --rules 10,1000,10000 --out results/dataplane.json
+step sync "$bin/tandem-lab" bench-sync --rates 2000,10000,20000 --seconds 3
+step failover "$bin/bench-failover" --rounds $((fo_rounds * 2)) --out results/failover.json
+for f in stop swap term; do
+    step "failover-$f" "$bin/bench-failover" --only tandem --fault "$f" --rounds "$fo_rounds" \
+        --out "results/failover-$f.json"
+done
+step chaos "$bin/tandem-lab" chaos --seed 1 --faults "$faults" --out results/chaos.json
+python3 perf/scripts/bench-report.py --results results
