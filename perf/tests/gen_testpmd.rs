@@ -1,7 +1,8 @@
 //! tandem-gen for real: through dpdk-testpmd in io mode between two memif
 //! server ports, on the host, without hugepages (functional, not a
-//! benchmark: see perf/README-gen.md for the measured rates). Skipped with
-//! a message when dpdk-testpmd is not installed or the machine has one CPU.
+//! benchmark: see perf/README-gen.md for the measured rates). It fails,
+//! saying what to install, when dpdk-testpmd is missing or the machine has
+//! one CPU.
 //!
 //! Both processes run with `--no-huge --no-shconf` and private memif
 //! sockets (abstract, named after a private temp directory): nothing is
