@@ -58,7 +58,7 @@ step policy "$bin/bench-policy"; last_json policy
 step k2k "$bin/bench-k2k"; last_json k2k
 step dataplane perf/scripts/bench-dataplane.sh --rounds "$rounds" --duration "$dur" \
     --scale-flows "$scale" --rules 10,1000,10000 --out results/dataplane.json
-step sync "$bin/tandem-lab" bench-sync --rates 2000,10000,20000 --seconds 3
+step sync "$bin/tandem-lab" bench-sync --rates 2000,10000,100000 --seconds 3 --sender tandem-gen
 step failover "$bin/bench-failover" --rounds $((fo_rounds * 2)) --out results/failover.json
 for f in stop swap term; do
     step "failover-$f" "$bin/bench-failover" --only tandem --fault "$f" --rounds "$fo_rounds" \

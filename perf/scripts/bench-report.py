@@ -165,6 +165,29 @@ def failover_figures(results):
     return out
 
 
+def sync_figures(results):
+    """Replication lag per new-connection rate (two-node lab): p50 and p99
+    at 10k and 100k connections per second against the lowest rate of the
+    same run, and the HA-link bytes per connection."""
+    doc = load(results, "sync.json")
+    rows = (doc or {}).get("results", [])
+    by_rate = {r.get("rate"): r for r in rows}
+    low = min(by_rate) if by_rate else None
+    out = []
+    for rate, tag in ((low, "low"), (10000, "10k"), (100000, "100k")):
+        r = by_rate.get(rate) if rate is not None else None
+        for p in ("p50", "p99"):
+            base = None if tag == "low" else f"k2k.lag_{p}_ms_low"
+            out.append((f"k2k.lag_{p}_ms_{tag}", "sync.json", (r or {}).get(f"lag_ms_{p}"), "ms",
+                        f"replication lag, {p}, at {rate if tag != 'low' else 'the lowest rate of the run'} new connections/s"
+                        + (f" (achieved {r.get('achieved_rate'):.0f}/s, kept up: {r.get('kept_up')})" if r else ""),
+                        base))
+        if tag != "low":
+            out.append((f"k2k.ha_bytes_per_connection_{tag}", "sync.json", (r or {}).get("bytes_per_connection"),
+                        "B", f"HA-link bytes per replicated connection at {rate}/s", None))
+    return out
+
+
 def chaos_figures(results):
     doc = load(results, "chaos.json")
     g = lambda k: (doc or {}).get(k)
@@ -184,7 +207,7 @@ def build(results):
     for key, src, path, unit, what, base in FIGURES:
         doc = load(results, src)
         rows.append((key, src, dig(doc, path) if doc is not None else None, unit, what, base))
-    rows += failover_figures(results) + chaos_figures(results)
+    rows += failover_figures(results) + sync_figures(results) + chaos_figures(results)
     for key, src, value, unit, what, base in rows:
         if value is None:
             missing.add(f"{key} ({src})")

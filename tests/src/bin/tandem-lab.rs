@@ -23,7 +23,8 @@ const USAGE: &str = "usage: tandem-lab <command>
   bench-iperf [--seconds N] [--runs R] [--labs tandem,linux,bridge] [--out FILE]
                                 iperf3 through tandemd vs Linux router vs bridge
                                 (default 10 s, 3 runs, results/iperf.json)
-  bench-sync [--rates 2000,5000,10000,20000] [--seconds 3]
+  bench-sync [--rates 2000,5000,10000,20000] [--seconds 3] [--sender python|tandem-gen]
+             [--out FILE]
                                 new connections per second through the active of a
                                 two-node cluster: replication lag p50/p99 per rate and
                                 whether the passive kept up (results/sync.json)
@@ -442,14 +443,102 @@ fn udp_total(n: &Node) -> u64 {
     .unwrap_or(0)
 }
 
+/// How bench-sync opens its connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    /// A python loop of kernel UDP sockets (up to about 20,000 a second).
+    Python,
+    /// tandem-gen on the client's interface (af_packet): one frame per
+    /// flow, paced, from many source addresses and ports.
+    Gen,
+}
+
+/// Sends `flows` new UDP flows at `rate` per second from the client with
+/// tandem-gen over af_packet; returns the rate it achieved.
+fn gen_flows(lab: &Lab, rate: u64, flows: u64) -> Result<f64> {
+    let gen = node::find_bin("tandem-gen")?;
+    let client = lab.client();
+    // The gateway's MAC (the active's), as the client's kernel learns it.
+    client.exec_timeout(
+        &["ping", "-n", "-c", "1", "-W", "1", lab::addr::LAN_GW],
+        Duration::from_secs(3),
+    )?;
+    let neigh = client.run(&["ip", "neigh", "show", lab::addr::LAN_GW])?;
+    let mac = neigh
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .ok_or_else(|| LabError::Other(format!("no MAC for the gateway: {neigh:?}")))?
+        .to_string();
+    let seconds = (flows as f64 / rate as f64).max(0.5);
+    let o = client.exec_timeout(
+        &[
+            gen.to_str().unwrap_or("tandem-gen"),
+            "--lcore",
+            "1",
+            "--no-huge",
+            "--memory-mb",
+            "256",
+            "--port-a",
+            "net_af_packet0,iface=eth0,framecnt=4096",
+            "--port-b",
+            "net_null0,no-rx=1",
+            "--dst-mac",
+            &mac,
+            "--src-net",
+            "198.18.1.100-198.18.1.199",
+            "--dst-net",
+            lab::addr::SERVER,
+            "--dst-port",
+            "9000",
+            "--flows",
+            &flows.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--warmup",
+            "0",
+            "--duration",
+            &format!("{seconds:.3}"),
+        ],
+        Duration::from_secs_f64(seconds + 30.0),
+    )?;
+    let report = json_last(&String::from_utf8_lossy(&o.stdout)).ok_or_else(|| {
+        LabError::Other(format!(
+            "tandem-gen gave no report: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .filter(|l| !l.starts_with("EAL"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))
+    })?;
+    Ok(report["tx_mpps"].as_f64().unwrap_or(0.0) * 1e6)
+}
+
+/// The last JSON line of `text`.
+fn json_last(text: &str) -> Option<Value> {
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+}
+
 /// One rate on a fresh two-node cluster (so the lag histogram holds this
 /// rate only).
-fn bench_sync_rate(rate: u64, seconds: u64, t0: Instant) -> Result<Value> {
+fn bench_sync_rate(rate: u64, seconds: u64, sender: Sender, t0: Instant) -> Result<Value> {
     let lab = Lab::two_nodes("bsync")?;
     let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", SYNC_POLICY)?;
     let mut nodes = Vec::new();
+    // Room for every flow of the run (tandem-gen's runs open up to a
+    // million).
+    let flows = match sender {
+        Sender::Python => (rate * seconds).min(60_000),
+        Sender::Gen => (rate * seconds).min(1_000_000),
+    };
     for i in 1..=2 {
         let mut cfg = lab.node_config(i).with_policy(&policy);
+        if let Some(fw) = cfg.firewall.as_mut() {
+            fw.connections = (flows as u32 + flows as u32 / 4).max(65536);
+        }
         cfg.ha = Some(node::HaSection::lab(i));
         let mut n = lab.start_node_with(i, &cfg)?;
         n.wait_ready(Duration::from_secs(30))?;
@@ -463,21 +552,25 @@ fn bench_sync_rate(rate: u64, seconds: u64, t0: Instant) -> Result<Value> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let flows = (rate * seconds).min(60_000);
     // Paced sender: `flows` distinct UDP flows (source ports 2000 + i) at
     // `rate` per second.
     let script = format!(
         "import socket,time\nt=time.time()\nfor i in range({flows}):\n s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',2000+i)); s.sendto(b'x',('{}',9000)); s.close()\n if i % 50 == 49:\n  d=t+(i+1)/{rate}-time.time()\n  if d>0: time.sleep(d)\nprint(round(({flows})/(time.time()-t)),flush=True)\n",
         lab::addr::SERVER
     );
-    let o = lab.client().exec_timeout(
-        &["python3", "-c", &script],
-        Duration::from_secs(seconds * 4 + 30),
-    )?;
-    let achieved: f64 = String::from_utf8_lossy(&o.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0.0);
+    let achieved = match sender {
+        Sender::Python => {
+            let o = lab.client().exec_timeout(
+                &["python3", "-c", &script],
+                Duration::from_secs(seconds * 4 + 30),
+            )?;
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0.0)
+        }
+        Sender::Gen => gen_flows(&lab, rate, flows)?,
+    };
     let end = Instant::now() + Duration::from_secs(15);
     let (mut active, mut passive) = (udp_total(&nodes[0]), udp_total(&nodes[1]));
     while passive < active && Instant::now() < end {
@@ -503,7 +596,7 @@ fn bench_sync_rate(rate: u64, seconds: u64, t0: Instant) -> Result<Value> {
     );
     let bytes = s1["details"]["bytes_sent"].as_u64().unwrap_or(0);
     Ok(json!({
-        "rate": rate, "achieved_rate": achieved, "flows": flows, "active": active, "passive": passive,
+        "rate": rate, "sender": if sender == Sender::Gen { "tandem-gen" } else { "python" }, "achieved_rate": achieved, "flows": flows, "active": active, "passive": passive,
         "lag_ms_p50": lag[0], "lag_ms_p90": lag[1], "lag_ms_p99": lag[2], "lag_ms_max": lag[3],
         "records_queued": s1["records_queued"], "bytes_sent": bytes,
         "bytes_per_connection": if passive > 0 { bytes as f64 / passive as f64 } else { 0.0 },
@@ -514,6 +607,8 @@ fn bench_sync_rate(rate: u64, seconds: u64, t0: Instant) -> Result<Value> {
 fn bench_sync(args: &[String]) -> Result<()> {
     let mut rates = vec![2000u64, 5000, 10_000, 20_000];
     let mut seconds = 3u64;
+    let mut sender = Sender::Python;
+    let mut out = String::from("results/sync.json");
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -530,6 +625,23 @@ fn bench_sync(args: &[String]) -> Result<()> {
                     .unwrap_or(3)
                     .clamp(1, 30)
             }
+            "--sender" => {
+                sender = match it.next().map(String::as_str) {
+                    Some("python") => Sender::Python,
+                    Some("tandem-gen") => Sender::Gen,
+                    v => {
+                        return Err(LabError::Other(format!(
+                            "bench-sync: --sender {v:?}: allowed are python (kernel sockets, up to about 20,000/s) and tandem-gen"
+                        )))
+                    }
+                }
+            }
+            "--out" => {
+                out = it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| LabError::Other("bench-sync: --out needs a file".into()))?
+            }
             other => {
                 return Err(LabError::Other(format!(
                     "bench-sync: unknown argument {other:?}\n{USAGE}"
@@ -545,7 +657,7 @@ fn bench_sync(args: &[String]) -> Result<()> {
     let t0 = Instant::now();
     let mut results = Vec::new();
     for r in rates {
-        results.push(bench_sync_rate(r, seconds, t0)?);
+        results.push(bench_sync_rate(r, seconds, sender, t0)?);
     }
     let best = results
         .iter()
@@ -554,10 +666,11 @@ fn bench_sync(args: &[String]) -> Result<()> {
         .fold(0.0, f64::max);
     println!("highest new-connection rate the passive kept up with: {best:.0}/s");
     let doc = json!({"benchmark": "k2k replication of new UDP connections, two-node lab", "results": results, "highest_sustained_rate": best});
-    std::fs::create_dir_all("results").ok();
-    std::fs::write("results/sync.json", pretty(&doc))
-        .map_err(|e| LabError::io("writing results/sync.json", e))?;
-    println!("wrote results/sync.json");
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&out, pretty(&doc)).map_err(|e| LabError::io(format!("writing {out}"), e))?;
+    println!("wrote {out}");
     Ok(())
 }
 
