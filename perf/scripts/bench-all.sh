@@ -5,20 +5,30 @@
 # results/bench.json (stable keys, units, baselines of the same run,
 # ratios) and draws results/plots/*.svg.
 #
-#   perf/scripts/bench-all.sh [--quick]
+#   perf/scripts/bench-all.sh [--quick] [--only NAME,NAME...]
 #
 # --quick: smaller sizes and fewer rounds (about 10 minutes instead of
-# about 45 here); the figures are noisier. Needs root, the release build
+# about 45 here); the figures are noisier. --only runs those benchmarks
+# (firewall, conntrack, policy, k2k, dataplane, sync, failover,
+# failover-stop, failover-swap, failover-term, chaos) and keeps the other
+# result files: the report then mixes runs, which it says in "runs". Needs root, the release build
 # (make build-release) and the packages of scripts/install-deps.sh.
 # Benchmarks run one at a time: on this 2-core machine two at once only
 # measure each other.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-quick=0
-for a in "$@"; do
-    case $a in
-        --quick) quick=1 ;;
-        *) echo "bench-all: unknown option $a (allowed: --quick)" >&2; exit 2 ;;
+quick=0; only=
+names=" firewall conntrack policy k2k dataplane sync failover failover-stop failover-swap failover-term chaos "
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) quick=1; shift ;;
+        --only)
+            only=" ${2//,/ } "
+            for n in $only; do
+                [[ $names == *" $n "* ]] || { echo "bench-all: --only $n: allowed are$names" >&2; exit 2; }
+            done
+            shift 2 ;;
+        *) echo "bench-all: unknown option $1 (allowed: --quick, --only NAME,NAME)" >&2; exit 2 ;;
     esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench-all: needs root (network namespaces, hugepages)" >&2; exit 2; }
@@ -34,6 +44,10 @@ export TANDEM_BIN_DIR=$PWD/$bin GEN=$PWD/$bin/tandem-gen TANDEMD=$PWD/$bin/tande
 step() {
     local name=$1
     shift
+    if [ -n "$only" ] && [[ $only != *" $name "* ]]; then
+        return 0
+    fi
+    ran="$ran $name"
     mkdir -p results/raw
     echo "== $name: $*" >&2
     local t=$SECONDS
@@ -44,7 +58,10 @@ step() {
     echo "== $name: $((SECONDS - t)) s" >&2
 }
 # The last line of an in-process benchmark's output is its JSON.
-last_json() { tail -1 "results/raw/$1.txt" > "results/$1.json"; }
+ran=
+last_json() {
+    if [[ "$ran " == *" $1 "* ]]; then tail -1 "results/raw/$1.txt" > "results/$1.json"; fi
+}
 
 if [ "$quick" = 1 ]; then
     rounds=1; dur=3; conns=200000; fo_rounds=3; faults=20; scale=1000000

@@ -250,6 +250,13 @@ def build(results):
         "command": "make bench",
         "machine": {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": mem_gib,
                     "kernel": platform.release()},
+        # When each result file was written: a report over files of
+        # different runs (bench-all.sh --only) says so here.
+        "runs": {src: datetime.datetime.fromtimestamp(
+                     os.path.getmtime(os.path.join(results, src)), datetime.timezone.utc
+                 ).strftime("%Y-%m-%dT%H:%M:%SZ")
+                 for src in sorted({r[1] for r in rows})
+                 if os.path.exists(os.path.join(results, src))},
         "figures": dict(sorted(figures.items())),
         "missing": sorted(missing),
     }
