@@ -133,7 +133,7 @@ FIGURES = [
     ("k2k.auth_bytes_per_record", "k2k.json", "auth_bytes_per_record", "B",
      "the same, authenticated", None),
     ("k2k.highest_sustained_rate", "sync.json", "highest_sustained_rate", "1/s",
-     "new connections per second the passive kept up with (two-node lab)", None),
+     "new connections per second (tracked by the active) the passive kept up with, two-node lab", None),
 ]
 
 
@@ -151,14 +151,14 @@ def failover_figures(results):
             for stat in ("median", "max"):
                 out.append((f"failover.linux_kill_gap_{stat}_ms", name,
                             dig(lx, f"gap_ms.{stat}") if lx else None, "ms",
-                            f"Linux pair (keepalived + conntrackd), kill of the active: largest stream gap per round, {stat}",
+                            f"Linux pair (keepalived + conntrackd), kill of the active: largest stream gap per round, {stat} (gaps of 20 ms or more)",
                             None))
         for stat in ("median", "max"):
             if fault == "kill":
                 base = f"failover.linux_kill_gap_{stat}_ms"
             out.append((f"failover.tandem_{fault}_gap_{stat}_ms", name,
                         dig(t, f"gap_ms.{stat}") if t else None, "ms",
-                        f"tandem, {fault} of the active: largest stream gap per round, {stat}", base))
+                        f"tandem, {fault} of the active: largest stream gap per round, {stat} (gaps under 20 ms are not seen: 0 means none of 20 ms or more)", base))
         out.append((f"failover.tandem_{fault}_connections_lost", name,
                     (t or {}).get("connections_lost") if t else None, "connections",
                     f"tandem, {fault}: connections lost over the rounds (of {(t or {}).get('connections_total')})", None))

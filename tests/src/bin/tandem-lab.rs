@@ -582,21 +582,44 @@ fn bench_sync_rate(rate: u64, seconds: u64, sender: Sender, t0: Instant) -> Resu
     let s1 = sync_value(&nodes[0])?;
     let s2 = sync_value(&nodes[1])?;
     let lag = &s1["lag_ms"];
-    let kept_up = active >= flows * 99 / 100
-        && passive == active
-        && s2["installs_dropped"] == 0
-        && s1["records_refused"] == 0;
+    // The passive kept up when it holds every connection the active
+    // tracks, with nothing dropped on the way; whether the active saw every
+    // flow offered (af_packet, the lab's two cores) is a separate figure.
+    let kept_up = passive == active && s2["installs_dropped"] == 0 && s1["records_refused"] == 0;
+    let active_saw_all = active >= flows * 99 / 100;
+    let active_rate = if flows > 0 {
+        active as f64 * achieved / flows as f64
+    } else {
+        0.0
+    };
+    let stats = nodes[0].ctl(&["stats"]).unwrap_or(Value::Null);
+    let active_drops: serde_json::Map<String, Value> = stats["drops_total"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rx_missed: u64 = stats["ports"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["rx_missed"].as_u64()).sum())
+        .unwrap_or(0);
     step(
         t0,
         &format!(
-            "rate {rate}/s (achieved {achieved:.0}/s): active {active}/{flows}, passive {passive}, lag p50 {} p99 {} max {} ms, {}",
+            "rate {rate}/s (offered {achieved:.0}/s, tracked by the active {active_rate:.0}/s): active {active}/{flows}, passive {passive}, lag p50 {} p99 {} max {} ms, {}{}",
             lag[0], lag[2], lag[3],
-            if kept_up { "kept up" } else { "did NOT keep up" }
+            if kept_up { "the passive kept up" } else { "the passive did NOT keep up" },
+            if active_saw_all { String::new() } else { format!(" (the active missed {} flows: rx_missed {rx_missed}, drops {active_drops:?})", flows - active.min(flows)) }
         ),
     );
     let bytes = s1["details"]["bytes_sent"].as_u64().unwrap_or(0);
     Ok(json!({
         "rate": rate, "sender": if sender == Sender::Gen { "tandem-gen" } else { "python" }, "achieved_rate": achieved, "flows": flows, "active": active, "passive": passive,
+        "active_rate": active_rate, "active_saw_all": active_saw_all,
+        "active_rx_missed": rx_missed, "active_drops": active_drops,
         "lag_ms_p50": lag[0], "lag_ms_p90": lag[1], "lag_ms_p99": lag[2], "lag_ms_max": lag[3],
         "records_queued": s1["records_queued"], "bytes_sent": bytes,
         "bytes_per_connection": if passive > 0 { bytes as f64 / passive as f64 } else { 0.0 },
@@ -662,9 +685,11 @@ fn bench_sync(args: &[String]) -> Result<()> {
     let best = results
         .iter()
         .filter(|r| r["kept_up"] == true)
-        .filter_map(|r| r["achieved_rate"].as_f64())
+        .filter_map(|r| r["active_rate"].as_f64())
         .fold(0.0, f64::max);
-    println!("highest new-connection rate the passive kept up with: {best:.0}/s");
+    println!(
+        "highest new-connection rate (tracked by the active) the passive kept up with: {best:.0}/s"
+    );
     let doc = json!({"benchmark": "k2k replication of new UDP connections, two-node lab", "results": results, "highest_sustained_rate": best});
     if let Some(dir) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(dir).ok();
