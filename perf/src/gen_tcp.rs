@@ -945,8 +945,9 @@ pub struct TcpReport {
     /// Frames that were not TCP of our connections (both sides; ARP not
     /// counted).
     pub foreign: u64,
-    /// Frames built but not taken by a full TX ring (the connection then
-    /// times out; SYNs are not counted, they are sent again).
+    /// Answers dropped because the TX ring stayed full (more than 2048
+    /// waiting on a port; their connections time out). SYNs the ring
+    /// does not take are not counted: they go again.
     pub tx_dropped: u64,
     /// The run used every tuple of --src-net and stopped opening.
     pub exhausted: bool,
