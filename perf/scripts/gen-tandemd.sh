@@ -17,6 +17,11 @@
 #                   stats after the run go to stderr as "tandemd-stats {json}"
 #   FW_CPU          CPU of tandemd's worker (default 1)
 #   FIREWALL=0      the router only (no policy, no connection tracking)
+#   CONNECTIONS     capacity of tandemd's connection table (default 262144).
+#                   The policy passes UDP and TCP from 198.18.1.0/24 to
+#                   198.18.2.0/24; closed TCP connections stay in TIME_WAIT
+#                   for 120 s, so a --tcp-conns run needs at least
+#                   rate x (--warmup + --duration) of it
 #   NO_HUGE=1       both without hugepages (functional only; slower)
 #   KEEP=1          keep the temp directory with the logs
 #
@@ -28,6 +33,10 @@ trap 'echo "gen-tandemd: failed at line $LINENO (status $?)" >&2' ERR
 GEN=${GEN:-target/release/tandem-gen}
 TANDEMD=${TANDEMD:-target/release/tandemd}
 GEN_LCORE=${GEN_LCORE:-0}
+CONNECTIONS=${CONNECTIONS:-262144}
+case $CONNECTIONS in
+    ''|*[!0-9]*) echo "gen-tandemd: CONNECTIONS=$CONNECTIONS: give a number of connections, such as 262144 or 4194304" >&2; exit 2 ;;
+esac
 FW_CPU=${FW_CPU:-1}
 for b in "$GEN" "$TANDEMD"; do
     [ -x "$b" ] || { echo "gen-tandemd: $b is not built (cargo build --release --workspace --bins)" >&2; exit 2; }
@@ -85,11 +94,12 @@ if [ "${FIREWALL:-1}" = 1 ]; then
 (
     rules: [
         (action: Pass, from: ["198.18.1.0/24"], to: ["198.18.2.0/24"], proto: Udp),
+        (action: Pass, from: ["198.18.1.0/24"], to: ["198.18.2.0/24"], proto: Tcp),
     ],
     default_action: Block,
 )
 POLICY
-    firewall="firewall: (policy: Some(\"$dir/policy.ron\"), connections: 262144),"
+    firewall="firewall: (policy: Some(\"$dir/policy.ron\"), connections: $CONNECTIONS),"
 fi
 cat > "$dir/tandemd.ron" <<CONFIG
 (

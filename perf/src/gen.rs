@@ -492,7 +492,9 @@ pub struct Probe {
 }
 
 impl Probe {
-    fn write(&self, b: &mut [u8]) {
+    /// Writes the probe into `b`, which holds at least [`PROBE_LEN`]
+    /// bytes (the TCP mode puts it in its data segment).
+    pub fn write(&self, b: &mut [u8]) {
         b[0..2].copy_from_slice(&MAGIC.to_be_bytes());
         b[2..6].copy_from_slice(&self.flow.to_be_bytes());
         b[6..12].copy_from_slice(&(self.seq & MASK48).to_be_bytes()[2..]);
@@ -513,7 +515,13 @@ impl Probe {
             return None;
         }
         let udp = UdpPacket::new_checked(ip.payload()).ok()?;
-        let p = udp.payload();
+        Probe::from_bytes(udp.payload())
+    }
+
+    /// Reads a probe from the start of `p`: `None` unless it holds
+    /// [`PROBE_LEN`] bytes starting with the magic.
+    #[inline]
+    pub fn from_bytes(p: &[u8]) -> Option<Probe> {
         if p.len() < PROBE_LEN || p[0..2] != MAGIC.to_be_bytes() {
             return None;
         }

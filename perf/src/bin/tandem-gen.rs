@@ -18,6 +18,12 @@
 //! it sends and polls both ports' receive queues in every iteration (a
 //! memif client must keep receiving on a port for its peer to send to it).
 //!
+//! With `--tcp-conns RATE` it measures new TCP connections per second
+//! instead: the clients behind port A open connections (SYN, ACK, one data
+//! segment with FIN, last ACK) to the servers behind port B, which the
+//! generator also plays, statelessly (see [`tandem_perf::gen_tcp`]); the
+//! final line is a [`tandem_perf::gen_tcp::TcpReport`].
+//!
 //! The EAL runs with `--in-memory` (hugepages must be mounted and
 //! reserved) or, with `--no-huge`, with `--no-huge --no-shconf`: nothing
 //! is left behind in either case. SIGINT/SIGTERM end the run early with a
@@ -33,6 +39,10 @@ use tandem_dataplane::wire::EthernetAddress;
 use tandem_perf::gen::{
     arp_reply, check_seconds, memif_client_socket, restamp, AddrRange, FlowPlan, Pacer, Probe,
     Report, RxAccount, Sizes, Template, Tick, FCS_LEN,
+};
+use tandem_perf::gen_tcp::{
+    ConnPlan, Replies, TcpClient, TcpPlanError, TcpReport, TcpServer, TcpTick, MAX_CONN_TIMEOUT,
+    MAX_FRAME, MAX_OPEN,
 };
 
 /// A DPDK traffic generator: UDP flows inside 198.18.0.0/15 from port A to
@@ -119,6 +129,21 @@ struct Args {
     /// DPDK log level (EAL --log-level), e.g. warning, notice, info.
     #[arg(long, default_value = "warning")]
     log_level: String,
+    /// TCP mode: open this many new connections per second (0: as fast
+    /// as --max-open allows), each a whole exchange (handshake, one data
+    /// segment, teardown) between a client behind port A and a server
+    /// behind port B, both played by the generator. Replaces the UDP
+    /// flows.
+    #[arg(long, value_name = "RATE", conflicts_with_all = ["bidir", "imix", "rate", "flows", "size"])]
+    tcp_conns: Option<u64>,
+    /// TCP mode: most connections open at once (SYN sent, not completed
+    /// nor timed out), 1 to 1048576.
+    #[arg(long, default_value_t = 65536)]
+    max_open: u64,
+    /// TCP mode: seconds after its SYN a connection that has not
+    /// completed counts as timed out (more than 0, at most 10).
+    #[arg(long, default_value_t = 1.0)]
+    conn_timeout: f64,
 }
 
 /// Everything checked before DPDK starts.
@@ -128,6 +153,15 @@ struct Plan {
     duration: f64,
     warmup: f64,
     link_timeout: f64,
+    tcp: Option<TcpPlan>,
+}
+
+/// The TCP mode's settings, checked.
+struct TcpPlan {
+    conns: ConnPlan,
+    rate: u64,
+    max_open: u64,
+    timeout: f64,
 }
 
 /// The device name of a vdev spec (before the first comma), checked.
@@ -170,12 +204,39 @@ fn plan(a: &Args) -> Result<Plan, String> {
             a.mbufs
         ));
     }
+    let tcp = match a.tcp_conns {
+        None => None,
+        Some(rate) => {
+            let conns = ConnPlan {
+                src,
+                dst,
+                dport: a.dst_port,
+            };
+            conns
+                .check_run(rate, warmup + duration)
+                .map_err(|e| e.to_string())?;
+            if !(1..=MAX_OPEN).contains(&a.max_open) {
+                return Err(TcpPlanError::BadMaxOpen(a.max_open).to_string());
+            }
+            let t = a.conn_timeout;
+            if !(t.is_finite() && t > 0.0 && t <= MAX_CONN_TIMEOUT) {
+                return Err(TcpPlanError::BadTimeout(t).to_string());
+            }
+            Some(TcpPlan {
+                conns,
+                rate,
+                max_open: a.max_open,
+                timeout: t,
+            })
+        }
+    };
     Ok(Plan {
         a_to_b,
         sizes,
         duration,
         warmup,
         link_timeout,
+        tcp,
     })
 }
 
@@ -459,6 +520,24 @@ fn run(a: Args) -> Result<(), String> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("cannot handle signal {sig}: {e}"))?;
     }
+    if let Some(tcp) = &p.tcp {
+        let mut ports = Ports {
+            hz,
+            pool,
+            a: side_a,
+            b: side_b,
+            mac_a,
+            mac_b,
+        };
+        let result = run_tcp(&a, &p, tcp, &mut ports, &stop);
+        drop(buf);
+        let Ports { a, b, pool, .. } = ports;
+        a.port.close();
+        b.port.close();
+        drop(pool);
+        eal.cleanup();
+        return result;
+    }
 
     let hosts_a = Hosts {
         range: p.a_to_b.src,
@@ -569,6 +648,317 @@ fn run(a: Args) -> Result<(), String> {
     side_b.port.close();
     drop(pool);
     eal.cleanup();
+    Ok(())
+}
+
+/// Both ports, up, and what the TCP mode needs of them.
+struct Ports {
+    hz: u64,
+    pool: Arc<Mempool>,
+    a: Side,
+    b: Side,
+    mac_a: EthernetAddress,
+    mac_b: EthernetAddress,
+}
+
+/// The frame counts of the TCP mode's loop.
+#[derive(Default)]
+struct Frames {
+    tx: u64,
+    rx: u64,
+    /// Answers the TX ring did not take.
+    tx_dropped: u64,
+    /// Answers not sent for want of an mbuf.
+    alloc_failures: u64,
+}
+
+/// Puts `frame` into `m` (resized to it).
+#[inline]
+fn fill(m: &mut Mbuf, frame: &[u8]) -> bool {
+    if m.set_len(frame.len()) {
+        m.data_mut().copy_from_slice(frame);
+        true
+    } else {
+        false
+    }
+}
+
+/// Answers a side keeps when its TX ring is full, to send first next
+/// time; beyond this many they are dropped (and their connections time
+/// out).
+const MAX_PENDING: usize = 2048;
+
+/// Sends `tx` on `side`; what the ring does not take stays in `tx` for
+/// the next call (in order), up to [`MAX_PENDING`] frames: the rest is
+/// dropped and counted.
+#[inline]
+fn flush(side: &mut Side, tx: &mut Vec<Mbuf>, f: &mut Frames) {
+    if !tx.is_empty() {
+        f.tx += side.tx.tx_burst(tx) as u64;
+        if tx.len() > MAX_PENDING {
+            f.tx_dropped += (tx.len() - MAX_PENDING) as u64;
+            tx.truncate(MAX_PENDING);
+        }
+    }
+}
+
+/// The client's side: receives on port A, answers ARP for the clients
+/// and the server's segments (reusing the received mbuf for the first
+/// answer); returns how many frames came.
+#[inline]
+fn receive_client(
+    ports: &mut Ports,
+    hosts: &Hosts,
+    client: &mut TcpClient,
+    bufs: &mut (Vec<Mbuf>, Vec<Mbuf>),
+    replies: &mut Replies,
+    f: &mut Frames,
+) -> usize {
+    let (rx, tx) = bufs;
+    let n = ports.a.rx.rx_burst(rx, 64);
+    if n == 0 {
+        flush(&mut ports.a, tx, f);
+        return 0;
+    }
+    let now = dpdk::tsc();
+    for mut m in rx.drain(..) {
+        if m.data().get(12..14) == Some(&[0x08, 0x06][..]) {
+            if arp_reply(m.data_mut(), hosts.mac, |ip| hosts.range.contains(ip)) {
+                tx.push(m);
+            }
+            continue;
+        }
+        client.handle(m.data(), now, replies);
+        let mut reuse = Some(m);
+        for frame in replies.iter() {
+            let mut out = match reuse.take() {
+                Some(m) => m,
+                None => match ports.pool.alloc() {
+                    Some(m) => m,
+                    None => {
+                        f.alloc_failures += 1;
+                        continue;
+                    }
+                },
+            };
+            if fill(&mut out, frame) {
+                tx.push(out);
+            }
+        }
+    }
+    f.rx += n as u64;
+    flush(&mut ports.a, tx, f);
+    n
+}
+
+/// The server's side: receives on port B, answers ARP for the servers
+/// and the client's SYNs and FINs in the received mbuf; returns how many
+/// frames came.
+#[inline]
+fn receive_server(
+    ports: &mut Ports,
+    hosts: &Hosts,
+    server: &mut TcpServer,
+    bufs: &mut (Vec<Mbuf>, Vec<Mbuf>),
+    f: &mut Frames,
+) -> usize {
+    let (rx, tx) = bufs;
+    let n = ports.b.rx.rx_burst(rx, 64);
+    if n == 0 {
+        flush(&mut ports.b, tx, f);
+        return 0;
+    }
+    let mut frame = [0u8; MAX_FRAME];
+    for mut m in rx.drain(..) {
+        if m.data().get(12..14) == Some(&[0x08, 0x06][..]) {
+            if arp_reply(m.data_mut(), hosts.mac, |ip| hosts.range.contains(ip)) {
+                tx.push(m);
+            }
+            continue;
+        }
+        if let Some(len) = server.handle(m.data(), &mut frame) {
+            if fill(&mut m, &frame[..len]) {
+                tx.push(m);
+            }
+        }
+    }
+    f.rx += n as u64;
+    flush(&mut ports.b, tx, f);
+    n
+}
+
+/// The TCP mode: opens `--tcp-conns` connections per second from the
+/// clients behind A to the servers behind B and answers both ends, for
+/// `--warmup` + `--duration`; then follows the connections still open to
+/// their end (at most `--conn-timeout`) and prints the report.
+fn run_tcp(
+    a: &Args,
+    p: &Plan,
+    tcp: &TcpPlan,
+    ports: &mut Ports,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let hz = ports.hz;
+    let dut_a = a.dst_mac.unwrap_or(ports.mac_b);
+    let mut client = TcpClient::new(tcp.conns, ports.mac_a, dut_a, tcp.max_open, tcp.timeout, hz)
+        .map_err(|e| e.to_string())?;
+    let mut server = TcpServer::new(tcp.conns, ports.mac_b);
+    let hosts_a = Hosts {
+        range: tcp.conns.src,
+        mac: ports.mac_a,
+    };
+    let hosts_b = Hosts {
+        range: tcp.conns.dst,
+        mac: ports.mac_b,
+    };
+    let mut bufs_a = (
+        Vec::with_capacity(dpdk::MAX_BURST),
+        Vec::with_capacity(2 * dpdk::MAX_BURST),
+    );
+    let mut bufs_b = (
+        Vec::with_capacity(dpdk::MAX_BURST),
+        Vec::with_capacity(dpdk::MAX_BURST),
+    );
+    let mut syns: Vec<Mbuf> = Vec::with_capacity(dpdk::MAX_BURST);
+    let mut replies = Replies::default();
+    let mut frame = [0u8; MAX_FRAME];
+    let mut f = Frames::default();
+    let mut syn_alloc_failures = 0u64;
+
+    let start = dpdk::tsc();
+    let pacer = Pacer::new(tcp.rate, hz, start, a.burst);
+    let measure_at = start + (p.warmup * hz as f64) as u64;
+    let end_at = measure_at + (p.duration * hz as f64) as u64;
+    let mut measuring = false;
+    let mut measure_start = measure_at;
+    let mut next_tick = start + hz;
+    let mut tick_t = 0u64;
+    let mut last = (start, client.all, 0u64, 0u64);
+    let mut now = start;
+    while now < end_at {
+        if !measuring && now >= measure_at {
+            client.start_measuring();
+            server.start_measuring(client.measure_from());
+            measure_start = now;
+            measuring = true;
+        }
+        if now >= next_tick {
+            tick_t += 1;
+            let dt = (now - last.0) as f64 / hz as f64;
+            let c = client.all;
+            let ps = |n: u64, before: u64| ((n - before) as f64 / dt) as u64;
+            let line = TcpTick {
+                t: tick_t,
+                opened_ps: ps(c.opened, last.1.opened),
+                completed_ps: ps(c.completed, last.1.completed),
+                failed_ps: ps(c.failed(), last.1.failed()),
+                open: client.open(),
+                tx_pps: ps(f.tx, last.2),
+                rx_pps: ps(f.rx, last.3),
+            };
+            println!("{}", serde_json::to_string(&line).unwrap_or_default());
+            last = (now, c, f.tx, f.rx);
+            next_tick += hz;
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        // Open: as many as the rate, the open cap and the tuples allow,
+        // once port A's answers are out (they go first).
+        let n = if bufs_a.1.is_empty() {
+            pacer
+                .allowance(now, client.next_index())
+                .min(client.room() as usize)
+        } else {
+            0
+        };
+        if n > 0 {
+            if ports.pool.alloc_bulk(&mut syns, n) {
+                for m in &mut syns {
+                    let Some(len) = client.open_next(now, &mut frame) else {
+                        unreachable!("no more SYNs than room() allows")
+                    };
+                    match m.append(len as u16) {
+                        Some(buf) => buf.copy_from_slice(&frame[..len]),
+                        None => unreachable!("a default mbuf holds a 76-byte frame"),
+                    }
+                }
+                f.tx += ports.a.tx.tx_burst(&mut syns) as u64;
+                // What the ring did not take goes again next time.
+                client.unopen(syns.len() as u64);
+                syns.clear();
+            } else {
+                syn_alloc_failures += 1;
+            }
+        }
+        receive_client(
+            ports,
+            &hosts_a,
+            &mut client,
+            &mut bufs_a,
+            &mut replies,
+            &mut f,
+        );
+        receive_server(ports, &hosts_b, &mut server, &mut bufs_b, &mut f);
+        client.poll_timeouts(now);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        now = dpdk::tsc();
+    }
+    let stopped_at = dpdk::tsc();
+    let in_flight = client.open();
+    // Follow the connections still open to their end: until none is
+    // left, at most --conn-timeout (and 10 ms).
+    let drain_end = stopped_at + (tcp.timeout * hz as f64) as u64 + hz / 100;
+    loop {
+        receive_client(
+            ports,
+            &hosts_a,
+            &mut client,
+            &mut bufs_a,
+            &mut replies,
+            &mut f,
+        );
+        receive_server(ports, &hosts_b, &mut server, &mut bufs_b, &mut f);
+        let t = dpdk::tsc();
+        client.poll_timeouts(t);
+        if client.idle() || t >= drain_end {
+            break;
+        }
+    }
+    client.finish(dpdk::tsc());
+    // Answers never sent.
+    f.tx_dropped += (bufs_a.1.len() + bufs_b.1.len()) as u64;
+    bufs_a.1.clear();
+    bufs_b.1.clear();
+    let duration = if measuring {
+        (stopped_at - measure_start) as f64 / hz as f64
+    } else {
+        0.0
+    };
+    let report = TcpReport::new(
+        &client,
+        &server,
+        in_flight,
+        duration,
+        tcp.rate,
+        f.tx_dropped,
+    );
+    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    if client.exhausted() {
+        eprintln!(
+            "tandem-gen: every tuple of --src-net {} was used ({}); it stopped opening connections: widen --src-net or lower --tcp-conns or the time",
+            tcp.conns.src,
+            tcp.conns.tuples()
+        );
+    }
+    if syn_alloc_failures + f.alloc_failures > 0 {
+        eprintln!(
+            "tandem-gen: the packet pool ran dry {} times (raise --mbufs)",
+            syn_alloc_failures + f.alloc_failures
+        );
+    }
     Ok(())
 }
 
