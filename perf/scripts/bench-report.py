@@ -110,19 +110,24 @@ FIGURES = [
     ("inproc.handoff_ns", "firewall.json", "handoff_ns", "ns",
      "handing a packet to another core's worker", "inproc.router_ns_per_pkt"),
     # 2. New connections through tandemd (tandem-gen's TCP mode).
-    ("conns.firewall_tcp_per_sec", "conns.json", "conns_per_sec", "1/s",
-     "TCP connections (SYN, SYN-ACK, ACK, data, FIN) through tandemd, one worker core", None),
+    ("conns.firewall_tcp_per_sec", "dataplane.json", "conns_per_sec", "1/s",
+     "TCP connections (SYN, SYN-ACK, ACK, data + FIN, FIN-ACK, ACK) completed per second through tandemd's firewall, one worker core, tandem-gen unpaced with at most 4096 open",
+     "inproc.new_conn_per_sec"),
+    ("conns.handshake_p50_us", "dataplane.json", "conns_handshake_ns.p50", "us",
+     "SYN sent to SYN-ACK received through tandemd, p50, unpaced", None),
+    ("conns.handshake_p99_us", "dataplane.json", "conns_handshake_ns.p99", "us",
+     "the same, p99", None),
     # 4. Rules.
     ("rules.small_burst64_ns", "policy.json", "small.burst64_ns", "ns",
      "policy lookup, bursts of 64, the small policy", None),
     ("rules.large_burst64_ns", "policy.json", "large.burst64_ns", "ns",
      "policy lookup, bursts of 64, the large policy", "rules.small_burst64_ns"),
-    ("rules.firewall_10_mpps", "dataplane.json", "firewall_rules_10_mpps", "Mpps",
-     "firewall path, 10 rules (the flows match the last)", None),
-    ("rules.firewall_1000_mpps", "dataplane.json", "firewall_rules_1000_mpps", "Mpps",
-     "firewall path, 1,000 rules", "rules.firewall_10_mpps"),
-    ("rules.firewall_10000_mpps", "dataplane.json", "firewall_rules_10000_mpps", "Mpps",
-     "firewall path, 10,000 rules", "rules.firewall_10_mpps"),
+    ("rules.conns_10_per_sec", "dataplane.json", "conns_rules_10_per_sec", "1/s",
+     "new TCP connections per second through the firewall, 10 rules (the generator's match the last)", None),
+    ("rules.conns_1000_per_sec", "dataplane.json", "conns_rules_1000_per_sec", "1/s",
+     "the same, 1,000 rules", "rules.conns_10_per_sec"),
+    ("rules.conns_10000_per_sec", "dataplane.json", "conns_rules_10000_per_sec", "1/s",
+     "the same, 10,000 rules", "rules.conns_10_per_sec"),
     # 6. K2K.
     ("k2k.auth_records_per_sec", "k2k.json", "auth_records_per_sec", "1/s",
      "K2K records sealed and opened per second, authenticated, one core", None),
@@ -212,7 +217,7 @@ def build(results):
         if value is None:
             missing.add(f"{key} ({src})")
             continue
-        if unit == "us" and key.startswith("latency."):
+        if unit == "us":
             value = value / 1e3
         figures[key] = {"value": round(value, 4) if isinstance(value, float) else value,
                         "unit": unit, "what": what, "source": src}
@@ -325,9 +330,9 @@ def plots(doc, results):
         [("tandem", "#4a7ebb", [v(f"failover.tandem_{k}_gap_median_ms") for k in ("kill", "stop", "swap", "term")]),
          ("Linux pair", "#999999", [v("failover.linux_kill_gap_median_ms"), None, None, None])])
     made["rules.svg"] = bars(
-        "Firewall path against the number of rules (memif, one core)", "Mpps",
+        "New TCP connections per second against the number of rules (one core)", "connections/s",
         ["10", "1,000", "10,000"],
-        [("Mpps", "#4a7ebb", [v("rules.firewall_10_mpps"), v("rules.firewall_1000_mpps"), v("rules.firewall_10000_mpps")])])
+        [("connections/s", "#4a7ebb", [v("rules.conns_10_per_sec"), v("rules.conns_1000_per_sec"), v("rules.conns_10000_per_sec")])])
     d = os.path.join(results, "plots")
     os.makedirs(d, exist_ok=True)
     for name, svg in made.items():

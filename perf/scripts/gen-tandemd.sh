@@ -18,6 +18,9 @@
 #   FW_CPU          CPU of tandemd's worker (default 1)
 #   FIREWALL=0      the router only (no policy, no connection tracking)
 #   CONNECTIONS     capacity of tandemd's connection table (default 262144).
+#   RULES           rules in the policy (default 2): RULES - 2 rules that
+#                   match nothing of the generator's (other sources in
+#                   198.19.0.0/16), then the two that pass its UDP and TCP.
 #                   The policy passes UDP and TCP from 198.18.1.0/24 to
 #                   198.18.2.0/24; closed TCP connections stay in TIME_WAIT
 #                   for 120 s, so a --tcp-conns run needs at least
@@ -34,6 +37,11 @@ GEN=${GEN:-target/release/tandem-gen}
 TANDEMD=${TANDEMD:-target/release/tandemd}
 GEN_LCORE=${GEN_LCORE:-0}
 CONNECTIONS=${CONNECTIONS:-262144}
+RULES=${RULES:-2}
+case $RULES in
+    ''|*[!0-9]*) echo "gen-tandemd: RULES=$RULES: give a number of rules from 2 to 65536" >&2; exit 2 ;;
+esac
+[ "$RULES" -ge 2 ] && [ "$RULES" -le 65536 ] || { echo "gen-tandemd: RULES=$RULES: give a number of rules from 2 to 65536" >&2; exit 2; }
 case $CONNECTIONS in
     ''|*[!0-9]*) echo "gen-tandemd: CONNECTIONS=$CONNECTIONS: give a number of connections, such as 262144 or 4194304" >&2; exit 2 ;;
 esac
@@ -53,34 +61,20 @@ if [ "$total" -gt 20 ]; then
     exit 2
 fi
 
-if [ "${NO_HUGE:-0}" = 1 ]; then
-    EAL="no_huge: true, memory_mb: Some(512)"
-    GEN_MEM=(--no-huge)
-else
-    if [ "$(awk '/HugePages_Total/ {print $2}' /proc/meminfo)" -lt 512 ]; then
-        echo 512 > /proc/sys/vm/nr_hugepages
-    fi
-    mkdir -p /dev/hugepages
-    mountpoint -q /dev/hugepages || mount -t hugetlbfs none /dev/hugepages
+. "$(dirname "$0")/lib-run.sh"
+if hugepages_ready; then
     EAL="in_memory: true"
     GEN_MEM=()
+else
+    EAL="no_huge: true, memory_mb: Some(512)"
+    GEN_MEM=(--no-huge)
 fi
 
 dir=$(mktemp -d /tmp/tandem-gen-tandemd.XXXXXX)
 fw=
 gen=
 cleanup() {
-    local pids="$gen $fw"
-    for p in $gen $fw; do pids="$pids $(pgrep -P "$p" || true)"; done
-    for p in $gen $fw; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        alive=
-        for p in $pids; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ -z "$alive" ] && break
-        sleep 0.1
-    done
-    for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_all TERM 50 $gen $fw
     if [ "${KEEP:-0}" = 1 ]; then echo "gen-tandemd: logs in $dir" >&2; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
@@ -90,9 +84,15 @@ MAC_A=02:00:00:00:fa:01
 MAC_B=02:00:00:00:fa:02
 firewall=
 if [ "${FIREWALL:-1}" = 1 ]; then
+    # The rules before the generator's: each from a source of its own.
+    fill=$(awk -v n="$((RULES - 2))" 'BEGIN {
+        for (i = 0; i < n; i++)
+            printf "        (action: Pass, from: [\"198.19.%d.%d/32\"], to: [\"198.18.2.0/24\"], proto: Tcp, dst_ports: [\"%d\"]),\n", int(i / 256), i % 256, 1 + i % 60000
+    }')
     cat > "$dir/policy.ron" <<POLICY
 (
     rules: [
+$fill
         (action: Pass, from: ["198.18.1.0/24"], to: ["198.18.2.0/24"], proto: Udp),
         (action: Pass, from: ["198.18.1.0/24"], to: ["198.18.2.0/24"], proto: Tcp),
     ],

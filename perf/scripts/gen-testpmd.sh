@@ -46,17 +46,13 @@ if [ "$total" -gt 20 ]; then
     exit 2
 fi
 
-if [ "${NO_HUGE:-0}" = 1 ]; then
-    TP_MEM=(--no-huge --no-shconf -m 512)
-    GEN_MEM=(--no-huge)
-else
-    if [ "$(awk '/HugePages_Total/ {print $2}' /proc/meminfo)" -lt 512 ]; then
-        echo 512 > /proc/sys/vm/nr_hugepages
-    fi
-    mkdir -p /dev/hugepages
-    mountpoint -q /dev/hugepages || mount -t hugetlbfs none /dev/hugepages
+. "$(dirname "$0")/lib-run.sh"
+if hugepages_ready; then
     TP_MEM=(--in-memory)
     GEN_MEM=()
+else
+    TP_MEM=(--no-huge --no-shconf -m 512)
+    GEN_MEM=(--no-huge)
 fi
 
 dir=$(mktemp -d /tmp/tandem-gen-testpmd.XXXXXX)
@@ -65,17 +61,7 @@ gen=
 cleanup() {
     # $tp and $gen are the pids of `timeout`, which passes SIGINT on to its
     # command; the commands themselves are killed by pid if they linger.
-    local pids="$gen $tp"
-    for p in $gen $tp; do pids="$pids $(pgrep -P "$p" || true)"; done
-    for p in $gen $tp; do kill -INT "$p" 2>/dev/null || true; done
-    for _ in $(seq 30); do
-        alive=
-        for p in $pids; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ -z "$alive" ] && break
-        sleep 0.1
-    done
-    for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_all INT 30 $gen $tp
     if [ "${KEEP:-0}" = 1 ]; then echo "gen-testpmd: logs in $dir" >&2; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
