@@ -57,7 +57,8 @@ trap '[ "${KEEP:-0}" = 1 ] && echo "bench-dataplane: runs in $tmp" >&2 || rm -rf
 run_case() {
     local name=$1 dut=$2 r=$3
     shift 3
-    local args=(--duration "$duration" --warmup 1 "$@")
+    local args=(--duration "$duration" "$@")
+    [[ " $* " == *" --warmup "* ]] || args+=(--warmup 1)
     local o="$tmp/$name-$r.json" e="$tmp/$name-$r.err" try
     for try in 1 2; do
         case $dut in

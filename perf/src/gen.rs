@@ -36,7 +36,7 @@ use tandem_dataplane::wire::{
 pub const BENCH_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 15);
 
 /// Most flows (per direction) one generator tracks.
-pub const MAX_FLOWS: u32 = 1 << 20;
+pub const MAX_FLOWS: u32 = 1 << 23;
 /// Longest run, seconds (warm-up and measurement each).
 pub const MAX_SECONDS: f64 = 3600.0;
 /// Smallest frame size, with FCS.
@@ -87,7 +87,7 @@ pub enum GenError {
     #[error("--size {0} is out of range: give the Ethernet frame size with its FCS, from 64 to 1518 bytes (or --imix for 7:4:1 of 64/594/1518)")]
     BadSize(u32),
     /// Too many or no flows.
-    #[error("--flows {0}: give 1 to 1048576 flows")]
+    #[error("--flows {0}: give 1 to 8388608 flows")]
     BadFlows(u64),
     /// More flows than distinct (source address, source port) pairs.
     #[error("--flows {flows} does not fit --src-net {range}: it has {addresses} addresses x 64512 source ports = {max} distinct flows. Use fewer flows or a wider --src-net")]
