@@ -127,6 +127,8 @@ def load(name, r):
                 "connections": sum(x["connections"] for x in w),
                 "drops": {k: v for k, v in st["drops_total"].items() if v},
             }
+        if l.startswith("tandemd-died "):
+            run["tandemd_died_at_disconnect"] = int(l.split()[1])
     return run
 
 names = ["testpmd", "testpmd_mac", "router", "firewall", "testpmd_paced", "router_paced", "firewall_paced", "conns"] + [f"firewall_{n}" for n in scale] + [f"conns_rules_{n}" for n in rules]
@@ -146,7 +148,7 @@ for n, rs in runs.items():
 med = lambda n, f: statistics.median(f(r) for r in runs[n])
 res = {
     "bench": "dataplane",
-    "what": "UDP frames, tandem-gen -> device under test (two memif ports, one worker core) -> tandem-gen; medians of the rounds",
+    "what": "tandem-gen -> device under test (two memif ports, one worker core) -> tandem-gen; figures are medians of the rounds, ratios the medians of the per-round ratios",
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
     "rounds": rounds, "duration_s": duration, "flows": flows, "size": size,
@@ -161,18 +163,26 @@ for n in ("testpmd", "testpmd_mac", "router", "firewall") + tuple(f"firewall_{s}
 for n in ("testpmd_paced", "router_paced", "firewall_paced"):
     res[f"{n}_latency_ns"] = {p: med(n, lambda r: r["latency_ns"][p]) for p in ("p50", "p99", "p999")}
     res[f"{n}_mpps"] = med(n, lambda r: r["rx_mpps"])
-ratio = lambda a, b: res[a] / max(res[b], 1e-9)
-res["router_over_testpmd"] = ratio("router_mpps", "testpmd_mpps")
-res["firewall_over_testpmd"] = ratio("firewall_mpps", "testpmd_mpps")
-res["firewall_over_testpmd_mac"] = ratio("firewall_mpps", "testpmd_mac_mpps")
-res["firewall_over_router"] = ratio("firewall_mpps", "router_mpps")
+def paired(a, b, f):
+    """The median over the rounds of a's figure over b's in the same round:
+    the two ran a few seconds apart, so the machine's noise of the moment
+    moves both (the medians of each alone do not pair up)."""
+    return statistics.median(f(x) / max(f(y), 1e-9) for x, y in zip(runs[a], runs[b]))
+mpps = lambda r: r["rx_mpps"]
+cps = lambda r: r["conns_per_sec"]
+res["router_over_testpmd"] = paired("router", "testpmd", mpps)
+res["firewall_over_testpmd"] = paired("firewall", "testpmd", mpps)
+res["firewall_over_testpmd_mac"] = paired("firewall", "testpmd_mac", mpps)
+res["firewall_over_router"] = paired("firewall", "router", mpps)
 for p in ("p50", "p99", "p999"):
-    base = max(res["testpmd_paced_latency_ns"][p], 1)
-    res[f"firewall_paced_latency_{p}_over_testpmd"] = res["firewall_paced_latency_ns"][p] / base
+    res[f"firewall_paced_latency_{p}_over_testpmd"] = paired("firewall_paced", "testpmd_paced", lambda r: r["latency_ns"][p])
 for s in scale:
-    res[f"firewall_{s}_over_firewall"] = ratio(f"firewall_{s}_mpps", "firewall_mpps")
+    res[f"firewall_{s}_over_firewall"] = paired(f"firewall_{s}", "firewall", mpps)
 for s in rules:
-    res[f"conns_rules_{s}_over_conns"] = ratio(f"conns_rules_{s}_per_sec", "conns_per_sec")
+    res[f"conns_rules_{s}_over_conns_rules_{rules[0]}"] = paired(f"conns_rules_{s}", f"conns_rules_{rules[0]}", cps)
+# The spread of each figure over the rounds: how noisy this run was.
+res["range"] = {n: [min(mpps(r) if "rx_mpps" in r else cps(r) for r in rs),
+                    max(mpps(r) if "rx_mpps" in r else cps(r) for r in rs)] for n, rs in runs.items()}
 res["lost"] = {n: [r["lost"] for r in rs] for n, rs in runs.items() if not n.startswith("conns")}
 res["runs"] = runs
 json.dump(res, open(out, "w"), indent=1, sort_keys=True)

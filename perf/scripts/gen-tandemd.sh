@@ -125,24 +125,45 @@ for _ in $(seq 200); do
     sleep 0.1
 done
 
+CTL=${TANDEMCTL:-$(dirname "$TANDEMD")/tandemctl}
+[ -x "$CTL" ] || { echo "gen-tandemd: $CTL is not built (cargo build --release --workspace --bins)" >&2; exit 2; }
+
+# The generator holds its ports open, idle, after its report: tandemd's
+# counters are taken then, and tandemd stops before the generator lets go
+# of the memif rings (DPDK 22.11's memif PMD can crash a process that
+# polls a port while its peer disconnects; see perf/README-gen.md).
 rc=0
-timeout $((total + 15)) "$GEN" --lcore "$GEN_LCORE" --file-prefix "gen-$$" "${GEN_MEM[@]}" \
+timeout $((total + 45)) "$GEN" --lcore "$GEN_LCORE" --file-prefix "gen-$$" "${GEN_MEM[@]}" \
     --port-a "net_memif0,role=client,socket=$dir/a.sock" \
     --port-b "net_memif1,role=client,socket=$dir/b.sock" \
-    --dst-mac "$MAC_A" --dst-mac-b "$MAC_B" \
-    "$@" 2> "$dir/tandem-gen.log" &
+    --dst-mac "$MAC_A" --dst-mac-b "$MAC_B" --hold-open 30 \
+    "$@" > "$dir/gen.out" 2> "$dir/tandem-gen.log" &
 gen=$!
-wait "$gen" || rc=$?
-gen=
+gen_wait_report "$dir/gen.out" $(( (total + 15) * 10 ))
 # What tandemd counted (forwarded, dropped by reason, connections): the
 # proof that the frames took the path under test. To the directory and,
 # as one JSON line, to stderr.
-CTL=${TANDEMCTL:-$(dirname "$TANDEMD")/tandemctl}
-if [ -x "$CTL" ] && "$CTL" --socket "$dir/tandemd.sock" --json stats > "$dir/stats.json" 2> "$dir/tandemctl.err"; then
+if "$CTL" --socket "$dir/tandemd.sock" --json stats > "$dir/stats.json" 2> "$dir/tandemctl.err"; then
     echo "tandemd-stats $(tr -d '\n ' < "$dir/stats.json")" >&2
 else
-    echo "gen-tandemd: no stats from tandemd ($CTL): $(cat "$dir/tandemctl.err" 2>/dev/null)" >&2
+    echo "gen-tandemd: no stats from tandemd: $(cat "$dir/tandemctl.err" 2>/dev/null)" >&2
 fi
+# tandemd first (its workers stop before its ports close), then the
+# generator; a tandemd that did not end cleanly is said.
+kill -TERM "$fw" 2>/dev/null || true
+for _ in $(seq 50); do kill -0 "$fw" 2>/dev/null || break; sleep 0.1; done
+st=0
+wait "$fw" || st=$?
+fw=
+if [ "$st" != 0 ]; then
+    echo "gen-tandemd: tandemd ended with status $st:" >&2
+    grep -v '^EAL' "$dir/tandemd.err" | tail -5 >&2
+    echo "tandemd-died $st" >&2
+fi
+kill -TERM "$gen" 2>/dev/null || true
+wait "$gen" || rc=$?
+gen=
+cat "$dir/gen.out"
 if [ "$rc" != 0 ]; then
     echo "gen-tandemd: tandem-gen failed ($rc):" >&2
     grep -v '^EAL: ' "$dir/tandem-gen.log" | tail -20 >&2

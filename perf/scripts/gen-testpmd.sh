@@ -86,14 +86,22 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
+# The generator holds its ports open, idle, after its report, and testpmd
+# stops first: DPDK 22.11's memif PMD can crash a process that polls a
+# port while its peer disconnects (perf/README-gen.md).
 rc=0
-timeout $((total + 15)) "$GEN" --lcore "$GEN_LCORE" --file-prefix "gen-$$" "${GEN_MEM[@]}" \
+timeout $((total + 45)) "$GEN" --lcore "$GEN_LCORE" --file-prefix "gen-$$" "${GEN_MEM[@]}" \
     --port-a "net_memif0,role=client,socket=$dir/a.sock" \
-    --port-b "net_memif1,role=client,socket=$dir/b.sock" \
-    "$@" 2> "$dir/tandem-gen.log" &
+    --port-b "net_memif1,role=client,socket=$dir/b.sock" --hold-open 30 \
+    "$@" > "$dir/gen.out" 2> "$dir/tandem-gen.log" &
 gen=$!
+gen_wait_report "$dir/gen.out" $(( (total + 15) * 10 ))
+kill -INT "$tp" 2>/dev/null || true
+for _ in $(seq 50); do kill -0 "$tp" 2>/dev/null || break; sleep 0.1; done
+kill -TERM "$gen" 2>/dev/null || true
 wait "$gen" || rc=$?
 gen=
+cat "$dir/gen.out"
 if [ "$rc" != 0 ]; then
     echo "gen-testpmd: tandem-gen failed ($rc):" >&2
     grep -v '^EAL: ' "$dir/tandem-gen.log" | tail -20 >&2

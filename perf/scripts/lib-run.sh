@@ -31,3 +31,15 @@ stop_all() {
     for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
+
+# gen_wait_report OUT TRIES: waits until tandem-gen (pid $gen, started
+# with --hold-open) has written its report, the line that ends its output
+# ({"sent"... or {"mode"...), into OUT, or has ended; at most TRIES x 0.1 s.
+gen_wait_report() {
+    local out=$1 tries=$2
+    for _ in $(seq "$tries"); do
+        kill -0 "$gen" 2>/dev/null || return 0
+        grep -q -e '^{"sent"' -e '^{"mode"' "$out" && return 0
+        sleep 0.1
+    done
+}

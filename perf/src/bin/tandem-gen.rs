@@ -129,6 +129,14 @@ struct Args {
     /// DPDK log level (EAL --log-level), e.g. warning, notice, info.
     #[arg(long, default_value = "warning")]
     log_level: String,
+    /// After the report, keep both ports open without polling them for up
+    /// to this many seconds, until SIGINT or SIGTERM: the device under
+    /// test can be stopped first. DPDK 22.11's memif PMD can crash a
+    /// process that polls a port while its peer disconnects (it unmaps the
+    /// rings from its interrupt thread), so neither side should poll when
+    /// the other goes. 0: close at once.
+    #[arg(long, default_value_t = 0.0)]
+    hold_open: f64,
     /// TCP mode: open this many new connections per second (0: as fast
     /// as --max-open allows), each a whole exchange (handshake, one data
     /// segment, teardown) between a client behind port A and a server
@@ -191,6 +199,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
     let warmup = check_seconds("--warmup", a.warmup, true).map_err(|e| e.to_string())?;
     let link_timeout =
         check_seconds("--link-timeout", a.link_timeout, false).map_err(|e| e.to_string())?;
+    check_seconds("--hold-open", a.hold_open, true).map_err(|e| e.to_string())?;
     if !(1..=dpdk::MAX_BURST).contains(&a.burst) {
         return Err(format!(
             "--burst {}: give 1 to {}",
@@ -530,6 +539,7 @@ fn run(a: Args) -> Result<(), String> {
             mac_b,
         };
         let result = run_tcp(&a, &p, tcp, &mut ports, &stop);
+        hold_open(a.hold_open, &stop);
         drop(buf);
         let Ports { a, b, pool, .. } = ports;
         a.port.close();
@@ -641,6 +651,7 @@ fn run(a: Args) -> Result<(), String> {
     if failures > 0 {
         eprintln!("tandem-gen: the packet pool ran dry {failures} times (raise --mbufs)");
     }
+    hold_open(a.hold_open, &stop);
     drop(tx_a);
     drop(tx_b);
     drop(buf);
@@ -960,6 +971,21 @@ fn run_tcp(
         );
     }
     Ok(())
+}
+
+/// `--hold-open`: the report is out; wait (ports open, not polled) for
+/// SIGINT/SIGTERM, at most `seconds`. A run ended by a signal does not
+/// wait.
+fn hold_open(seconds: f64, stop: &AtomicBool) {
+    if seconds <= 0.0 || stop.load(Ordering::Relaxed) {
+        return;
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn main() -> ExitCode {
