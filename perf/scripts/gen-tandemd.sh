@@ -50,18 +50,8 @@ for b in "$GEN" "$TANDEMD"; do
     [ -x "$b" ] || { echo "gen-tandemd: $b is not built (cargo build --release --workspace --bins)" >&2; exit 2; }
 done
 
-dur=10; warm=1; prev=
-for a in "$@"; do
-    case $prev in --duration) dur=$a ;; --warmup) warm=$a ;; esac
-    prev=$a
-done
-total=$(awk -v d="$dur" -v w="$warm" 'BEGIN { printf "%d", d + w + 0.999 }')
-if [ "$total" -gt 20 ]; then
-    echo "gen-tandemd: --duration + --warmup = ${total} s; keep runs at 20 s or less on this shared machine" >&2
-    exit 2
-fi
-
 . "$(dirname "$0")/lib-run.sh"
+run_seconds gen-tandemd "$@"
 if hugepages_ready; then
     EAL="in_memory: true"
     GEN_MEM=()

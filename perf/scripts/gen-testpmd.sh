@@ -34,19 +34,8 @@ case $TP_MODE in io|mac) ;; *) echo "gen-testpmd: TP_MODE=$TP_MODE (allowed: io,
 [ -x "$GEN" ] || { echo "gen-testpmd: $GEN is not built (cargo build --release -p tandem-perf)" >&2; exit 2; }
 command -v dpdk-testpmd >/dev/null || { echo "gen-testpmd: dpdk-testpmd missing (apt-get install dpdk)" >&2; exit 2; }
 
-# The run's length, for the sanity bound (defaults of tandem-gen: 10 + 1).
-dur=10; warm=1; prev=
-for a in "$@"; do
-    case $prev in --duration) dur=$a ;; --warmup) warm=$a ;; esac
-    prev=$a
-done
-total=$(awk -v d="$dur" -v w="$warm" 'BEGIN { printf "%d", d + w + 0.999 }')
-if [ "$total" -gt 20 ]; then
-    echo "gen-testpmd: --duration + --warmup = ${total} s; keep runs at 20 s or less on this shared machine" >&2
-    exit 2
-fi
-
 . "$(dirname "$0")/lib-run.sh"
+run_seconds gen-testpmd "$@"
 if hugepages_ready; then
     TP_MEM=(--in-memory)
     GEN_MEM=()

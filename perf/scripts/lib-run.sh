@@ -43,3 +43,20 @@ gen_wait_report() {
         sleep 0.1
     done
 }
+
+# run_seconds WHO ARGS...: sets $total, the whole seconds tandem-gen runs
+# with ARGS (its --duration + --warmup, defaults 10 + 1), and refuses runs
+# of more than 20 s (the machine is shared).
+run_seconds() {
+    local who=$1 dur=10 warm=1 prev= a
+    shift
+    for a in "$@"; do
+        case $prev in --duration) dur=$a ;; --warmup) warm=$a ;; esac
+        prev=$a
+    done
+    total=$(awk -v d="$dur" -v w="$warm" 'BEGIN { printf "%d", d + w + 0.999 }')
+    if [ "$total" -gt 20 ]; then
+        echo "$who: --duration + --warmup = ${total} s; keep runs at 20 s or less on this shared machine" >&2
+        exit 2
+    fi
+}

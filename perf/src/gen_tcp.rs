@@ -1054,6 +1054,19 @@ mod tests {
         TcpClient::new(plan(), MAC_A, DUT, max_open, 1.0, HZ).unwrap()
     }
 
+    /// A client and a server with the SYN of the client's first
+    /// connection (opened at TSC 0) and the server's SYN-ACK to it.
+    fn first_handshake() -> (TcpClient, TcpServer, Vec<u8>, Vec<u8>) {
+        let mut cl = client(16);
+        let mut sv = TcpServer::new(plan(), MAC_B);
+        let mut out = [0u8; MAX_FRAME];
+        let len = cl.open_next(0, &mut out).unwrap();
+        let syn = out[..len].to_vec();
+        let len = sv.handle(&syn, &mut out).unwrap();
+        let synack = out[..len].to_vec();
+        (cl, sv, syn, synack)
+    }
+
     /// The firewall's view: tandemd's connection table with its window
     /// checks, fed the frames as its worker parses them.
     struct Firewall {
@@ -1358,14 +1371,9 @@ mod tests {
     #[test]
     fn bad_and_foreign_frames_are_ignored_and_counted() {
         let plan = plan();
-        let mut cl = client(16);
-        let mut sv = TcpServer::new(plan, MAC_B);
+        let (mut cl, mut sv, syn, synack) = first_handshake();
         let mut out = [0u8; MAX_FRAME];
         let mut replies = Replies::default();
-        let len = cl.open_next(0, &mut out).unwrap();
-        let syn = out[..len].to_vec();
-        let len = sv.handle(&syn, &mut out).unwrap();
-        let synack = out[..len].to_vec();
         assert_eq!(sv.counts.syns, 0, "not measuring yet");
 
         // Every truncation of a valid frame (up to the end of the segment;
@@ -1465,14 +1473,9 @@ mod tests {
     #[test]
     fn duplicates_and_resets_are_counted() {
         let plan = plan();
-        let mut cl = client(16);
-        let mut sv = TcpServer::new(plan, MAC_B);
+        let (mut cl, _, _, synack) = first_handshake();
         let mut out = [0u8; MAX_FRAME];
         let mut replies = Replies::default();
-        let len = cl.open_next(0, &mut out).unwrap();
-        let syn = out[..len].to_vec();
-        let len = sv.handle(&syn, &mut out).unwrap();
-        let synack = out[..len].to_vec();
         cl.handle(&synack, 1, &mut replies);
         cl.handle(&synack, 2, &mut replies);
         assert!(replies.is_empty(), "no second ACK");
