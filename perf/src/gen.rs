@@ -668,6 +668,12 @@ pub struct RxAccount {
     pub latency_ns: Histogram<u64>,
     /// Numerator and denominator of ticks -> ns.
     hz: u64,
+    /// Flow ids from this one on are the second direction (B -> A).
+    split: u32,
+    /// TSC of the last probe counted, per direction.
+    last_rx: [Option<u64>; 2],
+    /// Largest silence between two counted probes, per direction, ticks.
+    max_gap: [u64; 2],
 }
 
 /// Highest latency the histogram tells apart (60 s); above it saturates.
@@ -687,7 +693,29 @@ impl RxAccount {
             latency_ns: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
                 .expect("valid histogram bounds"),
             hz: hz.max(1),
+            split: u32::MAX,
+            last_rx: [None; 2],
+            max_gap: [0; 2],
         }
+    }
+
+    /// Flows `split..` are the second direction: their silences are
+    /// measured apart ([`RxAccount::max_gap_us`]).
+    pub fn with_split(mut self, split: u32) -> RxAccount {
+        self.split = split;
+        self
+    }
+
+    /// The largest silence between two received probes of the measured
+    /// period, per direction (A -> B, then B -> A when there is one), in
+    /// microseconds: how long a failover in the middle stopped the
+    /// traffic.
+    pub fn max_gap_us(&self) -> Vec<u64> {
+        let n = if self.split == u32::MAX { 1 } else { 2 };
+        self.max_gap[..n]
+            .iter()
+            .map(|&t| (u128::from(t) * 1_000_000 / u128::from(self.hz)) as u64)
+            .collect()
     }
 
     /// Starts the measured period: clears the counts; flow `i` counts from
@@ -702,6 +730,8 @@ impl RxAccount {
         self.warmup = 0;
         self.foreign = 0;
         self.latency_ns.reset();
+        self.last_rx = [None; 2];
+        self.max_gap = [0; 2];
     }
 
     /// Files one received frame at TSC `now`.
@@ -733,6 +763,11 @@ impl RxAccount {
             Arrival::InOrder => {}
         }
         self.received += 1;
+        let dir = usize::from(p.flow >= self.split);
+        if let Some(last) = self.last_rx[dir] {
+            self.max_gap[dir] = self.max_gap[dir].max(now_tsc.saturating_sub(last));
+        }
+        self.last_rx[dir] = Some(now_tsc);
         let ticks = now_tsc.wrapping_sub(p.tsc) & MASK48;
         let ns = (u128::from(ticks) * 1_000_000_000 / u128::from(self.hz)) as u64;
         self.latency_ns.saturating_record(ns.max(1));
@@ -801,6 +836,12 @@ pub struct Report {
     pub rate_pps: u64,
     /// Received frames that were not ours (no probe, unknown flow).
     pub foreign: u64,
+    /// Largest silence between two received frames of the measured
+    /// period, microseconds, per direction (A -> B, then B -> A).
+    pub max_gap_us: Vec<u64>,
+    /// Times a followed gateway (`--gw-a`/`--gw-b`) announced a new MAC
+    /// (a failover of the device under test), after the first.
+    pub gateway_moves: u64,
 }
 
 impl Report {
@@ -838,6 +879,8 @@ impl Report {
             bidir,
             rate_pps,
             foreign: rx.foreign,
+            max_gap_us: rx.max_gap_us(),
+            gateway_moves: 0,
         }
     }
 }
@@ -862,6 +905,37 @@ impl AddrRange {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         self.first <= ip && ip <= self.last
     }
+}
+
+/// The sender of an ARP frame (request, reply or gratuitous) for IPv4
+/// over Ethernet: its address and MAC. Anything else: `None`.
+pub fn arp_sender(frame: &[u8]) -> Option<(Ipv4Addr, EthernetAddress)> {
+    if frame.len() < 42
+        || frame[12..14] != [0x08, 0x06]
+        || frame[14..20] != [0x00, 0x01, 0x08, 0x00, 0x06, 0x04]
+        || !matches!(frame[20..22], [0, 1] | [0, 2])
+    {
+        return None;
+    }
+    let mac: [u8; 6] = frame[22..28].try_into().ok()?;
+    Some((
+        Ipv4Addr::new(frame[28], frame[29], frame[30], frame[31]),
+        EthernetAddress(mac),
+    ))
+}
+
+/// A broadcast ARP request from `mac` / `ip` for `target` (60 bytes, the
+/// shortest Ethernet frame without its FCS).
+pub fn arp_request(mac: EthernetAddress, ip: Ipv4Addr, target: Ipv4Addr) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac.0);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01]);
+    f[22..28].copy_from_slice(&mac.0);
+    f[28..32].copy_from_slice(&ip.octets());
+    f[38..42].copy_from_slice(&target.octets());
+    f
 }
 
 /// Turns an ARP request for an address `owns` accepts into the reply from
@@ -896,6 +970,61 @@ pub fn arp_reply(frame: &mut [u8], mac: EthernetAddress, owns: impl Fn(Ipv4Addr)
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn arp_senders_are_read_from_requests_replies_and_gratuitous_arps() {
+        let mac = EthernetAddress([2, 0, 0, 0, 0, 0x42]);
+        let gw = Ipv4Addr::new(198, 18, 1, 1);
+        let req = arp_request(mac, Ipv4Addr::new(198, 18, 1, 100), gw);
+        assert_eq!(
+            arp_sender(&req),
+            Some((Ipv4Addr::new(198, 18, 1, 100), mac))
+        );
+        // The gateway's answer, built by the responder of our own hosts.
+        let mut reply = req;
+        let gw_mac = EthernetAddress([2, 0, 0, 0, 0, 0x01]);
+        assert!(arp_reply(&mut reply, gw_mac, |ip| ip == gw));
+        assert_eq!(arp_sender(&reply), Some((gw, gw_mac)));
+        // Not ARP, cut short, or another operation: nothing.
+        let mut other = req;
+        other[21] = 3;
+        assert_eq!(arp_sender(&other), None);
+        assert_eq!(arp_sender(&req[..41]), None);
+        let mut ip = req;
+        ip[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(arp_sender(&ip), None);
+    }
+
+    #[test]
+    fn the_largest_silence_is_measured_per_direction() {
+        let hz = 1_000_000_000;
+        let mut acc = RxAccount::new(4, hz).with_split(2);
+        acc.start_measuring(&[0; 4]);
+        let p = |flow, seq| Probe { flow, seq, tsc: 0 };
+        // A -> B (flows 0, 1) every 1 ms with one 40 ms hole; B -> A
+        // (flows 2, 3) every 1 ms.
+        let mut t = 0;
+        for i in 0..100u64 {
+            t += if i == 50 { 40_000_000 } else { 1_000_000 };
+            acc.probe(&p((i % 2) as u32, i / 2), t);
+            acc.probe(&p(2 + (i % 2) as u32, i / 2), t);
+        }
+        assert_eq!(acc.max_gap_us(), vec![40_000, 40_000]);
+        let mut acc = RxAccount::new(4, hz).with_split(2);
+        acc.start_measuring(&[0; 4]);
+        let mut t = 0;
+        for i in 0..100u64 {
+            t += 1_000_000;
+            acc.probe(
+                &p((i % 2) as u32, i / 2),
+                t + if i >= 50 { 25_000_000 } else { 0 },
+            );
+            acc.probe(&p(2 + (i % 2) as u32, i / 2), t);
+        }
+        assert_eq!(acc.max_gap_us(), vec![26_000, 1_000]);
+        // Duplicates and warm-up frames are no arrivals.
+        assert_eq!(RxAccount::new(1, hz).max_gap_us(), vec![0]);
+    }
+
     #[test]
     fn arp_requests_for_our_hosts_are_answered_in_place() {
         let mac = EthernetAddress([2, 0, 0, 0, 0, 0x42]);

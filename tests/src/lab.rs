@@ -317,6 +317,28 @@ impl Lab {
             .collect()
     }
 
+    /// Adds the traffic generator's host: namespace `gen` with `lan0` on
+    /// the lan bridge and `wan0` on the wan bridge, no addresses (tandem-gen
+    /// sends and receives raw frames on both through af_packet and answers
+    /// ARP for its hosts itself). Labs with a router only.
+    pub fn add_gen_host(&mut self) -> Result<&Netns> {
+        if matches!(self.kind, LabKind::BridgeOnly) {
+            return Err(LabError::Other(
+                "a generator host needs a lab with a router between lan and wan".into(),
+            ));
+        }
+        self.add_ns("gen")?;
+        let (gen, sw) = (self.ns("gen"), self.switch());
+        for (dev, port, bridge) in [("lan0", "gen-lan", "lan"), ("wan0", "gen-wan", "wan")] {
+            link::veth(gen, dev, sw, port)?;
+            link::ipv6_off(gen, dev)?;
+            link::tx_offload_off(gen, dev)?;
+            link::set_up(gen, dev)?;
+            link::attach(sw, bridge, port)?;
+        }
+        Ok(self.ns("gen"))
+    }
+
     /// The client host.
     pub fn client(&self) -> &Netns {
         self.ns("client")

@@ -29,6 +29,7 @@
 //! is left behind in either case. SIGINT/SIGTERM end the run early with a
 //! report.
 
+use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,8 +38,8 @@ use clap::Parser;
 use tandem_dataplane::dpdk::{self, Eal, Mbuf, Mempool, Port, PortSetup, RxQueue, TxQueue};
 use tandem_dataplane::wire::EthernetAddress;
 use tandem_perf::gen::{
-    arp_reply, check_seconds, memif_client_socket, restamp, AddrRange, FlowPlan, Pacer, Probe,
-    Report, RxAccount, Sizes, Template, Tick, FCS_LEN,
+    arp_reply, arp_request, arp_sender, check_seconds, in_bench_net, memif_client_socket, restamp,
+    AddrRange, FlowPlan, Pacer, Probe, Report, RxAccount, Sizes, Template, Tick, FCS_LEN,
 };
 use tandem_perf::gen_tcp::{
     ConnPlan, Replies, TcpClient, TcpPlanError, TcpReport, TcpServer, TcpTick, MAX_CONN_TIMEOUT,
@@ -82,6 +83,21 @@ struct Args {
     /// A's own MAC.
     #[arg(long)]
     dst_mac_b: Option<EthernetAddress>,
+    /// The gateway the frames of A go through (a router or firewall
+    /// pair's address on A's segment, inside 198.18.0.0/15): its MAC is
+    /// resolved by ARP when --dst-mac is not given, and every ARP from it
+    /// (a gratuitous one after a failover) moves A's frames to the MAC it
+    /// names. UDP mode only.
+    #[arg(long, conflicts_with = "tcp_conns")]
+    gw_a: Option<Ipv4Addr>,
+    /// The same for the frames of B with --bidir.
+    #[arg(long, conflicts_with = "tcp_conns")]
+    gw_b: Option<Ipv4Addr>,
+    /// Microseconds to sleep in a loop turn that sent and received
+    /// nothing, 0 to 10000 (0: poll without a pause). For paced runs on a
+    /// machine shared with the device under test.
+    #[arg(long, default_value_t = 0)]
+    idle_sleep_us: u64,
     /// Distinct flows (5-tuples) per direction, spread over the source
     /// addresses first, then over source ports 1024-65535.
     #[arg(long, default_value_t = 1)]
@@ -200,6 +216,24 @@ fn plan(a: &Args) -> Result<Plan, String> {
     let link_timeout =
         check_seconds("--link-timeout", a.link_timeout, false).map_err(|e| e.to_string())?;
     check_seconds("--hold-open", a.hold_open, true).map_err(|e| e.to_string())?;
+    for (option, gw) in [("--gw-a", a.gw_a), ("--gw-b", a.gw_b)] {
+        if let Some(ip) = gw {
+            if !in_bench_net(ip) {
+                return Err(format!(
+                    "{option} {ip}: give the gateway's address inside 198.18.0.0/15 (the benchmarking network)"
+                ));
+            }
+        }
+    }
+    if a.gw_b.is_some() && !a.bidir {
+        return Err("--gw-b needs --bidir (only then are frames sent on B)".into());
+    }
+    if a.idle_sleep_us > 10_000 {
+        return Err(format!(
+            "--idle-sleep-us {}: give 0 to 10000 microseconds",
+            a.idle_sleep_us
+        ));
+    }
     if !(1..=dpdk::MAX_BURST).contains(&a.burst) {
         return Err(format!(
             "--burst {}: give 1 to {}",
@@ -296,6 +330,8 @@ struct Sender {
     sizes: Sizes,
     burst: usize,
     alloc_failures: u64,
+    /// Destination MAC written into every frame (it follows a gateway).
+    dst: EthernetAddress,
 }
 
 impl Sender {
@@ -327,7 +363,10 @@ impl Sender {
                     };
                     self.next_seq[f] += 1;
                     match m.append(size - FCS_LEN as u16) {
-                        Some(buf) => self.templates[f].write(buf, &probe),
+                        Some(buf) => {
+                            self.templates[f].write(buf, &probe);
+                            buf[0..6].copy_from_slice(&self.dst.0);
+                        }
                         None => unreachable!("a default mbuf holds a 1514-byte frame"),
                     }
                 }
@@ -337,6 +376,40 @@ impl Sender {
         }
         if !self.pending.is_empty() {
             self.sent += tx.tx_burst(&mut self.pending) as u64;
+        }
+    }
+}
+
+impl Sender {
+    /// Sends to `mac` from now on, the frames not taken yet included.
+    fn set_dst(&mut self, mac: EthernetAddress) {
+        if self.dst != mac {
+            self.dst = mac;
+            for m in &mut self.pending {
+                m.data_mut()[0..6].copy_from_slice(&mac.0);
+            }
+        }
+    }
+}
+
+/// A gateway followed by its ARP frames (`--gw-a`, `--gw-b`).
+struct Gateway {
+    ip: Ipv4Addr,
+    mac: Option<EthernetAddress>,
+    /// New MACs after the first.
+    moves: u64,
+}
+
+impl Gateway {
+    /// Learns from an ARP frame whose sender is the gateway.
+    fn learn(&mut self, frame: &[u8]) {
+        if let Some((ip, mac)) = arp_sender(frame) {
+            if ip == self.ip && self.mac != Some(mac) {
+                if self.mac.is_some() {
+                    self.moves += 1;
+                }
+                self.mac = Some(mac);
+            }
         }
     }
 }
@@ -352,13 +425,22 @@ struct Hosts {
 /// Receives a burst on `side` and files it, answering ARP requests for
 /// `hosts`; returns how many frames came.
 #[inline]
-fn receive(side: &mut Side, hosts: &Hosts, buf: &mut Vec<Mbuf>, acc: &mut RxAccount) -> usize {
+fn receive(
+    side: &mut Side,
+    hosts: &Hosts,
+    gw: &mut Option<Gateway>,
+    buf: &mut Vec<Mbuf>,
+    acc: &mut RxAccount,
+) -> usize {
     let n = side.rx.rx_burst(buf, 64);
     if n > 0 {
         let now = dpdk::tsc();
         let mut replies = Vec::new();
         for mut m in buf.drain(..) {
             if m.data().get(12..14) == Some(&[0x08, 0x06][..]) {
+                if let Some(g) = gw {
+                    g.learn(m.data());
+                }
                 if arp_reply(m.data_mut(), hosts.mac, |ip| hosts.range.contains(ip)) {
                     replies.push(m);
                 }
@@ -500,8 +582,76 @@ fn run(a: Args) -> Result<(), String> {
     let mac_b = EthernetAddress(side_b.port.mac().map_err(|e| e.to_string())?);
     let flows = p.a_to_b.flows;
     let size0 = p.sizes.nth(0);
-    let dst_a = a.dst_mac.unwrap_or(mac_b);
-    let dst_b = a.dst_mac_b.unwrap_or(mac_a);
+    let hosts_a = Hosts {
+        range: p.a_to_b.src,
+        mac: mac_a,
+    };
+    let hosts_b = Hosts {
+        range: p.a_to_b.dst,
+        mac: mac_b,
+    };
+    let gateway = |ip: Option<Ipv4Addr>| {
+        ip.map(|ip| Gateway {
+            ip,
+            mac: None,
+            moves: 0,
+        })
+    };
+    let mut gw_a = gateway(a.gw_a);
+    let mut gw_b = gateway(a.gw_b);
+    let mut acc = RxAccount::new(flows as usize * if a.bidir { 2 } else { 1 }, hz);
+    if a.bidir {
+        acc = acc.with_split(flows);
+    }
+    // The gateways' MACs by ARP, unless given: a request every 100 ms from
+    // the first host of the side, until the link timeout.
+    let resolve_deadline = dpdk::tsc() + (p.link_timeout * hz as f64) as u64;
+    let mut next_request = 0;
+    loop {
+        let want_a = a.dst_mac.is_none() && gw_a.as_ref().is_some_and(|g| g.mac.is_none());
+        let want_b = a.dst_mac_b.is_none() && gw_b.as_ref().is_some_and(|g| g.mac.is_none());
+        if !want_a && !want_b {
+            break;
+        }
+        let now = dpdk::tsc();
+        if now >= resolve_deadline {
+            let ip = if want_a { a.gw_a } else { a.gw_b };
+            return Err(format!(
+                "--gw-{} {}: no ARP answer within --link-timeout {} s (is the gateway up on that segment?)",
+                if want_a { "a" } else { "b" },
+                ip.map(|i| i.to_string()).unwrap_or_default(),
+                p.link_timeout
+            ));
+        }
+        if now >= next_request {
+            next_request = now + hz / 10;
+            for (want, side, gw, from, mac) in [
+                (want_a, &mut side_a, a.gw_a, p.a_to_b.src.nth(0), mac_a),
+                (want_b, &mut side_b, a.gw_b, p.a_to_b.dst.nth(0), mac_b),
+            ] {
+                if let (true, Some(gw)) = (want, gw) {
+                    let mut m = Vec::with_capacity(1);
+                    if pool.alloc_bulk(&mut m, 1) {
+                        if let Some(b) = m[0].append(60) {
+                            b.copy_from_slice(&arp_request(mac, from, gw));
+                        }
+                        side.tx.tx_burst(&mut m);
+                    }
+                }
+            }
+        }
+        receive(&mut side_a, &hosts_a, &mut gw_a, &mut buf, &mut acc);
+        receive(&mut side_b, &hosts_b, &mut gw_b, &mut buf, &mut acc);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let dst_a = a
+        .dst_mac
+        .or(gw_a.as_ref().and_then(|g| g.mac))
+        .unwrap_or(mac_b);
+    let dst_b = a
+        .dst_mac_b
+        .or(gw_b.as_ref().and_then(|g| g.mac))
+        .unwrap_or(mac_a);
     let sender = |src_mac, dst_mac, reverse: bool, base: u32, start: u64| {
         let templates: Vec<Template> = (0..flows)
             .map(|i| {
@@ -522,6 +672,7 @@ fn run(a: Args) -> Result<(), String> {
             sizes: p.sizes,
             burst: a.burst,
             alloc_failures: 0,
+            dst: dst_mac,
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -549,15 +700,6 @@ fn run(a: Args) -> Result<(), String> {
         return result;
     }
 
-    let hosts_a = Hosts {
-        range: p.a_to_b.src,
-        mac: mac_a,
-    };
-    let hosts_b = Hosts {
-        range: p.a_to_b.dst,
-        mac: mac_b,
-    };
-    let mut acc = RxAccount::new(flows as usize * if a.bidir { 2 } else { 1 }, hz);
     let start = dpdk::tsc();
     let mut tx_a = sender(mac_a, dst_a, false, 0, start);
     let mut tx_b = a.bidir.then(|| sender(mac_b, dst_b, true, flows, start));
@@ -603,12 +745,23 @@ fn run(a: Args) -> Result<(), String> {
                 break;
             }
         }
+        let before = (total_sent(&tx_a, &tx_b), rx_frames);
         tx_a.step(&pool, &mut side_a.tx, now);
         if let Some(b) = &mut tx_b {
             b.step(&pool, &mut side_b.tx, now);
         }
-        rx_frames += receive(&mut side_a, &hosts_a, &mut buf, &mut acc) as u64;
-        rx_frames += receive(&mut side_b, &hosts_b, &mut buf, &mut acc) as u64;
+        rx_frames += receive(&mut side_a, &hosts_a, &mut gw_a, &mut buf, &mut acc) as u64;
+        rx_frames += receive(&mut side_b, &hosts_b, &mut gw_b, &mut buf, &mut acc) as u64;
+        // A gateway that moved (a failover) takes the frames from now on.
+        if let Some(mac) = gw_a.as_ref().and_then(|g| g.mac) {
+            tx_a.set_dst(mac);
+        }
+        if let (Some(mac), Some(b)) = (gw_b.as_ref().and_then(|g| g.mac), &mut tx_b) {
+            b.set_dst(mac);
+        }
+        if a.idle_sleep_us > 0 && before == (total_sent(&tx_a, &tx_b), rx_frames) {
+            std::thread::sleep(std::time::Duration::from_micros(a.idle_sleep_us));
+        }
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -627,8 +780,8 @@ fn run(a: Args) -> Result<(), String> {
     let drain_end = stopped_at + hz;
     let mut last_rx = stopped_at;
     loop {
-        let n = receive(&mut side_a, &hosts_a, &mut buf, &mut acc)
-            + receive(&mut side_b, &hosts_b, &mut buf, &mut acc);
+        let n = receive(&mut side_a, &hosts_a, &mut gw_a, &mut buf, &mut acc)
+            + receive(&mut side_b, &hosts_b, &mut gw_b, &mut buf, &mut acc);
         let t = dpdk::tsc();
         if n > 0 {
             last_rx = t;
@@ -645,7 +798,11 @@ fn run(a: Args) -> Result<(), String> {
     } else {
         (0, 0.0)
     };
-    let report = Report::new(sent, &acc, duration, flows, p.sizes, a.bidir, a.rate);
+    let mut report = Report::new(sent, &acc, duration, flows, p.sizes, a.bidir, a.rate);
+    report.gateway_moves = [&gw_a, &gw_b]
+        .iter()
+        .filter_map(|g| g.as_ref().map(|g| g.moves))
+        .sum();
     println!("{}", serde_json::to_string(&report).unwrap_or_default());
     let failures = tx_a.alloc_failures + tx_b.as_ref().map_or(0, |b| b.alloc_failures);
     if failures > 0 {

@@ -29,7 +29,7 @@ use tandem_tests::tools::{self, json_lines, median};
 use tandem_tests::{cmd, host, LabError, Proc, Result};
 
 const USAGE: &str = "usage: bench-failover [--rounds N] [--connections N] [--only tandem|linux]
-                      [--fault kill|stop|swap|term]
+                      [--fault kill|stop|swap|term] [--gen-rate PPS]
                       [--advert-int SECONDS] [--linux-cache external|disabled]
                       [--linux-sync on|off] [--baseline SECONDS] [--out FILE]
   --rounds N          failovers per cluster (default 20)
@@ -39,6 +39,9 @@ const USAGE: &str = "usage: bench-failover [--rounds N] [--connections N] [--onl
                       restart; stop = SIGSTOP, back by SIGCONT (it must yield); swap = a
                       forced swap (hapassive, then hareset); term = a clean stop (SIGTERM,
                       it hands over), back by a restart. stop, swap and term: tandem only
+  --gen-rate PPS      also run tandem-gen each round (UDP both ways, PPS per direction, 64
+                      flows, af_packet from a host on both segments, following the
+                      gateways' ARP): frames lost and the largest silence (default 0: off)
   --advert-int S      keepalived VRRP advert interval (default 0.01, the fastest keepalived
                       2.2.7 accepts: VRRPv3 counts in centiseconds; 0.01-40)
   --linux-cache M     conntrackd external cache (default external: committed on becoming
@@ -56,6 +59,7 @@ const POLICY: &str = r#"(
     rules: [
         (name: "failover", action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5001"]),
         (name: "ping", action: Pass, from: ["198.18.1.0/24"], proto: Icmp, icmp_types: [8]),
+        (name: "gen", action: Pass, from: ["198.18.1.0/24"], proto: Udp, dst_ports: ["9"]),
     ],
     default_action: Block,
 )"#;
@@ -388,6 +392,7 @@ struct Opts {
     linux_sync: bool,
     baseline: Duration,
     fault: Fault,
+    gen_rate: u32,
     out: PathBuf,
 }
 
@@ -401,6 +406,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         linux_sync: true,
         baseline: Duration::from_millis(1500),
         fault: Fault::Kill,
+        gen_rate: 0,
         out: PathBuf::from("results/failover.json"),
     };
     let mut a = Args::new(args, USAGE);
@@ -426,6 +432,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
                     _ => Fault::Kill,
                 }
             }
+            "--gen-rate" => o.gen_rate = a.number(flag, 0..=1_000_000)?,
             "--out" => o.out = PathBuf::from(a.value(flag)?),
             "-h" | "--help" => return Err(LabError::Other(USAGE.into())),
             _ => return Err(a.unknown(flag)),
@@ -984,6 +991,81 @@ fn stream_round(
     }
 }
 
+/// tandem-gen in the lab's generator host for one round: UDP both ways
+/// through the cluster, following the gateways' ARP (a takeover's
+/// gratuitous ARP moves its frames to the new active).
+struct Gen {
+    proc: Proc,
+}
+
+impl Gen {
+    fn start(lab: &Lab, rate: u32, n: u32) -> Result<Gen> {
+        let bin = node::find_bin("tandem-gen")?;
+        let rate = rate.to_string();
+        let prefix = format!("gen-{}-{n}", std::process::id());
+        let proc = lab.ns("gen").spawn(
+            &format!("fo-gen-{n}"),
+            &[
+                bin.to_str().unwrap_or("tandem-gen"),
+                "--lcore",
+                "1",
+                "--no-huge",
+                "--memory-mb",
+                "256",
+                "--file-prefix",
+                &prefix,
+                "--port-a",
+                "net_af_packet0,iface=lan0,framecnt=2048",
+                "--port-b",
+                "net_af_packet1,iface=wan0,framecnt=2048",
+                "--bidir",
+                "--rate",
+                &rate,
+                "--flows",
+                "64",
+                "--src-net",
+                "198.18.1.100-198.18.1.131",
+                "--dst-net",
+                "198.18.2.100-198.18.2.131",
+                "--gw-a",
+                addr::LAN_GW,
+                "--gw-b",
+                addr::WAN_GW,
+                "--idle-sleep-us",
+                "50",
+                "--warmup",
+                "0.5",
+                "--duration",
+                "300",
+            ],
+        )?;
+        Ok(Gen { proc })
+    }
+
+    /// Ends the run (SIGINT: it reports) and returns what it saw.
+    fn finish(mut self) -> Value {
+        self.proc.signal("INT");
+        if self.proc.wait_timeout(Duration::from_secs(10)).is_none() {
+            self.proc.stop();
+            return json!({"error": "tandem-gen did not end within 10 s of SIGINT"});
+        }
+        let report = json_lines(&self.proc.stdout())
+            .into_iter()
+            .rev()
+            .find(|v| v.get("sent").is_some());
+        match report {
+            Some(r) => json!({
+                "sent": r["sent"], "lost": r["lost"], "reordered": r["reordered"],
+                "max_gap_ms": r["max_gap_us"].as_array().map(|a| a.iter().filter_map(Value::as_f64).map(|us| us / 1e3).collect::<Vec<_>>()),
+                "gateway_moves": r["gateway_moves"], "rate_pps": r["rate_pps"],
+            }),
+            None => {
+                json!({"error": format!("tandem-gen gave no report: {}", self.proc.logs_tail(5))})
+            }
+        }
+    }
+}
+
 /// The long-lived set: opened once before the first kill, kept through
 /// every round.
 struct LongLived {
@@ -1013,6 +1095,11 @@ fn round(
     let victim = actives[0];
     let survivor = 3 - victim;
     let t_start = wall();
+    let gen = if o.gen_rate > 0 {
+        Some(Gen::start(lab, o.gen_rate, n)?)
+    } else {
+        None
+    };
     let fresh = Traffic::start(lab, tool, &format!("fo-client-{who}-{n}"), o.connections)?;
     std::thread::sleep(o.baseline);
 
@@ -1044,6 +1131,7 @@ fn round(
     });
     std::thread::sleep(Duration::from_millis(300));
     let long_now = long.traffic.status().unwrap_or(Value::Null);
+    let gen = gen.map(Gen::finish);
     let mut fresh = fresh;
     fresh.proc.stop();
     let t_end = wall();
@@ -1108,7 +1196,7 @@ fn round(
     step(
         t0,
         &format!(
-            "{who} round {n}/{}: {} of fw{victim}; fw{survivor} active after {} ms; streams resumed after {}/{} ms; largest gap {gap:.0} ms (after the kill {failover_gap:.0}, before it {baseline_gap:.0}); lost {lost}/{}{}; long-lived lost so far {long_lost_total}/{}; fw{victim} back passive+synchronized {}",
+            "{who} round {n}/{}: {} of fw{victim}; fw{survivor} active after {} ms; streams resumed after {}/{} ms; largest gap {gap:.0} ms (after the kill {failover_gap:.0}, before it {baseline_gap:.0}); lost {lost}/{}{}; long-lived lost so far {long_lost_total}/{}; fw{victim} back passive+synchronized {}{}",
             o.rounds,
             o.fault.name(),
             fmt_ms(active_ms),
@@ -1118,6 +1206,10 @@ fn round(
             if fs.lost { " (incl. the stream)" } else { "" },
             long.traffic.conns + 1,
             if ready { format!("in {ready_s:.1} s") } else { format!("NOT within {ready_s:.0} s") },
+            gen.as_ref().map_or(String::new(), |g| format!(
+                "; tandem-gen lost {} of {}, largest silence {} ms, gateway moves {}",
+                g["lost"], g["sent"], g["max_gap_ms"], g["gateway_moves"]
+            )),
         ),
     );
     let stream_json = |s: &StreamRound| {
@@ -1125,7 +1217,7 @@ fn round(
                "resumed_after_ms": s.resumed_after_ms, "lost": s.lost, "error": s.err, "worst_gap": s.worst})
     };
     let mut v = json!({
-        "round": n, "fault": o.fault.name(), "killed": format!("fw{victim}"), "survivor": format!("fw{survivor}"),
+        "round": n, "fault": o.fault.name(), "gen": gen, "killed": format!("fw{victim}"), "survivor": format!("fw{survivor}"),
         "kill_command_ms": ms(kill_ms / 1e3),
         "failed_over": failed_over, "active_after_ms": active_ms,
         "gap_ms": gap, "failover_gap_ms": failover_gap, "baseline_gap_ms": baseline_gap,
@@ -1160,7 +1252,10 @@ fn stats(v: &[f64]) -> Value {
 }
 
 fn run_cluster(which: &str, o: &Opts, t0: Instant) -> Result<Value> {
-    let lab = Lab::two_nodes("bfail")?;
+    let mut lab = Lab::two_nodes("bfail")?;
+    if o.gen_rate > 0 {
+        lab.add_gen_host()?;
+    }
     step(t0, &format!("{which}: lab {} built", lab.prefix()));
     let tool = lab.dir().join("failover_tool.py");
     std::fs::write(&tool, TOOL)
@@ -1299,7 +1394,19 @@ fn run_cluster(which: &str, o: &Opts, t0: Instant) -> Result<Value> {
         .iter()
         .filter_map(|r| r["connections"].as_u64())
         .sum();
+    // tandem-gen's view: per round the largest silence of either
+    // direction, and the frames lost.
+    let gen_gaps: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| r["gen"]["max_gap_ms"].as_array())
+        .map(|a| a.iter().filter_map(Value::as_f64).fold(0.0, f64::max))
+        .collect();
+    let gen_lost: u64 = rounds
+        .iter()
+        .filter_map(|r| r["gen"]["lost"].as_u64())
+        .sum();
     Ok(json!({
+        "gen_gap_ms": stats(&gen_gaps), "gen_lost_total": gen_lost,
         "cluster": which, "setup": setup, "rounds_done": rounds.len(), "error": error,
         "connections_total": total, "connections_lost": lost,
         "long_lived_connections": o.connections + 1, "long_lived_lost": long_lost,
