@@ -1,0 +1,147 @@
+//! tandem-gen against a real cluster (issue 11): our generator on a lab
+//! host with a leg on each segment sends UDP both ways through two
+//! tandemd members, follows the takeover's gratuitous ARPs when the
+//! active is killed, and reports what the failover cost: frames lost and
+//! the largest silence per direction. `make bench` runs the same in
+//! `bench-failover --gen-rate`.
+//!
+//! Needs root (network namespaces): fails, not skips, without it.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tandem_tests::cluster::{self, role, wait_synchronized};
+use tandem_tests::lab::addr;
+use tandem_tests::node::{self, HaSection};
+use tandem_tests::require_root;
+use tandem_tests::tools::json_lines;
+
+const POLICY: &str = r#"(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], proto: Udp, dst_ports: ["9"]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Icmp, icmp_types: [8]),
+    ],
+    default_action: Block,
+)"#;
+
+/// Frames per second per direction.
+const RATE: u64 = 5000;
+
+#[test]
+fn the_generator_follows_a_takeover_and_measures_what_it_cost() {
+    require_root!();
+    let mut c = cluster::start("gen", Some(POLICY), &[], |_, _: &mut HaSection| {})
+        .expect("starting the cluster");
+    let a = c
+        .wait_single_active(Duration::from_secs(8))
+        .expect("one member elected");
+    wait_synchronized(
+        &c.nodes[1 - a],
+        "the passive synchronized",
+        Duration::from_secs(10),
+    )
+    .expect("synchronized");
+    c.lab.add_gen_host().expect("the generator's host");
+    let gen_bin = node::find_bin("tandem-gen").expect("tandem-gen is built with the workspace");
+    let rate = RATE.to_string();
+    let mut gen = c
+        .lab
+        .ns("gen")
+        .spawn(
+            "tandem-gen",
+            &[
+                gen_bin.to_str().unwrap(),
+                "--lcore",
+                "1",
+                "--no-huge",
+                "--memory-mb",
+                "256",
+                "--file-prefix",
+                &format!("gen-test-{}", std::process::id()),
+                "--port-a",
+                "net_af_packet0,iface=lan0,framecnt=2048",
+                "--port-b",
+                "net_af_packet1,iface=wan0,framecnt=2048",
+                "--bidir",
+                "--rate",
+                &rate,
+                "--flows",
+                "16",
+                "--src-net",
+                "198.18.1.100-198.18.1.115",
+                "--dst-net",
+                "198.18.2.100-198.18.2.115",
+                "--gw-a",
+                addr::LAN_GW,
+                "--gw-b",
+                addr::WAN_GW,
+                "--idle-sleep-us",
+                "50",
+                "--warmup",
+                "1",
+                "--duration",
+                "60",
+            ],
+        )
+        .expect("start tandem-gen");
+    // Two seconds of traffic through the active, then its kill.
+    thread::sleep(Duration::from_secs(3));
+    let survivor = c.nodes.remove(1 - a);
+    let mut victim = c.nodes.remove(0);
+    victim.proc.signal("KILL");
+    let t = Instant::now();
+    while role(&survivor).0 != "active" && t.elapsed() < Duration::from_secs(3) {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(role(&survivor).0, "active", "the passive took over");
+    // Two seconds through the new active, then the report.
+    thread::sleep(Duration::from_secs(2));
+    gen.signal("INT");
+    assert!(
+        gen.wait_timeout(Duration::from_secs(10)).is_some(),
+        "tandem-gen ends on SIGINT"
+    );
+    let out = gen.stdout();
+    let report: Value = json_lines(&out)
+        .into_iter()
+        .rev()
+        .find(|v| v.get("sent").is_some())
+        .unwrap_or_else(|| panic!("a report from tandem-gen:\n{out}\n{}", gen.logs_tail(20)));
+    eprintln!("tandem-gen: {report}");
+    let sent = report["sent"].as_u64().unwrap();
+    let lost = report["lost"].as_u64().unwrap();
+    // About 4 s both ways at RATE.
+    assert!(
+        sent > 6 * RATE,
+        "the generator sent both ways all along: {report}"
+    );
+    // The takeover costs some frames (the dead time and the check), and
+    // traffic flows again after it: a generator stuck on the dead
+    // member's MAC would lose the last two seconds, half of it all.
+    assert!(lost > 0, "a kill -9 costs frames: {report}");
+    assert!(
+        lost * 10 < sent,
+        "frames flow through the new active: {report}"
+    );
+    assert_eq!(
+        report["gateway_moves"], 2,
+        "both gateways moved to the new active (its gratuitous ARPs on each segment): {report}"
+    );
+    let gaps: Vec<u64> = report["max_gap_us"]
+        .as_array()
+        .expect("max_gap_us per direction")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(gaps.len(), 2, "both directions: {report}");
+    for g in gaps {
+        // The kill shows as a silence of its own (more than the 0.2 ms
+        // between frames at this rate), ended by the takeover within the
+        // lab's bound.
+        assert!(
+            (10_000..1_000_000).contains(&g),
+            "a silence of the takeover's size in each direction: {report}"
+        );
+    }
+}
