@@ -76,9 +76,11 @@ step k2k "$bin/bench-k2k"; last_json k2k
 step dataplane perf/scripts/bench-dataplane.sh --rounds "$rounds" --duration "$dur" \
     --scale-flows "$scale" --rules 10,1000,10000 --out results/dataplane.json
 step sync "$bin/tandem-lab" bench-sync --rates 2000,10000,100000 --seconds 3 --sender tandem-gen
-step failover "$bin/bench-failover" --rounds $((fo_rounds * 2)) --out results/failover.json
+# Failovers under TCP traffic and tandem-gen's UDP both ways (10,000
+# frames/s each), which measures frames lost and the largest silence.
+step failover "$bin/bench-failover" --rounds $((fo_rounds * 2)) --gen-rate 10000 --out results/failover.json
 for f in stop swap term; do
-    step "failover-$f" "$bin/bench-failover" --only tandem --fault "$f" --rounds "$fo_rounds" \
+    step "failover-$f" "$bin/bench-failover" --only tandem --fault "$f" --rounds "$fo_rounds" --gen-rate 10000 \
         --out "results/failover-$f.json"
 done
 step chaos "$bin/tandem-lab" chaos --seed 1 --faults "$faults" --out results/chaos.json

@@ -180,6 +180,17 @@ def failover_figures(results):
             out.append((f"failover.tandem_{fault}_gap_{stat}_ms", name,
                         dig(t, f"gap_ms.{stat}") if t else None, "ms",
                         f"tandem, {fault} of the active: largest stream gap per round, {stat} (gaps under 20 ms are not seen: 0 means none of 20 ms or more)", base))
+        if fault == "kill":
+            out.append(("failover.linux_kill_gen_gap_median_ms", name,
+                        dig(lx, "gen_gap_ms.median") if lx else None, "ms",
+                        "Linux pair, kill: the largest silence tandem-gen saw per round (UDP both ways), median", None))
+        out.append((f"failover.tandem_{fault}_gen_gap_median_ms", name,
+                    dig(t, "gen_gap_ms.median") if t else None, "ms",
+                    f"tandem, {fault}: the largest silence tandem-gen saw per round (UDP both ways, 10,000 frames/s each, following the gateways' ARP), median",
+                    "failover.linux_kill_gen_gap_median_ms" if fault == "kill" else None))
+        out.append((f"failover.tandem_{fault}_gen_gap_max_ms", name,
+                    dig(t, "gen_gap_ms.max") if t else None, "ms",
+                    f"the same, the largest of the rounds", None))
         out.append((f"failover.tandem_{fault}_connections_lost", name,
                     (t or {}).get("connections_lost") if t else None, "connections",
                     f"tandem, {fault}: connections lost over the rounds (of {(t or {}).get('connections_total')})", None))
@@ -245,11 +256,11 @@ def build(results):
         if b and b in figures and figures[b]["value"]:
             f["baseline_value"] = figures[b]["value"]
             f["ratio"] = round(f["value"] / figures[b]["value"], 4)
+        elif b:
+            missing.add(f"{key}: its baseline {b}")
         if paired is not None:
             f["ratio"] = round(paired, 4)
             f["ratio_paired"] = True
-        elif b:
-            missing.add(f"{key}: its baseline {b}")
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
@@ -322,9 +333,9 @@ def bars(title, unit, groups, series):
             out.append(f'<text x="{x + bw / 2:.1f}" y="{top + ph - bh - 4:.1f}" text-anchor="middle" font-size="10">{v:.3g}</text>')
         out.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{h - bottom + 18}" text-anchor="middle">{esc(g)}</text>')
     for si, (name, colour, _) in enumerate(series):
-        x = left + si * 170
-        out.append(f'<rect x="{x}" y="{h - 28}" width="12" height="12" fill="{colour}"/>')
-        out.append(f'<text x="{x + 16}" y="{h - 18}">{esc(name)}</text>')
+        x = left + si * (w - left - 20) / len(series)
+        out.append(f'<rect x="{x:.1f}" y="{h - 28}" width="12" height="12" fill="{colour}"/>')
+        out.append(f'<text x="{x + 16:.1f}" y="{h - 18}" font-size="11">{esc(name)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -347,8 +358,10 @@ def plots(doc, results):
     made["failover.svg"] = bars(
         "Largest stream gap per failover (median of the rounds)", "ms",
         ["kill -9", "SIGSTOP", "forced swap", "clean stop"],
-        [("tandem", "#4a7ebb", [v(f"failover.tandem_{k}_gap_median_ms") for k in ("kill", "stop", "swap", "term")]),
-         ("Linux pair", "#999999", [v("failover.linux_kill_gap_median_ms"), None, None, None])])
+        [("tandem, TCP stream", "#4a7ebb", [v(f"failover.tandem_{k}_gap_median_ms") for k in ("kill", "stop", "swap", "term")]),
+         ("tandem, tandem-gen UDP", "#7fb24a", [v(f"failover.tandem_{k}_gen_gap_median_ms") for k in ("kill", "stop", "swap", "term")]),
+         ("Linux pair, TCP stream", "#999999", [v("failover.linux_kill_gap_median_ms"), None, None, None]),
+         ("Linux pair, tandem-gen UDP", "#cccccc", [v("failover.linux_kill_gen_gap_median_ms"), None, None, None])])
     made["rules.svg"] = bars(
         "New TCP connections per second against the number of rules (one core)", "connections/s",
         ["10", "1,000", "10,000"],

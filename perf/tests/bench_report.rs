@@ -84,6 +84,13 @@ fn the_report_gathers_figures_with_units_baselines_and_ratios() {
         "{missing:?}"
     );
     assert!(missing.iter().any(|m| m.starts_with("chaos.faults")));
+    // A figure whose baseline is there is not listed.
+    assert!(
+        !missing
+            .iter()
+            .any(|m| m.starts_with("dataplane.firewall_mpps")),
+        "{missing:?}"
+    );
     for plot in ["dataplane.svg", "latency.svg", "failover.svg", "rules.svg"] {
         let svg = std::fs::read_to_string(dir.join("plots").join(plot)).unwrap();
         assert!(
