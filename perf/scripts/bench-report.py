@@ -331,7 +331,11 @@ def bars(title, unit, groups, series):
             x = x0 + si * bw
             out.append(f'<rect x="{x:.1f}" y="{top + ph - bh:.1f}" width="{bw - 2:.1f}" height="{bh:.1f}" fill="{colour}"/>')
             out.append(f'<text x="{x + bw / 2:.1f}" y="{top + ph - bh - 4:.1f}" text-anchor="middle" font-size="10">{v:.3g}</text>')
-        out.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{h - bottom + 18}" text-anchor="middle">{esc(g)}</text>')
+        gx, gy = left + gi * gw + gw / 2, h - bottom + 18
+        if len(groups) > 8:
+            out.append(f'<text x="{gx:.1f}" y="{gy}" text-anchor="end" font-size="10" transform="rotate(-40 {gx:.1f} {gy})">{esc(g)}</text>')
+        else:
+            out.append(f'<text x="{gx:.1f}" y="{gy}" text-anchor="middle">{esc(g)}</text>')
     for si, (name, colour, _) in enumerate(series):
         x = left + si * (w - left - 20) / len(series)
         out.append(f'<rect x="{x:.1f}" y="{h - 28}" width="12" height="12" fill="{colour}"/>')
@@ -366,6 +370,26 @@ def plots(doc, results):
         "New TCP connections per second against the number of rules (one core)", "connections/s",
         ["10", "1,000", "10,000"],
         [("connections/s", "#4a7ebb", [v("rules.conns_10_per_sec"), v("rules.conns_1000_per_sec"), v("rules.conns_10000_per_sec")])])
+    # The latency histograms of the paced runs (all rounds together), in %
+    # of the frames per bucket.
+    dp = load(results, "dataplane.json") or {}
+    hists = {}
+    for name in ("testpmd_paced", "firewall_paced"):
+        acc = {}
+        for run in dp.get("runs", {}).get(name, []):
+            for upper, count in run.get("latency_hist_ns", []):
+                acc[upper] = acc.get(upper, 0) + count
+        total = sum(acc.values())
+        if total:
+            hists[name] = {u: 100.0 * c / total for u, c in acc.items()}
+    if hists:
+        uppers = sorted({u for h in hists.values() for u in h})
+        label = lambda ns: f"<{ns / 1e3:.3g} us" if ns >= 1000 else f"<{ns} ns"
+        made["latency-histogram.svg"] = bars(
+            "One-way latency at the paced rate: frames per bucket (all rounds)", "% of frames",
+            [label(u) for u in uppers],
+            [("testpmd io", "#999999", [hists.get("testpmd_paced", {}).get(u) for u in uppers]),
+             ("tandemd firewall", "#4a7ebb", [hists.get("firewall_paced", {}).get(u) for u in uppers])])
     d = os.path.join(results, "plots")
     os.makedirs(d, exist_ok=True)
     for name, svg in made.items():

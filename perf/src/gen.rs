@@ -822,6 +822,10 @@ pub struct Report {
     pub rx_mpps: f64,
     /// One-way latency of the received frames.
     pub latency_ns: Latency,
+    /// The latency histogram: `[upper bound ns, frames]` per bucket of
+    /// twice the width of the one before, from 256 ns (the first bucket
+    /// holds everything below), empty buckets at the ends left out.
+    pub latency_hist_ns: Vec<[u64; 2]>,
     /// The measured period, seconds (the warm-up excluded).
     pub duration_s: f64,
     /// Flows per direction.
@@ -872,6 +876,7 @@ impl Report {
             tx_mpps: round3(mpps(sent)),
             rx_mpps: round3(mpps(rx.received)),
             latency_ns: Latency::of(&rx.latency_ns),
+            latency_hist_ns: log2_buckets(&rx.latency_ns),
             duration_s: round3(duration_s),
             flows,
             size: round3(sizes.mean()),
@@ -883,6 +888,24 @@ impl Report {
             gateway_moves: 0,
         }
     }
+}
+
+/// The histogram's counts in buckets doubling from 256 ns (see
+/// [`Report::latency_hist_ns`]).
+pub fn log2_buckets(h: &Histogram<u64>) -> Vec<[u64; 2]> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<[u64; 2]> = h
+        .iter_log(256, 2.0)
+        .map(|v| [v.value_iterated_to() + 1, v.count_since_last_iteration()])
+        .collect();
+    while out.last().is_some_and(|b| b[1] == 0) {
+        out.pop();
+    }
+    let first = out.iter().position(|b| b[1] > 0).unwrap_or(0);
+    out.drain(..first);
+    out
 }
 
 /// One per-second line.
@@ -992,6 +1015,23 @@ mod tests {
         let mut ip = req;
         ip[12..14].copy_from_slice(&[0x08, 0x00]);
         assert_eq!(arp_sender(&ip), None);
+    }
+
+    #[test]
+    fn the_latency_histogram_doubles_its_buckets_and_counts_every_frame() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        assert!(log2_buckets(&h).is_empty());
+        for ns in [100, 300, 300, 1_000, 5_000, 5_000, 5_000] {
+            h.record(ns).unwrap();
+        }
+        let b = log2_buckets(&h);
+        assert_eq!(b.iter().map(|x| x[1]).sum::<u64>(), 7, "{b:?}");
+        assert_eq!(b[0], [256, 1], "everything below 256 ns first: {b:?}");
+        for w in b.windows(2) {
+            assert_eq!(w[1][0], w[0][0] * 2, "doubling: {b:?}");
+        }
+        assert_eq!(b.last().unwrap()[1], 3, "5 us in the last bucket: {b:?}");
+        assert!(b.last().unwrap()[0] >= 5_000 && b.last().unwrap()[0] < 10_000);
     }
 
     #[test]

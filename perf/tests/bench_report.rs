@@ -25,6 +25,10 @@ fn the_report_gathers_figures_with_units_baselines_and_ratios() {
             "firewall_1000000_mpps": 4.0,
             "testpmd_paced_latency_ns": {"p50": 1000, "p99": 4000, "p999": 8000},
             "firewall_paced_latency_ns": {"p50": 3000, "p99": 6000, "p999": 16000},
+            "runs": {
+                "testpmd_paced": [{"latency_hist_ns": [[256, 1], [512, 3]]}],
+                "firewall_paced": [{"latency_hist_ns": [[512, 2], [1024, 2]]}, {"latency_hist_ns": [[1024, 4]]}],
+            },
         }),
     );
     // An in-process benchmark's output: a table, then its JSON line.
@@ -98,6 +102,11 @@ fn the_report_gathers_figures_with_units_baselines_and_ratios() {
             "{plot}"
         );
     }
+    // The latency histogram, rounds summed, in % of the frames: the
+    // firewall's 6 of 8 below 1024 ns are 75 %.
+    let hist = std::fs::read_to_string(dir.join("plots/latency-histogram.svg")).unwrap();
+    assert!(hist.contains(">75<"), "{hist}");
+    assert!(hist.contains("&lt;1.02 us"), "{hist}");
     let svg = std::fs::read_to_string(dir.join("plots/dataplane.svg")).unwrap();
     assert!(
         svg.contains(">5<"),
