@@ -232,6 +232,15 @@ def chaos_figures(results):
     ]
 
 
+def run_date(results, src):
+    doc = load(results, src)
+    if isinstance(doc, dict) and isinstance(doc.get("date"), str):
+        return doc["date"]
+    return datetime.datetime.fromtimestamp(
+        os.path.getmtime(os.path.join(results, src)), datetime.timezone.utc
+    ).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def build(results):
     figures = {}
     missing = set()
@@ -286,11 +295,10 @@ def build(results):
         "command": "make bench",
         "machine": {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": mem_gib,
                     "kernel": platform.release()},
-        # When each result file was written: a report over files of
-        # different runs (bench-all.sh --only) says so here.
-        "runs": {src: datetime.datetime.fromtimestamp(
-                     os.path.getmtime(os.path.join(results, src)), datetime.timezone.utc
-                 ).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # When each result was measured (its own "date", else when its file
+        # was written): a report over files of different runs
+        # (bench-all.sh --only) says so here.
+        "runs": {src: run_date(results, src)
                  for src in sorted({r[1] for r in rows})
                  if os.path.exists(os.path.join(results, src))},
         "figures": dict(sorted(figures.items())),
