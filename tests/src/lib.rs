@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod error;
 pub mod firewall;
+pub mod generator;
 pub mod host;
 pub mod lab;
 pub mod link;

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tandem_tests::cluster::{self, role, wait_synchronized};
-use tandem_tests::lab::addr;
-use tandem_tests::node::{self, HaSection};
+use tandem_tests::generator;
+use tandem_tests::node::HaSection;
 use tandem_tests::require_root;
-use tandem_tests::tools::json_lines;
 
 const POLICY: &str = r#"(
     rules: [
@@ -43,48 +42,8 @@ fn the_generator_follows_a_takeover_and_measures_what_it_cost() {
     )
     .expect("synchronized");
     c.lab.add_gen_host().expect("the generator's host");
-    let gen_bin = node::find_bin("tandem-gen").expect("tandem-gen is built with the workspace");
-    let rate = RATE.to_string();
-    let mut gen = c
-        .lab
-        .ns("gen")
-        .spawn(
-            "tandem-gen",
-            &[
-                gen_bin.to_str().unwrap(),
-                "--lcore",
-                "1",
-                "--no-huge",
-                "--memory-mb",
-                "256",
-                "--file-prefix",
-                &format!("gen-test-{}", std::process::id()),
-                "--port-a",
-                "net_af_packet0,iface=lan0,framecnt=2048",
-                "--port-b",
-                "net_af_packet1,iface=wan0,framecnt=2048",
-                "--bidir",
-                "--rate",
-                &rate,
-                "--flows",
-                "16",
-                "--src-net",
-                "198.18.1.100-198.18.1.115",
-                "--dst-net",
-                "198.18.2.100-198.18.2.115",
-                "--gw-a",
-                addr::LAN_GW,
-                "--gw-b",
-                addr::WAN_GW,
-                "--idle-sleep-us",
-                "50",
-                "--warmup",
-                "1",
-                "--duration",
-                "60",
-            ],
-        )
-        .expect("start tandem-gen");
+    let gen =
+        generator::start(&c.lab, "tandem-gen", RATE as u32, 16, 1.0).expect("start tandem-gen");
     // Two seconds of traffic through the active, then its kill.
     thread::sleep(Duration::from_secs(3));
     let survivor = c.nodes.remove(1 - a);
@@ -97,17 +56,7 @@ fn the_generator_follows_a_takeover_and_measures_what_it_cost() {
     assert_eq!(role(&survivor).0, "active", "the passive took over");
     // Two seconds through the new active, then the report.
     thread::sleep(Duration::from_secs(2));
-    gen.signal("INT");
-    assert!(
-        gen.wait_timeout(Duration::from_secs(10)).is_some(),
-        "tandem-gen ends on SIGINT"
-    );
-    let out = gen.stdout();
-    let report: Value = json_lines(&out)
-        .into_iter()
-        .rev()
-        .find(|v| v.get("sent").is_some())
-        .unwrap_or_else(|| panic!("a report from tandem-gen:\n{out}\n{}", gen.logs_tail(20)));
+    let report = generator::report(gen).expect("tandem-gen's report");
     eprintln!("tandem-gen: {report}");
     let sent = report["sent"].as_u64().unwrap();
     let lost = report["lost"].as_u64().unwrap();

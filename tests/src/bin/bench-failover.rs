@@ -1000,68 +1000,19 @@ struct Gen {
 
 impl Gen {
     fn start(lab: &Lab, rate: u32, n: u32) -> Result<Gen> {
-        let bin = node::find_bin("tandem-gen")?;
-        let rate = rate.to_string();
-        let prefix = format!("gen-{}-{n}", std::process::id());
-        let proc = lab.ns("gen").spawn(
-            &format!("fo-gen-{n}"),
-            &[
-                bin.to_str().unwrap_or("tandem-gen"),
-                "--lcore",
-                "1",
-                "--no-huge",
-                "--memory-mb",
-                "256",
-                "--file-prefix",
-                &prefix,
-                "--port-a",
-                "net_af_packet0,iface=lan0,framecnt=2048",
-                "--port-b",
-                "net_af_packet1,iface=wan0,framecnt=2048",
-                "--bidir",
-                "--rate",
-                &rate,
-                "--flows",
-                "64",
-                "--src-net",
-                "198.18.1.100-198.18.1.131",
-                "--dst-net",
-                "198.18.2.100-198.18.2.131",
-                "--gw-a",
-                addr::LAN_GW,
-                "--gw-b",
-                addr::WAN_GW,
-                "--idle-sleep-us",
-                "50",
-                "--warmup",
-                "0.5",
-                "--duration",
-                "300",
-            ],
-        )?;
+        let proc = tandem_tests::generator::start(lab, &format!("fo-gen-{n}"), rate, 64, 0.5)?;
         Ok(Gen { proc })
     }
 
     /// Ends the run (SIGINT: it reports) and returns what it saw.
-    fn finish(mut self) -> Value {
-        self.proc.signal("INT");
-        if self.proc.wait_timeout(Duration::from_secs(10)).is_none() {
-            self.proc.stop();
-            return json!({"error": "tandem-gen did not end within 10 s of SIGINT"});
-        }
-        let report = json_lines(&self.proc.stdout())
-            .into_iter()
-            .rev()
-            .find(|v| v.get("sent").is_some());
-        match report {
-            Some(r) => json!({
+    fn finish(self) -> Value {
+        match tandem_tests::generator::report(self.proc) {
+            Ok(r) => json!({
                 "sent": r["sent"], "lost": r["lost"], "reordered": r["reordered"],
                 "max_gap_ms": r["max_gap_us"].as_array().map(|a| a.iter().filter_map(Value::as_f64).map(|us| us / 1e3).collect::<Vec<_>>()),
                 "gateway_moves": r["gateway_moves"], "rate_pps": r["rate_pps"],
             }),
-            None => {
-                json!({"error": format!("tandem-gen gave no report: {}", self.proc.logs_tail(5))})
-            }
+            Err(e) => json!({"error": e.to_string()}),
         }
     }
 }
