@@ -1123,7 +1123,7 @@ mod tests {
     #[test]
     fn ranges_outside_the_bench_net_are_refused() {
         for bad in [
-            "10.0.0.0/8",
+            "203.0.113.0/24",
             "198.16.0.0/14",
             "198.18.0.0/14",
             "198.17.255.255",

@@ -210,14 +210,14 @@ fn tandem_gen_refuses_addresses_outside_the_benchmark_network() {
         .args([
             "--port-a=net_memif0,role=client,socket=/nonexistent/a.sock",
             "--port-b=net_memif1,role=client,socket=/nonexistent/b.sock",
-            "--dst-net=192.168.1.0/24",
+            "--dst-net=203.0.113.0/24",
         ])
         .output()
         .expect("run tandem-gen");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--dst-net 192.168.1.1-192.168.1.254 reaches outside 198.18.0.0/15"),
+        err.contains("--dst-net 203.0.113.1-203.0.113.254 reaches outside 198.18.0.0/15"),
         "{err}"
     );
     assert!(out.stdout.is_empty());
