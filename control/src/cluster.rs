@@ -860,7 +860,7 @@ impl Cluster {
                 forced_name(*f).unwrap_or_else(|| "none".into())
             ),
             HaEvent::IcmpMonitoringStarted => {
-                "peer lost on every path: starting ICMP monitoring".to_owned()
+                "peer silent on every path: starting ICMP monitoring".to_owned()
             }
             HaEvent::IcmpResult { peer_alive } => if *peer_alive {
                 "ICMP check: the peer's dataplane answers, it is not taken over"

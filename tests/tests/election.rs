@@ -729,7 +729,7 @@ fn without_the_last_resort_the_icmp_check_keeps_a_cut_off_passive_passive() {
     assert_eq!(forwarded(&c.nodes[p]), before, "the passive forwarded");
     let log = log_text(&c.nodes[p]);
     assert!(
-        log.contains("peer lost on every path: starting ICMP monitoring"),
+        log.contains("peer silent on every path: starting ICMP monitoring"),
         "{log}"
     );
     assert!(

@@ -10,7 +10,11 @@
 //! peer reports passive and yields to it, so a working path never gives two
 //! actives. Taking over from a silent peer needs `dead_time` of silence on
 //! every path (both HA links and the last-resort heartbeat on the data
-//! network) and then an unanswered ICMP check.
+//! network) and an unanswered ICMP check. The check starts before the peer
+//! is declared dead, once it has been silent for [`Config::check_after`],
+//! so that its answer (or its timeout) is known by the time `dead_time`
+//! ends: a dead peer is replaced after `dead_time`, not after `dead_time`
+//! plus the check.
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
@@ -154,7 +158,8 @@ pub enum HaEvent {
     },
     /// The forced status changed.
     ForcedChanged(Option<Role>),
-    /// ICMP monitoring of the peer started (every path silent).
+    /// ICMP monitoring of the peer started (every path silent for
+    /// [`Config::check_after`]).
     IcmpMonitoringStarted,
     /// The outcome of an ICMP check.
     IcmpResult {
@@ -295,9 +300,23 @@ impl Config {
         }
     }
 
-    /// The longest time a dead peer goes unnoticed: `dead_time` plus the ICMP check.
+    /// The silence after which a passive member starts the ICMP check of
+    /// its peer: `icmp_timeout` before `dead_time` ends, so the check's
+    /// verdict is due when the peer is declared dead; never before half of
+    /// `dead_time` (a check of a peer that merely missed a heartbeat or two
+    /// would be noise), so with an `icmp_timeout` over half of `dead_time`
+    /// the takeover waits for the check to end.
+    pub fn check_after(&self) -> Duration {
+        self.dead_time
+            .saturating_sub(self.icmp_timeout)
+            .max(self.dead_time / 2)
+    }
+
+    /// The longest time a dead peer goes unnoticed: `dead_time`, or the
+    /// end of an ICMP check started at [`Self::check_after`] if that is
+    /// later.
     pub fn detection_time(&self) -> Duration {
-        self.dead_time + self.icmp_timeout
+        self.dead_time.max(self.check_after() + self.icmp_timeout)
     }
 }
 
@@ -579,7 +598,11 @@ impl Ha {
         match self.check {
             Check::Probing { deadline } => t = t.min(deadline),
             Check::Answered { next } => t = t.min(next),
-            Check::Idle => {}
+            Check::Idle => {
+                if let Some(rx) = self.early_check_due() {
+                    t = t.min(rx);
+                }
+            }
         }
         if let Some(since) = self.challenge_since {
             t = t.min(since + self.cfg.quality_hold);
@@ -676,8 +699,25 @@ impl Ha {
             }
         }
         if alive {
-            if self.check != Check::Idle {
-                self.check = Check::Idle;
+            match self.early_check_due() {
+                // Silent long enough on every path: check the peer now, so
+                // the verdict is in when `dead_time` ends.
+                Some(due) if now >= due => {
+                    if self.check == Check::Idle {
+                        self.start_check(now);
+                    }
+                }
+                Some(_) => {
+                    if self.check != Check::Idle {
+                        self.check = Check::Idle;
+                    }
+                }
+                // Not a member that would take over: no check.
+                None => {
+                    if self.check != Check::Idle {
+                        self.check = Check::Idle;
+                    }
+                }
             }
             self.elect(now);
         } else {
@@ -765,13 +805,7 @@ impl Ha {
             return;
         }
         match self.check {
-            Check::Idle => {
-                self.log(HaEvent::IcmpMonitoringStarted);
-                self.actions.push_back(Action::StartIcmpProbe);
-                self.check = Check::Probing {
-                    deadline: now + self.cfg.icmp_timeout,
-                };
-            }
+            Check::Idle => self.start_check(now),
             Check::Answered { next } if now >= next => {
                 self.actions.push_back(Action::StartIcmpProbe);
                 self.check = Check::Probing {
@@ -795,6 +829,38 @@ impl Ha {
             }
             _ => {}
         }
+    }
+
+    /// A member that would take over from a silent peer: passive, running,
+    /// not forced either way.
+    fn may_take_over(&self) -> bool {
+        self.role == Role::Passive && self.forced.is_none() && self.phase == Phase::Running
+    }
+
+    /// When a peer that is still alive (heard within `dead_time`) has been
+    /// silent long enough for the ICMP check to start: the freshest
+    /// heartbeat of the live paths plus [`Config::check_after`]. `None`
+    /// when no check would be started (the peer is not alive, or we would
+    /// not take over).
+    fn early_check_due(&self) -> Option<Time> {
+        if !self.may_take_over() || !self.peer_seen {
+            return None;
+        }
+        let freshest = self
+            .paths
+            .iter()
+            .filter(|p| p.alive)
+            .filter_map(|p| p.last_rx)
+            .max()?;
+        Some(freshest + self.cfg.check_after())
+    }
+
+    fn start_check(&mut self, now: Time) {
+        self.log(HaEvent::IcmpMonitoringStarted);
+        self.actions.push_back(Action::StartIcmpProbe);
+        self.check = Check::Probing {
+            deadline: now + self.cfg.icmp_timeout,
+        };
     }
 
     fn elect(&mut self, now: Time) {

@@ -320,6 +320,147 @@ fn passive_answered_by_icmp_does_not_take_over() {
     }
 }
 
+/// A passive member that hears an active peer, then silence from `t0`:
+/// drives the machine with ticks (and the caller's `on_probe`) until `end`;
+/// returns when the check started and when it became active.
+fn silence_after_heartbeats(
+    cfg: Config,
+    t0: Duration,
+    end: Duration,
+    mut on_probe: impl FnMut(&mut Ha, Duration),
+) -> (Option<Duration>, Option<Duration>) {
+    let mut ha = Ha::new(cfg, ms(0));
+    let peer = PeerState {
+        serial: 2,
+        forced: None,
+        synchronized: true,
+        ..state()
+    };
+    ha.on_event(ms(0), Event::SyncComplete(true));
+    let (mut probe, mut active) = (None, None);
+    let mut t = ms(0);
+    let mut next_hb = ms(1);
+    while t < end {
+        if next_hb < t0 && next_hb <= ha.poll_timeout() {
+            t = next_hb;
+            next_hb += ha_interval();
+            ha.on_event(
+                t,
+                Event::PeerHeartbeat {
+                    link: LinkId::Main,
+                    peer,
+                },
+            );
+            continue;
+        }
+        t = ha.poll_timeout().max(t + Duration::from_micros(1));
+        for a in ha.on_event(t, Event::Tick) {
+            if a == Action::StartIcmpProbe {
+                probe.get_or_insert(t);
+                on_probe(&mut ha, t);
+            }
+            if matches!(a, Action::BecomeActive { .. }) {
+                active.get_or_insert(t);
+            }
+        }
+    }
+    (probe, active)
+}
+
+fn ha_interval() -> Duration {
+    ms(5)
+}
+
+#[test]
+fn the_icmp_check_starts_before_dead_time_so_a_dead_peer_is_replaced_at_dead_time() {
+    let cfg = Config {
+        interval: ha_interval(),
+        dead_time: ms(25),
+        icmp_timeout: ms(10),
+        ..fast(1)
+    };
+    assert_eq!(cfg.check_after(), ms(15));
+    assert_eq!(cfg.detection_time(), ms(25));
+    // The last heartbeat is at 496 ms (every 5 ms from 1 ms, before 500).
+    let last = ms(496);
+    let (probe, active) = silence_after_heartbeats(cfg.clone(), ms(500), ms(700), |_, _| {});
+    let (probe, active) = (probe.expect("a check"), active.expect("a takeover"));
+    assert!(
+        probe >= last + ms(15) && probe < last + ms(16),
+        "the check starts 15 ms into the silence: {:?}",
+        probe - last
+    );
+    assert!(
+        active >= last + ms(25) && active < last + ms(26),
+        "the takeover comes at dead_time, not dead_time + icmp_timeout: {:?}",
+        active - last
+    );
+    // A peer whose dataplane answers the early check is not taken over.
+    let (probe, active) = silence_after_heartbeats(cfg.clone(), ms(500), ms(900), |ha, t| {
+        ha.on_event(t, Event::IcmpReply);
+    });
+    assert!(probe.is_some());
+    assert_eq!(active, None, "the peer answered the check");
+    // A longer check than half of dead_time starts at half of it, and the
+    // takeover waits for its end.
+    let slow = Config {
+        icmp_timeout: ms(20),
+        ..cfg
+    };
+    assert_eq!(slow.check_after(), ms(12) + Duration::from_micros(500));
+    let (probe, active) = silence_after_heartbeats(slow, ms(500), ms(700), |_, _| {});
+    let (probe, active) = (probe.unwrap(), active.unwrap());
+    assert!(
+        probe >= last + ms(12) && probe < last + ms(14),
+        "{:?}",
+        probe - last
+    );
+    assert!(
+        active >= last + ms(32) && active < last + ms(34),
+        "{:?}",
+        active - last
+    );
+}
+
+#[test]
+fn a_peer_heard_again_during_the_early_check_is_not_taken_over() {
+    let cfg = Config {
+        interval: ha_interval(),
+        dead_time: ms(25),
+        icmp_timeout: ms(10),
+        ..fast(1)
+    };
+    let mut ha = Ha::new(cfg, ms(0));
+    let peer = PeerState {
+        serial: 2,
+        forced: None,
+        ..state()
+    };
+    let hb = |ha: &mut Ha, t| {
+        ha.on_event(
+            t,
+            Event::PeerHeartbeat {
+                link: LinkId::Main,
+                peer,
+            },
+        )
+    };
+    hb(&mut ha, ms(1));
+    // 18 ms of silence: the check starts (at 16 ms), unanswered.
+    let acts = ha.on_event(ms(17), Event::Tick);
+    assert!(acts.contains(&Action::StartIcmpProbe), "{acts:?}");
+    assert_eq!(ha.icmp_check(), "probing");
+    // The peer is heard again before dead_time: the check is dropped and
+    // its timeout changes nothing.
+    hb(&mut ha, ms(20));
+    assert_eq!(ha.icmp_check(), "idle");
+    ha.on_event(ms(27), Event::IcmpTimeout);
+    for t in [30, 40, 44] {
+        ha.on_event(ms(t), Event::Tick);
+        assert_eq!(ha.role(), Role::Passive, "at {t} ms");
+    }
+}
+
 #[test]
 fn a_better_synchronized_peer_makes_the_active_yield_and_announce_it() {
     let mut ha = Ha::new(fast(1), ms(0));
