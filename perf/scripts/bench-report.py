@@ -352,6 +352,64 @@ def bars(title, unit, groups, series):
     return "\n".join(out) + "\n"
 
 
+def median_round_timeline(doc, name):
+    """The timeline of the round of cluster `name` whose largest tandem-gen
+    silence is the median of the rounds: (timeline, that silence in ms),
+    or None."""
+    c = cluster(doc, name)
+    rounds = []
+    for r in (c or {}).get("rounds", []):
+        g = r.get("gen") or {}
+        t, gaps = g.get("timeline"), g.get("max_gap_ms")
+        if t and t.get("rx_pps") and gaps:
+            rounds.append((max(gaps), t))
+    if not rounds:
+        return None
+    rounds.sort(key=lambda x: x[0])
+    gap, t = rounds[len(rounds) // 2]
+    return t, gap
+
+
+def timelines(title, panels):
+    """Throughput over time, one panel per (label, colour, timeline, gap):
+    frames per second received against the time from the fault (ms), the
+    fault marked by a red line at 0."""
+    w, left, right, ph, gap_y, top = 760, 70, 20, 95, 38, 44
+    h = top + len(panels) * (ph + gap_y) + 24
+    x_lo = min(t["from_ms"] for _, _, t, _ in panels)
+    x_hi = max(t["from_ms"] + t["bin_ms"] * len(t["rx_pps"]) for _, _, t, _ in panels)
+    span = max(x_hi - x_lo, 1)
+    xs = lambda ms: left + (w - left - right) * (ms - x_lo) / span
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{w / 2}" y="22" text-anchor="middle" font-size="15">{esc(title)}</text>']
+    for i, (label, colour, t, gap) in enumerate(panels):
+        y0 = top + i * (ph + gap_y) + 16
+        vmax = max(max(t["rx_pps"]), 1) * 1.1
+        ys = lambda v: y0 + ph - ph * v / vmax
+        out.append(f'<text x="{left}" y="{y0 - 6}" font-size="12">{esc(label)}: largest silence {gap:.1f} ms</text>')
+        out.append(f'<line x1="{left}" y1="{y0 + ph}" x2="{w - right}" y2="{y0 + ph}" stroke="#999"/>')
+        out.append(f'<line x1="{left}" y1="{y0}" x2="{w - right}" y2="{y0}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 6}" y="{y0 + 4}" text-anchor="end" font-size="10">{vmax / 1.1 / 1e3:.3g}k</text>')
+        out.append(f'<text x="{left - 6}" y="{y0 + ph + 4}" text-anchor="end" font-size="10">0</text>')
+        pts = []
+        for j, v in enumerate(t["rx_pps"]):
+            a = t["from_ms"] + j * t["bin_ms"]
+            pts.append(f"{xs(a):.1f},{ys(v):.1f}")
+            pts.append(f"{xs(a + t['bin_ms']):.1f},{ys(v):.1f}")
+        out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        out.append(f'<line x1="{xs(0):.1f}" y1="{y0 - 2}" x2="{xs(0):.1f}" y2="{y0 + ph}" stroke="#d22" stroke-width="1.5"/>')
+        out.append(f'<text x="{xs(0) + 4:.1f}" y="{y0 + 10}" fill="#d22" font-size="10">fault</text>')
+    for ms in range(int(x_lo // 250) * 250, int(x_hi) + 1, 250):
+        if ms < x_lo:
+            continue
+        out.append(f'<text x="{xs(ms):.1f}" y="{h - 10}" text-anchor="middle" font-size="10">{ms}</text>')
+    out.append(f'<text x="{w - right}" y="{h - 10}" text-anchor="end" font-size="10">ms from the fault</text>')
+    out.append(f'<text x="16" y="{h / 2}" transform="rotate(-90 16 {h / 2})" text-anchor="middle">frames/s received (both ways)</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
 def plots(doc, results):
     f = doc["figures"]
     v = lambda k: f.get(k, {}).get("value")
@@ -398,6 +456,21 @@ def plots(doc, results):
             [label(u) for u in uppers],
             [("testpmd io", "#999999", [hists.get("testpmd_paced", {}).get(u) for u in uppers]),
              ("tandemd firewall", "#4a7ebb", [hists.get("firewall_paced", {}).get(u) for u in uppers])])
+    # Throughput over time across each kind of failover: the round with
+    # the median silence.
+    panels = []
+    for fname, cname, label, colour in (
+            ("failover.json", "tandem", "tandem, kill -9", "#4a7ebb"),
+            ("failover.json", "linux", "Linux pair (keepalived + conntrackd), kill -9", "#777777"),
+            ("failover-stop.json", "tandem", "tandem, SIGSTOP", "#4a7ebb"),
+            ("failover-swap.json", "tandem", "tandem, forced swap (hapassive)", "#4a7ebb"),
+            ("failover-term.json", "tandem", "tandem, clean stop (SIGTERM)", "#4a7ebb")):
+        m = median_round_timeline(load(results, fname), cname)
+        if m:
+            panels.append((label, colour, m[0], m[1]))
+    if panels:
+        made["failover-timeline.svg"] = timelines(
+            "tandem-gen's UDP through the cluster across a failover (10 ms intervals, the median round)", panels)
     d = os.path.join(results, "plots")
     os.makedirs(d, exist_ok=True)
     for name, svg in made.items():

@@ -674,6 +674,46 @@ pub struct RxAccount {
     last_rx: [Option<u64>; 2],
     /// Largest silence between two counted probes, per direction, ticks.
     max_gap: [u64; 2],
+    /// Received probes per interval, when asked for ([`RxAccount::start_timeline`]).
+    timeline: Option<Timeline>,
+}
+
+/// Received frames per interval of the measured period: throughput over
+/// time, e.g. across a failover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Timeline {
+    /// The interval, milliseconds.
+    pub bin_ms: u32,
+    /// When the first interval began, milliseconds since the Unix epoch
+    /// (to place events measured elsewhere, such as a kill).
+    pub start_unix_ms: u64,
+    /// Frames received in each interval (both directions), from the
+    /// first; intervals after the last frame are not listed.
+    pub rx: Vec<u32>,
+    #[serde(skip)]
+    start_tsc: u64,
+    #[serde(skip)]
+    bin_ticks: u64,
+    #[serde(skip)]
+    max_bins: usize,
+}
+
+impl Timeline {
+    /// Most intervals a timeline holds; frames after the last are not
+    /// counted in it.
+    pub const MAX_BINS: usize = 100_000;
+
+    #[inline]
+    fn record(&mut self, now_tsc: u64) {
+        let i = (now_tsc.saturating_sub(self.start_tsc) / self.bin_ticks) as usize;
+        if i >= self.max_bins {
+            return;
+        }
+        if i >= self.rx.len() {
+            self.rx.resize(i + 1, 0);
+        }
+        self.rx[i] = self.rx[i].saturating_add(1);
+    }
 }
 
 /// Highest latency the histogram tells apart (60 s); above it saturates.
@@ -696,7 +736,28 @@ impl RxAccount {
             split: u32::MAX,
             last_rx: [None; 2],
             max_gap: [0; 2],
+            timeline: None,
         }
+    }
+
+    /// Counts the received probes per `bin_ms` milliseconds from TSC
+    /// `now_tsc` (which is `start_unix_ms` on the wall clock), for at most
+    /// [`Timeline::MAX_BINS`] intervals ([`Report::rx_timeline`]).
+    pub fn start_timeline(&mut self, bin_ms: u32, now_tsc: u64, start_unix_ms: u64) {
+        let bin_ticks = (self.hz * u64::from(bin_ms.max(1)) / 1000).max(1);
+        self.timeline = Some(Timeline {
+            bin_ms: bin_ms.max(1),
+            start_unix_ms,
+            rx: Vec::new(),
+            start_tsc: now_tsc,
+            bin_ticks,
+            max_bins: Timeline::MAX_BINS,
+        });
+    }
+
+    /// The timeline of [`Self::start_timeline`], if one was started.
+    pub fn timeline(&self) -> Option<&Timeline> {
+        self.timeline.as_ref()
     }
 
     /// Flows `split..` are the second direction: their silences are
@@ -768,6 +829,9 @@ impl RxAccount {
             self.max_gap[dir] = self.max_gap[dir].max(now_tsc.saturating_sub(last));
         }
         self.last_rx[dir] = Some(now_tsc);
+        if let Some(t) = &mut self.timeline {
+            t.record(now_tsc);
+        }
         let ticks = now_tsc.wrapping_sub(p.tsc) & MASK48;
         let ns = (u128::from(ticks) * 1_000_000_000 / u128::from(self.hz)) as u64;
         self.latency_ns.saturating_record(ns.max(1));
@@ -846,6 +910,10 @@ pub struct Report {
     /// Times a followed gateway (`--gw-a`/`--gw-b`) announced a new MAC
     /// (a failover of the device under test), after the first.
     pub gateway_moves: u64,
+    /// Frames received per interval of the measured period (`--timeline-ms`;
+    /// absent without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_timeline: Option<Timeline>,
 }
 
 impl Report {
@@ -886,6 +954,7 @@ impl Report {
             foreign: rx.foreign,
             max_gap_us: rx.max_gap_us(),
             gateway_moves: 0,
+            rx_timeline: rx.timeline().cloned(),
         }
     }
 }
@@ -1499,6 +1568,44 @@ mod tests {
         let l = Latency::of(&acc.latency_ns);
         assert!((995..=1005).contains(&l.p50), "{l:?}");
         assert!((3990..=4010).contains(&l.max), "{l:?}");
+    }
+
+    #[test]
+    fn the_timeline_counts_frames_per_interval_and_shows_a_silence() {
+        let mut acc = RxAccount::new(1, HZ);
+        acc.start_measuring(&[0]);
+        let ms = HZ / 1000;
+        let t0 = 5 * HZ;
+        acc.start_timeline(10, t0, 1_700_000_000_000);
+        // 1 frame per ms for 30 ms, silence for 25 ms, then 1 per ms again.
+        for (seq, at) in (0..30).chain(55..70).enumerate() {
+            acc.probe(
+                &Probe {
+                    flow: 0,
+                    seq: seq as u64,
+                    tsc: t0 + at * ms,
+                },
+                t0 + at * ms,
+            );
+        }
+        let r = Report::new(45, &acc, 1.0, 1, Sizes::fixed(64).unwrap(), false, 1000);
+        let t = r.rx_timeline.expect("a timeline");
+        assert_eq!((t.bin_ms, t.start_unix_ms), (10, 1_700_000_000_000));
+        assert_eq!(t.rx, vec![10, 10, 10, 0, 0, 5, 10]);
+        let v = serde_json::to_value(Report::new(
+            0,
+            &RxAccount::new(1, HZ),
+            1.0,
+            1,
+            Sizes::Imix,
+            false,
+            0,
+        ))
+        .unwrap();
+        assert!(
+            v.get("rx_timeline").is_none(),
+            "no timeline unless asked: {v}"
+        );
     }
 
     #[test]

@@ -40,7 +40,13 @@ fn the_report_gathers_figures_with_units_baselines_and_ratios() {
     write(
         "failover.json",
         &json!({"clusters": [
-            {"cluster": "tandem", "gap_ms": {"median": 38.0, "max": 41.0}, "connections_lost": 0, "connections_total": 1020},
+            {"cluster": "tandem", "gap_ms": {"median": 38.0, "max": 41.0}, "connections_lost": 0, "connections_total": 1020,
+             // Three rounds: the plot shows the one of the median silence (31.5 ms).
+             "rounds": [
+                {"gen": {"max_gap_ms": [40.0, 12.0], "timeline": {"bin_ms": 10, "from_ms": -20.0, "rx_pps": [20000, 20000, 0, 0, 0, 0, 20000]}}},
+                {"gen": {"max_gap_ms": [25.0, 31.5], "timeline": {"bin_ms": 10, "from_ms": -20.0, "rx_pps": [20000, 20000, 0, 0, 0, 20000, 20000]}}},
+                {"gen": {"max_gap_ms": [22.0, 21.0], "timeline": {"bin_ms": 10, "from_ms": -20.0, "rx_pps": [20000, 20000, 0, 0, 20000, 20000, 20000]}}},
+             ]},
             {"cluster": "linux", "gap_ms": {"median": 44.0, "max": 48.0}, "connections_lost": 0},
         ]}),
     );
@@ -107,6 +113,26 @@ fn the_report_gathers_figures_with_units_baselines_and_ratios() {
     let hist = std::fs::read_to_string(dir.join("plots/latency-histogram.svg")).unwrap();
     assert!(hist.contains(">75<"), "{hist}");
     assert!(hist.contains("&lt;1.02 us"), "{hist}");
+    // Throughput over time across the failover: the median round of the
+    // three, the fault marked.
+    let tl = std::fs::read_to_string(dir.join("plots/failover-timeline.svg")).unwrap();
+    assert!(
+        tl.contains("tandem, kill -9: largest silence 31.5 ms"),
+        "{tl}"
+    );
+    assert!(tl.contains(">fault<") && tl.contains("<polyline"), "{tl}");
+    assert!(
+        !tl.contains("Linux pair"),
+        "no Linux rounds, no Linux panel: {tl}"
+    );
+    assert!(
+        doc["plots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "plots/failover-timeline.svg"),
+        "{doc}"
+    );
     let svg = std::fs::read_to_string(dir.join("plots/dataplane.svg")).unwrap();
     assert!(
         svg.contains(">5<"),

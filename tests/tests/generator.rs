@@ -48,6 +48,7 @@ fn the_generator_follows_a_takeover_and_measures_what_it_cost() {
     thread::sleep(Duration::from_secs(3));
     let survivor = c.nodes.remove(1 - a);
     let mut victim = c.nodes.remove(0);
+    let kill_unix_ms = wall_ms();
     victim.proc.signal("KILL");
     let t = Instant::now();
     while role(&survivor).0 != "active" && t.elapsed() < Duration::from_secs(3) {
@@ -93,4 +94,43 @@ fn the_generator_follows_a_takeover_and_measures_what_it_cost() {
             "a silence of the takeover's size in each direction: {report}"
         );
     }
+    // Throughput over time around the kill (what bench-failover plots):
+    // full before it, nothing in some 10 ms interval after it, full again
+    // by the end.
+    let t = generator::timeline_around(&report, kill_unix_ms, 500, 1500)
+        .unwrap_or_else(|| panic!("a timeline around the kill: {report}"));
+    let pps: Vec<u64> = t["rx_pps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let from = t["from_ms"].as_f64().unwrap();
+    let kill_bin = (-from / f64::from(generator::TIMELINE_MS)) as usize;
+    let full = 2 * RATE;
+    let before = &pps[..kill_bin.saturating_sub(1)];
+    let after = &pps[kill_bin..];
+    let median = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    assert!(
+        before.len() >= 40 && median(before) * 10 >= full * 9,
+        "the full rate both ways before the kill: {t}"
+    );
+    assert!(
+        after.iter().take(100).any(|&p| p == 0),
+        "an empty 10 ms interval within 1 s of the kill: {t}"
+    );
+    assert!(
+        after.len() >= 140 && median(&after[after.len() - 40..]) * 10 >= full * 9,
+        "the full rate again through the new active: {t}"
+    );
+}
+
+fn wall_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }

@@ -39,7 +39,7 @@ use tandem_dataplane::dpdk::{self, Eal, Mbuf, Mempool, Port, PortSetup, RxQueue,
 use tandem_dataplane::wire::EthernetAddress;
 use tandem_perf::gen::{
     arp_reply, arp_request, arp_sender, check_seconds, in_bench_net, memif_client_socket, restamp,
-    AddrRange, FlowPlan, Pacer, Probe, Report, RxAccount, Sizes, Template, Tick, FCS_LEN,
+    AddrRange, FlowPlan, Pacer, Probe, Report, RxAccount, Sizes, Template, Tick, Timeline, FCS_LEN,
 };
 use tandem_perf::gen_tcp::{
     ConnPlan, Replies, TcpClient, TcpPlanError, TcpReport, TcpServer, TcpTick, MAX_CONN_TIMEOUT,
@@ -153,6 +153,12 @@ struct Args {
     /// the other goes. 0: close at once.
     #[arg(long, default_value_t = 0.0)]
     hold_open: f64,
+    /// Count the frames received per this many milliseconds of the
+    /// measured period (1 to 1000; 0: off) and give them in the report
+    /// as rx_timeline, with the wall-clock time of the first interval:
+    /// throughput over time, e.g. across a failover. UDP mode.
+    #[arg(long, default_value_t = 0)]
+    timeline_ms: u32,
     /// TCP mode: open this many new connections per second (0: as fast
     /// as --max-open allows), each a whole exchange (handshake, one data
     /// segment, teardown) between a client behind port A and a server
@@ -227,6 +233,25 @@ fn plan(a: &Args) -> Result<Plan, String> {
     }
     if a.gw_b.is_some() && !a.bidir {
         return Err("--gw-b needs --bidir (only then are frames sent on B)".into());
+    }
+    if a.timeline_ms > 1000 {
+        return Err(format!(
+            "--timeline-ms {}: give 1 to 1000 milliseconds (0: no timeline)",
+            a.timeline_ms
+        ));
+    }
+    if a.timeline_ms > 0 {
+        if a.tcp_conns.is_some() {
+            return Err("--timeline-ms is for the UDP mode, not with --tcp-conns".into());
+        }
+        let bins = duration * 1000.0 / f64::from(a.timeline_ms);
+        if bins > Timeline::MAX_BINS as f64 {
+            return Err(format!(
+                "--timeline-ms {} over --duration {duration} s makes {bins:.0} intervals: at most {} (raise the interval or shorten the run)",
+                a.timeline_ms,
+                Timeline::MAX_BINS
+            ));
+        }
     }
     if a.idle_sleep_us > 10_000 {
         return Err(format!(
@@ -722,6 +747,12 @@ fn run(a: Args) -> Result<(), String> {
                 first.extend_from_slice(&b.next_seq);
             }
             acc.start_measuring(&first);
+            if a.timeline_ms > 0 {
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                acc.start_timeline(a.timeline_ms, now, unix_ms);
+            }
             // Frames built but not sent yet belong to the warm-up.
             sent_base = total_sent(&tx_a, &tx_b)
                 + tx_a.pending.len() as u64

@@ -1004,13 +1004,16 @@ impl Gen {
         Ok(Gen { proc })
     }
 
-    /// Ends the run (SIGINT: it reports) and returns what it saw.
-    fn finish(self) -> Value {
+    /// Ends the run (SIGINT: it reports) and returns what it saw, with
+    /// its throughput from 0.5 s before the fault (at `t_fault`, wall
+    /// clock, seconds) to 1 s after.
+    fn finish(self, t_fault: f64) -> Value {
         match tandem_tests::generator::report(self.proc) {
             Ok(r) => json!({
                 "sent": r["sent"], "lost": r["lost"], "reordered": r["reordered"],
                 "max_gap_ms": r["max_gap_us"].as_array().map(|a| a.iter().filter_map(Value::as_f64).map(|us| us / 1e3).collect::<Vec<_>>()),
                 "gateway_moves": r["gateway_moves"], "rate_pps": r["rate_pps"],
+                "timeline": tandem_tests::generator::timeline_around(&r, t_fault * 1e3, 500, 1000),
             }),
             Err(e) => json!({"error": e.to_string()}),
         }
@@ -1082,7 +1085,7 @@ fn round(
     });
     std::thread::sleep(Duration::from_millis(300));
     let long_now = long.traffic.status().unwrap_or(Value::Null);
-    let gen = gen.map(Gen::finish);
+    let gen = gen.map(|g| g.finish(t_kill));
     let mut fresh = fresh;
     fresh.proc.stop();
     let t_end = wall();
