@@ -866,6 +866,98 @@ impl Latency {
     }
 }
 
+/// A port of the generator as given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    /// A DPDK virtual device: its name (before the first comma) and the
+    /// whole spec for EAL's --vdev.
+    Vdev {
+        /// The device name, e.g. net_memif0.
+        name: String,
+        /// The spec, e.g. net_memif0,role=client,socket=/tmp/x/a.sock.
+        spec: String,
+    },
+    /// A PCI device bound to a DPDK driver (vfio-pci): its address as
+    /// DPDK names the port (domain included, lowercase).
+    Pci(String),
+}
+
+impl PortSpec {
+    /// Parses `--port-a`/`--port-b` (`option`): a PCI address
+    /// (0000:03:00.0 or 03:00.0) or a vdev spec starting with net_.
+    pub fn parse(option: &str, spec: &str) -> Result<PortSpec, String> {
+        if let Some(pci) = pci_address(spec) {
+            return Ok(PortSpec::Pci(pci));
+        }
+        let name = spec.split(',').next().unwrap_or_default();
+        let ok_name = name.starts_with("net_")
+            && name.len() > 4
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok_name || spec.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "{option} {spec:?} is neither a PCI address nor a DPDK vdev spec: give a NIC's PCI address bound to vfio-pci (0000:03:00.0), or a device name starting with net_ and its arguments (net_memif0,role=client,socket=/tmp/x/a.sock or net_af_packet0,iface=veth0)"
+            ));
+        }
+        Ok(PortSpec::Vdev {
+            name: name.to_owned(),
+            spec: spec.to_owned(),
+        })
+    }
+
+    /// The name DPDK gives the port.
+    pub fn name(&self) -> &str {
+        match self {
+            PortSpec::Vdev { name, .. } => name,
+            PortSpec::Pci(a) => a,
+        }
+    }
+
+    /// The EAL arguments that make the device a port.
+    pub fn eal_args(&self) -> [String; 2] {
+        match self {
+            PortSpec::Vdev { spec, .. } => ["--vdev".into(), spec.clone()],
+            PortSpec::Pci(a) => ["-a".into(), a.clone()],
+        }
+    }
+}
+
+/// `s` as a full PCI address (domain:bus:device.function, lowercase),
+/// if it is one (with or without the domain).
+fn pci_address(s: &str) -> Option<String> {
+    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
+    let (head, func) = s.rsplit_once('.')?;
+    if func.len() != 1 || !matches!(func.as_bytes()[0], b'0'..=b'7') {
+        return None;
+    }
+    let parts: Vec<&str> = head.split(':').collect();
+    let (domain, bus, dev) = match parts[..] {
+        [d, b, v] => (d, b, v),
+        [b, v] => ("0000", b, v),
+        _ => return None,
+    };
+    (hex(domain, 4) && hex(bus, 2) && hex(dev, 2))
+        .then(|| format!("{domain}:{bus}:{dev}.{func}").to_ascii_lowercase())
+}
+
+/// Ethernet's per-frame overhead on the wire besides the frame itself:
+/// preamble, start delimiter and inter-frame gap.
+pub const WIRE_OVERHEAD: f64 = 20.0;
+
+/// Frames per second that fill `percent` % of a link of `speed_mbps`
+/// with frames of `mean_frame` bytes (FCS included) on average; `None`
+/// when the link speed is unknown (0) or `percent` is not in (0, 100].
+pub fn line_rate_pps(speed_mbps: u32, mean_frame: f64, percent: f64) -> Option<u64> {
+    if speed_mbps == 0 || !(percent > 0.0 && percent <= 100.0) || mean_frame <= 0.0 {
+        return None;
+    }
+    let bits = (mean_frame + WIRE_OVERHEAD) * 8.0;
+    Some(
+        (f64::from(speed_mbps) * 1e6 * percent / 100.0 / bits)
+            .round()
+            .max(1.0) as u64,
+    )
+}
+
 /// The final JSON line. Keys are stable: scripts read them.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -1568,6 +1660,52 @@ mod tests {
         let l = Latency::of(&acc.latency_ns);
         assert!((995..=1005).contains(&l.p50), "{l:?}");
         assert!((3990..=4010).contains(&l.max), "{l:?}");
+    }
+
+    #[test]
+    fn ports_are_pci_addresses_or_vdev_specs() {
+        assert_eq!(
+            PortSpec::parse("--port-a", "0000:03:00.1"),
+            Ok(PortSpec::Pci("0000:03:00.1".into()))
+        );
+        let short = PortSpec::parse("--port-a", "AF:00.0").unwrap();
+        assert_eq!(short.name(), "0000:af:00.0");
+        assert_eq!(short.eal_args(), ["-a".to_string(), "0000:af:00.0".into()]);
+        let v = PortSpec::parse("--port-b", "net_memif1,role=client,socket=/tmp/b.sock").unwrap();
+        assert_eq!(v.name(), "net_memif1");
+        assert_eq!(
+            v.eal_args(),
+            [
+                "--vdev".to_string(),
+                "net_memif1,role=client,socket=/tmp/b.sock".into()
+            ]
+        );
+        for bad in [
+            "03:00.8",
+            "0000:3:00.0",
+            "eth0",
+            "net_",
+            "net_x y",
+            "0000:03:00",
+            "00:03:00.0",
+        ] {
+            let e = PortSpec::parse("--port-a", bad).unwrap_err();
+            assert!(
+                e.contains("--port-a") && e.contains("PCI address"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fraction_of_line_rate_counts_the_wire_overhead() {
+        // 10GbE, 64-byte frames: the classic 14.88 Mpps.
+        assert_eq!(line_rate_pps(10_000, 64.0, 100.0), Some(14_880_952));
+        assert_eq!(line_rate_pps(10_000, 1518.0, 50.0), Some(406_372));
+        assert_eq!(line_rate_pps(100_000, 64.0, 10.0), Some(14_880_952));
+        assert_eq!(line_rate_pps(0, 64.0, 10.0), None, "unknown speed");
+        assert_eq!(line_rate_pps(10_000, 64.0, 0.0), None);
+        assert_eq!(line_rate_pps(10_000, 64.0, 101.0), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! ```text
 //! tandem-gen --port-a net_memif0,role=client,socket=/tmp/x/a.sock \
 //!            --port-b net_memif1,role=client,socket=/tmp/x/b.sock \
-//!            [--bidir] [--flows 1] [--size 64 | --imix] [--rate 0] \
+//!            [--bidir] [--flows 1] [--size 64 | --imix] [--rate 0 | --rate-percent P] \
 //!            [--duration 10] [--warmup 1] [--dst-mac MAC] [--lcore 0]
 //! ```
 //!
@@ -39,7 +39,8 @@ use tandem_dataplane::dpdk::{self, Eal, Mbuf, Mempool, Port, PortSetup, RxQueue,
 use tandem_dataplane::wire::EthernetAddress;
 use tandem_perf::gen::{
     arp_reply, arp_request, arp_sender, check_seconds, in_bench_net, memif_client_socket, restamp,
-    AddrRange, FlowPlan, Pacer, Probe, Report, RxAccount, Sizes, Template, Tick, Timeline, FCS_LEN,
+    AddrRange, FlowPlan, Pacer, PortSpec, Probe, Report, RxAccount, Sizes, Template, Tick,
+    Timeline, FCS_LEN,
 };
 use tandem_perf::gen_tcp::{
     ConnPlan, Replies, TcpClient, TcpPlanError, TcpReport, TcpServer, TcpTick, MAX_CONN_TIMEOUT,
@@ -54,10 +55,12 @@ use tandem_perf::gen_tcp::{
 struct Args {
     /// Port A (sends): a DPDK vdev spec, e.g.
     /// net_memif0,role=client,socket=/tmp/x/a.sock or
-    /// net_af_packet0,iface=veth0,framecnt=8192.
+    /// net_af_packet0,iface=veth0,framecnt=8192, or the PCI address of a
+    /// NIC bound to vfio-pci (0000:03:00.0).
     #[arg(long)]
     port_a: String,
-    /// Port B (receives): a DPDK vdev spec with a different device name.
+    /// Port B (receives): a vdev spec with a different device name, or
+    /// another PCI address.
     #[arg(long)]
     port_b: String,
     /// Send both ways: A -> B and B -> A (the reply direction: addresses
@@ -111,6 +114,12 @@ struct Args {
     /// Frames per second per direction; 0 sends as fast as the port takes.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Instead of --rate: this percentage (more than 0, at most 100) of
+    /// port A's line rate as the driver reports its link speed, counting
+    /// 20 bytes of preamble and gap per frame (10GbE at 64 B: 14.88 Mpps
+    /// for 100). Virtual devices that report no speed are refused.
+    #[arg(long, conflicts_with_all = ["rate", "tcp_conns"])]
+    rate_percent: Option<f64>,
     /// Seconds measured (after the warm-up), at most 3600.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -194,20 +203,6 @@ struct TcpPlan {
     timeout: f64,
 }
 
-/// The device name of a vdev spec (before the first comma), checked.
-fn vdev_name(option: &str, spec: &str) -> Result<String, String> {
-    let name = spec.split(',').next().unwrap_or_default();
-    let ok_name = name.starts_with("net_")
-        && name.len() > 4
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !ok_name || spec.chars().any(char::is_whitespace) {
-        return Err(format!(
-            "{option} {spec:?} is not a DPDK vdev spec: give a device name starting with net_ and its arguments, such as net_memif0,role=client,socket=/tmp/x/a.sock or net_af_packet0,iface=veth0"
-        ));
-    }
-    Ok(name.to_owned())
-}
-
 fn plan(a: &Args) -> Result<Plan, String> {
     let src = AddrRange::parse_bench("--src-net", &a.src_net).map_err(|e| e.to_string())?;
     let dst = AddrRange::parse_bench("--dst-net", &a.dst_net).map_err(|e| e.to_string())?;
@@ -233,6 +228,13 @@ fn plan(a: &Args) -> Result<Plan, String> {
     }
     if a.gw_b.is_some() && !a.bidir {
         return Err("--gw-b needs --bidir (only then are frames sent on B)".into());
+    }
+    if let Some(pc) = a.rate_percent {
+        if !(pc > 0.0 && pc <= 100.0) {
+            return Err(format!(
+                "--rate-percent {pc}: give more than 0 and at most 100 (% of port A's line rate)"
+            ));
+        }
     }
     if a.timeline_ms > 1000 {
         return Err(format!(
@@ -482,11 +484,12 @@ fn receive(
 
 fn run(a: Args) -> Result<(), String> {
     let p = plan(&a)?;
-    let name_a = vdev_name("--port-a", &a.port_a)?;
-    let name_b = vdev_name("--port-b", &a.port_b)?;
+    let spec_a = PortSpec::parse("--port-a", &a.port_a)?;
+    let spec_b = PortSpec::parse("--port-b", &a.port_b)?;
+    let (name_a, name_b) = (spec_a.name().to_owned(), spec_b.name().to_owned());
     if name_a == name_b {
         return Err(format!(
-            "--port-a and --port-b are both {name_a}: give the two devices different names (net_memif0 and net_memif1)"
+            "--port-a and --port-b are both {name_a}: give two different devices (net_memif0 and net_memif1, or two PCI addresses)"
         ));
     }
     let prefix = a
@@ -498,12 +501,15 @@ fn run(a: Args) -> Result<(), String> {
         "-l".into(),
         a.lcore.to_string(),
         format!("--file-prefix={prefix}"),
-        "--no-pci".into(),
         "--no-telemetry".into(),
         format!("--log-level={}", a.log_level),
-        format!("--vdev={}", a.port_a),
-        format!("--vdev={}", a.port_b),
     ];
+    // Only the PCI devices named (none: no PCI scan at all).
+    if !matches!(spec_a, PortSpec::Pci(_)) && !matches!(spec_b, PortSpec::Pci(_)) {
+        eal_args.push("--no-pci".into());
+    }
+    eal_args.extend(spec_a.eal_args());
+    eal_args.extend(spec_b.eal_args());
     if a.no_huge {
         eal_args.extend([
             "--no-huge".into(),
@@ -677,6 +683,17 @@ fn run(a: Args) -> Result<(), String> {
         .dst_mac_b
         .or(gw_b.as_ref().and_then(|g| g.mac))
         .unwrap_or(mac_a);
+    let rate = match a.rate_percent {
+        None => a.rate,
+        Some(pc) => {
+            let speed = side_a.port.link().map(|l| l.speed_mbps).unwrap_or(0);
+            let rate = tandem_perf::gen::line_rate_pps(speed, p.sizes.mean(), pc).ok_or_else(|| {
+                format!("--rate-percent {pc}: port A reports no link speed (virtual devices such as memif may not): give --rate in frames per second")
+            })?;
+            eprintln!("tandem-gen: {pc} % of {speed} Mbit/s at {:.1} B per frame is {rate} frames/s per direction", p.sizes.mean());
+            rate
+        }
+    };
     let sender = |src_mac, dst_mac, reverse: bool, base: u32, start: u64| {
         let templates: Vec<Template> = (0..flows)
             .map(|i| {
@@ -693,7 +710,7 @@ fn run(a: Args) -> Result<(), String> {
             generated: 0,
             sent: 0,
             pending: Vec::with_capacity(dpdk::MAX_BURST),
-            pacer: Pacer::new(a.rate, hz, start, a.burst),
+            pacer: Pacer::new(rate, hz, start, a.burst),
             sizes: p.sizes,
             burst: a.burst,
             alloc_failures: 0,
@@ -829,7 +846,7 @@ fn run(a: Args) -> Result<(), String> {
     } else {
         (0, 0.0)
     };
-    let mut report = Report::new(sent, &acc, duration, flows, p.sizes, a.bidir, a.rate);
+    let mut report = Report::new(sent, &acc, duration, flows, p.sizes, a.bidir, rate);
     report.gateway_moves = [&gw_a, &gw_b]
         .iter()
         .filter_map(|g| g.as_ref().map(|g| g.moves))
