@@ -16,6 +16,7 @@
 
 mod cidr;
 mod error;
+mod identity;
 mod locate;
 pub mod policy;
 mod schema;
@@ -28,6 +29,7 @@ use std::path::Path;
 
 pub use cidr::{CidrParseError, Ipv4Cidr, MAX_PREFIX_LEN};
 pub use error::{ConfigError, Diagnostic, Position};
+pub use identity::{load_identity, parse_identity, psk_problems, Identity, Licence, IDENTITY_FILE};
 pub use schema::{
     AggregateConfig, AggregateMode, ControlConfig, DataplaneConfig, Device, DiskQualityConfig,
     EalConfig, FirewallConfig, HaConfig, HaLinkConfig, IdleConfig, InterfaceConfig, LacpRate,

@@ -355,6 +355,11 @@ pub struct ControlConfig {
     /// default `/var/lib/tandem`.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// The identity file (serial, model, licence, data ports: what a
+    /// cluster checks when a member joins); default `identity.ron` beside
+    /// the configuration file. A node without one runs alone.
+    #[serde(default)]
+    pub identity: Option<PathBuf>,
 }
 
 /// The default control socket path.
@@ -366,6 +371,7 @@ impl Default for ControlConfig {
             socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             event_log: None,
             state_dir: None,
+            identity: None,
         }
     }
 }

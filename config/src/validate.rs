@@ -55,7 +55,7 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
         "firewall.delta_ring" => "64..=4194304 changes per worker",
         "firewall.fragment_timeout_ms" => "100..=60000",
         g if g.starts_with("firewall.timeouts.") => "1..=2592000 seconds (30 days)",
-        "ha.psk" => "at least 12 characters mixing three of: lower case, upper case, digits, other characters",
+        "ha.psk" => "at least 12 characters mixing three of: lower case, upper case, digits, other characters, none of them half of the key or more",
         "ha.links" => "1 or 2 links (main, then backup)",
         "ha.links[].name" => "1..=32 characters from [A-Za-z0-9._-]",
         "ha.links[].interface" => "a Linux interface name: 1..=15 characters, no '/', ':' or white space",
@@ -82,11 +82,11 @@ pub(crate) fn allowed_values(path: &str) -> Option<&'static str> {
     })
 }
 
-fn in_charset(s: &str, max: usize, ok: impl Fn(char) -> bool) -> bool {
+pub(crate) fn in_charset(s: &str, max: usize, ok: impl Fn(char) -> bool) -> bool {
     (1..=max).contains(&s.chars().count()) && s.chars().all(ok)
 }
 
-fn ident_char(c: char) -> bool {
+pub(crate) fn ident_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
@@ -267,20 +267,13 @@ fn firewall(c: &mut Checker<'_>, cfg: &NodeConfig) {
 
 fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
     let Some(ha) = &cfg.ha else { return };
-    let classes = [
-        ha.psk.chars().any(|ch| ch.is_ascii_lowercase()),
-        ha.psk.chars().any(|ch| ch.is_ascii_uppercase()),
-        ha.psk.chars().any(|ch| ch.is_ascii_digit()),
-        ha.psk.chars().any(|ch| !ch.is_ascii_alphanumeric()),
-    ]
-    .iter()
-    .filter(|&&b| b)
-    .count();
-    if ha.psk.chars().count() < 12 || classes < 3 {
+    let weak = crate::identity::psk_problems(&ha.psk);
+    if !weak.is_empty() {
         c.fail(
             "ha.psk",
             format!(
-                "the pre-shared key is too weak; allowed {}",
+                "the pre-shared key is too weak: {}; allowed {}",
+                weak.join("; "),
                 allowed("ha.psk")
             ),
         );

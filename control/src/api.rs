@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -72,6 +72,9 @@ pub enum Request {
     /// The cluster as the election sees it (members, links, checks), as
     /// `hainfo`.
     HaInfo,
+    /// The node's identity (serial, model, licence, data ports, firmware):
+    /// what a cluster checks when a member joins.
+    Identity,
     /// Injects a fault, for tests of the black-hole watchdog only: refused
     /// unless tandemd was started with `TANDEM_TEST_FAULTS=1`.
     Debug {
@@ -139,6 +142,7 @@ impl Request {
         "sync_verify",
         "log",
         "ha_info",
+        "identity",
         "debug",
     ];
 
@@ -158,6 +162,7 @@ impl Request {
             Request::SyncVerify { .. } => "sync_verify",
             Request::Log { .. } => "log",
             Request::HaInfo => "ha_info",
+            Request::Identity => "identity",
             Request::Debug { .. } => "debug",
         }
     }
@@ -166,6 +171,23 @@ impl Request {
     pub fn to_line(&self) -> Vec<u8> {
         to_line(self).unwrap_or_else(|_| format!("{{\"cmd\":\"{}\"}}\n", self.name()).into_bytes())
     }
+}
+
+/// A node's identity, as [`Request::Identity`] answers it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IdentityReport {
+    /// The identity file this node reads (present or not).
+    pub file: String,
+    /// The serial (`node.serial` without an identity file).
+    pub serial: String,
+    /// The model; `None` without an identity file.
+    pub model: Option<String>,
+    /// `master` or `slave`; `None` without an identity file.
+    pub licence: Option<String>,
+    /// Data ports of the hardware; `None` without an identity file.
+    pub ports: Option<u16>,
+    /// The running tandemd's version.
+    pub firmware: String,
 }
 
 /// The daemon's answer to one [`Request`].
@@ -204,6 +226,8 @@ pub enum Response {
     Sync(SyncReport),
     /// Answer to [`Request::HaInfo`].
     HaInfo(HaInfo),
+    /// Answer to [`Request::Identity`].
+    Identity(IdentityReport),
     /// Answer to [`Request::PolicyReload`].
     Policy {
         /// Rules in the policy now in force.
@@ -961,6 +985,7 @@ mod tests {
             | Request::SyncDigest
             | Request::SyncVerify { .. }
             | Request::HaInfo
+            | Request::Identity
             | Request::Log { .. }
             | Request::Debug { .. } => {}
         }
@@ -980,6 +1005,7 @@ mod tests {
             Request::SyncVerify { start: false },
             Request::Log { lines: None },
             Request::HaInfo,
+            Request::Identity,
             Request::Debug { fault: None },
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
@@ -1001,7 +1027,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, debug"
         );
     }
 

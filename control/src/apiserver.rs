@@ -30,7 +30,7 @@ use tandem_config::NodeConfig;
 use tandem_dataplane::node::Node;
 use tandem_dataplane::worker::{Role, WorkerFault, MAX_INJECTED_STALL};
 
-use crate::api::{ConnectionsReport, DebugFault, Request, Response};
+use crate::api::{ConnectionsReport, DebugFault, IdentityReport, Request, Response};
 use crate::eventlog::{EventLog, MEMORY_LINES};
 use crate::reports;
 use crate::socket::{ClientId, ControlSocket, SocketError};
@@ -102,6 +102,8 @@ pub struct ApiContext {
     pub shared: Arc<ControlShared>,
     /// `tandemctl debug` is allowed ([`FAULTS_ENV`] was `1` at start).
     pub faults: bool,
+    /// The node's identity, read at start.
+    pub identity: IdentityReport,
 }
 
 /// A request the control loop answers from the state it has.
@@ -338,6 +340,7 @@ impl Route<'_> {
         match req {
             Request::Status => Some(Response::Status(reports::status(ctx))),
             Request::Stats => Some(Response::Stats(reports::stats(ctx))),
+            Request::Identity => Some(Response::Identity(ctx.identity.clone())),
             Request::Log { lines } => Some(Response::Log {
                 lines: ctx.events.tail(lines.unwrap_or(50).min(MEMORY_LINES)),
             }),

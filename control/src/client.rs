@@ -16,8 +16,8 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use thiserror::Error;
 
 use crate::api::{
-    parse_response, ConnectionsReport, HaInfo, HaMemberInfo, Request, Response, StatsReport,
-    StatusReport, SyncReport,
+    parse_response, ConnectionsReport, HaInfo, HaMemberInfo, IdentityReport, Request, Response,
+    StatsReport, StatusReport, SyncReport,
 };
 
 /// The largest answer `tandemctl` accepts (the connection table can be big).
@@ -502,6 +502,27 @@ pub fn format_sync(r: &SyncReport) -> String {
 
 /// Human-readable text of a `hainfo` answer: the members side by side,
 /// then the paths to the peer.
+/// `tandemctl identity`: one field per line; without an identity file,
+/// what that means and how to write one.
+pub fn format_identity(r: &IdentityReport) -> String {
+    let mut out = format!("serial    {}\n", r.serial);
+    match (&r.model, &r.licence, r.ports) {
+        (Some(model), Some(licence), Some(ports)) => {
+            out += &format!(
+                "model     {model}\nlicence   {licence}\nports     {ports}\nfirmware  {}\nfile      {}\n",
+                r.firmware, r.file
+            );
+        }
+        _ => {
+            out += &format!(
+                "firmware  {}\nno identity file at {}: this firewall runs alone and cannot create or join a cluster. Write one with the hardware's facts, e.g. (serial: \"{}\", model: \"TD-LAB\", licence: Master, ports: 2)\n",
+                r.firmware, r.file, r.serial
+            );
+        }
+    }
+    out
+}
+
 pub fn format_hainfo(r: &HaInfo) -> String {
     let mut out = String::new();
     let yn = |b: bool| if b { "yes" } else { "no" };

@@ -21,7 +21,7 @@ use tandem_config::NodeConfig;
 use tandem_dataplane::node::{Node, NodeError};
 use tandem_dataplane::worker::Role;
 
-use crate::api::Response;
+use crate::api::{IdentityReport, Response};
 use crate::apiserver::{
     ApiContext, ApiThread, ControlAction, ControlRequest, ControlShared, ACTION_QUEUE, FAULTS_ENV,
 };
@@ -48,11 +48,58 @@ pub enum DaemonError {
     /// An operating-system call of the control loop failed.
     #[error("control loop: {0}")]
     Io(#[from] std::io::Error),
+    /// The identity file and the configuration disagree, or a named
+    /// identity file is missing.
+    #[error("{0}")]
+    Identity(String),
     /// The event log's writer thread could not start.
     #[error(
         "cannot start the event log's writer thread: {0}. Check the process and memory limits"
     )]
     EventLog(std::io::Error),
+}
+
+/// The identity file: `control.identity`, or `identity.ron` beside the
+/// configuration file.
+pub fn identity_path(cfg: &NodeConfig, config_path: &Path) -> PathBuf {
+    cfg.control.identity.clone().unwrap_or_else(|| {
+        config_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(tandem_config::IDENTITY_FILE)
+    })
+}
+
+/// The node's identity: its identity file, whose serial must be
+/// `node.serial`; without one (and none named in `control.identity`) the
+/// node runs alone and reports only its serial and version.
+pub fn node_identity(cfg: &NodeConfig, config_path: &Path) -> Result<IdentityReport, DaemonError> {
+    let path = identity_path(cfg, config_path);
+    let mut report = IdentityReport {
+        file: path.display().to_string(),
+        serial: cfg.node.serial.clone(),
+        model: None,
+        licence: None,
+        ports: None,
+        firmware: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    if cfg.control.identity.is_none() && !path.exists() {
+        return Ok(report);
+    }
+    let id = tandem_config::load_identity(&path)?;
+    if id.serial != cfg.node.serial {
+        return Err(DaemonError::Identity(format!(
+            "{}: serial {:?} is not this node's ({:?} in node.serial of {}): the identity file describes the hardware, so correct node.serial, or give this node's own identity file",
+            path.display(),
+            id.serial,
+            cfg.node.serial,
+            config_path.display()
+        )));
+    }
+    report.model = Some(id.model);
+    report.licence = Some(id.licence.as_str().to_owned());
+    report.ports = Some(id.ports);
+    Ok(report)
 }
 
 const SIGNAL: Token = Token(0);
@@ -135,6 +182,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let identity = node_identity(&cfg, config_path)?;
     // The HA keys first (memory-hard on purpose, once per start): the
     // dataplane's state sync, the workers' check answers and the election
     // all take theirs from this derivation.
@@ -268,6 +316,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
             events: daemon.events.clone(),
             shared: daemon.shared.clone(),
             faults,
+            identity,
         },
         actions_tx,
         control_waker,

@@ -14,6 +14,7 @@
 //! heartbeat = HKDF-Expand(prk, "heartbeat"    || cluster id, 32)   HMAC of the heartbeats (UDP 5405 and last resort)
 //! check     = HKDF-Expand(prk, "icmp-check"   || cluster id, 32)   HMAC of the ICMP checks and their answers
 //! k2k       = HKDF-Expand(prk, "k2k-master"   || cluster id, 32)   input of the state sync's own derivation
+//! control   = HKDF-Expand(prk, "peer-control" || cluster id, 32)   the members' proof and session keys on TCP 1300
 //! ```
 //!
 //! Every secret we hold is zeroed on drop ([`Zeroizing`]); `Debug` never
@@ -87,6 +88,7 @@ pub struct HaKeys {
     heartbeat: KeyBytes,
     check: KeyBytes,
     k2k: KeyBytes,
+    control: KeyBytes,
     took: Duration,
 }
 
@@ -145,6 +147,7 @@ impl HaKeys {
             heartbeat: expand(&prk, b"heartbeat", cluster_id)?,
             check: expand(&prk, b"icmp-check", cluster_id)?,
             k2k: expand(&prk, b"k2k-master", cluster_id)?,
+            control: expand(&prk, b"peer-control", cluster_id)?,
             took: t0.elapsed(),
         })
     }
@@ -167,6 +170,13 @@ impl HaKeys {
     /// The master key of the state sync (K2K derives its own keys from it).
     pub fn k2k_master(&self) -> &KeyBytes {
         &self.k2k
+    }
+
+    /// The key of the members' service on TCP 1300 (join, configuration
+    /// sync): both prove it in the handshake, and the session keys come
+    /// from it.
+    pub fn control(&self) -> &KeyBytes {
+        &self.control
     }
 
     /// How long the derivation took.
@@ -235,6 +245,8 @@ mod tests {
         assert_eq!(a.heartbeat().as_bytes(), b.heartbeat().as_bytes());
         assert_ne!(a.heartbeat().as_bytes(), a.check().as_bytes());
         assert_ne!(a.check().as_bytes(), a.k2k_master().as_bytes());
+        assert_ne!(a.k2k_master().as_bytes(), a.control().as_bytes());
+        assert_ne!(a.heartbeat().as_bytes(), a.control().as_bytes());
         let c = HaKeys::derive_with(b"Lab-Cluster-Key-2026", 8, CHEAP).unwrap();
         assert_ne!(a.heartbeat().as_bytes(), c.heartbeat().as_bytes());
         let d = HaKeys::derive_with(b"Lab-Cluster-Key-2027", 7, CHEAP).unwrap();

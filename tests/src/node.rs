@@ -98,6 +98,11 @@ pub struct NodeConfig {
     /// Extra environment of the tandemd process (e.g. the test hook
     /// `TANDEM_K2K_TEST_VERSION`).
     pub env: Vec<(String, String)>,
+    /// The node's identity file (RON), written beside the config as
+    /// `<socket>.identity.ron` and named in `control.identity`; `None`
+    /// names no file (tandemd then looks for `identity.ron` beside the
+    /// config, which the lab does not write).
+    pub identity: Option<String>,
 }
 
 /// The `ha` section of a node config.
@@ -220,7 +225,15 @@ impl NodeConfig {
             firewall: None,
             ha: None,
             env: Vec::new(),
+            identity: Some(format!(
+                "(serial: \"TDLAB{index:04}\", model: \"TD-LAB\", licence: Master, ports: 2)\n"
+            )),
         }
+    }
+
+    /// Where [`NodeConfig::identity`] is written.
+    pub fn identity_path(&self) -> PathBuf {
+        self.socket.with_extension("identity.ron")
     }
 
     /// The same config with `workers` workers and, for interface `i`,
@@ -276,7 +289,7 @@ impl NodeConfig {
             ron_str(&self.serial)
         );
         s += &format!(
-            "    control: (socket: {}, event_log: Some({}), state_dir: Some({})),\n",
+            "    control: (socket: {}, event_log: Some({}), state_dir: Some({}){}),\n",
             ron_str(&self.socket.to_string_lossy()),
             ron_str(&self.socket.with_extension("log").to_string_lossy()),
             ron_str(
@@ -286,7 +299,15 @@ impl NodeConfig {
                     .unwrap_or(std::path::Path::new("/tmp"))
                     .join("state")
                     .to_string_lossy()
-            )
+            ),
+            if self.identity.is_some() {
+                format!(
+                    ", identity: Some({})",
+                    ron_str(&self.identity_path().to_string_lossy())
+                )
+            } else {
+                String::new()
+            }
         );
         s += &format!(
             "    eal: (file_prefix: Some({}), lcores: {}, no_huge: {}, memory_mb: {}),\n",
@@ -368,6 +389,11 @@ impl NodeConfig {
 
     /// Writes the RON config to `path`.
     pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(id) = &self.identity {
+            let p = self.identity_path();
+            std::fs::write(&p, id)
+                .map_err(|e| LabError::io(format!("writing {}", p.display()), e))?;
+        }
         std::fs::write(path, self.to_ron())
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
     }

@@ -80,3 +80,57 @@ fn tandemctl_refuses_bad_arguments_with_usage() {
     assert_eq!(code, 2);
     assert!(err.contains("99999"), "{err}");
 }
+
+/// The identity file beside the configuration is checked with it: its
+/// serial must be the node's, and a bad field is named with its line.
+#[test]
+fn tandemd_check_reads_the_identity_file_beside_the_configuration() {
+    let dir = std::env::temp_dir().join(format!("tandem-cli-ident-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("node.ron");
+    std::fs::write(
+        &cfg,
+        "(\n    node: (name: \"fw1\", serial: \"S1\"),\n    interfaces: [(name: \"in\", device: Vdev(\"net_af_packet0,iface=fw-in\"), addresses: [\"198.18.1.1/24\"])],\n)\n",
+    )
+    .unwrap();
+    let id = dir.join("identity.ron");
+    let check = || run("tandemd", &["--config", cfg.to_str().unwrap(), "--check"]);
+    // None: the node runs alone, and says so.
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no identity file"), "{out}");
+    std::fs::write(
+        &id,
+        "(serial: \"S1\", model: \"TD-LAB\", licence: Slave, ports: 2)\n",
+    )
+    .unwrap();
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("identity: serial S1, model TD-LAB, licence slave, 2 data ports"),
+        "{out}"
+    );
+    std::fs::write(
+        &id,
+        "(serial: \"S2\", model: \"TD-LAB\", licence: Slave, ports: 2)\n",
+    )
+    .unwrap();
+    let (code, _, err) = check();
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("serial \"S2\" is not this node's (\"S1\" in node.serial"),
+        "{err}"
+    );
+    std::fs::write(
+        &id,
+        "(\n serial: \"S1\",\n model: \"TD LAB\",\n licence: Slave,\n ports: 2,\n)\n",
+    )
+    .unwrap();
+    let (code, _, err) = check();
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("identity.ron:3:") && err.contains("model:"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

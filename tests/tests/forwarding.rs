@@ -151,3 +151,32 @@ fn stats_count_forwarded_packets() {
     }
     f.still_running();
 }
+
+/// `tandemctl identity`: the hardware facts of the lab's identity file
+/// and the running firmware, as text and as JSON.
+#[test]
+fn tandemctl_identity_shows_the_identity_file_and_the_firmware() {
+    require_root!();
+    let mut f = fixture("fwdident");
+    let v = f.node.ctl(&["identity"]).expect("tandemctl identity");
+    assert_eq!(v["result"], "identity", "{v}");
+    assert_eq!(v["serial"], "TDLAB0001", "{v}");
+    assert_eq!(v["model"], "TD-LAB", "{v}");
+    assert_eq!(v["licence"], "master", "{v}");
+    assert_eq!(v["ports"], 2, "{v}");
+    assert_eq!(v["firmware"], env!("CARGO_PKG_VERSION"), "{v}");
+    assert!(
+        v["file"].as_str().unwrap().ends_with("fw1.identity.ron"),
+        "{v}"
+    );
+    let text = f.node.ctl_text(&["identity"]).expect("tandemctl identity");
+    for line in [
+        "serial    TDLAB0001",
+        "model     TD-LAB",
+        "licence   master",
+        "ports     2",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    f.still_running();
+}

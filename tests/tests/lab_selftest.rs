@@ -314,7 +314,7 @@ fn node_config_renders_the_lab_shape() {
     let ron = c.to_ron();
     for want in [
         r#"node: (name: "fw1", serial: "TDLAB0001"),"#,
-        r#"control: (socket: "/tmp/tandem-lab/x/fw1.sock", event_log: Some("/tmp/tandem-lab/x/fw1.log"), state_dir: Some("/tmp/tandem-lab/x/state")),"#,
+        r#"control: (socket: "/tmp/tandem-lab/x/fw1.sock", event_log: Some("/tmp/tandem-lab/x/fw1.log"), state_dir: Some("/tmp/tandem-lab/x/state"), identity: Some("/tmp/tandem-lab/x/fw1.identity.ron")),"#,
         r#"eal: (file_prefix: Some("tl-x-1-0-fw1"), lcores: Some("0@(0-1)"), no_huge: true, memory_mb: Some(256)),"#,
         r#"dataplane: (workers: [(cpu: None)], poll_mode: Adaptive),"#,
         r#"(name: "in", device: Vdev("net_af_packet0,iface=fw-in,framecnt=8192"), addresses: ["198.18.1.1/24"]),"#,

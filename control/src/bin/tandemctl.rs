@@ -13,7 +13,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tandem_control::api::{ConnFilter, DebugFault, Request, Response, DEFAULT_SOCKET_PATH};
 use tandem_control::client::{
-    format_connections, format_hainfo, format_stats, format_status, format_sync, request,
+    format_connections, format_hainfo, format_identity, format_stats, format_status, format_sync,
+    request,
 };
 
 /// Environment variable naming the control socket when --socket is not given.
@@ -75,6 +76,9 @@ enum Command {
     /// The cluster: both members (role, forced, quality, priority, sync),
     /// the HA links and the last-resort path, the ICMP check
     Hainfo,
+    /// This firewall's identity: serial, model, licence, data ports and
+    /// firmware version (what a cluster checks when a member joins)
+    Identity,
     /// The event log (HA, sync, policy events)
     Log {
         /// How many of the last lines
@@ -267,6 +271,7 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
             ))
         }
         (Command::Hainfo, Response::HaInfo(r)) => Outcome::print(format_hainfo(r)),
+        (Command::Identity, Response::Identity(r)) => Outcome::print(format_identity(r)),
         (Command::Log { .. }, Response::Log { lines }) => {
             Outcome::print(lines.iter().map(|l| format!("{l}\n")).collect())
         }
@@ -296,6 +301,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Digest(_) => "digest",
         Response::Verify(_) => "verify",
         Response::HaInfo(_) => "hainfo",
+        Response::Identity(_) => "identity",
         Response::Log { .. } => "log",
         Response::Done { .. } => "done",
         Response::Error { .. } => "error",
@@ -323,6 +329,7 @@ fn main() -> ExitCode {
     let socket = socket_path(cli.socket, std::env::var_os(SOCKET_ENV));
     let req = match &cli.command {
         Command::Status => Request::Status,
+        Command::Identity => Request::Identity,
         Command::Stats { .. } => Request::Stats,
         Command::Conn {
             action:

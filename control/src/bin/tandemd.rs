@@ -21,9 +21,22 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.check {
-        return match tandem_config::load(&args.config) {
-            Ok(_) => {
+        let checked = tandem_config::load(&args.config)
+            .map_err(tandem_control::daemon::DaemonError::from)
+            .and_then(|cfg| tandem_control::daemon::node_identity(&cfg, &args.config));
+        return match checked {
+            Ok(id) => {
                 println!("{}: configuration is valid", args.config.display());
+                match (&id.model, &id.licence, id.ports) {
+                    (Some(model), Some(licence), Some(ports)) => println!(
+                        "identity: serial {}, model {model}, licence {licence}, {ports} data ports ({})",
+                        id.serial, id.file
+                    ),
+                    _ => println!(
+                        "no identity file at {}: the node runs alone (it cannot create or join a cluster)",
+                        id.file
+                    ),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

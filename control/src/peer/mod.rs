@@ -1,0 +1,6 @@
+//! The members' service on TCP 1300 (HA-REFERENCE F1-F4, F15, F16): a
+//! firewall joining the cluster, and the configuration sync between the
+//! members. Authenticated by the cluster key, sealed frame by frame
+//! ([`handshake`]).
+
+pub mod handshake;
