@@ -36,6 +36,42 @@ pub struct NodeConfig {
     pub ha: Option<HaConfig>,
 }
 
+/// A secret of the configuration (the pre-shared key): written and read
+/// as a plain string, never shown by `Debug` (a configuration printed in
+/// a log or a panic does not leak it), wiped from memory on drop.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret holding `s`.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself: hand it straight to its one consumer (the key
+    /// derivation, the strength check).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secret(<redacted, {} characters>)",
+            self.0.chars().count()
+        )
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 /// Membership of an active/passive cluster of two nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,7 +81,8 @@ pub struct HaConfig {
     /// The pre-shared key that authenticates (and, with `encrypt`,
     /// encrypts) the traffic between the members: at least 12 characters
     /// mixing three of lower case, upper case, digits and other characters.
-    pub psk: String,
+    /// Never shown by `Debug`, wiped on drop.
+    pub psk: Secret,
     /// Encrypt the state sync between the members (always authenticated).
     #[serde(default)]
     pub encrypt: bool,

@@ -1192,3 +1192,17 @@ fn quality_checks_need_absolute_paths_and_weights_in_range() {
     assert_eq!(ha.quality_disks[0].weight, 100);
     assert_eq!(ha.quality_hwmon_weight, Some(50));
 }
+
+#[test]
+fn the_pre_shared_key_is_never_shown_by_debug() {
+    let cfg = parse(&with("routes: [],", HA), "node.ron").unwrap();
+    let ha = cfg.ha.as_ref().unwrap();
+    assert_eq!(ha.psk.expose(), "Lab-Cluster-Key-2026");
+    for shown in [format!("{cfg:?}"), format!("{ha:#?}")] {
+        assert!(!shown.contains("Lab-Cluster-Key-2026"), "{shown}");
+        assert!(
+            shown.contains("Secret(<redacted, 20 characters>)"),
+            "{shown}"
+        );
+    }
+}

@@ -267,7 +267,7 @@ fn firewall(c: &mut Checker<'_>, cfg: &NodeConfig) {
 
 fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
     let Some(ha) = &cfg.ha else { return };
-    let weak = crate::identity::psk_problems(&ha.psk);
+    let weak = crate::identity::psk_problems(ha.psk.expose());
     if !weak.is_empty() {
         c.fail(
             "ha.psk",

@@ -188,7 +188,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
     // all take theirs from this derivation.
     let keys = match &cfg.ha {
         Some(ha) => {
-            let keys = tandem_dataplane::hakeys::for_cluster(&ha.psk, ha.cluster_id)?;
+            let keys = tandem_dataplane::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id)?;
             events_log.event(
                 "HA",
                 format_args!(

@@ -222,7 +222,7 @@ pub fn for_cluster(psk: &str, cluster_id: u32) -> Result<Arc<HaKeys>, KeyError> 
 /// keys cannot be derived, which the state sync refuses at start with a
 /// clear error (the daemon derives the keys first and reports why).
 pub fn k2k_master(ha: &tandem_config::HaConfig) -> KeyBytes {
-    for_cluster(&ha.psk, ha.cluster_id).map_or_else(
+    for_cluster(ha.psk.expose(), ha.cluster_id).map_or_else(
         |_| KeyBytes(Zeroizing::new([0u8; KEY_LEN])),
         |k| k.k2k_master().clone(),
     )
