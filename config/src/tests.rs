@@ -1206,3 +1206,21 @@ fn the_pre_shared_key_is_never_shown_by_debug() {
         );
     }
 }
+
+#[test]
+fn an_ha_link_may_not_be_a_data_ports_kernel_interface() {
+    let text = with(
+        "routes: [],",
+        &HA.replace("interface: \"ha-main\"", "interface: \"fw-out\""),
+    );
+    let all = rejects(
+        &text,
+        "ha.links[0].interface",
+        "interface: \"fw-out\"",
+        "needs an interface of its own",
+    );
+    assert!(
+        all.contains("\"fw-out\" is the kernel interface of data interface \"out\""),
+        "{all}"
+    );
+}

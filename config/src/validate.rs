@@ -352,6 +352,22 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
                 ),
             );
         }
+        // The HA links are the kernel's: a data port's interface, which
+        // the dataplane owns, can carry no heartbeat, sync or join (F22:
+        // no implicit rule lets HA traffic through the policy).
+        if let Some(d) = cfg
+            .interfaces
+            .iter()
+            .find(|d| d.kernel_interface() == Some(l.interface.as_str()))
+        {
+            c.fail(
+                format!("ha.links[{i}].interface"),
+                format!(
+                    "{:?} is the kernel interface of data interface {:?}: an HA link needs an interface of its own that the dataplane does not take",
+                    l.interface, d.name
+                ),
+            );
+        }
         let net = l.address;
         let host_ok =
             net.prefix_len >= 31 || (l.peer != net.network() && l.peer != net.broadcast());

@@ -779,7 +779,7 @@ mod tests {
         let cfg = tandem_config::policy::parse("(rules: [], default_action: Pass)", "t.ron", None)
             .unwrap_or_else(|e| panic!("{e}"));
         let ifaces = vec![("in".to_owned(), 0), ("out".to_owned(), 1)];
-        let policy = Policy::compile_with(&cfg, &ifaces, None, Backend::Linear).unwrap();
+        let policy = Policy::compile_with(&cfg, &ifaces, Backend::Linear).unwrap();
         let settings = FirewallSettings {
             shard: ShardConfig {
                 capacity,

@@ -312,7 +312,7 @@ impl Node {
             .iter()
             .map(|i| (i.config.name.clone(), i.port.id()))
             .collect();
-        let policy = Policy::compile(&cfg, &ifaces, None)
+        let policy = Policy::compile(&cfg, &ifaces)
             .map_err(|e: PolicyError| NodeError::Policy(e.to_string()))?;
         let info = PolicyInfo {
             path: path.to_owned(),

@@ -2,15 +2,18 @@
 //! and synchronised to the peer, and which NAT rule applies to them.
 //!
 //! [`Policy::compile`] turns a validated [`PolicyConfig`] (plus the node's
-//! interface-to-port map and the implicit HA rule) into an immutable,
+//! interface-to-port map) into an immutable,
 //! `Send + Sync` classifier. Workers hold an `Arc<Policy>` and swap it
 //! between bursts on reload; nothing here changes after compilation.
 //!
 //! Semantics, whatever the backend:
 //! - filter rules are evaluated in file order and the first enabled rule
 //!   that matches decides ([`Verdict::rule`] is its index in the file);
-//! - the implicit HA rule, when given, comes before all rules and passes
-//!   the HA services between the members on the HA interfaces only;
+//! - there is no implicit HA rule (F22): the members talk over HA links
+//!   that are kernel interfaces, never DPDK ports, so no HA service
+//!   crosses the policy; the HA frames that do reach the data ports (the
+//!   last-resort heartbeats and the ICMP checks) are taken and policed by
+//!   [`crate::hadata`] before any packet meets the policy (docs/ha.md);
 //! - `default_action` applies when nothing matches;
 //! - destination NAT is looked up before routing, source NAT after (the
 //!   output port is then known); the first matching rule of each kind
@@ -39,8 +42,6 @@ use crate::flow::{proto, FlowKey};
 
 pub use tandem_config::policy::{Action, PolicyConfig};
 
-/// [`Verdict::rule`] of the implicit HA rule.
-pub const IMPLICIT_HA: u32 = u32::MAX - 1;
 /// [`Verdict::rule`] when no rule matched and `default_action` applied.
 pub const DEFAULT: u32 = u32::MAX;
 
@@ -50,37 +51,6 @@ pub const HA_HEARTBEAT_PORT: u16 = 5405;
 pub const HA_SYNC_PORT: u16 = 44242;
 /// Default TCP port of join, config sync and control between members.
 pub const HA_CONTROL_PORT: u16 = 1300;
-
-/// The implicit rule that lets the members of an HA pair talk to each
-/// other (F22): heartbeats, state sync, control and ICMP echo, between the
-/// member addresses, arriving on the HA interfaces only.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HaImplicit {
-    /// The members' addresses on the HA links (both directions allowed).
-    pub members: Vec<Ipv4Addr>,
-    /// DPDK ports of the HA interfaces; HA traffic arriving elsewhere is
-    /// left to the rules.
-    pub ports: Vec<u16>,
-    /// UDP heartbeat port (5405).
-    pub heartbeat_port: u16,
-    /// UDP K2K sync port (44242, configurable).
-    pub sync_port: u16,
-    /// TCP control port (1300).
-    pub control_port: u16,
-}
-
-impl HaImplicit {
-    /// The rule for these members and HA ports with the default services.
-    pub fn new(members: Vec<Ipv4Addr>, ports: Vec<u16>) -> HaImplicit {
-        HaImplicit {
-            members,
-            ports,
-            heartbeat_port: HA_HEARTBEAT_PORT,
-            sync_port: HA_SYNC_PORT,
-            control_port: HA_CONTROL_PORT,
-        }
-    }
-}
 
 /// What the policy is asked about one packet (the first of a connection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -158,8 +128,7 @@ impl Query {
 /// The policy's decision about a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Verdict {
-    /// Index of the deciding rule in `rules`, or [`IMPLICIT_HA`] or
-    /// [`DEFAULT`].
+    /// Index of the deciding rule in `rules`, or [`DEFAULT`].
     pub rule: u32,
     /// Pass, block or reject.
     pub action: Action,
@@ -479,7 +448,7 @@ impl Matcher {
 pub struct PolicyStats {
     /// The backend in use ([`Backend::Linear`] or [`Backend::Acl`]).
     pub backend: Backend,
-    /// Enabled filter rules (plus the implicit HA rule).
+    /// Enabled filter rules.
     pub rules: usize,
     /// Classifier entries of the filter (ACL: after expanding address
     /// ranges and port lists).
@@ -503,21 +472,16 @@ pub struct Policy {
 
 impl Policy {
     /// Compiles `cfg` for a node whose interfaces are `ifaces` (name, DPDK
-    /// port), with the implicit HA rule when `ha` is given. Uses the ACL
-    /// backend when the EAL is initialised, the linear one otherwise.
-    pub fn compile(
-        cfg: &PolicyConfig,
-        ifaces: &[(String, u16)],
-        ha: Option<HaImplicit>,
-    ) -> Result<Policy, PolicyError> {
-        Policy::compile_with(cfg, ifaces, ha, Backend::Auto)
+    /// port). Uses the ACL backend when the EAL is initialised, the linear
+    /// one otherwise.
+    pub fn compile(cfg: &PolicyConfig, ifaces: &[(String, u16)]) -> Result<Policy, PolicyError> {
+        Policy::compile_with(cfg, ifaces, Backend::Auto)
     }
 
     /// [`Policy::compile`] on a chosen backend.
     pub fn compile_with(
         cfg: &PolicyConfig,
         ifaces: &[(String, u16)],
-        ha: Option<HaImplicit>,
         backend: Backend,
     ) -> Result<Policy, PolicyError> {
         let names: Vec<&str> = ifaces.iter().map(|(n, _)| n.as_str()).collect();
@@ -551,21 +515,10 @@ impl Policy {
                 .collect()
         };
 
-        // Filter: the implicit HA rule first, then the enabled rules.
+        // Filter: the enabled rules, in file order.
         let mut slots: Vec<Vec<RuleMatch>> = Vec::new();
         let mut slot_names = Vec::new();
         let mut verdicts = Vec::new();
-        if let Some(ha) = &ha {
-            slots.push(ha_matches(ha));
-            slot_names.push("the implicit HA rule".to_owned());
-            verdicts.push(Verdict {
-                rule: IMPLICIT_HA,
-                action: Action::Pass,
-                log: false,
-                // F17: connections to the firewall itself are not replicated.
-                sync: false,
-            });
-        }
         for (i, r) in cfg.rules.iter().enumerate().filter(|(_, r)| r.enabled) {
             slots.push(vec![RuleMatch {
                 proto: r.proto.map(|p| p.number()),
@@ -704,54 +657,6 @@ impl Policy {
     }
 }
 
-/// The matches of the implicit HA rule: per HA port, UDP heartbeat and
-/// sync, TCP control and ICMP echo (request and reply) between members.
-fn ha_matches(ha: &HaImplicit) -> Vec<RuleMatch> {
-    let members: Vec<AddrRange> = {
-        let mut m: Vec<AddrRange> = ha
-            .members
-            .iter()
-            .map(|&a| AddrRange { first: a, last: a })
-            .collect();
-        m.sort();
-        m.dedup();
-        m
-    };
-    if members.is_empty() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for &port in &ha.ports {
-        let base = RuleMatch {
-            proto: None,
-            src: members.clone(),
-            dst: members.clone(),
-            sport: Vec::new(),
-            dport: Vec::new(),
-            icmp_types: Vec::new(),
-            in_port: Some(port),
-            out_port: None,
-        };
-        let p = |n: u16| (n, n);
-        out.push(RuleMatch {
-            proto: Some(proto::UDP),
-            dport: vec![p(ha.heartbeat_port), p(ha.sync_port)],
-            ..base.clone()
-        });
-        out.push(RuleMatch {
-            proto: Some(proto::TCP),
-            dport: vec![p(ha.control_port)],
-            ..base.clone()
-        });
-        out.push(RuleMatch {
-            proto: Some(proto::ICMP),
-            icmp_types: vec![8, 0],
-            ..base
-        });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,7 +675,7 @@ mod tests {
     }
 
     fn policy(text: &str) -> Policy {
-        Policy::compile_with(&cfg(text), &ifaces(), None, Backend::Linear).unwrap()
+        Policy::compile_with(&cfg(text), &ifaces(), Backend::Linear).unwrap()
     }
 
     fn ip(s: &str) -> Ipv4Addr {
@@ -1030,123 +935,6 @@ mod tests {
         assert_eq!(p.classify(&udp("198.18.2.11")).rule, 6);
     }
 
-    fn ha() -> HaImplicit {
-        HaImplicit::new(vec![ip("198.19.69.1"), ip("198.19.69.2")], vec![HA])
-    }
-
-    fn ha_policy() -> Policy {
-        Policy::compile_with(
-            &cfg("(rules: [(action: Block)])"),
-            &ifaces(),
-            Some(ha()),
-            Backend::Linear,
-        )
-        .unwrap()
-    }
-
-    fn ha_query(proto: u8, dport: u16) -> Query {
-        Query {
-            in_port: HA,
-            out_port: HA,
-            src: ip("198.19.69.2"),
-            dst: ip("198.19.69.1"),
-            proto,
-            sport: 5405,
-            dport,
-            icmp_type: None,
-        }
-    }
-
-    #[test]
-    fn implicit_ha_rule_passes_ha_services_before_all_rules() {
-        let p = ha_policy();
-        for q in [
-            ha_query(proto::UDP, HA_HEARTBEAT_PORT),
-            ha_query(proto::UDP, HA_SYNC_PORT),
-            ha_query(proto::TCP, HA_CONTROL_PORT),
-            Query {
-                icmp_type: Some(8),
-                ..ha_query(proto::ICMP, 0)
-            },
-        ] {
-            let v = p.classify(&q);
-            assert_eq!(
-                v,
-                Verdict {
-                    rule: IMPLICIT_HA,
-                    action: Action::Pass,
-                    log: false,
-                    sync: false
-                },
-                "{q:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn implicit_ha_rule_applies_on_ha_interfaces_only() {
-        let p = ha_policy();
-        let q = Query {
-            in_port: IN,
-            ..ha_query(proto::UDP, HA_HEARTBEAT_PORT)
-        };
-        assert_eq!(p.classify(&q).rule, 0);
-    }
-
-    #[test]
-    fn implicit_ha_rule_applies_between_members_only() {
-        let p = ha_policy();
-        let q = Query {
-            src: ip("198.19.69.3"),
-            ..ha_query(proto::UDP, HA_SYNC_PORT)
-        };
-        assert_eq!(p.classify(&q).rule, 0);
-        let q = Query {
-            dst: ip("198.18.1.1"),
-            ..ha_query(proto::UDP, HA_SYNC_PORT)
-        };
-        assert_eq!(p.classify(&q).rule, 0);
-    }
-
-    #[test]
-    fn implicit_ha_rule_admits_only_the_ha_services() {
-        let p = ha_policy();
-        assert_eq!(p.classify(&ha_query(proto::UDP, 53)).rule, 0);
-        assert_eq!(p.classify(&ha_query(proto::TCP, HA_SYNC_PORT)).rule, 0);
-        let q = Query {
-            icmp_type: Some(3),
-            ..ha_query(proto::ICMP, 0)
-        };
-        assert_eq!(p.classify(&q).rule, 0);
-    }
-
-    #[test]
-    fn implicit_ha_rule_uses_the_configured_sync_port() {
-        let mut h = ha();
-        h.sync_port = 45000;
-        let p = Policy::compile_with(
-            &cfg("(rules: [(action: Block)])"),
-            &ifaces(),
-            Some(h),
-            Backend::Linear,
-        )
-        .unwrap();
-        assert_eq!(p.classify(&ha_query(proto::UDP, 45000)).rule, IMPLICIT_HA);
-        assert_eq!(p.classify(&ha_query(proto::UDP, HA_SYNC_PORT)).rule, 0);
-    }
-
-    #[test]
-    fn without_the_implicit_rule_ha_traffic_meets_the_rules() {
-        let p = Policy::compile_with(
-            &cfg("(rules: [(action: Block)])"),
-            &ifaces(),
-            None,
-            Backend::Linear,
-        )
-        .unwrap();
-        assert_eq!(p.classify(&ha_query(proto::UDP, HA_HEARTBEAT_PORT)).rule, 0);
-    }
-
     #[test]
     fn destination_nat_finds_the_first_matching_rule() {
         let p = policy(LAB);
@@ -1210,7 +998,7 @@ mod tests {
     #[test]
     fn compile_rejects_interfaces_the_node_does_not_have() {
         let c = cfg(r#"(rules: [(action: Pass, in: Some("dmz"))])"#);
-        let err = Policy::compile_with(&c, &ifaces(), None, Backend::Linear).unwrap_err();
+        let err = Policy::compile_with(&c, &ifaces(), Backend::Linear).unwrap_err();
         assert!(matches!(err, PolicyError::Invalid(_)), "{err}");
         assert!(
             err.to_string()
@@ -1222,10 +1010,10 @@ mod tests {
     #[test]
     fn acl_backend_needs_the_eal() {
         if Eal::running().is_none() {
-            let err = Policy::compile_with(&cfg("(rules: [])"), &ifaces(), None, Backend::Acl)
-                .unwrap_err();
+            let err =
+                Policy::compile_with(&cfg("(rules: [])"), &ifaces(), Backend::Acl).unwrap_err();
             assert!(matches!(err, PolicyError::NoEal));
-            let p = Policy::compile(&cfg("(rules: [])"), &ifaces(), None).unwrap();
+            let p = Policy::compile(&cfg("(rules: [])"), &ifaces()).unwrap();
             assert_eq!(p.backend(), Backend::Linear);
         }
     }

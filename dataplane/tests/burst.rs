@@ -61,7 +61,6 @@ fn firewall() -> Firewall {
     let policy = Policy::compile_with(
         &cfg,
         &[("in".into(), 0), ("out".into(), 1)],
-        None,
         Backend::Linear,
     )
     .expect("compiles");

@@ -10,10 +10,7 @@ use tandem_config::policy::{
     FilterRule, NatKind, NatRule, Object, PolicyConfig, Proto, SnatAddress,
 };
 use tandem_dataplane::dpdk::Eal;
-use tandem_dataplane::policy::{
-    Action, Backend, HaImplicit, Policy, Query, Verdict, HA_CONTROL_PORT, HA_HEARTBEAT_PORT,
-    HA_SYNC_PORT, IMPLICIT_HA,
-};
+use tandem_dataplane::policy::{Action, Backend, Policy, Query, Verdict};
 
 fn eal() -> &'static Eal {
     static EAL: OnceLock<Eal> = OnceLock::new();
@@ -215,13 +212,6 @@ fn random_query(rng: &mut Rng) -> Query {
     }
 }
 
-fn ha() -> HaImplicit {
-    HaImplicit::new(
-        vec!["198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap()],
-        vec![2],
-    )
-}
-
 fn assert_same(acl: &Policy, linear: &Policy, qs: &[Query], what: &str) {
     let mut burst = vec![Verdict::default(); qs.len()];
     acl.classify_burst(qs, &mut burst);
@@ -242,11 +232,10 @@ fn assert_same(acl: &Policy, linear: &Policy, qs: &[Query], what: &str) {
     }
 }
 
-fn both(cfg: &PolicyConfig, ha: Option<HaImplicit>) -> (Policy, Policy) {
+fn both(cfg: &PolicyConfig) -> (Policy, Policy) {
     eal();
-    let acl = Policy::compile_with(cfg, &ifaces(), ha.clone(), Backend::Acl)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let linear = Policy::compile_with(cfg, &ifaces(), ha, Backend::Linear).unwrap();
+    let acl = Policy::compile_with(cfg, &ifaces(), Backend::Acl).unwrap_or_else(|e| panic!("{e}"));
+    let linear = Policy::compile_with(cfg, &ifaces(), Backend::Linear).unwrap();
     assert_eq!(acl.backend(), Backend::Acl);
     (acl, linear)
 }
@@ -257,8 +246,7 @@ fn acl_agrees_with_linear_on_random_policies() {
     for round in 0..24 {
         let rules = [0, 1, 5, 40, 200][round % 5];
         let cfg = random_policy(&mut rng, rules);
-        let ha = (round % 2 == 0).then(ha);
-        let (acl, linear) = both(&cfg, ha);
+        let (acl, linear) = both(&cfg);
         let qs: Vec<Query> = (0..1500).map(|_| random_query(&mut rng)).collect();
         assert_same(
             &acl,
@@ -273,9 +261,9 @@ fn acl_agrees_with_linear_on_random_policies() {
 fn acl_agrees_with_linear_on_the_example_policy() {
     let (name, text) = tandem_config::policy::EXAMPLE;
     let cfg = tandem_config::policy::parse(text, name, None).unwrap();
-    let (acl, linear) = both(&cfg, Some(ha()));
+    let (acl, linear) = both(&cfg);
     let mut rng = Rng(42);
-    let mut qs: Vec<Query> = (0..3000)
+    let qs: Vec<Query> = (0..3000)
         .map(|_| {
             let mut q = random_query(&mut rng);
             // Aim at the example's networks and services.
@@ -283,28 +271,14 @@ fn acl_agrees_with_linear_on_the_example_policy() {
             q
         })
         .collect();
-    qs.extend(
-        [HA_HEARTBEAT_PORT, HA_SYNC_PORT, HA_CONTROL_PORT].map(|dport| Query {
-            in_port: 2,
-            out_port: 2,
-            src: "198.18.0.2".parse().unwrap(),
-            dst: "198.18.0.1".parse().unwrap(),
-            proto: if dport == HA_CONTROL_PORT { 6 } else { 17 },
-            sport: 999,
-            dport,
-            icmp_type: None,
-        }),
-    );
     assert_same(&acl, &linear, &qs, "example");
-    let ha_q = qs.last().unwrap();
-    assert_eq!(acl.classify(ha_q).rule, IMPLICIT_HA);
 }
 
 #[test]
 fn acl_builds_ten_thousand_rules_and_is_shared_across_threads() {
     let mut rng = Rng(7);
     let cfg = random_policy(&mut rng, 10_000);
-    let (acl, linear) = both(&cfg, None);
+    let (acl, linear) = both(&cfg);
     let stats = acl.stats();
     assert_eq!(stats.backend, Backend::Acl);
     assert!(stats.entries >= stats.rules, "{stats:?}");
@@ -330,7 +304,7 @@ fn empty_acl_policy_gives_the_default_action() {
         nat: Vec::new(),
         default_action: Action::Pass,
     };
-    let (acl, _) = both(&cfg, None);
+    let (acl, _) = both(&cfg);
     let mut rng = Rng(3);
     let q = random_query(&mut rng);
     assert_eq!(acl.classify(&q).action, Action::Pass);

@@ -46,7 +46,7 @@ fn shared() -> (Router, Arc<Policy>) {
     let router = Router::new(interfaces, &routes, neighbours).expect("lab router");
     let (name, text) = tandem_config::policy::EXAMPLE;
     let cfg = tandem_config::policy::parse(text, name, Some(&["in", "out"])).expect("example policy");
-    let policy = Policy::compile(&cfg, &[("in".into(), 0), ("out".into(), 1)], None).expect("compiles");
+    let policy = Policy::compile(&cfg, &[("in".into(), 0), ("out".into(), 1)]).expect("compiles");
     (router, Arc::new(policy))
 }
 

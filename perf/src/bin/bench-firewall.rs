@@ -452,8 +452,7 @@ fn main() {
     let router = Arc::new(router());
     let cfg = policy(args.rules);
     let policy = Arc::new(
-        Policy::compile(&cfg, &[("in".into(), 0), ("out".into(), 1)], None)
-            .expect("policy compiles"),
+        Policy::compile(&cfg, &[("in".into(), 0), ("out".into(), 1)]).expect("policy compiles"),
     );
     let backend = format!("{:?}", policy.backend());
     let flows = args.flows.max(1);

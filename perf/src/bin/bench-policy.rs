@@ -280,10 +280,10 @@ fn run(rng: &mut Rng, rules: usize, nq: usize, budget: Duration) -> Run {
     let cfg = policy_config(rng, rules);
     let ifaces: Vec<(String, u16)> = IFACES.iter().map(|&(n, p)| (n.into(), p)).collect();
     let t = Instant::now();
-    let acl = Policy::compile_with(&cfg, &ifaces, None, Backend::Acl)
+    let acl = Policy::compile_with(&cfg, &ifaces, Backend::Acl)
         .unwrap_or_else(|e| panic!("compiling {rules} rules: {e}"));
     let build_ms = t.elapsed().as_secs_f64() * 1e3;
-    let linear = Policy::compile_with(&cfg, &ifaces, None, Backend::Linear).expect("linear");
+    let linear = Policy::compile_with(&cfg, &ifaces, Backend::Linear).expect("linear");
     let qs = queries(rng, &cfg, nq);
     // Both backends agree on a sample (the full cross-check is in the tests).
     let sample = &qs[..qs.len().min(2000)];
