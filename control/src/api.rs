@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -75,6 +75,9 @@ pub enum Request {
     /// The node's identity (serial, model, licence, data ports, firmware):
     /// what a cluster checks when a member joins.
     Identity,
+    /// Asks the peer over the members' service (TCP 1300, authenticated
+    /// by the cluster key) who it is, as `hapeer`.
+    PeerStatus,
     /// Injects a fault, for tests of the black-hole watchdog only: refused
     /// unless tandemd was started with `TANDEM_TEST_FAULTS=1`.
     Debug {
@@ -143,6 +146,7 @@ impl Request {
         "log",
         "ha_info",
         "identity",
+        "peer_status",
         "debug",
     ];
 
@@ -163,6 +167,7 @@ impl Request {
             Request::Log { .. } => "log",
             Request::HaInfo => "ha_info",
             Request::Identity => "identity",
+            Request::PeerStatus => "peer_status",
             Request::Debug { .. } => "debug",
         }
     }
@@ -228,6 +233,17 @@ pub enum Response {
     HaInfo(HaInfo),
     /// Answer to [`Request::Identity`].
     Identity(IdentityReport),
+    /// Answer to [`Request::PeerStatus`].
+    Peer {
+        /// The HA link that answered.
+        link: String,
+        /// The peer's address and port.
+        addr: String,
+        /// Connection, handshake and answer, microseconds.
+        took_us: u64,
+        /// What the peer says it is.
+        identity: IdentityReport,
+    },
     /// Answer to [`Request::PolicyReload`].
     Policy {
         /// Rules in the policy now in force.
@@ -566,6 +582,10 @@ pub struct HaInfo {
     /// The state-sync (K2K) protocol version in use with the peer (0: not
     /// established).
     pub sync_version: u8,
+    /// The members' service on TCP 1300: where it listens, what it served
+    /// and refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_service: Option<crate::peer::service::PeerServiceReport>,
 }
 
 /// Answer to `conn list`.
@@ -986,6 +1006,7 @@ mod tests {
             | Request::SyncVerify { .. }
             | Request::HaInfo
             | Request::Identity
+            | Request::PeerStatus
             | Request::Log { .. }
             | Request::Debug { .. } => {}
         }
@@ -1006,6 +1027,7 @@ mod tests {
             Request::Log { lines: None },
             Request::HaInfo,
             Request::Identity,
+            Request::PeerStatus,
             Request::Debug { fault: None },
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
@@ -1027,7 +1049,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, debug"
         );
     }
 

@@ -366,10 +366,14 @@ impl Route<'_> {
                     "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)",
                 ))
             }
+            Request::PeerStatus if ctx.cfg.ha.is_none() => Some(Response::error(
+                "this node is not a cluster member (no ha section in its configuration): it has no peer",
+            )),
             Request::ConnList { .. }
             | Request::ConnFlush
             | Request::PolicyReload
-            | Request::SyncDigest => {
+            | Request::SyncDigest
+            | Request::PeerStatus => {
                 let Some(jobs) = self.jobs else {
                     return Some(Response::error("tandemd is stopping"));
                 };
@@ -447,6 +451,43 @@ fn debug(ctx: &ApiContext, fault: Option<DebugFault>) -> Response {
     }
 }
 
+/// `hapeer`: the peer's identity over the members' service, asked on each
+/// HA link in turn (main first) until one answers.
+fn peer_status(ctx: &ApiContext) -> Response {
+    let Some(ha) = &ctx.cfg.ha else {
+        return Response::error("this node is not a cluster member: it has no peer");
+    };
+    let keys = match tandem_dataplane::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id) {
+        Ok(k) => k,
+        Err(e) => return Response::error(e.to_string()),
+    };
+    let mut failures = Vec::new();
+    for l in &ha.links {
+        let addr = std::net::SocketAddr::new(l.peer.into(), crate::peer::service::PORT);
+        let t0 = Instant::now();
+        match crate::peer::service::query_status(
+            addr,
+            &keys,
+            &ctx.identity.serial,
+            std::time::Duration::from_secs(2),
+        ) {
+            Ok(identity) => {
+                return Response::Peer {
+                    link: l.name.clone(),
+                    addr: addr.to_string(),
+                    took_us: t0.elapsed().as_micros() as u64,
+                    identity,
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", l.name)),
+        }
+    }
+    Response::error(format!(
+        "no answer from the peer's members' service (TCP 1300) on any HA link: {}",
+        failures.join("; ")
+    ))
+}
+
 /// The job thread: runs the slow requests one at a time; ends when the
 /// API thread drops its sender.
 fn run_jobs(ctx: &ApiContext, jobs: &Receiver<Job>) {
@@ -518,6 +559,7 @@ fn run_job(ctx: &ApiContext, request: Request) -> Response {
                 Response::error(format!("{e}; the policy in force is unchanged"))
             }
         },
+        Request::PeerStatus => peer_status(ctx),
         other => Response::error(format!(
             "{} is not a long request (tandemd bug: please report it)",
             other.name()

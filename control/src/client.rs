@@ -652,6 +652,26 @@ pub fn format_hainfo(r: &HaInfo) -> String {
     if r.sync_version > 0 {
         let _ = writeln!(out, "state sync:    K2K version {}", r.sync_version);
     }
+    if let Some(p) = &r.peer_service {
+        let refused = p.refused_malformed
+            + p.refused_auth
+            + p.refused_oversize
+            + p.refused_timeout
+            + p.refused_busy;
+        let _ = writeln!(
+            out,
+            "members' service (TCP 1300): on {}; {} connections, {} authenticated, {} requests; refused {refused} (malformed {}, wrong key {}, oversize {}, timeout {}, busy {})",
+            p.listening.join(", "),
+            p.accepted,
+            p.authenticated,
+            p.requests,
+            p.refused_malformed,
+            p.refused_auth,
+            p.refused_oversize,
+            p.refused_timeout,
+            p.refused_busy
+        );
+    }
     out
 }
 

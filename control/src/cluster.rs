@@ -1021,6 +1021,8 @@ impl Cluster {
                     .version
                     .load(std::sync::atomic::Ordering::Relaxed)
             }),
+            // Filled in by the daemon, which runs the service.
+            peer_service: None,
         }
     }
 }

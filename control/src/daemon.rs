@@ -131,6 +131,8 @@ struct Daemon {
     shared: Arc<ControlShared>,
     /// The dataplane threads' health.
     watchdog: Watchdog,
+    /// The members' service on TCP 1300 (cluster members only).
+    peer: Option<crate::peer::service::PeerService>,
 }
 
 /// Runs a node from the configuration file at `config_path` until a
@@ -277,6 +279,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
         cluster: None,
         shared: Arc::new(ControlShared::default()),
         watchdog: Watchdog::new(watched, progress, Instant::now()),
+        peer: None,
     };
     if let Some(keys) = &keys {
         daemon.cluster = Cluster::new(
@@ -294,6 +297,40 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
             .unwrap_or_default();
         for w in warnings {
             daemon.events.event("HA", format_args!("WARNING: {w}"));
+        }
+        if let Some(ha) = &daemon.cfg.ha {
+            let addrs: Vec<std::net::SocketAddr> = ha
+                .links
+                .iter()
+                .map(|l| {
+                    std::net::SocketAddr::new(l.address.addr.into(), crate::peer::service::PORT)
+                })
+                .collect();
+            match crate::peer::service::PeerService::start(
+                &addrs,
+                keys.clone(),
+                identity.clone(),
+                daemon.events.clone(),
+            ) {
+                Ok(p) => {
+                    daemon.events.event(
+                        "HA",
+                        format_args!(
+                            "members' service listening on {} (TCP, the cluster key required)",
+                            p.listening
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                    daemon.peer = Some(p);
+                }
+                Err(e) => daemon.events.event(
+                    "HA",
+                    format_args!("WARNING: the members' service is off: {e}"),
+                ),
+            }
         }
     }
     if daemon.cluster.is_some() {
@@ -501,6 +538,7 @@ impl Daemon {
             Some(c) => {
                 let mut info = c.info(&self.cfg, &self.node);
                 info.quality_problems.extend(self.watchdog.problems());
+                info.peer_service = self.peer.as_ref().map(|p| p.counters.report(&p.listening));
                 Response::HaInfo(info)
             }
             None => Response::HaInfo(crate::api::HaInfo {

@@ -79,6 +79,9 @@ enum Command {
     /// This firewall's identity: serial, model, licence, data ports and
     /// firmware version (what a cluster checks when a member joins)
     Identity,
+    /// Asks the peer who it is over the members' service (TCP 1300,
+    /// authenticated by the cluster key, tried on each HA link)
+    Hapeer,
     /// The event log (HA, sync, policy events)
     Log {
         /// How many of the last lines
@@ -158,6 +161,8 @@ enum PolicyAction {
 fn default_timeout_ms(req: &Request) -> u64 {
     match req {
         Request::ConnList { .. } | Request::ConnFlush | Request::PolicyReload => 30_000,
+        // Up to 2 s per HA link.
+        Request::PeerStatus => 10_000,
         _ => 2000,
     }
 }
@@ -272,6 +277,12 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
         }
         (Command::Hainfo, Response::HaInfo(r)) => Outcome::print(format_hainfo(r)),
         (Command::Identity, Response::Identity(r)) => Outcome::print(format_identity(r)),
+        (Command::Hapeer, Response::Peer { link, addr, took_us, identity }) => Outcome::print(format!(
+            "peer {} answers on {addr} over {link} in {:.1} ms (both proved the cluster key)\n{}",
+            identity.serial,
+            *took_us as f64 / 1e3,
+            format_identity(identity)
+        )),
         (Command::Log { .. }, Response::Log { lines }) => {
             Outcome::print(lines.iter().map(|l| format!("{l}\n")).collect())
         }
@@ -302,6 +313,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Verify(_) => "verify",
         Response::HaInfo(_) => "hainfo",
         Response::Identity(_) => "identity",
+        Response::Peer { .. } => "peer",
         Response::Log { .. } => "log",
         Response::Done { .. } => "done",
         Response::Error { .. } => "error",
@@ -330,6 +342,7 @@ fn main() -> ExitCode {
     let req = match &cli.command {
         Command::Status => Request::Status,
         Command::Identity => Request::Identity,
+        Command::Hapeer => Request::PeerStatus,
         Command::Stats { .. } => Request::Stats,
         Command::Conn {
             action:

@@ -98,6 +98,8 @@ pub enum HandshakeError {
     ServerProof,
     /// A step came out of order (a caller defect).
     Order(&'static str),
+    /// The server refused, and said why.
+    Refused(String),
 }
 
 impl fmt::Display for HandshakeError {
@@ -117,6 +119,7 @@ impl fmt::Display for HandshakeError {
                 "the member did not prove the pre-shared key (the wrong address, or another cluster)",
             ),
             HandshakeError::Order(what) => write!(f, "handshake step out of order: {what}"),
+            HandshakeError::Refused(why) => write!(f, "refused by the member: {why}"),
         }
     }
 }
@@ -266,6 +269,25 @@ impl ServerHello {
             nonce,
         })
     }
+}
+
+/// The body of a pre-auth frame that refuses the client and says why (at
+/// most [`MAX_PREAUTH`] bytes in all).
+pub fn refusal(why: &str) -> Vec<u8> {
+    let mut v = b"T13R".to_vec();
+    let room = MAX_PREAUTH - v.len();
+    let mut end = why.len().min(room);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    v.extend_from_slice(&why.as_bytes()[..end]);
+    v
+}
+
+/// The reason of a refusal body, if `body` is one.
+fn refused(body: &[u8]) -> Option<HandshakeError> {
+    body.strip_prefix(b"T13R")
+        .map(|why| HandshakeError::Refused(String::from_utf8_lossy(why).into_owned()))
 }
 
 /// `len u16 BE | body`, the framing before the proofs.
@@ -582,6 +604,9 @@ impl ClientHandshake {
         if self.server.is_some() {
             return Err(HandshakeError::Order("a second server hello"));
         }
+        if let Some(r) = refused(body) {
+            return Err(r);
+        }
         let sh = ServerHello::decode(body)?;
         let th = transcript(&self.hello_bytes, body);
         self.server = Some((sh.clone(), th));
@@ -602,6 +627,9 @@ impl ClientHandshake {
 
     /// The server's proof: on success, the session.
     pub fn on_proof(&mut self, body: &[u8]) -> Result<Session, HandshakeError> {
+        if let Some(r) = refused(body) {
+            return Err(r);
+        }
         let (Some((sh, th)), Some((control, mine))) = (&self.server, &self.sent) else {
             return Err(HandshakeError::Order("the server's proof before ours"));
         };
@@ -791,6 +819,19 @@ mod tests {
         };
         assert!(ClientHello::decode(&bad.encode()).is_err(), "bad serial");
         assert!(ClientHello::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn a_refusal_reaches_the_client_with_its_reason() {
+        let (mut c, _) = ClientHandshake::new(Purpose::Join, "TDLAB0002", [1; NONCE_LEN]);
+        assert_eq!(
+            c.on_hello(&refusal("busy: 8 connections")).unwrap_err(),
+            HandshakeError::Refused("busy: 8 connections".into())
+        );
+        let long = "é".repeat(300);
+        let r = refusal(&long);
+        assert!(r.len() <= MAX_PREAUTH);
+        assert!(std::str::from_utf8(&r[4..]).is_ok(), "cut on a character");
     }
 
     #[test]

@@ -4,3 +4,4 @@
 //! ([`handshake`]).
 
 pub mod handshake;
+pub mod service;

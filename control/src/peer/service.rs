@@ -1,0 +1,750 @@
+//! The members' service on TCP 1300: a thread of its own (`tandem-peer`)
+//! listening on the HA addresses, and the client that asks the peer.
+//!
+//! Every connection runs the [`handshake`]; whatever is not a member
+//! proving the cluster key is refused, counted, logged (once per source
+//! and reason every 10 s) and closed, and changes nothing:
+//! - at most [`MAX_CONNECTIONS`] at once (more: refused `busy`);
+//! - the handshake done within [`HANDSHAKE_TIME`], an open session idle at
+//!   most [`IDLE_TIME`];
+//! - frames over their limit are refused before they are read.
+//!
+//! After the handshake, requests and answers are JSON objects in sealed
+//! frames. Today the service answers `{"type": "status"}` with the
+//! member's identity and version (`tandemctl hapeer`); joins and the
+//! configuration sync come next (issue 12).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream as MioStream};
+use mio::{Events, Interest, Poll, Token};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use tandem_dataplane::hakeys::HaKeys;
+
+use super::handshake::{
+    preauth_frame, refusal, ClientHandshake, FrameError, FrameReader, HandshakeError, Purpose,
+    ServerHandshake, Session, NONCE_LEN,
+};
+use crate::api::IdentityReport;
+use crate::eventlog::EventLog;
+
+/// The TCP port of the members' service.
+pub const PORT: u16 = 1300;
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 8;
+/// Time from the connection to the end of the handshake.
+pub const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
+/// Longest silence of an open session.
+pub const IDLE_TIME: Duration = Duration::from_secs(10);
+
+/// What the service counted since start.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    accepted: AtomicU64,
+    authenticated: AtomicU64,
+    requests: AtomicU64,
+    refused_malformed: AtomicU64,
+    refused_auth: AtomicU64,
+    refused_oversize: AtomicU64,
+    refused_timeout: AtomicU64,
+    refused_busy: AtomicU64,
+}
+
+/// [`PeerCounters`] as reports show them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerServiceReport {
+    /// The addresses it listens on.
+    pub listening: Vec<String>,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections whose client proved the key.
+    pub authenticated: u64,
+    /// Requests answered in sessions.
+    pub requests: u64,
+    /// Refused: not our protocol (or another version), a bad request.
+    pub refused_malformed: u64,
+    /// Refused: the client did not prove the key.
+    pub refused_auth: u64,
+    /// Refused: a frame over its limit.
+    pub refused_oversize: u64,
+    /// Refused: the handshake or a session took too long.
+    pub refused_timeout: u64,
+    /// Refused: too many connections at once.
+    pub refused_busy: u64,
+}
+
+impl PeerCounters {
+    /// The counts now.
+    pub fn report(&self, listening: &[SocketAddr]) -> PeerServiceReport {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PeerServiceReport {
+            listening: listening.iter().map(ToString::to_string).collect(),
+            accepted: g(&self.accepted),
+            authenticated: g(&self.authenticated),
+            requests: g(&self.requests),
+            refused_malformed: g(&self.refused_malformed),
+            refused_auth: g(&self.refused_auth),
+            refused_oversize: g(&self.refused_oversize),
+            refused_timeout: g(&self.refused_timeout),
+            refused_busy: g(&self.refused_busy),
+        }
+    }
+}
+
+/// A request in a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PeerRequest {
+    /// Who are you?
+    Status,
+}
+
+/// An answer in a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PeerAnswer {
+    /// The member's identity and version.
+    Status(IdentityReport),
+    /// The request was refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The running service.
+pub struct PeerService {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// What it counts.
+    pub counters: Arc<PeerCounters>,
+    /// Where it listens.
+    pub listening: Vec<SocketAddr>,
+}
+
+impl Drop for PeerService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Step {
+    Hello,
+    Proof,
+    Open(Box<Session>),
+}
+
+struct Conn {
+    stream: MioStream,
+    from: SocketAddr,
+    reader: FrameReader,
+    hs: ServerHandshake,
+    step: Step,
+    deadline: Instant,
+}
+
+/// Why a connection ends, for the counters and the log.
+enum End {
+    Closed,
+    Malformed(String),
+    Auth(String),
+    Oversize(String),
+    Timeout,
+}
+
+impl PeerService {
+    /// Listens on `addrs` (the HA addresses, port [`PORT`]) for the
+    /// members of the cluster whose keys are `keys`, answering as
+    /// `identity`. Fails if no address can be bound.
+    pub fn start(
+        addrs: &[SocketAddr],
+        keys: Arc<HaKeys>,
+        identity: IdentityReport,
+        log: EventLog,
+    ) -> io::Result<PeerService> {
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        let mut listening = Vec::new();
+        for (i, a) in addrs.iter().enumerate() {
+            match TcpListener::bind(*a) {
+                Ok(mut l) => {
+                    poll.registry()
+                        .register(&mut l, Token(i), Interest::READABLE)?;
+                    listening.push(l.local_addr().unwrap_or(*a));
+                    listeners.push(l);
+                }
+                Err(e) => log.event(
+                    "HA",
+                    format_args!("members' service: cannot listen on {a}: {e}"),
+                ),
+            }
+        }
+        if listeners.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "no HA address to listen on for the members' service (TCP 1300)",
+            ));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(PeerCounters::default());
+        let (s, c) = (stop.clone(), counters.clone());
+        let thread = std::thread::Builder::new()
+            .name("tandem-peer".into())
+            .spawn(move || serve(poll, listeners, keys, identity, log, s, c))?;
+        Ok(PeerService {
+            stop,
+            thread: Some(thread),
+            counters,
+            listening,
+        })
+    }
+}
+
+const CONN_BASE: usize = 16;
+
+#[allow(clippy::needless_pass_by_value)]
+fn serve(
+    mut poll: Poll,
+    listeners: Vec<TcpListener>,
+    keys: Arc<HaKeys>,
+    identity: IdentityReport,
+    log: EventLog,
+    stop: Arc<AtomicBool>,
+    counters: Arc<PeerCounters>,
+) {
+    let rng = SystemRandom::new();
+    let mut events = Events::with_capacity(64);
+    let mut conns: HashMap<usize, Conn> = HashMap::new();
+    let mut next_token = CONN_BASE;
+    // (source address, reason) -> when it was last logged.
+    let mut logged: HashMap<(IpAddr, &'static str), Instant> = HashMap::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        if poll
+            .poll(&mut events, Some(Duration::from_millis(100)))
+            .is_err()
+        {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let now = Instant::now();
+        let mut ready: Vec<usize> = Vec::new();
+        for ev in &events {
+            let t = ev.token().0;
+            if t < CONN_BASE {
+                let Some(l) = listeners.get(t) else { continue };
+                // Every waiting connection (bounded per wake-up).
+                for _ in 0..64 {
+                    let Ok((mut stream, from)) = l.accept() else {
+                        break;
+                    };
+                    counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    if conns.len() >= MAX_CONNECTIONS {
+                        counters.refused_busy.fetch_add(1, Ordering::Relaxed);
+                        let _ = stream.write(&preauth_frame(&refusal(&format!(
+                            "busy: {MAX_CONNECTIONS} connections open, try again later"
+                        ))));
+                        note(
+                            &log,
+                            &mut logged,
+                            from,
+                            "busy",
+                            "too many connections at once",
+                        );
+                        continue;
+                    }
+                    let mut nonce = [0u8; NONCE_LEN];
+                    if rng.fill(&mut nonce).is_err() {
+                        continue;
+                    }
+                    let token = next_token;
+                    next_token = next_token.wrapping_add(1).max(CONN_BASE);
+                    if poll
+                        .registry()
+                        .register(&mut stream, Token(token), Interest::READABLE)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    conns.insert(
+                        token,
+                        Conn {
+                            stream,
+                            from,
+                            reader: FrameReader::preauth(),
+                            hs: ServerHandshake::new(
+                                keys.control().as_bytes(),
+                                keys.cluster_id(),
+                                &identity.serial,
+                                nonce,
+                            ),
+                            step: Step::Hello,
+                            deadline: now + HANDSHAKE_TIME,
+                        },
+                    );
+                }
+            } else {
+                ready.push(t);
+            }
+        }
+        let mut ended: Vec<(usize, End)> = Vec::new();
+        for t in ready {
+            let Some(c) = conns.get_mut(&t) else { continue };
+            if let Some(end) = read_and_serve(c, &mut buf, &identity, &counters) {
+                ended.push((t, end));
+            }
+        }
+        for (t, c) in &conns {
+            if now >= c.deadline && !ended.iter().any(|(e, _)| e == t) {
+                ended.push((*t, End::Timeout));
+            }
+        }
+        for (t, end) in ended {
+            let Some(mut c) = conns.remove(&t) else {
+                continue;
+            };
+            let _ = poll.registry().deregister(&mut c.stream);
+            let (counter, key, why) = match &end {
+                End::Closed => continue,
+                End::Malformed(w) => (&counters.refused_malformed, "malformed", w.clone()),
+                End::Auth(w) => (&counters.refused_auth, "auth", w.clone()),
+                End::Oversize(w) => (&counters.refused_oversize, "oversize", w.clone()),
+                End::Timeout => (
+                    &counters.refused_timeout,
+                    "timeout",
+                    match c.step {
+                        Step::Open(_) => format!("idle for {} s", IDLE_TIME.as_secs()),
+                        _ => format!(
+                            "no complete handshake within {} s",
+                            HANDSHAKE_TIME.as_secs()
+                        ),
+                    },
+                ),
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if !matches!(c.step, Step::Open(_)) {
+                let _ = c.stream.write(&preauth_frame(&refusal(&why)));
+            }
+            note(&log, &mut logged, c.from, key, &why);
+        }
+    }
+}
+
+/// Logs a refusal, at most once per source and reason every 10 s.
+fn note(
+    log: &EventLog,
+    logged: &mut HashMap<(IpAddr, &'static str), Instant>,
+    from: SocketAddr,
+    key: &'static str,
+    why: &str,
+) {
+    let now = Instant::now();
+    let k = (from.ip(), key);
+    if logged
+        .get(&k)
+        .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(10))
+    {
+        return;
+    }
+    logged.insert(k, now);
+    if logged.len() > 1024 {
+        logged.retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
+    }
+    log.event(
+        "HA",
+        format_args!("members' service (TCP 1300): refused {from}: {why}"),
+    );
+}
+
+/// Reads what `c` sent and answers it; `Some` when the connection ends.
+fn read_and_serve(
+    c: &mut Conn,
+    buf: &mut [u8],
+    identity: &IdentityReport,
+    counters: &PeerCounters,
+) -> Option<End> {
+    loop {
+        match c.stream.read(buf) {
+            Ok(0) => return Some(End::Closed),
+            Ok(n) => c.reader.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Some(End::Closed),
+        }
+        // A client that sends more than a frame's worth without a whole
+        // frame is refused by the reader's limit below.
+        if c.reader.pending() > super::handshake::MAX_SEALED + 4 {
+            break;
+        }
+    }
+    loop {
+        let frame = match c.reader.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => return None,
+            Err(e @ FrameError::TooLong { .. }) => return Some(End::Oversize(e.to_string())),
+            Err(e) => return Some(End::Malformed(e.to_string())),
+        };
+        match std::mem::replace(&mut c.step, Step::Hello) {
+            Step::Hello => match c.hs.on_hello(&frame) {
+                Ok((_, sh)) => {
+                    if c.stream.write_all(&preauth_frame(&sh)).is_err() {
+                        return Some(End::Closed);
+                    }
+                    c.step = Step::Proof;
+                }
+                Err(e) => return Some(End::Malformed(e.to_string())),
+            },
+            Step::Proof => match c.hs.on_proof(&frame) {
+                Ok((proof, session)) => {
+                    if c.stream.write_all(&preauth_frame(&proof)).is_err() {
+                        return Some(End::Closed);
+                    }
+                    counters.authenticated.fetch_add(1, Ordering::Relaxed);
+                    c.reader.switch_to_sealed();
+                    c.deadline = Instant::now() + IDLE_TIME;
+                    c.step = Step::Open(Box::new(session));
+                }
+                Err(e @ HandshakeError::ClientProof) => return Some(End::Auth(e.to_string())),
+                Err(e) => return Some(End::Malformed(e.to_string())),
+            },
+            Step::Open(mut session) => {
+                let Ok(body) = session.open(&frame) else {
+                    return Some(End::Malformed(FrameError::Unauthentic.to_string()));
+                };
+                let answer = match serde_json::from_slice::<PeerRequest>(&body) {
+                    Ok(PeerRequest::Status) => {
+                        counters.requests.fetch_add(1, Ordering::Relaxed);
+                        PeerAnswer::Status(identity.clone())
+                    }
+                    Err(e) => PeerAnswer::Refused {
+                        reason: format!("not a request of the members' service: {e}"),
+                    },
+                };
+                let refused = matches!(answer, PeerAnswer::Refused { .. });
+                let out = serde_json::to_vec(&answer)
+                    .ok()
+                    .and_then(|b| session.seal(&b).ok());
+                match out {
+                    Some(f) if c.stream.write_all(&f).is_ok() => {}
+                    _ => return Some(End::Closed),
+                }
+                if refused {
+                    return Some(End::Malformed("a request it does not know".into()));
+                }
+                c.deadline = Instant::now() + IDLE_TIME;
+                c.step = Step::Open(session);
+            }
+        }
+    }
+}
+
+/// Why asking the peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// No TCP connection.
+    #[error("no connection to {addr}: {source}; check the HA link and that the member runs")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The connection broke or timed out.
+    #[error("{addr}: {source}")]
+    Io {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The handshake failed.
+    #[error("{addr}: {source}")]
+    Handshake {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: HandshakeError,
+    },
+    /// The answer was not one.
+    #[error("{addr}: {source}")]
+    Answer {
+        /// Where.
+        addr: SocketAddr,
+        /// What.
+        #[source]
+        source: FrameError,
+    },
+    /// The member answered with something else.
+    #[error("{addr}: unexpected answer: {what}")]
+    Unexpected {
+        /// Where.
+        addr: SocketAddr,
+        /// What it said.
+        what: String,
+    },
+}
+
+fn read_frame(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    addr: SocketAddr,
+) -> Result<Vec<u8>, PeerError> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match reader.next_frame() {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(source) => return Err(PeerError::Answer { addr, source }),
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                return Err(PeerError::Io {
+                    addr,
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the member closed the connection",
+                    ),
+                })
+            }
+            Ok(n) => reader.push(&buf[..n]),
+            Err(source) => return Err(PeerError::Io { addr, source }),
+        }
+    }
+}
+
+/// Asks the member at `addr` who it is, as member `serial` holding the
+/// cluster's `keys`, within `timeout` per step.
+pub fn query_status(
+    addr: SocketAddr,
+    keys: &HaKeys,
+    serial: &str,
+    timeout: Duration,
+) -> Result<IdentityReport, PeerError> {
+    let io = |source| PeerError::Io { addr, source };
+    let hs = |source| PeerError::Handshake { addr, source };
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|source| PeerError::Connect { addr, source })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let _ = stream.set_nodelay(true);
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| io(io::Error::other("no random numbers")))?;
+    let (mut c, hello) = ClientHandshake::new(Purpose::Member, serial, nonce);
+    let mut reader = FrameReader::preauth();
+    stream.write_all(&preauth_frame(&hello)).map_err(io)?;
+    let sh = c
+        .on_hello(&read_frame(&mut stream, &mut reader, addr)?)
+        .map_err(hs)?;
+    if sh.cluster_id != keys.cluster_id() {
+        return Err(hs(HandshakeError::Refused(format!(
+            "the member serves cluster {}, this firewall is in cluster {}",
+            sh.cluster_id,
+            keys.cluster_id()
+        ))));
+    }
+    let proof = c.prove(keys.control().as_bytes()).map_err(hs)?;
+    stream.write_all(&preauth_frame(&proof)).map_err(io)?;
+    let mut session = c
+        .on_proof(&read_frame(&mut stream, &mut reader, addr)?)
+        .map_err(hs)?;
+    reader.switch_to_sealed();
+    let req = serde_json::to_vec(&PeerRequest::Status).unwrap_or_default();
+    let frame = session
+        .seal(&req)
+        .map_err(|source| PeerError::Answer { addr, source })?;
+    stream.write_all(&frame).map_err(io)?;
+    let answer = read_frame(&mut stream, &mut reader, addr)?;
+    let body = session
+        .open(&answer)
+        .map_err(|source| PeerError::Answer { addr, source })?;
+    match serde_json::from_slice::<PeerAnswer>(&body) {
+        Ok(PeerAnswer::Status(id)) => Ok(id),
+        Ok(other) => Err(PeerError::Unexpected {
+            addr,
+            what: format!("{other:?}"),
+        }),
+        Err(e) => Err(PeerError::Unexpected {
+            addr,
+            what: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_dataplane::hakeys::KdfParams;
+
+    const CHEAP: KdfParams = KdfParams {
+        memory_kib: 64,
+        passes: 1,
+        lanes: 1,
+    };
+
+    fn keys(psk: &[u8], id: u32) -> Arc<HaKeys> {
+        Arc::new(HaKeys::derive_with(psk, id, CHEAP).unwrap())
+    }
+
+    fn identity(serial: &str) -> IdentityReport {
+        IdentityReport {
+            file: "identity.ron".into(),
+            serial: serial.into(),
+            model: Some("TD-LAB".into()),
+            licence: Some("master".into()),
+            ports: Some(2),
+            firmware: "0.1.0".into(),
+        }
+    }
+
+    fn service(psk: &[u8]) -> (PeerService, EventLog) {
+        let log = EventLog::open("fw1", None, 0, 0).unwrap();
+        let s = PeerService::start(
+            &["127.0.0.1:0".parse().unwrap()],
+            keys(psk, 7),
+            identity("TDLAB0001"),
+            log.clone(),
+        )
+        .unwrap();
+        (s, log)
+    }
+
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_member_with_the_key_gets_the_identity_and_one_without_is_refused() {
+        let (s, log) = service(b"Lab-Cluster-Key-2026");
+        let addr = s.listening[0];
+        let id = query_status(
+            addr,
+            &keys(b"Lab-Cluster-Key-2026", 7),
+            "TDLAB0002",
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert_eq!(id, identity("TDLAB0001"));
+        let err = query_status(
+            addr,
+            &keys(b"Another-Key-2026!", 7),
+            "TDLAB0002",
+            Duration::from_secs(2),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the pre-shared key does not match"), "{err}");
+        // Another cluster: the client sees it in the hello and stops.
+        let err = query_status(
+            addr,
+            &keys(b"Lab-Cluster-Key-2026", 8),
+            "TDLAB0002",
+            Duration::from_secs(2),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("serves cluster 7"), "{err}");
+        let c = &s.counters;
+        wait_for("counted", || c.refused_auth.load(Ordering::Relaxed) == 1);
+        let r = c.report(&s.listening);
+        assert_eq!(
+            (r.authenticated, r.requests, r.refused_auth),
+            (1, 1, 1),
+            "{r:?}"
+        );
+        wait_for("logged", || {
+            log.tail(10)
+                .iter()
+                .any(|l| l.contains("refused 127.0.0.1:") && l.contains("pre-shared key"))
+        });
+    }
+
+    #[test]
+    fn garbage_oversized_frames_and_silence_are_refused_and_counted() {
+        let (s, _log) = service(b"Lab-Cluster-Key-2026");
+        let addr = s.listening[0];
+        let talk = |bytes: &[u8]| {
+            let mut t = TcpStream::connect(addr).unwrap();
+            t.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+            t.write_all(bytes).unwrap();
+            let mut out = Vec::new();
+            let _ = t.read_to_end(&mut out);
+            out
+        };
+        let answer = talk(b"\x00\x10GET / HTTP/1.1\r\n");
+        assert!(
+            String::from_utf8_lossy(&answer).contains("not a tandem member's handshake"),
+            "{answer:?}"
+        );
+        let answer = talk(&[0xff, 0xff, 1, 2, 3]);
+        assert!(
+            String::from_utf8_lossy(&answer).contains("at most 256"),
+            "{answer:?}"
+        );
+        // Half a frame, then nothing: refused when the handshake time is up.
+        let t0 = Instant::now();
+        let answer = talk(&[0x00, 0x40, b'T', b'1']);
+        assert!(t0.elapsed() >= HANDSHAKE_TIME - Duration::from_millis(200));
+        assert!(
+            String::from_utf8_lossy(&answer).contains("no complete handshake"),
+            "{answer:?}"
+        );
+        let r = s.counters.report(&s.listening);
+        assert_eq!(
+            (
+                r.refused_malformed,
+                r.refused_oversize,
+                r.refused_timeout,
+                r.authenticated
+            ),
+            (1, 1, 1, 0),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn more_than_the_connection_limit_are_refused_busy() {
+        let (s, _log) = service(b"Lab-Cluster-Key-2026");
+        let addr = s.listening[0];
+        let held: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        wait_for("all accepted", || {
+            s.counters.accepted.load(Ordering::Relaxed) == MAX_CONNECTIONS as u64
+        });
+        let mut extra = TcpStream::connect(addr).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = extra.read_to_end(&mut out);
+        assert!(String::from_utf8_lossy(&out).contains("busy"), "{out:?}");
+        assert_eq!(s.counters.refused_busy.load(Ordering::Relaxed), 1);
+        drop(held);
+        // Room again once they are gone.
+        wait_for("served again", || {
+            query_status(
+                addr,
+                &keys(b"Lab-Cluster-Key-2026", 7),
+                "TDLAB0002",
+                Duration::from_secs(2),
+            )
+            .is_ok()
+        });
+    }
+}
