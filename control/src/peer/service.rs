@@ -229,72 +229,87 @@ fn serve(
     // (source address, reason) -> when it was last logged.
     let mut logged: HashMap<(IpAddr, &'static str), Instant> = HashMap::new();
     let mut buf = vec![0u8; 16 * 1024];
+    // Listeners that may hold more connections than one turn accepted:
+    // their readiness is edge-triggered, so they are served again at once.
+    let mut backlog: Vec<usize> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        if poll
-            .poll(&mut events, Some(Duration::from_millis(100)))
-            .is_err()
-        {
+        let wait = if backlog.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        if poll.poll(&mut events, Some(wait)).is_err() {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
         let now = Instant::now();
         let mut ready: Vec<usize> = Vec::new();
+        let mut listening: Vec<usize> = std::mem::take(&mut backlog);
         for ev in &events {
             let t = ev.token().0;
             if t < CONN_BASE {
-                let Some(l) = listeners.get(t) else { continue };
-                // Every waiting connection (bounded per wake-up).
-                for _ in 0..64 {
-                    let Ok((mut stream, from)) = l.accept() else {
-                        break;
-                    };
-                    counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    if conns.len() >= MAX_CONNECTIONS {
-                        counters.refused_busy.fetch_add(1, Ordering::Relaxed);
-                        let _ = stream.write(&preauth_frame(&refusal(&format!(
-                            "busy: {MAX_CONNECTIONS} connections open, try again later"
-                        ))));
-                        note(
-                            &log,
-                            &mut logged,
-                            from,
-                            "busy",
-                            "too many connections at once",
-                        );
-                        continue;
-                    }
-                    let mut nonce = [0u8; NONCE_LEN];
-                    if rng.fill(&mut nonce).is_err() {
-                        continue;
-                    }
-                    let token = next_token;
-                    next_token = next_token.wrapping_add(1).max(CONN_BASE);
-                    if poll
-                        .registry()
-                        .register(&mut stream, Token(token), Interest::READABLE)
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    conns.insert(
-                        token,
-                        Conn {
-                            stream,
-                            from,
-                            reader: FrameReader::preauth(),
-                            hs: ServerHandshake::new(
-                                keys.control().as_bytes(),
-                                keys.cluster_id(),
-                                &identity.serial,
-                                nonce,
-                            ),
-                            step: Step::Hello,
-                            deadline: now + HANDSHAKE_TIME,
-                        },
-                    );
-                }
+                listening.push(t);
             } else {
                 ready.push(t);
+            }
+        }
+        listening.sort_unstable();
+        listening.dedup();
+        for t in listening {
+            let Some(l) = listeners.get(t) else { continue };
+            // Every waiting connection (bounded per turn).
+            for n in 0..=64 {
+                if n == 64 {
+                    backlog.push(t);
+                    break;
+                }
+                let Ok((mut stream, from)) = l.accept() else {
+                    break;
+                };
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+                if conns.len() >= MAX_CONNECTIONS {
+                    counters.refused_busy.fetch_add(1, Ordering::Relaxed);
+                    let _ = stream.write(&preauth_frame(&refusal(&format!(
+                        "busy: {MAX_CONNECTIONS} connections open, try again later"
+                    ))));
+                    note(
+                        &log,
+                        &mut logged,
+                        from,
+                        "busy",
+                        "too many connections at once",
+                    );
+                    continue;
+                }
+                let mut nonce = [0u8; NONCE_LEN];
+                if rng.fill(&mut nonce).is_err() {
+                    continue;
+                }
+                let token = next_token;
+                next_token = next_token.wrapping_add(1).max(CONN_BASE);
+                if poll
+                    .registry()
+                    .register(&mut stream, Token(token), Interest::READABLE)
+                    .is_err()
+                {
+                    continue;
+                }
+                conns.insert(
+                    token,
+                    Conn {
+                        stream,
+                        from,
+                        reader: FrameReader::preauth(),
+                        hs: ServerHandshake::new(
+                            keys.control().as_bytes(),
+                            keys.cluster_id(),
+                            &identity.serial,
+                            nonce,
+                        ),
+                        step: Step::Hello,
+                        deadline: now + HANDSHAKE_TIME,
+                    },
+                );
             }
         }
         let mut ended: Vec<(usize, End)> = Vec::new();
