@@ -653,7 +653,7 @@ impl Cluster {
                     };
                     if node.role() != to {
                         let line = format!(
-                            "swap: {} -> {} ({reason:?})",
+                            "swap: {} -> {} ({reason})",
                             node.role().as_str(),
                             to.as_str()
                         );
@@ -844,7 +844,7 @@ impl Cluster {
             }
             .to_owned(),
             HaEvent::Swap { to, reason } => {
-                format!("election: this member becomes {} ({reason:?})", role_name(*to))
+                format!("election: this member becomes {} ({reason})", role_name(*to))
             }
             HaEvent::TakeoverWithIncompleteTable => {
                 "taking over with an incomplete connection table: connections not yet synchronized are lost".to_owned()

@@ -115,6 +115,36 @@ pub enum Reason {
     ForcedActive,
 }
 
+impl std::fmt::Display for Reason {
+    /// The reason in the words of the event log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reason::StartupAlone => {
+                "alone at start-up: no peer heard during the start-up wait, and no answer to the ICMP check"
+            }
+            Reason::PeerDead {
+                table_complete: true,
+            } => "the peer is dead: silent on every path and no answer to the ICMP check; our connection table is complete",
+            Reason::PeerDead {
+                table_complete: false,
+            } => "the peer is dead: silent on every path and no answer to the ICMP check; our connection table was not complete",
+            Reason::Elected => {
+                "elected: the peer yielded (forced status, quality, priority or serial)"
+            }
+            Reason::PeerPreferred => {
+                "the peer is preferred (forced status, better quality, or priority)"
+            }
+            Reason::DualActive => {
+                "both members were active: this one yields by the tie-break"
+            }
+            Reason::ForcedPassive => "forced passive by the operator (hapassive)",
+            Reason::ForcedActive => {
+                "forced active by the operator (haactive) while the peer is silent"
+            }
+        })
+    }
+}
+
 /// One line of the HA event log (F7).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HaEvent {

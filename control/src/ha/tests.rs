@@ -973,3 +973,37 @@ fn forced_active_takes_over_from_a_silent_peer_even_if_it_answers_icmp() {
     }
     assert_eq!(ha.role(), Role::Active, "the operator's word wins");
 }
+
+#[test]
+fn swap_reasons_are_words_not_code() {
+    for r in [
+        Reason::StartupAlone,
+        Reason::PeerDead {
+            table_complete: true,
+        },
+        Reason::PeerDead {
+            table_complete: false,
+        },
+        Reason::Elected,
+        Reason::PeerPreferred,
+        Reason::DualActive,
+        Reason::ForcedPassive,
+        Reason::ForcedActive,
+    ] {
+        let text = r.to_string();
+        // No Rust names such as PeerDead (mixed-case words), no braces.
+        let camel = text.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| {
+            w.chars().any(|c| c.is_ascii_lowercase())
+                && w.chars().skip(1).any(|c| c.is_ascii_uppercase())
+        });
+        assert!(
+            text.len() > 20 && !text.contains('{') && !camel,
+            "{r:?}: {text}"
+        );
+    }
+    assert!(Reason::PeerDead {
+        table_complete: false
+    }
+    .to_string()
+    .contains("was not complete"));
+}
