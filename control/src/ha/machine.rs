@@ -580,7 +580,12 @@ impl Ha {
             Event::SyncComplete(done) => {
                 if done != self.sync_complete {
                     self.sync_complete = done;
-                    self.log(HaEvent::Synchronized(done));
+                    // Only a passive's table can be incomplete: the
+                    // active's is the reference (the state sync logs
+                    // the bulk it sends a restarted peer).
+                    if self.role == Role::Passive {
+                        self.log(HaEvent::Synchronized(done));
+                    }
                     self.next_hb = now;
                 }
             }

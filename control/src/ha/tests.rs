@@ -2,7 +2,7 @@
 //! seeded simulations checking the HA invariants.
 
 use super::heartbeat::{Codec, DecodeError, LEN};
-use super::machine::{Action, Config, Event, Ha, LinkId, PeerState, Reason, Role};
+use super::machine::{Action, Config, Event, Ha, HaEvent, LinkId, PeerState, Reason, Role};
 use super::quality::{
     quality, Aggregate, AggregateId, AggregateKind, Interface, Penalty, QualityConfig,
 };
@@ -1006,4 +1006,28 @@ fn swap_reasons_are_words_not_code() {
     }
     .to_string()
     .contains("was not complete"));
+}
+
+#[test]
+fn only_a_passive_logs_that_its_table_is_complete_or_not() {
+    let log_of = |acts: Vec<Action>| {
+        acts.into_iter()
+            .filter(|a| matches!(a, Action::Log(HaEvent::Synchronized(_))))
+            .count()
+    };
+    let mut ha = Ha::new(fast(1), ms(0));
+    assert_eq!(ha.role(), Role::Passive);
+    assert_eq!(log_of(ha.on_event(ms(1), Event::SyncComplete(true))), 1);
+    assert_eq!(log_of(ha.on_event(ms(2), Event::SyncComplete(false))), 1);
+    // Active (forced): the peer's restart clears the flag, and nothing
+    // says that our own table is incomplete.
+    ha.on_event(ms(3), Event::Forced(Some(Role::Active)));
+    let mut t = ms(3);
+    while ha.role() != Role::Active && t < ms(2000) {
+        t = ha.poll_timeout().max(t + Duration::from_micros(1));
+        ha.on_event(t, Event::Tick);
+    }
+    assert_eq!(ha.role(), Role::Active);
+    assert_eq!(log_of(ha.on_event(t, Event::SyncComplete(true))), 0);
+    assert_eq!(log_of(ha.on_event(t, Event::SyncComplete(false))), 0);
 }
