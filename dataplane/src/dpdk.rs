@@ -643,6 +643,22 @@ impl Port {
         setup: &PortSetup,
         pool: Arc<Mempool>,
     ) -> Result<Port, DpdkError> {
+        match Port::open_retrying_start(eal, device, setup, pool)? {
+            (port, None) => Ok(port),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// Like [`Port::open`], but a start that fails leaves a configured
+    /// port, returned with the error, for a caller that retries with
+    /// [`Port::restart`]: a memif client is turned away while its server
+    /// is busy (its one-deep accept queue is full) or not started yet.
+    pub fn open_retrying_start(
+        eal: &Eal,
+        device: &str,
+        setup: &PortSetup,
+        pool: Arc<Mempool>,
+    ) -> Result<(Port, Option<DpdkError>), DpdkError> {
         let id = eal.port_by_name(device)?;
         let info = port_info(id)?;
         let fail = |op: &'static str, code: i32| DpdkError::Port {
@@ -696,14 +712,15 @@ impl Port {
         }
         // SAFETY: configured port.
         let rc = unsafe { ffi::rte_eth_dev_start(id) };
-        if rc != 0 {
-            return Err(fail("start", rc));
-        }
-        // Receiving frames for the port's own MAC only is the normal case;
-        // multicast is needed for IPv6 ND/LACP later. Failure is harmless.
-        // SAFETY: started port.
-        unsafe {
-            ffi::rte_eth_allmulticast_enable(id);
+        let start_error = (rc != 0).then(|| fail("start", rc));
+        if start_error.is_none() {
+            // Receiving frames for the port's own MAC only is the normal
+            // case; multicast is needed for IPv6 ND/LACP later. Failure is
+            // harmless.
+            // SAFETY: started port.
+            unsafe {
+                ffi::rte_eth_allmulticast_enable(id);
+            }
         }
         let steering = if workers == 1 {
             Steering::Single
@@ -719,7 +736,7 @@ impl Port {
                 Err(why) => Steering::Software(why),
             }
         };
-        Ok(Port {
+        let port = Port {
             id,
             name: info.device.clone(),
             info,
@@ -727,9 +744,12 @@ impl Port {
             tx_queues,
             steering,
             queues_taken: AtomicBool::new(false),
+            // Also after a failed start: stopping a stopped port does
+            // nothing and the port must be closed.
             started: true,
             _pool: pool,
-        })
+        };
+        Ok((port, start_error))
     }
 
     /// The DPDK port id.

@@ -35,7 +35,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
-use tandem_dataplane::dpdk::{self, Eal, Mbuf, Mempool, Port, PortSetup, RxQueue, TxQueue};
+use tandem_dataplane::dpdk::{
+    self, DpdkError, Eal, Mbuf, Mempool, Port, PortSetup, RxQueue, TxQueue,
+};
 use tandem_dataplane::wire::EthernetAddress;
 use tandem_perf::gen::{
     arp_reply, arp_request, arp_sender, check_seconds, in_bench_net, memif_client_socket, restamp,
@@ -315,19 +317,45 @@ struct Side {
     port: Port,
     rx: RxQueue,
     tx: TxQueue,
+    /// The port is started (a memif client's start can fail until its
+    /// server accepts; its queues are not polled until then).
+    started: bool,
 }
 
 impl Side {
-    fn open(eal: &Eal, option: &str, name: &str, pool: &Arc<Mempool>) -> Result<Side, String> {
+    /// Opens the port of `option`. A memif client (`retry_start`) whose
+    /// first start is turned away is kept, with the error in
+    /// `last_error`: the link wait restarts it.
+    fn open(
+        eal: &Eal,
+        option: &str,
+        name: &str,
+        pool: &Arc<Mempool>,
+        retry_start: bool,
+        last_error: &mut String,
+    ) -> Result<Side, String> {
         let setup = PortSetup {
             queues: 1,
             rx_descriptors: 1024,
             tx_descriptors: 1024,
             mtu: 0,
         };
-        let port = Port::open(eal, name, &setup, pool.clone()).map_err(|e| {
+        let explain = |e: DpdkError| {
             format!("{option} ({name}): {e}. A memif client does not start when its server is not listening on the socket (start the server first); an af_packet port needs an existing interface")
-        })?;
+        };
+        let (port, started) = if retry_start {
+            let (port, error) =
+                Port::open_retrying_start(eal, name, &setup, pool.clone()).map_err(explain)?;
+            if let Some(e) = &error {
+                *last_error = e.to_string();
+            }
+            (port, error.is_none())
+        } else {
+            (
+                Port::open(eal, name, &setup, pool.clone()).map_err(explain)?,
+                true,
+            )
+        };
         let (mut rx, mut tx) = port
             .take_queues()
             .ok_or_else(|| format!("{option} ({name}): queues already taken"))?;
@@ -335,6 +363,7 @@ impl Side {
             rx: rx.remove(0),
             tx: tx.remove(0),
             port,
+            started,
         })
     }
 }
@@ -558,21 +587,35 @@ fn run(a: Args) -> Result<(), String> {
     }
     let hz = eal.tsc_hz();
     let pool = Mempool::new(&eal, "tandem_gen", a.mbufs, 256).map_err(|e| e.to_string())?;
-    let mut side_a = Side::open(&eal, "--port-a", &name_a, &pool)?;
-    let mut side_b = Side::open(&eal, "--port-b", &name_b, &pool)?;
-    let mut buf: Vec<Mbuf> = Vec::with_capacity(dpdk::MAX_BURST);
-
-    // Wait for both links, receiving all the while (a memif client that
-    // does not receive stalls its peer). A memif client turned away (its
-    // server listened but had not started its port yet) does not retry by
-    // itself: restart it every second.
     let clients = [
         memif_client_socket(&a.port_a).is_some(),
         memif_client_socket(&a.port_b).is_some(),
     ];
+    let mut last_error = String::new();
+    let mut side_a = Side::open(
+        &eal,
+        "--port-a",
+        &name_a,
+        &pool,
+        clients[0],
+        &mut last_error,
+    )?;
+    let mut side_b = Side::open(
+        &eal,
+        "--port-b",
+        &name_b,
+        &pool,
+        clients[1],
+        &mut last_error,
+    )?;
+    let mut buf: Vec<Mbuf> = Vec::with_capacity(dpdk::MAX_BURST);
+
+    // Wait for both links, receiving all the while (a memif client that
+    // does not receive stalls its peer). A memif client turned away (its
+    // server listened but had not started its port yet, or was too busy
+    // to accept) does not retry by itself: restart it every second.
     let deadline = dpdk::tsc() + (p.link_timeout * hz as f64) as u64;
     let mut next_retry = dpdk::tsc() + hz;
-    let mut last_error = String::new();
     loop {
         let up_a = side_a.port.link().map(|l| l.up).unwrap_or(false);
         let up_b = side_b.port.link().map(|l| l.up).unwrap_or(false);
@@ -595,16 +638,24 @@ fn run(a: Args) -> Result<(), String> {
         }
         if now >= next_retry {
             next_retry = now + hz;
-            for (side, up, client) in [(&side_a, up_a, clients[0]), (&side_b, up_b, clients[1])] {
+            for (side, up, client) in [
+                (&mut side_a, up_a, clients[0]),
+                (&mut side_b, up_b, clients[1]),
+            ] {
                 if client && !up {
-                    if let Err(e) = side.port.restart() {
-                        last_error = e.to_string();
-                    }
+                    side.started = side
+                        .port
+                        .restart()
+                        .map_err(|e| last_error = e.to_string())
+                        .is_ok();
                 }
             }
         }
-        side_a.rx.rx_burst(&mut buf, 64);
-        side_b.rx.rx_burst(&mut buf, 64);
+        for side in [&mut side_a, &mut side_b] {
+            if side.started {
+                side.rx.rx_burst(&mut buf, 64);
+            }
+        }
         buf.clear();
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
