@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 mod cidr;
+pub mod cluster;
 mod error;
 mod identity;
 mod locate;
@@ -49,24 +50,38 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Reads, parses and validates the node configuration at `path`.
+/// Reads, parses and validates the node configuration at `path`, merged
+/// with its cluster's shared file when it names one (`cluster`, see
+/// [`cluster`]).
 pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    parse_in(
+        &text,
+        &path.display().to_string(),
+        path.parent().unwrap_or(Path::new("")),
+    )
 }
 
 /// Parses and validates a node configuration; `origin` names the text in
-/// messages (usually its file name).
+/// messages (usually its file name). A `cluster` directory is taken from
+/// the current directory.
 pub fn parse(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
+    parse_in(text, origin, Path::new(""))
+}
+
+fn parse_in(text: &str, origin: &str, dir: &Path) -> Result<NodeConfig, ConfigError> {
     let map = SourceMap::new(text);
     let options =
         ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
     let cfg: NodeConfig = options
         .from_str(text)
         .map_err(|e| ConfigError::Syntax(ron_diagnostic(&e, &map, origin)))?;
+    if cfg.cluster.is_some() {
+        return cluster::merge(cfg, dir, origin, &map);
+    }
     let problems = validate::validate(&cfg, origin, Some(&map));
     if problems.is_empty() {
         Ok(cfg)

@@ -22,7 +22,17 @@ pub struct NodeConfig {
     /// Worker threads, memory pools, queues and the neighbour table.
     #[serde(default)]
     pub dataplane: DataplaneConfig,
+    /// The cluster's directory (relative to this file's), when this node
+    /// is a member of a cluster: its `cluster.ron` then holds the
+    /// interfaces, routes, firewall and HA sections for both members, and
+    /// this file may not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<PathBuf>,
+    /// What loading the cluster's file found (none for a node alone).
+    #[serde(skip)]
+    pub membership: Option<crate::cluster::Membership>,
     /// The data ports; at least one.
+    #[serde(default)]
     pub interfaces: Vec<InterfaceConfig>,
     /// Static routes in addition to the connected subnets.
     #[serde(default)]

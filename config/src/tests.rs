@@ -1224,3 +1224,262 @@ fn an_ha_link_may_not_be_a_data_ports_kernel_interface() {
         "{all}"
     );
 }
+
+// ---- the cluster's shared file ----
+
+/// A node file for a cluster member: its own sections only.
+fn member_node(name: &str, serial: &str) -> String {
+    format!(
+        r#"(
+    node: (name: "{name}", serial: "{serial}"),
+    control: (socket: "/run/tandem/{name}.sock"),
+    eal: (no_huge: true, memory_mb: 256),
+    dataplane: (workers: [(cpu: None)]),
+    cluster: "cluster",
+)
+"#
+    )
+}
+
+const CLUSTER: &str = r#"(
+    members: [(serial: "LAB-FW1", slot: 0), (serial: "LAB-FW2", slot: 1)],
+    interfaces: [
+        (name: "in", device: Vdev("net_af_packet0,iface=fw-in"), addresses: ["198.18.1.1/24"]),
+        (name: "out", device: Vdev("net_af_packet1,iface=fw-out"), addresses: ["198.18.2.1/24"]),
+    ],
+    routes: [],
+    firewall: (policy: "policy.ron"),
+    ha: (
+        cluster_id: 7,
+        psk: "Lab-Cluster-Key-2026",
+        links: [
+            (name: "HA-main", interface: "ha-main", address: "198.19.69.1/30", peer: "198.19.69.2"),
+            (name: "HA-backup", interface: "ha-backup", address: "198.19.70.1/31", peer: "198.19.70.0"),
+        ],
+    ),
+)
+"#;
+
+/// A private directory with `fwN/node.ron` per member and one shared
+/// `fwN/cluster/cluster.ron` copy each; removed on drop.
+struct ClusterDir(PathBuf);
+
+impl ClusterDir {
+    fn new(tag: &str, cluster: &str) -> ClusterDir {
+        let dir = std::env::temp_dir().join(format!(
+            "tandem-config-cluster-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, serial) in [("fw1", "LAB-FW1"), ("fw2", "LAB-FW2"), ("fw3", "LAB-FW3")] {
+            let d = dir.join(name);
+            std::fs::create_dir_all(d.join("cluster")).unwrap();
+            std::fs::write(d.join("node.ron"), member_node(name, serial)).unwrap();
+            std::fs::write(d.join("cluster/cluster.ron"), cluster).unwrap();
+        }
+        ClusterDir(dir)
+    }
+
+    fn node(&self, name: &str) -> PathBuf {
+        self.0.join(name).join("node.ron")
+    }
+}
+
+impl Drop for ClusterDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The single-file configuration of member `name` equivalent to CLUSTER.
+fn single_file(name: &str, serial: &str, slot: u8) -> NodeConfig {
+    let links = if slot == 0 {
+        r#"(name: "HA-main", interface: "ha-main", address: "198.19.69.1/30", peer: "198.19.69.2"),
+            (name: "HA-backup", interface: "ha-backup", address: "198.19.70.1/31", peer: "198.19.70.0"),"#
+    } else {
+        r#"(name: "HA-main", interface: "ha-main", address: "198.19.69.2/30", peer: "198.19.69.1"),
+            (name: "HA-backup", interface: "ha-backup", address: "198.19.70.0/31", peer: "198.19.70.1"),"#
+    };
+    let text = format!(
+        r#"(
+    node: (name: "{name}", serial: "{serial}"),
+    control: (socket: "/run/tandem/{name}.sock"),
+    eal: (no_huge: true, memory_mb: 256),
+    dataplane: (workers: [(cpu: None)]),
+    interfaces: [
+        (name: "in", device: Vdev("net_af_packet0,iface=fw-in"), addresses: ["198.18.1.1/24"]),
+        (name: "out", device: Vdev("net_af_packet1,iface=fw-out"), addresses: ["198.18.2.1/24"]),
+    ],
+    routes: [],
+    firewall: (policy: "cluster/policy.ron"),
+    ha: (
+        cluster_id: 7,
+        psk: "Lab-Cluster-Key-2026",
+        links: [
+            {links}
+        ],
+    ),
+)
+"#
+    );
+    parse(&text, "single.ron").unwrap()
+}
+
+#[test]
+fn a_cluster_member_runs_what_the_single_file_would_say_from_its_slot() {
+    let d = ClusterDir::new("merge", CLUSTER);
+    for (name, serial, slot) in [("fw1", "LAB-FW1", 0), ("fw2", "LAB-FW2", 1)] {
+        let mut merged = load(&d.node(name)).unwrap();
+        let ms = merged.membership.take().expect("membership");
+        assert_eq!(ms.slot, slot);
+        assert_eq!(ms.dir, d.0.join(name).join("cluster"));
+        assert_eq!(
+            ms.peer_serial(),
+            Some(if slot == 0 { "LAB-FW2" } else { "LAB-FW1" })
+        );
+        merged.cluster = None;
+        assert_eq!(merged, single_file(name, serial, slot), "{name}");
+    }
+}
+
+#[test]
+fn the_cluster_file_written_back_from_either_member_is_the_same() {
+    let d = ClusterDir::new("roundtrip", CLUSTER);
+    let want = cluster::check_cluster_text(CLUSTER, "cluster.ron").unwrap();
+    for name in ["fw1", "fw2"] {
+        let cfg = load(&d.node(name)).unwrap();
+        assert_eq!(
+            cluster::cluster_file_of(&cfg).as_ref(),
+            Some(&want),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_preferred_member_gets_the_priority_and_no_other() {
+    let text = CLUSTER.replacen(
+        "interfaces: [",
+        "prefer: \"LAB-FW2\",\n    interfaces: [",
+        1,
+    );
+    let d = ClusterDir::new("prefer", &text);
+    let p = |n| load(&d.node(n)).unwrap().ha.unwrap().priority;
+    assert_eq!((p("fw1"), p("fw2")), (0, cluster::PREFERRED_PRIORITY));
+}
+
+#[test]
+fn a_firewall_not_listed_is_told_to_join() {
+    let d = ClusterDir::new("stranger", CLUSTER);
+    let err = load(&d.node("fw3")).unwrap_err().to_string();
+    assert!(
+        err.contains("cluster/cluster.ron:2:")
+            && err.contains(
+                "this firewall (serial LAB-FW3) is not a member of the cluster (members: LAB-FW1, LAB-FW2); join it with tandemctl ha join"
+            ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_member_file_may_not_also_hold_a_shared_section() {
+    let d = ClusterDir::new("twice", CLUSTER);
+    let text = member_node("fw1", "LAB-FW1").replace(
+        "cluster: \"cluster\",",
+        "cluster: \"cluster\",\n    routes: [],",
+    );
+    std::fs::write(d.node("fw1"), text).unwrap();
+    let err = load(&d.node("fw1")).unwrap_err().to_string();
+    assert!(
+        err.contains("node.ron:7:")
+            && err.contains("routes: is written here, but this node is a cluster member")
+            && err.contains("routes belongs in cluster/cluster.ron; remove it here"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_problem_in_the_shared_file_names_that_file_and_line() {
+    let text = CLUSTER.replace("\"198.18.2.1/24\"", "\"198.18.1.2/24\"");
+    let d = ClusterDir::new("overlap", &text);
+    let err = load(&d.node("fw2")).unwrap_err();
+    let diags = err.diagnostics();
+    assert_eq!(diags.len(), 1, "{err}");
+    assert!(
+        diags[0].origin.ends_with("fw2/cluster/cluster.ron"),
+        "{err}"
+    );
+    assert_eq!(
+        diags[0].position.unwrap().line,
+        line_of(&text, "198.18.1.2/24")
+    );
+    // And a node-side problem still names node.ron.
+    let d = ClusterDir::new("nodeside", CLUSTER);
+    std::fs::write(
+        d.node("fw1"),
+        member_node("fw1", "LAB-FW1").replace("memory_mb: 256", "memory_mb: 8"),
+    )
+    .unwrap();
+    let err = load(&d.node("fw1")).unwrap_err();
+    assert!(
+        err.diagnostics()[0].origin.ends_with("fw1/node.ron"),
+        "{err}"
+    );
+}
+
+#[test]
+fn members_prefer_priority_and_policy_place_are_checked() {
+    for (from, to, field, says) in [
+        (
+            "slot: 1)",
+            "slot: 0)",
+            "members[1].slot",
+            "0 or 1, each slot used once",
+        ),
+        (
+            "slot: 1)",
+            "slot: 2)",
+            "members[1].slot",
+            "0 or 1, each slot used once",
+        ),
+        (
+            "\"LAB-FW2\", slot",
+            "\"LAB-FW1\", slot",
+            "members[1].serial",
+            "each serial listed once",
+        ),
+        (
+            "interfaces: [",
+            "prefer: \"NOPE\",\n    interfaces: [",
+            "prefer",
+            "\"NOPE\" is not a member",
+        ),
+        (
+            "cluster_id: 7,",
+            "cluster_id: 7, priority: 50,",
+            "ha.priority",
+            "prefer names the preferred member",
+        ),
+        (
+            "policy: \"policy.ron\"",
+            "policy: \"../policy.ron\"",
+            "firewall.policy",
+            "inside the cluster directory",
+        ),
+        (
+            "policy: \"policy.ron\"",
+            "policy: \"/etc/policy.ron\"",
+            "firewall.policy",
+            "inside the cluster directory",
+        ),
+    ] {
+        assert!(CLUSTER.contains(from), "{from}");
+        let text = CLUSTER.replacen(from, to, 1);
+        let err = cluster::check_cluster_text(&text, "cluster.ron").unwrap_err();
+        let d = &err.diagnostics()[0];
+        assert!(
+            d.field == field && d.message.contains(says),
+            "{from} -> {to}: {err}"
+        );
+    }
+}

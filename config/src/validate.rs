@@ -138,6 +138,9 @@ fn bad_host_address(a: &Ipv4Cidr) -> Option<&'static str> {
 pub(crate) struct Checker<'a> {
     origin: &'a str,
     map: Option<&'a SourceMap<'a>>,
+    /// The cluster's file, where the sections it holds
+    /// ([`crate::cluster::SHARED_SECTIONS`]) are placed.
+    shared: Option<(&'a str, &'a SourceMap<'a>)>,
     pub(crate) out: Vec<Diagnostic>,
 }
 
@@ -147,6 +150,7 @@ impl<'a> Checker<'a> {
         Checker {
             origin,
             map,
+            shared: None,
             out: Vec::new(),
         }
     }
@@ -166,13 +170,20 @@ impl<'a> Checker<'a> {
         message: impl Into<String>,
     ) {
         let field = field.into();
-        let anchor = match self.map {
+        let section = field.split(['.', '[']).next().unwrap_or_default();
+        let (origin, map) = match self.shared {
+            Some((origin, map)) if crate::cluster::SHARED_SECTIONS.contains(&section) => {
+                (origin, Some(map))
+            }
+            _ => (self.origin, self.map),
+        };
+        let anchor = match map {
             Some(m) if !m.is_written(&field) => anchor,
             _ => &field,
         };
         self.out.push(Diagnostic {
-            origin: self.origin.to_owned(),
-            position: self.map.map(|m| m.locate(anchor)),
+            origin: origin.to_owned(),
+            position: map.map(|m| m.locate(anchor)),
             field,
             message: message.into(),
         });
@@ -198,9 +209,22 @@ pub(crate) fn validate(
     origin: &str,
     map: Option<&SourceMap<'_>>,
 ) -> Vec<Diagnostic> {
+    validate_split(cfg, origin, map, None)
+}
+
+/// [`validate`] of a configuration merged from a node's file (`origin`,
+/// `map`) and its cluster's (`shared`): each problem names the file its
+/// field is written in.
+pub(crate) fn validate_split<'a>(
+    cfg: &NodeConfig,
+    origin: &'a str,
+    map: Option<&'a SourceMap<'a>>,
+    shared: Option<(&'a str, &'a SourceMap<'a>)>,
+) -> Vec<Diagnostic> {
     let mut c = Checker {
         origin,
         map,
+        shared,
         out: Vec::new(),
     };
     node(&mut c, cfg);
