@@ -91,6 +91,15 @@ fn parse_in(text: &str, origin: &str, dir: &Path) -> Result<NodeConfig, ConfigEr
 }
 
 impl NodeConfig {
+    /// The file that holds the HA pre-shared key: the cluster's file for
+    /// a cluster member, else the node's file at `path`.
+    pub fn key_file(&self, path: &Path) -> std::path::PathBuf {
+        match &self.membership {
+            Some(m) => m.dir.join(cluster::CLUSTER_FILE),
+            None => path.to_owned(),
+        }
+    }
+
     /// Checks the validation rules on a configuration built in code (a
     /// parsed one has passed them already); errors carry no position.
     pub fn validate(&self) -> Result<(), ConfigError> {

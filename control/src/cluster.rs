@@ -152,6 +152,9 @@ pub struct Cluster {
     cluster_id: u32,
     serial: u64,
     key_file_warning: Option<String>,
+    /// The members by full serial (the cluster's file), which heartbeats
+    /// carry only the last 8 bytes of.
+    membership: Option<tandem_config::cluster::Membership>,
     links: Vec<Link>,
     data_ports: Vec<DataPort>,
     last_resort: bool,
@@ -383,7 +386,8 @@ impl Cluster {
             check_key: CheckKey::new(keys.check().as_bytes()),
             cluster_id: ha.cluster_id,
             serial,
-            key_file_warning: key_file_exposure(config_path),
+            key_file_warning: key_file_exposure(&cfg.key_file(config_path)),
+            membership: cfg.membership.clone(),
             links,
             data_ports,
             last_resort,
@@ -550,7 +554,7 @@ impl Cluster {
                         "HA",
                         format_args!(
                             "ICMP check: the peer's dataplane ({}) answers on port {} in {:.1} ms",
-                            serial_text(responder),
+                            self.full_serial(responder),
                             r.port,
                             rtt.as_secs_f64() * 1e3
                         ),
@@ -804,6 +808,16 @@ impl Cluster {
         self.ha.handle_event(now, Event::IcmpTimeout);
     }
 
+    /// The serial a heartbeat carries (its last 8 bytes), in full when
+    /// the cluster's file lists a member ending with it.
+    fn full_serial(&self, n: u64) -> String {
+        let tail = serial_text(n);
+        self.membership
+            .as_ref()
+            .and_then(|m| m.serial_ending_with(&tail))
+            .map_or(tail, str::to_owned)
+    }
+
     fn link_name(&self, id: LinkId) -> String {
         match id {
             LinkId::Data => "the data ports (last resort)".to_owned(),
@@ -818,7 +832,7 @@ impl Cluster {
     fn describe(&self, e: &HaEvent) -> String {
         match e {
             HaEvent::PeerFound { serial } => {
-                format!("peer {} found (cluster member)", serial_text(*serial))
+                format!("peer {} found (cluster member)", self.full_serial(*serial))
             }
             HaEvent::PeerLost(LinkId::Data)
                 if self.ha.path_alive(LinkId::Main) || self.ha.path_alive(LinkId::Backup) =>
@@ -951,7 +965,7 @@ impl Cluster {
             serial: if serial_number(&sync_serial) == p.serial {
                 sync_serial.clone()
             } else {
-                serial_text(p.serial)
+                self.full_serial(p.serial)
             },
             alive: self.ha.peer_heard(),
             role: role_name(p.role),

@@ -198,7 +198,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
                     keys.took().as_millis()
                 ),
             );
-            if let Some(w) = crate::cluster::key_file_exposure(config_path) {
+            if let Some(w) = crate::cluster::key_file_exposure(&cfg.key_file(config_path)) {
                 events_log.event("HA", format_args!("WARNING: {w}"));
                 eprintln!("tandemd: WARNING: {w}");
             }

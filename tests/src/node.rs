@@ -120,8 +120,17 @@ pub struct HaSection {
     pub sync_min_age_secs: u32,
     /// Elect the active member automatically.
     pub election: bool,
-    /// More fields of the section, written as is (e.g. `priority: 50,`).
+    /// More fields of the section, written as is (e.g.
+    /// `garp_interval_ms: 200,`).
     pub extra: String,
+    /// This member's slot in the cluster (0 for fw1, 1 for fw2): which of
+    /// each link's two addresses is its own in the cluster's file.
+    pub slot: u8,
+    /// The members' serials by slot.
+    pub members: Vec<String>,
+    /// This member is the preferred one ("active firewall if equal",
+    /// priority 50).
+    pub prefer: bool,
 }
 
 impl HaSection {
@@ -151,6 +160,9 @@ impl HaSection {
             sync_min_age_secs: 0,
             election: true,
             extra: String::new(),
+            slot: if i == 1 { 0 } else { 1 },
+            members: vec!["TDLAB0001".into(), "TDLAB0002".into()],
+            prefer: false,
             links: vec![
                 (
                     "HA-main".into(),
@@ -280,9 +292,50 @@ impl NodeConfig {
         self
     }
 
-    /// Renders the config as RON.
+    /// Renders the config as RON, in one file.
     pub fn to_ron(&self) -> String {
         let mut s = String::from("(\n");
+        s += &self.own_sections();
+        s += &self.shared_sections(None);
+        s += ")\n";
+        s
+    }
+
+    /// Renders a cluster member's config as its two files: `node.ron`
+    /// naming the cluster directory `cluster`, and the cluster's
+    /// `cluster.ron` (with the policy as `policy.ron` there, if any).
+    pub fn to_split_ron(&self, cluster: &str) -> (String, String) {
+        let node = format!(
+            "(\n{}    cluster: {},\n)\n",
+            self.own_sections(),
+            ron_str(cluster)
+        );
+        let policy = self
+            .firewall
+            .as_ref()
+            .and_then(|f| f.policy.as_ref())
+            .map(|_| "policy.ron");
+        let mut shared = String::from("(\n");
+        if let Some(ha) = &self.ha {
+            let members: Vec<String> = ha
+                .members
+                .iter()
+                .enumerate()
+                .map(|(slot, serial)| format!("(serial: {}, slot: {slot})", ron_str(serial)))
+                .collect();
+            shared += &format!("    members: [{}],\n", members.join(", "));
+            if ha.prefer {
+                shared += &format!("    prefer: Some({}),\n", ron_str(&self.serial));
+            }
+        }
+        shared += &self.shared_sections(Some(policy));
+        shared += ")\n";
+        (node, shared)
+    }
+
+    /// The sections that are the node's own.
+    fn own_sections(&self) -> String {
+        let mut s = String::new();
         s += &format!(
             "    node: (name: {}, serial: {}),\n",
             ron_str(&self.name),
@@ -322,6 +375,14 @@ impl NodeConfig {
             "    dataplane: (workers: [{workers}], poll_mode: {}),\n",
             self.poll_mode
         );
+        s
+    }
+
+    /// The sections a cluster shares; `cluster_policy` (in a cluster's
+    /// file) names the policy file in the cluster directory and writes
+    /// each HA link as slot 0 sees it.
+    fn shared_sections(&self, cluster_policy: Option<Option<&str>>) -> String {
+        let mut s = String::new();
         s += "    interfaces: [\n";
         for i in &self.interfaces {
             let addrs: Vec<String> = i.addresses.iter().map(|a| ron_str(a)).collect();
@@ -350,7 +411,10 @@ impl NodeConfig {
             s += "    ],\n";
         }
         if let Some(fw) = &self.firewall {
-            let policy = fw.policy.as_ref().map(|p| p.to_string_lossy().into_owned());
+            let policy = match cluster_policy {
+                Some(name) => name.map(str::to_owned),
+                None => fw.policy.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            };
             let extra = if fw.extra.is_empty() {
                 String::new()
             } else {
@@ -363,8 +427,14 @@ impl NodeConfig {
             );
         }
         if let Some(ha) = &self.ha {
+            let in_cluster = cluster_policy.is_some();
+            let priority = if ha.prefer && !in_cluster {
+                "priority: 50, "
+            } else {
+                ""
+            };
             s += &format!(
-                "    ha: (cluster_id: {}, psk: {}, encrypt: {}, sync_min_age_secs: {}, election: {}, {} links: [\n",
+                "    ha: (cluster_id: {}, psk: {}, encrypt: {}, sync_min_age_secs: {}, election: {}, {priority}{} links: [\n",
                 ha.cluster_id,
                 ron_str(&ha.psk),
                 ha.encrypt,
@@ -373,29 +443,58 @@ impl NodeConfig {
                 ha.extra
             );
             for (name, iface, cidr, peer) in &ha.links {
+                // The cluster's file writes each link as slot 0 sees it.
+                let (cidr, peer) = if in_cluster && ha.slot == 1 {
+                    let prefix = cidr.split_once('/').map_or("32", |(_, p)| p);
+                    let own = cidr.split_once('/').map_or(cidr.as_str(), |(a, _)| a);
+                    (format!("{peer}/{prefix}"), own.to_owned())
+                } else {
+                    (cidr.clone(), peer.clone())
+                };
                 s += &format!(
                     "        (name: {}, interface: {}, address: {}, peer: {}),\n",
                     ron_str(name),
                     ron_str(iface),
-                    ron_str(cidr),
-                    ron_str(peer)
+                    ron_str(&cidr),
+                    ron_str(&peer)
                 );
             }
             s += "    ]),\n";
         }
-        s += ")\n";
         s
     }
 
-    /// Writes the RON config to `path`.
+    /// Writes the RON config to `path`. A cluster member (with an `ha`
+    /// section) gets the split layout: `path` names its cluster directory
+    /// `<stem>.cluster/` beside it, which holds `cluster.ron` and a copy
+    /// of the policy (see [`NodeConfig::cluster_dir`]).
     pub fn write(&self, path: &Path) -> Result<()> {
+        let io = |what: &Path, e| LabError::io(format!("writing {}", what.display()), e);
         if let Some(id) = &self.identity {
             let p = self.identity_path();
-            std::fs::write(&p, id)
-                .map_err(|e| LabError::io(format!("writing {}", p.display()), e))?;
+            std::fs::write(&p, id).map_err(|e| io(&p, e))?;
         }
-        std::fs::write(path, self.to_ron())
-            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+        let Some(dir) = self.ha.as_ref().map(|_| Self::cluster_dir(path)) else {
+            return std::fs::write(path, self.to_ron()).map_err(|e| io(path, e));
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (node, shared) = self.to_split_ron(&name);
+        if let Some(policy) = self.firewall.as_ref().and_then(|f| f.policy.as_ref()) {
+            let to = dir.join("policy.ron");
+            std::fs::copy(policy, &to).map_err(|e| io(&to, e))?;
+        }
+        let cluster = dir.join("cluster.ron");
+        std::fs::write(&cluster, shared).map_err(|e| io(&cluster, e))?;
+        std::fs::write(path, node).map_err(|e| io(path, e))
+    }
+
+    /// The cluster directory of a member whose `node.ron` is `path`.
+    pub fn cluster_dir(path: &Path) -> PathBuf {
+        path.with_extension("cluster")
     }
 }
 
@@ -435,6 +534,12 @@ impl Node {
             socket: config.socket.clone(),
             config_path: config_path.to_path_buf(),
         })
+    }
+
+    /// The member's cluster directory (`cluster.ron`, its copy of the
+    /// policy), if it runs in a cluster.
+    pub fn cluster_dir(&self) -> Option<PathBuf> {
+        Some(NodeConfig::cluster_dir(&self.config_path)).filter(|d| d.is_dir())
     }
 
     /// Runs `tandemctl --socket S --json ARGS` (10 s limit) and parses its

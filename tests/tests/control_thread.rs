@@ -424,7 +424,8 @@ fn conn_list_flush_and_a_big_policy_reload_leave_the_heartbeats_on_time() {
         s.spawn(|| watch_socket(a, &stop, &watch));
         thread::sleep(Duration::from_millis(300));
         let list = ctl_long(a, 60_000, &["conn", "list", "--limit", "10000000"]);
-        std::fs::write(c.lab.dir().join("policy.ron"), big_policy(RELOAD_RULES))
+        let policy = a.cluster_dir().expect("a member's cluster directory");
+        std::fs::write(policy.join("policy.ron"), big_policy(RELOAD_RULES))
             .expect("writing the big policy");
         let reload = ctl_long(a, 60_000, &["policy", "reload"]);
         let flush = ctl_long(a, 60_000, &["conn", "flush"]);

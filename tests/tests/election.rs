@@ -644,7 +644,7 @@ fn a_member_with_priority_takes_the_role_back_only_once_synchronized() {
     require_root!();
     let prio = |i: usize, ha: &mut HaSection| {
         if i == 1 {
-            ha.extra = "priority: 50,".into();
+            ha.prefer = true;
         }
     };
     let mut c = start("elprio", prio);

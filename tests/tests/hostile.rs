@@ -439,10 +439,14 @@ fn a_flood_of_ha_shaped_frames_neither_swaps_nor_delays_the_heartbeats() {
         "slowest {:?}",
         ha.slowest_status
     );
-    // hainfo says whether the configuration (it holds the key) is
+    // hainfo says whether the cluster's file (it holds the key) is
     // readable by others than root, as the file is.
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(c.lab.dir().join(format!("fw{}.ron", a + 1))).expect("config");
+    let key_file = c.nodes[a]
+        .cluster_dir()
+        .expect("a member's cluster directory")
+        .join("cluster.ron");
+    let m = std::fs::metadata(key_file).expect("cluster.ron");
     let exposed = m.mode() & 0o077 != 0 || m.uid() != 0;
     let w = hainfo(&c.nodes[a])["key_file_warning"].clone();
     assert_eq!(
