@@ -3,5 +3,6 @@
 //! members. Authenticated by the cluster key, sealed frame by frame
 //! ([`handshake`]).
 
+pub mod files;
 pub mod handshake;
 pub mod service;
