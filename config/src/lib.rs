@@ -65,6 +65,34 @@ pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
     )
 }
 
+/// [`load`] of a cluster member's `node.ron` at `path` with its cluster
+/// directory taken from `cluster_dir` instead of its own (a revision
+/// staged before it is swapped in).
+pub fn load_with_cluster_dir(path: &Path, cluster_dir: &Path) -> Result<NodeConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let origin = path.display().to_string();
+    let map = SourceMap::new(&text);
+    let options =
+        ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
+    let mut cfg: NodeConfig = options
+        .from_str(&text)
+        .map_err(|e| ConfigError::Syntax(ron_diagnostic(&e, &map, &origin)))?;
+    if cfg.cluster.is_none() {
+        return Err(ConfigError::Invalid(vec![Diagnostic {
+            origin,
+            position: None,
+            field: "cluster".into(),
+            message: "is not set: this node is not a cluster member, it has no cluster directory"
+                .into(),
+        }]));
+    }
+    cfg.cluster = Some(cluster_dir.to_owned());
+    cluster::merge(cfg, path.parent().unwrap_or(Path::new("")), &origin, &map)
+}
+
 /// Parses and validates a node configuration; `origin` names the text in
 /// messages (usually its file name). A `cluster` directory is taken from
 /// the current directory.

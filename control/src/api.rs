@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -78,6 +78,24 @@ pub enum Request {
     /// Asks the peer over the members' service (TCP 1300, authenticated
     /// by the cluster key) who it is, as `hapeer`.
     PeerStatus,
+    /// Sends this member's cluster directory (`cluster.ron`, the policy)
+    /// to the peer, which applies it whole and reloads what changed, as
+    /// `hasync`.
+    HaSync {
+        /// Replace the peer's own local modifications too.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Lists the files of the cluster directory that differ between the
+    /// members, as `hasynctest`.
+    HaSyncTest,
+    /// The difference between the peer's copy of a file of the cluster
+    /// directory and this member's, as `hadiff FILE`.
+    HaDiff {
+        /// The file, relative to the cluster directory (required).
+        #[serde(default)]
+        file: Option<String>,
+    },
     /// Injects a fault, for tests of the black-hole watchdog only: refused
     /// unless tandemd was started with `TANDEM_TEST_FAULTS=1`.
     Debug {
@@ -147,6 +165,9 @@ impl Request {
         "ha_info",
         "identity",
         "peer_status",
+        "ha_sync",
+        "ha_sync_test",
+        "ha_diff",
         "debug",
     ];
 
@@ -168,6 +189,9 @@ impl Request {
             Request::HaInfo => "ha_info",
             Request::Identity => "identity",
             Request::PeerStatus => "peer_status",
+            Request::HaSync { .. } => "ha_sync",
+            Request::HaSyncTest => "ha_sync_test",
+            Request::HaDiff { .. } => "ha_diff",
             Request::Debug { .. } => "debug",
         }
     }
@@ -230,7 +254,7 @@ pub enum Response {
     /// Answer to [`Request::Sync`].
     Sync(SyncReport),
     /// Answer to [`Request::HaInfo`].
-    HaInfo(HaInfo),
+    HaInfo(Box<HaInfo>),
     /// Answer to [`Request::Identity`].
     Identity(IdentityReport),
     /// Answer to [`Request::PeerStatus`].
@@ -252,6 +276,17 @@ pub enum Response {
         nat_rules: usize,
         /// The file it was read from.
         path: String,
+    },
+    /// Answer to [`Request::HaSync`], [`Request::HaSyncTest`] and
+    /// [`Request::HaDiff`]: what happened, line by line, and the error that
+    /// stopped it, if any.
+    Lines {
+        /// The report.
+        lines: Vec<String>,
+        /// Why it stopped before the end (then nothing was applied on the
+        /// peer unless the lines say so).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     /// The request was carried out; `message` says what happened.
     Done {
@@ -586,6 +621,43 @@ pub struct HaInfo {
     /// and refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_service: Option<crate::peer::service::PeerServiceReport>,
+    /// The configuration sync: both members' revisions, whether they are
+    /// the same, and the notice when not (cluster members with a cluster
+    /// directory only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Box<ConfigSyncInfo>>,
+}
+
+/// One member's configuration in `hainfo`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberConfigInfo {
+    /// The member.
+    pub serial: String,
+    /// Its revision, `00042`.
+    pub revision: String,
+    /// Its cluster directory was changed since its last sync.
+    pub local_changes: bool,
+    /// The first 12 hex digits of its manifest digest.
+    pub digest: String,
+    /// Its last sync: `2026-12-07 01:30:00 UTC from TDLAB0001`, or
+    /// `never`.
+    pub last_sync: String,
+}
+
+/// The configuration sync in `hainfo`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigSyncInfo {
+    /// This member.
+    pub local: MemberConfigInfo,
+    /// The peer, when its members' service answered.
+    pub peer: Option<MemberConfigInfo>,
+    /// Why the peer's did not (while it is not known).
+    pub peer_error: Option<String>,
+    /// Both cluster directories are identical (none while the peer's is
+    /// not known).
+    pub synchronized: Option<bool>,
+    /// What an operator should do when they are not.
+    pub notice: Option<String>,
 }
 
 /// Answer to `conn list`.
@@ -1007,6 +1079,9 @@ mod tests {
             | Request::HaInfo
             | Request::Identity
             | Request::PeerStatus
+            | Request::HaSync { .. }
+            | Request::HaSyncTest
+            | Request::HaDiff { .. }
             | Request::Log { .. }
             | Request::Debug { .. } => {}
         }
@@ -1028,6 +1103,9 @@ mod tests {
             Request::HaInfo,
             Request::Identity,
             Request::PeerStatus,
+            Request::HaSync { force: false },
+            Request::HaSyncTest,
+            Request::HaDiff { file: None },
             Request::Debug { fault: None },
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
@@ -1049,7 +1127,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, debug"
         );
     }
 

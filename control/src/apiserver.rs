@@ -104,6 +104,9 @@ pub struct ApiContext {
     pub faults: bool,
     /// The node's identity, read at start.
     pub identity: IdentityReport,
+    /// The configuration sync (a cluster member with a cluster
+    /// directory).
+    pub conf: Option<Arc<crate::peer::confsync::ConfSync>>,
 }
 
 /// A request the control loop answers from the state it has.
@@ -369,11 +372,24 @@ impl Route<'_> {
             Request::PeerStatus if ctx.cfg.ha.is_none() => Some(Response::error(
                 "this node is not a cluster member (no ha section in its configuration): it has no peer",
             )),
+            Request::HaSync { .. } | Request::HaSyncTest | Request::HaDiff { .. }
+                if ctx.conf.is_none() =>
+            {
+                Some(Response::error(
+                    "this node has no cluster directory (its configuration is one file, without cluster: in node.ron): there is no configuration to synchronize",
+                ))
+            }
+            Request::HaDiff { file: None } => Some(Response::error(
+                "hadiff needs a file: a path relative to the cluster directory, such as policy.ron (tandemctl hasynctest lists the files that differ)",
+            )),
             Request::ConnList { .. }
             | Request::ConnFlush
             | Request::PolicyReload
             | Request::SyncDigest
-            | Request::PeerStatus => {
+            | Request::PeerStatus
+            | Request::HaSync { .. }
+            | Request::HaSyncTest
+            | Request::HaDiff { .. } => {
                 let Some(jobs) = self.jobs else {
                     return Some(Response::error("tandemd is stopping"));
                 };
@@ -383,7 +399,7 @@ impl Route<'_> {
                 }) {
                     Ok(()) => None,
                     Err(TrySendError::Full(_)) => Some(Response::error(format!(
-                        "busy: {JOB_QUEUE} long requests (conn list, conn flush, policy reload) are already waiting; retry when they are done"
+                        "busy: {JOB_QUEUE} long requests (conn list, conn flush, policy reload, hapeer, hasync, hasynctest, hadiff) are already waiting; retry when they are done"
                     ))),
                     Err(TrySendError::Disconnected(_)) => {
                         Some(Response::error("tandemd is stopping"))
@@ -488,6 +504,34 @@ fn peer_status(ctx: &ApiContext) -> Response {
     ))
 }
 
+/// Runs `f` with the configuration sync and a session with the peer (on
+/// the first HA link that answers, 2 s per link).
+fn with_peer(
+    ctx: &ApiContext,
+    f: impl FnOnce(
+        &crate::peer::confsync::ConfSync,
+        &mut crate::peer::service::PeerClient,
+        &str,
+    ) -> Response,
+) -> Response {
+    let (Some(conf), Some(ha)) = (&ctx.conf, &ctx.cfg.ha) else {
+        return Response::error("this node has no cluster directory: nothing to synchronize");
+    };
+    let keys = match tandem_dataplane::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id) {
+        Ok(k) => k,
+        Err(e) => return Response::error(e.to_string()),
+    };
+    match crate::peer::wiring::connect_peer(
+        &crate::peer::wiring::peer_links(&ctx.cfg),
+        &keys,
+        &ctx.identity.serial,
+        std::time::Duration::from_secs(2),
+    ) {
+        Ok((mut client, link)) => f(conf, &mut client, &link),
+        Err(e) => Response::error(e),
+    }
+}
+
 /// The job thread: runs the slow requests one at a time; ends when the
 /// API thread drops its sender.
 fn run_jobs(ctx: &ApiContext, jobs: &Receiver<Job>) {
@@ -560,6 +604,29 @@ fn run_job(ctx: &ApiContext, request: Request) -> Response {
             }
         },
         Request::PeerStatus => peer_status(ctx),
+        Request::HaSync { force } => with_peer(ctx, |conf, client, link| {
+            let (lines, res) = crate::peer::confsync::send(conf, client, link, force);
+            Response::Lines {
+                lines,
+                error: res.err(),
+            }
+        }),
+        Request::HaSyncTest => with_peer(
+            ctx,
+            |conf, client, _| match crate::peer::confsync::compare(conf, client) {
+                Ok(lines) => Response::Lines { lines, error: None },
+                Err(e) => Response::error(e),
+            },
+        ),
+        Request::HaDiff { file: Some(file) } => with_peer(ctx, |conf, client, _| {
+            match crate::peer::confsync::diff(conf, client, &file) {
+                Ok(text) => Response::Lines {
+                    lines: text.lines().map(str::to_owned).collect(),
+                    error: None,
+                },
+                Err(e) => Response::error(e),
+            }
+        }),
         other => Response::error(format!(
             "{} is not a long request (tandemd bug: please report it)",
             other.name()

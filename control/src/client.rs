@@ -672,6 +672,50 @@ pub fn format_hainfo(r: &HaInfo) -> String {
             p.refused_busy
         );
     }
+    if let Some(c) = &r.config {
+        section(&mut out, "Configuration", false, || {
+            let mut t = Table::new(&[
+                ("", L),
+                ("SERIAL", L),
+                ("REVISION", R),
+                ("LOCAL CHANGES", L),
+                ("DIGEST", L),
+                ("LAST CONF SYNC", L),
+            ]);
+            for (name, m) in [("local", Some(&c.local)), ("peer", c.peer.as_ref())] {
+                let mut row = vec![name.to_string()];
+                match m {
+                    Some(m) => row.extend([
+                        m.serial.clone(),
+                        m.revision.clone(),
+                        yn(m.local_changes).into(),
+                        m.digest.clone(),
+                        m.last_sync.clone(),
+                    ]),
+                    None => row.extend(vec!["(no answer)".to_string(); 5]),
+                }
+                t.row(row);
+            }
+            t
+        });
+        let _ = writeln!(
+            out,
+            "conf sync:     {}",
+            match c.synchronized {
+                Some(true) => "both members have the same configuration".to_string(),
+                Some(false) => "the members' configurations differ".to_string(),
+                None => format!(
+                    "unknown: {}",
+                    c.peer_error
+                        .as_deref()
+                        .unwrap_or("the peer was not asked yet")
+                ),
+            }
+        );
+        if let Some(n) = &c.notice {
+            let _ = writeln!(out, "{n}");
+        }
+    }
     out
 }
 

@@ -1037,6 +1037,7 @@ impl Cluster {
             }),
             // Filled in by the daemon, which runs the service.
             peer_service: None,
+            config: None,
         }
     }
 }

@@ -133,6 +133,10 @@ struct Daemon {
     watchdog: Watchdog,
     /// The members' service on TCP 1300 (cluster members only).
     peer: Option<crate::peer::service::PeerService>,
+    /// Both members' configuration status, refreshed by its own thread.
+    confwatch: Option<crate::peer::confsync::ConfigWatch>,
+    /// What hainfo last showed of it (kept when the watch is busy).
+    config_info: std::cell::RefCell<Option<crate::api::ConfigSyncInfo>>,
 }
 
 /// Runs a node from the configuration file at `config_path` until a
@@ -280,6 +284,24 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
         shared: Arc::new(ControlShared::default()),
         watchdog: Watchdog::new(watched, progress, Instant::now()),
         peer: None,
+        confwatch: None,
+        config_info: std::cell::RefCell::new(None),
+    };
+    let conf = match crate::peer::wiring::conf_sync(
+        &daemon.cfg,
+        config_path,
+        &daemon.node,
+        &daemon.events,
+    ) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            daemon.events.event(
+                "HA",
+                format_args!("WARNING: the configuration sync is off: {e}"),
+            );
+            None
+        }
     };
     if let Some(keys) = &keys {
         daemon.cluster = Cluster::new(
@@ -306,10 +328,32 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
                     std::net::SocketAddr::new(l.address.addr.into(), crate::peer::service::PORT)
                 })
                 .collect();
+            if let Some(conf) = &conf {
+                let links = crate::peer::wiring::peer_links(&daemon.cfg);
+                let (k, serial) = (keys.clone(), daemon.cfg.node.serial.clone());
+                match crate::peer::confsync::ConfigWatch::start(
+                    conf.clone(),
+                    Box::new(move || {
+                        crate::peer::wiring::connect_peer(
+                            &links,
+                            &k,
+                            &serial,
+                            Duration::from_secs(2),
+                        )
+                    }),
+                ) {
+                    Ok(w) => daemon.confwatch = Some(w),
+                    Err(e) => daemon.events.event(
+                        "HA",
+                        format_args!("WARNING: the configuration status watch is off: {e}"),
+                    ),
+                }
+            }
             match crate::peer::service::PeerService::start(
                 &addrs,
                 keys.clone(),
                 identity.clone(),
+                conf.clone(),
                 daemon.events.clone(),
             ) {
                 Ok(p) => {
@@ -354,6 +398,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
             shared: daemon.shared.clone(),
             faults,
             identity,
+            conf,
         },
         actions_tx,
         control_waker,
@@ -457,8 +502,14 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
         node,
         cluster,
         events,
+        peer,
+        confwatch,
         ..
     } = daemon;
+    // The members' service and the configuration watch hold the node
+    // (to validate and apply a received revision): they stop first.
+    drop(confwatch);
+    drop(peer);
     drop(cluster);
     match Arc::try_unwrap(node) {
         Ok(node) => node.shutdown(),
@@ -539,9 +590,17 @@ impl Daemon {
                 let mut info = c.info(&self.cfg, &self.node);
                 info.quality_problems.extend(self.watchdog.problems());
                 info.peer_service = self.peer.as_ref().map(|p| p.counters.report(&p.listening));
-                Response::HaInfo(info)
+                // Never wait for the watch thread: the last view when it
+                // holds its lock.
+                if let Some(w) = &self.confwatch {
+                    if let Ok(v) = w.view.try_lock() {
+                        *self.config_info.borrow_mut() = v.info();
+                    }
+                }
+                info.config = self.config_info.borrow().clone().map(Box::new);
+                Response::HaInfo(Box::new(info))
             }
-            None => Response::HaInfo(crate::api::HaInfo {
+            None => Response::HaInfo(Box::new(crate::api::HaInfo {
                 election: false,
                 state: "election off (ha.election: false): roles are set by hand".into(),
                 local: crate::api::HaMemberInfo {
@@ -554,7 +613,7 @@ impl Daemon {
                 },
                 icmp_check: "off".into(),
                 ..Default::default()
-            }),
+            })),
         }
     }
 

@@ -427,6 +427,12 @@ impl Node {
             .clone()
     }
 
+    /// Compiles the policy at `path` for this node's interfaces without
+    /// applying it: what a reload of it would say.
+    pub fn check_policy(&self, path: &Path) -> Result<PolicyInfo, NodeError> {
+        self.compile_policy(path).map(|(_, info)| info)
+    }
+
     /// Reads the policy file again, compiles it on the calling thread (a
     /// big policy takes a while: not for the control thread), and hands the
     /// new snapshot to every worker (they switch between bursts;

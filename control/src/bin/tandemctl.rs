@@ -82,6 +82,24 @@ enum Command {
     /// Asks the peer who it is over the members' service (TCP 1300,
     /// authenticated by the cluster key, tried on each HA link)
     Hapeer,
+    /// Sends this member's cluster configuration (cluster.ron, the policy)
+    /// to the peer, which checks it, applies it whole and reloads what
+    /// changed
+    Hasync {
+        /// Also replace the peer's own local modifications
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lists the files of the cluster configuration that differ between
+    /// this member and the peer (none: the two are identical)
+    Hasynctest,
+    /// Shows how a file of the cluster configuration differs between the
+    /// peer's copy and this member's
+    Hadiff {
+        /// The file, relative to the cluster directory (policy.ron,
+        /// cluster.ron)
+        file: String,
+    },
     /// The event log (HA, sync, policy events)
     Log {
         /// How many of the last lines
@@ -163,6 +181,9 @@ fn default_timeout_ms(req: &Request) -> u64 {
         Request::ConnList { .. } | Request::ConnFlush | Request::PolicyReload => 30_000,
         // Up to 2 s per HA link.
         Request::PeerStatus => 10_000,
+        // A session (2 s per link), then the files: a peer validating a
+        // large policy takes a while.
+        Request::HaSync { .. } | Request::HaSyncTest | Request::HaDiff { .. } => 60_000,
         _ => 2000,
     }
 }
@@ -211,7 +232,11 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
         };
         // Scripts get the JSON on stdout; the exit code says it failed.
         return match response {
-            Response::Error { message } => Outcome {
+            Response::Error { message }
+            | Response::Lines {
+                error: Some(message),
+                ..
+            } => Outcome {
                 stdout: Some(text),
                 error: Some(message.clone()),
                 code: 1,
@@ -283,6 +308,23 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
             *took_us as f64 / 1e3,
             format_identity(identity)
         )),
+        (Command::Hasync { .. }, Response::Lines { lines, error }) => {
+            let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            match error {
+                None => {
+                    text += "OK\n";
+                    Outcome::print(text)
+                }
+                Some(e) => Outcome {
+                    stdout: Some(text),
+                    error: Some(format!("hasync failed: {e}")),
+                    code: 1,
+                },
+            }
+        }
+        (Command::Hasynctest | Command::Hadiff { .. }, Response::Lines { lines, .. }) => {
+            Outcome::print(lines.iter().map(|l| format!("{l}\n")).collect())
+        }
         (Command::Log { .. }, Response::Log { lines }) => {
             Outcome::print(lines.iter().map(|l| format!("{l}\n")).collect())
         }
@@ -315,6 +357,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Identity(_) => "identity",
         Response::Peer { .. } => "peer",
         Response::Log { .. } => "log",
+        Response::Lines { .. } => "lines",
         Response::Done { .. } => "done",
         Response::Error { .. } => "error",
     }
@@ -343,6 +386,11 @@ fn main() -> ExitCode {
         Command::Status => Request::Status,
         Command::Identity => Request::Identity,
         Command::Hapeer => Request::PeerStatus,
+        Command::Hasync { force } => Request::HaSync { force: *force },
+        Command::Hasynctest => Request::HaSyncTest,
+        Command::Hadiff { file } => Request::HaDiff {
+            file: Some(file.clone()),
+        },
         Command::Stats { .. } => Request::Stats,
         Command::Conn {
             action:

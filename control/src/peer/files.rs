@@ -58,7 +58,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The bytes of lower-case or upper-case hex `s`.
 pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("hex of odd length {}", s.len()));
     }
     s.as_bytes()
@@ -258,6 +258,9 @@ impl SyncState {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     let res = (|| -> io::Result<()> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;

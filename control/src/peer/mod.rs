@@ -3,6 +3,8 @@
 //! members. Authenticated by the cluster key, sealed frame by frame
 //! ([`handshake`]).
 
+pub mod confsync;
 pub mod files;
 pub mod handshake;
 pub mod service;
+pub mod wiring;

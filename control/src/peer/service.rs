@@ -28,6 +28,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use tandem_dataplane::hakeys::HaKeys;
 
+use super::confsync::ConfSync;
 use super::handshake::{
     preauth_frame, refusal, ClientHandshake, FrameError, FrameReader, HandshakeError, Purpose,
     ServerHandshake, Session, NONCE_LEN,
@@ -104,6 +105,39 @@ impl PeerCounters {
 pub enum PeerRequest {
     /// Who are you?
     Status,
+    /// Your configuration: revision, manifest, local modifications.
+    ConfigStatus,
+    /// Bytes of a file of your cluster directory from `offset` (at most
+    /// [`super::confsync::CHUNK`]).
+    GetFile {
+        /// Relative path in the cluster directory.
+        path: String,
+        /// Where to start.
+        offset: u64,
+    },
+    /// A sync begins: this is the sender's whole directory; answer with
+    /// the files you need.
+    SyncBegin {
+        /// The sender's serial.
+        from: String,
+        /// The revision both will have after it.
+        revision: u64,
+        /// The sender's manifest.
+        files: Vec<super::files::FileEntry>,
+        /// Replace local modifications of the receiver.
+        force: bool,
+    },
+    /// Bytes of a wanted file (hex), in order.
+    SyncPut {
+        /// Relative path.
+        path: String,
+        /// Where these bytes go.
+        offset: u64,
+        /// The bytes, hex.
+        data: String,
+    },
+    /// All sent: check, validate and apply.
+    SyncCommit,
 }
 
 /// An answer in a session.
@@ -112,6 +146,30 @@ pub enum PeerRequest {
 pub enum PeerAnswer {
     /// The member's identity and version.
     Status(IdentityReport),
+    /// The member's configuration.
+    ConfigStatus(super::confsync::ConfigStatus),
+    /// Bytes of a file.
+    FileChunk {
+        /// The file's whole size.
+        size: u64,
+        /// These bytes, hex.
+        data: String,
+    },
+    /// The files the receiver of a sync needs.
+    SyncWant {
+        /// Relative paths.
+        paths: Vec<String>,
+    },
+    /// A chunk is stored.
+    SyncStored,
+    /// The sync is applied.
+    SyncApplied {
+        /// The revision now in force.
+        revision: u64,
+        /// What the receiver did (policy reloaded, what waits for a
+        /// restart).
+        effects: Vec<String>,
+    },
     /// The request was refused.
     Refused {
         /// Why.
@@ -151,6 +209,8 @@ struct Conn {
     hs: ServerHandshake,
     step: Step,
     deadline: Instant,
+    /// A configuration sync being received on this connection.
+    receiving: Option<super::confsync::Receiving>,
 }
 
 /// Why a connection ends, for the counters and the log.
@@ -170,6 +230,7 @@ impl PeerService {
         addrs: &[SocketAddr],
         keys: Arc<HaKeys>,
         identity: IdentityReport,
+        conf: Option<Arc<ConfSync>>,
         log: EventLog,
     ) -> io::Result<PeerService> {
         let poll = Poll::new()?;
@@ -200,7 +261,7 @@ impl PeerService {
         let (s, c) = (stop.clone(), counters.clone());
         let thread = std::thread::Builder::new()
             .name("tandem-peer".into())
-            .spawn(move || serve(poll, listeners, keys, identity, log, s, c))?;
+            .spawn(move || serve(poll, listeners, keys, identity, conf, log, s, c))?;
         Ok(PeerService {
             stop,
             thread: Some(thread),
@@ -212,12 +273,13 @@ impl PeerService {
 
 const CONN_BASE: usize = 16;
 
-#[allow(clippy::needless_pass_by_value)]
+#[allow(clippy::needless_pass_by_value, clippy::too_many_arguments)]
 fn serve(
     mut poll: Poll,
     listeners: Vec<TcpListener>,
     keys: Arc<HaKeys>,
     identity: IdentityReport,
+    conf: Option<Arc<ConfSync>>,
     log: EventLog,
     stop: Arc<AtomicBool>,
     counters: Arc<PeerCounters>,
@@ -308,6 +370,7 @@ fn serve(
                         ),
                         step: Step::Hello,
                         deadline: now + HANDSHAKE_TIME,
+                        receiving: None,
                     },
                 );
             }
@@ -315,7 +378,7 @@ fn serve(
         let mut ended: Vec<(usize, End)> = Vec::new();
         for t in ready {
             let Some(c) = conns.get_mut(&t) else { continue };
-            if let Some(end) = read_and_serve(c, &mut buf, &identity, &counters) {
+            if let Some(end) = read_and_serve(c, &mut buf, &identity, conf.as_ref(), &counters) {
                 ended.push((t, end));
             }
         }
@@ -386,6 +449,7 @@ fn read_and_serve(
     c: &mut Conn,
     buf: &mut [u8],
     identity: &IdentityReport,
+    conf: Option<&Arc<ConfSync>>,
     counters: &PeerCounters,
 ) -> Option<End> {
     loop {
@@ -436,16 +500,28 @@ fn read_and_serve(
                 let Ok(body) = session.open(&frame) else {
                     return Some(End::Malformed(FrameError::Unauthentic.to_string()));
                 };
+                let mut unknown = false;
                 let answer = match serde_json::from_slice::<PeerRequest>(&body) {
                     Ok(PeerRequest::Status) => {
                         counters.requests.fetch_add(1, Ordering::Relaxed);
                         PeerAnswer::Status(identity.clone())
                     }
-                    Err(e) => PeerAnswer::Refused {
-                        reason: format!("not a request of the members' service: {e}"),
-                    },
+                    Ok(request) => {
+                        counters.requests.fetch_add(1, Ordering::Relaxed);
+                        match conf {
+                            Some(conf) => conf.handle(request, &mut c.receiving),
+                            None => PeerAnswer::Refused {
+                                reason: "this member's configuration is one file, not a cluster directory: nothing to synchronize".into(),
+                            },
+                        }
+                    }
+                    Err(e) => {
+                        unknown = true;
+                        PeerAnswer::Refused {
+                            reason: format!("not a request of the members' service: {e}"),
+                        }
+                    }
                 };
-                let refused = matches!(answer, PeerAnswer::Refused { .. });
                 let out = serde_json::to_vec(&answer)
                     .ok()
                     .and_then(|b| session.seal(&b).ok());
@@ -453,7 +529,7 @@ fn read_and_serve(
                     Some(f) if c.stream.write_all(&f).is_ok() => {}
                     _ => return Some(End::Closed),
                 }
-                if refused {
+                if unknown {
                     return Some(End::Malformed("a request it does not know".into()));
                 }
                 c.deadline = Instant::now() + IDLE_TIME;
@@ -499,6 +575,14 @@ pub enum PeerError {
         #[source]
         source: FrameError,
     },
+    /// The member refused the request.
+    #[error("{addr} refused: {reason}")]
+    Refused {
+        /// Where.
+        addr: SocketAddr,
+        /// Why, in its words.
+        reason: String,
+    },
     /// The member answered with something else.
     #[error("{addr}: unexpected answer: {what}")]
     Unexpected {
@@ -537,6 +621,93 @@ fn read_frame(
     }
 }
 
+/// An authenticated session with the other member's service.
+pub struct PeerClient {
+    stream: TcpStream,
+    reader: FrameReader,
+    session: Session,
+    addr: SocketAddr,
+}
+
+impl PeerClient {
+    /// Connects to the member at `addr` as member `serial` holding the
+    /// cluster's `keys`, both proving the key, within `timeout` per step.
+    pub fn connect(
+        addr: SocketAddr,
+        keys: &HaKeys,
+        serial: &str,
+        timeout: Duration,
+    ) -> Result<PeerClient, PeerError> {
+        let io = |source| PeerError::Io { addr, source };
+        let hs = |source| PeerError::Handshake { addr, source };
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|source| PeerError::Connect { addr, source })?;
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io)?;
+        let _ = stream.set_nodelay(true);
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| io(io::Error::other("no random numbers")))?;
+        let (mut c, hello) = ClientHandshake::new(Purpose::Member, serial, nonce);
+        let mut reader = FrameReader::preauth();
+        stream.write_all(&preauth_frame(&hello)).map_err(io)?;
+        let sh = c
+            .on_hello(&read_frame(&mut stream, &mut reader, addr)?)
+            .map_err(hs)?;
+        if sh.cluster_id != keys.cluster_id() {
+            return Err(hs(HandshakeError::Refused(format!(
+                "the member serves cluster {}, this firewall is in cluster {}",
+                sh.cluster_id,
+                keys.cluster_id()
+            ))));
+        }
+        let proof = c.prove(keys.control().as_bytes()).map_err(hs)?;
+        stream.write_all(&preauth_frame(&proof)).map_err(io)?;
+        let session = c
+            .on_proof(&read_frame(&mut stream, &mut reader, addr)?)
+            .map_err(hs)?;
+        reader.switch_to_sealed();
+        Ok(PeerClient {
+            stream,
+            reader,
+            session,
+            addr,
+        })
+    }
+
+    /// Where it is connected.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends `request` and reads the answer; a refusal is an error.
+    pub fn ask(&mut self, request: &PeerRequest) -> Result<PeerAnswer, PeerError> {
+        let addr = self.addr;
+        let req = serde_json::to_vec(request).unwrap_or_default();
+        let frame = self
+            .session
+            .seal(&req)
+            .map_err(|source| PeerError::Answer { addr, source })?;
+        self.stream
+            .write_all(&frame)
+            .map_err(|source| PeerError::Io { addr, source })?;
+        let answer = read_frame(&mut self.stream, &mut self.reader, addr)?;
+        let body = self
+            .session
+            .open(&answer)
+            .map_err(|source| PeerError::Answer { addr, source })?;
+        match serde_json::from_slice::<PeerAnswer>(&body) {
+            Ok(PeerAnswer::Refused { reason }) => Err(PeerError::Refused { addr, reason }),
+            Ok(a) => Ok(a),
+            Err(e) => Err(PeerError::Unexpected {
+                addr,
+                what: e.to_string(),
+            }),
+        }
+    }
+}
+
 /// Asks the member at `addr` who it is, as member `serial` holding the
 /// cluster's `keys`, within `timeout` per step.
 pub fn query_status(
@@ -545,54 +716,12 @@ pub fn query_status(
     serial: &str,
     timeout: Duration,
 ) -> Result<IdentityReport, PeerError> {
-    let io = |source| PeerError::Io { addr, source };
-    let hs = |source| PeerError::Handshake { addr, source };
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|source| PeerError::Connect { addr, source })?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let _ = stream.set_nodelay(true);
-    let mut nonce = [0u8; NONCE_LEN];
-    SystemRandom::new()
-        .fill(&mut nonce)
-        .map_err(|_| io(io::Error::other("no random numbers")))?;
-    let (mut c, hello) = ClientHandshake::new(Purpose::Member, serial, nonce);
-    let mut reader = FrameReader::preauth();
-    stream.write_all(&preauth_frame(&hello)).map_err(io)?;
-    let sh = c
-        .on_hello(&read_frame(&mut stream, &mut reader, addr)?)
-        .map_err(hs)?;
-    if sh.cluster_id != keys.cluster_id() {
-        return Err(hs(HandshakeError::Refused(format!(
-            "the member serves cluster {}, this firewall is in cluster {}",
-            sh.cluster_id,
-            keys.cluster_id()
-        ))));
-    }
-    let proof = c.prove(keys.control().as_bytes()).map_err(hs)?;
-    stream.write_all(&preauth_frame(&proof)).map_err(io)?;
-    let mut session = c
-        .on_proof(&read_frame(&mut stream, &mut reader, addr)?)
-        .map_err(hs)?;
-    reader.switch_to_sealed();
-    let req = serde_json::to_vec(&PeerRequest::Status).unwrap_or_default();
-    let frame = session
-        .seal(&req)
-        .map_err(|source| PeerError::Answer { addr, source })?;
-    stream.write_all(&frame).map_err(io)?;
-    let answer = read_frame(&mut stream, &mut reader, addr)?;
-    let body = session
-        .open(&answer)
-        .map_err(|source| PeerError::Answer { addr, source })?;
-    match serde_json::from_slice::<PeerAnswer>(&body) {
-        Ok(PeerAnswer::Status(id)) => Ok(id),
-        Ok(other) => Err(PeerError::Unexpected {
+    let mut c = PeerClient::connect(addr, keys, serial, timeout)?;
+    match c.ask(&PeerRequest::Status)? {
+        PeerAnswer::Status(id) => Ok(id),
+        other => Err(PeerError::Unexpected {
             addr,
             what: format!("{other:?}"),
-        }),
-        Err(e) => Err(PeerError::Unexpected {
-            addr,
-            what: e.to_string(),
         }),
     }
 }
@@ -629,6 +758,7 @@ mod tests {
             &["127.0.0.1:0".parse().unwrap()],
             keys(psk, 7),
             identity("TDLAB0001"),
+            None,
             log.clone(),
         )
         .unwrap();

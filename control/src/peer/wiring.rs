@@ -1,0 +1,170 @@
+//! How the configuration sync meets the running node: what validates a
+//! staged revision (this node's `node.ron` merged with it, its policy
+//! compiled for this node's interfaces), what applying one does (the
+//! policy reloaded live; other sections wait for a restart, and say so),
+//! and how a member reaches the other's service.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_config::NodeConfig;
+use tandem_dataplane::hakeys::HaKeys;
+use tandem_dataplane::node::Node;
+
+use super::confsync::ConfSync;
+use super::service::{PeerClient, PORT};
+use crate::eventlog::EventLog;
+
+/// The peer's service on each HA link, main first: (link name, address).
+pub fn peer_links(cfg: &NodeConfig) -> Vec<(String, SocketAddr)> {
+    cfg.ha
+        .as_ref()
+        .map(|ha| {
+            ha.links
+                .iter()
+                .map(|l| (l.name.clone(), SocketAddr::new(l.peer.into(), PORT)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A session with the peer over the first HA link that answers; with the
+/// link's name.
+pub fn connect_peer(
+    links: &[(String, SocketAddr)],
+    keys: &HaKeys,
+    serial: &str,
+    timeout: Duration,
+) -> Result<(PeerClient, String), String> {
+    let mut failures = Vec::new();
+    for (name, addr) in links {
+        match PeerClient::connect(*addr, keys, serial, timeout) {
+            Ok(c) => return Ok((c, name.clone())),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    Err(format!(
+        "no answer from the peer's members' service (TCP {PORT}) on any HA link: {}",
+        failures.join("; ")
+    ))
+}
+
+/// The sections of the cluster's file that differ between two
+/// configurations, the policy's content aside.
+fn changed_sections(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if a.interfaces != b.interfaces {
+        out.push("interfaces");
+    }
+    if a.routes != b.routes {
+        out.push("routes");
+    }
+    let (mut fa, mut fb) = (a.firewall.clone(), b.firewall.clone());
+    fa.policy = None;
+    fb.policy = None;
+    if fa != fb {
+        out.push("firewall");
+    }
+    if a.ha != b.ha {
+        out.push("ha");
+    }
+    if a.membership.as_ref().map(|m| (&m.members, &m.prefer))
+        != b.membership.as_ref().map(|m| (&m.members, &m.prefer))
+    {
+        out.push("members");
+    }
+    out
+}
+
+/// The state file of the configuration sync of node `cfg`.
+pub fn state_file(cfg: &NodeConfig) -> PathBuf {
+    cfg.control
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/tandem"))
+        .join(format!("{}.cluster-sync.json", cfg.node.name))
+}
+
+/// The configuration sync of a cluster member whose configuration, read
+/// from `config_path`, names a cluster directory; `None` for a node whose
+/// configuration is one file.
+pub fn conf_sync(
+    cfg: &Arc<NodeConfig>,
+    config_path: &Path,
+    node: &Arc<Node>,
+    log: &EventLog,
+) -> Option<Result<Arc<ConfSync>, String>> {
+    let membership = cfg.membership.as_ref()?;
+    let config_dir = config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let validate = {
+        let (node, config_path, config_dir) =
+            (node.clone(), config_path.to_owned(), config_dir.clone());
+        Box::new(move |staged: &Path| -> Result<String, String> {
+            let cfg = tandem_config::load_with_cluster_dir(&config_path, staged)
+                .map_err(|e| e.to_string())?;
+            let mut summary = format!(
+                "{} interfaces, {} routes",
+                cfg.interfaces.len(),
+                cfg.routes.len()
+            );
+            if let Some(p) = cfg.firewall.policy_path(&config_dir) {
+                let info = node.check_policy(&p).map_err(|e| e.to_string())?;
+                summary += &format!(", a policy of {} rules", info.rules);
+            }
+            Ok(summary)
+        })
+    };
+    let apply = {
+        let (node, config_path, running) = (node.clone(), config_path.to_owned(), cfg.clone());
+        let policy_file = cfg
+            .firewall
+            .policy
+            .as_ref()
+            .and_then(|p| p.strip_prefix(&membership.relative).ok())
+            .map(|p| p.to_string_lossy().into_owned());
+        Box::new(move |changed: &[String]| -> Vec<String> {
+            let mut out = Vec::new();
+            let new = match tandem_config::load(&config_path) {
+                Ok(c) => c,
+                Err(e) => {
+                    return vec![format!(
+                        "WARNING: the configuration does not load any more ({e}); tandemd runs on with the one it started with"
+                    )]
+                }
+            };
+            if policy_file
+                .as_ref()
+                .is_some_and(|p| changed.iter().any(|c| c == p))
+            {
+                out.push(match node.reload_policy() {
+                    Ok(info) => format!(
+                        "policy reloaded: {} rules, {} NAT rules",
+                        info.rules, info.nat_rules
+                    ),
+                    Err(e) => format!("policy reload refused, the old policy stays: {e}"),
+                });
+            }
+            let sections = changed_sections(&running, &new);
+            if !sections.is_empty() {
+                out.push(format!(
+                    "{} changed: applied at the next start of tandemd on this member",
+                    sections.join(", ")
+                ));
+            }
+            out
+        })
+    };
+    Some(ConfSync::new(
+        &cfg.node.serial,
+        &membership.dir,
+        &state_file(cfg),
+        validate,
+        apply,
+        log.clone(),
+    ))
+}

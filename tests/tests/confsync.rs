@@ -1,0 +1,199 @@
+//! The configuration sync between two real tandemd members (issue 12),
+//! driven through `tandemctl` as an operator would, while a TCP transfer
+//! runs through the active:
+//! - both start with the same cluster directory: hainfo says so on both;
+//! - the operator changes the policy on the active (and reloads it
+//!   there): hainfo on both names that member in its notice,
+//!   `hasynctest` lists the file and `hadiff` shows the new rule;
+//! - `hasync` from the other member is refused (it would overwrite the
+//!   change) and changes nothing;
+//! - a policy the peer could not run is refused by the peer whole:
+//!   nothing applied there;
+//! - `hasync` from the active makes both identical: the peer reloads the
+//!   policy without a restart, `hasynctest` lists nothing, the notice is
+//!   gone, and the transfer is not disturbed.
+//!
+//! Needs root (network namespaces): fails, not skips, without it.
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+use tandem_tests::cluster::{self, largest_gap, wait_ctl};
+use tandem_tests::host::{self, IperfServer};
+use tandem_tests::lab::addr;
+use tandem_tests::node::HaSection;
+use tandem_tests::{require_root, tools, Node};
+
+const POLICY: &str = r#"(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5201"]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Icmp, icmp_types: [8]),
+    ],
+    default_action: Block,
+)"#;
+
+/// The same with one more rule (UDP 53 from the inside).
+const POLICY_DNS: &str = r#"(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5201"]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Icmp, icmp_types: [8]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Udp, dst_ports: ["53"]),
+    ],
+    default_action: Block,
+)"#;
+
+fn policy_of(n: &Node) -> PathBuf {
+    n.cluster_dir()
+        .expect("a member's cluster directory")
+        .join("policy.ron")
+}
+
+/// `tandemctl ARGS` on `n` as an operator reads it: (exit code, stdout,
+/// stderr); killed after 40 s.
+fn ctl(n: &Node, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut c = std::process::Command::new(tandem_tests::node::find_bin("tandemctl").unwrap());
+    c.arg("--socket").arg(&n.socket).args(args);
+    let o = tandem_tests::cmd::run_timeout(c, Duration::from_secs(40)).expect("tandemctl runs");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn wait_config(n: &Node, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    wait_ctl(n, &["hainfo"], what, Duration::from_secs(10), |v| {
+        f(&v["config"])
+    })
+    .expect(what)["config"]
+        .clone()
+}
+
+#[test]
+fn hasync_makes_both_members_identical_without_disturbing_traffic() {
+    require_root!();
+    let c = cluster::start("cfsync", Some(POLICY), &[], |_, _: &mut HaSection| {})
+        .expect("the cluster");
+    let a = c
+        .wait_single_active(Duration::from_secs(8))
+        .expect("one member elected");
+    let p = 1 - a;
+    let (act, pas) = (&c.nodes[a], &c.nodes[p]);
+    let (act_serial, pas_serial) = (format!("TDLAB000{}", a + 1), format!("TDLAB000{}", p + 1));
+
+    // Same files at start: both say so.
+    for n in [act, pas] {
+        let v = wait_config(n, "both configurations known and the same", |c| {
+            c["synchronized"] == true
+        });
+        assert_eq!(v["notice"], Value::Null, "{v}");
+        assert_eq!(v["local"]["revision"], "00001", "{v}");
+    }
+    let (code, out, err) = ctl(act, &["hasynctest"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "building file list ...\n2 files to consider\n");
+
+    let _srv = IperfServer::start(c.lab.server(), addr::SERVER, 5201).unwrap();
+    let client = c.lab.client();
+    let (res, ()) = thread::scope(|s| {
+        let run = s.spawn(|| host::iperf_client(client, addr::SERVER, 5201, 14, &["-i", "0.1"]));
+        thread::sleep(Duration::from_secs(1));
+
+        // The operator changes the policy on the active and reloads it.
+        std::fs::write(policy_of(act), POLICY_DNS).unwrap();
+        let (code, out, err) = ctl(act, &["policy", "reload"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        for n in [act, pas] {
+            let v = wait_config(n, "the notice naming the changed member", |c| {
+                c["notice"].as_str().is_some_and(|t| {
+                    t.contains(&format!("of {act_serial} has local modifications"))
+                })
+            });
+            assert_eq!(v["synchronized"], false, "{v}");
+        }
+        let text = act.ctl_text(&["hainfo"]).expect("hainfo text");
+        assert!(
+            text.contains(&format!(
+                "Notice: the configuration of {act_serial} has local modifications"
+            )),
+            "{text}"
+        );
+        let (_, out, _) = ctl(act, &["hasynctest"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[2].starts_with("policy.ron   local ") && lines[2].contains(&pas_serial),
+            "{out}"
+        );
+        let (code, out, err) = ctl(act, &["hadiff", "policy.ron"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.starts_with("--- peer:policy.ron\n+++ local:policy.ron\n@@ ")
+                && out.contains(
+                    "\n+        (action: Pass, from: [\"198.18.1.0/24\"], proto: Udp, dst_ports: [\"53\"]),\n"
+                ),
+            "{out}"
+        );
+
+        // From the other member, hasync would overwrite the change: refused.
+        let (code, out, err) = ctl(pas, &["hasync"]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(
+            err.contains(&format!(
+                "{act_serial} has local modifications that this sync would replace"
+            )),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(policy_of(act)).unwrap(), POLICY_DNS);
+
+        // A policy the peer cannot run (an interface it does not have) is
+        // refused by the peer whole.
+        let bad = POLICY_DNS.replace("proto: Udp,", "proto: Udp, in_interface: \"dmz\",");
+        std::fs::write(policy_of(act), &bad).unwrap();
+        let (code, out, err) = ctl(act, &["hasync"]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(
+            err.contains("the configuration received would not run here")
+                && err.contains("nothing was applied"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(policy_of(pas)).unwrap(), POLICY);
+        std::fs::write(policy_of(act), POLICY_DNS).unwrap();
+
+        // hasync from the active.
+        let (code, out, err) = ctl(act, &["hasync"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        eprintln!("tandemctl hasync on {act_serial}:\n{out}");
+        assert!(out.contains("1/1 policy.ron ("), "{out}");
+        assert!(out.contains("revision 00002"), "{out}");
+        assert!(out.contains("policy reloaded: 3 rules"), "{out}");
+        assert!(out.ends_with("OK\n"), "{out}");
+        assert_eq!(std::fs::read_to_string(policy_of(pas)).unwrap(), POLICY_DNS);
+        let (_, out, _) = ctl(act, &["hasynctest"]);
+        assert_eq!(out, "building file list ...\n2 files to consider\n");
+        for n in [act, pas] {
+            let v = wait_config(n, "both identical again", |c| c["synchronized"] == true);
+            assert_eq!(v["notice"], Value::Null, "{v}");
+            assert_eq!(v["local"]["revision"], "00002", "{v}");
+            assert_eq!(v["peer"]["revision"], "00002", "{v}");
+        }
+        let log = pas.ctl(&["log", "--lines", "200"]).expect("log")["lines"].to_string();
+        assert!(
+            log.contains(&format!(
+                "configuration revision 00002 received from {act_serial} and applied"
+            )) && log.contains("configuration sync: policy reloaded: 3 rules"),
+            "{log}"
+        );
+        (run.join().expect("iperf thread"), ())
+    });
+    let res = res.expect("the transfer completed (no reset, no stall)");
+    let gap = largest_gap(&tools::iperf_intervals(&res.raw), 0.1);
+    eprintln!(
+        "transfer: {:.0} Mbit/s, largest gap {gap:?}",
+        res.bits_per_second / 1e6
+    );
+    assert!(gap < Duration::from_millis(500), "largest gap {gap:?}");
+    assert_eq!(cluster::role(act).0, "active", "no swap");
+}
