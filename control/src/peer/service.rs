@@ -893,3 +893,204 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+mod sync_tests {
+    //! The configuration sync through the real service on loopback: two
+    //! cluster directories, one member sending, the other receiving.
+    use super::*;
+    use crate::peer::confsync::{self, ConfSync};
+    use crate::peer::files;
+    use std::path::PathBuf;
+    use tandem_dataplane::hakeys::KdfParams;
+
+    struct Tmp(PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn keys() -> Arc<HaKeys> {
+        let cheap = KdfParams {
+            memory_kib: 64,
+            passes: 1,
+            lanes: 1,
+        };
+        Arc::new(HaKeys::derive_with(b"Lab-Cluster-Key-2026", 7, cheap).unwrap())
+    }
+
+    /// A member's sync of `root/<name>/cluster` whose validation refuses
+    /// a policy containing "INVALID" and whose apply says what changed.
+    fn member(root: &std::path::Path, name: &str, serial: &str, policy: &str) -> Arc<ConfSync> {
+        let dir = root.join(name).join("cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cluster.ron"), "(members: [])").unwrap();
+        std::fs::write(dir.join("policy.ron"), policy).unwrap();
+        ConfSync::new(
+            serial,
+            &dir,
+            &root.join(name).join("state.json"),
+            Box::new(|staged: &std::path::Path| {
+                let p = std::fs::read_to_string(staged.join("policy.ron")).unwrap_or_default();
+                if p.contains("INVALID") {
+                    Err("policy.ron: INVALID is not a rule".into())
+                } else {
+                    Ok("valid".into())
+                }
+            }),
+            Box::new(|changed: &[String]| vec![format!("changed {}", changed.join(","))]),
+            EventLog::open(name, None, 0, 0).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn setup(tag: &str) -> (Tmp, Arc<ConfSync>, Arc<ConfSync>, PeerService) {
+        let root = std::env::temp_dir().join(format!("tandem-sync-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let a = member(&root, "fw1", "TDLAB0001", "policy v1\n");
+        let b = member(&root, "fw2", "TDLAB0002", "policy v1\n");
+        let service = PeerService::start(
+            &["127.0.0.1:0".parse().unwrap()],
+            keys(),
+            IdentityReport {
+                file: "identity.ron".into(),
+                serial: "TDLAB0002".into(),
+                model: None,
+                licence: None,
+                ports: None,
+                firmware: "0.1.0".into(),
+            },
+            Some(b.clone()),
+            EventLog::open("fw2", None, 0, 0).unwrap(),
+        )
+        .unwrap();
+        (Tmp(root), a, b, service)
+    }
+
+    fn client(s: &PeerService) -> PeerClient {
+        PeerClient::connect(s.listening[0], &keys(), "TDLAB0001", Duration::from_secs(2)).unwrap()
+    }
+
+    #[test]
+    fn a_sync_sends_what_differs_and_both_end_identical() {
+        let (_t, a, b, s) = setup("ok");
+        std::fs::write(a.dir.join("policy.ron"), "policy v2\n").unwrap();
+        assert!(a.status().unwrap().local_changes);
+        let (lines, res) = confsync::send(&a, &mut client(&s), "HA-main", false);
+        res.unwrap();
+        assert!(
+            lines.iter().any(|l| l.contains("1/1 policy.ron (10 B)")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("changed policy.ron")),
+            "{lines:?}"
+        );
+        let (sa, sb) = (a.status().unwrap(), b.status().unwrap());
+        assert_eq!(sa.digest, sb.digest);
+        assert_eq!((sa.revision, sb.revision), (2, 2));
+        assert!(!sa.local_changes && !sb.local_changes);
+        assert_eq!(sb.last_sync_from, "TDLAB0001");
+        let lines = confsync::compare(&a, &mut client(&s)).unwrap();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+    }
+
+    #[test]
+    fn a_cut_sync_an_invalid_revision_and_bad_chunks_change_nothing() {
+        let (_t, a, b, s) = setup("cut");
+        let before = files::scan(&b.dir).unwrap();
+        // Cut after half a file: the connection ends, nothing applied, no
+        // staging left.
+        std::fs::write(a.dir.join("policy.ron"), "policy v2, longer\n").unwrap();
+        let st = a.status().unwrap();
+        let mut c = client(&s);
+        let want = c
+            .ask(&PeerRequest::SyncBegin {
+                from: "TDLAB0001".into(),
+                revision: 2,
+                files: st.files.clone(),
+                force: false,
+            })
+            .unwrap();
+        assert_eq!(
+            want,
+            PeerAnswer::SyncWant {
+                paths: vec!["policy.ron".into()]
+            }
+        );
+        c.ask(&PeerRequest::SyncPut {
+            path: "policy.ron".into(),
+            offset: 0,
+            data: files::hex(b"policy"),
+        })
+        .unwrap();
+        drop(c);
+        let parent = b.dir.parent().unwrap().to_path_buf();
+        let staged = || {
+            std::fs::read_dir(&parent)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .contains("staging")
+                })
+                .count()
+        };
+        let t = Instant::now();
+        while staged() > 0 {
+            assert!(t.elapsed() < Duration::from_secs(5), "the staging stays");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(files::scan(&b.dir).unwrap(), before);
+        // Bytes that do not match the manifest: refused, the sync ends.
+        let mut c = client(&s);
+        c.ask(&PeerRequest::SyncBegin {
+            from: "TDLAB0001".into(),
+            revision: 2,
+            files: st.files.clone(),
+            force: false,
+        })
+        .unwrap();
+        let e = c
+            .ask(&PeerRequest::SyncPut {
+                path: "policy.ron".into(),
+                offset: 0,
+                data: files::hex(b"policy v2, LONGER\n"),
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SHA-256") && e.contains("nothing was applied"),
+            "{e}"
+        );
+        let e = c.ask(&PeerRequest::SyncCommit).unwrap_err().to_string();
+        assert!(e.contains("no sync in progress"), "{e}");
+        // A revision the receiver cannot run: refused whole.
+        std::fs::write(a.dir.join("policy.ron"), "INVALID\n").unwrap();
+        let (_, res) = confsync::send(&a, &mut client(&s), "HA-main", false);
+        let e = res.unwrap_err();
+        assert!(e.contains("would not run here: policy.ron: INVALID"), "{e}");
+        assert_eq!(files::scan(&b.dir).unwrap(), before);
+        // A receiver with local modifications refuses unless forced.
+        std::fs::write(b.dir.join("policy.ron"), "edited on fw2\n").unwrap();
+        std::fs::write(a.dir.join("policy.ron"), "policy v3\n").unwrap();
+        let (_, res) = confsync::send(&a, &mut client(&s), "HA-main", false);
+        assert!(res
+            .unwrap_err()
+            .contains("TDLAB0002 has local modifications"));
+        let (_, res) = confsync::send(&a, &mut client(&s), "HA-main", true);
+        res.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(b.dir.join("policy.ron")).unwrap(),
+            "policy v3\n"
+        );
+        // hadiff of a file neither has, and of a path outside.
+        let e = confsync::diff(&a, &mut client(&s), "nothing.ron").unwrap_err();
+        assert!(e.contains("in neither member's"), "{e}");
+        let e = confsync::diff(&a, &mut client(&s), "../fw1/state.json").unwrap_err();
+        assert!(e.contains("not a plain relative path"), "{e}");
+    }
+}
