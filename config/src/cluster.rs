@@ -105,16 +105,6 @@ impl Membership {
             .find(|m| m.slot != self.slot)
             .map(|m| m.serial.as_str())
     }
-
-    /// The full serial of the member whose serial ends with `tail` (what
-    /// heartbeats carry: the last 8 bytes), if exactly one does.
-    pub fn serial_ending_with(&self, tail: &str) -> Option<&str> {
-        let mut found = self.members.iter().filter(|m| m.serial.ends_with(tail));
-        match (found.next(), found.next()) {
-            (Some(m), None) => Some(m.serial.as_str()),
-            _ => None,
-        }
-    }
 }
 
 impl ClusterFile {
@@ -148,7 +138,7 @@ fn allowed(field: &str) -> &'static str {
         "members[].slot" => "0 or 1, each slot used once",
         "members[].serial" => "1..=32 characters from [A-Za-z0-9._-], each serial listed once",
         "prefer" => "the serial of a member, or None",
-        "ha.priority" => "not written here: prefer names the preferred member",
+        "ha.priority" => "0 or left out: prefer names the preferred member",
         "firewall.policy" => "a file inside the cluster directory, given relative to it (no ..)",
         _ => "",
     }
@@ -156,7 +146,7 @@ fn allowed(field: &str) -> &'static str {
 
 /// Checks what only the cluster file has (members, prefer, the policy's
 /// place); the merged configuration is validated as a whole afterwards.
-fn check_cluster(c: &mut Checker<'_>, file: &ClusterFile, map: &SourceMap<'_>) {
+fn check_cluster(c: &mut Checker<'_>, file: &ClusterFile) {
     if file.members.is_empty() || file.members.len() > 2 {
         c.fail(
             "members",
@@ -199,10 +189,10 @@ fn check_cluster(c: &mut Checker<'_>, file: &ClusterFile, map: &SourceMap<'_>) {
             );
         }
     }
-    if map.is_written("ha.priority") {
+    if file.ha.priority != 0 {
         c.fail(
             "ha.priority",
-            format!("is written; {}", allowed("ha.priority")),
+            format!("is {}; {}", file.ha.priority, allowed("ha.priority")),
         );
     }
     if let Some(p) = &file.firewall.policy {
@@ -266,7 +256,7 @@ pub(crate) fn merge(
         .from_str(&text)
         .map_err(|e| ConfigError::Syntax(crate::ron_diagnostic(&e, &map, &shared_origin)))?;
     let mut c = Checker::new(&shared_origin, Some(&map));
-    check_cluster(&mut c, &file, &map);
+    check_cluster(&mut c, &file);
     let Some(me) = file.members.iter().find(|m| m.serial == cfg.node.serial) else {
         c.fail(
             "members",
@@ -350,10 +340,51 @@ pub fn check_cluster_text(text: &str, origin: &str) -> Result<ClusterFile, Confi
         .from_str(text)
         .map_err(|e| ConfigError::Syntax(crate::ron_diagnostic(&e, &map, origin)))?;
     let mut c = Checker::new(origin, Some(&map));
-    check_cluster(&mut c, &file, &map);
+    check_cluster(&mut c, &file);
     if c.out.is_empty() {
         Ok(file)
     } else {
         Err(ConfigError::Invalid(c.out))
     }
+}
+
+/// The sections of `node.ron` that stay a member's own.
+#[derive(Serialize)]
+struct NodeOwn<'a> {
+    node: &'a crate::schema::NodeIdentity,
+    control: &'a crate::schema::ControlConfig,
+    eal: &'a crate::schema::EalConfig,
+    dataplane: &'a crate::schema::DataplaneConfig,
+    cluster: &'a Path,
+}
+
+/// The text of `node.ron` for `cfg` as a member of the cluster in the
+/// directory `cluster` (relative to the file): its own sections only.
+pub fn member_node_file(cfg: &NodeConfig, cluster: &Path) -> Result<String, String> {
+    let own = NodeOwn {
+        node: &cfg.node,
+        control: &cfg.control,
+        eal: &cfg.eal,
+        dataplane: &cfg.dataplane,
+        cluster,
+    };
+    ron::ser::to_string_pretty(&own, ron::ser::PrettyConfig::default())
+        .map(|t| {
+            format!(
+                "// The node's own sections; the cluster's are in {}/{CLUSTER_FILE}.\n{t}\n",
+                cluster.display()
+            )
+        })
+        .map_err(|e| format!("cannot write the node's configuration: {e}"))
+}
+
+/// The text of a cluster file.
+pub fn cluster_file_text(file: &ClusterFile) -> Result<String, String> {
+    ron::ser::to_string_pretty(file, ron::ser::PrettyConfig::default())
+        .map(|t| {
+            format!(
+                "// The cluster's configuration, the same on every member: written by\n// tandemctl (ha join, hasync); each HA link as slot 0 sees it.\n{t}\n"
+            )
+        })
+        .map_err(|e| format!("cannot write the cluster's configuration: {e}"))
 }

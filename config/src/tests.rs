@@ -1483,3 +1483,22 @@ fn members_prefer_priority_and_policy_place_are_checked() {
         );
     }
 }
+
+#[test]
+fn a_member_written_back_by_tandemctl_loads_the_same() {
+    let d = ClusterDir::new("written", CLUSTER);
+    let cfg = load(&d.node("fw2")).unwrap();
+    let node = cluster::member_node_file(&cfg, std::path::Path::new("cluster")).unwrap();
+    let file = cluster::cluster_file_of(&cfg).unwrap();
+    let shared = cluster::cluster_file_text(&file).unwrap();
+    let again = d.0.join("again");
+    std::fs::create_dir_all(again.join("cluster")).unwrap();
+    std::fs::write(again.join("node.ron"), node).unwrap();
+    std::fs::write(again.join("cluster/cluster.ron"), shared).unwrap();
+    let mut reloaded = load(&again.join("node.ron")).unwrap();
+    let mut want = cfg.clone();
+    // Only where the directory is differs.
+    reloaded.membership.as_mut().unwrap().dir = want.membership.as_ref().unwrap().dir.clone();
+    want.firewall.policy = reloaded.firewall.policy.clone();
+    assert_eq!(reloaded, want);
+}

@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_join, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -96,6 +96,16 @@ pub enum Request {
         #[serde(default)]
         file: Option<String>,
     },
+    /// Joins the cluster of a member over TCP 1300, then restarts tandemd
+    /// as a member, as `ha join`.
+    HaJoin {
+        /// The HA links and the member (required).
+        #[serde(default)]
+        join: Option<crate::peer::join::JoinArgs>,
+        /// The cluster's pre-shared key (required; never logged).
+        #[serde(default)]
+        psk: Option<tandem_config::Secret>,
+    },
     /// Injects a fault, for tests of the black-hole watchdog only: refused
     /// unless tandemd was started with `TANDEM_TEST_FAULTS=1`.
     Debug {
@@ -168,6 +178,7 @@ impl Request {
         "ha_sync",
         "ha_sync_test",
         "ha_diff",
+        "ha_join",
         "debug",
     ];
 
@@ -192,6 +203,7 @@ impl Request {
             Request::HaSync { .. } => "ha_sync",
             Request::HaSyncTest => "ha_sync_test",
             Request::HaDiff { .. } => "ha_diff",
+            Request::HaJoin { .. } => "ha_join",
             Request::Debug { .. } => "debug",
         }
     }
@@ -1082,6 +1094,7 @@ mod tests {
             | Request::HaSync { .. }
             | Request::HaSyncTest
             | Request::HaDiff { .. }
+            | Request::HaJoin { .. }
             | Request::Log { .. }
             | Request::Debug { .. } => {}
         }
@@ -1106,6 +1119,10 @@ mod tests {
             Request::HaSync { force: false },
             Request::HaSyncTest,
             Request::HaDiff { file: None },
+            Request::HaJoin {
+                join: None,
+                psk: None,
+            },
             Request::Debug { fault: None },
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
@@ -1127,7 +1144,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_join, debug"
         );
     }
 

@@ -60,9 +60,23 @@ pub const FAULTS_ENV: &str = "TANDEM_TEST_FAULTS";
 pub struct ControlShared {
     /// The forced status: 0 none, 1 active, 2 passive.
     forced: AtomicU8,
+    /// 0 none; 1 a job asks tandemd to restart once its answer is sent; 2
+    /// the answer is out: the control loop stops and tandemd starts again.
+    restart: AtomicU8,
 }
 
 impl ControlShared {
+    /// A job asks for a restart of tandemd after its answer (a firewall
+    /// that joined a cluster starts again as a member).
+    pub fn request_restart(&self) {
+        self.restart.store(1, Ordering::Release);
+    }
+
+    /// Whether the control loop should stop now for a restart.
+    pub fn restart_now(&self) -> bool {
+        self.restart.load(Ordering::Acquire) == 2
+    }
+
     /// Publishes the forced status (control thread).
     pub fn set_forced(&self, forced: Option<Role>) {
         let v = match forced {
@@ -197,7 +211,8 @@ impl ApiThread {
             .name("tandem-api-jobs".into())
             .spawn({
                 let ctx = ctx.clone();
-                move || run_jobs(&ctx, &jobs_rx)
+                let waker = control_waker.clone();
+                move || run_jobs(&ctx, &jobs_rx, &waker)
             })
             .map_err(|source| SocketError::Thread { source })?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -379,6 +394,11 @@ impl Route<'_> {
                     "this node has no cluster directory (its configuration is one file, without cluster: in node.ron): there is no configuration to synchronize",
                 ))
             }
+            Request::HaJoin { join: None, .. } | Request::HaJoin { psk: None, .. } => {
+                Some(Response::error(
+                    "ha join needs the main HA link (interface and address), the member's address and the pre-shared key",
+                ))
+            }
             Request::HaDiff { file: None } => Some(Response::error(
                 "hadiff needs a file: a path relative to the cluster directory, such as policy.ron (tandemctl hasynctest lists the files that differ)",
             )),
@@ -389,7 +409,8 @@ impl Route<'_> {
             | Request::PeerStatus
             | Request::HaSync { .. }
             | Request::HaSyncTest
-            | Request::HaDiff { .. } => {
+            | Request::HaDiff { .. }
+            | Request::HaJoin { .. } => {
                 let Some(jobs) = self.jobs else {
                     return Some(Response::error("tandemd is stopping"));
                 };
@@ -534,11 +555,18 @@ fn with_peer(
 
 /// The job thread: runs the slow requests one at a time; ends when the
 /// API thread drops its sender.
-fn run_jobs(ctx: &ApiContext, jobs: &Receiver<Job>) {
+fn run_jobs(ctx: &ApiContext, jobs: &Receiver<Job>, control: &Waker) {
     while let Ok(job) = jobs.recv() {
         let response = run_job(ctx, job.request);
         // Encoded here: a listing of 100,000 connections takes a while.
         job.reply.send_line(response.to_line());
+        if ctx.shared.restart.load(Ordering::Acquire) == 1 {
+            // The answer reaches tandemctl first, then the control loop
+            // stops and tandemd starts again.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            ctx.shared.restart.store(2, Ordering::Release);
+            let _ = control.wake();
+        }
     }
 }
 
@@ -604,6 +632,37 @@ fn run_job(ctx: &ApiContext, request: Request) -> Response {
             }
         },
         Request::PeerStatus => peer_status(ctx),
+        Request::HaJoin {
+            join: Some(args),
+            psk: Some(psk),
+        } => {
+            let (lines, res) = crate::peer::join::join(
+                &ctx.cfg,
+                &ctx.config_path,
+                &crate::daemon::identity_path(&ctx.cfg, &ctx.config_path),
+                &psk,
+                &args,
+            );
+            match &res {
+                Ok(()) => {
+                    ctx.events.event(
+                        "HA",
+                        format_args!(
+                            "joined the cluster of {}; restarting as a member",
+                            args.member
+                        ),
+                    );
+                    ctx.shared.request_restart();
+                }
+                Err(e) => ctx
+                    .events
+                    .event("HA", format_args!("join refused, nothing changed: {e}")),
+            }
+            Response::Lines {
+                lines,
+                error: res.err(),
+            }
+        }
         Request::HaSync { force } => with_peer(ctx, |conf, client, link| {
             let (lines, res) = crate::peer::confsync::send(conf, client, link, force);
             Response::Lines {

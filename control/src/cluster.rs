@@ -152,9 +152,9 @@ pub struct Cluster {
     cluster_id: u32,
     serial: u64,
     key_file_warning: Option<String>,
-    /// The members by full serial (the cluster's file), which heartbeats
-    /// carry only the last 8 bytes of.
-    membership: Option<tandem_config::cluster::Membership>,
+    /// The members by full serial (the cluster's file, and those that
+    /// joined since), which heartbeats carry only the last 8 bytes of.
+    serials: Arc<std::sync::Mutex<Vec<String>>>,
     links: Vec<Link>,
     data_ports: Vec<DataPort>,
     last_resort: bool,
@@ -387,7 +387,12 @@ impl Cluster {
             cluster_id: ha.cluster_id,
             serial,
             key_file_warning: key_file_exposure(&cfg.key_file(config_path)),
-            membership: cfg.membership.clone(),
+            serials: Arc::new(std::sync::Mutex::new(
+                cfg.membership
+                    .as_ref()
+                    .map(|m| m.members.iter().map(|m| m.serial.clone()).collect())
+                    .unwrap_or_default(),
+            )),
             links,
             data_ports,
             last_resort,
@@ -812,10 +817,25 @@ impl Cluster {
     /// the cluster's file lists a member ending with it.
     fn full_serial(&self, n: u64) -> String {
         let tail = serial_text(n);
-        self.membership
-            .as_ref()
-            .and_then(|m| m.serial_ending_with(&tail))
-            .map_or(tail, str::to_owned)
+        // Never wait: the tail when the list is being changed.
+        let Ok(serials) = self.serials.try_lock() else {
+            return tail;
+        };
+        let mut found = serials.iter().filter(|s| s.ends_with(&tail));
+        match (found.next(), found.next()) {
+            (Some(s), None) => s.clone(),
+            _ => tail,
+        }
+    }
+
+    /// Shares the list of the members' serials with the configuration
+    /// sync (a join adds to it): `shared` takes ours and replaces it.
+    pub fn share_serials(&mut self, shared: Arc<std::sync::Mutex<Vec<String>>>) {
+        let ours = self.serials.lock().map(|g| g.clone()).unwrap_or_default();
+        if let Ok(mut g) = shared.lock() {
+            *g = ours;
+        }
+        self.serials = shared;
     }
 
     fn link_name(&self, id: LinkId) -> String {

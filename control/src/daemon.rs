@@ -139,9 +139,19 @@ struct Daemon {
     config_info: std::cell::RefCell<Option<crate::api::ConfigSyncInfo>>,
 }
 
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// On a termination signal.
+    Stopped,
+    /// For a restart with the configuration as it is now on disk (a
+    /// firewall that joined a cluster): the caller starts tandemd again.
+    Restart,
+}
+
 /// Runs a node from the configuration file at `config_path` until a
-/// termination signal arrives.
-pub fn run(config_path: &Path) -> Result<(), DaemonError> {
+/// termination signal arrives, or a join asks for a restart.
+pub fn run(config_path: &Path) -> Result<Exit, DaemonError> {
     let cfg = tandem_config::load(config_path)?;
     let name = cfg.node.name.clone();
 
@@ -160,7 +170,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
 }
 
 /// [`run`] once the event log is open.
-fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<(), DaemonError> {
+fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Exit, DaemonError> {
     let mut poll = Poll::new()?;
     let (sig_rx, sig_tx) = std::os::unix::net::UnixStream::pair()?;
     sig_rx.set_nonblocking(true)?;
@@ -312,6 +322,9 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
             keys,
             config_path,
         )?;
+        if let (Some(c), Some(conf)) = (daemon.cluster.as_mut(), &conf) {
+            c.share_serials(conf.serials.clone());
+        }
         let warnings = daemon
             .cluster
             .as_mut()
@@ -441,6 +454,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
     let mut next_aggregates = Instant::now() + AGGREGATES;
     let mut next_watchdog = Instant::now() + WATCHDOG;
+    let mut exit = Exit::Stopped;
     'run: loop {
         let now = Instant::now();
         let mut deadline = next_housekeeping.min(next_aggregates).min(next_watchdog);
@@ -466,6 +480,10 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
             }
         }
         daemon.serve_actions(&actions);
+        if daemon.shared.restart_now() {
+            exit = Exit::Restart;
+            break 'run;
+        }
         if let Some(c) = &mut daemon.cluster {
             if Instant::now() >= c.next_wakeup() {
                 c.poll(&daemon.node, &mut daemon.events);
@@ -490,7 +508,13 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
             next_housekeeping = now + HOUSEKEEPING;
         }
     }
-    daemon.events.event("SYSTEM", "stopping on signal");
+    daemon.events.event(
+        "SYSTEM",
+        match exit {
+            Exit::Stopped => "stopping on signal",
+            Exit::Restart => "stopping to start again with the new configuration",
+        },
+    );
     // Table walks in progress give up: the API thread stops promptly.
     daemon.node.cancel_requests();
     if let Some(c) = &mut daemon.cluster {
@@ -519,7 +543,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<()
         ),
     }
     events.event("SYSTEM", "stopped");
-    Ok(())
+    Ok(exit)
 }
 
 /// How long a dataplane thread may go without turning its loop:

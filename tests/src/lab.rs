@@ -99,6 +99,7 @@ pub struct LabBuilder {
     tag: String,
     kind: LabKind,
     ha_links: bool,
+    fresh_fw2: bool,
 }
 
 impl LabBuilder {
@@ -108,7 +109,15 @@ impl LabBuilder {
             tag: tag.to_string(),
             kind: LabKind::Tandem { nodes: 1 },
             ha_links: false,
+            fresh_fw2: false,
         }
+    }
+
+    /// fw2's ends of the HA links stay down and without addresses, as on a
+    /// firewall out of its box (`tandemctl ha join` sets them).
+    pub fn fresh_fw2(mut self, on: bool) -> LabBuilder {
+        self.fresh_fw2 = on;
+        self
     }
 
     /// Selects the topology.
@@ -142,7 +151,7 @@ impl LabBuilder {
             kind: self.kind,
             keep: std::env::var_os("TANDEM_LAB_KEEP").is_some(),
         };
-        lab.wire(self.ha_links)?;
+        lab.wire(self.ha_links, self.fresh_fw2)?;
         Ok(lab)
     }
 }
@@ -204,7 +213,7 @@ impl Lab {
         Ok(())
     }
 
-    fn wire(&mut self, ha_links: bool) -> Result<()> {
+    fn wire(&mut self, ha_links: bool, fresh_fw2: bool) -> Result<()> {
         for role in ["sw", "client", "server"] {
             self.add_ns(role)?;
         }
@@ -271,9 +280,11 @@ impl Lab {
             ] {
                 link::veth(a, dev, b, dev)?;
                 link::add_addr(a, dev, &format!("{x}/30"))?;
-                link::add_addr(b, dev, &format!("{y}/30"))?;
                 link::set_up(a, dev)?;
-                link::set_up(b, dev)?;
+                if !fresh_fw2 {
+                    link::add_addr(b, dev, &format!("{y}/30"))?;
+                    link::set_up(b, dev)?;
+                }
             }
         }
         Ok(())

@@ -100,6 +100,11 @@ enum Command {
         /// cluster.ron)
         file: String,
     },
+    /// The cluster's life: join a cluster
+    Ha {
+        #[command(subcommand)]
+        action: HaAction,
+    },
     /// The event log (HA, sync, policy events)
     Log {
         /// How many of the last lines
@@ -112,6 +117,94 @@ enum Command {
         #[command(subcommand)]
         action: DebugAction,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum HaAction {
+    /// Joins the cluster of a member: proves the pre-shared key to it over
+    /// TCP 1300, takes the cluster's configuration, and restarts tandemd
+    /// as a member (passive: the data ports stay silent while the member
+    /// forwards)
+    Join {
+        /// The main HA link: INTERFACE,ADDRESS/PREFIX (this firewall's
+        /// address on it, e.g. ha-main,198.19.69.2/30)
+        #[arg(long, value_name = "IF,ADDR/P")]
+        main: String,
+        /// The backup HA link, if the cluster has one: INTERFACE,ADDRESS/PREFIX
+        #[arg(long, value_name = "IF,ADDR/P")]
+        backup: Option<String>,
+        /// The member's address on the main link
+        #[arg(long, value_name = "ADDR")]
+        member: std::net::Ipv4Addr,
+        /// Read the pre-shared key from this file (its first line);
+        /// without it the key is asked twice on the terminal
+        #[arg(long, value_name = "FILE")]
+        psk_file: Option<PathBuf>,
+        /// Return once tandemd restarts, without waiting for the peer
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+/// `IF,ADDR/P` of `ha join`.
+fn join_link(option: &str, text: &str) -> Result<tandem_control::peer::join::JoinLink, String> {
+    let (interface, address) = text.split_once(',').ok_or_else(|| {
+        format!(
+            "{option} {text:?}: expected INTERFACE,ADDRESS/PREFIX such as ha-main,198.19.69.2/30"
+        )
+    })?;
+    address
+        .parse::<tandem_config::Ipv4Cidr>()
+        .map_err(|e| format!("{option} {text:?}: {e}"))?;
+    if interface.is_empty() {
+        return Err(format!("{option} {text:?}: the interface is empty"));
+    }
+    Ok(tandem_control::peer::join::JoinLink {
+        interface: interface.to_owned(),
+        address: address.to_owned(),
+    })
+}
+
+/// The pre-shared key from `file` (its first line), or typed twice on the
+/// terminal without echo.
+fn read_psk(file: Option<&PathBuf>) -> Result<tandem_config::Secret, String> {
+    if let Some(f) = file {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("--psk-file {}: {e}", f.display()))?;
+        let key = text.lines().next().unwrap_or_default().to_owned();
+        if key.is_empty() {
+            return Err(format!(
+                "--psk-file {}: the first line is empty",
+                f.display()
+            ));
+        }
+        return Ok(tandem_config::Secret::new(key));
+    }
+    let first = prompt_hidden("pre-shared key: ")?;
+    let second = prompt_hidden("the same again: ")?;
+    if first != second {
+        return Err("the two keys typed differ; nothing was done".into());
+    }
+    Ok(tandem_config::Secret::new(first))
+}
+
+/// A line typed on the terminal without echo.
+fn prompt_hidden(prompt: &str) -> Result<String, String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = io::stdin();
+    let old = tcgetattr(&stdin).map_err(|_| {
+        "no terminal to type the pre-shared key on: give it with --psk-file FILE".to_string()
+    })?;
+    let mut quiet = old.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    eprint!("{prompt}");
+    tcsetattr(&stdin, SetArg::TCSANOW, &quiet).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &old);
+    eprintln!();
+    read.map_err(|e| e.to_string())?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 #[derive(Subcommand, Debug)]
@@ -184,6 +277,7 @@ fn default_timeout_ms(req: &Request) -> u64 {
         // A session (2 s per link), then the files: a peer validating a
         // large policy takes a while.
         Request::HaSync { .. } | Request::HaSyncTest | Request::HaDiff { .. } => 60_000,
+        Request::HaJoin { .. } => 90_000,
         _ => 2000,
     }
 }
@@ -322,6 +416,17 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
                 },
             }
         }
+        (Command::Ha { .. }, Response::Lines { lines, error }) => {
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            match error {
+                None => Outcome::print(text),
+                Some(e) => Outcome {
+                    stdout: Some(text),
+                    error: Some(e.clone()),
+                    code: 1,
+                },
+            }
+        }
         (Command::Hasynctest | Command::Hadiff { .. }, Response::Lines { lines, .. }) => {
             Outcome::print(lines.iter().map(|l| format!("{l}\n")).collect())
         }
@@ -387,6 +492,38 @@ fn main() -> ExitCode {
         Command::Identity => Request::Identity,
         Command::Hapeer => Request::PeerStatus,
         Command::Hasync { force } => Request::HaSync { force: *force },
+        Command::Ha {
+            action:
+                HaAction::Join {
+                    main,
+                    backup,
+                    member,
+                    psk_file,
+                    ..
+                },
+        } => {
+            let args = join_link("--main", main).and_then(|m| {
+                Ok(tandem_control::peer::join::JoinArgs {
+                    main: m,
+                    backup: backup
+                        .as_deref()
+                        .map(|b| join_link("--backup", b))
+                        .transpose()?,
+                    member: *member,
+                })
+            });
+            let psk = args.and_then(|a| read_psk(psk_file.as_ref()).map(|p| (a, p)));
+            match psk {
+                Ok((a, p)) => Request::HaJoin {
+                    join: Some(a),
+                    psk: Some(p),
+                },
+                Err(e) => {
+                    eprintln!("tandemctl: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         Command::Hasynctest => Request::HaSyncTest,
         Command::Hadiff { file } => Request::HaDiff {
             file: Some(file.clone()),
@@ -485,10 +622,64 @@ fn main() -> ExitCode {
     }
     let printed = outcome.stdout.as_deref().map_or(ExitCode::SUCCESS, print);
     if outcome.code != 0 {
-        ExitCode::from(outcome.code)
-    } else {
-        printed
+        return ExitCode::from(outcome.code);
     }
+    if let (
+        Command::Ha {
+            action: HaAction::Join { no_wait: false, .. },
+        },
+        Response::Lines { error: None, .. },
+    ) = (&cli.command, &response)
+    {
+        return wait_member(&socket);
+    }
+    printed
+}
+
+/// After a join: waits (60 s at most) for tandemd to run again as a
+/// member that hears its peer and holds the whole connection table.
+fn wait_member(socket: &std::path::Path) -> ExitCode {
+    const WAIT: Duration = Duration::from_secs(60);
+    let t0 = std::time::Instant::now();
+    let mut last = String::from("tandemd did not answer");
+    std::thread::sleep(Duration::from_millis(500));
+    while t0.elapsed() < WAIT {
+        match request(socket, &Request::HaInfo, Duration::from_secs(2)) {
+            Ok(Response::HaInfo(h)) => match &h.peer {
+                Some(p) if p.alive && h.local.synchronized => {
+                    return print(&format!(
+                        "back as a member after {:.1} s: {}, peer {} {}, connection table complete\nJoined.\n",
+                        t0.elapsed().as_secs_f64(),
+                        h.local.role,
+                        p.serial,
+                        p.role
+                    ));
+                }
+                Some(p) => {
+                    last = format!(
+                        "peer {} {}, this member {} and {}",
+                        p.serial,
+                        if p.alive { "heard" } else { "not heard" },
+                        h.local.role,
+                        if h.local.synchronized {
+                            "synchronized"
+                        } else {
+                            "not synchronized yet"
+                        }
+                    );
+                }
+                None => last = "the peer is not heard yet".into(),
+            },
+            Ok(other) => last = format!("{other:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "tandemctl: the join is done, but tandemd is not back as a synchronized member after {} s ({last}): see tandemctl hainfo and the event log",
+        WAIT.as_secs()
+    );
+    ExitCode::from(1)
 }
 
 #[cfg(test)]

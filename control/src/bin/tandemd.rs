@@ -46,7 +46,29 @@ fn main() -> ExitCode {
         };
     }
     match tandem_control::daemon::run(&args.config) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(tandem_control::daemon::Exit::Stopped) => ExitCode::SUCCESS,
+        Ok(tandem_control::daemon::Exit::Restart) => {
+            // The same program, arguments and pid (a supervisor sees no
+            // exit); no descriptor of this run goes to the next one.
+            if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+                for fd in fds.flatten() {
+                    if let Some(fd) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
+                        if fd > 2 {
+                            let _ = nix::fcntl::fcntl(
+                                fd,
+                                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                            );
+                        }
+                    }
+                }
+            }
+            use std::os::unix::process::CommandExt;
+            let e = std::process::Command::new("/proc/self/exe")
+                .args(std::env::args_os().skip(1))
+                .exec();
+            eprintln!("tandemd: cannot start again after the join: {e}; start it by hand");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("tandemd: {e}");
             ExitCode::FAILURE

@@ -74,11 +74,17 @@ pub struct ConfSync {
     pub dir: PathBuf,
     /// Where the sync state is kept.
     pub state_file: PathBuf,
+    /// The identity file (the member compares it with a joiner's).
+    pub identity_file: Option<PathBuf>,
     validate: Box<ValidateFn>,
     apply: Box<ApplyFn>,
-    log: EventLog,
+    pub(crate) log: EventLog,
     /// A revision is being received.
     receiving: AtomicBool,
+    /// The members' full serials as the cluster file lists them (a join
+    /// adds one); the control thread reads it with `try_lock` to name a
+    /// peer whose heartbeats carry only the serial's last 8 bytes.
+    pub serials: Arc<Mutex<Vec<String>>>,
 }
 
 /// A revision being received on one connection of the members' service;
@@ -97,7 +103,7 @@ impl Drop for Receiving {
     }
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -126,6 +132,7 @@ impl ConfSync {
         serial: &str,
         dir: &Path,
         state_file: &Path,
+        identity_file: Option<PathBuf>,
         validate: Box<ValidateFn>,
         apply: Box<ApplyFn>,
         log: EventLog,
@@ -154,10 +161,12 @@ impl ConfSync {
             serial: serial.to_owned(),
             dir: dir.to_owned(),
             state_file: state_file.to_owned(),
+            identity_file,
             validate,
             apply,
             log,
             receiving: AtomicBool::new(false),
+            serials: Arc::new(Mutex::new(Vec::new())),
         }))
     }
 
@@ -230,7 +239,7 @@ impl ConfSync {
                     Err(e) => refuse(e),
                 },
             },
-            PeerRequest::Status => refuse("not a configuration request".into()),
+            _ => refuse("not a configuration request".into()),
         }
     }
 

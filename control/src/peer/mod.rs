@@ -6,5 +6,6 @@
 pub mod confsync;
 pub mod files;
 pub mod handshake;
+pub mod join;
 pub mod service;
 pub mod wiring;

@@ -138,6 +138,30 @@ pub enum PeerRequest {
     },
     /// All sent: check, validate and apply.
     SyncCommit,
+    /// A round trip (join: the link's latency).
+    Ping {
+        /// Echoed.
+        t: u64,
+    },
+    /// A firewall asks to join (a join session only).
+    JoinRequest {
+        /// What it says of itself.
+        ask: super::join::JoinAsk,
+    },
+    /// Bytes of a file of the directory a joiner gets.
+    JoinFile {
+        /// Relative path.
+        path: String,
+        /// Where to start.
+        offset: u64,
+    },
+    /// The joiner has every file and validated them: record it.
+    JoinCommit,
+    /// The joiner gives up (what it found wrong).
+    JoinAbort {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// An answer in a session.
@@ -160,8 +184,29 @@ pub enum PeerAnswer {
         /// Relative paths.
         paths: Vec<String>,
     },
-    /// A chunk is stored.
+    /// A chunk is stored (or an abandoned join noted).
     SyncStored,
+    /// Answer to a ping.
+    Pong {
+        /// The ping's.
+        t: u64,
+    },
+    /// The member accepts the joiner: its slot, the directory it gets.
+    JoinAccepted {
+        /// The joiner's slot.
+        slot: u8,
+        /// The revision both will have.
+        revision: u64,
+        /// The manifest of the directory the joiner gets.
+        files: Vec<super::files::FileEntry>,
+        /// What the joiner should know (a firmware difference).
+        warnings: Vec<String>,
+    },
+    /// The member lists the joiner now.
+    JoinCommitted {
+        /// The revision in force.
+        revision: u64,
+    },
     /// The sync is applied.
     SyncApplied {
         /// The revision now in force.
@@ -211,6 +256,10 @@ struct Conn {
     deadline: Instant,
     /// A configuration sync being received on this connection.
     receiving: Option<super::confsync::Receiving>,
+    /// Why the client connects, once its hello is in.
+    purpose: Option<Purpose>,
+    /// A join being served on this connection.
+    joining: Option<super::join::Joining>,
 }
 
 /// Why a connection ends, for the counters and the log.
@@ -371,6 +420,8 @@ fn serve(
                         step: Step::Hello,
                         deadline: now + HANDSHAKE_TIME,
                         receiving: None,
+                        purpose: None,
+                        joining: None,
                     },
                 );
             }
@@ -475,7 +526,8 @@ fn read_and_serve(
         };
         match std::mem::replace(&mut c.step, Step::Hello) {
             Step::Hello => match c.hs.on_hello(&frame) {
-                Ok((_, sh)) => {
+                Ok((ch, sh)) => {
+                    c.purpose = Some(ch.purpose);
                     if c.stream.write_all(&preauth_frame(&sh)).is_err() {
                         return Some(End::Closed);
                     }
@@ -508,11 +560,39 @@ fn read_and_serve(
                     }
                     Ok(request) => {
                         counters.requests.fetch_add(1, Ordering::Relaxed);
-                        match conf {
-                            Some(conf) => conf.handle(request, &mut c.receiving),
-                            None => PeerAnswer::Refused {
-                                reason: "this member's configuration is one file, not a cluster directory: nothing to synchronize".into(),
+                        let join = matches!(
+                            request,
+                            PeerRequest::Ping { .. }
+                                | PeerRequest::JoinRequest { .. }
+                                | PeerRequest::JoinFile { .. }
+                                | PeerRequest::JoinCommit
+                                | PeerRequest::JoinAbort { .. }
+                        );
+                        match (conf, c.purpose) {
+                            (None, _) => PeerAnswer::Refused {
+                                reason: "this member's configuration is one file, not a cluster directory: it cannot synchronize or take a joiner".into(),
                             },
+                            (Some(conf), Some(Purpose::Join)) if join => conf.handle_join(
+                                request,
+                                &mut c.joining,
+                                c.from,
+                                &identity.firmware,
+                            ),
+                            (Some(_), Some(Purpose::Join)) => PeerAnswer::Refused {
+                                reason: "a join session takes join requests only".into(),
+                            },
+                            (Some(_), _) if join && !matches!(request, PeerRequest::Ping { .. }) => {
+                                PeerAnswer::Refused {
+                                    reason: "join requests need a join session".into(),
+                                }
+                            }
+                            (Some(_), _) if matches!(request, PeerRequest::Ping { .. }) => {
+                                match request {
+                                    PeerRequest::Ping { t } => PeerAnswer::Pong { t },
+                                    _ => unreachable!(),
+                                }
+                            }
+                            (Some(conf), _) => conf.handle(request, &mut c.receiving),
                         }
                     }
                     Err(e) => {
@@ -638,6 +718,31 @@ impl PeerClient {
         serial: &str,
         timeout: Duration,
     ) -> Result<PeerClient, PeerError> {
+        let cluster = keys.cluster_id();
+        let control = keys.control().as_bytes().to_vec();
+        let (client, _, _) =
+            PeerClient::connect_with(addr, serial, Purpose::Member, timeout, |id| {
+                if id == cluster {
+                    Ok(control)
+                } else {
+                    Err(format!(
+                        "the member serves cluster {id}, this firewall is in cluster {cluster}"
+                    ))
+                }
+            })?;
+        Ok(client)
+    }
+
+    /// Connects for `purpose`; `control_key` gives the control key of the
+    /// cluster the server says it serves (a joiner derives it then).
+    /// Returns the session, the server's serial and its cluster id.
+    pub fn connect_with<K: AsRef<[u8]>>(
+        addr: SocketAddr,
+        serial: &str,
+        purpose: Purpose,
+        timeout: Duration,
+        control_key: impl FnOnce(u32) -> Result<K, String>,
+    ) -> Result<(PeerClient, String, u32), PeerError> {
         let io = |source| PeerError::Io { addr, source };
         let hs = |source| PeerError::Handshake { addr, source };
         let mut stream = TcpStream::connect_timeout(&addr, timeout)
@@ -649,31 +754,29 @@ impl PeerClient {
         SystemRandom::new()
             .fill(&mut nonce)
             .map_err(|_| io(io::Error::other("no random numbers")))?;
-        let (mut c, hello) = ClientHandshake::new(Purpose::Member, serial, nonce);
+        let (mut c, hello) = ClientHandshake::new(purpose, serial, nonce);
         let mut reader = FrameReader::preauth();
         stream.write_all(&preauth_frame(&hello)).map_err(io)?;
         let sh = c
             .on_hello(&read_frame(&mut stream, &mut reader, addr)?)
             .map_err(hs)?;
-        if sh.cluster_id != keys.cluster_id() {
-            return Err(hs(HandshakeError::Refused(format!(
-                "the member serves cluster {}, this firewall is in cluster {}",
-                sh.cluster_id,
-                keys.cluster_id()
-            ))));
-        }
-        let proof = c.prove(keys.control().as_bytes()).map_err(hs)?;
+        let key = control_key(sh.cluster_id).map_err(|w| hs(HandshakeError::Refused(w)))?;
+        let proof = c.prove(key.as_ref()).map_err(hs)?;
         stream.write_all(&preauth_frame(&proof)).map_err(io)?;
         let session = c
             .on_proof(&read_frame(&mut stream, &mut reader, addr)?)
             .map_err(hs)?;
         reader.switch_to_sealed();
-        Ok(PeerClient {
-            stream,
-            reader,
-            session,
-            addr,
-        })
+        Ok((
+            PeerClient {
+                stream,
+                reader,
+                session,
+                addr,
+            },
+            sh.serial,
+            sh.cluster_id,
+        ))
     }
 
     /// Where it is connected.
@@ -931,6 +1034,7 @@ mod sync_tests {
             serial,
             &dir,
             &root.join(name).join("state.json"),
+            None,
             Box::new(|staged: &std::path::Path| {
                 let p = std::fs::read_to_string(staged.join("policy.ron")).unwrap_or_default();
                 if p.contains("INVALID") {

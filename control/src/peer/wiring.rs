@@ -163,6 +163,7 @@ pub fn conf_sync(
         &cfg.node.serial,
         &membership.dir,
         &state_file(cfg),
+        Some(crate::daemon::identity_path(cfg, config_path)),
         validate,
         apply,
         log.clone(),

@@ -1,0 +1,234 @@
+//! The cluster's life through `tandemctl` only (issue 12): a firewall out
+//! of its box joins a running one-member cluster while a TCP transfer
+//! runs through the member. Each refusal (a wrong key, another model,
+//! another number of data ports, an address that is not the free slot's)
+//! is produced first and changes nothing on either side; then the join
+//! succeeds: the joiner restarts as a member (same pid), passive, with the
+//! same configuration as the member, and the transfer is not disturbed.
+//!
+//! Needs root (network namespaces): fails, not skips, without it.
+
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+use tandem_tests::cluster::{self, largest_gap, wait_role};
+use tandem_tests::host::{self, IperfServer};
+use tandem_tests::lab::addr;
+use tandem_tests::node::HaSection;
+use tandem_tests::{require_root, tools, LabBuilder, LabKind, Node};
+
+const POLICY: &str = r#"(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5201"]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Icmp, icmp_types: [8]),
+    ],
+    default_action: Block,
+)"#;
+
+const KEY: &str = "Lab-Cluster-Key-2026";
+
+/// `tandemctl ARGS` on `n` as an operator reads it: (exit code, stdout,
+/// stderr); killed after 120 s.
+fn ctl(n: &Node, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut c = std::process::Command::new(tandem_tests::node::find_bin("tandemctl").unwrap());
+    c.arg("--socket").arg(&n.socket).args(args);
+    let o = tandem_tests::cmd::run_timeout(c, Duration::from_secs(120)).expect("tandemctl runs");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn a_fresh_firewall_joins_while_traffic_runs_and_refusals_change_nothing() {
+    require_root!();
+    let lock = tandem_tests::heavy_lock();
+    let lab = LabBuilder::new("join")
+        .kind(LabKind::Tandem { nodes: 2 })
+        .ha_links(true)
+        .fresh_fw2(true)
+        .build()
+        .expect("lab");
+    let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", POLICY).unwrap();
+
+    // fw1: a cluster of one (as `ha create` leaves it).
+    let mut cfg1 = lab.node_config(1).with_policy(&policy);
+    let mut ha = HaSection::lab(1);
+    ha.members = vec!["TDLAB0001".into()];
+    cfg1.ha = Some(ha);
+    let mut fw1 = lab.start_node_with(1, &cfg1).expect("fw1");
+    fw1.wait_ready(Duration::from_secs(30)).expect("fw1 ready");
+    wait_role(&fw1, "active", "fw1 active alone", Duration::from_secs(10)).expect("active");
+    let cluster1 = fw1
+        .cluster_dir()
+        .expect("fw1's cluster directory")
+        .join("cluster.ron");
+
+    // fw2: out of its box: data ports without addresses, no HA.
+    let mut cfg2 = lab.node_config(2);
+    for i in &mut cfg2.interfaces {
+        i.addresses.clear();
+    }
+    let identity2 = cfg2.identity_path();
+    let mut fw2 = lab.start_node_with(2, &cfg2).expect("fw2");
+    fw2.wait_ready(Duration::from_secs(30)).expect("fw2 ready");
+    let pid2 = fw2.proc.pid();
+    let config2 = fw2.config_path.clone();
+
+    let key = lab.dir().join("ha.key");
+    std::fs::write(&key, format!("{KEY}\n")).unwrap();
+    let wrong = lab.dir().join("wrong.key");
+    std::fs::write(&wrong, "Another-Cluster-Key-2026\n").unwrap();
+    let join = |main: &str, psk: &Path| {
+        ctl(
+            &fw2,
+            &[
+                "ha",
+                "join",
+                "--main",
+                main,
+                "--backup",
+                &format!("ha-backup,{}/30", addr::HA_BACKUP_2),
+                "--member",
+                addr::HA_MAIN_1,
+                "--psk-file",
+                &psk.to_string_lossy(),
+            ],
+        )
+    };
+    let main = format!("ha-main,{}/30", addr::HA_MAIN_2);
+    let ha_addrs = || {
+        let o = lab
+            .fw(2)
+            .exec(&["ip", "-4", "-o", "addr", "show", "dev", "ha-main"])
+            .expect("ip addr");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+
+    let _srv = IperfServer::start(lab.server(), addr::SERVER, 5201).unwrap();
+    let client = lab.client();
+    let (res, ()) = thread::scope(|s| {
+        let run = s.spawn(|| host::iperf_client(client, addr::SERVER, 5201, 25, &["-i", "0.1"]));
+        thread::sleep(Duration::from_secs(1));
+
+        // Refusals: each says why, and changes nothing on either side.
+        let before1 = read(&cluster1);
+        let before2 = read(&config2);
+        let identity_text = read(&identity2);
+        let cases: Vec<(&str, String, &Path, Option<String>)> = vec![
+            (
+                "authentication failed: the pre-shared key does not match the cluster's",
+                main.clone(),
+                &wrong,
+                None,
+            ),
+            (
+                "different model: this firewall is TD-BIG, the cluster's members are TD-LAB",
+                main.clone(),
+                &key,
+                Some(identity_text.replace("TD-LAB", "TD-BIG")),
+            ),
+            (
+                "different number of network interfaces: this firewall has 3 data ports, TDLAB0001 has 2",
+                main.clone(),
+                &key,
+                Some(identity_text.replace("ports: 2", "ports: 3")),
+            ),
+            (
+                "HA-main: 198.19.69.2/29 is not the address of the cluster's free place on this link (198.19.69.2/30)",
+                "ha-main,198.19.69.2/29".into(),
+                &key,
+                None,
+            ),
+            (
+                "198.19.69.3/30: the network or broadcast address of its network, not a host's",
+                "ha-main,198.19.69.3/30".into(),
+                &key,
+                None,
+            ),
+        ];
+        for (says, main, psk, identity) in cases {
+            if let Some(t) = &identity {
+                std::fs::write(&identity2, t).unwrap();
+            }
+            let (code, out, err) = join(&main, psk);
+            std::fs::write(&identity2, &identity_text).unwrap();
+            eprintln!("refused as expected: {}", err.trim());
+            assert_eq!(code, Some(1), "{out}{err}");
+            assert!(err.contains(says), "wanted {says:?}\n{out}{err}");
+            assert_eq!(read(&cluster1), before1, "fw1's cluster file changed");
+            assert_eq!(read(&config2), before2, "fw2's configuration changed");
+            assert!(!tandem_tests::node::NodeConfig::cluster_dir(&config2).exists());
+            assert_eq!(ha_addrs(), "", "the join left its address on ha-main");
+            assert_eq!(fw2.proc.pid(), pid2);
+        }
+        let log1 = fw1.ctl(&["log", "--lines", "300"]).expect("log")["lines"].to_string();
+        assert!(
+            log1.contains("join of TDLAB0002 from 198.19.69.2 refused: different model"),
+            "{log1}"
+        );
+
+        // The join.
+        let (code, out, err) = join(&main, &key);
+        eprintln!("tandemctl ha join on fw2:\n{out}{err}");
+        assert_eq!(code, Some(0), "{out}{err}");
+        for want in [
+            "[ 3/9] authenticated  both proved the pre-shared key: member TDLAB0001",
+            "[ 5/9] accepted       same model (TD-LAB), 2 data ports, licence master: slot 1",
+            "cluster.ron (",
+            "policy.ron (",
+            "[ 8/9] recorded       the member lists this firewall (revision 00002)",
+            "back as a member after",
+            "Joined.",
+        ] {
+            assert!(out.contains(want), "missing {want:?}\n{out}");
+        }
+        assert_eq!(fw2.proc.pid(), pid2, "tandemd restarted in place");
+        assert!(cluster::role(&fw2).0 == "passive" && cluster::role(&fw1).0 == "active");
+        let h1 = fw1.ctl(&["hainfo"]).expect("hainfo");
+        assert_eq!(h1["peer"]["serial"], "TDLAB0002", "{h1}");
+        let h2 = fw2.ctl(&["hainfo"]).expect("hainfo");
+        assert_eq!(h2["peer"]["serial"], "TDLAB0001", "{h2}");
+        assert!(read(&cluster1).contains("serial: \"TDLAB0002\""));
+        for n in [&fw1, &fw2] {
+            let v = cluster::wait_ctl(
+                n,
+                &["hainfo"],
+                "the same configuration on both",
+                Duration::from_secs(10),
+                |v| v["config"]["synchronized"] == true,
+            )
+            .expect("configurations the same");
+            assert_eq!(v["config"]["local"]["revision"], "00002", "{v}");
+            let (_, out, _) = ctl(n, &["hasynctest"]);
+            assert_eq!(out, "building file list ...\n2 files to consider\n");
+        }
+        let log1 = fw1.ctl(&["log", "--lines", "300"]).expect("log")["lines"].to_string();
+        assert!(
+            log1.contains("TDLAB0002 joined the cluster in slot 1 (configuration revision 00002)")
+                && log1.contains("peer TDLAB0002 found"),
+            "{log1}"
+        );
+        (run.join().expect("iperf thread"), ())
+    });
+    let res = res.expect("the transfer completed (no reset, no stall)");
+    let gap = largest_gap(&tools::iperf_intervals(&res.raw), 0.1);
+    eprintln!(
+        "transfer through fw1 during the join: {:.0} Mbit/s, largest gap {gap:?}",
+        res.bits_per_second / 1e6
+    );
+    assert!(gap < Duration::from_millis(500), "largest gap {gap:?}");
+    let v: Value = fw2.ctl(&["sync"]).expect("sync");
+    assert_eq!(v["synchronized"], true, "{v}");
+    drop(fw2);
+    drop(fw1);
+    drop(lab);
+    drop(lock);
+}
