@@ -210,6 +210,14 @@ fn a_fresh_firewall_joins_while_traffic_runs_and_refusals_change_nothing() {
             let (_, out, _) = ctl(n, &["hasynctest"]);
             assert_eq!(out, "building file list ...\n2 files to consider\n");
         }
+        // The event log file (the in-memory one starts again with tandemd).
+        let log2 = read(&fw2.socket.with_extension("log"));
+        assert!(
+            log2.contains("stopping to start again with the new configuration")
+                && !log2.contains("without releasing DPDK")
+                && log2.contains("running as passive"),
+            "{log2}"
+        );
         let log1 = fw1.ctl(&["log", "--lines", "300"]).expect("log")["lines"].to_string();
         assert!(
             log1.contains("TDLAB0002 joined the cluster in slot 1 (configuration revision 00002)")
