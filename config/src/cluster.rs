@@ -388,3 +388,33 @@ pub fn cluster_file_text(file: &ClusterFile) -> Result<String, String> {
         })
         .map_err(|e| format!("cannot write the cluster's configuration: {e}"))
 }
+
+/// One HA link of a new cluster: (name, kernel interface, this member's
+/// address, the second member's).
+pub type NewLink = (String, String, Ipv4Cidr, std::net::Ipv4Addr);
+
+/// The HA section of a new cluster (`tandemctl ha create`): every
+/// parameter at its default but the ones given.
+pub fn new_ha(
+    cluster_id: u32,
+    psk: &str,
+    encrypt: bool,
+    lacp_when_passive: bool,
+    links: &[NewLink],
+) -> Result<HaConfig, String> {
+    let q = |s: &str| ron::to_string(s).map_err(|e| e.to_string());
+    let mut ls = Vec::new();
+    for (n, d, a, p) in links {
+        ls.push(format!(
+            "(name: {}, interface: {}, address: \"{a}\", peer: \"{p}\")",
+            q(n)?,
+            q(d)?
+        ));
+    }
+    let text = format!(
+        "(cluster_id: {cluster_id}, psk: {}, encrypt: {encrypt}, lacp_when_passive: {lacp_when_passive}, links: [{}])",
+        q(psk)?,
+        ls.join(", ")
+    );
+    ron::from_str(&text).map_err(|e| format!("the HA section: {e}"))
+}

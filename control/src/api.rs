@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_join, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -96,6 +96,16 @@ pub enum Request {
         #[serde(default)]
         file: Option<String>,
     },
+    /// Turns this node, running alone, into the first member of a new
+    /// cluster without a restart (it stays active), as `ha create`.
+    HaCreate {
+        /// The HA links and options (required).
+        #[serde(default)]
+        create: Option<crate::peer::create::CreateArgs>,
+        /// The cluster's pre-shared key (required; never logged).
+        #[serde(default)]
+        psk: Option<tandem_config::Secret>,
+    },
     /// Joins the cluster of a member over TCP 1300, then restarts tandemd
     /// as a member, as `ha join`.
     HaJoin {
@@ -178,6 +188,7 @@ impl Request {
         "ha_sync",
         "ha_sync_test",
         "ha_diff",
+        "ha_create",
         "ha_join",
         "debug",
     ];
@@ -203,6 +214,7 @@ impl Request {
             Request::HaSync { .. } => "ha_sync",
             Request::HaSyncTest => "ha_sync_test",
             Request::HaDiff { .. } => "ha_diff",
+            Request::HaCreate { .. } => "ha_create",
             Request::HaJoin { .. } => "ha_join",
             Request::Debug { .. } => "debug",
         }
@@ -1094,6 +1106,7 @@ mod tests {
             | Request::HaSync { .. }
             | Request::HaSyncTest
             | Request::HaDiff { .. }
+            | Request::HaCreate { .. }
             | Request::HaJoin { .. }
             | Request::Log { .. }
             | Request::Debug { .. } => {}
@@ -1119,6 +1132,10 @@ mod tests {
             Request::HaSync { force: false },
             Request::HaSyncTest,
             Request::HaDiff { file: None },
+            Request::HaCreate {
+                create: None,
+                psk: None,
+            },
             Request::HaJoin {
                 join: None,
                 psk: None,
@@ -1144,7 +1161,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_join, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, debug"
         );
     }
 

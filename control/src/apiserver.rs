@@ -20,7 +20,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -63,6 +63,28 @@ pub struct ControlShared {
     /// 0 none; 1 a job asks tandemd to restart once its answer is sent; 2
     /// the answer is out: the control loop stops and tandemd starts again.
     restart: AtomicU8,
+    /// What `ha create` built for the control loop, which takes it (with
+    /// `try_lock`: it never waits) and sets `installed`.
+    install: Mutex<Option<Box<Installed>>>,
+    installed: AtomicBool,
+}
+
+/// What a node that creates a cluster hands to its control loop.
+pub struct Installed {
+    /// The configuration now in force.
+    pub cfg: Arc<NodeConfig>,
+    /// The election.
+    pub cluster: crate::cluster::Cluster,
+    /// The members' service.
+    pub peer: Option<crate::peer::service::PeerService>,
+    /// The configuration status watch.
+    pub confwatch: Option<crate::peer::confsync::ConfigWatch>,
+}
+
+impl std::fmt::Debug for Installed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Installed").finish_non_exhaustive()
+    }
 }
 
 impl ControlShared {
@@ -75,6 +97,36 @@ impl ControlShared {
     /// Whether the control loop should stop now for a restart.
     pub fn restart_now(&self) -> bool {
         self.restart.load(Ordering::Acquire) == 2
+    }
+
+    /// Hands `i` to the control loop (woken by `waker`) and waits, at most
+    /// 2 s, until it took it.
+    pub fn install(&self, i: Installed, waker: &Waker) -> Result<(), String> {
+        self.installed.store(false, Ordering::Release);
+        *self
+            .install
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(i));
+        let _ = waker.wake();
+        let t0 = Instant::now();
+        while !self.installed.load(Ordering::Acquire) {
+            if t0.elapsed() > std::time::Duration::from_secs(2) {
+                return Err("the control thread did not take the election within 2 s".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// What `ha create` left for the control loop, if anything (never
+    /// waits).
+    pub fn take_install(&self) -> Option<Box<Installed>> {
+        self.install.try_lock().ok().and_then(|mut g| g.take())
+    }
+
+    /// The control loop took it.
+    pub fn set_installed(&self) {
+        self.installed.store(true, Ordering::Release);
     }
 
     /// Publishes the forced status (control thread).
@@ -102,8 +154,9 @@ impl ControlShared {
 pub struct ApiContext {
     /// The dataplane.
     pub node: Arc<Node>,
-    /// The configuration the node runs.
-    pub cfg: Arc<NodeConfig>,
+    /// The configuration the node runs (replaced when it creates a
+    /// cluster): read it with [`ApiContext::cfg`].
+    pub cfg: Mutex<Arc<NodeConfig>>,
     /// Where it was read from.
     pub config_path: PathBuf,
     /// When tandemd started (wall clock).
@@ -119,8 +172,29 @@ pub struct ApiContext {
     /// The node's identity, read at start.
     pub identity: IdentityReport,
     /// The configuration sync (a cluster member with a cluster
-    /// directory).
-    pub conf: Option<Arc<crate::peer::confsync::ConfSync>>,
+    /// directory): read it with [`ApiContext::conf`].
+    pub conf: Mutex<Option<Arc<crate::peer::confsync::ConfSync>>>,
+    /// The control loop's registry (`ha create` registers the election's
+    /// sockets with it).
+    pub registry: Option<mio::Registry>,
+}
+
+impl ApiContext {
+    /// The configuration in force.
+    pub fn cfg(&self) -> Arc<NodeConfig> {
+        self.cfg
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The configuration sync, if this node has a cluster directory.
+    pub fn conf(&self) -> Option<Arc<crate::peer::confsync::ConfSync>> {
+        self.conf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// A request the control loop answers from the state it has.
@@ -384,14 +458,19 @@ impl Route<'_> {
                     "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)",
                 ))
             }
-            Request::PeerStatus if ctx.cfg.ha.is_none() => Some(Response::error(
+            Request::PeerStatus if ctx.cfg().ha.is_none() => Some(Response::error(
                 "this node is not a cluster member (no ha section in its configuration): it has no peer",
             )),
             Request::HaSync { .. } | Request::HaSyncTest | Request::HaDiff { .. }
-                if ctx.conf.is_none() =>
+                if ctx.conf().is_none() =>
             {
                 Some(Response::error(
                     "this node has no cluster directory (its configuration is one file, without cluster: in node.ron): there is no configuration to synchronize",
+                ))
+            }
+            Request::HaCreate { create: None, .. } | Request::HaCreate { psk: None, .. } => {
+                Some(Response::error(
+                    "ha create needs the main HA link (interface and address) and the pre-shared key",
                 ))
             }
             Request::HaJoin { join: None, .. } | Request::HaJoin { psk: None, .. } => {
@@ -410,6 +489,7 @@ impl Route<'_> {
             | Request::HaSync { .. }
             | Request::HaSyncTest
             | Request::HaDiff { .. }
+            | Request::HaCreate { .. }
             | Request::HaJoin { .. } => {
                 let Some(jobs) = self.jobs else {
                     return Some(Response::error("tandemd is stopping"));
@@ -491,7 +571,8 @@ fn debug(ctx: &ApiContext, fault: Option<DebugFault>) -> Response {
 /// `hapeer`: the peer's identity over the members' service, asked on each
 /// HA link in turn (main first) until one answers.
 fn peer_status(ctx: &ApiContext) -> Response {
-    let Some(ha) = &ctx.cfg.ha else {
+    let cfg = ctx.cfg();
+    let Some(ha) = &cfg.ha else {
         return Response::error("this node is not a cluster member: it has no peer");
     };
     let keys = match tandem_dataplane::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id) {
@@ -535,7 +616,8 @@ fn with_peer(
         &str,
     ) -> Response,
 ) -> Response {
-    let (Some(conf), Some(ha)) = (&ctx.conf, &ctx.cfg.ha) else {
+    let cfg = ctx.cfg();
+    let (Some(conf), Some(ha)) = (ctx.conf(), &cfg.ha) else {
         return Response::error("this node has no cluster directory: nothing to synchronize");
     };
     let keys = match tandem_dataplane::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id) {
@@ -543,12 +625,12 @@ fn with_peer(
         Err(e) => return Response::error(e.to_string()),
     };
     match crate::peer::wiring::connect_peer(
-        &crate::peer::wiring::peer_links(&ctx.cfg),
+        &crate::peer::wiring::peer_links(&cfg),
         &keys,
         &ctx.identity.serial,
         std::time::Duration::from_secs(2),
     ) {
-        Ok((mut client, link)) => f(conf, &mut client, &link),
+        Ok((mut client, link)) => f(&conf, &mut client, &link),
         Err(e) => Response::error(e),
     }
 }
@@ -557,7 +639,7 @@ fn with_peer(
 /// API thread drops its sender.
 fn run_jobs(ctx: &ApiContext, jobs: &Receiver<Job>, control: &Waker) {
     while let Ok(job) = jobs.recv() {
-        let response = run_job(ctx, job.request);
+        let response = run_job(ctx, job.request, control);
         // Encoded here: a listing of 100,000 connections takes a while.
         job.reply.send_line(response.to_line());
         if ctx.shared.restart.load(Ordering::Acquire) == 1 {
@@ -570,7 +652,7 @@ fn run_jobs(ctx: &ApiContext, jobs: &Receiver<Job>, control: &Waker) {
     }
 }
 
-fn run_job(ctx: &ApiContext, request: Request) -> Response {
+fn run_job(ctx: &ApiContext, request: Request, control: &Waker) -> Response {
     let node = &ctx.node;
     match request {
         Request::ConnList { filter } => match reports::conn_query(&filter) {
@@ -632,14 +714,29 @@ fn run_job(ctx: &ApiContext, request: Request) -> Response {
             }
         },
         Request::PeerStatus => peer_status(ctx),
+        Request::HaCreate {
+            create: Some(args),
+            psk: Some(psk),
+        } => {
+            let (lines, res) = crate::peer::create::create(ctx, &args, &psk, control);
+            if let Err(e) = &res {
+                ctx.events
+                    .event("HA", format_args!("ha create refused: {e}"));
+            }
+            Response::Lines {
+                lines,
+                error: res.err(),
+            }
+        }
         Request::HaJoin {
             join: Some(args),
             psk: Some(psk),
         } => {
+            let cfg = ctx.cfg();
             let (lines, res) = crate::peer::join::join(
-                &ctx.cfg,
+                &cfg,
                 &ctx.config_path,
-                &crate::daemon::identity_path(&ctx.cfg, &ctx.config_path),
+                &crate::daemon::identity_path(&cfg, &ctx.config_path),
                 &psk,
                 &args,
             );

@@ -288,6 +288,8 @@ impl Cluster {
     /// `config_path` the file that holds the pre-shared key (checked for
     /// access by others than root, see [`key_file_exposure`]). Gives the
     /// workers what they need to police and answer the data-port frames.
+    /// An `incumbent` (a node that ran alone and creates the cluster)
+    /// starts active, with no start-up wait.
     pub fn new(
         cfg: &NodeConfig,
         node: &Node,
@@ -295,6 +297,7 @@ impl Cluster {
         token_base: usize,
         keys: &Arc<HaKeys>,
         config_path: &Path,
+        incumbent: bool,
     ) -> std::io::Result<Option<Cluster>> {
         let Some(ha) = cfg.ha.as_ref().filter(|h| h.election) else {
             return Ok(None);
@@ -379,7 +382,11 @@ impl Cluster {
         let own_epoch = c.epoch;
         Ok(Some(Cluster {
             startup_warnings: warnings,
-            ha: Ha::new(c, Duration::ZERO),
+            ha: if incumbent {
+                Ha::new_incumbent(c, Duration::ZERO)
+            } else {
+                Ha::new(c, Duration::ZERO)
+            },
             codec: Codec::new(keys.heartbeat().as_bytes(), ha.cluster_id)
                 .with_own_serial(serial)
                 .with_own_epoch(own_epoch),

@@ -105,7 +105,7 @@ pub fn node_identity(cfg: &NodeConfig, config_path: &Path) -> Result<IdentityRep
 const SIGNAL: Token = Token(0);
 /// The API thread woke us: actions are waiting.
 const ACTIONS: Token = Token(1);
-const CLUSTER_BASE: usize = 64;
+pub(crate) const CLUSTER_BASE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// How long a stopping active member waits for the peer to take over.
 const HAND_OVER: Duration = Duration::from_millis(500);
@@ -321,6 +321,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
             CLUSTER_BASE,
             keys,
             config_path,
+            false,
         )?;
         if let (Some(c), Some(conf)) = (daemon.cluster.as_mut(), &conf) {
             c.share_serials(conf.serials.clone());
@@ -403,7 +404,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         socket,
         ApiContext {
             node: daemon.node.clone(),
-            cfg: daemon.cfg.clone(),
+            cfg: std::sync::Mutex::new(daemon.cfg.clone()),
             config_path: config_path.to_owned(),
             started: SystemTime::now(),
             started_at: daemon.started_at,
@@ -411,7 +412,8 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
             shared: daemon.shared.clone(),
             faults,
             identity,
-            conf,
+            conf: std::sync::Mutex::new(conf),
+            registry: poll.registry().try_clone().ok(),
         },
         actions_tx,
         control_waker,
@@ -480,6 +482,10 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
             }
         }
         daemon.serve_actions(&actions);
+        if let Some(i) = daemon.shared.take_install() {
+            daemon.install(*i);
+            daemon.shared.set_installed();
+        }
         if daemon.shared.restart_now() {
             exit = Exit::Restart;
             break 'run;
@@ -600,6 +606,26 @@ impl Daemon {
         if let Some(c) = &mut self.cluster {
             c.dataplane_failed = !self.watchdog.healthy();
         }
+    }
+
+    /// Takes the election, the members' service and the configuration
+    /// watch of a cluster this node just created (`ha create`): from now
+    /// on it sends heartbeats, as the active member.
+    fn install(&mut self, i: crate::apiserver::Installed) {
+        let crate::apiserver::Installed {
+            cfg,
+            cluster,
+            peer,
+            confwatch,
+        } = i;
+        self.cfg = cfg;
+        self.cluster = Some(cluster);
+        self.peer = peer;
+        self.confwatch = confwatch;
+        self.events.event(
+            "HA",
+            "cluster created: election on, this member active; heartbeats on UDP 5405 over the HA links",
+        );
     }
 
     /// hainfo: the election's view, or the hand-set role when it is off.

@@ -32,7 +32,7 @@ pub fn sync_report(ctx: &ApiContext, core: &SyncCore) -> SyncReport {
         peer_up: sh.peer_up.load(Relaxed),
         synchronized: sh.synchronized.load(Relaxed),
         link: ctx
-            .cfg
+            .cfg()
             .ha
             .as_ref()
             .and_then(|h| h.links.get(usize::from(link)))
@@ -139,8 +139,8 @@ pub fn status(ctx: &ApiContext) -> StatusReport {
         })
         .collect();
     StatusReport {
-        node: ctx.cfg.node.name.clone(),
-        serial: ctx.cfg.node.serial.clone(),
+        node: ctx.cfg().node.name.clone(),
+        serial: ctx.cfg().node.serial.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
         started_unix: ctx
@@ -149,7 +149,7 @@ pub fn status(ctx: &ApiContext) -> StatusReport {
             .map_or(0, |d| d.as_secs()),
         uptime_secs: ctx.started_at.elapsed().as_secs(),
         config_path: ctx.config_path.display().to_string(),
-        poll_mode: match ctx.cfg.dataplane.poll_mode {
+        poll_mode: match ctx.cfg().dataplane.poll_mode {
             tandem_config::PollMode::Busy => "busy".into(),
             tandem_config::PollMode::Adaptive => "adaptive".into(),
         },

@@ -166,10 +166,15 @@ pub struct Node {
     role: Arc<AtomicU8>,
     /// Bumped to have the workers announce the addresses again.
     announce: Arc<std::sync::atomic::AtomicU64>,
-    sync: Option<SyncCore>,
-    ha_data: Option<HaDataHandle>,
+    /// The state sync (a cluster member with a firewall); set at start or
+    /// by [`Node::enable_ha`].
+    sync: std::sync::OnceLock<SyncCore>,
+    ha_data: std::sync::OnceLock<HaDataHandle>,
+    /// The shards' delta rings of a node that started alone with a
+    /// firewall, kept for [`Node::enable_ha`].
+    spare_deltas: Mutex<Vec<crate::conntrack::DeltaConsumer>>,
     /// A passive member keeps its LACP aggregates out of distribution.
-    lacp_quiet_when_passive: bool,
+    lacp_quiet_when_passive: AtomicBool,
     eal: Option<Eal>,
 }
 
@@ -277,9 +282,12 @@ impl Node {
             } else {
                 Role::Active
             } as u8)),
-            sync: None,
-            ha_data: None,
-            lacp_quiet_when_passive: cfg.ha.as_ref().is_some_and(|h| !h.lacp_when_passive),
+            sync: std::sync::OnceLock::new(),
+            ha_data: std::sync::OnceLock::new(),
+            spare_deltas: Mutex::new(Vec::new()),
+            lacp_quiet_when_passive: AtomicBool::new(
+                cfg.ha.as_ref().is_some_and(|h| !h.lacp_when_passive),
+            ),
             eal: Some(eal),
         };
         let policy = match policy_path {
@@ -337,7 +345,8 @@ impl Node {
         // Active-backup: any member with carrier carries traffic once the
         // bond fails over to it (poll_aggregates), so carriers count.
         let by_carrier = agg.mode == AggregateMode::ActiveBackup
-            || (self.lacp_quiet_when_passive && agg.mode == AggregateMode::Lacp);
+            || (self.lacp_quiet_when_passive.load(Ordering::Relaxed)
+                && agg.mode == AggregateMode::Lacp);
         let carrying = if by_carrier { &info.up } else { &info.active };
         Some(
             info.members
@@ -393,12 +402,12 @@ impl Node {
 
     /// The HA path over the data ports, on a cluster member.
     pub fn ha_data(&self) -> Option<&HaDataHandle> {
-        self.ha_data.as_ref()
+        self.ha_data.get()
     }
 
     /// The sync core, when the node is a cluster member with a firewall.
     pub fn sync(&self) -> Option<&SyncCore> {
-        self.sync.as_ref()
+        self.sync.get()
     }
 
     /// The node's role.
@@ -425,6 +434,71 @@ impl Node {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Turns a node that runs alone into a cluster member with `cfg`'s HA
+    /// section, without stopping it: the workers get the HA path over the
+    /// data ports and their HA settings, and the state sync starts on the
+    /// shards' delta rings. The role stays what it is (a node alone is
+    /// active: it stays the active member). Fails if HA is on already.
+    pub fn enable_ha(&self, cfg: &NodeConfig) -> Result<(), NodeError> {
+        let ha = cfg
+            .ha
+            .as_ref()
+            .ok_or_else(|| NodeError::Sync("the configuration has no ha section".into()))?;
+        if self.ha_data.get().is_some() || self.sync.get().is_some() {
+            return Err(NodeError::Sync(
+                "this node is a cluster member already".into(),
+            ));
+        }
+        let (handle, path) = crate::hadata::channel();
+        let deltas = std::mem::take(
+            &mut *self
+                .spare_deltas
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut handles: Vec<Option<crate::sync::WorkerSync>> =
+            (0..self.workers.len()).map(|_| None).collect();
+        if !deltas.is_empty() {
+            let (core, h) = SyncCore::start(
+                sync_settings(cfg, ha),
+                deltas,
+                self.role.clone(),
+                self.epoch,
+            )
+            .map_err(|e| NodeError::Sync(e.to_string()))?;
+            for (slot, h) in handles.iter_mut().zip(h) {
+                *slot = Some(h);
+            }
+            let _ = self.sync.set(core);
+        }
+        self.lacp_quiet_when_passive
+            .store(!ha.lacp_when_passive, Ordering::Relaxed);
+        for (w, sync) in self.workers.iter().zip(handles) {
+            let settings = crate::worker::HaWorker {
+                ha_data: if w.id == 0 {
+                    path.clone()
+                } else {
+                    path.without_sending()
+                },
+                sync,
+                garp_count: if w.id == 0 { ha.garp_count } else { 0 },
+                garp_interval_ms: u64::from(ha.garp_interval_ms),
+                garp_spacing_ms: u64::from(ha.garp_spacing_ms),
+                lacp_quiet_when_passive: !ha.lacp_when_passive,
+                sync_min_age_ms: u64::from(ha.sync_min_age_secs) * 1000,
+                takeover_grace_ms: u64::from(ha.takeover_grace_ms),
+            };
+            w.commands
+                .send_timeout(WorkerCommand::EnableHa(Box::new(settings)), COMMAND_TIMEOUT)
+                .map_err(|_| NodeError::Worker {
+                    id: w.id,
+                    msg: "does not take commands (stopped or stuck)".into(),
+                })?;
+        }
+        let _ = self.ha_data.set(handle);
+        Ok(())
     }
 
     /// Compiles the policy at `path` for this node's interfaces without
@@ -639,7 +713,7 @@ impl Node {
         // over the data ports (worker 0 sends, every worker receives).
         let ha_path = cfg.ha.as_ref().map(|_| {
             let (handle, path) = crate::hadata::channel();
-            self.ha_data = Some(handle);
+            let _ = self.ha_data.set(handle);
             path
         });
         // Several workers: each hands the packets it does not own to their
@@ -798,7 +872,17 @@ impl Node {
             for (b, h) in built.iter_mut().zip(handles) {
                 b.2.set_sync(h);
             }
-            self.sync = Some(core);
+            let _ = self.sync.set(core);
+        } else if policy.is_some() {
+            // Alone with a firewall: the rings wait for `enable_ha`.
+            let spare: Vec<_> = built
+                .iter_mut()
+                .filter_map(|b| b.2.take_delta_consumer())
+                .collect();
+            *self
+                .spare_deltas
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = spare;
         }
 
         for (id, cpu, mut worker, lcore, counters, fw_counters, cmd_tx) in built {

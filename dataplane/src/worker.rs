@@ -58,6 +58,30 @@ pub enum WorkerCommand {
     /// A fault injected by a test (tandemd allows it only when started
     /// with `TANDEM_TEST_FAULTS=1`): the black-hole watchdog must notice.
     Fault(WorkerFault),
+    /// The node became a cluster member (see
+    /// [`crate::node::Node::enable_ha`]).
+    EnableHa(Box<HaWorker>),
+}
+
+/// What a worker of a node that becomes a cluster member gets.
+#[derive(Debug)]
+pub struct HaWorker {
+    /// Its end of the HA path over the data ports.
+    pub ha_data: HaDataPath,
+    /// Its side of the state sync (a worker with a firewall).
+    pub sync: Option<WorkerSync>,
+    /// See [`WorkerSettings::garp_count`].
+    pub garp_count: u8,
+    /// See [`WorkerSettings::garp_interval_ms`].
+    pub garp_interval_ms: u64,
+    /// See [`WorkerSettings::garp_spacing_ms`].
+    pub garp_spacing_ms: u64,
+    /// See [`WorkerSettings::lacp_quiet_when_passive`].
+    pub lacp_quiet_when_passive: bool,
+    /// Only connections older than this are synchronized (F10).
+    pub sync_min_age_ms: u64,
+    /// How long TCP windows are tracked loosely after a takeover.
+    pub takeover_grace_ms: u64,
 }
 
 /// The most table slots a worker walks for one listing or flush command:
@@ -575,6 +599,22 @@ impl Worker {
                 WorkerCommand::SetPolicy(p) => {
                     if let Some(fw) = &mut self.firewall {
                         fw.set_policy(p);
+                    }
+                }
+                WorkerCommand::EnableHa(h) => {
+                    let h = *h;
+                    self.ha_data = Some(h.ha_data);
+                    if let Some(sync) = h.sync {
+                        self.sync = Some(sync);
+                    }
+                    self.settings.garp_count = h.garp_count;
+                    self.settings.garp_interval_ms = h.garp_interval_ms;
+                    self.settings.garp_spacing_ms = h.garp_spacing_ms;
+                    self.settings.lacp_quiet_when_passive = h.lacp_quiet_when_passive;
+                    if let Some(fw) = &mut self.firewall {
+                        let shard = fw.shard_mut();
+                        shard.set_sync_min_age(h.sync_min_age_ms);
+                        shard.set_takeover_grace(h.takeover_grace_ms);
                     }
                 }
                 WorkerCommand::ListConnections {

@@ -99,7 +99,7 @@ pub struct LabBuilder {
     tag: String,
     kind: LabKind,
     ha_links: bool,
-    fresh_fw2: bool,
+    fresh_ha: bool,
 }
 
 impl LabBuilder {
@@ -109,14 +109,15 @@ impl LabBuilder {
             tag: tag.to_string(),
             kind: LabKind::Tandem { nodes: 1 },
             ha_links: false,
-            fresh_fw2: false,
+            fresh_ha: false,
         }
     }
 
-    /// fw2's ends of the HA links stay down and without addresses, as on a
-    /// firewall out of its box (`tandemctl ha join` sets them).
-    pub fn fresh_fw2(mut self, on: bool) -> LabBuilder {
-        self.fresh_fw2 = on;
+    /// Both ends of the HA links stay down and without addresses, as on
+    /// firewalls out of their boxes (`tandemctl ha create` and `ha join`
+    /// set them).
+    pub fn fresh_ha(mut self, on: bool) -> LabBuilder {
+        self.fresh_ha = on;
         self
     }
 
@@ -151,7 +152,7 @@ impl LabBuilder {
             kind: self.kind,
             keep: std::env::var_os("TANDEM_LAB_KEEP").is_some(),
         };
-        lab.wire(self.ha_links, self.fresh_fw2)?;
+        lab.wire(self.ha_links, self.fresh_ha)?;
         Ok(lab)
     }
 }
@@ -213,7 +214,7 @@ impl Lab {
         Ok(())
     }
 
-    fn wire(&mut self, ha_links: bool, fresh_fw2: bool) -> Result<()> {
+    fn wire(&mut self, ha_links: bool, fresh_ha: bool) -> Result<()> {
         for role in ["sw", "client", "server"] {
             self.add_ns(role)?;
         }
@@ -279,10 +280,10 @@ impl Lab {
                 ("ha-backup", addr::HA_BACKUP_1, addr::HA_BACKUP_2),
             ] {
                 link::veth(a, dev, b, dev)?;
-                link::add_addr(a, dev, &format!("{x}/30"))?;
-                link::set_up(a, dev)?;
-                if !fresh_fw2 {
+                if !fresh_ha {
+                    link::add_addr(a, dev, &format!("{x}/30"))?;
                     link::add_addr(b, dev, &format!("{y}/30"))?;
+                    link::set_up(a, dev)?;
                     link::set_up(b, dev)?;
                 }
             }

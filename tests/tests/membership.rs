@@ -1,10 +1,12 @@
-//! The cluster's life through `tandemctl` only (issue 12): a firewall out
-//! of its box joins a running one-member cluster while a TCP transfer
-//! runs through the member. Each refusal (a wrong key, another model,
-//! another number of data ports, an address that is not the free slot's)
-//! is produced first and changes nothing on either side; then the join
-//! succeeds: the joiner restarts as a member (same pid), passive, with the
-//! same configuration as the member, and the transfer is not disturbed.
+//! The cluster's life through `tandemctl` only (issue 12), while a TCP
+//! transfer runs through the first firewall: it creates a cluster without
+//! a restart (it stays active, the transfer goes on); a second firewall
+//! out of its box joins it. Each refusal of the join (a wrong key, another
+//! model, another number of data ports, an address that is not the free
+//! slot's, a broadcast address) is produced first and changes nothing on
+//! either side; then the join succeeds: the joiner restarts as a member
+//! (same pid), passive, with the same configuration as the member, and the
+//! transfer is not disturbed.
 //!
 //! Needs root (network namespaces): fails, not skips, without it.
 
@@ -16,7 +18,6 @@ use serde_json::Value;
 use tandem_tests::cluster::{self, largest_gap, wait_role};
 use tandem_tests::host::{self, IperfServer};
 use tandem_tests::lab::addr;
-use tandem_tests::node::HaSection;
 use tandem_tests::{require_root, tools, LabBuilder, LabKind, Node};
 
 const POLICY: &str = r#"(
@@ -47,29 +48,25 @@ fn read(p: &Path) -> String {
 }
 
 #[test]
-fn a_fresh_firewall_joins_while_traffic_runs_and_refusals_change_nothing() {
+fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_nothing() {
     require_root!();
     let lock = tandem_tests::heavy_lock();
     let lab = LabBuilder::new("join")
         .kind(LabKind::Tandem { nodes: 2 })
         .ha_links(true)
-        .fresh_fw2(true)
+        .fresh_ha(true)
         .build()
         .expect("lab");
     let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", POLICY).unwrap();
 
-    // fw1: a cluster of one (as `ha create` leaves it).
-    let mut cfg1 = lab.node_config(1).with_policy(&policy);
-    let mut ha = HaSection::lab(1);
-    ha.members = vec!["TDLAB0001".into()];
-    cfg1.ha = Some(ha);
+    // fw1: alone, forwarding.
+    let cfg1 = lab.node_config(1).with_policy(&policy);
     let mut fw1 = lab.start_node_with(1, &cfg1).expect("fw1");
     fw1.wait_ready(Duration::from_secs(30)).expect("fw1 ready");
     wait_role(&fw1, "active", "fw1 active alone", Duration::from_secs(10)).expect("active");
-    let cluster1 = fw1
-        .cluster_dir()
-        .expect("fw1's cluster directory")
-        .join("cluster.ron");
+    let pid1 = fw1.proc.pid();
+    let cluster1 =
+        tandem_tests::node::NodeConfig::cluster_dir(&fw1.config_path).join("cluster.ron");
 
     // fw2: out of its box: data ports without addresses, no HA.
     let mut cfg2 = lab.node_config(2);
@@ -117,6 +114,38 @@ fn a_fresh_firewall_joins_while_traffic_runs_and_refusals_change_nothing() {
     let (res, ()) = thread::scope(|s| {
         let run = s.spawn(|| host::iperf_client(client, addr::SERVER, 5201, 25, &["-i", "0.1"]));
         thread::sleep(Duration::from_secs(1));
+
+        // fw1 creates the cluster, running.
+        let (code, out, err) = ctl(
+            &fw1,
+            &[
+                "ha",
+                "create",
+                "--main",
+                &format!("ha-main,{}/30", addr::HA_MAIN_1),
+                "--backup",
+                &format!("ha-backup,{}/30", addr::HA_BACKUP_1),
+                "--psk-file",
+                &key.to_string_lossy(),
+            ],
+        );
+        eprintln!("tandemctl ha create on fw1:\n{out}{err}");
+        assert_eq!(code, Some(0), "{out}{err}");
+        for want in [
+            "HA-main on ha-main 198.19.69.1/30 (second member 198.19.69.2)",
+            "keys derived (Argon2id)",
+            "[5/6] HA on",
+            "tandemctl ha join --main ha-main,198.19.69.2/30 --member 198.19.69.1",
+        ] {
+            assert!(out.contains(want), "missing {want:?}\n{out}");
+        }
+        assert_eq!(fw1.proc.pid(), pid1, "no restart");
+        assert_eq!(cluster::role(&fw1).0, "active");
+        let h1 = fw1.ctl(&["hainfo"]).expect("hainfo");
+        assert_eq!(h1["election"], true, "{h1}");
+        assert_eq!(h1["local"]["role"], "active", "{h1}");
+        assert!(read(&cluster1).contains("serial: \"TDLAB0001\""));
+        assert!(read(&fw1.config_path).contains("cluster: \"fw1.cluster\""));
 
         // Refusals: each says why, and changes nothing on either side.
         let before1 = read(&cluster1);

@@ -121,6 +121,28 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum HaAction {
+    /// Turns this firewall, running alone, into the first member of a new
+    /// cluster, without a restart: it stays active and waits for a second
+    /// firewall to join
+    Create {
+        /// The main HA link: INTERFACE,ADDRESS/PREFIX[,peer=ADDRESS][,name=NAME]
+        /// (peer: the second member's address, guessed on a /30 or /31)
+        #[arg(long, value_name = "IF,ADDR/P[,peer=A][,name=N]")]
+        main: String,
+        /// The backup HA link, in the same form
+        #[arg(long, value_name = "IF,ADDR/P[,peer=A][,name=N]")]
+        backup: Option<String>,
+        /// Read the pre-shared key from this file (its first line);
+        /// without it the key is asked twice on the terminal
+        #[arg(long, value_name = "FILE")]
+        psk_file: Option<PathBuf>,
+        /// Encrypt the state sync (it is always authenticated)
+        #[arg(long)]
+        encrypt: bool,
+        /// Take a passive member's LACP aggregates out of distribution
+        #[arg(long)]
+        no_lacp_when_passive: bool,
+    },
     /// Joins the cluster of a member: proves the pre-shared key to it over
     /// TCP 1300, takes the cluster's configuration, and restarts tandemd
     /// as a member (passive: the data ports stay silent while the member
@@ -144,6 +166,36 @@ enum HaAction {
         #[arg(long)]
         no_wait: bool,
     },
+}
+
+/// `IF,ADDR/P[,peer=A][,name=N]` of `ha create`.
+fn create_link(
+    option: &str,
+    text: &str,
+) -> Result<tandem_control::peer::create::CreateLink, String> {
+    let mut parts = text.split(',');
+    let (Some(interface), Some(address)) = (parts.next(), parts.next()) else {
+        return Err(format!(
+            "{option} {text:?}: expected INTERFACE,ADDRESS/PREFIX[,peer=ADDRESS][,name=NAME] such as ha-main,198.19.69.1/30"
+        ));
+    };
+    let link = join_link(option, &format!("{interface},{address}"))?;
+    let mut out = tandem_control::peer::create::CreateLink {
+        interface: link.interface,
+        name: None,
+        address: link.address,
+        peer: None,
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("peer", a)) => {
+                out.peer = Some(a.parse().map_err(|e| format!("{option} peer={a}: {e}"))?);
+            }
+            Some(("name", n)) if !n.is_empty() => out.name = Some(n.to_owned()),
+            _ => return Err(format!("{option}: {p:?} is not peer=ADDRESS or name=NAME")),
+        }
+    }
+    Ok(out)
 }
 
 /// `IF,ADDR/P` of `ha join`.
@@ -277,7 +329,7 @@ fn default_timeout_ms(req: &Request) -> u64 {
         // A session (2 s per link), then the files: a peer validating a
         // large policy takes a while.
         Request::HaSync { .. } | Request::HaSyncTest | Request::HaDiff { .. } => 60_000,
-        Request::HaJoin { .. } => 90_000,
+        Request::HaJoin { .. } | Request::HaCreate { .. } => 90_000,
         _ => 2000,
     }
 }
@@ -492,6 +544,38 @@ fn main() -> ExitCode {
         Command::Identity => Request::Identity,
         Command::Hapeer => Request::PeerStatus,
         Command::Hasync { force } => Request::HaSync { force: *force },
+        Command::Ha {
+            action:
+                HaAction::Create {
+                    main,
+                    backup,
+                    psk_file,
+                    encrypt,
+                    no_lacp_when_passive,
+                },
+        } => {
+            let args = create_link("--main", main).and_then(|m| {
+                Ok(tandem_control::peer::create::CreateArgs {
+                    main: m,
+                    backup: backup
+                        .as_deref()
+                        .map(|b| create_link("--backup", b))
+                        .transpose()?,
+                    encrypt: *encrypt,
+                    lacp_when_passive: !*no_lacp_when_passive,
+                })
+            });
+            match args.and_then(|a| read_psk(psk_file.as_ref()).map(|p| (a, p))) {
+                Ok((a, p)) => Request::HaCreate {
+                    create: Some(a),
+                    psk: Some(p),
+                },
+                Err(e) => {
+                    eprintln!("tandemctl: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         Command::Ha {
             action:
                 HaAction::Join {

@@ -403,6 +403,17 @@ pub struct Ha {
 }
 
 impl Ha {
+    /// A member that was running alone and becomes the first member of a
+    /// new cluster (`tandemctl ha create`): already active, its table the
+    /// reference, no start-up wait (its traffic must not stop).
+    pub fn new_incumbent(cfg: Config, now: Time) -> Self {
+        let mut ha = Ha::new(cfg, now);
+        ha.phase = Phase::Running;
+        ha.role = Role::Active;
+        ha.sync_complete = true;
+        ha
+    }
+
     /// A member starting at `now`: passive, waiting for the peer.
     pub fn new(cfg: Config, now: Time) -> Self {
         let until = now + cfg.startup_wait;

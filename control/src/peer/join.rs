@@ -382,7 +382,8 @@ pub struct JoinArgs {
 /// An HA address this join added, removed again if the join fails.
 struct Added(String, String);
 
-fn ip(args: &[&str]) -> Result<String, String> {
+/// Runs `ip ARGS`; its output, or what it said when it failed.
+pub(crate) fn ip(args: &[&str]) -> Result<String, String> {
     let o = std::process::Command::new("ip")
         .args(args)
         .output()
@@ -396,6 +397,56 @@ fn ip(args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&o.stderr).trim()
         ))
     }
+}
+
+/// Checks an HA link's interface and address on this firewall: the
+/// interface exists and is not a data port's, the address is a host's in
+/// a network with room for two members.
+pub(crate) fn check_ha_interface(
+    cfg: &NodeConfig,
+    interface: &str,
+    text: &str,
+    a: Ipv4Cidr,
+) -> Result<(), String> {
+    if !Path::new("/sys/class/net").join(interface).exists() {
+        return Err(format!(
+            "{interface}: no such interface on this firewall (ip link shows them)"
+        ));
+    }
+    if cfg
+        .interfaces
+        .iter()
+        .any(|i| i.kernel_interface() == Some(interface))
+    {
+        return Err(format!(
+            "{interface} is a data port's kernel interface: HA links need interfaces of their own"
+        ));
+    }
+    if a.prefix_len > 31 {
+        return Err(format!(
+            "{text}: a /{} has no room for two members",
+            a.prefix_len
+        ));
+    }
+    if a.prefix_len <= 30 && (a.addr == a.network() || a.addr == a.broadcast()) {
+        return Err(format!(
+            "{text}: the network or broadcast address of its network, not a host's"
+        ));
+    }
+    Ok(())
+}
+
+/// Puts address `a` on `dev` and brings it up; whether it added it (it
+/// was not there).
+pub(crate) fn add_address(dev: &str, a: Ipv4Cidr) -> Result<bool, String> {
+    let have = ip(&["-4", "-o", "addr", "show", "dev", dev])?;
+    let cidr = a.to_string();
+    let added = !have.split_whitespace().any(|w| w == cidr);
+    if added {
+        ip(&["-4", "addr", "replace", &cidr, "dev", dev])?;
+    }
+    ip(&["link", "set", dev, "up"])?;
+    Ok(added)
 }
 
 /// The joiner's side, run on the API's job thread: the report's lines,
@@ -479,34 +530,7 @@ fn join_steps(
         })
         .collect::<Result<_, _>>()?;
     for (l, a) in &links {
-        if !Path::new("/sys/class/net").join(&l.interface).exists() {
-            return Err(format!(
-                "{}: no such interface on this firewall (ip link shows them)",
-                l.interface
-            ));
-        }
-        if cfg
-            .interfaces
-            .iter()
-            .any(|i| i.kernel_interface() == Some(l.interface.as_str()))
-        {
-            return Err(format!(
-                "{} is a data port's kernel interface: HA links need interfaces of their own",
-                l.interface
-            ));
-        }
-        if a.prefix_len > 31 {
-            return Err(format!(
-                "{}: a /{} has no room for two members",
-                l.address, a.prefix_len
-            ));
-        }
-        if a.prefix_len <= 30 && (a.addr == a.network() || a.addr == a.broadcast()) {
-            return Err(format!(
-                "{}: the network or broadcast address of its network, not a host's",
-                l.address
-            ));
-        }
+        check_ha_interface(cfg, &l.interface, &l.address, *a)?;
     }
     let main = links[0].1;
     if !main.contains(args.member) || args.member == main.addr {
@@ -531,13 +555,9 @@ fn join_steps(
     );
     // 2. HA addresses.
     for (l, a) in &links {
-        let have = ip(&["-4", "-o", "addr", "show", "dev", &l.interface])?;
-        let cidr = a.to_string();
-        if !have.split_whitespace().any(|w| w == cidr) {
-            ip(&["-4", "addr", "replace", &cidr, "dev", &l.interface])?;
-            added.push(Added(cidr.clone(), l.interface.clone()));
+        if add_address(&l.interface, *a)? {
+            added.push(Added(a.to_string(), l.interface.clone()));
         }
-        ip(&["link", "set", &l.interface, "up"])?;
     }
     step(
         lines,
@@ -596,7 +616,7 @@ fn join_steps(
         4,
         "latency",
         &format!(
-            "main link {:.1} ms (median of {PINGS}; limit {} ms)",
+            "main link {:.2} ms (median of {PINGS}; limit {} ms)",
             median.as_secs_f64() * 1e3,
             MAX_LATENCY.as_millis()
         ),
@@ -783,15 +803,16 @@ fn client_serial_of(_manifest: &[FileEntry], merged: &NodeConfig, own: &str) -> 
         .unwrap_or_default()
 }
 
-/// A join's staging directory beside the configuration; removed when
-/// dropped unless installed.
-struct StagingDir {
+/// A staging directory beside the configuration (a join's, a create's);
+/// removed when dropped unless installed.
+pub(crate) struct StagingDir {
     path: PathBuf,
     installed: std::cell::Cell<bool>,
 }
 
 impl StagingDir {
-    fn new(config_dir: &Path, cluster_rel: &Path) -> Result<StagingDir, String> {
+    /// A new one for the cluster directory `cluster_rel` of `config_dir`.
+    pub(crate) fn new(config_dir: &Path, cluster_rel: &Path) -> Result<StagingDir, String> {
         let mut nonce = [0u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
             .map_err(|_| "no random numbers".to_string())?;
@@ -809,7 +830,13 @@ impl StagingDir {
         })
     }
 
-    fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), String> {
+    /// Its path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes file `rel` in it (mode 0600: the cluster file holds the key).
+    pub(crate) fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), String> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let to = self.path.join(rel);
@@ -827,7 +854,8 @@ impl StagingDir {
             .map_err(|e| format!("{}: {e}", to.display()))
     }
 
-    fn install(&self, to: &Path) -> Result<(), String> {
+    /// Moves it to `to`.
+    pub(crate) fn install(&self, to: &Path) -> Result<(), String> {
         std::fs::rename(&self.path, to).map_err(|e| {
             format!(
                 "cannot move {} to {}: {e}",

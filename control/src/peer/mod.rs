@@ -4,6 +4,7 @@
 //! ([`handshake`]).
 
 pub mod confsync;
+pub mod create;
 pub mod files;
 pub mod handshake;
 pub mod join;

@@ -721,6 +721,11 @@ impl Shard {
         self.cfg.sync_min_age_ms = ms;
     }
 
+    /// Changes how long TCP windows are tracked loosely after a takeover.
+    pub fn set_takeover_grace(&mut self, ms: u64) {
+        self.cfg.tcp.takeover_grace_ms = ms;
+    }
+
     /// Memory per connection at full capacity: the entry, its share of
     /// the index (two keys at load <= 1/2), its timer link and its
     /// free-list slot.
