@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_cluster_remove, ha_cluster_activate, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -106,6 +106,18 @@ pub enum Request {
         #[serde(default)]
         psk: Option<tandem_config::Secret>,
     },
+    /// Marks a member for removal from the cluster (RMA), applied by
+    /// [`Request::HaClusterActivate`], as `ha cluster remove`.
+    HaClusterRemove {
+        /// Its serial, or `remote` for the other member (required).
+        #[serde(default)]
+        serial: Option<String>,
+        /// Also while it is heard.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Applies the pending membership change, as `ha cluster activate`.
+    HaClusterActivate,
     /// Joins the cluster of a member over TCP 1300, then restarts tandemd
     /// as a member, as `ha join`.
     HaJoin {
@@ -141,6 +153,15 @@ pub enum DebugFault {
         /// Worker index.
         worker: usize,
     },
+    /// The members' service answers each ping this much later (0: on
+    /// time): an HA link with latency (the lab's kernel has no netem).
+    DelayPongs {
+        /// Milliseconds (at most 10,000).
+        ms: u64,
+    },
+    /// The members' service drops the next join's connection when the
+    /// joiner asks for its first file: a join cut half-way.
+    CutJoin,
 }
 
 /// Which connections `conn list` shows (every field narrows the list).
@@ -190,6 +211,8 @@ impl Request {
         "ha_diff",
         "ha_create",
         "ha_join",
+        "ha_cluster_remove",
+        "ha_cluster_activate",
         "debug",
     ];
 
@@ -216,6 +239,8 @@ impl Request {
             Request::HaDiff { .. } => "ha_diff",
             Request::HaCreate { .. } => "ha_create",
             Request::HaJoin { .. } => "ha_join",
+            Request::HaClusterRemove { .. } => "ha_cluster_remove",
+            Request::HaClusterActivate => "ha_cluster_activate",
             Request::Debug { .. } => "debug",
         }
     }
@@ -1108,6 +1133,8 @@ mod tests {
             | Request::HaDiff { .. }
             | Request::HaCreate { .. }
             | Request::HaJoin { .. }
+            | Request::HaClusterRemove { .. }
+            | Request::HaClusterActivate
             | Request::Log { .. }
             | Request::Debug { .. } => {}
         }
@@ -1140,6 +1167,11 @@ mod tests {
                 join: None,
                 psk: None,
             },
+            Request::HaClusterRemove {
+                serial: None,
+                force: false,
+            },
+            Request::HaClusterActivate,
             Request::Debug { fault: None },
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
@@ -1161,7 +1193,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_cluster_remove, ha_cluster_activate, debug"
         );
     }
 

@@ -67,6 +67,8 @@ pub struct ControlShared {
     /// `try_lock`: it never waits) and sets `installed`.
     install: Mutex<Option<Box<Installed>>>,
     installed: AtomicBool,
+    /// The peer's heartbeats arrive (published every housekeeping turn).
+    peer_heard: AtomicBool,
 }
 
 /// What a node that creates a cluster hands to its control loop.
@@ -92,6 +94,16 @@ impl ControlShared {
     /// that joined a cluster starts again as a member).
     pub fn request_restart(&self) {
         self.restart.store(1, Ordering::Release);
+    }
+
+    /// Publishes whether the peer is heard (control thread).
+    pub fn set_peer_heard(&self, heard: bool) {
+        self.peer_heard.store(heard, Ordering::Relaxed);
+    }
+
+    /// Whether the peer was heard at the last housekeeping turn.
+    pub fn peer_heard(&self) -> bool {
+        self.peer_heard.load(Ordering::Relaxed)
     }
 
     /// Whether the control loop should stop now for a restart.
@@ -473,6 +485,26 @@ impl Route<'_> {
                     "ha create needs the main HA link (interface and address) and the pre-shared key",
                 ))
             }
+            Request::HaClusterRemove { serial: None, .. } => Some(Response::error(
+                "ha cluster remove needs the member: serial=SERIAL, or serial=remote for the other member",
+            )),
+            Request::HaClusterRemove { .. } | Request::HaClusterActivate
+                if ctx.conf().is_none() =>
+            {
+                Some(Response::error(
+                    "this node is not a member of a cluster with a cluster directory: there is no membership to change",
+                ))
+            }
+            Request::HaClusterRemove {
+                serial: Some(serial),
+                force,
+            } => Some(
+                match ctx.conf().map(|c| c.remove_member(&serial, ctx.shared.peer_heard(), force)) {
+                    Some(Ok(message)) => Response::Done { message },
+                    Some(Err(e)) => Response::error(e),
+                    None => Response::error("no cluster directory"),
+                },
+            ),
             Request::HaJoin { join: None, .. } | Request::HaJoin { psk: None, .. } => {
                 Some(Response::error(
                     "ha join needs the main HA link (interface and address), the member's address and the pre-shared key",
@@ -490,7 +522,8 @@ impl Route<'_> {
             | Request::HaSyncTest
             | Request::HaDiff { .. }
             | Request::HaCreate { .. }
-            | Request::HaJoin { .. } => {
+            | Request::HaJoin { .. }
+            | Request::HaClusterActivate => {
                 let Some(jobs) = self.jobs else {
                     return Some(Response::error("tandemd is stopping"));
                 };
@@ -538,10 +571,29 @@ fn debug(ctx: &ApiContext, fault: Option<DebugFault>) -> Response {
     }
     let Some(fault) = fault else {
         return Response::error(
-            "debug needs a fault: {\"kind\":\"stall_worker\",\"worker\":N,\"ms\":M} or {\"kind\":\"panic_worker\",\"worker\":N}",
+            "debug needs a fault: {\"kind\":\"stall_worker\",\"worker\":N,\"ms\":M}, {\"kind\":\"panic_worker\",\"worker\":N}, {\"kind\":\"delay_pongs\",\"ms\":M} or {\"kind\":\"cut_join\"}",
         );
     };
     let (worker, what, wf) = match fault {
+        DebugFault::DelayPongs { ms } => {
+            let ms = ms.min(10_000);
+            crate::peer::service::TEST_PONG_DELAY_MS.store(ms, Ordering::Relaxed);
+            let what = format!("the members' service delays its pongs by {ms} ms");
+            ctx.events
+                .event("SYSTEM", format_args!("test fault injected: {what}"));
+            return Response::Done {
+                message: format!("fault injected: {what}"),
+            };
+        }
+        DebugFault::CutJoin => {
+            crate::peer::service::TEST_CUT_JOIN.store(true, Ordering::Relaxed);
+            let what = "the members' service cuts the next join at its first file";
+            ctx.events
+                .event("SYSTEM", format_args!("test fault injected: {what}"));
+            return Response::Done {
+                message: format!("fault injected: {what}"),
+            };
+        }
         DebugFault::StallWorker { worker, ms } => {
             let d = Duration::from_millis(ms).min(MAX_INJECTED_STALL);
             (
@@ -714,6 +766,11 @@ fn run_job(ctx: &ApiContext, request: Request, control: &Waker) -> Response {
             }
         },
         Request::PeerStatus => peer_status(ctx),
+        Request::HaClusterActivate => match ctx.conf().map(|c| c.activate()) {
+            Some(Ok(message)) => Response::Done { message },
+            Some(Err(e)) => Response::error(e),
+            None => Response::error("no cluster directory"),
+        },
         Request::HaCreate {
             create: Some(args),
             psk: Some(psk),

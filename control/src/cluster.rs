@@ -835,6 +835,11 @@ impl Cluster {
         }
     }
 
+    /// Whether the peer's heartbeats arrive (on any path).
+    pub fn peer_heard(&self) -> bool {
+        self.ha.peer_heard()
+    }
+
     /// Shares the list of the members' serials with the configuration
     /// sync (a join adds to it): `shared` takes ours and replaces it.
     pub fn share_serials(&mut self, shared: Arc<std::sync::Mutex<Vec<String>>>) {

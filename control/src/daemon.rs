@@ -717,6 +717,8 @@ impl Daemon {
     /// and the table's state, the HA link in use.
     fn watch(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
+        self.shared
+            .set_peer_heard(self.cluster.as_ref().is_some_and(Cluster::peer_heard));
         let role = self.node.role();
         // With the election on, the swap itself was logged with its reason.
         if role != self.seen.3 && self.cluster.is_none() {

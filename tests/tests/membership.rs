@@ -60,7 +60,8 @@ fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_n
     let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", POLICY).unwrap();
 
     // fw1: alone, forwarding.
-    let cfg1 = lab.node_config(1).with_policy(&policy);
+    let mut cfg1 = lab.node_config(1).with_policy(&policy);
+    cfg1.env = vec![("TANDEM_TEST_FAULTS".into(), "1".into())];
     let mut fw1 = lab.start_node_with(1, &cfg1).expect("fw1");
     fw1.wait_ready(Duration::from_secs(30)).expect("fw1 ready");
     wait_role(&fw1, "active", "fw1 active alone", Duration::from_secs(10)).expect("active");
@@ -83,9 +84,9 @@ fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_n
     std::fs::write(&key, format!("{KEY}\n")).unwrap();
     let wrong = lab.dir().join("wrong.key");
     std::fs::write(&wrong, "Another-Cluster-Key-2026\n").unwrap();
-    let join = |main: &str, psk: &Path| {
+    let join = |fw2: &Node, main: &str, psk: &Path| {
         ctl(
-            &fw2,
+            fw2,
             &[
                 "ha",
                 "join",
@@ -112,7 +113,7 @@ fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_n
     let _srv = IperfServer::start(lab.server(), addr::SERVER, 5201).unwrap();
     let client = lab.client();
     let (res, ()) = thread::scope(|s| {
-        let run = s.spawn(|| host::iperf_client(client, addr::SERVER, 5201, 25, &["-i", "0.1"]));
+        let run = s.spawn(|| host::iperf_client(client, addr::SERVER, 5201, 40, &["-i", "0.1"]));
         thread::sleep(Duration::from_secs(1));
 
         // fw1 creates the cluster, running.
@@ -187,7 +188,7 @@ fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_n
             if let Some(t) = &identity {
                 std::fs::write(&identity2, t).unwrap();
             }
-            let (code, out, err) = join(&main, psk);
+            let (code, out, err) = join(&fw2, &main, psk);
             std::fs::write(&identity2, &identity_text).unwrap();
             eprintln!("refused as expected: {}", err.trim());
             assert_eq!(code, Some(1), "{out}{err}");
@@ -204,8 +205,41 @@ fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_n
             "{log1}"
         );
 
+        // An HA link too slow (the lab's kernel has no netem: the member
+        // delays its pongs), and a join cut half-way by the member.
+        let debug = |args: &[&str]| {
+            let (code, out, err) = ctl(&fw1, args);
+            assert_eq!(code, Some(0), "{args:?}: {out}{err}");
+        };
+        debug(&["debug", "delay-pongs", "--ms", "250"]);
+        let (code, out, err) = join(&fw2, &main, &key);
+        debug(&["debug", "delay-pongs", "--ms", "0"]);
+        assert_eq!(code, Some(1), "{out}{err}");
+        assert!(
+            err.contains("HA link latency on the main link is 25")
+                && err.contains("it must be under 200 ms"),
+            "{out}{err}"
+        );
+        debug(&["debug", "cut-join"]);
+        let (code, out, err) = join(&fw2, &main, &key);
+        eprintln!("cut as expected: {}", err.trim());
+        assert_eq!(code, Some(1), "{out}{err}");
+        for (what, ok) in [
+            ("fw1's cluster file", read(&cluster1) == before1),
+            ("fw2's configuration", read(&config2) == before2),
+            ("fw2's HA addresses", ha_addrs().is_empty()),
+            (
+                "no staging left",
+                !std::fs::read_dir(lab.dir())
+                    .unwrap()
+                    .any(|e| e.unwrap().file_name().to_string_lossy().contains("staging")),
+            ),
+        ] {
+            assert!(ok, "a cut join changed {what}");
+        }
+
         // The join.
-        let (code, out, err) = join(&main, &key);
+        let (code, out, err) = join(&fw2, &main, &key);
         eprintln!("tandemctl ha join on fw2:\n{out}{err}");
         assert_eq!(code, Some(0), "{out}{err}");
         for want in [
@@ -253,6 +287,73 @@ fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_n
                 && log1.contains("peer TDLAB0002 found"),
             "{log1}"
         );
+
+        // RMA: fw2 fails and a new firewall takes its place.
+        let (code, _, err) = ctl(&fw1, &["ha", "cluster", "remove", "serial=remote"]);
+        assert_eq!(code, Some(1));
+        assert!(err.contains("TDLAB0002 is heard on the HA links"), "{err}");
+        fw2.proc.signal("KILL");
+        cluster::wait_ctl(
+            &fw1,
+            &["hainfo"],
+            "fw2 silent",
+            Duration::from_secs(5),
+            |v| v["peer"]["alive"] == false,
+        )
+        .expect("fw2 silent");
+        let _ = std::fs::remove_dir_all(tandem_tests::node::NodeConfig::cluster_dir(&config2));
+        let _ = std::fs::remove_file(config2.with_extension("ron.pre-cluster"));
+        let _ = std::fs::remove_file(lab.dir().join("state/fw2.cluster-sync.json"));
+        for dev in ["ha-main", "ha-backup"] {
+            lab.fw(2)
+                .exec(&["ip", "addr", "flush", "dev", dev])
+                .expect("ip addr flush");
+        }
+        let mut cfg3 = lab.node_config(2);
+        cfg3.serial = "TDLAB0003".into();
+        cfg3.identity = cfg3.identity.map(|t| t.replace("TDLAB0002", "TDLAB0003"));
+        for i in &mut cfg3.interfaces {
+            i.addresses.clear();
+        }
+        let mut fw3 = lab.start_node_with(2, &cfg3).expect("the replacement");
+        fw3.wait_ready(Duration::from_secs(30)).expect("fw3 ready");
+        let pid3 = fw3.proc.pid();
+        let (code, out, err) = join(&fw3, &main, &key);
+        assert_eq!(code, Some(1), "{out}{err}");
+        assert!(
+            err.contains("Too many firewalls in the HA cluster (members TDLAB0001, TDLAB0002)"),
+            "{err}"
+        );
+        let (code, out, err) = ctl(&fw1, &["ha", "cluster", "remove", "serial=remote"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("TDLAB0002 will leave the cluster"), "{out}");
+        let (code, out, err) = ctl(&fw1, &["ha", "cluster", "activate"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(
+            out.contains(
+                "TDLAB0002 removed; members TDLAB0001; slot 1 (198.19.69.2, 198.19.70.2) free"
+            ),
+            "{out}"
+        );
+        let (code, out, err) = join(&fw3, &main, &key);
+        eprintln!("the replacement's join:\n{out}{err}");
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(
+            out.contains("the member lists this firewall (revision 00004)"),
+            "{out}"
+        );
+        assert_eq!(fw3.proc.pid(), pid3);
+        assert!(read(&cluster1).contains("serial: \"TDLAB0003\""));
+        assert!(!read(&cluster1).contains("TDLAB0002"));
+        // It took the state: the running transfer's connection is there.
+        let conns = fw3
+            .ctl(&["conn", "list", "--port", "5201"])
+            .expect("conn list");
+        assert!(
+            conns["total"].as_u64().unwrap_or(0) >= 1,
+            "the replacement holds no connection of the transfer: {conns}"
+        );
+        cluster::verify_clean(&fw3, 3).expect("the same table on both");
         (run.join().expect("iperf thread"), ())
     });
     let res = res.expect("the transfer completed (no reset, no stall)");

@@ -120,7 +120,29 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum ClusterAction {
+    /// Marks a member for removal (a failed firewall being replaced);
+    /// `activate` applies it. Refused while that member is heard
+    Remove {
+        /// serial=SERIAL, or serial=remote for the other member
+        #[arg(value_name = "serial=SERIAL|remote")]
+        member: String,
+        /// Also while the member is heard
+        #[arg(long)]
+        force: bool,
+    },
+    /// Applies the pending removal: the member's place is free for a
+    /// replacement to join
+    Activate,
+}
+
+#[derive(Subcommand, Debug)]
 enum HaAction {
+    /// The cluster's members: replace a failed one (RMA)
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Turns this firewall, running alone, into the first member of a new
     /// cluster, without a restart: it stays active and waits for a second
     /// firewall to join
@@ -274,6 +296,15 @@ enum DebugAction {
         /// Worker index
         worker: usize,
     },
+    /// The members' service answers pings this much later (0: on time),
+    /// as over a slow HA link
+    DelayPongs {
+        /// Milliseconds (at most 10000)
+        #[arg(long)]
+        ms: u64,
+    },
+    /// The members' service drops the next join at its first file
+    CutJoin,
 }
 
 #[derive(Subcommand, Debug)]
@@ -468,6 +499,7 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
                 },
             }
         }
+        (Command::Ha { .. }, Response::Done { message }) => Outcome::print(format!("{message}\n")),
         (Command::Ha { .. }, Response::Lines { lines, error }) => {
             let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
             match error {
@@ -544,6 +576,21 @@ fn main() -> ExitCode {
         Command::Identity => Request::Identity,
         Command::Hapeer => Request::PeerStatus,
         Command::Hasync { force } => Request::HaSync { force: *force },
+        Command::Ha {
+            action:
+                HaAction::Cluster {
+                    action: ClusterAction::Remove { member, force },
+                },
+        } => Request::HaClusterRemove {
+            serial: Some(member.strip_prefix("serial=").unwrap_or(member).to_owned()),
+            force: *force,
+        },
+        Command::Ha {
+            action:
+                HaAction::Cluster {
+                    action: ClusterAction::Activate,
+                },
+        } => Request::HaClusterActivate,
         Command::Ha {
             action:
                 HaAction::Create {
@@ -660,6 +707,8 @@ fn main() -> ExitCode {
                     ms: *ms,
                 },
                 DebugAction::PanicWorker { worker } => DebugFault::PanicWorker { worker: *worker },
+                DebugAction::DelayPongs { ms } => DebugFault::DelayPongs { ms: *ms },
+                DebugAction::CutJoin => DebugFault::CutJoin,
             }),
         },
     };

@@ -85,6 +85,9 @@ pub struct ConfSync {
     /// adds one); the control thread reads it with `try_lock` to name a
     /// peer whose heartbeats carry only the serial's last 8 bytes.
     pub serials: Arc<Mutex<Vec<String>>>,
+    /// A member `ha cluster remove` marked, removed by `ha cluster
+    /// activate`.
+    pub(crate) pending_removal: Mutex<Option<String>>,
 }
 
 /// A revision being received on one connection of the members' service;
@@ -167,6 +170,7 @@ impl ConfSync {
             log,
             receiving: AtomicBool::new(false),
             serials: Arc::new(Mutex::new(Vec::new())),
+            pending_removal: Mutex::new(None),
         }))
     }
 

@@ -288,10 +288,9 @@ impl ConfSync {
                 )
             }
         };
-        let text = String::from_utf8(files::read_bounded(&self.dir.join(CLUSTER_FILE))?)
-            .map_err(|_| "the member's cluster file is not text".to_string())?;
-        let mut file = tandem_config::cluster::check_cluster_text(&text, CLUSTER_FILE)
-            .map_err(|e| format!("the member's cluster file does not load: {e}"))?;
+        let mut file = self
+            .cluster_file()
+            .map_err(|e| format!("on the member: {e}"))?;
         let (slot, warnings) = check_join(
             &MemberView {
                 serial: &self.serial,
@@ -310,16 +309,7 @@ impl ConfSync {
             file.members.sort_by_key(|m| m.slot);
         }
         let cluster = tandem_config::cluster::cluster_file_text(&file)?.into_bytes();
-        let mut manifest: Vec<FileEntry> = files::scan(&self.dir)?
-            .into_iter()
-            .filter(|f| f.path != CLUSTER_FILE)
-            .collect();
-        manifest.push(FileEntry {
-            path: CLUSTER_FILE.into(),
-            size: cluster.len() as u64,
-            sha256: files::sha256(&cluster),
-        });
-        manifest.sort_by(|a, b| a.path.cmp(&b.path));
+        let manifest = self.manifest_with(&cluster)?;
         let state = SyncState::load(&self.state_file)?.unwrap_or_default();
         Ok((
             Joining {
@@ -336,18 +326,10 @@ impl ConfSync {
     /// Applies the cluster file with the joiner (atomic) and records the
     /// revision.
     fn record(&self, j: &Joining) -> Result<(), String> {
-        let (mut staging, _) = Staging::begin(&self.dir, j.files.clone())?;
-        staging.put(CLUSTER_FILE, 0, &j.cluster)?;
-        staging.switch().map_err(|e| {
-            format!("the cluster's configuration changed during the join ({e}); join again")
-        })?;
-        SyncState {
-            revision: j.revision,
-            digest: files::digest(&j.files),
-            at: super::confsync::now_unix(),
-            from: self.serial.clone(),
-        }
-        .save(&self.state_file)?;
+        self.write_cluster_file(&j.files, &j.cluster, j.revision)
+            .map_err(|e| {
+                format!("the cluster's configuration changed during the join ({e}); join again")
+            })?;
         if let Ok(mut s) = self.serials.lock() {
             if !s.contains(&j.serial) {
                 s.push(j.serial.clone());
@@ -910,6 +892,147 @@ fn connect_join(
     })
 }
 
+impl ConfSync {
+    /// `ha cluster remove`: marks member `which` (a serial, or `remote`
+    /// for the other member) for removal at the next `ha cluster
+    /// activate`. Refused while that member is heard (`peer_heard`),
+    /// unless `force`.
+    pub fn remove_member(
+        &self,
+        which: &str,
+        peer_heard: bool,
+        force: bool,
+    ) -> Result<String, String> {
+        let file = self.cluster_file()?;
+        let names = || {
+            file.members
+                .iter()
+                .map(|m| m.serial.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let serial = if which == "remote" {
+            file.members
+                .iter()
+                .find(|m| m.serial != self.serial)
+                .map(|m| m.serial.clone())
+                .ok_or_else(|| format!("the cluster has no other member (members: {})", names()))?
+        } else {
+            which.to_owned()
+        };
+        if serial == self.serial {
+            return Err(format!(
+                "{serial} is this firewall: remove a member from the other one"
+            ));
+        }
+        if !file.members.iter().any(|m| m.serial == serial) {
+            return Err(format!("{serial} is not a member (members: {})", names()));
+        }
+        if peer_heard && !force {
+            return Err(format!(
+                "{serial} is heard on the HA links: stop it or disconnect it first (or add --force)"
+            ));
+        }
+        *self
+            .pending_removal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(serial.clone());
+        Ok(format!(
+            "{serial} will leave the cluster: run 'tandemctl ha cluster activate' to apply"
+        ))
+    }
+
+    /// `ha cluster activate`: applies the pending removal (the cluster
+    /// file without the member, atomic, revision + 1): its slot is free
+    /// for a replacement.
+    pub fn activate(&self) -> Result<String, String> {
+        let Some(serial) = self
+            .pending_removal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return Err("nothing to activate: run tandemctl ha cluster remove SERIAL first".into());
+        };
+        let mut file = self.cluster_file()?;
+        let slot = file
+            .members
+            .iter()
+            .find(|m| m.serial == serial)
+            .map(|m| m.slot)
+            .ok_or_else(|| format!("{serial} is not a member any more"))?;
+        file.members.retain(|m| m.serial != serial);
+        let cluster = tandem_config::cluster::cluster_file_text(&file)?.into_bytes();
+        let manifest = self.manifest_with(&cluster)?;
+        let revision = SyncState::load(&self.state_file)?
+            .unwrap_or_default()
+            .revision
+            + 1;
+        self.write_cluster_file(&manifest, &cluster, revision)?;
+        if let Ok(mut s) = self.serials.lock() {
+            s.retain(|x| x != &serial);
+        }
+        let addresses: Vec<String> = (0..file.ha.links.len())
+            .filter_map(|i| slot_address(&file, i, slot).map(|a| a.addr.to_string()))
+            .collect();
+        let msg = format!(
+            "membership applied (revision {}): {serial} removed; members {}; slot {slot} ({}) free for a replacement",
+            revision_text(revision),
+            file.members
+                .iter()
+                .map(|m| m.serial.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            addresses.join(", ")
+        );
+        self.log.event("HA", format_args!("{msg}"));
+        Ok(msg)
+    }
+
+    /// The directory's manifest with `cluster` as its cluster file.
+    fn manifest_with(&self, cluster: &[u8]) -> Result<Vec<FileEntry>, String> {
+        let mut manifest: Vec<FileEntry> = files::scan(&self.dir)?
+            .into_iter()
+            .filter(|f| f.path != CLUSTER_FILE)
+            .collect();
+        manifest.push(FileEntry {
+            path: CLUSTER_FILE.into(),
+            size: cluster.len() as u64,
+            sha256: files::sha256(cluster),
+        });
+        manifest.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(manifest)
+    }
+
+    /// Swaps in the directory of `manifest` whose cluster file is
+    /// `cluster` (the other files as they are), atomically, and records
+    /// `revision` as synchronized (this member made it).
+    fn write_cluster_file(
+        &self,
+        manifest: &[FileEntry],
+        cluster: &[u8],
+        revision: u64,
+    ) -> Result<(), String> {
+        let (mut staging, _) = Staging::begin(&self.dir, manifest.to_vec())?;
+        staging.put(CLUSTER_FILE, 0, cluster)?;
+        staging.switch()?;
+        SyncState {
+            revision,
+            digest: files::digest(manifest),
+            at: super::confsync::now_unix(),
+            from: self.serial.clone(),
+        }
+        .save(&self.state_file)
+    }
+
+    fn cluster_file(&self) -> Result<ClusterFile, String> {
+        let text = String::from_utf8(files::read_bounded(&self.dir.join(CLUSTER_FILE))?)
+            .map_err(|_| "the cluster file is not text".to_string())?;
+        tandem_config::cluster::check_cluster_text(&text, CLUSTER_FILE)
+            .map_err(|e| format!("the cluster file does not load: {e}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -963,6 +1086,74 @@ mod tests {
     }
 
     const FROM: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 69, 2));
+
+    #[test]
+    fn a_removed_member_leaves_its_slot_free_only_once_activated() {
+        let root = std::env::temp_dir().join(format!("tandem-rma-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        let two =
+            tandem_config::cluster::cluster_file_text(&file(&[("TDLAB0001", 0), ("TDLAB0002", 1)]))
+                .unwrap();
+        std::fs::write(dir.join(CLUSTER_FILE), &two).unwrap();
+        let conf = ConfSync::new(
+            "TDLAB0001",
+            &dir,
+            &root.join("state.json"),
+            None,
+            Box::new(|_: &Path| Ok(String::new())),
+            Box::new(|_: &[String]| Vec::new()),
+            crate::eventlog::EventLog::open("fw1", None, 0, 0).unwrap(),
+        )
+        .unwrap();
+        let e = conf.activate().unwrap_err();
+        assert!(e.contains("nothing to activate"), "{e}");
+        let e = conf.remove_member("remote", true, false).unwrap_err();
+        assert!(e.contains("TDLAB0002 is heard on the HA links"), "{e}");
+        let e = conf.remove_member("TDLAB0001", false, false).unwrap_err();
+        assert!(e.contains("is this firewall"), "{e}");
+        let e = conf.remove_member("TDLAB0009", false, false).unwrap_err();
+        assert!(
+            e.contains("TDLAB0009 is not a member (members: TDLAB0001, TDLAB0002)"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join(CLUSTER_FILE)).unwrap(),
+            two
+        );
+        let m = conf.remove_member("remote", false, false).unwrap();
+        assert!(m.starts_with("TDLAB0002 will leave the cluster"), "{m}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(CLUSTER_FILE)).unwrap(),
+            two,
+            "nothing before activate"
+        );
+        let m = conf.activate().unwrap();
+        assert!(
+            m.contains("revision 00002): TDLAB0002 removed; members TDLAB0001; slot 1 (198.19.69.2, 198.19.70.2) free"),
+            "{m}"
+        );
+        let f = conf.cluster_file().unwrap();
+        assert_eq!(f.members.len(), 1);
+        assert!(!conf.status().unwrap().local_changes);
+        // The free slot takes a new firewall.
+        let id = identity(Licence::Master);
+        let mut a = ask();
+        a.serial = "TDLAB0003".into();
+        let got = check_join(
+            &MemberView {
+                serial: "TDLAB0001",
+                identity: &id,
+                firmware: "0.1.0",
+                file: &f,
+            },
+            &a,
+            FROM,
+        );
+        assert_eq!(got, Ok((1, vec![])));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     fn check(f: &ClusterFile, licence: Licence, a: &JoinAsk) -> Result<(u8, Vec<String>), String> {
         let id = identity(licence);

@@ -45,6 +45,13 @@ pub const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
 /// Longest silence of an open session.
 pub const IDLE_TIME: Duration = Duration::from_secs(10);
 
+/// Test fault (`tandemctl debug delay-pongs`, only with
+/// `TANDEM_TEST_FAULTS=1`): each pong leaves this many milliseconds late.
+pub static TEST_PONG_DELAY_MS: AtomicU64 = AtomicU64::new(0);
+/// Test fault (`tandemctl debug cut-join`): the next join's connection is
+/// dropped when the joiner asks for its first file.
+pub static TEST_CUT_JOIN: AtomicBool = AtomicBool::new(false);
+
 /// What the service counted since start.
 #[derive(Debug, Default)]
 pub struct PeerCounters {
@@ -558,8 +565,19 @@ fn read_and_serve(
                         counters.requests.fetch_add(1, Ordering::Relaxed);
                         PeerAnswer::Status(identity.clone())
                     }
+                    Ok(PeerRequest::JoinFile { .. })
+                        if TEST_CUT_JOIN.swap(false, Ordering::Relaxed) =>
+                    {
+                        return Some(End::Closed);
+                    }
                     Ok(request) => {
                         counters.requests.fetch_add(1, Ordering::Relaxed);
+                        if matches!(request, PeerRequest::Ping { .. }) {
+                            let ms = TEST_PONG_DELAY_MS.load(Ordering::Relaxed);
+                            if ms > 0 {
+                                std::thread::sleep(Duration::from_millis(ms));
+                            }
+                        }
                         let join = matches!(
                             request,
                             PeerRequest::Ping { .. }
