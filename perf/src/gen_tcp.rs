@@ -587,6 +587,13 @@ impl TcpClient {
         self.oldest == self.next
     }
 
+    /// Idle, and the server has received the last ACK of every measured
+    /// connection the client completed (it is still on its way through
+    /// the device under test when the client is done).
+    pub fn settled_with(&self, server: &TcpServer) -> bool {
+        self.idle() && server.counts.last_acks >= self.measured.completed
+    }
+
     #[inline]
     fn slot(&self, i: u64) -> u64 {
         self.slots[(i % RING) as usize]

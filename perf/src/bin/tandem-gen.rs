@@ -1176,7 +1176,8 @@ fn run_tcp(
     let stopped_at = dpdk::tsc();
     let in_flight = client.open();
     // Follow the connections still open to their end: until none is
-    // left, at most --conn-timeout (and 10 ms).
+    // left and the server has every last ACK, at most --conn-timeout (and
+    // 10 ms).
     let drain_end = stopped_at + (tcp.timeout * hz as f64) as u64 + hz / 100;
     loop {
         receive_client(
@@ -1190,7 +1191,7 @@ fn run_tcp(
         receive_server(ports, &hosts_b, &mut server, &mut bufs_b, &mut f);
         let t = dpdk::tsc();
         client.poll_timeouts(t);
-        if client.idle() || t >= drain_end {
+        if client.settled_with(&server) || t >= drain_end {
             break;
         }
     }
