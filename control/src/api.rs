@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_cluster_remove, ha_cluster_activate, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_set, ha_cluster_remove, ha_cluster_activate, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -105,6 +105,17 @@ pub enum Request {
         /// The cluster's pre-shared key (required; never logged).
         #[serde(default)]
         psk: Option<tandem_config::Secret>,
+    },
+    /// Changes a parameter of the cluster (F9-F12) here and on the peer,
+    /// as `ha set`.
+    HaSet {
+        /// The change (required).
+        #[serde(default)]
+        set: Option<crate::peer::params::HaSet>,
+        /// Do not send it to the peer now (it waits as a local
+        /// modification).
+        #[serde(default)]
+        no_sync: bool,
     },
     /// Marks a member for removal from the cluster (RMA), applied by
     /// [`Request::HaClusterActivate`], as `ha cluster remove`.
@@ -211,6 +222,7 @@ impl Request {
         "ha_diff",
         "ha_create",
         "ha_join",
+        "ha_set",
         "ha_cluster_remove",
         "ha_cluster_activate",
         "debug",
@@ -239,6 +251,7 @@ impl Request {
             Request::HaDiff { .. } => "ha_diff",
             Request::HaCreate { .. } => "ha_create",
             Request::HaJoin { .. } => "ha_join",
+            Request::HaSet { .. } => "ha_set",
             Request::HaClusterRemove { .. } => "ha_cluster_remove",
             Request::HaClusterActivate => "ha_cluster_activate",
             Request::Debug { .. } => "debug",
@@ -1133,6 +1146,7 @@ mod tests {
             | Request::HaDiff { .. }
             | Request::HaCreate { .. }
             | Request::HaJoin { .. }
+            | Request::HaSet { .. }
             | Request::HaClusterRemove { .. }
             | Request::HaClusterActivate
             | Request::Log { .. }
@@ -1167,6 +1181,10 @@ mod tests {
                 join: None,
                 psk: None,
             },
+            Request::HaSet {
+                set: None,
+                no_sync: false,
+            },
             Request::HaClusterRemove {
                 serial: None,
                 force: false,
@@ -1193,7 +1211,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_cluster_remove, ha_cluster_activate, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_set, ha_cluster_remove, ha_cluster_activate, debug"
         );
     }
 

@@ -67,8 +67,12 @@ pub struct ControlShared {
     /// `try_lock`: it never waits) and sets `installed`.
     install: Mutex<Option<Box<Installed>>>,
     installed: AtomicBool,
-    /// The peer's heartbeats arrive (published every housekeeping turn).
-    peer_heard: AtomicBool,
+    /// When the peer's heartbeats were last seen arriving (Unix ms; the
+    /// control loop's housekeeping, every 500 ms).
+    peer_heard_ms: std::sync::atomic::AtomicU64,
+    /// A configuration whose HA parameters changed at run time, for the
+    /// control loop (taken with `try_lock`).
+    live: Mutex<Option<(Arc<NodeConfig>, crate::cluster::LiveParams)>>,
 }
 
 /// What a node that creates a cluster hands to its control loop.
@@ -96,14 +100,32 @@ impl ControlShared {
         self.restart.store(1, Ordering::Release);
     }
 
-    /// Publishes whether the peer is heard (control thread).
-    pub fn set_peer_heard(&self, heard: bool) {
-        self.peer_heard.store(heard, Ordering::Relaxed);
+    /// Hands the control loop (woken by `waker`) a configuration whose HA
+    /// parameters changed; it applies them at its next turn.
+    pub fn hand_live(&self, cfg: Arc<NodeConfig>, p: crate::cluster::LiveParams, waker: &Waker) {
+        *self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((cfg, p));
+        let _ = waker.wake();
     }
 
-    /// Whether the peer was heard at the last housekeeping turn.
+    /// What [`ControlShared::hand_live`] left, if anything (never waits).
+    pub fn take_live(&self) -> Option<(Arc<NodeConfig>, crate::cluster::LiveParams)> {
+        self.live.try_lock().ok().and_then(|mut g| g.take())
+    }
+
+    /// Publishes that the peer is heard now (control thread).
+    pub fn set_peer_heard_now(&self) {
+        self.peer_heard_ms
+            .store(crate::peer::confsync::now_unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the peer was heard in the last 10 s (a heartbeat gap of a
+    /// loaded machine does not make it "gone").
     pub fn peer_heard(&self) -> bool {
-        self.peer_heard.load(Ordering::Relaxed)
+        let at = self.peer_heard_ms.load(Ordering::Relaxed);
+        at > 0 && crate::peer::confsync::now_unix_ms().saturating_sub(at) < 10_000
     }
 
     /// Whether the control loop should stop now for a restart.
@@ -485,6 +507,12 @@ impl Route<'_> {
                     "ha create needs the main HA link (interface and address) and the pre-shared key",
                 ))
             }
+            Request::HaSet { set: None, .. } => Some(Response::error(
+                "ha set needs a parameter: prefer, sync-min-age, swap or weight",
+            )),
+            Request::HaSet { .. } if ctx.conf().is_none() => Some(Response::error(
+                "this node is not a member of a cluster with a cluster directory: there is no cluster parameter to set",
+            )),
             Request::HaClusterRemove { serial: None, .. } => Some(Response::error(
                 "ha cluster remove needs the member: serial=SERIAL, or serial=remote for the other member",
             )),
@@ -523,6 +551,7 @@ impl Route<'_> {
             | Request::HaDiff { .. }
             | Request::HaCreate { .. }
             | Request::HaJoin { .. }
+            | Request::HaSet { .. }
             | Request::HaClusterActivate => {
                 let Some(jobs) = self.jobs else {
                     return Some(Response::error("tandemd is stopping"));
@@ -658,6 +687,24 @@ fn peer_status(ctx: &ApiContext) -> Response {
     ))
 }
 
+/// A session with the peer's members' service (on the first HA link
+/// that answers, 2 s per link), with the link's name.
+fn connect_peer(ctx: &ApiContext) -> Result<(crate::peer::service::PeerClient, String), String> {
+    let cfg = ctx.cfg();
+    let ha = cfg
+        .ha
+        .as_ref()
+        .ok_or("this node is not a cluster member: it has no peer")?;
+    let keys = tandem_dataplane::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id)
+        .map_err(|e| e.to_string())?;
+    crate::peer::wiring::connect_peer(
+        &crate::peer::wiring::peer_links(&cfg),
+        &keys,
+        &ctx.identity.serial,
+        std::time::Duration::from_secs(2),
+    )
+}
+
 /// Runs `f` with the configuration sync and a session with the peer (on
 /// the first HA link that answers, 2 s per link).
 fn with_peer(
@@ -668,20 +715,10 @@ fn with_peer(
         &str,
     ) -> Response,
 ) -> Response {
-    let cfg = ctx.cfg();
-    let (Some(conf), Some(ha)) = (ctx.conf(), &cfg.ha) else {
+    let Some(conf) = ctx.conf() else {
         return Response::error("this node has no cluster directory: nothing to synchronize");
     };
-    let keys = match tandem_dataplane::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id) {
-        Ok(k) => k,
-        Err(e) => return Response::error(e.to_string()),
-    };
-    match crate::peer::wiring::connect_peer(
-        &crate::peer::wiring::peer_links(&cfg),
-        &keys,
-        &ctx.identity.serial,
-        std::time::Duration::from_secs(2),
-    ) {
+    match connect_peer(ctx) {
         Ok((mut client, link)) => f(&conf, &mut client, &link),
         Err(e) => Response::error(e),
     }
@@ -689,7 +726,7 @@ fn with_peer(
 
 /// The job thread: runs the slow requests one at a time; ends when the
 /// API thread drops its sender.
-fn run_jobs(ctx: &ApiContext, jobs: &Receiver<Job>, control: &Waker) {
+fn run_jobs(ctx: &ApiContext, jobs: &Receiver<Job>, control: &Arc<Waker>) {
     while let Ok(job) = jobs.recv() {
         let response = run_job(ctx, job.request, control);
         // Encoded here: a listing of 100,000 connections takes a while.
@@ -704,7 +741,7 @@ fn run_jobs(ctx: &ApiContext, jobs: &Receiver<Job>, control: &Waker) {
     }
 }
 
-fn run_job(ctx: &ApiContext, request: Request, control: &Waker) -> Response {
+fn run_job(ctx: &ApiContext, request: Request, control: &Arc<Waker>) -> Response {
     let node = &ctx.node;
     match request {
         Request::ConnList { filter } => match reports::conn_query(&filter) {
@@ -766,7 +803,31 @@ fn run_job(ctx: &ApiContext, request: Request, control: &Waker) -> Response {
             }
         },
         Request::PeerStatus => peer_status(ctx),
-        Request::HaClusterActivate => match ctx.conf().map(|c| c.activate()) {
+        Request::HaSet {
+            set: Some(what),
+            no_sync,
+        } => {
+            let Some(conf) = ctx.conf() else {
+                return Response::error("no cluster directory");
+            };
+            let (lines, res) = crate::peer::params::set(&conf, &what, |conf| {
+                if no_sync {
+                    return (Vec::new(), Err("--no-sync was given".into()));
+                }
+                match connect_peer(ctx) {
+                    Ok((mut client, link)) => {
+                        crate::peer::confsync::send(conf, &mut client, &link, false)
+                    }
+                    Err(e) => (Vec::new(), Err(e)),
+                }
+            });
+            Response::Lines {
+                lines,
+                error: res.err(),
+            }
+        }
+        Request::HaClusterActivate => match ctx.conf().map(|c| c.activate(ctx.shared.peer_heard()))
+        {
             Some(Ok(message)) => Response::Done { message },
             Some(Err(e)) => Response::error(e),
             None => Response::error("no cluster directory"),

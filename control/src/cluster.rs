@@ -175,6 +175,9 @@ pub struct Cluster {
     last_icmp_rtt_us: Option<u64>,
     quality_cfg: QualityConfig,
     bounce_on_swap: bool,
+    /// The data interfaces' weights set at run time (`ha set weight`), by
+    /// interface index; none: the configuration's at start.
+    weights: Option<Vec<u16>>,
     /// Results of the disk / TPM / sensor checks, run on their own thread
     /// (a hung disk must not hold up the heartbeats).
     health: Option<Receiver<HealthReport>>,
@@ -233,11 +236,13 @@ fn spawn_health(health: Health) -> std::io::Result<Option<Receiver<HealthReport>
 
 /// The data interfaces (aggregates as their members) and the aggregates,
 /// as the quality factor takes them.
-fn quality_inputs(node: &Node) -> (Vec<Interface>, Vec<Aggregate>) {
+fn quality_inputs(node: &Node, weights: Option<&[u16]>) -> (Vec<Interface>, Vec<Aggregate>) {
     let mut interfaces = Vec::new();
     let mut aggregates = Vec::new();
     for (i, iface) in node.interfaces().iter().enumerate() {
-        let weight = iface.config.weight;
+        let weight = weights
+            .and_then(|w| w.get(i).copied())
+            .unwrap_or(iface.config.weight);
         match (&iface.config.aggregate, node.aggregate(i)) {
             (Some(agg), Some(members)) => {
                 let id = AggregateId(i as u16);
@@ -279,6 +284,49 @@ fn role_name(r: Role) -> String {
 
 fn forced_name(f: Option<Role>) -> Option<String> {
     f.map(role_name)
+}
+
+/// The HA parameters that apply without a restart (F9-F12 of
+/// HA-REFERENCE): what `ha set` changes on both members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveParams {
+    /// F9: 50 on the preferred member, else 0.
+    pub priority: u8,
+    /// F11: bounce the data interfaces on becoming passive.
+    pub bounce_on_swap: bool,
+    /// F11: keep LACP aggregates in distribution while passive.
+    pub lacp_when_passive: bool,
+    /// F11: repeat gratuitous ARP this often while active (0: never).
+    pub garp_interval_ms: u32,
+    /// F10: only connections older than this are synchronized.
+    pub sync_min_age_secs: u32,
+    /// F12: each data interface's weight, in the node's interface order.
+    pub weights: Vec<u16>,
+}
+
+impl LiveParams {
+    /// The live parameters of `cfg` (a cluster member's) for the node's
+    /// interfaces `names` (by name; one the configuration lacks keeps
+    /// weight 100).
+    pub fn of(cfg: &NodeConfig, names: &[&str]) -> Option<LiveParams> {
+        let ha = cfg.ha.as_ref()?;
+        Some(LiveParams {
+            priority: ha.priority,
+            bounce_on_swap: ha.bounce_on_swap,
+            lacp_when_passive: ha.lacp_when_passive,
+            garp_interval_ms: ha.garp_interval_ms,
+            sync_min_age_secs: ha.sync_min_age_secs,
+            weights: names
+                .iter()
+                .map(|n| {
+                    cfg.interfaces
+                        .iter()
+                        .find(|i| i.name == *n)
+                        .map_or(100, |i| i.weight)
+                })
+                .collect(),
+        })
+    }
 }
 
 impl Cluster {
@@ -420,6 +468,7 @@ impl Cluster {
                 failover_members_have_weight: ha.failover_members_have_weight,
             },
             bounce_on_swap: ha.bounce_on_swap,
+            weights: None,
             health: spawn_health(Health::new(ha))?,
             penalties: Vec::new(),
             problems: Vec::new(),
@@ -631,7 +680,7 @@ impl Cluster {
             }
             (self.penalties, self.problems) = (penalties, problems);
         }
-        let (interfaces, aggregates) = quality_inputs(node);
+        let (interfaces, aggregates) = quality_inputs(node, self.weights.as_deref());
         let q = quality(&interfaces, &aggregates, &self.penalties, &self.quality_cfg);
         let q = if self.dataplane_failed { 0 } else { q };
         // The machine acts on changes only: feed the current values.
@@ -833,6 +882,15 @@ impl Cluster {
             (Some(s), None) => s.clone(),
             _ => tail,
         }
+    }
+
+    /// Applies the parameters of a changed configuration that need no
+    /// restart (`ha set`, a received revision): priority, bounce on swap,
+    /// the interfaces' weights.
+    pub fn apply_params(&mut self, p: &LiveParams) {
+        self.ha.set_priority(p.priority);
+        self.bounce_on_swap = p.bounce_on_swap;
+        self.weights = Some(p.weights.clone());
     }
 
     /// Whether the peer's heartbeats arrive (on any path).

@@ -297,11 +297,13 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         confwatch: None,
         config_info: std::cell::RefCell::new(None),
     };
+    let control_waker = Arc::new(Waker::new(poll.registry(), ACTIONS)?);
     let conf = match crate::peer::wiring::conf_sync(
         &daemon.cfg,
         config_path,
         &daemon.node,
         &daemon.events,
+        (daemon.shared.clone(), control_waker.clone()),
     ) {
         None => None,
         Some(Ok(c)) => Some(c),
@@ -398,7 +400,6 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         );
     }
     let (actions_tx, actions) = bounded::<ControlAction>(ACTION_QUEUE);
-    let control_waker = Arc::new(Waker::new(poll.registry(), ACTIONS)?);
     let socket_path = socket.path().to_owned();
     let api = ApiThread::spawn(
         socket,
@@ -486,6 +487,12 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
             daemon.install(*i);
             daemon.shared.set_installed();
         }
+        if let Some((cfg, p)) = daemon.shared.take_live() {
+            daemon.cfg = cfg;
+            if let Some(c) = &mut daemon.cluster {
+                c.apply_params(&p);
+            }
+        }
         if daemon.shared.restart_now() {
             exit = Exit::Restart;
             break 'run;
@@ -543,10 +550,21 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
     drop(cluster);
     match Arc::try_unwrap(node) {
         Ok(node) => node.shutdown(),
-        Err(_) => events.event(
-            "SYSTEM",
-            "the dataplane is still in use by another thread: stopping without releasing DPDK",
-        ),
+        Err(_) => {
+            events.event(
+                "SYSTEM",
+                "the dataplane is still in use by another thread: stopping without releasing DPDK",
+            );
+            if exit == Exit::Restart {
+                // Starting again on devices still held would fail in
+                // confusing ways: stop, and say how to start.
+                events.event(
+                    "SYSTEM",
+                    "not starting again in place: start tandemd again (the new configuration is in place)",
+                );
+                exit = Exit::Stopped;
+            }
+        }
     }
     events.event("SYSTEM", "stopped");
     Ok(exit)
@@ -618,10 +636,46 @@ impl Daemon {
             peer,
             confwatch,
         } = i;
+        // A node alone has none of these: nothing is dropped (and joined)
+        // here.
+        debug_assert!(self.cluster.is_none() && self.peer.is_none() && self.confwatch.is_none());
         self.cfg = cfg;
         self.cluster = Some(cluster);
         self.peer = peer;
         self.confwatch = confwatch;
+        // The sync thread started with HA: the watchdog watches it too.
+        let mut watched: Vec<String> = self
+            .node
+            .workers()
+            .iter()
+            .map(|w| format!("worker {}", w.id))
+            .collect();
+        if self.node.sync().is_some() {
+            watched.push("the sync thread".into());
+        }
+        self.watchdog = Watchdog::new(watched, progress_timeout(&self.cfg), Instant::now());
+        // Heartbeats leave on time from now on: the real-time class, as a
+        // member started with HA gets at start.
+        if let Some(prio) = self
+            .cfg
+            .ha
+            .as_ref()
+            .map(|h| h.control_priority)
+            .filter(|&p| p > 0)
+        {
+            match tandem_dataplane::dpdk::set_current_thread_realtime(prio) {
+                Ok(()) => self.events.event(
+                    "SYSTEM",
+                    format_args!("control thread in the real-time class (SCHED_RR {prio})"),
+                ),
+                Err(e) => self.events.event(
+                    "SYSTEM",
+                    format_args!(
+                        "control thread stays in the normal class: SCHED_RR {prio} refused: {e}"
+                    ),
+                ),
+            }
+        }
         self.events.event(
             "HA",
             "cluster created: election on, this member active; heartbeats on UDP 5405 over the HA links",
@@ -717,8 +771,9 @@ impl Daemon {
     /// and the table's state, the HA link in use.
     fn watch(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.shared
-            .set_peer_heard(self.cluster.as_ref().is_some_and(Cluster::peer_heard));
+        if self.cluster.as_ref().is_some_and(Cluster::peer_heard) {
+            self.shared.set_peer_heard_now();
+        }
         let role = self.node.role();
         // With the election on, the swap itself was logged with its reason.
         if role != self.seen.3 && self.cluster.is_none() {

@@ -501,6 +501,35 @@ impl Node {
         Ok(())
     }
 
+    /// Changes the workers' HA parameters that apply at once (`ha set`):
+    /// the gratuitous ARP interval, LACP on the passive member, the
+    /// minimum age of synchronized connections.
+    pub fn set_ha_params(
+        &self,
+        garp_interval_ms: u64,
+        lacp_when_passive: bool,
+        sync_min_age_ms: u64,
+    ) -> Result<(), NodeError> {
+        self.lacp_quiet_when_passive
+            .store(!lacp_when_passive, Ordering::Relaxed);
+        for w in &self.workers {
+            w.commands
+                .send_timeout(
+                    WorkerCommand::SetHaParams {
+                        garp_interval_ms,
+                        lacp_quiet_when_passive: !lacp_when_passive,
+                        sync_min_age_ms,
+                    },
+                    COMMAND_TIMEOUT,
+                )
+                .map_err(|_| NodeError::Worker {
+                    id: w.id,
+                    msg: "does not take commands (stopped or stuck)".into(),
+                })?;
+        }
+        Ok(())
+    }
+
     /// Compiles the policy at `path` for this node's interfaces without
     /// applying it: what a reload of it would say.
     pub fn check_policy(&self, path: &Path) -> Result<PolicyInfo, NodeError> {

@@ -61,6 +61,15 @@ pub enum WorkerCommand {
     /// The node became a cluster member (see
     /// [`crate::node::Node::enable_ha`]).
     EnableHa(Box<HaWorker>),
+    /// HA parameters changed at run time (`ha set`).
+    SetHaParams {
+        /// See [`WorkerSettings::garp_interval_ms`].
+        garp_interval_ms: u64,
+        /// See [`WorkerSettings::lacp_quiet_when_passive`].
+        lacp_quiet_when_passive: bool,
+        /// Only connections older than this are synchronized (F10).
+        sync_min_age_ms: u64,
+    },
 }
 
 /// What a worker of a node that becomes a cluster member gets.
@@ -599,6 +608,17 @@ impl Worker {
                 WorkerCommand::SetPolicy(p) => {
                     if let Some(fw) = &mut self.firewall {
                         fw.set_policy(p);
+                    }
+                }
+                WorkerCommand::SetHaParams {
+                    garp_interval_ms,
+                    lacp_quiet_when_passive,
+                    sync_min_age_ms,
+                } => {
+                    self.settings.garp_interval_ms = garp_interval_ms;
+                    self.settings.lacp_quiet_when_passive = lacp_quiet_when_passive;
+                    if let Some(fw) = &mut self.firewall {
+                        fw.shard_mut().set_sync_min_age(sync_min_age_ms);
                     }
                 }
                 WorkerCommand::EnableHa(h) => {

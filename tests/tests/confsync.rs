@@ -179,6 +179,57 @@ fn hasync_makes_both_members_identical_without_disturbing_traffic() {
             assert_eq!(v["local"]["revision"], "00002", "{v}");
             assert_eq!(v["peer"]["revision"], "00002", "{v}");
         }
+        // Parameters set once, applied on both (F9-F12), with no swap.
+        let (code, out, err) = ctl(act, &["ha", "set", "weight", "in=200"]);
+        eprintln!("tandemctl ha set weight in=200 on {act_serial}:\n{out}");
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("in.weight: 200 (was 100)"), "{out}");
+        assert!(out.contains("HA parameters applied at once"), "{out}");
+        let cluster_of = |n: &Node| {
+            std::fs::read_to_string(n.cluster_dir().unwrap().join("cluster.ron")).unwrap()
+        };
+        assert_eq!(
+            cluster_of(act),
+            cluster_of(pas),
+            "both cluster files the same"
+        );
+        assert!(cluster_of(pas).contains("weight: 200"));
+        let (code, _, err) = ctl(act, &["ha", "set", "weight", "dmz=1"]);
+        assert_eq!(code, Some(1));
+        assert!(
+            err.contains("no interface \"dmz\" (interfaces: in, out)"),
+            "{err}"
+        );
+        let (code, out, err) = ctl(act, &["ha", "set", "prefer", "this"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        wait_ctl(
+            pas,
+            &["hainfo"],
+            "the peer's priority 50",
+            Duration::from_secs(5),
+            |v| v["peer"]["priority"] == 50 && v["local"]["priority"] == 0,
+        )
+        .expect("priority on both");
+        let (code, out, err) = ctl(act, &["ha", "set", "--no-sync", "sync-min-age", "5"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(
+            out.contains("not sent to the peer: --no-sync was given"),
+            "{out}"
+        );
+        wait_config(pas, "the notice for the unsent change", |c| {
+            c["notice"]
+                .as_str()
+                .is_some_and(|t| t.contains(&act_serial))
+        });
+        let (code, out, err) = ctl(act, &["hasync"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        for n in [act, pas] {
+            wait_config(n, "both identical after the parameters", |c| {
+                c["synchronized"] == true
+            });
+        }
+        assert_eq!(cluster_of(act), cluster_of(pas));
+
         let log = pas.ctl(&["log", "--lines", "200"]).expect("log")["lines"].to_string();
         assert!(
             log.contains(&format!(

@@ -137,7 +137,70 @@ enum ClusterAction {
 }
 
 #[derive(Subcommand, Debug)]
+enum SetParam {
+    /// "Active firewall if equal": this member, the other one, or none
+    Prefer {
+        /// this, other or none
+        member: String,
+    },
+    /// Synchronize only connections older than this (0: all, at once)
+    SyncMinAge {
+        /// Seconds
+        secs: u32,
+    },
+    /// Swap options
+    Swap {
+        /// Bounce the data interfaces on becoming passive: on or off
+        #[arg(long, value_parser = on_off)]
+        bounce: Option<bool>,
+        /// Keep LACP aggregates in distribution while passive: on or off
+        #[arg(long, value_parser = on_off)]
+        lacp_when_passive: Option<bool>,
+        /// Repeat gratuitous ARP this often while active, in ms (0: never)
+        #[arg(long, value_name = "MS")]
+        garp_interval: Option<u32>,
+    },
+    /// Data interfaces' weights in the quality factor: IFACE=WEIGHT ...
+    /// (0..=9999)
+    Weight {
+        /// IFACE=WEIGHT
+        #[arg(required = true, value_parser = iface_weight)]
+        weights: Vec<(String, u16)>,
+    },
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: allowed on or off")),
+    }
+}
+
+fn iface_weight(s: &str) -> Result<(String, u16), String> {
+    let (i, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected IFACE=WEIGHT such as in=200"))?;
+    let w: u16 = w
+        .parse()
+        .ok()
+        .filter(|w| *w <= 9999)
+        .ok_or_else(|| format!("{s:?}: the weight must be 0..=9999"))?;
+    Ok((i.to_owned(), w))
+}
+
+#[derive(Subcommand, Debug)]
 enum HaAction {
+    /// Changes a parameter of the cluster on this member and sends it to
+    /// the peer: both apply it at once
+    Set {
+        /// Change it here only (it waits as a local modification until
+        /// hasync)
+        #[arg(long)]
+        no_sync: bool,
+        #[command(subcommand)]
+        param: SetParam,
+    },
     /// The cluster's members: replace a failed one (RMA)
     Cluster {
         #[command(subcommand)]
@@ -361,6 +424,7 @@ fn default_timeout_ms(req: &Request) -> u64 {
         // large policy takes a while.
         Request::HaSync { .. } | Request::HaSyncTest | Request::HaDiff { .. } => 60_000,
         Request::HaJoin { .. } | Request::HaCreate { .. } => 90_000,
+        Request::HaSet { .. } => 30_000,
         _ => 2000,
     }
 }
@@ -576,6 +640,32 @@ fn main() -> ExitCode {
         Command::Identity => Request::Identity,
         Command::Hapeer => Request::PeerStatus,
         Command::Hasync { force } => Request::HaSync { force: *force },
+        Command::Ha {
+            action: HaAction::Set { no_sync, param },
+        } => {
+            use tandem_control::peer::params::HaSet;
+            Request::HaSet {
+                set: Some(match param {
+                    SetParam::Prefer { member } => HaSet::Prefer {
+                        member: member.clone(),
+                    },
+                    SetParam::SyncMinAge { secs } => HaSet::SyncMinAge { secs: *secs },
+                    SetParam::Swap {
+                        bounce,
+                        lacp_when_passive,
+                        garp_interval,
+                    } => HaSet::Swap {
+                        bounce: *bounce,
+                        lacp_when_passive: *lacp_when_passive,
+                        garp_interval_ms: *garp_interval,
+                    },
+                    SetParam::Weight { weights } => HaSet::Weight {
+                        weights: weights.clone(),
+                    },
+                }),
+                no_sync: *no_sync,
+            }
+        }
         Command::Ha {
             action:
                 HaAction::Cluster {

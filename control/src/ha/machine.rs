@@ -524,6 +524,13 @@ impl Ha {
         self.dual_active
     }
 
+    /// Changes this member's priority ("active firewall if equal", set on
+    /// both members at once by `ha set prefer`); the next heartbeat carries
+    /// it and the next election uses it.
+    pub fn set_priority(&mut self, priority: u8) {
+        self.cfg.priority = priority;
+    }
+
     /// The peer is heard on some path.
     pub fn peer_heard(&self) -> bool {
         self.peer_alive()

@@ -88,6 +88,9 @@ pub struct ConfSync {
     /// A member `ha cluster remove` marked, removed by `ha cluster
     /// activate`.
     pub(crate) pending_removal: Mutex<Option<String>>,
+    /// Held while the directory is swapped (a received sync, a join
+    /// recorded, `activate`, `ha set`): one writer at a time, none lost.
+    pub(crate) dir_lock: Mutex<()>,
 }
 
 /// A revision being received on one connection of the members' service;
@@ -104,6 +107,13 @@ impl Drop for Receiving {
     fn drop(&mut self) {
         self.conf.receiving.store(false, Ordering::Release);
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub(crate) fn now_unix() -> u64 {
@@ -160,7 +170,7 @@ impl ConfSync {
             }
             .save(state_file)?;
         }
-        Ok(Arc::new(ConfSync {
+        let conf = Arc::new(ConfSync {
             serial: serial.to_owned(),
             dir: dir.to_owned(),
             state_file: state_file.to_owned(),
@@ -171,11 +181,40 @@ impl ConfSync {
             receiving: AtomicBool::new(false),
             serials: Arc::new(Mutex::new(Vec::new())),
             pending_removal: Mutex::new(None),
-        }))
+            dir_lock: Mutex::new(()),
+        });
+        conf.refresh_serials();
+        Ok(conf)
+    }
+
+    /// Takes the members' serials from the cluster file (kept as they
+    /// were if it does not load).
+    pub(crate) fn refresh_serials(&self) {
+        if let Ok(f) = self.cluster_file() {
+            if let Ok(mut s) = self.serials.lock() {
+                *s = f.members.iter().map(|m| m.serial.clone()).collect();
+            }
+        }
+    }
+
+    /// Whether `serial` is the cluster's other member (listed, not us).
+    pub fn is_peer(&self, serial: &str) -> bool {
+        serial != self.serial
+            && self
+                .serials
+                .lock()
+                .map(|s| s.iter().any(|x| x == serial))
+                .unwrap_or(false)
     }
 
     /// This member's configuration status now.
     pub fn status(&self) -> Result<ConfigStatus, String> {
+        // Not between a swap and its state: no false "local
+        // modifications".
+        let _no_writer = self
+            .dir_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let files = files::scan(&self.dir)?;
         let digest = files::digest(&files);
         let state = SyncState::load(&self.state_file)?.unwrap_or_default();
@@ -249,6 +288,10 @@ impl ConfSync {
 
     fn chunk(&self, path: &str, offset: u64) -> Result<(u64, Vec<u8>), String> {
         files::check_path(path)?;
+        // Only a file of the manifest: a regular file (no link) inside.
+        if !files::scan(&self.dir)?.iter().any(|f| f.path == path) {
+            return Err(format!("{path}: no such file here"));
+        }
         let bytes = files::read_bounded(&self.dir.join(path))
             .map_err(|e| format!("{path}: no such file here ({e})"))?;
         let from = usize::try_from(offset)
@@ -297,6 +340,10 @@ impl ConfSync {
             .staging
             .take()
             .ok_or_else(|| "no sync in progress".to_string())?;
+        let _one_writer = self
+            .dir_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         staging
             .verify()
             .map_err(|e| format!("{e}; nothing was applied"))?;
@@ -313,6 +360,7 @@ impl ConfSync {
             from: r.from.clone(),
         }
         .save(&self.state_file)?;
+        self.refresh_serials();
         let changed: Vec<String> = files::differences(&before, &r.files)
             .into_iter()
             .map(|(p, _, _)| p.to_owned())
@@ -337,6 +385,17 @@ impl ConfSync {
                 .event("HA", format_args!("configuration sync: {e}"));
         }
         Ok((r.revision, effects))
+    }
+
+    /// Validates a staged cluster directory as this node would run it.
+    pub(crate) fn validate_staged(&self, staged: &Path) -> Result<String, String> {
+        (self.validate)(staged)
+    }
+
+    /// Applies what changed in the cluster directory (the paths): the
+    /// lines saying what was done.
+    pub(crate) fn apply_changed(&self, changed: &[String]) -> Vec<String> {
+        (self.apply)(changed)
     }
 
     /// Records that this member sent `revision` with its directory as
@@ -403,7 +462,7 @@ pub fn send(
                 diffs.len()
             ),
         );
-        let revision = local.revision.max(peer.revision) + 1;
+        let revision = local.revision.max(peer.revision).saturating_add(1);
         let want = match client.ask(&PeerRequest::SyncBegin {
             from: me.to_owned(),
             revision,

@@ -95,7 +95,7 @@ pub fn create(
     ctx: &ApiContext,
     args: &CreateArgs,
     psk: &Secret,
-    waker: &Waker,
+    waker: &Arc<Waker>,
 ) -> (Vec<String>, Result<(), String>) {
     let mut lines = Vec::new();
     let mut added: Vec<(String, String)> = Vec::new();
@@ -113,7 +113,7 @@ fn create_steps(
     ctx: &ApiContext,
     args: &CreateArgs,
     psk: &Secret,
-    waker: &Waker,
+    waker: &Arc<Waker>,
     lines: &mut Vec<String>,
     added: &mut Vec<(String, String)>,
 ) -> Result<(), String> {
@@ -316,7 +316,6 @@ fn create_steps(
         from: String::new(),
     }
     .save(&super::wiring::state_file(&cfg))?;
-    added.clear();
     let undo = |why: String| -> String {
         let _ = std::fs::rename(&pre, config_path);
         let _ = std::fs::remove_dir_all(&cluster_dir);
@@ -341,9 +340,15 @@ fn create_steps(
     )
     .map_err(|e| undo(format!("the election cannot start: {e}")))?
     .ok_or_else(|| undo("the election is off in the new configuration".into()))?;
-    let conf = super::wiring::conf_sync(&new_cfg, config_path, &ctx.node, &ctx.events)
-        .transpose()
-        .map_err(|e| undo(format!("the configuration sync cannot start: {e}")))?;
+    let conf = super::wiring::conf_sync(
+        &new_cfg,
+        config_path,
+        &ctx.node,
+        &ctx.events,
+        (ctx.shared.clone(), waker.clone()),
+    )
+    .transpose()
+    .map_err(|e| undo(format!("the configuration sync cannot start: {e}")))?;
     if let Some(c) = &conf {
         cluster.share_serials(c.serials.clone());
     }
@@ -385,6 +390,7 @@ fn create_steps(
         },
         waker,
     )?;
+    added.clear();
     *ctx.cfg
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = new_cfg;

@@ -349,7 +349,14 @@ impl Staging {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
             .map_err(|_| "no random numbers".to_string())?;
         let staging = parent.join(format!("{}{}", staging_prefix(dir), hex(&nonce)));
-        fs::create_dir(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // The cluster file holds the pre-shared key: root only.
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&staging)
+                .map_err(|e| format!("{}: {e}", staging.display()))?;
+        }
         let s = Staging {
             dir: dir.to_path_buf(),
             staging,
@@ -374,7 +381,14 @@ impl Staging {
             fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))?;
         }
         let res = (|| -> io::Result<()> {
-            let mut f = fs::File::create(&to)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            // Root only: the cluster file holds the pre-shared key.
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&to)?;
             f.write_all(bytes)?;
             f.sync_all()
         })();
@@ -486,9 +500,9 @@ impl Drop for Staging {
 }
 
 /// A unified diff of two texts, `---`/`+++` named `a_name` and `b_name`,
-/// with 3 lines of context; empty when they are equal. Texts of more than
-/// 20,000 differing lines (after the common start and end) are only said
-/// to differ.
+/// with 3 lines of context; empty when they are equal. Texts whose
+/// differing middles (after the common start and end) would need more
+/// than 4 million comparisons are only said to differ.
 pub fn unified_diff(a: &str, b: &str, a_name: &str, b_name: &str) -> String {
     let a: Vec<&str> = a.lines().collect();
     let b: Vec<&str> = b.lines().collect();
@@ -504,7 +518,9 @@ pub fn unified_diff(a: &str, b: &str, a_name: &str, b_name: &str) -> String {
         .count();
     let (am, bm) = (&a[pre..a.len() - suf], &b[pre..b.len() - suf]);
     let mut out = format!("--- {a_name}\n+++ {b_name}\n");
-    if am.len() * bm.len() > 20_000 * 20_000 / 4 || am.len() + bm.len() > 20_000 {
+    // The comparison table is (n + 1) x (m + 1) counters: at most 4
+    // million (16 MB); larger differences are only said to differ.
+    if (am.len() + 1).saturating_mul(bm.len() + 1) > 4_000_000 {
         out += &format!(
             "@@ the files differ in lines {}..{} of {} and {}..{} of {} (too many to show) @@\n",
             pre + 1,

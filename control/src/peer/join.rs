@@ -315,7 +315,7 @@ impl ConfSync {
             Joining {
                 serial: ask.serial.clone(),
                 slot,
-                revision: state.revision + 1,
+                revision: state.revision.saturating_add(1),
                 cluster,
                 files: manifest,
             },
@@ -645,7 +645,22 @@ fn join_steps(
     for w in &warnings {
         lines.push(format!("        warning: {w}"));
     }
-    // 6. The files, into a staging directory.
+    // 6. The files, into a staging directory (bounded: the member holds
+    // the key, but a broken one must not fill this disk).
+    if manifest.len() > files::MAX_FILES
+        || manifest.iter().any(|f| f.size > files::MAX_FILE)
+        || manifest.iter().map(|f| f.size).sum::<u64>() > 4 * files::MAX_FILE
+    {
+        let why = format!(
+            "the member's directory is too large ({} files; at most {} files of {} bytes, {} bytes in all)",
+            manifest.len(),
+            files::MAX_FILES,
+            files::MAX_FILE,
+            4 * files::MAX_FILE
+        );
+        abort(&mut client, &why);
+        return Err(why);
+    }
     let staging = StagingDir::new(&config_dir, &cluster_rel)?;
     for (i, f) in manifest.iter().enumerate() {
         files::check_path(&f.path)?;
@@ -945,7 +960,7 @@ impl ConfSync {
     /// `ha cluster activate`: applies the pending removal (the cluster
     /// file without the member, atomic, revision + 1): its slot is free
     /// for a replacement.
-    pub fn activate(&self) -> Result<String, String> {
+    pub fn activate(&self, peer_heard: bool) -> Result<String, String> {
         let Some(serial) = self
             .pending_removal
             .lock()
@@ -954,6 +969,11 @@ impl ConfSync {
         else {
             return Err("nothing to activate: run tandemctl ha cluster remove SERIAL first".into());
         };
+        if peer_heard {
+            return Err(format!(
+                "{serial} is heard on the HA links again: nothing changed; stop or disconnect it, then run tandemctl ha cluster remove again"
+            ));
+        }
         let mut file = self.cluster_file()?;
         let slot = file
             .members
@@ -990,7 +1010,7 @@ impl ConfSync {
     }
 
     /// The directory's manifest with `cluster` as its cluster file.
-    fn manifest_with(&self, cluster: &[u8]) -> Result<Vec<FileEntry>, String> {
+    pub(crate) fn manifest_with(&self, cluster: &[u8]) -> Result<Vec<FileEntry>, String> {
         let mut manifest: Vec<FileEntry> = files::scan(&self.dir)?
             .into_iter()
             .filter(|f| f.path != CLUSTER_FILE)
@@ -1013,6 +1033,10 @@ impl ConfSync {
         cluster: &[u8],
         revision: u64,
     ) -> Result<(), String> {
+        let _one_writer = self
+            .dir_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (mut staging, _) = Staging::begin(&self.dir, manifest.to_vec())?;
         staging.put(CLUSTER_FILE, 0, cluster)?;
         staging.switch()?;
@@ -1025,7 +1049,8 @@ impl ConfSync {
         .save(&self.state_file)
     }
 
-    fn cluster_file(&self) -> Result<ClusterFile, String> {
+    /// The cluster file as it is on disk.
+    pub(crate) fn cluster_file(&self) -> Result<ClusterFile, String> {
         let text = String::from_utf8(files::read_bounded(&self.dir.join(CLUSTER_FILE))?)
             .map_err(|_| "the cluster file is not text".to_string())?;
         tandem_config::cluster::check_cluster_text(&text, CLUSTER_FILE)
@@ -1107,7 +1132,7 @@ mod tests {
             crate::eventlog::EventLog::open("fw1", None, 0, 0).unwrap(),
         )
         .unwrap();
-        let e = conf.activate().unwrap_err();
+        let e = conf.activate(false).unwrap_err();
         assert!(e.contains("nothing to activate"), "{e}");
         let e = conf.remove_member("remote", true, false).unwrap_err();
         assert!(e.contains("TDLAB0002 is heard on the HA links"), "{e}");
@@ -1129,7 +1154,13 @@ mod tests {
             two,
             "nothing before activate"
         );
-        let m = conf.activate().unwrap();
+        let e = conf.activate(true).unwrap_err();
+        assert!(
+            e.contains("heard on the HA links again: nothing changed"),
+            "{e}"
+        );
+        conf.remove_member("remote", false, false).unwrap();
+        let m = conf.activate(false).unwrap();
         assert!(
             m.contains("revision 00002): TDLAB0002 removed; members TDLAB0001; slot 1 (198.19.69.2, 198.19.70.2) free"),
             "{m}"

@@ -8,5 +8,6 @@ pub mod create;
 pub mod files;
 pub mod handshake;
 pub mod join;
+pub mod params;
 pub mod service;
 pub mod wiring;

@@ -265,6 +265,8 @@ struct Conn {
     receiving: Option<super::confsync::Receiving>,
     /// Why the client connects, once its hello is in.
     purpose: Option<Purpose>,
+    /// The serial its hello gave.
+    serial: String,
     /// A join being served on this connection.
     joining: Option<super::join::Joining>,
 }
@@ -428,6 +430,7 @@ fn serve(
                         deadline: now + HANDSHAKE_TIME,
                         receiving: None,
                         purpose: None,
+                        serial: String::new(),
                         joining: None,
                     },
                 );
@@ -474,6 +477,28 @@ fn serve(
             note(&log, &mut logged, c.from, key, &why);
         }
     }
+}
+
+/// Writes all of `buf` on a non-blocking stream, waiting (1 ms at a time,
+/// 2 s at most) when the socket's buffer is full: a 64 KiB frame may not
+/// fit at once. Only this service's thread waits.
+fn write_all_bounded(stream: &mut MioStream, mut buf: &[u8]) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !buf.is_empty() {
+        match stream.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Logs a refusal, at most once per source and reason every 10 s.
@@ -535,7 +560,8 @@ fn read_and_serve(
             Step::Hello => match c.hs.on_hello(&frame) {
                 Ok((ch, sh)) => {
                     c.purpose = Some(ch.purpose);
-                    if c.stream.write_all(&preauth_frame(&sh)).is_err() {
+                    c.serial = ch.serial.clone();
+                    if write_all_bounded(&mut c.stream, &preauth_frame(&sh)).is_err() {
                         return Some(End::Closed);
                     }
                     c.step = Step::Proof;
@@ -544,7 +570,7 @@ fn read_and_serve(
             },
             Step::Proof => match c.hs.on_proof(&frame) {
                 Ok((proof, session)) => {
-                    if c.stream.write_all(&preauth_frame(&proof)).is_err() {
+                    if write_all_bounded(&mut c.stream, &preauth_frame(&proof)).is_err() {
                         return Some(End::Closed);
                     }
                     counters.authenticated.fetch_add(1, Ordering::Relaxed);
@@ -610,6 +636,21 @@ fn read_and_serve(
                                     _ => unreachable!(),
                                 }
                             }
+                            // Configuration requests come from the other
+                            // member only, naming itself.
+                            (Some(conf), _) if !conf.is_peer(&c.serial) => PeerAnswer::Refused {
+                                reason: format!(
+                                    "{} is not the other member of this cluster: configuration requests come from it only",
+                                    c.serial
+                                ),
+                            },
+                            (Some(_), _)
+                                if matches!(&request, PeerRequest::SyncBegin { from, .. } if *from != c.serial) =>
+                            {
+                                PeerAnswer::Refused {
+                                    reason: "a sync names another sender than the session's member".into(),
+                                }
+                            }
                             (Some(conf), _) => conf.handle(request, &mut c.receiving),
                         }
                     }
@@ -624,7 +665,7 @@ fn read_and_serve(
                     .ok()
                     .and_then(|b| session.seal(&b).ok());
                 match out {
-                    Some(f) if c.stream.write_all(&f).is_ok() => {}
+                    Some(f) if write_all_bounded(&mut c.stream, &f).is_ok() => {}
                     _ => return Some(End::Closed),
                 }
                 if unknown {
@@ -1046,7 +1087,17 @@ mod sync_tests {
     fn member(root: &std::path::Path, name: &str, serial: &str, policy: &str) -> Arc<ConfSync> {
         let dir = root.join(name).join("cluster");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cluster.ron"), "(members: [])").unwrap();
+        std::fs::write(
+            dir.join("cluster.ron"),
+            r#"(
+    members: [(serial: "TDLAB0001", slot: 0), (serial: "TDLAB0002", slot: 1)],
+    interfaces: [(name: "in", device: Vdev("net_af_packet0,iface=fw-in"), addresses: ["198.18.1.1/24"])],
+    ha: (cluster_id: 7, psk: "Lab-Cluster-Key-2026", links: [
+        (name: "HA-main", interface: "ha-main", address: "198.19.69.1/30", peer: "198.19.69.2"),
+    ]),
+)"#,
+        )
+        .unwrap();
         std::fs::write(dir.join("policy.ron"), policy).unwrap();
         ConfSync::new(
             serial,
@@ -1116,6 +1167,32 @@ mod sync_tests {
         assert_eq!(sb.last_sync_from, "TDLAB0001");
         let lines = confsync::compare(&a, &mut client(&s)).unwrap();
         assert_eq!(lines.len(), 2, "{lines:?}");
+    }
+
+    #[test]
+    fn only_the_other_member_naming_itself_may_read_or_push_the_configuration() {
+        let (_t, a, _b, s) = setup("who");
+        let mut stranger =
+            PeerClient::connect(s.listening[0], &keys(), "TDLAB0009", Duration::from_secs(2))
+                .unwrap();
+        let e = stranger
+            .ask(&PeerRequest::ConfigStatus)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TDLAB0009 is not the other member of this cluster"),
+            "{e}"
+        );
+        let e = client(&s)
+            .ask(&PeerRequest::SyncBegin {
+                from: "TDLAB0009".into(),
+                revision: 2,
+                files: a.status().unwrap().files,
+                force: false,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names another sender"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tandem_config::NodeConfig;
@@ -15,7 +15,10 @@ use tandem_dataplane::node::Node;
 
 use super::confsync::ConfSync;
 use super::service::{PeerClient, PORT};
+use crate::apiserver::ControlShared;
+use crate::cluster::LiveParams;
 use crate::eventlog::EventLog;
+use mio::Waker;
 
 /// The peer's service on each HA link, main first: (link name, address).
 pub fn peer_links(cfg: &NodeConfig) -> Vec<(String, SocketAddr)> {
@@ -51,31 +54,45 @@ pub fn connect_peer(
     ))
 }
 
-/// The sections of the cluster's file that differ between two
-/// configurations, the policy's content aside.
-fn changed_sections(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if a.interfaces != b.interfaces {
-        out.push("interfaces");
+/// What differs between two configurations of a member, the policy's
+/// content aside: the sections that wait for a restart, and whether the
+/// HA parameters that apply at once ([`LiveParams`]) changed.
+fn changes(a: &NodeConfig, b: &NodeConfig, names: &[&str]) -> (Vec<&'static str>, bool) {
+    let mut restart = Vec::new();
+    let unweighted = |c: &NodeConfig| {
+        let mut i = c.interfaces.clone();
+        for x in &mut i {
+            x.weight = 0;
+        }
+        i
+    };
+    if unweighted(a) != unweighted(b) {
+        restart.push("interfaces");
     }
     if a.routes != b.routes {
-        out.push("routes");
+        restart.push("routes");
     }
     let (mut fa, mut fb) = (a.firewall.clone(), b.firewall.clone());
     fa.policy = None;
     fb.policy = None;
     if fa != fb {
-        out.push("firewall");
+        restart.push("firewall");
     }
-    if a.ha != b.ha {
-        out.push("ha");
+    let fixed = |c: &NodeConfig| {
+        c.ha.clone().map(|mut h| {
+            h.priority = 0;
+            h.bounce_on_swap = false;
+            h.lacp_when_passive = false;
+            h.garp_interval_ms = 0;
+            h.sync_min_age_secs = 0;
+            h
+        })
+    };
+    if fixed(a) != fixed(b) {
+        restart.push("ha");
     }
-    if a.membership.as_ref().map(|m| (&m.members, &m.prefer))
-        != b.membership.as_ref().map(|m| (&m.members, &m.prefer))
-    {
-        out.push("members");
-    }
-    out
+    let live = LiveParams::of(a, names) != LiveParams::of(b, names);
+    (restart, live)
 }
 
 /// The state file of the configuration sync of node `cfg`.
@@ -95,6 +112,7 @@ pub fn conf_sync(
     config_path: &Path,
     node: &Arc<Node>,
     log: &EventLog,
+    control: (Arc<ControlShared>, Arc<Waker>),
 ) -> Option<Result<Arc<ConfSync>, String>> {
     let membership = cfg.membership.as_ref()?;
     let config_dir = config_path
@@ -120,7 +138,9 @@ pub fn conf_sync(
         })
     };
     let apply = {
-        let (node, config_path, running) = (node.clone(), config_path.to_owned(), cfg.clone());
+        let (node, config_path) = (node.clone(), config_path.to_owned());
+        let running = Mutex::new(cfg.clone());
+        let (shared, waker) = control;
         let policy_file = cfg
             .firewall
             .policy
@@ -130,10 +150,10 @@ pub fn conf_sync(
         Box::new(move |changed: &[String]| -> Vec<String> {
             let mut out = Vec::new();
             let new = match tandem_config::load(&config_path) {
-                Ok(c) => c,
+                Ok(c) => Arc::new(c),
                 Err(e) => {
                     return vec![format!(
-                        "WARNING: the configuration does not load any more ({e}); tandemd runs on with the one it started with"
+                        "WARNING: the configuration does not load any more ({e}); tandemd runs on with the one it has"
                     )]
                 }
             };
@@ -149,13 +169,50 @@ pub fn conf_sync(
                     Err(e) => format!("policy reload refused, the old policy stays: {e}"),
                 });
             }
-            let sections = changed_sections(&running, &new);
-            if !sections.is_empty() {
+            let mut running = running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let names: Vec<&str> = node
+                .interfaces()
+                .iter()
+                .map(|i| i.config.name.as_str())
+                .collect();
+            let (restart, live) = changes(&running, &new, &names);
+            if live {
+                if let Some(p) = LiveParams::of(&new, &names) {
+                    match node.set_ha_params(
+                        u64::from(p.garp_interval_ms),
+                        p.lacp_when_passive,
+                        u64::from(p.sync_min_age_secs) * 1000,
+                    ) {
+                        Ok(()) => {
+                            out.push(format!(
+                                "HA parameters applied at once: priority {}, bounce on swap {}, LACP when passive {}, gratuitous ARP every {} ms, sync of connections older than {} s, weights {}",
+                                p.priority,
+                                if p.bounce_on_swap { "on" } else { "off" },
+                                if p.lacp_when_passive { "on" } else { "off" },
+                                p.garp_interval_ms,
+                                p.sync_min_age_secs,
+                                names
+                                    .iter()
+                                    .zip(&p.weights)
+                                    .map(|(n, w)| format!("{n}={w}"))
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            ));
+                            shared.hand_live(new.clone(), p, &waker);
+                        }
+                        Err(e) => out.push(format!("HA parameters not applied: {e}")),
+                    }
+                }
+            }
+            if !restart.is_empty() {
                 out.push(format!(
                     "{} changed: applied at the next start of tandemd on this member",
-                    sections.join(", ")
+                    restart.join(", ")
                 ));
             }
+            *running = new;
             out
         })
     };
