@@ -121,11 +121,11 @@ impl ControlShared {
             .store(crate::peer::confsync::now_unix_ms(), Ordering::Relaxed);
     }
 
-    /// Whether the peer was heard in the last 10 s (a heartbeat gap of a
-    /// loaded machine does not make it "gone").
+    /// Whether the peer was heard in the last 3 s (six housekeeping turns:
+    /// a heartbeat gap of a loaded machine does not make it "gone").
     pub fn peer_heard(&self) -> bool {
         let at = self.peer_heard_ms.load(Ordering::Relaxed);
-        at > 0 && crate::peer::confsync::now_unix_ms().saturating_sub(at) < 10_000
+        at > 0 && crate::peer::confsync::now_unix_ms().saturating_sub(at) < 3_000
     }
 
     /// Whether the control loop should stop now for a restart.

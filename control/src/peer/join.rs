@@ -945,7 +945,7 @@ impl ConfSync {
         }
         if peer_heard && !force {
             return Err(format!(
-                "{serial} is heard on the HA links: stop it or disconnect it first (or add --force)"
+                "{serial} was heard on the HA links in the last 3 s: stop it or disconnect it first (or add --force)"
             ));
         }
         *self
@@ -971,7 +971,7 @@ impl ConfSync {
         };
         if peer_heard {
             return Err(format!(
-                "{serial} is heard on the HA links again: nothing changed; stop or disconnect it, then run tandemctl ha cluster remove again"
+                "{serial} was heard on the HA links in the last 3 s: nothing changed; stop or disconnect it, then run tandemctl ha cluster remove again"
             ));
         }
         let mut file = self.cluster_file()?;
@@ -1135,7 +1135,7 @@ mod tests {
         let e = conf.activate(false).unwrap_err();
         assert!(e.contains("nothing to activate"), "{e}");
         let e = conf.remove_member("remote", true, false).unwrap_err();
-        assert!(e.contains("TDLAB0002 is heard on the HA links"), "{e}");
+        assert!(e.contains("TDLAB0002 was heard on the HA links"), "{e}");
         let e = conf.remove_member("TDLAB0001", false, false).unwrap_err();
         assert!(e.contains("is this firewall"), "{e}");
         let e = conf.remove_member("TDLAB0009", false, false).unwrap_err();
@@ -1155,10 +1155,7 @@ mod tests {
             "nothing before activate"
         );
         let e = conf.activate(true).unwrap_err();
-        assert!(
-            e.contains("heard on the HA links again: nothing changed"),
-            "{e}"
-        );
+        assert!(e.contains("in the last 3 s: nothing changed"), "{e}");
         conf.remove_member("remote", false, false).unwrap();
         let m = conf.activate(false).unwrap();
         assert!(
