@@ -1049,7 +1049,7 @@ impl Cluster {
         // whole of it.
         let sync_serial = node
             .sync()
-            .and_then(|s| s.shared().peer_serial.lock().ok().map(|g| g.clone()))
+            .and_then(|s| s.shared().peer_serial.try_lock().ok().map(|g| g.clone()))
             .unwrap_or_default();
         let peer = self.ha.peer().map(|p| HaMemberInfo {
             serial: if serial_number(&sync_serial) == p.serial {
