@@ -70,6 +70,22 @@ pub struct ClusterFile {
     /// 0's, `peer` slot 1's). `priority` is not written here: `prefer`
     /// sets it.
     pub ha: HaConfig,
+    /// F15: named groups of files (leases, lists, certificates...) that
+    /// the active member sends to the other on their own period, outside
+    /// the configuration's revision; the files of group NAME are in
+    /// `<cluster directory>.groups/NAME/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_groups: Vec<FileGroup>,
+}
+
+/// A group of files synchronized on its own period (F15).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGroup {
+    /// 1..=32 characters from `[a-z0-9_-]`.
+    pub name: String,
+    /// The active member sends it this often (1..=86400 seconds).
+    pub every_secs: u32,
 }
 
 /// A member of the cluster.
@@ -95,6 +111,8 @@ pub struct Membership {
     pub members: Vec<Member>,
     /// The preferred member, if any.
     pub prefer: Option<String>,
+    /// The file groups (F15).
+    pub file_groups: Vec<FileGroup>,
 }
 
 impl Membership {
@@ -140,6 +158,8 @@ fn allowed(field: &str) -> &'static str {
         "prefer" => "the serial of a member, or None",
         "ha.priority" => "0 or left out: prefer names the preferred member",
         "firewall.policy" => "a file inside the cluster directory, given relative to it (no ..)",
+        "file_groups[].name" => "1..=32 characters from [a-z0-9_-], each group named once",
+        "file_groups[].every_secs" => "1..=86400 seconds",
         _ => "",
     }
 }
@@ -186,6 +206,33 @@ fn check_cluster(c: &mut Checker<'_>, file: &ClusterFile) {
             c.fail(
                 "prefer",
                 format!("{p:?} is not a member; allowed {}", allowed("prefer")),
+            );
+        }
+    }
+    for (i, g) in file.file_groups.iter().enumerate() {
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+        if g.name.is_empty()
+            || g.name.len() > 32
+            || !g.name.chars().all(ok)
+            || file.file_groups[..i].iter().any(|o| o.name == g.name)
+        {
+            c.fail(
+                format!("file_groups[{i}].name"),
+                format!(
+                    "{:?} is not allowed; allowed {}",
+                    g.name,
+                    allowed("file_groups[].name")
+                ),
+            );
+        }
+        if !(1..=86_400).contains(&g.every_secs) {
+            c.fail(
+                format!("file_groups[{i}].every_secs"),
+                format!(
+                    "{} is out of range; allowed {}",
+                    g.every_secs,
+                    allowed("file_groups[].every_secs")
+                ),
             );
         }
     }
@@ -289,6 +336,7 @@ pub(crate) fn merge(
         slot,
         members: file.members.clone(),
         prefer: file.prefer.clone(),
+        file_groups: file.file_groups.clone(),
     });
     let problems =
         crate::validate::validate_split(&cfg, origin, Some(node_map), Some((&shared_origin, &map)));
@@ -328,6 +376,7 @@ pub fn cluster_file_of(cfg: &NodeConfig) -> Option<ClusterFile> {
         routes: cfg.routes.clone(),
         firewall,
         ha,
+        file_groups: ms.file_groups.clone(),
     })
 }
 

@@ -1472,6 +1472,18 @@ fn members_prefer_priority_and_policy_place_are_checked() {
             "firewall.policy",
             "inside the cluster directory",
         ),
+        (
+            "interfaces: [",
+            "file_groups: [(name: \"Leases\", every_secs: 60)],\n    interfaces: [",
+            "file_groups[0].name",
+            "[a-z0-9_-]",
+        ),
+        (
+            "interfaces: [",
+            "file_groups: [(name: \"leases\", every_secs: 0)],\n    interfaces: [",
+            "file_groups[0].every_secs",
+            "1..=86400 seconds",
+        ),
     ] {
         assert!(CLUSTER.contains(from), "{from}");
         let text = CLUSTER.replacen(from, to, 1);

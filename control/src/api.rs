@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_set, ha_cluster_remove, ha_cluster_activate, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_cluster_remove, ha_cluster_activate, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -106,6 +106,9 @@ pub enum Request {
         #[serde(default)]
         psk: Option<tandem_config::Secret>,
     },
+    /// Re-reads the cluster's file on this member and applies what changed
+    /// in it (the parameters that need no restart at once), as `enha`.
+    HaEnha,
     /// Changes a parameter of the cluster (F9-F12) here and on the peer,
     /// as `ha set`.
     HaSet {
@@ -222,6 +225,7 @@ impl Request {
         "ha_diff",
         "ha_create",
         "ha_join",
+        "ha_enha",
         "ha_set",
         "ha_cluster_remove",
         "ha_cluster_activate",
@@ -251,6 +255,7 @@ impl Request {
             Request::HaDiff { .. } => "ha_diff",
             Request::HaCreate { .. } => "ha_create",
             Request::HaJoin { .. } => "ha_join",
+            Request::HaEnha => "ha_enha",
             Request::HaSet { .. } => "ha_set",
             Request::HaClusterRemove { .. } => "ha_cluster_remove",
             Request::HaClusterActivate => "ha_cluster_activate",
@@ -720,6 +725,9 @@ pub struct ConfigSyncInfo {
     pub synchronized: Option<bool>,
     /// What an operator should do when they are not.
     pub notice: Option<String>,
+    /// The file groups (F15): the last send of each.
+    #[serde(default)]
+    pub file_groups: Vec<String>,
 }
 
 /// Answer to `conn list`.
@@ -1146,6 +1154,7 @@ mod tests {
             | Request::HaDiff { .. }
             | Request::HaCreate { .. }
             | Request::HaJoin { .. }
+            | Request::HaEnha
             | Request::HaSet { .. }
             | Request::HaClusterRemove { .. }
             | Request::HaClusterActivate
@@ -1181,6 +1190,7 @@ mod tests {
                 join: None,
                 psk: None,
             },
+            Request::HaEnha,
             Request::HaSet {
                 set: None,
                 no_sync: false,
@@ -1211,7 +1221,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_set, ha_cluster_remove, ha_cluster_activate, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_cluster_remove, ha_cluster_activate, debug"
         );
     }
 

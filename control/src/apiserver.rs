@@ -510,7 +510,7 @@ impl Route<'_> {
             Request::HaSet { set: None, .. } => Some(Response::error(
                 "ha set needs a parameter: prefer, sync-min-age, swap or weight",
             )),
-            Request::HaSet { .. } if ctx.conf().is_none() => Some(Response::error(
+            Request::HaSet { .. } | Request::HaEnha if ctx.conf().is_none() => Some(Response::error(
                 "this node is not a member of a cluster with a cluster directory: there is no cluster parameter to set",
             )),
             Request::HaClusterRemove { serial: None, .. } => Some(Response::error(
@@ -552,6 +552,7 @@ impl Route<'_> {
             | Request::HaCreate { .. }
             | Request::HaJoin { .. }
             | Request::HaSet { .. }
+            | Request::HaEnha
             | Request::HaClusterActivate => {
                 let Some(jobs) = self.jobs else {
                     return Some(Response::error("tandemd is stopping"));
@@ -803,6 +804,19 @@ fn run_job(ctx: &ApiContext, request: Request, control: &Arc<Waker>) -> Response
             }
         },
         Request::PeerStatus => peer_status(ctx),
+        Request::HaEnha => match ctx.conf() {
+            None => Response::error("no cluster directory"),
+            Some(conf) => {
+                let mut lines =
+                    conf.apply_changed(&[tandem_config::cluster::CLUSTER_FILE.to_owned()]);
+                if lines.is_empty() {
+                    lines.push(
+                        "cluster.ron: nothing changed since tandemd last applied it".to_owned(),
+                    );
+                }
+                Response::Lines { lines, error: None }
+            }
+        },
         Request::HaSet {
             set: Some(what),
             no_sync,

@@ -712,6 +712,9 @@ pub fn format_hainfo(r: &HaInfo) -> String {
                 ),
             }
         );
+        for g in &c.file_groups {
+            let _ = writeln!(out, "file group:    {g}");
+        }
         if let Some(n) = &c.notice {
             let _ = writeln!(out, "{n}");
         }

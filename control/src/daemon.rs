@@ -423,26 +423,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
     // the API thread are started: only this (control) thread gets the
     // real-time class, so heartbeats leave on time even when the workers
     // keep every core busy.
-    if let Some(prio) = daemon
-        .cfg
-        .ha
-        .as_ref()
-        .map(|h| h.control_priority)
-        .filter(|&p| p > 0)
-    {
-        match tandem_dataplane::dpdk::set_current_thread_realtime(prio) {
-            Ok(()) => daemon.events.event(
-                "SYSTEM",
-                format_args!("control thread in the real-time class (SCHED_RR {prio})"),
-            ),
-            Err(e) => daemon.events.event(
-                "SYSTEM",
-                format_args!(
-                    "control thread stays in the normal class: SCHED_RR {prio} refused: {e}"
-                ),
-            ),
-        }
-    }
+    daemon.go_realtime();
     daemon.seen.3 = daemon.node.role();
     daemon.events.event(
         "SYSTEM",
@@ -626,6 +607,32 @@ impl Daemon {
         }
     }
 
+    /// Puts the calling (control) thread in the real-time class of a
+    /// cluster member's `control_priority` (0, or not a member: stays).
+    fn go_realtime(&mut self) {
+        let Some(prio) = self
+            .cfg
+            .ha
+            .as_ref()
+            .map(|h| h.control_priority)
+            .filter(|&p| p > 0)
+        else {
+            return;
+        };
+        match tandem_dataplane::dpdk::set_current_thread_realtime(prio) {
+            Ok(()) => self.events.event(
+                "SYSTEM",
+                format_args!("control thread in the real-time class (SCHED_RR {prio})"),
+            ),
+            Err(e) => self.events.event(
+                "SYSTEM",
+                format_args!(
+                    "control thread stays in the normal class: SCHED_RR {prio} refused: {e}"
+                ),
+            ),
+        }
+    }
+
     /// Takes the election, the members' service and the configuration
     /// watch of a cluster this node just created (`ha create`): from now
     /// on it sends heartbeats, as the active member.
@@ -656,26 +663,7 @@ impl Daemon {
         self.watchdog = Watchdog::new(watched, progress_timeout(&self.cfg), Instant::now());
         // Heartbeats leave on time from now on: the real-time class, as a
         // member started with HA gets at start.
-        if let Some(prio) = self
-            .cfg
-            .ha
-            .as_ref()
-            .map(|h| h.control_priority)
-            .filter(|&p| p > 0)
-        {
-            match tandem_dataplane::dpdk::set_current_thread_realtime(prio) {
-                Ok(()) => self.events.event(
-                    "SYSTEM",
-                    format_args!("control thread in the real-time class (SCHED_RR {prio})"),
-                ),
-                Err(e) => self.events.event(
-                    "SYSTEM",
-                    format_args!(
-                        "control thread stays in the normal class: SCHED_RR {prio} refused: {e}"
-                    ),
-                ),
-            }
-        }
+        self.go_realtime();
         self.events.event(
             "HA",
             "cluster created: election on, this member active; heartbeats on UDP 5405 over the HA links",

@@ -548,6 +548,23 @@ impl Node {
         ctl_json(&self.socket, args)
     }
 
+    /// `tandemctl ARGS` as an operator sees it, whatever its exit code:
+    /// (exit code, stdout, stderr); killed after `timeout`.
+    pub fn ctl_out(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<(Option<i32>, String, String)> {
+        let mut c = Command::new(find_bin("tandemctl")?);
+        c.arg("--socket").arg(&self.socket).args(args);
+        let o = cmd::run_timeout(c, timeout)?;
+        Ok((
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ))
+    }
+
     /// `tandemctl ARGS` as an operator sees it (human-readable text).
     pub fn ctl_text(&self, args: &[&str]) -> Result<String> {
         let ctl = find_bin("tandemctl")?;

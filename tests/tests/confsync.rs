@@ -53,14 +53,8 @@ fn policy_of(n: &Node) -> PathBuf {
 /// `tandemctl ARGS` on `n` as an operator reads it: (exit code, stdout,
 /// stderr); killed after 40 s.
 fn ctl(n: &Node, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut c = std::process::Command::new(tandem_tests::node::find_bin("tandemctl").unwrap());
-    c.arg("--socket").arg(&n.socket).args(args);
-    let o = tandem_tests::cmd::run_timeout(c, Duration::from_secs(40)).expect("tandemctl runs");
-    (
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    n.ctl_out(args, Duration::from_secs(40))
+        .expect("tandemctl runs")
 }
 
 fn wait_config(n: &Node, what: &str, f: impl Fn(&Value) -> bool) -> Value {
@@ -229,6 +223,72 @@ fn hasync_makes_both_members_identical_without_disturbing_traffic() {
             });
         }
         assert_eq!(cluster_of(act), cluster_of(pas));
+
+        // A hand edit of cluster.ron, applied by enha, then sent.
+        let file = act.cluster_dir().unwrap().join("cluster.ron");
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("garp_interval_ms: 0,"), "{text}");
+        std::fs::write(
+            &file,
+            text.replace("garp_interval_ms: 0,", "garp_interval_ms: 300,"),
+        )
+        .unwrap();
+        let (code, out, err) = ctl(act, &["enha"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("gratuitous ARP every 300 ms"), "{out}");
+        let (_, out, _) = ctl(act, &["enha"]);
+        assert!(
+            out.contains("nothing changed since tandemd last applied it"),
+            "{out}"
+        );
+        let (code, out, err) = ctl(act, &["hasync"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("gratuitous ARP every 300 ms"), "{out}");
+
+        // F15: a file group, sent by the active on its own period,
+        // outside the configuration's revision.
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(
+            &file,
+            text.replacen(
+                "(\n",
+                "(\n    file_groups: [(name: \"leases\", every_secs: 1)],\n",
+                1,
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = ctl(act, &["enha"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        let (code, out, err) = ctl(act, &["hasync"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        let group_dir = |n: &Node| {
+            let d = n.cluster_dir().unwrap();
+            PathBuf::from(format!("{}.groups", d.display())).join("leases")
+        };
+        std::fs::create_dir_all(group_dir(act)).unwrap();
+        std::fs::write(group_dir(act).join("dhcp.leases"), "lease 198.18.1.50\n").unwrap();
+        let t0 = std::time::Instant::now();
+        while std::fs::read_to_string(group_dir(pas).join("dhcp.leases"))
+            .ok()
+            .as_deref()
+            != Some("lease 198.18.1.50\n")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the file group did not reach the passive"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("file group: on the passive after {:?}", t0.elapsed());
+        let v = wait_config(act, "the group's last send in hainfo", |c| {
+            c["file_groups"][0]
+                .as_str()
+                .is_some_and(|g| g.starts_with("leases: "))
+        });
+        assert_eq!(
+            v["synchronized"], true,
+            "a group is not a configuration change: {v}"
+        );
 
         let log = pas.ctl(&["log", "--lines", "200"]).expect("log")["lines"].to_string();
         assert!(

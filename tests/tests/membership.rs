@@ -32,14 +32,8 @@ const KEY: &str = "Lab-Cluster-Key-2026";
 /// `tandemctl ARGS` on `n` as an operator reads it: (exit code, stdout,
 /// stderr); killed after 120 s.
 fn ctl(n: &Node, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut c = std::process::Command::new(tandem_tests::node::find_bin("tandemctl").unwrap());
-    c.arg("--socket").arg(&n.socket).args(args);
-    let o = tandem_tests::cmd::run_timeout(c, Duration::from_secs(120)).expect("tandemctl runs");
-    (
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    n.ctl_out(args, Duration::from_secs(120))
+        .expect("tandemctl runs")
 }
 
 fn read(p: &Path) -> String {

@@ -105,6 +105,10 @@ enum Command {
         #[command(subcommand)]
         action: HaAction,
     },
+    /// Re-reads the cluster's configuration (cluster.ron) on this member
+    /// and applies the HA parameters that changed in it; says what waits
+    /// for a restart
+    Enha,
     /// The event log (HA, sync, policy events)
     Log {
         /// How many of the last lines
@@ -424,7 +428,7 @@ fn default_timeout_ms(req: &Request) -> u64 {
         // large policy takes a while.
         Request::HaSync { .. } | Request::HaSyncTest | Request::HaDiff { .. } => 60_000,
         Request::HaJoin { .. } | Request::HaCreate { .. } => 90_000,
-        Request::HaSet { .. } => 30_000,
+        Request::HaSet { .. } | Request::HaEnha => 30_000,
         _ => 2000,
     }
 }
@@ -575,7 +579,10 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
                 },
             }
         }
-        (Command::Hasynctest | Command::Hadiff { .. }, Response::Lines { lines, .. }) => {
+        (
+            Command::Hasynctest | Command::Hadiff { .. } | Command::Enha,
+            Response::Lines { lines, .. },
+        ) => {
             Outcome::print(lines.iter().map(|l| format!("{l}\n")).collect())
         }
         (Command::Log { .. }, Response::Log { lines }) => {
@@ -640,6 +647,7 @@ fn main() -> ExitCode {
         Command::Identity => Request::Identity,
         Command::Hapeer => Request::PeerStatus,
         Command::Hasync { force } => Request::HaSync { force: *force },
+        Command::Enha => Request::HaEnha,
         Command::Ha {
             action: HaAction::Set { no_sync, param },
         } => {

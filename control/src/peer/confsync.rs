@@ -66,6 +66,16 @@ pub type ApplyFn = dyn Fn(&[String]) -> Vec<String> + Send + Sync;
 /// `Ok` says what it holds, `Err` why it cannot run.
 pub type ValidateFn = dyn Fn(&Path) -> Result<String, String> + Send + Sync;
 
+/// What the configuration sync asks of the node it runs on.
+pub struct Hooks {
+    /// Validates a staged cluster directory as the node would run it.
+    pub validate: Box<ValidateFn>,
+    /// Applies what changed (reloads, live parameters).
+    pub apply: Box<ApplyFn>,
+    /// Whether the node is the active member now.
+    pub is_active: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
 /// A member's side of the configuration sync.
 pub struct ConfSync {
     /// This member's serial.
@@ -91,6 +101,11 @@ pub struct ConfSync {
     /// Held while the directory is swapped (a received sync, a join
     /// recorded, `activate`, `ha set`): one writer at a time, none lost.
     pub(crate) dir_lock: Mutex<()>,
+    /// The file groups of the cluster file (F15).
+    pub(crate) groups: Mutex<Vec<tandem_config::cluster::FileGroup>>,
+    /// Whether this member is active now (only the active sends file
+    /// groups).
+    is_active: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// A revision being received on one connection of the members' service;
@@ -100,6 +115,8 @@ pub struct Receiving {
     files: Vec<FileEntry>,
     from: String,
     revision: u64,
+    /// A file group instead of the configuration.
+    group: Option<String>,
     conf: Arc<ConfSync>,
 }
 
@@ -146,10 +163,14 @@ impl ConfSync {
         dir: &Path,
         state_file: &Path,
         identity_file: Option<PathBuf>,
-        validate: Box<ValidateFn>,
-        apply: Box<ApplyFn>,
+        hooks: Hooks,
         log: EventLog,
     ) -> Result<Arc<ConfSync>, String> {
+        let Hooks {
+            validate,
+            apply,
+            is_active,
+        } = hooks;
         let removed = files::remove_stale_staging(dir);
         if removed > 0 {
             log.event(
@@ -182,6 +203,8 @@ impl ConfSync {
             serials: Arc::new(Mutex::new(Vec::new())),
             pending_removal: Mutex::new(None),
             dir_lock: Mutex::new(()),
+            groups: Mutex::new(Vec::new()),
+            is_active,
         });
         conf.refresh_serials();
         Ok(conf)
@@ -194,7 +217,65 @@ impl ConfSync {
             if let Ok(mut s) = self.serials.lock() {
                 *s = f.members.iter().map(|m| m.serial.clone()).collect();
             }
+            if let Ok(mut g) = self.groups.lock() {
+                *g = f.file_groups;
+            }
         }
+    }
+
+    /// Sends file group `g` to the peer if its files differ there: how
+    /// many files it sent (0: the same already).
+    pub(crate) fn push_group(
+        &self,
+        client: &mut PeerClient,
+        g: &tandem_config::cluster::FileGroup,
+    ) -> Result<usize, String> {
+        let ask =
+            |client: &mut PeerClient, r: &PeerRequest| client.ask(r).map_err(|e| e.to_string());
+        let local = self.group_files(&g.name)?;
+        let peer = match ask(
+            client,
+            &PeerRequest::GroupStatus {
+                name: g.name.clone(),
+            },
+        )? {
+            PeerAnswer::GroupFiles { files } => files,
+            other => return Err(super::service::unexpected(&other)),
+        };
+        if local == peer {
+            return Ok(0);
+        }
+        let want = match ask(
+            client,
+            &PeerRequest::SyncBegin {
+                from: self.serial.clone(),
+                revision: 0,
+                files: local.clone(),
+                force: true,
+                group: Some(g.name.clone()),
+            },
+        )? {
+            PeerAnswer::SyncWant { paths } => paths,
+            other => return Err(super::service::unexpected(&other)),
+        };
+        let dir = self.group_dir(&g.name)?;
+        for path in &want {
+            send_file(client, &dir.join(path), path)?;
+        }
+        match ask(client, &PeerRequest::SyncCommit)? {
+            PeerAnswer::SyncApplied { .. } => {}
+            other => return Err(super::service::unexpected(&other)),
+        }
+        self.log.event(
+            "HA",
+            format_args!(
+                "file group {} sent to the peer: {} of {} files changed",
+                g.name,
+                want.len(),
+                local.len()
+            ),
+        );
+        Ok(want.len().max(1))
     }
 
     /// Whether `serial` is the cluster's other member (listed, not us).
@@ -249,12 +330,17 @@ impl ConfSync {
                 },
                 Err(e) => refuse(e),
             },
+            PeerRequest::GroupStatus { name } => match self.group_files(&name) {
+                Ok(files) => PeerAnswer::GroupFiles { files },
+                Err(e) => refuse(e),
+            },
             PeerRequest::SyncBegin {
                 from,
                 revision,
                 files,
                 force,
-            } => match self.begin(from, revision, files, force) {
+                group,
+            } => match self.begin(from, revision, files, force, group) {
                 Ok((r, want)) => {
                     *receiving = Some(r);
                     PeerAnswer::SyncWant { paths: want }
@@ -308,9 +394,21 @@ impl ConfSync {
         revision: u64,
         files: Vec<FileEntry>,
         force: bool,
+        group: Option<String>,
     ) -> Result<(Receiving, Vec<String>), String> {
-        let status = self.status()?;
-        if status.local_changes && !force {
+        let dir = match &group {
+            Some(name) => {
+                let dir = self.group_dir(name)?;
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                dir
+            }
+            None => self.dir.clone(),
+        };
+        let status = match group {
+            Some(_) => None,
+            None => Some(self.status()?),
+        };
+        if status.is_some_and(|s| s.local_changes) && !force {
             return Err(format!(
                 "{} has local modifications that this sync would replace (tandemctl hasynctest and hadiff FILE on {from} show them); run tandemctl hasync --force on {from} to replace them, or tandemctl hasync on {} to send them instead",
                 self.serial, self.serial
@@ -328,11 +426,37 @@ impl ConfSync {
             files: files.clone(),
             from,
             revision,
+            group,
             conf: self.clone(),
         };
-        let (staging, want) = Staging::begin(&self.dir, files)?;
+        let (staging, want) = Staging::begin(&dir, files)?;
         r.staging = Some(staging);
         Ok((r, want))
+    }
+
+    /// The directory of file group `name` (F15), if the cluster has it.
+    pub(crate) fn group_dir(&self, name: &str) -> Result<PathBuf, String> {
+        let known = self
+            .groups
+            .lock()
+            .map(|g| g.iter().any(|x| x.name == name))
+            .unwrap_or(false);
+        if !known || name.contains('/') {
+            return Err(format!(
+                "no file group {name:?} in this cluster (cluster.ron file_groups)"
+            ));
+        }
+        Ok(PathBuf::from(format!("{}.groups", self.dir.display())).join(name))
+    }
+
+    /// The manifest of file group `name` (empty while it has no files).
+    pub(crate) fn group_files(&self, name: &str) -> Result<Vec<FileEntry>, String> {
+        let dir = self.group_dir(name)?;
+        if dir.is_dir() {
+            files::scan(&dir)
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     fn commit(&self, mut r: Receiving) -> Result<(u64, Vec<String>), String> {
@@ -340,6 +464,23 @@ impl ConfSync {
             .staging
             .take()
             .ok_or_else(|| "no sync in progress".to_string())?;
+        if let Some(group) = &r.group {
+            // Data, not configuration: swapped in whole, nothing to
+            // validate or reload, no revision.
+            staging
+                .verify()
+                .map_err(|e| format!("{e}; nothing was applied"))?;
+            staging.switch()?;
+            self.log.event(
+                "HA",
+                format_args!(
+                    "file group {group} received from {}: {} files",
+                    r.from,
+                    r.files.len()
+                ),
+            );
+            return Ok((0, Vec::new()));
+        }
         let _one_writer = self
             .dir_lock
             .lock()
@@ -395,6 +536,7 @@ impl ConfSync {
     /// Applies what changed in the cluster directory (the paths): the
     /// lines saying what was done.
     pub(crate) fn apply_changed(&self, changed: &[String]) -> Vec<String> {
+        self.refresh_serials();
         (self.apply)(changed)
     }
 
@@ -432,7 +574,7 @@ pub fn send(
         let t0 = Instant::now();
         let peer = match client.ask(&PeerRequest::ConfigStatus) {
             Ok(PeerAnswer::ConfigStatus(s)) => s,
-            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Ok(other) => return Err(super::service::unexpected(&other)),
             Err(e) => return Err(e.to_string()),
         };
         step(
@@ -468,9 +610,10 @@ pub fn send(
             revision,
             files: local.files.clone(),
             force,
+            group: None,
         }) {
             Ok(PeerAnswer::SyncWant { paths }) => paths,
-            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Ok(other) => return Err(super::service::unexpected(&other)),
             Err(e) => return Err(e.to_string()),
         };
         step(
@@ -486,36 +629,14 @@ pub fn send(
             ),
         );
         for (i, path) in want.iter().enumerate() {
-            let bytes = files::read_bounded(&conf.dir.join(path))?;
-            let mut offset = 0usize;
-            loop {
-                let end = (offset + CHUNK).min(bytes.len());
-                match client.ask(&PeerRequest::SyncPut {
-                    path: path.clone(),
-                    offset: offset as u64,
-                    data: files::hex(&bytes[offset..end]),
-                }) {
-                    Ok(PeerAnswer::SyncStored) => {}
-                    Ok(other) => return Err(format!("unexpected answer {other:?}")),
-                    Err(e) => return Err(e.to_string()),
-                }
-                offset = end;
-                if offset >= bytes.len() {
-                    break;
-                }
-            }
+            let size = send_file(client, &conf.dir.join(path), path)?;
             step(
                 &mut lines,
                 me,
                 4,
                 STEPS,
                 "Synchronization",
-                &format!(
-                    "{}/{} {path} ({})",
-                    i + 1,
-                    want.len(),
-                    size_text(bytes.len() as u64)
-                ),
+                &format!("{}/{} {path} ({})", i + 1, want.len(), size_text(size)),
             );
         }
         if want.is_empty() {
@@ -530,7 +651,7 @@ pub fn send(
         }
         let (applied, effects) = match client.ask(&PeerRequest::SyncCommit) {
             Ok(PeerAnswer::SyncApplied { revision, effects }) => (revision, effects),
-            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Ok(other) => return Err(super::service::unexpected(&other)),
             Err(e) => return Err(e.to_string()),
         };
         step(
@@ -573,12 +694,35 @@ pub fn send(
     (lines, res)
 }
 
+/// Sends the file at `full` as `path` of a sync in progress on `client`,
+/// in chunks: its size.
+fn send_file(client: &mut PeerClient, full: &Path, path: &str) -> Result<u64, String> {
+    let bytes = files::read_bounded(full)?;
+    let mut offset = 0usize;
+    loop {
+        let end = (offset + CHUNK).min(bytes.len());
+        match client.ask(&PeerRequest::SyncPut {
+            path: path.to_owned(),
+            offset: offset as u64,
+            data: files::hex(&bytes[offset..end]),
+        }) {
+            Ok(PeerAnswer::SyncStored) => {}
+            Ok(other) => return Err(super::service::unexpected(&other)),
+            Err(e) => return Err(e.to_string()),
+        }
+        offset = end;
+        if offset >= bytes.len() {
+            return Ok(bytes.len() as u64);
+        }
+    }
+}
+
 /// `hasynctest`: the lines listing every file that differs between this
 /// member and the peer (only the first two when none does).
 pub fn compare(conf: &ConfSync, client: &mut PeerClient) -> Result<Vec<String>, String> {
     let peer = match client.ask(&PeerRequest::ConfigStatus) {
         Ok(PeerAnswer::ConfigStatus(s)) => s,
-        Ok(other) => return Err(format!("unexpected answer {other:?}")),
+        Ok(other) => return Err(super::service::unexpected(&other)),
         Err(e) => return Err(e.to_string()),
     };
     let local = conf.status()?;
@@ -629,7 +773,7 @@ pub fn diff(conf: &ConfSync, client: &mut PeerClient, path: &str) -> Result<Stri
                     break;
                 }
             }
-            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Ok(other) => return Err(super::service::unexpected(&other)),
             Err(super::service::PeerError::Refused { reason, .. })
                 if reason.contains("no such file") =>
             {
@@ -664,6 +808,8 @@ pub struct ConfigView {
     pub peer: Option<ConfigStatus>,
     /// Why it did not.
     pub peer_error: Option<String>,
+    /// The file groups: the last send of each, in words.
+    pub groups: Vec<String>,
 }
 
 /// A thread (`tandem-confwatch`) that reads this member's configuration
@@ -698,6 +844,9 @@ impl ConfigWatch {
             .name("tandem-confwatch".into())
             .spawn(move || {
                 let mut client: Option<PeerClient> = None;
+                // Per group: when it was last sent, and what that said.
+                let mut pushed: std::collections::HashMap<String, (Instant, String)> =
+                    std::collections::HashMap::new();
                 while !s.load(Ordering::Relaxed) {
                     let local = conf.status().ok();
                     let peer = (|| {
@@ -707,14 +856,52 @@ impl ConfigWatch {
                         let c = client.as_mut().ok_or("no session")?;
                         match c.ask(&PeerRequest::ConfigStatus) {
                             Ok(PeerAnswer::ConfigStatus(p)) => Ok(p),
-                            Ok(other) => Err(format!("unexpected answer {other:?}")),
+                            Ok(other) => Err(super::service::unexpected(&other)),
                             Err(e) => Err(e.to_string()),
                         }
                     })();
                     if peer.is_err() {
                         client = None;
                     }
+                    // F15: the active member sends each group on its period.
+                    let groups = conf.groups.lock().map(|g| g.clone()).unwrap_or_default();
+                    if let (true, Some(c)) = ((conf.is_active)(), client.as_mut()) {
+                        for g in &groups {
+                            let due = pushed.get(&g.name).is_none_or(|(at, _)| {
+                                at.elapsed() >= Duration::from_secs(u64::from(g.every_secs))
+                            });
+                            if !due {
+                                continue;
+                            }
+                            let said = match conf.push_group(c, g) {
+                                Ok(0) => "the same on both".to_owned(),
+                                Ok(n) => format!("{n} files sent"),
+                                Err(e) => format!("not sent: {e}"),
+                            };
+                            pushed.insert(
+                                g.name.clone(),
+                                (
+                                    Instant::now(),
+                                    format!("{}: {said} at {}", g.name, utc_text(now_unix())),
+                                ),
+                            );
+                        }
+                    }
                     if let Ok(mut g) = v.lock() {
+                        g.groups = groups
+                            .iter()
+                            .map(|x| {
+                                pushed.get(&x.name).map_or_else(
+                                    || {
+                                        format!(
+                                            "{}: every {} s, not sent by this member",
+                                            x.name, x.every_secs
+                                        )
+                                    },
+                                    |(_, said)| said.clone(),
+                                )
+                            })
+                            .collect();
                         g.local = local;
                         match peer {
                             Ok(p) => {
@@ -817,6 +1004,7 @@ impl ConfigView {
                 .as_ref()
                 .map(|p| p.digest == local.digest && !p.local_changes && !local.local_changes),
             notice: notice(local, self.peer.as_ref()),
+            file_groups: self.groups.clone(),
         })
     }
 }

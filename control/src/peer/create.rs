@@ -20,7 +20,7 @@
 //!    `node.ron.pre-cluster`), and the control loop takes the election.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,12 +119,8 @@ fn create_steps(
 ) -> Result<(), String> {
     let cfg = ctx.cfg();
     // 1. Checks.
-    if cfg.ha.is_some() || cfg.cluster.is_some() {
-        return Err(
-            "this firewall is already a cluster member (its configuration has an ha section or a cluster directory)"
-                .into(),
-        );
-    }
+    let config_path = &ctx.config_path;
+    let (config_dir, rel, cluster_dir) = super::join::fresh_cluster_dir(&cfg, config_path)?;
     if ctx.identity.model.is_none() {
         return Err(format!(
             "this firewall has no identity file ({}): the installer writes it (serial, model, licence, ports), and a cluster compares it",
@@ -136,22 +132,6 @@ fn create_steps(
         return Err(format!(
             "the pre-shared key is too weak: {}",
             weak.join("; ")
-        ));
-    }
-    let config_path = &ctx.config_path;
-    let config_dir = config_path.parent().unwrap_or(Path::new("")).to_path_buf();
-    let rel = PathBuf::from(format!(
-        "{}.cluster",
-        config_path
-            .file_stem()
-            .unwrap_or_default()
-            .to_string_lossy()
-    ));
-    let cluster_dir = config_dir.join(&rel);
-    if cluster_dir.exists() {
-        return Err(format!(
-            "{} exists: a cluster directory of an earlier cluster? Move it away first",
-            cluster_dir.display()
         ));
     }
     let mut links = Vec::new();
@@ -254,6 +234,7 @@ fn create_steps(
         routes: cfg.routes.clone(),
         firewall,
         ha,
+        file_groups: Vec::new(),
     };
     let staging = super::join::StagingDir::new(&config_dir, &rel)?;
     staging.write(

@@ -381,6 +381,35 @@ pub(crate) fn ip(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Where a firewall that is not a member yet keeps its cluster directory
+/// once it creates or joins one: (the configuration's directory, the
+/// cluster directory's name there, its path). Fails if it is a member
+/// already or the directory exists.
+pub(crate) fn fresh_cluster_dir(
+    cfg: &NodeConfig,
+    config_path: &Path,
+) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    if cfg.ha.is_some() || cfg.cluster.is_some() {
+        return Err("this firewall is already a cluster member (its configuration has an ha section or a cluster directory)".into());
+    }
+    let config_dir = config_path.parent().unwrap_or(Path::new("")).to_path_buf();
+    let rel = PathBuf::from(format!(
+        "{}.cluster",
+        config_path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+    ));
+    let dir = config_dir.join(&rel);
+    if dir.exists() {
+        return Err(format!(
+            "{} exists: the cluster directory of an earlier cluster? Move it away first",
+            dir.display()
+        ));
+    }
+    Ok((config_dir, rel, dir))
+}
+
 /// Checks an HA link's interface and address on this firewall: the
 /// interface exists and is not a data port's, the address is a host's in
 /// a network with room for two members.
@@ -474,24 +503,7 @@ fn join_steps(
     added: &mut Vec<Added>,
 ) -> Result<(), String> {
     // 1. This firewall.
-    if cfg.ha.is_some() || cfg.cluster.is_some() {
-        return Err("this firewall is already a cluster member (its configuration has an ha section or a cluster directory)".into());
-    }
-    let config_dir = config_path.parent().unwrap_or(Path::new("")).to_path_buf();
-    let cluster_rel = PathBuf::from(format!(
-        "{}.cluster",
-        config_path
-            .file_stem()
-            .unwrap_or_default()
-            .to_string_lossy()
-    ));
-    let cluster_dir = config_dir.join(&cluster_rel);
-    if cluster_dir.exists() {
-        return Err(format!(
-            "{} exists: a cluster directory from an earlier join? Move it away first",
-            cluster_dir.display()
-        ));
-    }
+    let (config_dir, cluster_rel, cluster_dir) = fresh_cluster_dir(cfg, config_path)?;
     let identity = tandem_config::load_identity(identity_file).map_err(|e| {
         format!("this firewall has no usable identity file ({e}); the installer writes it (serial, model, licence, ports), and a cluster compares it")
     })?;
@@ -578,7 +590,7 @@ fn join_steps(
         let t = Instant::now();
         match client.ask(&PeerRequest::Ping { t: i as u64 }) {
             Ok(PeerAnswer::Pong { .. }) => rtts.push(t.elapsed()),
-            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Ok(other) => return Err(super::service::unexpected(&other)),
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -625,7 +637,7 @@ fn join_steps(
             files,
             warnings,
         }) => (slot, revision, files, warnings),
-        Ok(other) => return Err(format!("unexpected answer {other:?}")),
+        Ok(other) => return Err(super::service::unexpected(&other)),
         Err(super::service::PeerError::Refused { reason, .. }) => {
             return Err(format!("join refused by the member: {reason}"))
         }
@@ -683,7 +695,7 @@ fn join_steps(
                         break;
                     }
                 }
-                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Ok(other) => return Err(super::service::unexpected(&other)),
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -741,7 +753,7 @@ fn join_steps(
     // 8. The member records this firewall.
     match client.ask(&PeerRequest::JoinCommit) {
         Ok(PeerAnswer::JoinCommitted { .. }) => {}
-        Ok(other) => return Err(format!("unexpected answer {other:?}")),
+        Ok(other) => return Err(super::service::unexpected(&other)),
         Err(e) => {
             let _ = std::fs::remove_file(&node_tmp);
             return Err(e.to_string());
@@ -1127,8 +1139,11 @@ mod tests {
             &dir,
             &root.join("state.json"),
             None,
-            Box::new(|_: &Path| Ok(String::new())),
-            Box::new(|_: &[String]| Vec::new()),
+            crate::peer::confsync::Hooks {
+                validate: Box::new(|_: &Path| Ok(String::new())),
+                apply: Box::new(|_: &[String]| Vec::new()),
+                is_active: Box::new(|| false),
+            },
             crate::eventlog::EventLog::open("fw1", None, 0, 0).unwrap(),
         )
         .unwrap();

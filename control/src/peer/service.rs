@@ -133,6 +133,15 @@ pub enum PeerRequest {
         files: Vec<super::files::FileEntry>,
         /// Replace local modifications of the receiver.
         force: bool,
+        /// A file group (F15) instead of the configuration: no revision,
+        /// no validation, the active member's files win.
+        #[serde(default)]
+        group: Option<String>,
+    },
+    /// The manifest of a file group (F15).
+    GroupStatus {
+        /// The group.
+        name: String,
     },
     /// Bytes of a wanted file (hex), in order.
     SyncPut {
@@ -193,6 +202,11 @@ pub enum PeerAnswer {
     },
     /// A chunk is stored (or an abandoned join noted).
     SyncStored,
+    /// A file group's manifest.
+    GroupFiles {
+        /// Its files.
+        files: Vec<super::files::FileEntry>,
+    },
     /// Answer to a ping.
     Pong {
         /// The ping's.
@@ -870,6 +884,17 @@ impl PeerClient {
     }
 }
 
+/// What to say of an answer that is not the one a step expects.
+pub fn unexpected(answer: &PeerAnswer) -> String {
+    let kind = serde_json::to_value(answer)
+        .ok()
+        .and_then(|v| v["type"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!(
+        "the other firewall answered {kind:?} where this step expects another answer: run the same tandem version on both (tandemctl hapeer shows its firmware)"
+    )
+}
+
 /// Asks the member at `addr` who it is, as member `serial` holding the
 /// cluster's `keys`, within `timeout` per step.
 pub fn query_status(
@@ -883,7 +908,7 @@ pub fn query_status(
         PeerAnswer::Status(id) => Ok(id),
         other => Err(PeerError::Unexpected {
             addr,
-            what: format!("{other:?}"),
+            what: unexpected(&other),
         }),
     }
 }
@@ -1104,15 +1129,20 @@ mod sync_tests {
             &dir,
             &root.join(name).join("state.json"),
             None,
-            Box::new(|staged: &std::path::Path| {
-                let p = std::fs::read_to_string(staged.join("policy.ron")).unwrap_or_default();
-                if p.contains("INVALID") {
-                    Err("policy.ron: INVALID is not a rule".into())
-                } else {
-                    Ok("valid".into())
-                }
-            }),
-            Box::new(|changed: &[String]| vec![format!("changed {}", changed.join(","))]),
+            crate::peer::confsync::Hooks {
+                validate: Box::new(|staged: &std::path::Path| {
+                    let p = std::fs::read_to_string(staged.join("policy.ron")).unwrap_or_default();
+                    if p.contains("INVALID") {
+                        Err("policy.ron: INVALID is not a rule".into())
+                    } else {
+                        Ok("valid".into())
+                    }
+                }),
+                apply: Box::new(|changed: &[String]| {
+                    vec![format!("changed {}", changed.join(","))]
+                }),
+                is_active: Box::new(|| false),
+            },
             EventLog::open(name, None, 0, 0).unwrap(),
         )
         .unwrap()
@@ -1189,6 +1219,7 @@ mod sync_tests {
                 revision: 2,
                 files: a.status().unwrap().files,
                 force: false,
+                group: None,
             })
             .unwrap_err()
             .to_string();
@@ -1210,6 +1241,7 @@ mod sync_tests {
                 revision: 2,
                 files: st.files.clone(),
                 force: false,
+                group: None,
             })
             .unwrap();
         assert_eq!(
@@ -1251,6 +1283,7 @@ mod sync_tests {
             revision: 2,
             files: st.files.clone(),
             force: false,
+            group: None,
         })
         .unwrap();
         let e = c

@@ -216,13 +216,20 @@ pub fn conf_sync(
             out
         })
     };
+    let is_active = {
+        let node = node.clone();
+        Box::new(move || node.role() == tandem_dataplane::worker::Role::Active)
+    };
     Some(ConfSync::new(
         &cfg.node.serial,
         &membership.dir,
         &state_file(cfg),
         Some(crate::daemon::identity_path(cfg, config_path)),
-        validate,
-        apply,
+        super::confsync::Hooks {
+            validate,
+            apply,
+            is_active,
+        },
         log.clone(),
     ))
 }
