@@ -96,6 +96,11 @@ struct Window {
 /// Encodes our heartbeats and authenticates / de-duplicates the peer's.
 pub struct Codec {
     key: hmac::Key,
+    /// During a key change: the other key, also accepted (the new one
+    /// once staged, the old one once committed).
+    alt: Option<hmac::Key>,
+    /// The last authentic heartbeat came under `alt`.
+    last_under_alt: bool,
     cluster: u32,
     tx_seq: [u64; 3],
     rx: [Window; 3],
@@ -139,6 +144,8 @@ impl Codec {
     pub fn new(key: &[u8], cluster: u32) -> Self {
         Codec {
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
+            alt: None,
+            last_under_alt: false,
             cluster,
             tx_seq: [0; 3],
             rx: [Window::default(); 3],
@@ -154,6 +161,31 @@ impl Codec {
     pub fn with_own_epoch(mut self, epoch: u64) -> Self {
         self.own_epoch = Some(epoch);
         self
+    }
+
+    /// A key change, step 1: `key` (the new heartbeat key) is accepted
+    /// too; ours are still sent under the current one.
+    pub fn stage_key(&mut self, key: &[u8]) {
+        self.alt = Some(hmac::Key::new(hmac::HMAC_SHA256, key));
+    }
+
+    /// Step 2: ours are sent under the staged key; the old one is still
+    /// accepted. Does nothing without a staged key.
+    pub fn commit_key(&mut self) {
+        if let Some(new) = self.alt.take() {
+            self.alt = Some(std::mem::replace(&mut self.key, new));
+        }
+    }
+
+    /// Step 3: only the current key is accepted.
+    pub fn retire_key(&mut self) {
+        self.alt = None;
+    }
+
+    /// Whether the last authentic heartbeat came under the other key (the
+    /// old one after a commit: the peer has not switched yet).
+    pub fn last_under_alt(&self) -> bool {
+        self.last_under_alt
     }
 
     /// Rejects heartbeats carrying `serial` (ours) as [`DecodeError::Own`].
@@ -209,10 +241,15 @@ impl Codec {
         if cluster != self.cluster {
             return Err(DecodeError::WrongCluster(cluster));
         }
-        let tag = hmac::sign(&self.key, &buf[..BODY]);
-        if !ct_eq(&tag.as_ref()[..TAG], &buf[BODY..]) {
+        let under =
+            |k: &hmac::Key| ct_eq(&hmac::sign(k, &buf[..BODY]).as_ref()[..TAG], &buf[BODY..]);
+        let under_alt = if under(&self.key) {
+            false
+        } else if self.alt.as_ref().is_some_and(under) {
+            true
+        } else {
             return Err(DecodeError::BadTag);
-        }
+        };
         let flags = buf[5];
         let forced = match (flags >> 3) & 3 {
             0 => None,
@@ -249,6 +286,7 @@ impl Codec {
             epoch,
             seq: Some(seq),
         };
+        self.last_under_alt = under_alt;
         Ok(Heartbeat {
             link,
             seq,
