@@ -521,6 +521,8 @@ impl FrameReader {
 /// itself.
 pub struct ServerHandshake {
     control: Zeroizing<Vec<u8>>,
+    /// During a key change: the other control key, also accepted.
+    alt: Option<Zeroizing<Vec<u8>>>,
     hello: ServerHello,
     client: Option<(ClientHello, [u8; 32])>,
 }
@@ -531,6 +533,7 @@ impl ServerHandshake {
     pub fn new(control: &[u8], cluster_id: u32, serial: &str, nonce: [u8; NONCE_LEN]) -> Self {
         ServerHandshake {
             control: Zeroizing::new(control.to_vec()),
+            alt: None,
             hello: ServerHello {
                 cluster_id,
                 serial: serial.to_owned(),
@@ -538,6 +541,14 @@ impl ServerHandshake {
             },
             client: None,
         }
+    }
+
+    /// During a key change, a client proving `control` (the other key of
+    /// the change) is accepted too; the session is keyed by the key it
+    /// proved.
+    pub fn with_alt_control(mut self, control: &[u8]) -> Self {
+        self.alt = Some(Zeroizing::new(control.to_vec()));
+        self
     }
 
     /// The client's hello (a pre-auth frame's body): returns it and the
@@ -559,11 +570,17 @@ impl ServerHandshake {
         let Some((ch, th)) = self.client.take() else {
             return Err(HandshakeError::Order("a proof before the hello"));
         };
-        if body.len() != PROOF_LEN || !verify(&self.control, b"tandem-1300 c", &th, &[], body) {
+        let proves =
+            |k: &[u8]| body.len() == PROOF_LEN && verify(k, b"tandem-1300 c", &th, &[], body);
+        let key: &[u8] = if proves(&self.control) {
+            &self.control
+        } else if let Some(alt) = self.alt.as_deref().filter(|k| proves(k)) {
+            alt
+        } else {
             return Err(HandshakeError::ClientProof);
-        }
-        let mine = proof(&self.control, b"tandem-1300 s", &th, body);
-        let session = Session::new(&self.control, &ch, &self.hello, &th, false);
+        };
+        let mine = proof(key, b"tandem-1300 s", &th, body);
+        let session = Session::new(key, &ch, &self.hello, &th, false);
         Ok((mine.as_ref().to_vec(), session))
     }
 }
@@ -692,6 +709,29 @@ mod tests {
             assert_eq!(c.open(&g).unwrap(), b"ack");
         }
         assert_eq!(s.open(&c.seal(&[]).unwrap()).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn during_a_key_change_a_server_takes_either_key_and_keys_the_session_by_it() {
+        for ck in [KEY, OTHER] {
+            let (nc, ns) = nonces();
+            let (mut c, ch) = ClientHandshake::new(Purpose::Member, "TDLAB0002", nc);
+            let mut s = ServerHandshake::new(KEY, 42, "TDLAB0001", ns).with_alt_control(OTHER);
+            let (_, sh) = s.on_hello(&ch).unwrap();
+            c.on_hello(&sh).unwrap();
+            let pc = c.prove(ck).unwrap();
+            let (ps, mut ss) = s.on_proof(&pc).unwrap();
+            let mut cs = c.on_proof(&ps).unwrap();
+            assert_eq!(ss.open(&cs.seal(b"hi").unwrap()).unwrap(), b"hi");
+        }
+        // A third key is still refused.
+        let (nc, ns) = nonces();
+        let (mut c, ch) = ClientHandshake::new(Purpose::Member, "TDLAB0002", nc);
+        let mut s = ServerHandshake::new(KEY, 42, "TDLAB0001", ns).with_alt_control(OTHER);
+        let (_, sh) = s.on_hello(&ch).unwrap();
+        c.on_hello(&sh).unwrap();
+        let pc = c.prove(&[9u8; 32]).unwrap();
+        assert_eq!(s.on_proof(&pc).unwrap_err(), HandshakeError::ClientProof);
     }
 
     #[test]
