@@ -876,7 +876,24 @@ impl ConfigWatch {
                             let said = match conf.push_group(c, g) {
                                 Ok(0) => "the same on both".to_owned(),
                                 Ok(n) => format!("{n} files sent"),
-                                Err(e) => format!("not sent: {e}"),
+                                Err(e) => {
+                                    let said = format!("not sent: {e}");
+                                    // Logged once per new failure; hainfo
+                                    // shows it until a send works.
+                                    if !pushed
+                                        .get(&g.name)
+                                        .is_some_and(|(_, last)| last.contains(&said))
+                                    {
+                                        conf.log.event(
+                                            "HA",
+                                            format_args!(
+                                                "file group {} {said}; retried every {} s",
+                                                g.name, g.every_secs
+                                            ),
+                                        );
+                                    }
+                                    said
+                                }
                             };
                             pushed.insert(
                                 g.name.clone(),

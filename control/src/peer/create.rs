@@ -274,22 +274,7 @@ fn create_steps(
         ),
     );
     // 5. Move the files in, then turn HA on.
-    let pre = config_path.with_extension("ron.pre-cluster");
-    std::fs::copy(config_path, &pre).map_err(|e| {
-        format!(
-            "cannot keep {} as {}: {e}",
-            config_path.display(),
-            pre.display()
-        )
-    })?;
-    staging.install(&cluster_dir)?;
-    if let Err(e) = std::fs::rename(&node_tmp, config_path) {
-        let _ = std::fs::remove_dir_all(&cluster_dir);
-        return Err(format!(
-            "cannot install the new {}: {e}",
-            config_path.display()
-        ));
-    }
+    let pre = super::join::install_member_files(config_path, &staging, &node_tmp, &cluster_dir)?;
     SyncState {
         revision: 1,
         digest: files::digest(&manifest),

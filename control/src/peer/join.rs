@@ -769,22 +769,17 @@ fn join_steps(
         ),
     );
     // 9. Apply here: the directory, then node.ron (the old one kept).
-    let pre = config_path.with_extension("ron.pre-cluster");
-    std::fs::copy(config_path, &pre).map_err(|e| {
-        format!(
-            "cannot keep {} as {}: {e}",
-            config_path.display(),
-            pre.display()
-        )
-    })?;
-    staging.install(&cluster_dir)?;
-    std::fs::rename(&node_tmp, config_path)
-        .map_err(|e| format!("cannot install the new {}: {e}", config_path.display()))?;
+    let pre = install_member_files(config_path, &staging, &node_tmp, &cluster_dir)?;
     SyncState {
         revision,
         digest: files::digest(&manifest),
         at: super::confsync::now_unix(),
-        from: client_serial_of(&manifest, &merged, &identity.serial),
+        from: merged
+            .membership
+            .as_ref()
+            .and_then(|m| m.peer_serial())
+            .unwrap_or_default()
+            .to_owned(),
     }
     .save(&super::wiring::state_file(cfg))?;
     added.clear();
@@ -802,14 +797,35 @@ fn join_steps(
     Ok(())
 }
 
-/// The member's serial, from the merged configuration's members.
-fn client_serial_of(_manifest: &[FileEntry], merged: &NodeConfig, own: &str) -> String {
-    merged
-        .membership
-        .as_ref()
-        .and_then(|m| m.members.iter().find(|x| x.serial != own))
-        .map(|m| m.serial.clone())
-        .unwrap_or_default()
+/// Makes a firewall a member on disk (`ha create`, `ha join`): keeps its
+/// `node.ron` as `node.ron.pre-cluster`, moves the staged cluster
+/// directory to `cluster_dir`, then the new `node.ron` (written at
+/// `node_tmp`) over the old one. On failure the cluster directory is
+/// removed again, so a second attempt is not refused. Returns where the
+/// old file is kept.
+pub(crate) fn install_member_files(
+    config_path: &Path,
+    staging: &StagingDir,
+    node_tmp: &Path,
+    cluster_dir: &Path,
+) -> Result<PathBuf, String> {
+    let pre = config_path.with_extension("ron.pre-cluster");
+    std::fs::copy(config_path, &pre).map_err(|e| {
+        format!(
+            "cannot keep {} as {}: {e}",
+            config_path.display(),
+            pre.display()
+        )
+    })?;
+    staging.install(cluster_dir)?;
+    if let Err(e) = std::fs::rename(node_tmp, config_path) {
+        let _ = std::fs::remove_dir_all(cluster_dir);
+        return Err(format!(
+            "cannot install the new {}: {e}; nothing changed",
+            config_path.display()
+        ));
+    }
+    Ok(pre)
 }
 
 /// A staging directory beside the configuration (a join's, a create's);
