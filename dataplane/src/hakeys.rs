@@ -228,6 +228,207 @@ pub fn k2k_master(ha: &tandem_config::HaConfig) -> KeyBytes {
     )
 }
 
+/// Records `keys` as the keys of `psk` (a key change derived them on its
+/// own thread): a later [`for_cluster`] with the new key finds them.
+pub fn remember(psk: &str, keys: &Arc<HaKeys>) {
+    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    *memo = Some(Memo {
+        psk: Zeroizing::new(psk.as_bytes().to_vec()),
+        cluster_id: keys.cluster_id,
+        keys: keys.clone(),
+    });
+}
+
+impl HaKeys {
+    /// Whether `other` holds the same keys (constant time).
+    pub fn same_as(&self, other: &HaKeys) -> bool {
+        self.cluster_id == other.cluster_id
+            && same(self.heartbeat.as_bytes(), other.heartbeat.as_bytes())
+            && same(self.control.as_bytes(), other.control.as_bytes())
+    }
+}
+
+// ---------------------------------------------------------------------
+// Key change (HA-REFERENCE F8)
+// ---------------------------------------------------------------------
+
+/// Where a change of the cluster key stands on this member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyPhase {
+    /// One key.
+    Steady,
+    /// The new keys are accepted too; ours still go out under the old.
+    Staged,
+    /// Ours go out under the new keys; the old ones are still accepted
+    /// until the peer is heard under the new ones.
+    Committed,
+}
+
+impl KeyPhase {
+    /// As hainfo says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPhase::Steady => "steady",
+            KeyPhase::Staged => "staged",
+            KeyPhase::Committed => "committed",
+        }
+    }
+}
+
+/// The keys in force: what we send under, and what we also accept.
+#[derive(Clone, Debug)]
+pub struct KeySet {
+    /// We send under these, and try them first.
+    pub current: Arc<HaKeys>,
+    /// Also accepted during a change: the new keys once staged, the old
+    /// ones once committed.
+    pub other: Option<Arc<HaKeys>>,
+    /// Where the change stands.
+    pub phase: KeyPhase,
+    /// Bumped at every step (consumers compare it with theirs).
+    pub generation: u64,
+    /// When the last step was taken.
+    pub since: Instant,
+}
+
+impl KeySet {
+    /// The keys accepted, current first.
+    pub fn accepted(&self) -> impl Iterator<Item = &Arc<HaKeys>> {
+        std::iter::once(&self.current).chain(self.other.iter())
+    }
+}
+
+/// The HA keys of a member, shared by everything that seals or opens HA
+/// traffic: the election (heartbeats, ICMP checks), the workers (check
+/// answers), the state sync and the members' service. A key change
+/// goes through [`KeyRing::stage`], [`KeyRing::commit`] and
+/// [`KeyRing::retire`]; each consumer sees [`KeyRing::generation`] move
+/// and takes the new [`KeySet`] on its own thread.
+#[derive(Debug)]
+pub struct KeyRing {
+    set: std::sync::RwLock<KeySet>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl KeyRing {
+    /// A ring holding `keys` only.
+    pub fn new(keys: Arc<HaKeys>) -> Arc<KeyRing> {
+        Arc::new(KeyRing {
+            set: std::sync::RwLock::new(KeySet {
+                current: keys,
+                other: None,
+                phase: KeyPhase::Steady,
+                generation: 0,
+                since: Instant::now(),
+            }),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The step count (cheap: one atomic load).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The keys in force.
+    pub fn get(&self) -> KeySet {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The keys in force, unless a step is being written this instant
+    /// (for threads that must not wait: try again on the next turn).
+    pub fn try_get(&self) -> Option<KeySet> {
+        match self.set.try_read() {
+            Ok(s) => Some(s.clone()),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner().clone()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The keys we send under.
+    pub fn current(&self) -> Arc<HaKeys> {
+        self.get().current
+    }
+
+    fn step(&self, f: impl FnOnce(&mut KeySet) -> Result<bool, String>) -> Result<(), String> {
+        let mut s = self.set.write().unwrap_or_else(|e| e.into_inner());
+        if f(&mut s)? {
+            s.generation += 1;
+            s.since = Instant::now();
+            self.generation
+                .store(s.generation, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Step 1: `new` is accepted too. Again with the same keys: nothing
+    /// changes; with other keys: they replace a staged change that was
+    /// never committed.
+    pub fn stage(&self, new: Arc<HaKeys>) -> Result<(), String> {
+        self.step(|s| match s.phase {
+            _ if s.current.same_as(&new) && s.phase != KeyPhase::Committed => Err(
+                "the new key is the key in force: choose another one".into(),
+            ),
+            KeyPhase::Committed => Err(
+                "the previous key change is still finishing (the old key is accepted until the peer is heard under the new one): try again in a few seconds".into(),
+            ),
+            KeyPhase::Staged if s.other.as_ref().is_some_and(|o| o.same_as(&new)) => Ok(false),
+            _ => {
+                s.other = Some(new);
+                s.phase = KeyPhase::Staged;
+                Ok(true)
+            }
+        })
+    }
+
+    /// Step 2: ours go out under the staged keys; the old ones are still
+    /// accepted. Again once committed: nothing changes.
+    pub fn commit(&self) -> Result<(), String> {
+        self.step(|s| match s.phase {
+            KeyPhase::Steady => Err("no key change is staged on this member".into()),
+            KeyPhase::Committed => Ok(false),
+            KeyPhase::Staged => {
+                let new = s.other.take().expect("a staged change holds its keys");
+                s.other = Some(std::mem::replace(&mut s.current, new));
+                s.phase = KeyPhase::Committed;
+                Ok(true)
+            }
+        })
+    }
+
+    /// Step 3: the old keys are no longer accepted. True if this ended a
+    /// committed change.
+    pub fn retire(&self) -> bool {
+        let mut done = false;
+        let _ = self.step(|s| {
+            if s.phase != KeyPhase::Committed {
+                return Ok(false);
+            }
+            s.other = None;
+            s.phase = KeyPhase::Steady;
+            done = true;
+            Ok(true)
+        });
+        done
+    }
+
+    /// Undoes a staged change that was not committed. True if there was
+    /// one.
+    pub fn abort(&self) -> bool {
+        let mut done = false;
+        let _ = self.step(|s| {
+            if s.phase != KeyPhase::Staged {
+                return Ok(false);
+            }
+            s.other = None;
+            s.phase = KeyPhase::Steady;
+            done = true;
+            Ok(true)
+        });
+        done
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +486,60 @@ mod tests {
         assert!(t.elapsed() < Duration::from_millis(20));
         let c = HaKeys::derive_with(b"Lab-Cluster-Key-2026", 77, KdfParams::DEFAULT).unwrap();
         assert_eq!(a.k2k_master().as_bytes(), c.k2k_master().as_bytes());
+    }
+
+    #[test]
+    fn a_key_change_goes_stage_commit_retire_and_refuses_what_would_break_it() {
+        let old = Arc::new(HaKeys::derive_with(b"Lab-Cluster-Key-2026", 7, CHEAP).unwrap());
+        let new = Arc::new(HaKeys::derive_with(b"Lab-Cluster-Key-2027", 7, CHEAP).unwrap());
+        let ring = KeyRing::new(old.clone());
+        assert_eq!(ring.generation(), 0);
+        assert!(ring
+            .commit()
+            .unwrap_err()
+            .contains("no key change is staged"));
+        let same = Arc::new(HaKeys::derive_with(b"Lab-Cluster-Key-2026", 7, CHEAP).unwrap());
+        assert!(ring.stage(same).unwrap_err().contains("the key in force"));
+        assert_eq!(ring.generation(), 0, "a refused step changes nothing");
+
+        ring.stage(new.clone()).unwrap();
+        let s = ring.get();
+        assert_eq!(s.phase, KeyPhase::Staged);
+        assert!(s.current.same_as(&old), "still sending under the old keys");
+        assert!(s.other.as_ref().unwrap().same_as(&new));
+        assert_eq!(s.accepted().count(), 2);
+        ring.stage(new.clone()).unwrap();
+        assert_eq!(
+            ring.generation(),
+            1,
+            "staging the same keys again is no step"
+        );
+
+        ring.commit().unwrap();
+        let s = ring.get();
+        assert_eq!((s.phase, s.generation), (KeyPhase::Committed, 2));
+        assert!(s.current.same_as(&new));
+        assert!(
+            s.other.as_ref().unwrap().same_as(&old),
+            "the old keys still accepted"
+        );
+        ring.commit().unwrap();
+        assert_eq!(ring.generation(), 2);
+        let third = Arc::new(HaKeys::derive_with(b"Lab-Cluster-Key-2028", 7, CHEAP).unwrap());
+        assert!(ring.stage(third).unwrap_err().contains("still finishing"));
+        assert!(!ring.abort(), "a committed change is not undone");
+
+        assert!(ring.retire());
+        let s = ring.get();
+        assert_eq!((s.phase, s.generation), (KeyPhase::Steady, 3));
+        assert!(s.other.is_none() && s.current.same_as(&new));
+        assert!(!ring.retire());
+
+        ring.stage(old.clone()).unwrap();
+        assert!(ring.abort());
+        let s = ring.get();
+        assert_eq!(s.phase, KeyPhase::Steady);
+        assert!(s.current.same_as(&new) && s.other.is_none());
+        assert!(ring.try_get().is_some());
     }
 }

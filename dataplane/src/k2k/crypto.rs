@@ -56,6 +56,17 @@ impl Psk {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `other` is the same key (constant time).
+    pub fn same_as(&self, other: &Psk) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0.iter())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0
+    }
 }
 
 impl fmt::Debug for Psk {

@@ -486,6 +486,10 @@ pub struct Counters {
     pub peer_restarts: u64,
     /// Lag samples discarded because the caller did not collect them.
     pub lag_samples_dropped: u64,
+    /// Changes of the key we send under ([`Session::set_keys`]).
+    pub key_changes: u64,
+    /// Unacknowledged datagrams sealed again under a new key.
+    pub resealed: u64,
     /// Datagrams dropped, per [`DropReason`].
     pub drops: [u64; DropReason::COUNT],
 }
@@ -626,6 +630,11 @@ pub struct Session {
     rx_data: Option<DirKey>,
     /// The last key derived for a datagram from an unknown session.
     rx_other: Option<(Serial, SessionId, SessionId, DirKey)>,
+    /// During a key change, the other key, also accepted
+    /// ([`Session::set_keys`]).
+    alt_psk: Option<Psk>,
+    /// Opens what the peer's current session sends under `alt_psk`.
+    rx_data_alt: Option<DirKey>,
     /// Session ids of the peer that were replaced.
     retired: VecDeque<(Serial, SessionId)>,
     /// A session that sent us a Hello without knowing ours: our next
@@ -682,6 +691,35 @@ pub struct Session {
     extension: Option<(u8, Vec<u8>)>,
 }
 
+/// Seals a sent datagram `bytes` (sealed under `old`) again under `new`,
+/// same header and body; false if it does not open under `old` (it was
+/// sealed for another session of the peer: left as it is).
+fn reseal(
+    old: &DirKey,
+    new: &DirKey,
+    bytes: &mut [u8],
+    scratch: &mut Vec<u8>,
+    cfg: &SessionConfig,
+) -> bool {
+    let Ok((h, hdr_len)) = Header::parse(bytes, cfg.min_version, cfg.max_version) else {
+        return false;
+    };
+    if bytes.len() < hdr_len + TAG_LEN {
+        return false;
+    }
+    if scratch.len() < bytes.len() {
+        scratch.resize(bytes.len(), 0);
+    }
+    let enc = h.is_encrypted();
+    let body = match old.open(enc, h.seq, bytes, hdr_len, scratch) {
+        Ok(b) => b.to_vec(),
+        Err(_) => return false,
+    };
+    bytes[hdr_len..hdr_len + body.len()].copy_from_slice(&body);
+    new.seal(enc, h.seq, bytes, hdr_len, body.len());
+    true
+}
+
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
@@ -723,6 +761,8 @@ impl Session {
             tx_data: None,
             rx_data: None,
             rx_other: None,
+            alt_psk: None,
+            rx_data_alt: None,
             retired: VecDeque::with_capacity(RETIRED),
             reply_to: None,
             last_hello_ms: None,
@@ -958,7 +998,8 @@ impl Session {
 
     /// Authenticates with the key the header names: the peer's current
     /// session's data key, a data key for a new session of the peer that
-    /// knows ours, or a hello key.
+    /// knows ours, or a hello key; during a key change, under the other
+    /// key when the current one fails.
     fn open_and_decode(
         &mut self,
         h: &Header,
@@ -968,27 +1009,101 @@ impl Session {
         scratch: &mut [u8],
         staging: &mut Vec<Record>,
     ) -> Result<BodyInfo, DropReason> {
-        let key = match (&self.rx_data, current && h.peer_session != NO_SESSION) {
-            (Some(k), true) => k,
-            _ => {
-                let cached = self.rx_other.as_ref().is_some_and(|(s, a, b, _)| {
-                    *s == h.serial && *a == h.session && *b == h.peer_session
-                });
-                if !cached {
-                    let k = DirKey::for_header(&self.cfg.psk, h);
-                    self.rx_other = Some((h.serial, h.session, h.peer_session, k));
+        let enc = h.is_encrypted();
+        if current && h.peer_session != NO_SESSION {
+            if let Some(k) = &self.rx_data {
+                if let Ok(body) = k.open(enc, h.seq, d, hdr_len, scratch) {
+                    return Ok(decode_body(body, |r| staging.push(r))?);
                 }
-                match &self.rx_other {
-                    Some((_, _, _, k)) => k,
-                    None => return Err(DropReason::BadAuth),
-                }
+                let k = self.rx_data_alt.as_ref().ok_or(DropReason::BadAuth)?;
+                let body = k
+                    .open(enc, h.seq, d, hdr_len, scratch)
+                    .map_err(|_| DropReason::BadAuth)?;
+                return Ok(decode_body(body, |r| staging.push(r))?);
             }
-        };
-        let body = key
-            .open(h.is_encrypted(), h.seq, d, hdr_len, scratch)
+        }
+        let cached = self
+            .rx_other
+            .as_ref()
+            .is_some_and(|(s, a, b, _)| *s == h.serial && *a == h.session && *b == h.peer_session);
+        if !cached {
+            let k = DirKey::for_header(&self.cfg.psk, h);
+            self.rx_other = Some((h.serial, h.session, h.peer_session, k));
+        }
+        if let Some((_, _, _, k)) = &self.rx_other {
+            if let Ok(body) = k.open(enc, h.seq, d, hdr_len, scratch) {
+                return Ok(decode_body(body, |r| staging.push(r))?);
+            }
+        }
+        let alt = self.alt_psk.as_ref().ok_or(DropReason::BadAuth)?;
+        let k = DirKey::for_header(alt, h);
+        let body = k
+            .open(enc, h.seq, d, hdr_len, scratch)
             .map_err(|_| DropReason::BadAuth)?;
-        let info = decode_body(body, |r| staging.push(r))?;
-        Ok(info)
+        Ok(decode_body(body, |r| staging.push(r))?)
+    }
+
+    /// A change of the cluster key (HA-REFERENCE F8): `current` seals all
+    /// we send from now on, and `other` (the new key while the change is
+    /// staged, the old one once it is committed) is accepted too until the
+    /// next call. When `current` changes, the datagrams waiting for an ack
+    /// are sealed again under it (same sequence numbers, same bytes inside),
+    /// so that no retransmission depends on the key being retired. The
+    /// session, its sequence numbers and its queue go on: nothing is lost
+    /// and no bulk is needed.
+    pub fn set_keys(&mut self, current: Psk, other: Option<Psk>) {
+        if !current.same_as(&self.cfg.psk) {
+            let old_tx = self.tx_data.take();
+            self.cfg.psk = current;
+            self.tx_hello = DirKey::hello(
+                &self.cfg.psk,
+                self.cfg.cluster_id,
+                &self.cfg.serial,
+                &self.cfg.session_id,
+            );
+            if let Some(p) = &self.peer {
+                let (serial, session) = (p.serial, p.session);
+                self.tx_data = Some(DirKey::data(
+                    &self.cfg.psk,
+                    self.cfg.cluster_id,
+                    &self.cfg.serial,
+                    &self.cfg.session_id,
+                    &session,
+                ));
+                self.rx_data = Some(DirKey::data(
+                    &self.cfg.psk,
+                    self.cfg.cluster_id,
+                    &serial,
+                    &session,
+                    &self.cfg.session_id,
+                ));
+            }
+            if let (Some(old), Some(new)) = (&old_tx, &self.tx_data) {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                for s in &mut self.sent {
+                    if reseal(old, new, &mut s.bytes, &mut scratch, &self.cfg) {
+                        self.counters.resealed += 1;
+                    }
+                }
+                self.scratch = scratch;
+            }
+            self.counters.key_changes += 1;
+        }
+        self.rx_other = None;
+        self.alt_psk = other;
+        self.rx_data_alt = self.alt_rx_data();
+    }
+
+    /// The data key of the peer's current session under `alt_psk`.
+    fn alt_rx_data(&self) -> Option<DirKey> {
+        let (alt, p) = (self.alt_psk.as_ref()?, self.peer.as_ref()?);
+        Some(DirKey::data(
+            alt,
+            self.cfg.cluster_id,
+            &p.serial,
+            &p.session,
+            &self.cfg.session_id,
+        ))
     }
 
     /// An authentic datagram sealed with the hello key: its sender does
@@ -1132,6 +1247,7 @@ impl Session {
             &h.session,
             &self.cfg.session_id,
         ));
+        self.rx_data_alt = self.alt_rx_data();
         if self.reply_to == Some(h.session) {
             self.reply_to = None;
         }
