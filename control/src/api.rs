@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_cluster_remove, ha_cluster_activate, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -120,6 +120,13 @@ pub enum Request {
         #[serde(default)]
         no_sync: bool,
     },
+    /// Changes the cluster's pre-shared key on both members with no HA
+    /// outage (F8), as `ha set key`.
+    HaKey {
+        /// The new key (required).
+        #[serde(default)]
+        psk: Option<tandem_config::Secret>,
+    },
     /// Marks a member for removal from the cluster (RMA), applied by
     /// [`Request::HaClusterActivate`], as `ha cluster remove`.
     HaClusterRemove {
@@ -227,6 +234,7 @@ impl Request {
         "ha_join",
         "ha_enha",
         "ha_set",
+        "ha_key",
         "ha_cluster_remove",
         "ha_cluster_activate",
         "debug",
@@ -257,6 +265,7 @@ impl Request {
             Request::HaJoin { .. } => "ha_join",
             Request::HaEnha => "ha_enha",
             Request::HaSet { .. } => "ha_set",
+            Request::HaKey { .. } => "ha_key",
             Request::HaClusterRemove { .. } => "ha_cluster_remove",
             Request::HaClusterActivate => "ha_cluster_activate",
             Request::Debug { .. } => "debug",
@@ -684,6 +693,10 @@ pub struct HaInfo {
     /// The state-sync (K2K) protocol version in use with the peer (0: not
     /// established).
     pub sync_version: u8,
+    /// The cluster key (F8): `steady` (one key), or a change under way,
+    /// `staged` or `committed`, with the seconds since.
+    #[serde(default)]
+    pub key: String,
     /// The members' service on TCP 1300: where it listens, what it served
     /// and refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1156,6 +1169,7 @@ mod tests {
             | Request::HaJoin { .. }
             | Request::HaEnha
             | Request::HaSet { .. }
+            | Request::HaKey { .. }
             | Request::HaClusterRemove { .. }
             | Request::HaClusterActivate
             | Request::Log { .. }
@@ -1195,6 +1209,7 @@ mod tests {
                 set: None,
                 no_sync: false,
             },
+            Request::HaKey { psk: None },
             Request::HaClusterRemove {
                 serial: None,
                 force: false,
@@ -1221,7 +1236,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_cluster_remove, ha_cluster_activate, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, debug"
         );
     }
 

@@ -510,9 +510,16 @@ impl Route<'_> {
             Request::HaSet { set: None, .. } => Some(Response::error(
                 "ha set needs a parameter: prefer, sync-min-age, swap or weight",
             )),
-            Request::HaSet { .. } | Request::HaEnha if ctx.conf().is_none() => Some(Response::error(
-                "this node is not a member of a cluster with a cluster directory: there is no cluster parameter to set",
+            Request::HaKey { psk: None } => Some(Response::error(
+                "ha set key needs the new pre-shared key (--psk-file FILE, or typed twice)",
             )),
+            Request::HaSet { .. } | Request::HaEnha | Request::HaKey { .. }
+                if ctx.conf().is_none() =>
+            {
+                Some(Response::error(
+                    "this node is not a member of a cluster with a cluster directory: there is no cluster parameter to set",
+                ))
+            }
             Request::HaClusterRemove { serial: None, .. } => Some(Response::error(
                 "ha cluster remove needs the member: serial=SERIAL, or serial=remote for the other member",
             )),
@@ -552,6 +559,7 @@ impl Route<'_> {
             | Request::HaCreate { .. }
             | Request::HaJoin { .. }
             | Request::HaSet { .. }
+            | Request::HaKey { .. }
             | Request::HaEnha
             | Request::HaClusterActivate => {
                 let Some(jobs) = self.jobs else {
@@ -650,6 +658,20 @@ fn debug(ctx: &ApiContext, fault: Option<DebugFault>) -> Response {
     }
 }
 
+/// The keys this member sends under now (the key ring's: a key change
+/// moves them), else those of its configuration.
+fn peer_keys(ctx: &ApiContext) -> Result<Arc<tandem_dataplane::hakeys::HaKeys>, String> {
+    if let Some(r) = ctx.node.key_ring() {
+        return Ok(r.current());
+    }
+    let cfg = ctx.cfg();
+    let ha = cfg
+        .ha
+        .as_ref()
+        .ok_or("this node is not a cluster member: it has no peer")?;
+    tandem_dataplane::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id).map_err(|e| e.to_string())
+}
+
 /// `hapeer`: the peer's identity over the members' service, asked on each
 /// HA link in turn (main first) until one answers.
 fn peer_status(ctx: &ApiContext) -> Response {
@@ -657,9 +679,9 @@ fn peer_status(ctx: &ApiContext) -> Response {
     let Some(ha) = &cfg.ha else {
         return Response::error("this node is not a cluster member: it has no peer");
     };
-    let keys = match tandem_dataplane::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id) {
+    let keys = match peer_keys(ctx) {
         Ok(k) => k,
-        Err(e) => return Response::error(e.to_string()),
+        Err(e) => return Response::error(e),
     };
     let mut failures = Vec::new();
     for l in &ha.links {
@@ -692,12 +714,10 @@ fn peer_status(ctx: &ApiContext) -> Response {
 /// that answers, 2 s per link), with the link's name.
 fn connect_peer(ctx: &ApiContext) -> Result<(crate::peer::service::PeerClient, String), String> {
     let cfg = ctx.cfg();
-    let ha = cfg
-        .ha
-        .as_ref()
-        .ok_or("this node is not a cluster member: it has no peer")?;
-    let keys = tandem_dataplane::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id)
-        .map_err(|e| e.to_string())?;
+    if cfg.ha.is_none() {
+        return Err("this node is not a cluster member: it has no peer".into());
+    }
+    let keys = peer_keys(ctx)?;
     crate::peer::wiring::connect_peer(
         &crate::peer::wiring::peer_links(&cfg),
         &keys,
@@ -835,6 +855,35 @@ fn run_job(ctx: &ApiContext, request: Request, control: &Arc<Waker>) -> Response
                     Err(e) => (Vec::new(), Err(e)),
                 }
             });
+            Response::Lines {
+                lines,
+                error: res.err(),
+            }
+        }
+        Request::HaKey { psk: Some(psk) } => {
+            let (Some(conf), Some(ring)) = (ctx.conf(), ctx.node.key_ring().cloned()) else {
+                return Response::error("this node is not a cluster member: it has no cluster key");
+            };
+            let cfg = ctx.cfg();
+            let links = crate::peer::wiring::peer_links(&cfg);
+            let (lines, res) = crate::peer::keychange::change(
+                &conf,
+                &ring,
+                &psk,
+                |keys| {
+                    crate::peer::wiring::connect_peer(
+                        &links,
+                        keys,
+                        &ctx.identity.serial,
+                        std::time::Duration::from_secs(2),
+                    )
+                },
+                crate::peer::keychange::WAIT_RETIRED,
+            );
+            if let Err(e) = &res {
+                ctx.events
+                    .event("HA", format_args!("ha set key did not change the key: {e}"));
+            }
             Response::Lines {
                 lines,
                 error: res.err(),

@@ -645,6 +645,9 @@ pub fn format_hainfo(r: &HaInfo) -> String {
     if let Some(w) = &r.key_file_warning {
         let _ = writeln!(out, "WARNING:       {w}");
     }
+    if !r.key.is_empty() {
+        let _ = writeln!(out, "cluster key:   {}", r.key);
+    }
     let _ = writeln!(out, "rejected:      {} heartbeats", r.heartbeats_rejected);
     for p in &r.quality_problems {
         let _ = writeln!(out, "quality check failed: {p}");

@@ -24,7 +24,7 @@ use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use tandem_config::NodeConfig;
 use tandem_dataplane::hadata::{self, CheckKey, CheckKind, CheckMsg, Kind, Verdict, NONCE_LEN};
-use tandem_dataplane::hakeys::HaKeys;
+use tandem_dataplane::hakeys::{HaKeys, KeyPhase, KeyRing};
 use tandem_dataplane::node::{kernel_carrier, Node};
 use tandem_dataplane::worker::Role as PlaneRole;
 
@@ -144,11 +144,38 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// While an ICMP check is in flight, look for its answer this often.
 const PROBE_POLL: Duration = Duration::from_millis(2);
 
+/// A key change: the old key is dropped once the peer has been heard
+/// under the new one this long (what it still had in flight has landed).
+pub const KEY_RETIRE_AFTER: Duration = Duration::from_secs(2);
+/// A member with a staged key commits by itself once it has heard the
+/// peer under the staged key this long (the peer committed; its commit
+/// request was lost).
+pub const KEY_FOLLOW_AFTER: Duration = Duration::from_secs(1);
+/// A staged key change not committed within this time is given up.
+pub const KEY_STAGE_LIMIT: Duration = Duration::from_secs(120);
+
+/// The control thread's view of the key ring (F8).
+struct KeyWatch {
+    ring: Arc<KeyRing>,
+    generation: u64,
+    phase: KeyPhase,
+    since: Instant,
+    /// The workers' check keys are still to be set.
+    workers_pending: bool,
+    /// Since when the peer's heartbeats come under our current key, and
+    /// under the other one (`None`: not the last one heard).
+    heard_current: Option<Instant>,
+    heard_other: Option<Instant>,
+}
+
 /// The election of one member and its I/O.
 pub struct Cluster {
     ha: Ha,
     codec: Codec,
     check_key: CheckKey,
+    /// During a key change, the other check key (answers under it count).
+    check_alt: Option<CheckKey>,
+    keys: KeyWatch,
     cluster_id: u32,
     serial: u64,
     key_file_warning: Option<String>,
@@ -388,7 +415,7 @@ impl Cluster {
             data.configure(hadata::HaDataConfig {
                 cluster_id: ha.cluster_id,
                 serial,
-                key: CheckKey::new(keys.check().as_bytes()),
+                keys: hadata::CheckKeys::new(CheckKey::new(keys.check().as_bytes())),
                 ports: data_ports.iter().map(|p| p.port).collect(),
                 heartbeat_len: HEARTBEAT_LEN,
                 limits: hadata::Limits::for_heartbeat_ms(ha.heartbeat_ms),
@@ -439,6 +466,20 @@ impl Cluster {
                 .with_own_serial(serial)
                 .with_own_epoch(own_epoch),
             check_key: CheckKey::new(keys.check().as_bytes()),
+            check_alt: None,
+            keys: KeyWatch {
+                ring: node
+                    .key_ring()
+                    .cloned()
+                    .unwrap_or_else(|| KeyRing::new(keys.clone())),
+                // Taken from the ring at the first poll.
+                generation: u64::MAX,
+                phase: KeyPhase::Steady,
+                since: Instant::now(),
+                workers_pending: false,
+                heard_current: None,
+                heard_other: None,
+            },
             cluster_id: ha.cluster_id,
             serial,
             key_file_warning: key_file_exposure(&cfg.key_file(config_path)),
@@ -511,6 +552,7 @@ impl Cluster {
             }
             match self.codec.decode(&buf[..n]) {
                 Ok(hb) => {
+                    self.heard_under(self.codec.last_under_alt());
                     let alive = self.ha.path_alive(self.links[i].id);
                     let interval = self.ha.config().interval;
                     self.links[i].gaps.arrival(Instant::now(), alive, interval);
@@ -540,6 +582,7 @@ impl Cluster {
             match r.kind {
                 Kind::Heartbeat => match self.codec.decode(r.payload()) {
                     Ok(hb) if hb.link == LinkId::Data => {
+                        self.heard_under(self.codec.last_under_alt());
                         self.learn_peer_mac(r.port, r.src_mac, hb.state.serial);
                         let now = self.now();
                         self.ha
@@ -587,15 +630,21 @@ impl Cluster {
         let Some(data) = node.ha_data() else { return };
         let c = &data.counters;
         let judge = |nonce: Option<&[u8; NONCE_LEN]>| {
-            hadata::judge(
-                &self.check_key,
-                self.cluster_id,
-                self.serial,
-                self.ha.peer().map(|p| p.serial),
-                nonce,
-                r.port,
-                r.payload(),
-            )
+            let under = |key: &CheckKey| {
+                hadata::judge(
+                    key,
+                    self.cluster_id,
+                    self.serial,
+                    self.ha.peer().map(|p| p.serial),
+                    nonce,
+                    r.port,
+                    r.payload(),
+                )
+            };
+            match (under(&self.check_key), &self.check_alt) {
+                (Verdict::Unauthentic, Some(alt)) => under(alt),
+                (v, _) => v,
+            }
         };
         let verdict = judge(self.probe.as_ref().map(|p| &p.nonce));
         if verdict == Verdict::Stale
@@ -658,9 +707,112 @@ impl Cluster {
         }
     }
 
+    /// A heartbeat of the peer authenticated under our current key
+    /// (`under_other` false) or the other key of a change.
+    fn heard_under(&mut self, under_other: bool) {
+        let w = &mut self.keys;
+        let now = Instant::now();
+        if under_other {
+            w.heard_current = None;
+            w.heard_other.get_or_insert(now);
+        } else {
+            w.heard_other = None;
+            w.heard_current.get_or_insert(now);
+        }
+    }
+
+    /// Takes a step of a key change (F8) from the ring into the heartbeat
+    /// codec, the ICMP checks and the workers' check answers, and takes
+    /// the steps that are this member's to take: retire the old key once
+    /// the peer is heard under the new one, commit a staged key the peer
+    /// already sends under, give up a staged change that never came.
+    /// Never waits: a lock held elsewhere is tried again next turn.
+    fn follow_keys(&mut self, node: &Node, log: &mut EventLog) {
+        if self.keys.ring.generation() != self.keys.generation {
+            if let Some(set) = self.keys.ring.try_get() {
+                self.codec.set_keys(
+                    set.current.heartbeat().as_bytes(),
+                    set.other.as_ref().map(|o| o.heartbeat().as_bytes()),
+                );
+                self.check_key = CheckKey::new(set.current.check().as_bytes());
+                self.check_alt = set
+                    .other
+                    .as_ref()
+                    .map(|o| CheckKey::new(o.check().as_bytes()));
+                let w = &mut self.keys;
+                let first = w.generation == u64::MAX;
+                let before = w.phase;
+                (w.generation, w.phase, w.since) = (set.generation, set.phase, Instant::now());
+                (w.heard_current, w.heard_other) = (None, None);
+                w.workers_pending = !first || set.phase != KeyPhase::Steady;
+                let said = match (before, set.phase) {
+                    _ if first => None,
+                    (_, KeyPhase::Staged) => Some(
+                        "HA key change staged: the new key is accepted too; our HA traffic still goes out under the old one",
+                    ),
+                    (_, KeyPhase::Committed) => Some(
+                        "HA key change committed: our HA traffic goes out under the new key; the old one is still accepted",
+                    ),
+                    (KeyPhase::Committed, KeyPhase::Steady) => Some(
+                        "HA key change finished: the peer is heard under the new key; the old key is refused now",
+                    ),
+                    (KeyPhase::Staged, KeyPhase::Steady) => {
+                        Some("HA key change given up: the old key only, as before")
+                    }
+                    _ => None,
+                };
+                if let Some(m) = said {
+                    log.event("HA", format_args!("{m}"));
+                }
+            }
+        }
+        if self.keys.workers_pending {
+            match node.ha_data().and_then(|d| d.check_keys()) {
+                Some(k) => {
+                    if k.try_set(self.check_key.clone(), self.check_alt.clone()) {
+                        self.keys.workers_pending = false;
+                    }
+                }
+                None => self.keys.workers_pending = false,
+            }
+        }
+        let w = &self.keys;
+        let now = Instant::now();
+        let held = |t: Option<Instant>, d: Duration| t.is_some_and(|t| now.duration_since(t) >= d);
+        let staged = w.phase == KeyPhase::Staged;
+        let follow = staged && held(w.heard_other, KEY_FOLLOW_AFTER);
+        let give_up = staged && !follow && now.duration_since(w.since) >= KEY_STAGE_LIMIT;
+        if w.phase == KeyPhase::Committed && held(w.heard_current, KEY_RETIRE_AFTER) {
+            w.ring.retire();
+        }
+        if follow && w.ring.try_commit() {
+            log.event(
+                "HA",
+                format_args!(
+                    "HA key change: the peer sends under the staged key, so it committed; committing here too"
+                ),
+            );
+        }
+        if give_up && w.ring.abort() {
+            log.event(
+                "HA",
+                format_args!(
+                    "HA key change not committed within {} s: giving it up",
+                    KEY_STAGE_LIMIT.as_secs()
+                ),
+            );
+        }
+    }
+
+    /// The key change as hainfo shows it: phase and seconds in it.
+    pub fn key_change(&self) -> (KeyPhase, u64) {
+        (self.keys.phase, self.keys.since.elapsed().as_secs())
+    }
+
     /// Feeds the machine what changed (links, quality, table, data-port
     /// frames) and a tick, then carries out its actions.
     pub fn poll(&mut self, node: &Node, log: &mut EventLog) {
+        self.follow_keys(node, log);
         self.drain_data(node, log);
         let now = self.now();
         for l in &mut self.links {
@@ -1119,6 +1271,15 @@ impl Cluster {
             heartbeats_rejected: self.rejected,
             quality_problems: self.problems.clone(),
             key_file_warning: self.key_file_warning.clone(),
+            key: match self.key_change() {
+                (KeyPhase::Steady, _) => "steady".into(),
+                (KeyPhase::Staged, s) => format!(
+                    "change staged {s} s ago: the new key is accepted too, ours go out under the old one"
+                ),
+                (KeyPhase::Committed, s) => format!(
+                    "change committed {s} s ago: ours go out under the new key, the old one is accepted until the peer is heard under the new one"
+                ),
+            },
             data_path: Box::new(counters.unwrap_or_default()),
             sync_version: node.sync().map_or(0, |s| {
                 s.shared()

@@ -336,6 +336,12 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         for w in warnings {
             daemon.events.event("HA", format_args!("WARNING: {w}"));
         }
+        // The keys every HA channel shares (a key change goes through it).
+        let ring = daemon
+            .node
+            .key_ring()
+            .cloned()
+            .unwrap_or_else(|| tandem_dataplane::hakeys::KeyRing::new(keys.clone()));
         if let Some(ha) = &daemon.cfg.ha {
             let addrs: Vec<std::net::SocketAddr> = ha
                 .links
@@ -346,13 +352,13 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
                 .collect();
             if let Some(conf) = &conf {
                 let links = crate::peer::wiring::peer_links(&daemon.cfg);
-                let (k, serial) = (keys.clone(), daemon.cfg.node.serial.clone());
+                let (k, serial) = (ring.clone(), daemon.cfg.node.serial.clone());
                 match crate::peer::confsync::ConfigWatch::start(
                     conf.clone(),
                     Box::new(move || {
                         crate::peer::wiring::connect_peer(
                             &links,
-                            &k,
+                            &k.current(),
                             &serial,
                             Duration::from_secs(2),
                         )
@@ -367,7 +373,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
             }
             match crate::peer::service::PeerService::start(
                 &addrs,
-                keys.clone(),
+                ring.clone(),
                 identity.clone(),
                 conf.clone(),
                 daemon.events.clone(),

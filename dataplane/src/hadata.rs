@@ -230,6 +230,7 @@ pub struct CheckMsg {
 }
 
 /// The key of the checks and their answers ([`crate::hakeys::HaKeys::check`]).
+#[derive(Clone)]
 pub struct CheckKey(hmac::Key);
 
 impl CheckKey {
@@ -246,6 +247,52 @@ impl CheckKey {
 impl std::fmt::Debug for CheckKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CheckKey(<redacted>)")
+    }
+}
+
+/// The check keys of the workers: the one answers are sealed under, and
+/// during a key change (F8) the other one, also accepted. The control
+/// thread sets them; a worker reads them only for a check request
+/// (policed to a few dozen a second).
+#[derive(Debug)]
+pub struct CheckKeys(std::sync::RwLock<(CheckKey, Option<CheckKey>)>);
+
+impl CheckKeys {
+    /// One key.
+    pub fn new(key: CheckKey) -> CheckKeys {
+        CheckKeys(std::sync::RwLock::new((key, None)))
+    }
+
+    /// A step of a key change; false (nothing changed) if a worker holds
+    /// the keys this instant: try again on the next turn.
+    pub fn try_set(&self, current: CheckKey, other: Option<CheckKey>) -> bool {
+        match self.0.try_write() {
+            Ok(mut k) => {
+                *k = (current, other);
+                true
+            }
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                *e.into_inner() = (current, other);
+                true
+            }
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
+    }
+
+    /// Opens `payload` under the current key, else the other one; the
+    /// message and the key that opened it.
+    pub fn open(&self, payload: &[u8], cluster: u32) -> Result<(CheckMsg, CheckKey), CheckError> {
+        let k = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match CheckMsg::open(payload, &k.0, cluster) {
+            Err(CheckError::Unauthentic) if k.1.is_some() => {
+                let other = k.1.as_ref().expect("checked");
+                CheckMsg::open(payload, other, cluster).map(|m| (m, other.clone()))
+            }
+            r => r.map(|m| (m, k.0.clone())),
+        }
     }
 }
 
@@ -420,8 +467,8 @@ pub struct HaDataConfig {
     /// Our member serial (answers carry it; checks that carry it are ours
     /// come back, never answered).
     pub serial: u64,
-    /// The key of the checks.
-    pub key: CheckKey,
+    /// The keys of the checks.
+    pub keys: CheckKeys,
     /// Ports that carry HA frames (those with an address); frames on any
     /// other port are dropped.
     pub ports: Vec<u16>,
@@ -745,7 +792,7 @@ impl HaDataPath {
             HaDataCounters::bump(&c.bad_length);
             return false;
         };
-        let req = match CheckMsg::open(p, &cfg.key, cfg.cluster_id) {
+        let (req, key) = match cfg.keys.open(p, cfg.cluster_id) {
             Ok(m) => m,
             Err(CheckError::BadLength) => {
                 HaDataCounters::bump(&c.bad_length);
@@ -765,7 +812,7 @@ impl HaDataPath {
             responder: cfg.serial,
             ..req
         }
-        .seal(&cfg.key);
+        .seal(&key);
         let total = HEADER_LEN + CHECK_LEN;
         let (dst, src) = frame.split_at_mut(6);
         dst.copy_from_slice(&src[..6]);
@@ -793,6 +840,11 @@ impl HaDataPath {
 }
 
 impl HaDataHandle {
+    /// The workers' check keys, once configured.
+    pub fn check_keys(&self) -> Option<&CheckKeys> {
+        self.config.get().map(|c| &c.keys)
+    }
+
     /// Gives the workers what they need to accept and answer HA frames;
     /// false if the path was configured already (the first one stays).
     pub fn configure(&self, config: HaDataConfig) -> bool {
@@ -867,7 +919,7 @@ mod tests {
         assert!(h.configure(HaDataConfig {
             cluster_id: CLUSTER,
             serial,
-            key: key(),
+            keys: CheckKeys::new(key()),
             ports: vec![0, 1],
             heartbeat_len: 68,
             limits,
@@ -1001,6 +1053,36 @@ mod tests {
         let mut short = frame(ID_PROBE, b"nonce");
         assert!(!peer.answer(&mut short, PEER_MAC));
         assert_eq!(peer.counters.bad_length.load(Ordering::Relaxed), 1);
+    }
+
+    /// During a key change the workers answer a check under either key,
+    /// each with the key it came under; once the other key is dropped, a
+    /// check under it is unauthentic.
+    #[test]
+    fn during_a_key_change_checks_are_answered_under_the_key_they_came_under() {
+        let (h, mut peer) = configured(PEER, LOOSE);
+        let new = CheckKey::new(b"the new cluster check key, 32 B!");
+        assert!(h.check_keys().unwrap().try_set(key(), Some(new.clone())));
+        for (k, port) in [(key(), 1u16), (new.clone(), 1)] {
+            let mut f = frame(ID_PROBE, &request(ME, port).seal(&k));
+            assert!(peer.admit(0, port, Kind::ProbeRequest));
+            assert!(peer.answer(&mut f, PEER_MAC));
+            let v = judge(
+                &k,
+                CLUSTER,
+                ME,
+                Some(PEER),
+                Some(&NONCE),
+                port,
+                payload(&f).unwrap(),
+            );
+            assert_eq!(v, Verdict::Answer { responder: PEER });
+        }
+        assert!(h.check_keys().unwrap().try_set(new.clone(), None));
+        let mut f = frame(ID_PROBE, &request(ME, 1).seal(&key()));
+        assert!(peer.admit(0, 1, Kind::ProbeRequest));
+        assert!(!peer.answer(&mut f, PEER_MAC));
+        assert_eq!(peer.counters.unauthentic.load(Ordering::Relaxed), 1);
     }
 
     #[test]

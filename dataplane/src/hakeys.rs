@@ -350,15 +350,34 @@ impl KeyRing {
         self.get().current
     }
 
-    fn step(&self, f: impl FnOnce(&mut KeySet) -> Result<bool, String>) -> Result<(), String> {
-        let mut s = self.set.write().unwrap_or_else(|e| e.into_inner());
-        if f(&mut s)? {
+    /// Runs a step under the write lock; with `wait` false, gives up
+    /// (`Ok(false)`, nothing changed) when a reader holds the keys this
+    /// instant, for threads that must not wait.
+    fn step_with(
+        &self,
+        wait: bool,
+        f: impl FnOnce(&mut KeySet) -> Result<bool, String>,
+    ) -> Result<bool, String> {
+        let mut s = match self.set.try_write() {
+            Ok(s) => s,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if !wait => return Ok(false),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.set.write().unwrap_or_else(|e| e.into_inner())
+            }
+        };
+        let changed = f(&mut s)?;
+        if changed {
             s.generation += 1;
             s.since = Instant::now();
             self.generation
                 .store(s.generation, std::sync::atomic::Ordering::Release);
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    fn step(&self, f: impl FnOnce(&mut KeySet) -> Result<bool, String>) -> Result<(), String> {
+        self.step_with(true, f).map(|_| ())
     }
 
     /// Step 1: `new` is accepted too. Again with the same keys: nothing
@@ -384,7 +403,17 @@ impl KeyRing {
     /// Step 2: ours go out under the staged keys; the old ones are still
     /// accepted. Again once committed: nothing changes.
     pub fn commit(&self) -> Result<(), String> {
-        self.step(|s| match s.phase {
+        self.step_with(true, Self::commit_step).map(|_| ())
+    }
+
+    /// [`KeyRing::commit`] for a thread that must not wait: true if it
+    /// committed a staged change now.
+    pub fn try_commit(&self) -> bool {
+        self.step_with(false, Self::commit_step).unwrap_or(false)
+    }
+
+    fn commit_step(s: &mut KeySet) -> Result<bool, String> {
+        match s.phase {
             KeyPhase::Steady => Err("no key change is staged on this member".into()),
             KeyPhase::Committed => Ok(false),
             KeyPhase::Staged => {
@@ -393,39 +422,36 @@ impl KeyRing {
                 s.phase = KeyPhase::Committed;
                 Ok(true)
             }
-        })
+        }
     }
 
     /// Step 3: the old keys are no longer accepted. True if this ended a
-    /// committed change.
+    /// committed change (never waits: false when the keys are being read
+    /// this instant; try again).
     pub fn retire(&self) -> bool {
-        let mut done = false;
-        let _ = self.step(|s| {
+        self.step_with(false, |s| {
             if s.phase != KeyPhase::Committed {
                 return Ok(false);
             }
             s.other = None;
             s.phase = KeyPhase::Steady;
-            done = true;
             Ok(true)
-        });
-        done
+        })
+        .unwrap_or(false)
     }
 
     /// Undoes a staged change that was not committed. True if there was
-    /// one.
+    /// one (never waits, as [`KeyRing::retire`]).
     pub fn abort(&self) -> bool {
-        let mut done = false;
-        let _ = self.step(|s| {
+        self.step_with(false, |s| {
             if s.phase != KeyPhase::Staged {
                 return Ok(false);
             }
             s.other = None;
             s.phase = KeyPhase::Steady;
-            done = true;
             Ok(true)
-        });
-        done
+        })
+        .unwrap_or(false)
     }
 }
 
@@ -515,9 +541,10 @@ mod tests {
             "staging the same keys again is no step"
         );
 
-        ring.commit().unwrap();
+        assert!(ring.try_commit());
         let s = ring.get();
         assert_eq!((s.phase, s.generation), (KeyPhase::Committed, 2));
+        assert!(!ring.try_commit(), "committed already");
         assert!(s.current.same_as(&new));
         assert!(
             s.other.as_ref().unwrap().same_as(&old),

@@ -170,6 +170,9 @@ pub struct Node {
     /// by [`Node::enable_ha`].
     sync: std::sync::OnceLock<SyncCore>,
     ha_data: std::sync::OnceLock<HaDataHandle>,
+    /// The member's HA keys (made at start or by [`Node::enable_ha`]),
+    /// shared by the state sync, the election and the members' service.
+    keys: std::sync::OnceLock<Arc<crate::hakeys::KeyRing>>,
     /// The shards' delta rings of a node that started alone with a
     /// firewall, kept for [`Node::enable_ha`].
     spare_deltas: Mutex<Vec<crate::conntrack::DeltaConsumer>>,
@@ -284,6 +287,7 @@ impl Node {
             } as u8)),
             sync: std::sync::OnceLock::new(),
             ha_data: std::sync::OnceLock::new(),
+            keys: std::sync::OnceLock::new(),
             spare_deltas: Mutex::new(Vec::new()),
             lacp_quiet_when_passive: AtomicBool::new(
                 cfg.ha.as_ref().is_some_and(|h| !h.lacp_when_passive),
@@ -436,6 +440,27 @@ impl Node {
             .clone()
     }
 
+    /// The member's HA key ring, made from `ha`'s pre-shared key the first
+    /// time (the derivation is memoized per process: the daemon did it
+    /// already); `None` if the keys cannot be derived (the daemon refuses
+    /// such a configuration before it gets here).
+    fn ring_for(&self, ha: &tandem_config::HaConfig) -> Option<Arc<crate::hakeys::KeyRing>> {
+        if let Some(r) = self.keys.get() {
+            return Some(r.clone());
+        }
+        let k = crate::hakeys::for_cluster(ha.psk.expose(), ha.cluster_id).ok()?;
+        Some(
+            self.keys
+                .get_or_init(|| crate::hakeys::KeyRing::new(k))
+                .clone(),
+        )
+    }
+
+    /// The member's HA keys (a cluster member only).
+    pub fn key_ring(&self) -> Option<&Arc<crate::hakeys::KeyRing>> {
+        self.keys.get()
+    }
+
     /// Turns a node that runs alone into a cluster member with `cfg`'s HA
     /// section, without stopping it: the workers get the HA path over the
     /// data ports and their HA settings, and the state sync starts on the
@@ -451,6 +476,7 @@ impl Node {
                 "this node is a cluster member already".into(),
             ));
         }
+        let keys = self.ring_for(ha);
         let (handle, path) = crate::hadata::channel();
         let deltas = std::mem::take(
             &mut *self
@@ -462,7 +488,7 @@ impl Node {
             (0..self.workers.len()).map(|_| None).collect();
         if !deltas.is_empty() {
             let (core, h) = SyncCore::start(
-                sync_settings(cfg, ha),
+                sync_settings(cfg, ha, keys),
                 deltas,
                 self.role.clone(),
                 self.epoch,
@@ -883,6 +909,7 @@ impl Node {
 
         // A cluster member with a firewall streams its connections to the
         // peer: the sync core takes every shard's delta ring.
+        let keys = cfg.ha.as_ref().and_then(|ha| self.ring_for(ha));
         if let (Some(ha), true) = (&cfg.ha, policy.is_some()) {
             let consumers: Vec<_> = built
                 .iter_mut()
@@ -892,7 +919,7 @@ impl Node {
                 })
                 .collect();
             let (core, handles) = SyncCore::start(
-                sync_settings(cfg, ha),
+                sync_settings(cfg, ha, keys),
                 consumers,
                 self.role.clone(),
                 self.epoch,
@@ -1090,7 +1117,11 @@ fn timeouts(t: &tandem_config::TimeoutsConfig) -> crate::conntrack::Timeouts {
 
 /// The sync core's settings from the node's HA section: one K2K session to
 /// the peer, on the main link, else the backup.
-fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings {
+fn sync_settings(
+    cfg: &NodeConfig,
+    ha: &tandem_config::HaConfig,
+    keys: Option<Arc<crate::hakeys::KeyRing>>,
+) -> SyncSettings {
     use crate::k2k::{serial_from_str, Psk, SessionConfig};
     // The boot number shown to the peer (its log); the session's random
     // id, drawn by SessionConfig::new, is what keeps keys and nonces
@@ -1102,7 +1133,14 @@ fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings
     let mut session = SessionConfig::new(
         ha.cluster_id,
         serial_from_str(&cfg.node.serial),
-        Psk::new(crate::hakeys::k2k_master(ha).as_bytes()),
+        Psk::new(
+            keys.as_ref()
+                .map_or_else(
+                    || crate::hakeys::k2k_master(ha),
+                    |k| k.current().k2k_master().clone(),
+                )
+                .as_bytes(),
+        ),
         epoch,
     );
     session.encrypt = ha.encrypt;
@@ -1130,5 +1168,6 @@ fn sync_settings(cfg: &NodeConfig, ha: &tandem_config::HaConfig) -> SyncSettings
         emulate_version,
         link_dead_ms: u64::from(ha.dead_ms),
         cpu: cfg.dataplane.sync_cpu,
+        keys,
     }
 }

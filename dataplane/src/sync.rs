@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 
 use crate::conntrack::{BucketMask, Delta, DeltaConsumer, DeltaKind, TableDigest, DIGEST_BUCKETS};
 use crate::k2k::wire::DIGEST_PER_RECORD;
-use crate::k2k::{BulkReason, Event, QueueError, Record, Session, SessionConfig};
+use crate::k2k::{BulkReason, Event, Psk, QueueError, Record, Session, SessionConfig};
 use crate::node::kernel_carrier;
 use crate::worker::Role;
 
@@ -53,11 +53,17 @@ pub struct SyncSettings {
     pub link_dead_ms: u64,
     /// Pin the sync core's thread to this CPU (`dataplane.sync_cpu`).
     pub cpu: Option<usize>,
+    /// The member's HA keys: a key change (F8) reaches the session through
+    /// it ([`crate::hakeys::KeyRing::generation`], read every turn).
+    pub keys: Option<Arc<crate::hakeys::KeyRing>>,
 }
 
 /// Counters and state the control thread reads.
 #[derive(Debug)]
 pub struct SyncShared {
+    /// The key ring generation the session follows (a key change is in
+    /// force in the sync once this reaches the ring's).
+    pub key_generation: AtomicU64,
     /// Records handed to the session.
     pub records_queued: AtomicU64,
     /// Records the session could not take (peer down or queue full).
@@ -193,6 +199,7 @@ impl Default for SyncShared {
             verify_repairs: AtomicU64::new(0),
             verify_timeouts: AtomicU64::new(0),
             loops: AtomicU64::new(0),
+            key_generation: AtomicU64::new(0),
         }
     }
 }
@@ -543,6 +550,7 @@ impl SyncCore {
         }
         let link_dead_ms = settings.link_dead_ms.max(1);
         let cpu = settings.cpu;
+        let keys = settings.keys.clone().map(|k| (k, 0u64));
         let n_links = settings.links.len();
         let mut session = Session::new(settings.session).map_err(SyncError::Session)?;
         if settings.emulate_version.is_some() {
@@ -604,6 +612,7 @@ impl SyncCore {
             silent_since: None,
             next_publish: 0,
             last_role: None,
+            keys,
         };
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -718,6 +727,8 @@ struct PendingLoss {
 
 struct Core {
     session: Session,
+    /// The key ring and the generation the session has.
+    keys: Option<(Arc<crate::hakeys::KeyRing>, u64)>,
     links: Vec<SyncLink>,
     sockets: Vec<UdpSocket>,
     workers: Vec<WorkerLink>,
@@ -820,6 +831,25 @@ impl Core {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Hands a step of a key change to the session (one atomic load a
+    /// turn when nothing changed).
+    fn follow_keys(&mut self) {
+        let Some((ring, seen)) = &mut self.keys else {
+            return;
+        };
+        if ring.generation() == *seen {
+            return;
+        }
+        let set = ring.get();
+        *seen = set.generation;
+        let psk = |k: &crate::hakeys::HaKeys| Psk::new(k.k2k_master().as_bytes());
+        self.session
+            .set_keys(psk(&set.current), set.other.as_deref().map(psk));
+        self.shared
+            .key_generation
+            .store(set.generation, Ordering::Release);
+    }
+
     fn run(&mut self, stop: &AtomicBool) {
         let mut buf = vec![0u8; 65_536];
         let mut idle = 0u32;
@@ -828,6 +858,7 @@ impl Core {
             let now = self.now();
             let mut work = 0;
             work += self.check_links(now);
+            self.follow_keys();
             self.follow_role();
             if self.shared.resync_wanted.swap(false, Ordering::AcqRel) {
                 self.unsynchronized(

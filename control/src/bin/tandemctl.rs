@@ -171,6 +171,14 @@ enum SetParam {
         #[arg(required = true, value_parser = iface_weight)]
         weights: Vec<(String, u16)>,
     },
+    /// The cluster's pre-shared key, changed on both members with no HA
+    /// outage (both keys are accepted while the change travels)
+    Key {
+        /// Read the new key from the first line of FILE (else it is typed
+        /// twice)
+        #[arg(long, value_name = "FILE")]
+        psk_file: Option<PathBuf>,
+    },
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -429,6 +437,9 @@ fn default_timeout_ms(req: &Request) -> u64 {
         Request::HaSync { .. } | Request::HaSyncTest | Request::HaDiff { .. } => 60_000,
         Request::HaJoin { .. } | Request::HaCreate { .. } => 90_000,
         Request::HaSet { .. } | Request::HaEnha => 30_000,
+        // Two key derivations, a sync, then up to 10 s for both members
+        // to retire the old key.
+        Request::HaKey { .. } => 60_000,
         _ => 2000,
     }
 }
@@ -649,6 +660,25 @@ fn main() -> ExitCode {
         Command::Hasync { force } => Request::HaSync { force: *force },
         Command::Enha => Request::HaEnha,
         Command::Ha {
+            action:
+                HaAction::Set {
+                    no_sync,
+                    param: SetParam::Key { psk_file },
+                },
+        } => {
+            if *no_sync {
+                eprintln!("tandemctl: ha set key changes the key on both members at once: --no-sync does not apply");
+                return ExitCode::from(2);
+            }
+            match read_psk(psk_file.as_ref()) {
+                Ok(p) => Request::HaKey { psk: Some(p) },
+                Err(e) => {
+                    eprintln!("tandemctl: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Command::Ha {
             action: HaAction::Set { no_sync, param },
         } => {
             use tandem_control::peer::params::HaSet;
@@ -670,6 +700,7 @@ fn main() -> ExitCode {
                     SetParam::Weight { weights } => HaSet::Weight {
                         weights: weights.clone(),
                     },
+                    SetParam::Key { .. } => unreachable!("ha set key is its own request"),
                 }),
                 no_sync: *no_sync,
             }

@@ -163,6 +163,14 @@ impl Codec {
         self
     }
 
+    /// The keys of a key change's step: ours go out under `current`;
+    /// `other` is accepted too (none: only `current`).
+    pub fn set_keys(&mut self, current: &[u8], other: Option<&[u8]>) {
+        self.key = hmac::Key::new(hmac::HMAC_SHA256, current);
+        self.alt = other.map(|k| hmac::Key::new(hmac::HMAC_SHA256, k));
+        self.last_under_alt = false;
+    }
+
     /// A key change, step 1: `key` (the new heartbeat key) is accepted
     /// too; ours are still sent under the current one.
     pub fn stage_key(&mut self, key: &[u8]) {

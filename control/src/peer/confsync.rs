@@ -106,6 +106,9 @@ pub struct ConfSync {
     /// Whether this member is active now (only the active sends file
     /// groups).
     is_active: Box<dyn Fn() -> bool + Send + Sync>,
+    /// The new pre-shared key of a key change the peer staged here (F8),
+    /// until it is committed or given up.
+    pub(crate) staged_psk: Mutex<Option<tandem_config::Secret>>,
 }
 
 /// A revision being received on one connection of the members' service;
@@ -205,6 +208,7 @@ impl ConfSync {
             dir_lock: Mutex::new(()),
             groups: Mutex::new(Vec::new()),
             is_active,
+            staged_psk: Mutex::new(None),
         });
         conf.refresh_serials();
         Ok(conf)
@@ -554,7 +558,14 @@ impl ConfSync {
 }
 
 /// One line of a `hasync` report: who did the step, which step, what.
-fn step(lines: &mut Vec<String>, who: &str, n: usize, of: usize, action: &str, info: &str) {
+pub(crate) fn step(
+    lines: &mut Vec<String>,
+    who: &str,
+    n: usize,
+    of: usize,
+    action: &str,
+    info: &str,
+) {
     lines.push(format!("{who:<12} ({n}/{of}) {action:<24} {info}"));
 }
 

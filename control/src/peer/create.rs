@@ -322,9 +322,14 @@ fn create_steps(
         .iter()
         .map(|(_, _, a, _)| SocketAddr::new(a.addr.into(), super::service::PORT))
         .collect();
+    let ring = ctx
+        .node
+        .key_ring()
+        .cloned()
+        .unwrap_or_else(|| tandem_dataplane::hakeys::KeyRing::new(keys.clone()));
     let peer = super::service::PeerService::start(
         &addrs,
-        keys.clone(),
+        ring.clone(),
         ctx.identity.clone(),
         conf.clone(),
         ctx.events.clone(),
@@ -338,11 +343,16 @@ fn create_steps(
     .ok();
     let confwatch = conf.as_ref().and_then(|c| {
         let links = super::wiring::peer_links(&new_cfg);
-        let (k, serial) = (keys.clone(), new_cfg.node.serial.clone());
+        let (ring, serial) = (ring.clone(), new_cfg.node.serial.clone());
         super::confsync::ConfigWatch::start(
             c.clone(),
             Box::new(move || {
-                super::wiring::connect_peer(&links, &k, &serial, std::time::Duration::from_secs(2))
+                super::wiring::connect_peer(
+                    &links,
+                    &ring.current(),
+                    &serial,
+                    std::time::Duration::from_secs(2),
+                )
             }),
         )
         .ok()

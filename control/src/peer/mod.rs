@@ -8,6 +8,7 @@ pub mod create;
 pub mod files;
 pub mod handshake;
 pub mod join;
+pub mod keychange;
 pub mod params;
 pub mod service;
 pub mod wiring;

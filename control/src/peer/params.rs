@@ -138,6 +138,22 @@ pub fn change(file: &mut ClusterFile, me: &str, change: &HaSet) -> Result<Vec<St
     Ok(said)
 }
 
+/// Puts `text` in place as the cluster file, atomically, once it is
+/// validated as this member would run it; nothing changes on an error.
+pub(crate) fn install_cluster_text(conf: &ConfSync, text: &[u8]) -> Result<(), String> {
+    let _one_writer = conf
+        .dir_lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let manifest = conf.manifest_with(text)?;
+    let (mut staging, _) = Staging::begin(&conf.dir, manifest)?;
+    staging.put(CLUSTER_FILE, 0, text)?;
+    staging.verify()?;
+    conf.validate_staged(staging.path())
+        .map_err(|e| format!("the change would not run here: {e}; nothing was changed"))?;
+    staging.switch()
+}
+
 /// `ha set` on the job thread: the report's lines, and the error that
 /// stopped it (nothing written then). `send` pushes the change to the
 /// peer (a hasync), or says why it could not.
@@ -151,17 +167,7 @@ pub fn set(
         let mut file = conf.cluster_file()?;
         let said = change(&mut file, &conf.serial, what)?;
         let text = tandem_config::cluster::cluster_file_text(&file)?.into_bytes();
-        let _one_writer = conf
-            .dir_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let manifest = conf.manifest_with(&text)?;
-        let (mut staging, _) = Staging::begin(&conf.dir, manifest)?;
-        staging.put(CLUSTER_FILE, 0, &text)?;
-        staging.verify()?;
-        conf.validate_staged(staging.path())
-            .map_err(|e| format!("the change would not run here: {e}; nothing was changed"))?;
-        staging.switch()?;
+        install_cluster_text(conf, &text)?;
         for s in &said {
             lines.push(format!("{}: {s}", conf.serial));
         }

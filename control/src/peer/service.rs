@@ -26,7 +26,7 @@ use mio::net::{TcpListener, TcpStream as MioStream};
 use mio::{Events, Interest, Poll, Token};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use tandem_dataplane::hakeys::HaKeys;
+use tandem_dataplane::hakeys::{HaKeys, KeyRing};
 
 use super::confsync::ConfSync;
 use super::handshake::{
@@ -178,6 +178,16 @@ pub enum PeerRequest {
         /// Why.
         reason: String,
     },
+    /// A key change (F8), step 1: accept this new pre-shared key too (the
+    /// session is encrypted; the key never travels otherwise).
+    KeyStage {
+        /// The new key.
+        psk: tandem_config::Secret,
+    },
+    /// Step 3: send under the staged key (the cluster file carries it).
+    KeyCommit,
+    /// The change is given up: forget the staged key.
+    KeyAbort,
 }
 
 /// An answer in a session.
@@ -235,6 +245,12 @@ pub enum PeerAnswer {
         /// What the receiver did (policy reloaded, what waits for a
         /// restart).
         effects: Vec<String>,
+    },
+    /// Where a key change stands on the member now (`staged`,
+    /// `committed`, `steady`).
+    KeyStep {
+        /// The phase.
+        phase: String,
     },
     /// The request was refused.
     Refused {
@@ -300,7 +316,7 @@ impl PeerService {
     /// `identity`. Fails if no address can be bound.
     pub fn start(
         addrs: &[SocketAddr],
-        keys: Arc<HaKeys>,
+        keys: Arc<KeyRing>,
         identity: IdentityReport,
         conf: Option<Arc<ConfSync>>,
         log: EventLog,
@@ -349,7 +365,7 @@ const CONN_BASE: usize = 16;
 fn serve(
     mut poll: Poll,
     listeners: Vec<TcpListener>,
-    keys: Arc<HaKeys>,
+    keys: Arc<KeyRing>,
     identity: IdentityReport,
     conf: Option<Arc<ConfSync>>,
     log: EventLog,
@@ -434,12 +450,21 @@ fn serve(
                         stream,
                         from,
                         reader: FrameReader::preauth(),
-                        hs: ServerHandshake::new(
-                            keys.control().as_bytes(),
-                            keys.cluster_id(),
-                            &identity.serial,
-                            nonce,
-                        ),
+                        hs: {
+                            // During a key change a member proving either
+                            // key is served (under the key it proved).
+                            let set = keys.get();
+                            let hs = ServerHandshake::new(
+                                set.current.control().as_bytes(),
+                                set.current.cluster_id(),
+                                &identity.serial,
+                                nonce,
+                            );
+                            match &set.other {
+                                Some(o) => hs.with_alt_control(o.control().as_bytes()),
+                                None => hs,
+                            }
+                        },
                         step: Step::Hello,
                         deadline: now + HANDSHAKE_TIME,
                         receiving: None,
@@ -453,7 +478,9 @@ fn serve(
         let mut ended: Vec<(usize, End)> = Vec::new();
         for t in ready {
             let Some(c) = conns.get_mut(&t) else { continue };
-            if let Some(end) = read_and_serve(c, &mut buf, &identity, conf.as_ref(), &counters) {
+            if let Some(end) =
+                read_and_serve(c, &mut buf, &identity, conf.as_ref(), &keys, &counters)
+            {
                 ended.push((t, end));
             }
         }
@@ -547,6 +574,7 @@ fn read_and_serve(
     buf: &mut [u8],
     identity: &IdentityReport,
     conf: Option<&Arc<ConfSync>>,
+    keys: &KeyRing,
     counters: &PeerCounters,
 ) -> Option<End> {
     loop {
@@ -664,6 +692,16 @@ fn read_and_serve(
                                 PeerAnswer::Refused {
                                     reason: "a sync names another sender than the session's member".into(),
                                 }
+                            }
+                            (Some(conf), _)
+                                if matches!(
+                                    request,
+                                    PeerRequest::KeyStage { .. }
+                                        | PeerRequest::KeyCommit
+                                        | PeerRequest::KeyAbort
+                                ) =>
+                            {
+                                super::keychange::handle(conf, keys, request)
                             }
                             (Some(conf), _) => conf.handle(request, &mut c.receiving),
                         }
@@ -943,7 +981,7 @@ mod tests {
         let log = EventLog::open("fw1", None, 0, 0).unwrap();
         let s = PeerService::start(
             &["127.0.0.1:0".parse().unwrap()],
-            keys(psk, 7),
+            KeyRing::new(keys(psk, 7)),
             identity("TDLAB0001"),
             None,
             log.clone(),
@@ -1089,7 +1127,7 @@ mod sync_tests {
     use crate::peer::confsync::{self, ConfSync};
     use crate::peer::files;
     use std::path::PathBuf;
-    use tandem_dataplane::hakeys::KdfParams;
+    use tandem_dataplane::hakeys::{KdfParams, KeyPhase};
 
     struct Tmp(PathBuf);
     impl Drop for Tmp {
@@ -1149,13 +1187,22 @@ mod sync_tests {
     }
 
     fn setup(tag: &str) -> (Tmp, Arc<ConfSync>, Arc<ConfSync>, PeerService) {
+        let (t, a, b, s, _) = setup_with_ring(tag);
+        (t, a, b, s)
+    }
+
+    /// Member TDLAB0002 serving (its key ring too), TDLAB0001 asking.
+    fn setup_with_ring(
+        tag: &str,
+    ) -> (Tmp, Arc<ConfSync>, Arc<ConfSync>, PeerService, Arc<KeyRing>) {
+        let ring = KeyRing::new(keys());
         let root = std::env::temp_dir().join(format!("tandem-sync-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let a = member(&root, "fw1", "TDLAB0001", "policy v1\n");
         let b = member(&root, "fw2", "TDLAB0002", "policy v1\n");
         let service = PeerService::start(
             &["127.0.0.1:0".parse().unwrap()],
-            keys(),
+            ring.clone(),
             IdentityReport {
                 file: "identity.ron".into(),
                 serial: "TDLAB0002".into(),
@@ -1168,7 +1215,7 @@ mod sync_tests {
             EventLog::open("fw2", None, 0, 0).unwrap(),
         )
         .unwrap();
-        (Tmp(root), a, b, service)
+        (Tmp(root), a, b, service, ring)
     }
 
     fn client(s: &PeerService) -> PeerClient {
@@ -1324,5 +1371,123 @@ mod sync_tests {
         assert!(e.contains("in neither member's"), "{e}");
         let e = confsync::diff(&a, &mut client(&s), "../fw1/state.json").unwrap_err();
         assert!(e.contains("not a plain relative path"), "{e}");
+    }
+
+    const NEW_KEY: &str = "Rotated-Cluster-Key-2027";
+
+    fn connect_to(
+        s: &PeerService,
+    ) -> impl Fn(&HaKeys) -> Result<(PeerClient, String), String> + '_ {
+        |k: &HaKeys| {
+            PeerClient::connect(s.listening[0], k, "TDLAB0001", Duration::from_secs(2))
+                .map(|c| (c, "HA-main".to_string()))
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    fn psk_of(c: &ConfSync) -> String {
+        c.cluster_file().unwrap().ha.psk.expose().to_owned()
+    }
+
+    /// `ha set key` between two members: staged on both, the cluster file
+    /// with the new key on both, committed on both; while the change is
+    /// committed a member proving either key is served, once the old key
+    /// is retired only the new one.
+    #[test]
+    fn a_key_change_reaches_both_members_and_the_old_key_is_refused_once_retired() {
+        let (_t, a, b, s, ring_b) = setup_with_ring("key");
+        let ring_a = KeyRing::new(keys());
+        let psk = tandem_config::Secret::new(NEW_KEY);
+        let (lines, res) =
+            super::super::keychange::change(&a, &ring_a, &psk, connect_to(&s), Duration::ZERO);
+        res.unwrap();
+        let text = lines.join("\n");
+        for step in [
+            "(1/6) Key check",
+            "(2/6) Key derivation",
+            "(3/6) Stage",
+            "(4/6) Stage and file",
+            "(5/6) Commit",
+            "(6/6) Retire",
+        ] {
+            assert!(text.contains(step), "{step}: {text}");
+        }
+        assert!(text.contains("accepts both keys"), "{text}");
+        for (name, ring) in [("A", &ring_a), ("B", &ring_b)] {
+            let set = ring.get();
+            assert_eq!(set.phase, KeyPhase::Committed, "{name}");
+            assert!(
+                !set.current.same_as(&keys()),
+                "{name} sends under the new key"
+            );
+            assert!(
+                set.other.as_ref().unwrap().same_as(&keys()),
+                "{name} still accepts the old"
+            );
+        }
+        assert_eq!((psk_of(&a), psk_of(&b)), (NEW_KEY.into(), NEW_KEY.into()));
+        let (sa, sb) = (a.status().unwrap(), b.status().unwrap());
+        assert_eq!(sa.digest, sb.digest, "both cluster directories identical");
+        // Both keys open a session while committed ...
+        PeerClient::connect(s.listening[0], &keys(), "TDLAB0001", Duration::from_secs(2)).unwrap();
+        let new = ring_b.current();
+        PeerClient::connect(s.listening[0], &new, "TDLAB0001", Duration::from_secs(2)).unwrap();
+        // ... only the new one once retired.
+        assert!(ring_b.retire());
+        let e = PeerClient::connect(s.listening[0], &keys(), "TDLAB0001", Duration::from_secs(2))
+            .err()
+            .expect("the old key is refused")
+            .to_string();
+        assert!(e.contains("key"), "{e}");
+        PeerClient::connect(s.listening[0], &new, "TDLAB0001", Duration::from_secs(2)).unwrap();
+        // A second change while this one is still committed here: refused.
+        let (_, res) = super::super::keychange::change(
+            &a,
+            &ring_a,
+            &tandem_config::Secret::new("Third-Cluster-Key-2028"),
+            connect_to(&s),
+            Duration::ZERO,
+        );
+        assert!(res.unwrap_err().contains("under way"));
+    }
+
+    /// A change the peer cannot take (it has local modifications, so the
+    /// sync of the cluster file is refused) is undone on both members:
+    /// the old key only, the cluster file as it was. A weak key changes
+    /// nothing anywhere.
+    #[test]
+    fn a_key_change_that_fails_half_way_is_undone_on_both_members() {
+        let (_t, a, b, s, ring_b) = setup_with_ring("keyundo");
+        let ring_a = KeyRing::new(keys());
+        let (_, res) = super::super::keychange::change(
+            &a,
+            &ring_a,
+            &tandem_config::Secret::new("weak"),
+            connect_to(&s),
+            Duration::ZERO,
+        );
+        assert!(res.unwrap_err().contains("too weak"));
+        std::fs::write(b.dir.join("policy.ron"), "policy changed on B\n").unwrap();
+        let before = std::fs::read(a.dir.join("cluster.ron")).unwrap();
+        let (lines, res) = super::super::keychange::change(
+            &a,
+            &ring_a,
+            &tandem_config::Secret::new(NEW_KEY),
+            connect_to(&s),
+            Duration::ZERO,
+        );
+        let e = res.unwrap_err();
+        assert!(e.contains("could not be sent to the peer"), "{e}");
+        assert!(
+            lines.iter().any(|l| l.contains("undone on both members")),
+            "{lines:?}"
+        );
+        assert_eq!(std::fs::read(a.dir.join("cluster.ron")).unwrap(), before);
+        for ring in [&ring_a, &ring_b] {
+            let set = ring.get();
+            assert_eq!(set.phase, KeyPhase::Steady);
+            assert!(set.current.same_as(&keys()) && set.other.is_none());
+        }
+        assert_eq!(psk_of(&b), "Lab-Cluster-Key-2026");
     }
 }

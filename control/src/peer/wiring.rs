@@ -85,6 +85,8 @@ fn changes(a: &NodeConfig, b: &NodeConfig, names: &[&str]) -> (Vec<&'static str>
             h.lacp_when_passive = false;
             h.garp_interval_ms = 0;
             h.sync_min_age_secs = 0;
+            // A key change (ha set key) applies itself, live.
+            h.psk = tandem_config::Secret::new("");
             h
         })
     };
