@@ -536,6 +536,31 @@ impl Node {
         })
     }
 
+    /// Kills tandemd (SIGKILL) and starts it again in `ns` from its files
+    /// as they are now: nothing is rewritten, so what tandemd changed in
+    /// them (a joined cluster, a new key) is what it starts with. Does not
+    /// wait for readiness.
+    pub fn kill_and_start_from_files(&mut self, ns: &Netns) -> Result<()> {
+        self.proc.signal("KILL");
+        if self.proc.wait_timeout(Duration::from_secs(5)).is_none() {
+            return Err(LabError::Other(format!(
+                "tandemd of {} did not die within 5 s of SIGKILL",
+                self.name
+            )));
+        }
+        let tandemd = find_bin("tandemd")?;
+        let _ = std::fs::remove_file(&self.socket);
+        let cfg_s = self.config_path.to_string_lossy().into_owned();
+        let mut proc = ns.spawn_with(
+            &format!("tandemd-{}-again", self.name),
+            &[tandemd.to_string_lossy().as_ref(), "--config", &cfg_s],
+            |_| {},
+        )?;
+        proc.set_grace(Duration::from_secs(5));
+        self.proc = proc;
+        Ok(())
+    }
+
     /// The member's cluster directory (`cluster.ron`, its copy of the
     /// policy), if it runs in a cluster.
     pub fn cluster_dir(&self) -> Option<PathBuf> {

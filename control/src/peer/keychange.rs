@@ -126,6 +126,14 @@ pub fn change(
     wait_retired: Duration,
 ) -> (Vec<String>, Result<(), String>) {
     let me = conf.serial.clone();
+    let peer_serial = conf
+        .serials
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .find(|s| **s != me)
+        .cloned()
+        .unwrap_or_else(|| "peer".into());
     let mut lines = Vec::new();
     let set = ring.get();
     if set.phase != KeyPhase::Steady {
@@ -195,7 +203,7 @@ pub fn change(
     }
     step(
         &mut lines,
-        "peer",
+        &peer_serial,
         3,
         STEPS,
         "Stage",
@@ -265,7 +273,7 @@ pub fn change(
     match peer {
         Ok(_) => step(
             &mut lines,
-            "peer",
+            &peer_serial,
             5,
             STEPS,
             "Commit",
