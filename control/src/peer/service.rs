@@ -10,9 +10,10 @@
 //! - frames over their limit are refused before they are read.
 //!
 //! After the handshake, requests and answers are JSON objects in sealed
-//! frames. Today the service answers `{"type": "status"}` with the
-//! member's identity and version (`tandemctl hapeer`); joins and the
-//! configuration sync come next (issue 12).
+//! (encrypted) frames: the member's identity (`tandemctl hapeer`), the
+//! configuration sync and file groups ([`super::confsync`]), joins
+//! ([`super::join`]) and the steps of a key change ([`super::keychange`]).
+//! During a key change a member proving either key is served.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
