@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs what tandem needs on Debian 12, idempotently: DPDK 22.11 LTS and
 # its headers, libclang for bindgen, and the lab's tools (iproute2, iperf3,
-# curl, python3, ethtool, nftables; keepalived, conntrackd and conntrack for
-# the Linux reference pair of bench-failover). Safe to run again; fast when done.
+# curl, python3 and the Prometheus client's parser, ethtool, nftables; keepalived, conntrackd and conntrack for
+# the Linux reference pair of bench-failover; systemd-analyze for the units
+# of dist/systemd). Safe to run again; fast when done.
 set -euo pipefail
 
 PACKAGES=(
   build-essential pkg-config libclang-dev
   libdpdk-dev dpdk dpdk-dev librte-net-pcap23
-  iproute2 iputils-ping iperf3 curl python3 ethtool nftables procps kmod util-linux coreutils
+  iproute2 iputils-ping iperf3 curl python3 python3-prometheus-client ethtool nftables procps kmod util-linux coreutils
   keepalived conntrackd conntrack
+  systemd
 )
 
 missing=()

@@ -407,6 +407,12 @@ pub struct ControlConfig {
     /// the configuration file. A node without one runs alone.
     #[serde(default)]
     pub identity: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`, text format) on this
+    /// address, such as `"198.18.0.10:9105"` on a management network or
+    /// `"127.0.0.1:9105"`; none by default. The endpoint has no
+    /// authentication: do not bind it where untrusted hosts reach it.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The default control socket path.
@@ -419,6 +425,7 @@ impl Default for ControlConfig {
             event_log: None,
             state_dir: None,
             identity: None,
+            metrics: None,
         }
     }
 }

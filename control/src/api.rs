@@ -621,10 +621,47 @@ pub struct HaMemberInfo {
     pub synchronized: bool,
     /// Time since its election machine started, ms.
     pub uptime_ms: u64,
-    /// When it took its current role (Unix seconds; local member only).
+    /// When it took its current role (Unix seconds; for the peer, when
+    /// this member saw it change, or first heard it).
     pub since_unix: Option<u64>,
     /// Heard now on some path (the peer; always true for the local member).
     pub alive: bool,
+    /// Hardware model (identity file; the peer's from the members'
+    /// service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The tandem version it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Its HA licence: `master` or `slave`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licence: Option<String>,
+    /// When its tandemd started (Unix seconds; the peer's from the boot
+    /// epoch its heartbeats carry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_unix: Option<u64>,
+    /// Its HA service: `starting`, `running` (active), `ready` (passive,
+    /// table complete, can take over), `not ready (table incomplete)`,
+    /// `lost` (the peer, not heard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_state: Option<String>,
+    /// Why the election holds back for it, if it does (the start-up wait;
+    /// a passive whose table is incomplete does not preempt); `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election_hold: Option<String>,
+    /// The heartbeat (election) protocol version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_version: Option<u8>,
+    /// The state sync (K2K) protocol version: the highest it speaks
+    /// (local), the one in use with it (peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k2k_version: Option<u8>,
+    /// Its configuration has no change the other member lacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf_synchronized: Option<bool>,
+    /// A configuration transfer running on it, or `none running`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_sync: Option<String>,
 }
 
 /// One path to the peer as `hainfo` shows it.
@@ -654,6 +691,14 @@ pub struct HaLinkInfo {
     pub recent_max_gap_ms: f64,
     /// Gaps longer than two heartbeat intervals.
     pub late: u64,
+    /// In words: `OK` (up, the peer heard), `no carrier`, `peer not
+    /// heard`.
+    #[serde(default)]
+    pub state: String,
+    /// When that state began (Unix seconds; the start of tandemd if it
+    /// never changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_since_unix: Option<u64>,
 }
 
 /// Answer to `hainfo`.
@@ -693,6 +738,16 @@ pub struct HaInfo {
     /// The state-sync (K2K) protocol version in use with the peer (0: not
     /// established).
     pub sync_version: u8,
+    /// Members heard now, this one included (1 or 2).
+    #[serde(default)]
+    pub members_heard: u8,
+    /// The HA link the state sync uses now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_link: Option<String>,
+    /// Where the peer's identity and configuration status come from, and
+    /// how old they are (the members' service), or why they are missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_status_source: Option<String>,
     /// The cluster key (F8): `steady` (one key), or a change under way,
     /// `staged` or `committed`, with the seconds since.
     #[serde(default)]
@@ -828,7 +883,7 @@ pub struct FirewallStats {
 }
 
 /// Hardware counters of one port.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortStats {
     /// Interface name from the configuration.
     pub name: String,
@@ -853,7 +908,7 @@ pub struct PortStats {
 }
 
 /// Software counters of one worker.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerStats {
     /// Worker index.
     pub id: usize,

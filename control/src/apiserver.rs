@@ -85,6 +85,8 @@ pub struct Installed {
     pub peer: Option<crate::peer::service::PeerService>,
     /// The configuration status watch.
     pub confwatch: Option<crate::peer::confsync::ConfigWatch>,
+    /// The configuration sync.
+    pub conf: Option<Arc<crate::peer::confsync::ConfSync>>,
 }
 
 impl std::fmt::Debug for Installed {
@@ -829,6 +831,9 @@ fn run_job(ctx: &ApiContext, request: Request, control: &Arc<Waker>) -> Response
             Some(conf) => {
                 let mut lines =
                     conf.apply_changed(&[tandem_config::cluster::CLUSTER_FILE.to_owned()]);
+                for l in &lines {
+                    ctx.events.event("HA", format_args!("enha: {l}"));
+                }
                 if lines.is_empty() {
                     lines.push(
                         "cluster.ron: nothing changed since tandemd last applied it".to_owned(),
@@ -943,6 +948,12 @@ fn run_job(ctx: &ApiContext, request: Request, control: &Arc<Waker>) -> Response
         }
         Request::HaSync { force } => with_peer(ctx, |conf, client, link| {
             let (lines, res) = crate::peer::confsync::send(conf, client, link, force);
+            if let Err(e) = &res {
+                ctx.events.event(
+                    "HA",
+                    format_args!("configuration sync to the peer failed: {e}"),
+                );
+            }
             Response::Lines {
                 lines,
                 error: res.err(),

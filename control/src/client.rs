@@ -523,7 +523,7 @@ pub fn format_identity(r: &IdentityReport) -> String {
     out
 }
 
-pub fn format_hainfo(r: &HaInfo) -> String {
+pub fn format_hainfo(r: &HaInfo, verbose: bool) -> String {
     let mut out = String::new();
     let yn = |b: bool| if b { "yes" } else { "no" };
     let _ = writeln!(out, "state:         {}", r.state);
@@ -532,40 +532,13 @@ pub fn format_hainfo(r: &HaInfo) -> String {
         "election:      {}",
         if r.election { "on" } else { "off" }
     );
-    let member = |m: Option<&HaMemberInfo>| -> Vec<String> {
-        match m {
-            None => vec!["(not heard)".into(); 6],
-            Some(m) => vec![
-                m.serial.clone(),
-                if m.alive {
-                    m.role.clone()
-                } else {
-                    format!("lost (was {})", m.role)
-                },
-                m.forced.clone().unwrap_or_else(|| "no".into()),
-                format!("{}%", m.quality),
-                m.priority.to_string(),
-                yn(m.synchronized).into(),
-            ],
+    if verbose {
+        let _ = writeln!(out, "members heard: {} of 2", r.members_heard.max(1));
+        if let Some(s) = &r.peer_status_source {
+            let _ = writeln!(out, "peer status:   {s}");
         }
-    };
-    section(&mut out, "Members", false, || {
-        let mut t = Table::new(&[
-            ("", L),
-            ("SERIAL", L),
-            ("MODE", L),
-            ("FORCED", L),
-            ("QUALITY", R),
-            ("PRIORITY", R),
-            ("SYNCHRONIZED", L),
-        ]);
-        for (name, m) in [("local", Some(&r.local)), ("peer", r.peer.as_ref())] {
-            let mut row = vec![name.to_string()];
-            row.extend(member(m));
-            t.row(row);
-        }
-        t
-    });
+    }
+    section(&mut out, "Nodes status", false, || nodes_table(r, verbose));
     if !r.local.synchronized && r.local.role == "passive" {
         let _ = writeln!(
             out,
@@ -789,6 +762,131 @@ pub fn format_connections(report: &ConnectionsReport) -> String {
         t
     });
     out
+}
+
+/// hainfo's per-field table: one row per field, a column per member.
+fn nodes_table(r: &HaInfo, verbose: bool) -> Table {
+    let peer = r.peer.as_ref();
+    let head = |m: Option<&HaMemberInfo>, local: bool| match m {
+        Some(m) if local => format!("{} (local)", m.serial),
+        Some(m) => m.serial.clone(),
+        None => "peer (not heard)".into(),
+    };
+    let mut t = Table::with_headers(vec![
+        (String::new(), L),
+        (head(Some(&r.local), true), L),
+        (head(peer, false), L),
+    ]);
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let time = |v: Option<u64>| v.map_or_else(|| "-".into(), format_unix_time);
+    let cfg = r.config.as_deref();
+    let mut row = |name: &str, only_verbose: bool, f: &dyn Fn(&HaMemberInfo, bool) -> String| {
+        if only_verbose && !verbose {
+            return;
+        }
+        let mut cells = vec![name.to_owned(), f(&r.local, true)];
+        cells.push(peer.map_or_else(|| "-".into(), |p| f(p, false)));
+        t.row(cells);
+    };
+    row("model", false, &|m, _| opt(&m.model));
+    row("version", false, &|m, _| opt(&m.version));
+    row("forced", false, &|m, _| {
+        m.forced.clone().unwrap_or_else(|| "no".into())
+    });
+    row("mode", false, &|m, _| {
+        if m.alive {
+            m.role.clone()
+        } else {
+            format!("lost (was {})", m.role)
+        }
+    });
+    row("  since", false, &|m, _| time(m.since_unix));
+    row("supervisor", true, &|m, _| {
+        // The member that drives the cluster's periodic work (file
+        // groups): the active one.
+        (if m.role == "active" && m.alive {
+            "yes"
+        } else {
+            "no"
+        })
+        .into()
+    });
+    row("K2K version", true, &|m, _| {
+        m.k2k_version.map_or_else(|| "-".into(), |v| v.to_string())
+    });
+    row("conn sync version", true, &|_, _| {
+        "n/a (part of K2K)".into()
+    });
+    row("election version", true, &|m, _| {
+        m.heartbeat_version
+            .map_or_else(|| "-".into(), |v| v.to_string())
+    });
+    row("election hold", true, &|m, _| opt(&m.election_hold));
+    row("backup partition", false, &|_, _| {
+        "n/a: one system partition".into()
+    });
+    row("quality", false, &|m, _| format!("{}%", m.quality));
+    row("priority", false, &|m, _| m.priority.to_string());
+    row("file sync", false, &|m, local| {
+        if local {
+            opt(&m.file_sync)
+        } else {
+            "-".into()
+        }
+    });
+    row("conf synchronized", false, &|m, _| {
+        m.conf_synchronized
+            .map_or_else(|| "-".into(), |b| (if b { "yes" } else { "no" }).into())
+    });
+    row("last conf sync", true, &|_, local| {
+        cfg.and_then(|c| {
+            if local {
+                Some(&c.local)
+            } else {
+                c.peer.as_ref()
+            }
+        })
+        .map_or_else(|| "-".into(), |c| c.last_sync.clone())
+    });
+    row("licence", true, &|m, _| opt(&m.licence));
+    row("boot", false, &|m, _| time(m.boot_unix));
+    row("state", true, &|m, _| opt(&m.ha_state));
+    row("table", false, &|m, _| {
+        (if m.synchronized {
+            "complete"
+        } else {
+            "incomplete"
+        })
+        .into()
+    });
+    row("config revision", false, &|_, local| {
+        cfg.and_then(|c| {
+            if local {
+                Some(&c.local)
+            } else {
+                c.peer.as_ref()
+            }
+        })
+        .map_or_else(|| "-".into(), |c| c.revision.clone())
+    });
+    for l in r.links.iter().filter(|l| !l.address.is_empty()) {
+        let name = if l.name == "HA-main" {
+            "main link".to_string()
+        } else {
+            format!("{} link", l.name)
+        };
+        let mut cells = vec![name, format!("{}: {}", l.address, l.state)];
+        cells.push(if peer.is_some() {
+            format!("{}: {} (as heard here)", l.peer, l.state)
+        } else {
+            "-".into()
+        });
+        t.row(cells);
+        if verbose {
+            t.row(vec!["  since".into(), time(l.state_since_unix), "-".into()]);
+        }
+    }
+    t
 }
 
 /// Appends a titled table, or "Title: none", after a blank line.
@@ -1117,7 +1215,7 @@ Drops (non-zero):
         r.data_path.reflected = 2;
         r.data_path.unauthentic = 4143;
         r.key_file_warning = Some("fw1.ron ... chmod 600".into());
-        let text = format_hainfo(&r);
+        let text = format_hainfo(&r, true);
         assert!(text.contains("450000 policed"), "{text}");
         assert!(text.contains("2 reflected"), "{text}");
         assert!(text.contains("4143 unauthentic"), "{text}");
@@ -1130,5 +1228,91 @@ Drops (non-zero):
             json["data_path"]["policed"], 450_000,
             "named fields: {json}"
         );
+    }
+
+    /// The Nodes status table: a row per field, a column per member; -v
+    /// adds the rows only it prints; an answer of an older daemon (no new
+    /// fields) still reads.
+    #[test]
+    fn hainfo_shows_a_row_per_field_and_v_adds_the_detail_rows() {
+        let m = |serial: &str, role: &str| HaMemberInfo {
+            serial: serial.into(),
+            role: role.into(),
+            quality: 100,
+            alive: true,
+            synchronized: true,
+            model: Some("TD-LAB".into()),
+            version: Some("0.1.0".into()),
+            licence: Some("master".into()),
+            since_unix: Some(1_796_000_000),
+            boot_unix: Some(1_795_999_000),
+            ha_state: Some("running".into()),
+            election_hold: Some("none".into()),
+            heartbeat_version: Some(2),
+            k2k_version: Some(2),
+            conf_synchronized: Some(true),
+            file_sync: Some("none running".into()),
+            ..Default::default()
+        };
+        let r = HaInfo {
+            local: m("TDLAB0001", "active"),
+            peer: Some(m("TDLAB0002", "passive")),
+            members_heard: 2,
+            links: vec![crate::api::HaLinkInfo {
+                name: "HA-main".into(),
+                address: "198.19.69.1".into(),
+                peer: "198.19.69.2".into(),
+                state: "OK".into(),
+                state_since_unix: Some(1_796_000_000),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = format_hainfo(&r, false);
+        let row = |t: &str, name: &str| -> String {
+            t.lines()
+                .find(|l| l.trim_start().starts_with(&format!("{name}  ")))
+                .unwrap_or_else(|| panic!("no {name} row in\n{t}"))
+                .split_whitespace()
+                .skip(name.split_whitespace().count())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(
+            text.contains("TDLAB0001 (local)") && text.contains("TDLAB0002"),
+            "{text}"
+        );
+        assert_eq!(row(&text, "mode"), "active passive");
+        assert_eq!(row(&text, "model"), "TD-LAB TD-LAB");
+        assert_eq!(
+            row(&text, "main link"),
+            "198.19.69.1: OK 198.19.69.2: OK (as heard here)"
+        );
+        assert!(row(&text, "since").starts_with("2026-"), "{text}");
+        for verbose_only in ["licence", "K2K version", "election hold", "supervisor"] {
+            assert!(
+                !text.contains(verbose_only),
+                "{verbose_only} without -v:\n{text}"
+            );
+        }
+        let v = format_hainfo(&r, true);
+        assert_eq!(row(&v, "licence"), "master master");
+        assert_eq!(row(&v, "supervisor"), "yes no");
+        assert_eq!(row(&v, "state"), "running running");
+        assert!(v.contains("members heard: 2 of 2"), "{v}");
+        // An older daemon's answer: the new fields absent, shown as "-".
+        let old: HaInfo = serde_json::from_value(serde_json::json!({
+            "election": true, "state": "running",
+            "local": {"serial": "TDLAB0001", "role": "active", "forced": null, "quality": 100,
+                      "priority": 0, "synchronized": true, "uptime_ms": 5, "since_unix": null,
+                      "alive": true},
+            "peer": null, "links": [], "icmp_check": "idle", "last_icmp_rtt_us": null,
+            "dual_active": false, "swaps": 0, "last_swap": null, "heartbeats_rejected": 0,
+            "quality_problems": [], "data_path": serde_json::to_value(HaInfo::default().data_path).unwrap(),
+            "sync_version": 0
+        }))
+        .expect("an older daemon's answer");
+        let t = format_hainfo(&old, true);
+        assert_eq!(row(&t, "model"), "- -");
     }
 }

@@ -47,6 +47,9 @@ struct Link {
     peer: SocketAddrV4,
     up: bool,
     gaps: GapStats,
+    /// (carrier, peer heard) as hainfo last saw them, and since when.
+    state: (bool, bool),
+    state_since: SystemTime,
 }
 
 /// Inter-arrival times of the peer's heartbeats on one path while it is
@@ -199,6 +202,9 @@ pub struct Cluster {
     role_since: SystemTime,
     swaps: u64,
     last_swap: Option<String>,
+    /// The peer's role as this member last saw it, and since when (Unix
+    /// seconds).
+    peer_role_seen: Option<(Role, u64)>,
     last_icmp_rtt_us: Option<u64>,
     quality_cfg: QualityConfig,
     bounce_on_swap: bool,
@@ -213,11 +219,64 @@ pub struct Cluster {
     /// What went wrong at start that the operator must hear of (the
     /// daemon logs it).
     pub startup_warnings: Vec<String>,
-    /// Heartbeats dropped by reason (bad tag, replay, ...).
+    /// Heartbeats dropped (bad tag, replay, ...).
     pub rejected: u64,
+    /// Per reason: when it was last logged, and how many since.
+    refusals: std::collections::HashMap<&'static str, (Option<Instant>, u64)>,
     /// A worker or the sync thread died or stalls (the daemon's watchdog):
     /// quality 0, so that the peer takes over (no black hole).
     pub dataplane_failed: bool,
+}
+
+/// A refused heartbeat's reason is logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a heartbeat was refused, in words, with what to check.
+fn refusal_reason(e: &DecodeError) -> &'static str {
+    match e {
+        DecodeError::BadTag => {
+            "not authentic: check that both members have the same cluster key (ha set key changes it on both)"
+        }
+        DecodeError::WrongCluster(_) => "another cluster's (a different ha.cluster_id)",
+        DecodeError::UnsupportedVersion(_) => {
+            "a heartbeat version this member does not speak: run compatible tandem versions"
+        }
+        DecodeError::BadLength(_) | DecodeError::BadMagic | DecodeError::BadField => {
+            "not a tandem heartbeat (malformed)"
+        }
+        DecodeError::Replay => "a replay (a heartbeat already seen)",
+        DecodeError::Own => "our own heartbeat came back (a loop on the HA link)",
+        DecodeError::Unproven => {
+            "sent before the peer heard our current run (a replay, or a peer that has just restarted)"
+        }
+    }
+}
+
+/// A member's HA service in words (see [`HaMemberInfo::ha_state`]).
+fn ha_state(starting: bool, active: bool, complete: bool) -> &'static str {
+    if starting {
+        "starting"
+    } else if active {
+        "running"
+    } else if complete {
+        "ready"
+    } else {
+        "not ready (table incomplete)"
+    }
+}
+
+/// When the peer's tandemd started (Unix seconds), from the boot epoch its
+/// heartbeats carry (Unix ms at its start, or later if its clock went
+/// back); from its uptime when the epoch lies ahead of our clock.
+fn peer_boot_unix(epoch_ms: u64, uptime_ms: u64) -> u64 {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if epoch_ms <= now_ms + 60_000 {
+        epoch_ms / 1000
+    } else {
+        now_ms.saturating_sub(uptime_ms) / 1000
+    }
 }
 
 /// A serial as the number the election compares (lower stays active on a
@@ -391,6 +450,8 @@ impl Cluster {
                 peer: SocketAddrV4::new(l.peer, PORT),
                 up: false,
                 gaps: GapStats::default(),
+                state: (false, false),
+                state_since: SystemTime::now(),
             });
         }
         let data_ports: Vec<DataPort> = node
@@ -503,6 +564,7 @@ impl Cluster {
             role_since: SystemTime::now(),
             swaps: 0,
             last_swap: None,
+            peer_role_seen: None,
             last_icmp_rtt_us: None,
             quality_cfg: QualityConfig {
                 lacp_members_have_weight: ha.lacp_members_have_weight,
@@ -514,6 +576,7 @@ impl Cluster {
             penalties: Vec::new(),
             problems: Vec::new(),
             rejected: 0,
+            refusals: std::collections::HashMap::new(),
             dataplane_failed: false,
         }))
     }
@@ -547,7 +610,7 @@ impl Cluster {
                 break;
             };
             if from.ip() != std::net::IpAddr::V4(*self.links[i].peer.ip()) {
-                self.rejected += 1;
+                self.refused(i, from, "not from the peer's address on this link", log);
                 continue;
             }
             match self.codec.decode(&buf[..n]) {
@@ -565,10 +628,34 @@ impl Cluster {
                         },
                     );
                 }
-                Err(_) => self.rejected += 1,
+                Err(e) => self.refused(i, from, refusal_reason(&e), log),
             }
         }
         self.run(node, log);
+    }
+
+    /// A heartbeat refused on HA link `i`: counted, and logged at the
+    /// first of each reason, then at most every [`REFUSAL_LOG_EVERY`] with
+    /// how many came since.
+    fn refused(&mut self, i: usize, from: SocketAddr, why: &'static str, log: &mut EventLog) {
+        self.rejected += 1;
+        let now = Instant::now();
+        let e = self.refusals.entry(why).or_insert((None, 0));
+        e.1 += 1;
+        if e.0
+            .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY)
+        {
+            log.event(
+                "HA",
+                format_args!(
+                    "heartbeat from {} on {} refused: {why} ({} such since the last line)",
+                    from.ip(),
+                    self.links[i].name,
+                    e.1
+                ),
+            );
+            *e = (Some(now), 0);
+        }
     }
 
     /// Takes (a bounded number of) what the workers received on the data
@@ -845,6 +932,26 @@ impl Cluster {
         self.ha.handle_event(now, Event::SyncComplete(complete));
         self.ha.handle_event(now, Event::Tick);
         self.run(node, log);
+        self.observe();
+    }
+
+    /// What hainfo says changed, and when: the peer's role, each link's
+    /// state.
+    fn observe(&mut self) {
+        let now = SystemTime::now();
+        let unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match (self.ha.peer().map(|p| p.role), self.peer_role_seen) {
+            (Some(r), Some((seen, _))) if r == seen => {}
+            (Some(r), _) => self.peer_role_seen = Some((r, unix)),
+            (None, _) => {}
+        }
+        for l in &mut self.links {
+            let st = (l.up, self.ha.path_alive(l.id));
+            if st != l.state {
+                l.state = st;
+                l.state_since = now;
+            }
+        }
     }
 
     /// haactive / hapassive / hareset.
@@ -1064,7 +1171,13 @@ impl Cluster {
         match id {
             LinkId::Data => "the data ports (last resort)".to_owned(),
             _ => self.links.iter().find(|l| l.id == id).map_or_else(
-                || format!("{id:?}"),
+                || {
+                    if id == LinkId::Main {
+                        "the main HA link".to_owned()
+                    } else {
+                        "the backup HA link".to_owned()
+                    }
+                },
                 |l| format!("link {} ({})", l.name, l.peer.ip()),
             ),
         }
@@ -1174,7 +1287,10 @@ impl Cluster {
         }
         log.event(
             "HA",
-            format_args!("the peer did not take over within {limit:?}; stopping anyway"),
+            format_args!(
+                "the peer did not take over within {} ms; stopping anyway",
+                limit.as_millis()
+            ),
         );
     }
 
@@ -1186,16 +1302,32 @@ impl Cluster {
             .role_since
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let starting = matches!(self.ha.phase(), Phase::Startup { .. });
+        let complete = node.role() == PlaneRole::Active || self.ha.sync_complete();
         let local = HaMemberInfo {
             serial: cfg.node.serial.clone(),
             role: node.role().as_str().to_owned(),
             forced: forced_name(self.ha.forced()),
             quality: self.ha.quality(),
             priority: self.ha.config().priority,
-            synchronized: node.role() == PlaneRole::Active || self.ha.sync_complete(),
+            synchronized: complete,
             uptime_ms: now.as_millis() as u64,
             since_unix: Some(since),
             alive: true,
+            ha_state: Some(ha_state(starting, node.role() == PlaneRole::Active, complete).into()),
+            election_hold: Some(
+                if starting {
+                    "start-up wait (waiting for the peer)"
+                } else if !complete {
+                    "no preemption until its table is complete"
+                } else {
+                    "none"
+                }
+                .into(),
+            ),
+            heartbeat_version: Some(crate::ha::heartbeat::VERSION),
+            k2k_version: node.sync().map(|_| tandem_dataplane::k2k::VERSION),
+            ..Default::default()
         };
         // Heartbeats carry the serial's last 8 bytes; the sync's Hello the
         // whole of it.
@@ -1216,7 +1348,37 @@ impl Cluster {
             priority: p.priority,
             synchronized: p.synchronized,
             uptime_ms: p.uptime_ms,
-            since_unix: None,
+            since_unix: self.peer_role_seen.map(|(_, t)| t),
+            ha_state: Some(
+                if self.ha.peer_heard() {
+                    ha_state(false, p.role == Role::Active, p.synchronized)
+                } else {
+                    "lost"
+                }
+                .into(),
+            ),
+            election_hold: Some(
+                if p.role != Role::Active && !p.synchronized {
+                    "no preemption until its table is complete"
+                } else {
+                    "none"
+                }
+                .into(),
+            ),
+            heartbeat_version: self
+                .ha
+                .peer_heard()
+                .then_some(crate::ha::heartbeat::VERSION),
+            k2k_version: node
+                .sync()
+                .map(|s| {
+                    s.shared()
+                        .version
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .filter(|v| *v > 0),
+            boot_unix: Some(peer_boot_unix(p.epoch, p.uptime_ms)),
+            ..Default::default()
         });
         let mut links: Vec<HaLinkInfo> = self
             .links
@@ -1233,6 +1395,17 @@ impl Cluster {
                 max_gap_ms: l.gaps.max.as_secs_f64() * 1e3,
                 recent_max_gap_ms: l.gaps.recent_max(Instant::now()).as_secs_f64() * 1e3,
                 late: l.gaps.late,
+                state: match l.state {
+                    (false, _) => "no carrier",
+                    (true, false) => "peer not heard",
+                    (true, true) => "OK",
+                }
+                .into(),
+                state_since_unix: l
+                    .state_since
+                    .duration_since(UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs()),
             })
             .collect();
         if self.last_resort {
@@ -1253,7 +1426,18 @@ impl Cluster {
             });
         }
         let counters = node.ha_data().map(|d| d.counters.snapshot());
+        let sync_link = node.sync().and_then(|s| {
+            let i = s
+                .shared()
+                .link_in_use
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.links.get(usize::from(i)).map(|l| l.name.clone())
+        });
         HaInfo {
+            members_heard: 1 + u8::from(self.ha.peer_heard()),
+            sync_link,
+            // Filled in by the daemon, which runs the watch.
+            peer_status_source: None,
             election: true,
             state: match self.ha.phase() {
                 Phase::Startup { .. } => "starting (waiting for the peer)".into(),

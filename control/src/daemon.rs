@@ -137,7 +137,22 @@ struct Daemon {
     confwatch: Option<crate::peer::confsync::ConfigWatch>,
     /// What hainfo last showed of it (kept when the watch is busy).
     config_info: std::cell::RefCell<Option<crate::api::ConfigSyncInfo>>,
+    /// The peer's identity and when it last answered, as the watch saw
+    /// them (kept when the watch is busy).
+    peer_view: std::cell::RefCell<PeerView>,
+    /// This member's identity (hainfo's model, version, licence).
+    identity: crate::api::IdentityReport,
+    /// The configuration sync (a member with a cluster directory).
+    conf: Option<Arc<crate::peer::confsync::ConfSync>>,
 }
+
+/// What the configuration watch last knew of the peer: its identity, when
+/// it last answered and on which link, or why it did not.
+type PeerView = (
+    Option<crate::api::IdentityReport>,
+    Option<(u64, String)>,
+    Option<String>,
+);
 
 /// How [`run`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +178,9 @@ pub fn run(config_path: &Path) -> Result<Exit, DaemonError> {
     let events_log =
         EventLog::open(&name, Some(&log_path), 1 << 20, 5).map_err(DaemonError::EventLog)?;
     let result = serve(cfg, config_path, events_log.clone());
+    if let Err(e) = &result {
+        events_log.event("SYSTEM", format_args!("tandemd stopped on an error: {e}"));
+    }
     // What the writer thread still holds reaches the file before the
     // process ends, also when starting failed.
     events_log.flush(Duration::from_secs(1));
@@ -296,6 +314,9 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         peer: None,
         confwatch: None,
         config_info: std::cell::RefCell::new(None),
+        peer_view: std::cell::RefCell::new((None, None, None)),
+        identity: identity.clone(),
+        conf: None,
     };
     let control_waker = Arc::new(Waker::new(poll.registry(), ACTIONS)?);
     let conf = match crate::peer::wiring::conf_sync(
@@ -315,6 +336,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
             None
         }
     };
+    daemon.conf.clone_from(&conf);
     if let Some(keys) = &keys {
         daemon.cluster = Cluster::new(
             &daemon.cfg,
@@ -425,6 +447,27 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         actions_tx,
         control_waker,
     )?;
+    // Before the control thread turns real-time (threads inherit it).
+    let _metrics = match daemon.cfg.control.metrics {
+        Some(addr) => match crate::metrics::Metrics::start(addr, &socket_path) {
+            Ok(m) => {
+                daemon.events.event(
+                    "SYSTEM",
+                    format_args!("{}", crate::metrics::describe(m.listening, &socket_path)),
+                );
+                Some(m)
+            }
+            Err(e) => {
+                daemon.events.event(
+                    "SYSTEM",
+                    format_args!("WARNING: no metrics: {e}; tandemd runs without them"),
+                );
+                eprintln!("tandemd: WARNING: no metrics: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     // The workers, the sync core, the health checker, the log writer and
     // the API thread are started: only this (control) thread gets the
     // real-time class, so heartbeats leave on time even when the workers
@@ -648,6 +691,7 @@ impl Daemon {
             cluster,
             peer,
             confwatch,
+            conf,
         } = i;
         // A node alone has none of these: nothing is dropped (and joined)
         // here.
@@ -656,6 +700,7 @@ impl Daemon {
         self.cluster = Some(cluster);
         self.peer = peer;
         self.confwatch = confwatch;
+        self.conf = conf;
         // The sync thread started with HA: the watchdog watches it too.
         let mut watched: Vec<String> = self
             .node
@@ -693,9 +738,15 @@ impl Daemon {
                 if let Some(w) = &self.confwatch {
                     if let Ok(v) = w.view.try_lock() {
                         *self.config_info.borrow_mut() = v.info();
+                        *self.peer_view.borrow_mut() = (
+                            v.peer_identity.clone(),
+                            v.peer_answered.clone(),
+                            v.peer_error.clone(),
+                        );
                     }
                 }
                 info.config = self.config_info.borrow().clone().map(Box::new);
+                self.complete_members(&mut info);
                 Response::HaInfo(Box::new(info))
             }
             None => Response::HaInfo(Box::new(crate::api::HaInfo {
@@ -713,6 +764,51 @@ impl Daemon {
                 ..Default::default()
             })),
         }
+    }
+
+    /// What the election does not know of the members: identity,
+    /// version, start, configuration state (hainfo, hainfo -v).
+    fn complete_members(&self, info: &mut crate::api::HaInfo) {
+        let id = &self.identity;
+        let l = &mut info.local;
+        l.model.clone_from(&id.model);
+        l.licence.clone_from(&id.licence);
+        l.version = Some(id.firmware.clone());
+        l.boot_unix = SystemTime::now()
+            .checked_sub(self.started_at.elapsed())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        l.file_sync = self.conf.as_ref().map(|c| {
+            if c.receiving() {
+                "receiving a configuration revision".into()
+            } else {
+                "none running".into()
+            }
+        });
+        let cfg = info.config.as_deref();
+        l.conf_synchronized = cfg.map(|c| !c.local.local_changes && c.synchronized != Some(false));
+        let view = self.peer_view.borrow();
+        if let Some(p) = info.peer.as_mut() {
+            if let Some(pid) = &view.0 {
+                p.model.clone_from(&pid.model);
+                p.licence.clone_from(&pid.licence);
+                p.version = Some(pid.firmware.clone());
+            }
+            p.conf_synchronized = cfg
+                .and_then(|c| c.peer.as_ref().map(|m| (m, c.synchronized)))
+                .map(|(m, same)| !m.local_changes && same != Some(false));
+        }
+        info.peer_status_source = match (&view.1, &view.2) {
+            (Some((at, link)), None) => Some(format!(
+                "identity and configuration status from the members' service on {link}, {:.1} s ago",
+                crate::peer::confsync::now_unix_ms().saturating_sub(*at) as f64 / 1e3
+            )),
+            (_, Some(e)) => Some(format!("the members' service does not answer: {e}")),
+            (None, None) if self.confwatch.is_some() => {
+                Some("the members' service was not asked yet".into())
+            }
+            (None, None) => None,
+        };
     }
 
     /// haactive / hapassive / hareset. Until the election arrives, the

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod eventlog;
 pub mod ha;
 pub mod health;
+pub mod metrics;
 pub mod peer;
 pub mod reports;
 pub mod socket;

@@ -521,7 +521,7 @@ pub enum SyncError {
         source: std::io::Error,
     },
     /// The session configuration is unusable.
-    #[error("K2K session: {0:?}")]
+    #[error("K2K session: {0}")]
     Session(crate::k2k::ConfigError),
     /// The thread could not start.
     #[error("cannot start the sync thread: {0}")]

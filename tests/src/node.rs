@@ -103,6 +103,8 @@ pub struct NodeConfig {
     /// names no file (tandemd then looks for `identity.ron` beside the
     /// config, which the lab does not write).
     pub identity: Option<String>,
+    /// `control.metrics`: where tandemd serves Prometheus metrics.
+    pub metrics: Option<String>,
 }
 
 /// The `ha` section of a node config.
@@ -240,6 +242,7 @@ impl NodeConfig {
             identity: Some(format!(
                 "(serial: \"TDLAB{index:04}\", model: \"TD-LAB\", licence: Master, ports: 2)\n"
             )),
+            metrics: None,
         }
     }
 
@@ -360,7 +363,11 @@ impl NodeConfig {
                 )
             } else {
                 String::new()
-            }
+            } + &self
+                .metrics
+                .as_ref()
+                .map(|m| format!(", metrics: Some({})", ron_str(m)))
+                .unwrap_or_default()
         );
         s += &format!(
             "    eal: (file_prefix: Some({}), lcores: {}, no_huge: {}, memory_mb: {}),\n",

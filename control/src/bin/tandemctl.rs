@@ -73,9 +73,17 @@ enum Command {
         #[command(subcommand)]
         action: Option<SyncAction>,
     },
-    /// The cluster: both members (role, forced, quality, priority, sync),
-    /// the HA links and the last-resort path, the ICMP check
-    Hainfo,
+    /// The cluster: both members (model, version, role and since when,
+    /// quality, priority, configuration and table state, boot, HA links),
+    /// the links and the last-resort path, the ICMP check
+    Hainfo {
+        /// Every field: protocol versions, election hold, licence, state,
+        /// last configuration sync, when each link changed
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// This member's mode: active or passive
+    Hamode,
     /// This firewall's identity: serial, model, licence, data ports and
     /// firmware version (what a cluster checks when a member joins)
     Identity,
@@ -481,6 +489,10 @@ impl Outcome {
 const VERIFY_WAIT: Duration = Duration::from_secs(15);
 
 fn render(command: &Command, response: &Response, json: bool) -> Outcome {
+    if let (Command::Hamode, Response::Status(s), true) = (command, response, json) {
+        let v = serde_json::json!({ "mode": s.role, "forced": s.forced });
+        return Outcome::print(format!("{v}\n"));
+    }
     if json {
         let text = match serde_json::to_string_pretty(response) {
             Ok(text) => text + "\n",
@@ -556,7 +568,13 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
                 differing.concat()
             ))
         }
-        (Command::Hainfo, Response::HaInfo(r)) => Outcome::print(format_hainfo(r)),
+        (Command::Hainfo { verbose }, Response::HaInfo(r)) => {
+            Outcome::print(format_hainfo(r, *verbose))
+        }
+        (Command::Hamode, Response::Status(s)) => Outcome::print(match &s.forced {
+            Some(f) => format!("{} (forced {f})\n", s.role),
+            None => format!("{}\n", s.role),
+        }),
         (Command::Identity, Response::Identity(r)) => Outcome::print(format_identity(r)),
         (Command::Hapeer, Response::Peer { link, addr, took_us, identity }) => Outcome::print(format!(
             "peer {} answers on {addr} over {link} in {:.1} ms (both proved the cluster key)\n{}",
@@ -822,7 +840,8 @@ fn main() -> ExitCode {
         Command::Sync {
             action: Some(SyncAction::Verify),
         } => Request::SyncVerify { start: true },
-        Command::Hainfo => Request::HaInfo,
+        Command::Hainfo { .. } => Request::HaInfo,
+        Command::Hamode => Request::Status,
         Command::Log { lines } => Request::Log {
             lines: Some(*lines),
         },

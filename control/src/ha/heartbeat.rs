@@ -45,7 +45,8 @@ pub const PORT: u16 = 5405;
 /// Size of a heartbeat on the wire.
 pub const LEN: usize = 76;
 const MAGIC: [u8; 4] = *b"THAB";
-const VERSION: u8 = 2;
+/// The heartbeat format's version (hainfo's election protocol version).
+pub const VERSION: u8 = 2;
 const BODY: usize = 60;
 const TAG: usize = 16;
 

@@ -214,6 +214,11 @@ impl ConfSync {
         Ok(conf)
     }
 
+    /// A configuration revision is being received now.
+    pub fn receiving(&self) -> bool {
+        self.receiving.load(Ordering::Acquire)
+    }
+
     /// Takes the members' serials from the cluster file (kept as they
     /// were if it does not load).
     pub(crate) fn refresh_serials(&self) {
@@ -344,13 +349,22 @@ impl ConfSync {
                 files,
                 force,
                 group,
-            } => match self.begin(from, revision, files, force, group) {
-                Ok((r, want)) => {
-                    *receiving = Some(r);
-                    PeerAnswer::SyncWant { paths: want }
+            } => {
+                let sender = from.clone();
+                match self.begin(from, revision, files, force, group) {
+                    Ok((r, want)) => {
+                        *receiving = Some(r);
+                        PeerAnswer::SyncWant { paths: want }
+                    }
+                    Err(e) => {
+                        self.log.event(
+                            "HA",
+                            format_args!("configuration sync from {sender} refused: {e}"),
+                        );
+                        refuse(e)
+                    }
                 }
-                Err(e) => refuse(e),
-            },
+            }
             PeerRequest::SyncPut { path, offset, data } => {
                 let put = match receiving.as_mut().and_then(|r| r.staging.as_mut()) {
                     None => Err("no sync in progress on this connection".to_string()),
@@ -367,10 +381,19 @@ impl ConfSync {
             }
             PeerRequest::SyncCommit => match receiving.take() {
                 None => refuse("no sync in progress on this connection".into()),
-                Some(r) => match self.commit(r) {
-                    Ok((revision, effects)) => PeerAnswer::SyncApplied { revision, effects },
-                    Err(e) => refuse(e),
-                },
+                Some(r) => {
+                    let sender = r.from.clone();
+                    match self.commit(r) {
+                        Ok((revision, effects)) => PeerAnswer::SyncApplied { revision, effects },
+                        Err(e) => {
+                            self.log.event(
+                                "HA",
+                                format_args!("configuration sync from {sender} not applied: {e}"),
+                            );
+                            refuse(e)
+                        }
+                    }
+                }
             },
             _ => refuse("not a configuration request".into()),
         }
@@ -821,6 +844,10 @@ pub struct ConfigView {
     pub peer_error: Option<String>,
     /// The file groups: the last send of each, in words.
     pub groups: Vec<String>,
+    /// The peer's identity and version (asked once per session).
+    pub peer_identity: Option<crate::api::IdentityReport>,
+    /// When the peer last answered (Unix ms), and on which HA link.
+    pub peer_answered: Option<(u64, String)>,
 }
 
 /// A thread (`tandem-confwatch`) that reads this member's configuration
@@ -855,6 +882,8 @@ impl ConfigWatch {
             .name("tandem-confwatch".into())
             .spawn(move || {
                 let mut client: Option<PeerClient> = None;
+                let mut peer_identity: Option<crate::api::IdentityReport> = None;
+                let mut link = String::new();
                 // Per group: when it was last sent, and what that said.
                 let mut pushed: std::collections::HashMap<String, (Instant, String)> =
                     std::collections::HashMap::new();
@@ -862,9 +891,15 @@ impl ConfigWatch {
                     let local = conf.status().ok();
                     let peer = (|| {
                         if client.is_none() {
-                            client = Some(connect()?.0);
+                            let (c, l) = connect()?;
+                            (client, link, peer_identity) = (Some(c), l, None);
                         }
                         let c = client.as_mut().ok_or("no session")?;
+                        if peer_identity.is_none() {
+                            if let Ok(PeerAnswer::Status(id)) = c.ask(&PeerRequest::Status) {
+                                peer_identity = Some(id);
+                            }
+                        }
                         match c.ask(&PeerRequest::ConfigStatus) {
                             Ok(PeerAnswer::ConfigStatus(p)) => Ok(p),
                             Ok(other) => Err(super::service::unexpected(&other)),
@@ -931,10 +966,12 @@ impl ConfigWatch {
                             })
                             .collect();
                         g.local = local;
+                        g.peer_identity.clone_from(&peer_identity);
                         match peer {
                             Ok(p) => {
                                 g.peer = Some(p);
                                 g.peer_error = None;
+                                g.peer_answered = Some((now_unix_ms(), link.clone()));
                             }
                             Err(e) => {
                                 g.peer = None;

@@ -363,6 +363,7 @@ fn create_steps(
             cluster,
             peer,
             confwatch,
+            conf: conf.clone(),
         },
         waker,
     )?;

@@ -170,8 +170,11 @@ pub fn set(
         install_cluster_text(conf, &text)?;
         for s in &said {
             lines.push(format!("{}: {s}", conf.serial));
+            conf.log
+                .event("HA", format_args!("ha set: cluster parameter {s}"));
         }
         for e in conf.apply_changed(&[CLUSTER_FILE.to_owned()]) {
+            conf.log.event("HA", format_args!("ha set: {e}"));
             lines.push(format!("{}: {e}", conf.serial));
         }
         Ok(())

@@ -1,0 +1,346 @@
+//! What an operator sees (issue 13), on two real tandemd members:
+//! - `hainfo -v` field by field on both members (model, version, mode and
+//!   since when, versions, licence, boot, state, configuration, links),
+//!   and `hamode`;
+//! - the Prometheus endpoint (`control.metrics`) scraped over HTTP by a
+//!   monitoring client (urllib, and the exposition-format parser of the
+//!   Prometheus project's Python client): each member's role, quality,
+//!   HA links, sync and dataplane counters; during a kill -9 failover the
+//!   passive's scrapes show it become active.
+//!
+//! Needs root (network namespaces): fails, not skips, without it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tandem_tests::cluster::{self, Cluster};
+use tandem_tests::lab::{addr, heavy_lock, Lab};
+use tandem_tests::{require_root, tools};
+
+const METRICS_PORT: u16 = 9105;
+
+const POLICY: &str = r#"(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5201"]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Udp, dst_ports: ["9000"]),
+    ],
+    default_action: Block,
+)"#;
+
+/// Member `i`'s (1 or 2) metrics address: its main HA address.
+fn metrics_addr(i: usize) -> &'static str {
+    if i == 1 {
+        addr::HA_MAIN_1
+    } else {
+        addr::HA_MAIN_2
+    }
+}
+
+fn start(tag: &str) -> Cluster {
+    let lab = Lab::two_nodes(tag).expect("the lab");
+    cluster::start_on(lab, heavy_lock(), Some(POLICY), &[], |i, cfg| {
+        cfg.metrics = Some(format!("{}:{METRICS_PORT}", metrics_addr(i)));
+    })
+    .expect("the cluster")
+}
+
+/// One scrape of member `i` (1 or 2), from its own namespace: the samples
+/// by `name{label=value,...}` (labels sorted).
+fn scrape(c: &Cluster, i: usize) -> serde_json::Map<String, Value> {
+    let args: Vec<String> = [
+        "--addr",
+        metrics_addr(i),
+        "--port",
+        &METRICS_PORT.to_string(),
+        "--timeout",
+        "5",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let v = tools::run_tool(
+        c.lab.fw(i),
+        "prom_scrape.py",
+        &args,
+        Duration::from_secs(10),
+    )
+    .expect("a scrape the parser accepts");
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(
+        v["content_type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{v}"
+    );
+    v["samples"].as_object().expect("samples").clone()
+}
+
+fn sample(s: &serde_json::Map<String, Value>, key: &str) -> f64 {
+    s.get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no sample {key} in {:?}", s.keys().collect::<Vec<_>>()))
+}
+
+fn local_role_key(serial: &str) -> String {
+    format!("tandem_ha_role_active{{member=local,serial={serial}}}")
+}
+
+#[test]
+fn the_metrics_endpoint_shows_both_members_and_a_failover() {
+    require_root!();
+    let mut c = start("metrics");
+    let a = c
+        .wait_single_active(Duration::from_secs(8))
+        .expect("one member elected");
+    let p = 1 - a;
+    cluster::wait_synchronized(
+        &c.nodes[p],
+        "the passive synchronized",
+        Duration::from_secs(15),
+    )
+    .expect("synchronized");
+    let serial = |i: usize| format!("TDLAB000{}", i + 1);
+    let sent = cluster::open_udp_flows(&c.lab, 500, 9000, 1000).expect("UDP flows");
+    assert_eq!(sent, 500);
+    cluster::wait_same_table(&c.nodes[a], &c.nodes[p], 500, Duration::from_secs(15))
+        .expect("the passive has the flows");
+
+    let act = scrape(&c, a + 1);
+    let pas = scrape(&c, p + 1);
+    eprintln!(
+        "a scrape of the active, {} samples; some of them:",
+        act.len()
+    );
+    for (k, v) in act.iter().filter(|(k, _)| {
+        k.starts_with("tandem_ha_")
+            || k.starts_with("tandem_sync_")
+            || k.starts_with("tandem_firewall_")
+    }) {
+        eprintln!("  {k} {v}");
+    }
+    assert_eq!(sample(&act, &local_role_key(&serial(a))), 1.0);
+    assert_eq!(sample(&pas, &local_role_key(&serial(p))), 0.0);
+    assert_eq!(sample(&act, "tandem_active{}"), 1.0);
+    assert_eq!(sample(&pas, "tandem_active{}"), 0.0);
+    for (s, passive) in [(&act, false), (&pas, true)] {
+        assert_eq!(sample(s, "tandem_scrape_error{source=status}"), 0.0);
+        assert_eq!(sample(s, "tandem_scrape_error{source=stats}"), 0.0);
+        assert_eq!(sample(s, "tandem_ha_swaps_total{}"), 0.0);
+        for link in ["HA-main", "HA-backup"] {
+            assert_eq!(
+                sample(s, &format!("tandem_ha_link_carrier{{link={link}}}")),
+                1.0
+            );
+            assert_eq!(
+                sample(s, &format!("tandem_ha_link_peer_heard{{link={link}}}")),
+                1.0
+            );
+            assert!(
+                sample(
+                    s,
+                    &format!("tandem_ha_link_heartbeats_total{{link={link}}}")
+                ) > 10.0
+            );
+        }
+        assert!(sample(s, "tandem_firewall_connections{}") >= 500.0);
+        if passive {
+            assert_eq!(sample(s, "tandem_sync_synchronized{}"), 1.0);
+        }
+        assert_eq!(sample(s, "tandem_interface_up{interface=in}"), 1.0);
+        assert!(s
+            .keys()
+            .any(|k| k.starts_with("tandem_port_rx_packets_total{interface=in}")));
+        assert!(s
+            .keys()
+            .any(|k| k.starts_with("tandem_worker_rx_packets_total{worker=0}")));
+    }
+    assert_eq!(
+        sample(
+            &pas,
+            &format!("tandem_ha_quality{{member=peer,serial={}}}", serial(a))
+        ),
+        100.0
+    );
+    assert!(sample(&act, "tandem_sync_records_queued_total{}") >= 500.0);
+
+    // kill -9 of the active: the passive's scrapes show the role change.
+    let before = scrape(&c, p + 1);
+    let alive = format!("tandem_ha_peer_alive{{serial={}}}", serial(a));
+    assert_eq!(sample(&before, &alive), 1.0);
+    c.nodes[a].proc.signal("KILL");
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    let after = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the passive's metrics never showed it active: {seen:?}"
+        );
+        let s = scrape(&c, p + 1);
+        let role = sample(&s, &local_role_key(&serial(p)));
+        seen.push((t0.elapsed().as_millis(), role));
+        if role == 1.0 {
+            break s;
+        }
+    };
+    eprintln!("the passive's scrapes after the kill (ms, role_active): {seen:?}");
+    assert_eq!(sample(&after, "tandem_active{}"), 1.0);
+    assert_eq!(sample(&after, "tandem_ha_swaps_total{}"), 1.0);
+    let t1 = Instant::now();
+    while sample(&scrape(&c, p + 1), &alive) != 0.0 {
+        assert!(
+            t1.elapsed() < Duration::from_secs(5),
+            "the dead peer still shown alive"
+        );
+    }
+}
+
+/// `tandemctl hainfo -v` on both members, field by field, and `hamode`.
+#[test]
+fn hainfo_v_shows_every_field_for_both_members_and_hamode_the_mode() {
+    require_root!();
+    let c = start("hainfo");
+    let a = c
+        .wait_single_active(Duration::from_secs(8))
+        .expect("one member elected");
+    let p = 1 - a;
+    cluster::wait_synchronized(
+        &c.nodes[p],
+        "the passive synchronized",
+        Duration::from_secs(15),
+    )
+    .expect("synchronized");
+    let serial = |i: usize| format!("TDLAB000{}", i + 1);
+    for (i, role, other) in [(a, "active", "passive"), (p, "passive", "active")] {
+        let n = &c.nodes[i];
+        let v = cluster::wait_ctl(
+            n,
+            &["hainfo"],
+            "the peer's identity and configuration known",
+            Duration::from_secs(10),
+            |v| v["peer"]["model"] == "TD-LAB" && v["config"]["synchronized"] == true,
+        )
+        .expect("hainfo complete");
+        for (who, want_role, want_serial) in
+            [("local", role, serial(i)), ("peer", other, serial(1 - i))]
+        {
+            let m = &v[who];
+            assert_eq!(m["serial"], want_serial.as_str(), "{who}: {m}");
+            assert_eq!(m["role"], want_role, "{who}: {m}");
+            assert_eq!(m["model"], "TD-LAB", "{who}: {m}");
+            assert_eq!(m["licence"], "master", "{who}: {m}");
+            assert_eq!(m["version"], v["local"]["version"], "{who}: {m}");
+            assert_eq!(m["quality"], 100, "{who}: {m}");
+            assert_eq!(m["conf_synchronized"], true, "{who}: {m}");
+            assert_eq!(m["heartbeat_version"], 2, "{who}: {m}");
+            assert_eq!(m["k2k_version"], 2, "{who}: {m}");
+            assert_eq!(m["election_hold"], "none", "{who}: {m}");
+            assert_eq!(
+                m["ha_state"],
+                if want_role == "active" {
+                    "running"
+                } else {
+                    "ready"
+                },
+                "{who}: {m}"
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            for t in ["since_unix", "boot_unix"] {
+                let x = m[t].as_u64().unwrap_or_else(|| panic!("{who}.{t}: {m}"));
+                assert!(x <= now + 1 && x + 120 > now, "{who}.{t} = {x}, now {now}");
+            }
+        }
+        assert_eq!(v["members_heard"], 2, "{v}");
+        assert_eq!(v["sync_link"], "HA-main", "{v}");
+        assert_eq!(v["local"]["file_sync"], "none running", "{v}");
+        assert!(
+            v["peer_status_source"]
+                .as_str()
+                .is_some_and(|s| s.contains("from the members' service on HA-main")),
+            "{v}"
+        );
+        for l in v["links"].as_array().unwrap().iter().take(2) {
+            assert_eq!(l["state"], "OK", "{l}");
+            assert!(l["state_since_unix"].as_u64().is_some(), "{l}");
+        }
+        let text = n.ctl_text(&["hainfo", "-v"]).expect("hainfo -v");
+        eprintln!("tandemctl hainfo -v on {}:\n{text}", serial(i));
+        let field = |name: &str| -> Vec<String> {
+            let line = text
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{name}  ")))
+                .unwrap_or_else(|| panic!("no {name} row:\n{text}"));
+            line.trim_start()[name.len()..]
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        assert!(text.contains(&format!("{} (local)", serial(i))), "{text}");
+        assert_eq!(field("model"), ["TD-LAB", "TD-LAB"], "{text}");
+        assert_eq!(field("mode"), [role, other], "{text}");
+        assert_eq!(field("quality"), ["100%", "100%"], "{text}");
+        assert_eq!(field("licence"), ["master", "master"], "{text}");
+        assert_eq!(field("conf synchronized"), ["yes", "yes"], "{text}");
+        assert_eq!(field("config revision"), ["00001", "00001"], "{text}");
+        assert_eq!(field("table"), ["complete", "complete"], "{text}");
+        assert_eq!(field("K2K version"), ["2", "2"], "{text}");
+        assert_eq!(field("election version"), ["2", "2"], "{text}");
+        assert_eq!(
+            field("conn sync version"),
+            ["n/a (part of K2K)", "n/a (part of K2K)"]
+        );
+        assert_eq!(field("backup partition")[0], "n/a: one system partition");
+        assert_eq!(
+            field("state")[0],
+            if role == "active" { "running" } else { "ready" }
+        );
+        assert_eq!(
+            field("supervisor"),
+            if role == "active" {
+                ["yes", "no"]
+            } else {
+                ["no", "yes"]
+            }
+        );
+        let main = field("main link");
+        assert!(
+            main[0].ends_with(": OK") && main[1].contains(": OK"),
+            "{main:?}"
+        );
+        assert!(text.contains("members heard: 2 of 2"), "{text}");
+        for row in [
+            "version",
+            "boot",
+            "  since",
+            "file sync",
+            "last conf sync",
+            "election hold",
+        ] {
+            field(row.trim_start());
+        }
+        let plain = n.ctl_text(&["hainfo"]).expect("hainfo");
+        assert!(
+            !plain.contains("licence") && plain.contains("model"),
+            "{plain}"
+        );
+
+        let (code, out, err) = n
+            .ctl_out(&["hamode"], Duration::from_secs(10))
+            .expect("hamode");
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), format!("{role}\n").as_str()),
+            "{err}"
+        );
+        let (code, out, _) = n
+            .ctl_out(&["--json", "hamode"], Duration::from_secs(10))
+            .expect("hamode --json");
+        assert_eq!(code, Some(0));
+        let j: Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(j, serde_json::json!({"mode": role, "forced": null}));
+    }
+}
