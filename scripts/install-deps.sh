@@ -3,7 +3,8 @@
 # its headers, libclang for bindgen, and the lab's tools (iproute2, iperf3,
 # curl, python3 and the Prometheus client's parser, ethtool, nftables; keepalived, conntrackd and conntrack for
 # the Linux reference pair of bench-failover; systemd-analyze for the units
-# of dist/systemd). Safe to run again; fast when done.
+# of dist/systemd; rsyslog, the lab's syslog collector). Safe to run again;
+# fast when done.
 set -euo pipefail
 
 PACKAGES=(
@@ -11,7 +12,7 @@ PACKAGES=(
   libdpdk-dev dpdk dpdk-dev librte-net-pcap23
   iproute2 iputils-ping iperf3 curl python3 python3-prometheus-client ethtool nftables procps kmod util-linux coreutils
   keepalived conntrackd conntrack
-  systemd
+  systemd rsyslog
 )
 
 missing=()

@@ -34,8 +34,9 @@ pub use identity::{load_identity, parse_identity, psk_problems, Identity, Licenc
 pub use schema::{
     AggregateConfig, AggregateMode, ControlConfig, DataplaneConfig, Device, DiskQualityConfig,
     EalConfig, FirewallConfig, HaConfig, HaLinkConfig, IdleConfig, InterfaceConfig, LacpRate,
-    NeighbourConfig, NodeConfig, NodeIdentity, PollMode, RouteConfig, Secret, TimeoutsConfig,
-    TpmQualityConfig, WorkerConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_MTU, EAL_LOG_LEVEL,
+    NeighbourConfig, NodeConfig, NodeIdentity, PollMode, RouteConfig, Secret, SyslogConfig,
+    SyslogTarget, TimeoutsConfig, TpmQualityConfig, WorkerConfig, DEFAULT_CONTROL_SOCKET,
+    DEFAULT_MTU, EAL_LOG_LEVEL, SYSLOG_FACILITIES,
 };
 
 use locate::SourceMap;

@@ -413,6 +413,99 @@ pub struct ControlConfig {
     /// authentication: do not bind it where untrusted hosts reach it.
     #[serde(default)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Send the event log (and rule logs) to syslog too (RFC 5424).
+    #[serde(default)]
+    pub syslog: Option<SyslogConfig>,
+}
+
+/// `control.syslog`: where the event log goes besides its file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// The local syslog socket (`/dev/log`).
+    #[serde(default)]
+    pub local: bool,
+    /// A collector: `"udp://ADDRESS:PORT"` or `"tcp://ADDRESS:PORT"`.
+    #[serde(default)]
+    pub remote: Option<String>,
+    /// `local0` (default) .. `local7`, `daemon` or `user`.
+    #[serde(default)]
+    pub facility: Option<String>,
+}
+
+/// [`SyslogConfig`] checked: where messages go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyslogTarget {
+    /// The local socket, if any.
+    pub local: Option<PathBuf>,
+    /// The remote collector, if any: (over TCP, address).
+    pub remote: Option<(bool, std::net::SocketAddr)>,
+    /// The facility code (16 = local0).
+    pub facility: u8,
+}
+
+/// The syslog facilities an operator may name.
+pub const SYSLOG_FACILITIES: &[(&str, u8)] = &[
+    ("user", 1),
+    ("daemon", 3),
+    ("local0", 16),
+    ("local1", 17),
+    ("local2", 18),
+    ("local3", 19),
+    ("local4", 20),
+    ("local5", 21),
+    ("local6", 22),
+    ("local7", 23),
+];
+
+impl SyslogConfig {
+    /// Where messages go; the error says what is wrong and what is
+    /// allowed.
+    pub fn target(&self) -> Result<SyslogTarget, String> {
+        let facility = match &self.facility {
+            None => 16,
+            Some(f) => SYSLOG_FACILITIES
+                .iter()
+                .find(|(n, _)| n == f)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| {
+                    format!(
+                        "{f:?} is not a facility; allowed {}",
+                        SYSLOG_FACILITIES
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?,
+        };
+        let remote = match &self.remote {
+            None => None,
+            Some(r) => {
+                let (tcp, rest) = if let Some(a) = r.strip_prefix("udp://") {
+                    (false, a)
+                } else if let Some(a) = r.strip_prefix("tcp://") {
+                    (true, a)
+                } else {
+                    return Err(format!(
+                        "remote {r:?}: write udp://ADDRESS:PORT or tcp://ADDRESS:PORT"
+                    ));
+                };
+                let addr: std::net::SocketAddr = rest.parse().map_err(|_| {
+                    format!("remote {r:?}: {rest:?} is not ADDRESS:PORT (an IP address and a port)")
+                })?;
+                Some((tcp, addr))
+            }
+        };
+        if !self.local && remote.is_none() {
+            return Err("neither local: true nor a remote collector: nothing to send to".into());
+        }
+        Ok(SyslogTarget {
+            local: self.local.then(|| PathBuf::from("/dev/log")),
+            remote,
+            facility,
+        })
+    }
 }
 
 /// The default control socket path.
@@ -426,6 +519,7 @@ impl Default for ControlConfig {
             state_dir: None,
             identity: None,
             metrics: None,
+            syslog: None,
         }
     }
 }

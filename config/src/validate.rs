@@ -446,6 +446,9 @@ fn node(c: &mut Checker<'_>, cfg: &NodeConfig) {
             ),
         );
     }
+    if let Some(Err(e)) = cfg.control.syslog.as_ref().map(crate::SyslogConfig::target) {
+        c.fail("control.syslog", e);
+    }
     let socket = &cfg.control.socket;
     if !socket.is_absolute() || socket.file_name().is_none() {
         c.fail(

@@ -228,6 +228,28 @@ pub struct Cluster {
     pub dataplane_failed: bool,
 }
 
+/// The event-log lines of a key change that went from `before` to `now`
+/// since this member last looked (one step, or two taken in between).
+fn key_steps(before: KeyPhase, now: KeyPhase) -> Vec<&'static str> {
+    const STAGED: &str = "HA key change staged: the new key is accepted too; our HA traffic still goes out under the old one";
+    const COMMITTED: &str = "HA key change committed: our HA traffic goes out under the new key; the old one is still accepted";
+    const FINISHED: &str =
+        "HA key change finished: the peer is heard under the new key; the old key is refused now";
+    const GIVEN_UP: &str = "HA key change given up: the old key only, as before";
+    match (before, now) {
+        (KeyPhase::Steady, KeyPhase::Staged) => vec![STAGED],
+        (KeyPhase::Steady, KeyPhase::Committed) => vec![STAGED, COMMITTED],
+        (KeyPhase::Staged, KeyPhase::Committed) => vec![COMMITTED],
+        (KeyPhase::Committed, KeyPhase::Steady) => vec![FINISHED],
+        (KeyPhase::Staged, KeyPhase::Steady) => vec![GIVEN_UP],
+        // Staged again with other keys, or staged and given up in between.
+        (KeyPhase::Staged, KeyPhase::Staged) => vec![STAGED],
+        (KeyPhase::Steady, KeyPhase::Steady) => vec![STAGED, GIVEN_UP],
+        (KeyPhase::Committed, KeyPhase::Staged) => vec![FINISHED, STAGED],
+        (KeyPhase::Committed, KeyPhase::Committed) => vec![],
+    }
+}
+
 /// A refused heartbeat's reason is logged at most this often.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -832,24 +854,12 @@ impl Cluster {
                 (w.generation, w.phase, w.since) = (set.generation, set.phase, Instant::now());
                 (w.heard_current, w.heard_other) = (None, None);
                 w.workers_pending = !first || set.phase != KeyPhase::Steady;
-                let said = match (before, set.phase) {
-                    _ if first => None,
-                    (_, KeyPhase::Staged) => Some(
-                        "HA key change staged: the new key is accepted too; our HA traffic still goes out under the old one",
-                    ),
-                    (_, KeyPhase::Committed) => Some(
-                        "HA key change committed: our HA traffic goes out under the new key; the old one is still accepted",
-                    ),
-                    (KeyPhase::Committed, KeyPhase::Steady) => Some(
-                        "HA key change finished: the peer is heard under the new key; the old key is refused now",
-                    ),
-                    (KeyPhase::Staged, KeyPhase::Steady) => {
-                        Some("HA key change given up: the old key only, as before")
+                if !first {
+                    // Each step in order, also those taken between two
+                    // turns of this thread.
+                    for step in key_steps(before, set.phase) {
+                        log.event("HA", format_args!("{step}"));
                     }
-                    _ => None,
-                };
-                if let Some(m) = said {
-                    log.event("HA", format_args!("{m}"));
                 }
             }
         }

@@ -177,6 +177,21 @@ pub fn run(config_path: &Path) -> Result<Exit, DaemonError> {
         .unwrap_or_else(|| PathBuf::from(format!("/var/log/tandem/{name}.log")));
     let events_log =
         EventLog::open(&name, Some(&log_path), 1 << 20, 5).map_err(DaemonError::EventLog)?;
+    if let Some(sc) = &cfg.control.syslog {
+        // Checked by the configuration's validation: an error here is a
+        // configuration tandemd --check would refuse.
+        match crate::syslog::target(sc) {
+            Ok(t) => {
+                let said = crate::syslog::describe(&t);
+                events_log.attach_syslog(crate::syslog::Syslog::new(t, &name));
+                events_log.event(
+                    "SYSTEM",
+                    format_args!("the event log goes to syslog too: {said}"),
+                );
+            }
+            Err(e) => events_log.event("SYSTEM", format_args!("WARNING: no syslog: {e}")),
+        }
+    }
     let result = serve(cfg, config_path, events_log.clone());
     if let Err(e) = &result {
         events_log.event("SYSTEM", format_args!("tandemd stopped on an error: {e}"));

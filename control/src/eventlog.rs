@@ -45,12 +45,32 @@ struct Shared {
     errors: AtomicU64,
 }
 
-#[derive(Debug)]
 enum Message {
-    Line(String),
+    /// A line, when it was logged, and where its service and text start.
+    Line {
+        line: String,
+        at: SystemTime,
+        service: (usize, usize),
+        text: usize,
+    },
     /// Answer once every line queued before is handled.
     Flush(Sender<()>),
+    /// Send every line to syslog too from now on.
+    Syslog(Box<crate::syslog::Syslog>),
 }
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Message::Line { line, .. } => write!(f, "Line({line:?})"),
+            Message::Flush(_) => f.write_str("Flush"),
+            Message::Syslog(_) => f.write_str("Syslog"),
+        }
+    }
+}
+
+/// A syslog failure is said in the log at most this often.
+const SYSLOG_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// The writer thread's file.
 struct Writer {
@@ -62,6 +82,8 @@ struct Writer {
     keep: usize,
     shared: Arc<Shared>,
     dropped_reported: u64,
+    syslog: Option<Box<crate::syslog::Syslog>>,
+    syslog_reported: Option<std::time::Instant>,
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) of a time since the Unix epoch.
@@ -121,6 +143,8 @@ impl EventLog {
             keep: keep.max(1),
             shared: shared.clone(),
             dropped_reported: 0,
+            syslog: None,
+            syslog_reported: None,
         };
         writer.reopen();
         std::thread::Builder::new()
@@ -133,17 +157,28 @@ impl EventLog {
     /// blocks: when the writer is behind by [`QUEUE_LINES`] lines, the line
     /// is dropped and counted (the writer logs how many were lost).
     pub fn event(&self, service: &str, message: impl std::fmt::Display) {
-        let line = format!(
-            "{} {} {service}: {message}",
-            timestamp(SystemTime::now()),
-            self.node
-        );
-        match self.tx.try_send(Message::Line(line)) {
+        let at = SystemTime::now();
+        let head = format!("{} {} ", timestamp(at), self.node);
+        let service_at = (head.len(), head.len() + service.len());
+        let line = format!("{head}{service}: {message}");
+        let text = service_at.1 + 2;
+        match self.tx.try_send(Message::Line {
+            line,
+            at,
+            service: service_at,
+            text,
+        }) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Sends every line logged from now on to `sink` too (syslog), on the
+    /// writer thread.
+    pub fn attach_syslog(&self, sink: crate::syslog::Syslog) {
+        let _ = self.tx.try_send(Message::Syslog(Box::new(sink)));
     }
 
     /// Waits (at most `timeout`) until every line logged before is
@@ -181,10 +216,21 @@ impl Writer {
     fn run(&mut self, rx: &Receiver<Message>) {
         while let Ok(m) = rx.recv() {
             match m {
-                Message::Line(line) => {
+                Message::Line {
+                    line,
+                    at,
+                    service,
+                    text,
+                } => {
                     self.report_dropped();
+                    if let Some(sl) = &mut self.syslog {
+                        let svc = line.get(service.0..service.1).unwrap_or("SYSTEM");
+                        sl.send(at, svc, line.get(text..).unwrap_or_default());
+                    }
                     self.write(line);
+                    self.report_syslog();
                 }
+                Message::Syslog(sink) => self.syslog = Some(sink),
                 Message::Flush(ack) => {
                     self.report_dropped();
                     if let Some(f) = &mut self.file {
@@ -194,6 +240,29 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Says in the log that syslog did not take lines: at the first
+    /// failure, then at most every [`SYSLOG_REPORT_EVERY`].
+    fn report_syslog(&mut self) {
+        let due = self
+            .syslog_reported
+            .is_none_or(|t| t.elapsed() >= SYSLOG_REPORT_EVERY);
+        let Some(sl) = self.syslog.as_mut().filter(|_| due) else {
+            return;
+        };
+        let Some((what, n)) = sl.unreported.take() else {
+            return;
+        };
+        self.syslog_reported = Some(std::time::Instant::now());
+        let line = format!(
+            "{} {} SYSTEM: syslog: {n} lines not sent to {what} (retried; {} sent, {} not sent in all)",
+            timestamp(SystemTime::now()),
+            self.node,
+            sl.sent,
+            sl.failed
+        );
+        self.write(line);
     }
 
     /// Says (once per loss) how many lines the queue dropped.

@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod peer;
 pub mod reports;
 pub mod socket;
+pub mod syslog;
 pub mod watchdog;

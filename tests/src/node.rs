@@ -105,6 +105,8 @@ pub struct NodeConfig {
     pub identity: Option<String>,
     /// `control.metrics`: where tandemd serves Prometheus metrics.
     pub metrics: Option<String>,
+    /// `control.syslog`, as RON (`(remote: Some("udp://..."))`).
+    pub syslog: Option<String>,
 }
 
 /// The `ha` section of a node config.
@@ -243,6 +245,7 @@ impl NodeConfig {
                 "(serial: \"TDLAB{index:04}\", model: \"TD-LAB\", licence: Master, ports: 2)\n"
             )),
             metrics: None,
+            syslog: None,
         }
     }
 
@@ -368,6 +371,11 @@ impl NodeConfig {
                 .as_ref()
                 .map(|m| format!(", metrics: Some({})", ron_str(m)))
                 .unwrap_or_default()
+                + &self
+                    .syslog
+                    .as_ref()
+                    .map(|s| format!(", syslog: Some({s})"))
+                    .unwrap_or_default()
         );
         s += &format!(
             "    eal: (file_prefix: Some({}), lcores: {}, no_huge: {}, memory_mb: {}),\n",

@@ -347,3 +347,122 @@ fn hainfo_v_shows_every_field_for_both_members_and_hamode_the_mode() {
         assert_eq!(j, serde_json::json!({"mode": role, "forced": null}));
     }
 }
+
+/// A real syslog collector (rsyslogd) in fw2's namespace, on its main HA
+/// address: UDP 5514 and TCP 5515.
+struct Collector {
+    _proc: tandem_tests::netns::Proc,
+    file: std::path::PathBuf,
+}
+
+fn collector(lab: &Lab) -> Collector {
+    let dir = lab.dir().join("rsyslog");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("received.log");
+    let conf = dir.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"global(workDirectory="{d}")
+module(load="imudp")
+input(type="imudp" address="{a}" port="5514")
+module(load="imtcp")
+input(type="imtcp" address="{a}" port="5515")
+*.* action(type="omfile" file="{f}" template="RSYSLOG_SyslogProtocol23Format")
+"#,
+            d = dir.display(),
+            a = addr::HA_MAIN_2,
+            f = file.display()
+        ),
+    )
+    .unwrap();
+    let pid = dir.join("rsyslogd.pid");
+    let proc = lab
+        .fw(2)
+        .spawn(
+            "rsyslogd",
+            &[
+                "rsyslogd",
+                "-n",
+                "-f",
+                &conf.to_string_lossy(),
+                "-i",
+                &pid.to_string_lossy(),
+            ],
+        )
+        .expect("rsyslogd runs (Debian package rsyslog)");
+    // Listening once its pid file is written.
+    let t0 = Instant::now();
+    while !pid.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "rsyslogd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Collector { _proc: proc, file }
+}
+
+/// The event log reaches a real collector over UDP (fw1) and TCP (fw2) as
+/// RFC 5424 messages that rsyslog parses: host, application, service as
+/// MSGID, the text; a failover's swap line arrives too.
+#[test]
+fn the_event_log_reaches_a_syslog_collector_over_udp_and_tcp() {
+    require_root!();
+    let lab = Lab::two_nodes("syslog").expect("the lab");
+    let col = collector(&lab);
+    let c = cluster::start_on(lab, heavy_lock(), Some(POLICY), &[], |i, cfg| {
+        cfg.syslog = Some(if i == 1 {
+            format!("(remote: Some(\"udp://{}:5514\"))", addr::HA_MAIN_2)
+        } else {
+            format!(
+                "(remote: Some(\"tcp://{}:5515\"), facility: Some(\"daemon\"))",
+                addr::HA_MAIN_2
+            )
+        });
+    })
+    .expect("the cluster");
+    let a = c
+        .wait_single_active(Duration::from_secs(8))
+        .expect("one member elected");
+    let (code, out, err) = c.nodes[a]
+        .ctl_out(&["policy", "reload"], Duration::from_secs(30))
+        .expect("policy reload");
+    assert_eq!(code, Some(0), "{out}{err}");
+    let t0 = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&col.file).unwrap_or_default();
+        let has = |host: &str, what: &str| {
+            text.lines()
+                .any(|l| l.contains(&format!(" {host} tandemd ")) && l.contains(what))
+        };
+        if has("fw1", "the event log goes to syslog too: udp://")
+            && has("fw2", "the event log goes to syslog too: tcp://")
+            && has(&format!("fw{}", a + 1), " POLICY - policy reloaded")
+            && has(&format!("fw{}", a + 1), " HA - swap: passive -> active")
+        {
+            break text;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the collector did not get the lines:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let sample: Vec<&str> = text.lines().filter(|l| l.contains("swap:")).collect();
+    eprintln!(
+        "received by rsyslog (RFC 5424 as it parsed it), the swap lines:\n{}",
+        sample.join("\n")
+    );
+    // PRI: local0 (16) for fw1, daemon (3) for fw2; notice (5).
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<133>1 ") && l.contains(" fw1 tandemd ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<29>1 ") && l.contains(" fw2 tandemd ")),
+        "{text}"
+    );
+}
