@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -43,6 +43,8 @@ pub enum Request {
     ConnFlush,
     /// Reads the policy file again and switches every worker to it.
     PolicyReload,
+    /// The policy in force: each rule with its hits.
+    PolicyShow,
     /// Forces this member active (ignores quality), as `haactive`.
     HaActive,
     /// Forces this member passive, as `hapassive`.
@@ -217,6 +219,7 @@ impl Request {
         "conn_list",
         "conn_flush",
         "policy_reload",
+        "policy_show",
         "ha_active",
         "ha_passive",
         "ha_reset",
@@ -248,6 +251,7 @@ impl Request {
             Request::ConnList { .. } => "conn_list",
             Request::ConnFlush => "conn_flush",
             Request::PolicyReload => "policy_reload",
+            Request::PolicyShow => "policy_show",
             Request::HaActive => "ha_active",
             Request::HaPassive => "ha_passive",
             Request::HaReset => "ha_reset",
@@ -353,6 +357,8 @@ pub enum Response {
         /// The file it was read from.
         path: String,
     },
+    /// Answer to [`Request::PolicyShow`].
+    PolicyRules(Box<PolicyReport>),
     /// Answer to [`Request::HaSync`], [`Request::HaSyncTest`] and
     /// [`Request::HaDiff`]: what happened, line by line, and the error that
     /// stopped it, if any.
@@ -602,6 +608,40 @@ pub struct VerifyStatus {
     pub differences_total: u64,
     /// Repairs started in all.
     pub repairs: u64,
+}
+
+/// The policy in force, rule by rule (`policy show`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyReport {
+    /// The file.
+    pub path: String,
+    /// Each rule of the file, in order.
+    pub rules: Vec<RuleReport>,
+    /// The default action and how many it decided.
+    pub default_action: String,
+    /// Packets the default action decided.
+    pub default_hits: u64,
+    /// Matches of logged rules not logged (over the rate limit, queue
+    /// full) since start.
+    pub log_suppressed: u64,
+}
+
+/// One rule in `policy show`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleReport {
+    /// Its index in the file (what the event log and `conn list` name).
+    pub index: usize,
+    /// Its name, or `rule N`.
+    pub name: String,
+    /// pass, block or reject.
+    pub action: String,
+    /// Its matches are logged.
+    pub log: bool,
+    /// Enabled.
+    pub enabled: bool,
+    /// Connections it opened (pass) or packets it stopped (block,
+    /// reject) since the policy was loaded.
+    pub hits: u64,
 }
 
 /// One member as `hainfo` shows it.
@@ -1208,6 +1248,7 @@ mod tests {
             | Request::ConnList { .. }
             | Request::ConnFlush
             | Request::PolicyReload
+            | Request::PolicyShow
             | Request::HaActive
             | Request::HaPassive
             | Request::HaReset
@@ -1238,6 +1279,7 @@ mod tests {
             },
             Request::ConnFlush,
             Request::PolicyReload,
+            Request::PolicyShow,
             Request::HaActive,
             Request::HaPassive,
             Request::HaReset,
@@ -1291,7 +1333,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, debug"
         );
     }
 

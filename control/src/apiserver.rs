@@ -484,6 +484,12 @@ impl Route<'_> {
             Request::HaPassive => self.to_control(ControlRequest::Forced(Some(Role::Passive)), id),
             Request::HaReset => self.to_control(ControlRequest::Forced(None), id),
             Request::Debug { fault } => Some(debug(ctx, fault)),
+            Request::PolicyShow => Some(match ctx.node.policy() {
+                Some(_) => Response::PolicyRules(Box::new(reports::policy(ctx))),
+                None => Response::error(
+                    "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)",
+                ),
+            }),
             Request::ConnList { .. }
             | Request::ConnFlush
             | Request::PolicyReload

@@ -764,6 +764,53 @@ pub fn format_connections(report: &ConnectionsReport) -> String {
     out
 }
 
+/// Human-readable text of a `policy show` answer.
+pub fn format_policy(p: &crate::api::PolicyReport) -> String {
+    let mut out = format!("policy {}\n", p.path);
+    section(&mut out, "Rules", p.rules.is_empty(), || {
+        let mut t = Table::new(&[
+            ("#", R),
+            ("NAME", L),
+            ("ACTION", L),
+            ("LOG", L),
+            ("HITS", R),
+        ]);
+        for r in &p.rules {
+            t.row(vec![
+                r.index.to_string(),
+                r.name.clone(),
+                if r.enabled {
+                    r.action.clone()
+                } else {
+                    format!("{} (disabled)", r.action)
+                },
+                (if r.log { "yes" } else { "no" }).into(),
+                r.hits.to_string(),
+            ]);
+        }
+        t.row(vec![
+            "-".into(),
+            "default".into(),
+            p.default_action.clone(),
+            "no".into(),
+            p.default_hits.to_string(),
+        ]);
+        t
+    });
+    let _ = writeln!(
+        out,
+        "hits: connections a pass rule opened, packets a block or reject rule stopped, since the policy was loaded"
+    );
+    if p.log_suppressed > 0 {
+        let _ = writeln!(
+            out,
+            "log: {} matches of logged rules were not logged (over the rate limit, or the queue was full)",
+            p.log_suppressed
+        );
+    }
+    out
+}
+
 /// hainfo's per-field table: one row per field, a column per member.
 fn nodes_table(r: &HaInfo, verbose: bool) -> Table {
     let peer = r.peer.as_ref();

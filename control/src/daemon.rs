@@ -463,6 +463,19 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         control_waker,
     )?;
     // Before the control thread turns real-time (threads inherit it).
+    let _rule_log = match daemon.node.policy() {
+        Some(_) => match crate::rulelog::RuleLog::start(daemon.node.clone(), daemon.events.clone())
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                daemon
+                    .events
+                    .event("SYSTEM", format_args!("WARNING: rule logging is off: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
     let _metrics = match daemon.cfg.control.metrics {
         Some(addr) => match crate::metrics::Metrics::start(addr, &socket_path) {
             Ok(m) => {

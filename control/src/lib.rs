@@ -14,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod peer;
 pub mod reports;
+pub mod rulelog;
 pub mod socket;
 pub mod syslog;
 pub mod watchdog;

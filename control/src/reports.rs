@@ -57,6 +57,41 @@ pub fn sync_report(ctx: &ApiContext, core: &SyncCore) -> SyncReport {
     }
 }
 
+/// The `policy show` answer: the rules in force with their hits.
+pub fn policy(ctx: &ApiContext) -> crate::api::PolicyReport {
+    let Some(p) = ctx.node.policy() else {
+        return crate::api::PolicyReport::default();
+    };
+    let hits = ctx.node.rule_hits().unwrap_or_default();
+    let at = |i: usize| hits.get(i).copied().unwrap_or(0);
+    let suppressed = ctx
+        .node
+        .workers()
+        .iter()
+        .filter_map(|w| w.firewall.as_ref())
+        .map(|f| f.rule_log_suppressed.get() + f.rule_log_queue_full.get())
+        .sum();
+    crate::api::PolicyReport {
+        path: p.path.display().to_string(),
+        rules: p
+            .rule_list
+            .iter()
+            .enumerate()
+            .map(|(i, r)| crate::api::RuleReport {
+                index: i,
+                name: r.name.clone(),
+                action: r.action.clone(),
+                log: r.log,
+                enabled: r.enabled,
+                hits: at(i),
+            })
+            .collect(),
+        default_action: p.default_action.clone(),
+        default_hits: at(p.rule_list.len()),
+        log_suppressed: suppressed,
+    }
+}
+
 /// The `status` answer.
 pub fn status(ctx: &ApiContext) -> StatusReport {
     let node = &ctx.node;

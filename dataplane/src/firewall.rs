@@ -121,6 +121,43 @@ pub struct FirewallCounters {
     pub rules: Counter,
     /// Larval (replicated, not active) connections (mirrored).
     pub larval: Counter,
+    /// Per-rule hits of the policy in force here, as (policy id, one
+    /// counter per rule then the default action's): the worker publishes
+    /// a new set when it takes a new policy.
+    pub rule_hits: std::sync::Mutex<(u64, Arc<[Counter]>)>,
+    /// Matches of rules with `log: true`, for the control side to write.
+    pub rule_log: crossbeam::queue::ArrayQueue<RuleLogRecord>,
+    /// Matches of logged rules not logged: over the rate limit.
+    pub rule_log_suppressed: Counter,
+    /// Matches of logged rules not logged: the queue was full.
+    pub rule_log_queue_full: Counter,
+}
+
+/// Matches of logged rules a worker logs per second at most (then they
+/// are counted in `rule_log_suppressed`).
+pub const RULE_LOG_PER_SEC: u64 = 100;
+/// Matches a worker logs at once after a quiet spell.
+pub const RULE_LOG_BURST: u64 = 200;
+/// Log records waiting for the control side, per worker.
+pub const RULE_LOG_QUEUE: usize = 512;
+
+/// One match of a rule with `log: true` (fixed size, nothing allocated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleLogRecord {
+    /// When (ms since the node's epoch).
+    pub at_ms: u64,
+    /// The rule ([`crate::policy::Verdict::rule`]).
+    pub rule: u32,
+    /// What it decided.
+    pub action: PolicyAction,
+    /// The packet's flow.
+    pub key: FlowKey,
+    /// Port it came in on, and the one it would leave by.
+    pub in_port: u16,
+    /// The output port.
+    pub out_port: u16,
+    /// The packet's length.
+    pub len: u16,
 }
 
 impl Default for FirewallCounters {
@@ -138,6 +175,10 @@ impl Default for FirewallCounters {
             deltas: Counter::default(),
             rules: Counter::default(),
             larval: Counter::default(),
+            rule_hits: std::sync::Mutex::new((0, Arc::from(Vec::new()))),
+            rule_log: crossbeam::queue::ArrayQueue::new(RULE_LOG_QUEUE),
+            rule_log_suppressed: Counter::default(),
+            rule_log_queue_full: Counter::default(),
         }
     }
 }
@@ -237,6 +278,18 @@ pub struct Firewall {
     /// in order (see [`Firewall::prepare_burst`]).
     hints: Vec<Hint>,
     hint_next: usize,
+    /// Per-rule hits of `policy` (shared with the counters once
+    /// published).
+    hits: Arc<[Counter]>,
+    hits_published: bool,
+    /// The rule log's token bucket: (milli-tokens, last refill ms).
+    log_bucket: (u64, u64),
+}
+
+fn new_hits(policy: &Policy) -> Arc<[Counter]> {
+    (0..policy.counter_slots())
+        .map(|_| Counter::default())
+        .collect()
 }
 
 /// What [`Firewall::prepare_burst`] found for one packet.
@@ -265,7 +318,8 @@ impl Firewall {
         let shard = Shard::new(settings.shard, now_ms);
         counters.capacity.set(shard.capacity() as u64);
         counters.rules.set(policy.stats().rules as u64);
-        Firewall {
+        let hits = new_hits(&policy);
+        let mut fw = Firewall {
             shard,
             frags: FragmentTable::new(settings.fragment_capacity, settings.fragment_timeout_ms),
             policy,
@@ -273,6 +327,62 @@ impl Firewall {
             verify: settings.verify_checksums,
             hints: Vec::with_capacity(crate::conntrack::BURST),
             hint_next: 0,
+            hits,
+            hits_published: false,
+            log_bucket: (RULE_LOG_BURST * 1000, now_ms),
+        };
+        fw.publish_hits();
+        fw
+    }
+
+    /// Shares this policy's rule hits with the counters (never waits: a
+    /// reader holding them now means another try at the next
+    /// maintenance).
+    fn publish_hits(&mut self) {
+        if let Ok(mut h) = self.counters.rule_hits.try_lock() {
+            *h = (self.policy.id(), self.hits.clone());
+            self.hits_published = true;
+        }
+    }
+
+    /// Counts a new connection or a stopped packet for the rule that
+    /// decided it, and logs the match when the rule says so (within
+    /// [`RULE_LOG_PER_SEC`]).
+    #[inline]
+    fn count_rule(
+        &mut self,
+        now_ms: u64,
+        v: crate::policy::Verdict,
+        key: &FlowKey,
+        q: &Query,
+        len: u16,
+    ) {
+        if let Some(c) = self.hits.get(self.policy.counter_slot(v.rule)) {
+            c.add(1);
+        }
+        if !v.log {
+            return;
+        }
+        let (milli, last) = &mut self.log_bucket;
+        let elapsed = now_ms.saturating_sub(*last).min(60_000);
+        *milli = (*milli + elapsed * RULE_LOG_PER_SEC).min(RULE_LOG_BURST * 1000);
+        *last = now_ms;
+        if *milli < 1000 {
+            self.counters.rule_log_suppressed.add(1);
+            return;
+        }
+        *milli -= 1000;
+        let rec = RuleLogRecord {
+            at_ms: now_ms,
+            rule: v.rule,
+            action: v.action,
+            key: *key,
+            in_port: q.in_port,
+            out_port: q.out_port,
+            len,
+        };
+        if self.counters.rule_log.push(rec).is_err() {
+            self.counters.rule_log_queue_full.add(1);
         }
     }
 
@@ -332,7 +442,10 @@ impl Firewall {
     /// keep working: they are not re-evaluated.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
         self.counters.rules.set(policy.stats().rules as u64);
+        self.hits = new_hits(&policy);
         self.policy = policy;
+        self.hits_published = false;
+        self.publish_hits();
     }
 
     /// The connection-table shard (the sync core and listings use it).
@@ -351,6 +464,9 @@ impl Firewall {
         self.shard.expire(now_ms, 512);
         self.frags.expire(now_ms, 64);
         self.publish();
+        if !self.hits_published {
+            self.publish_hits();
+        }
     }
 
     /// Copies the shard's counters to the shared ones.
@@ -472,6 +588,7 @@ impl Firewall {
         q.dst = translated.dst;
         q.dport = translated.dport;
         let verdict = self.policy.classify(&q);
+        self.count_rule(now_ms, verdict, &key, &q, p.total_len);
         match verdict.action {
             PolicyAction::Pass => {}
             PolicyAction::Block => return self.drop(FwDrop::PolicyBlock),
@@ -870,5 +987,81 @@ mod tests {
         assert_eq!(total, 300);
         assert!(fw.shard().is_empty());
         assert_eq!(fw.counters.connections.get(), 0, "counters published");
+    }
+
+    /// Each decision counts for its rule (the default action last); a
+    /// logged rule's matches are queued within the rate limit and the
+    /// rest counted; a new policy starts new counters, published for the
+    /// readers.
+    #[test]
+    fn rule_hits_are_counted_and_logged_matches_rate_limited() {
+        let cfg = tandem_config::policy::parse(
+            r#"(rules: [
+                (name: "dns", action: Pass, proto: Udp, dst_ports: ["53"], log: true),
+                (action: Block, proto: Tcp),
+            ], default_action: Block)"#,
+            "t.ron",
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ifaces = vec![("in".to_owned(), 0), ("out".to_owned(), 1)];
+        let policy = Arc::new(Policy::compile_with(&cfg, &ifaces, Backend::Linear).unwrap());
+        let counters = Arc::new(FirewallCounters::default());
+        let mut fw = Firewall::new(
+            FirewallSettings {
+                shard: ShardConfig::default(),
+                verify_checksums: true,
+                fragment_capacity: 16,
+                fragment_timeout_ms: 1000,
+            },
+            policy.clone(),
+            counters.clone(),
+            0,
+        );
+        let key = |proto, dport| {
+            FlowKey::new(
+                Ipv4Addr::new(198, 18, 1, 10),
+                40000,
+                Ipv4Addr::new(198, 18, 2, 10),
+                dport,
+                proto,
+            )
+        };
+        let mut decide = |now: u64, k: FlowKey| {
+            let q = Query::from_flow(&k, 0, 1, None);
+            let v = policy.classify(&q);
+            fw.count_rule(now, v, &k, &q, 60);
+            v
+        };
+        // 300 DNS matches at once: the burst (200) is logged, 100 not.
+        for _ in 0..300 {
+            assert_eq!(decide(0, key(proto::UDP, 53)).rule, 0);
+        }
+        for _ in 0..5 {
+            decide(0, key(proto::TCP, 23));
+        }
+        decide(0, key(proto::UDP, 123));
+        // A second later, 100 more may be logged.
+        for _ in 0..150 {
+            decide(1000, key(proto::UDP, 53));
+        }
+        let (id, hits) = counters.rule_hits.lock().unwrap().clone();
+        assert_eq!(id, policy.id());
+        let got: Vec<u64> = hits.iter().map(Counter::get).collect();
+        assert_eq!(got, [450, 5, 1], "per rule, then the default action");
+        assert_eq!(counters.rule_log.len(), 300);
+        assert_eq!(counters.rule_log_suppressed.get(), 150);
+        let r = counters.rule_log.pop().unwrap();
+        assert_eq!(
+            (r.rule, r.action, r.key.dport, r.len),
+            (0, PolicyAction::Pass, 53, 60)
+        );
+        // A new policy: new counters, published.
+        let again = Arc::new(Policy::compile_with(&cfg, &ifaces, Backend::Linear).unwrap());
+        fw.set_policy(again.clone());
+        let (id, hits) = counters.rule_hits.lock().unwrap().clone();
+        assert_eq!(id, again.id());
+        assert!(hits.iter().all(|c| c.get() == 0));
+        assert_ne!(again.id(), policy.id());
     }
 }

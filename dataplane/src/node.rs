@@ -147,6 +147,26 @@ pub struct PolicyInfo {
     pub rules: usize,
     /// NAT rules.
     pub nat_rules: usize,
+    /// The compiled policy's identity ([`crate::policy::Policy::id`]).
+    pub id: u64,
+    /// Each rule of the file, in order: (name, or `rule N`; action; logged;
+    /// enabled).
+    pub rule_list: Vec<RuleSummary>,
+    /// The default action.
+    pub default_action: String,
+}
+
+/// One rule of the policy as `policy show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSummary {
+    /// Its name, or `rule N` (N: its index, from 0).
+    pub name: String,
+    /// pass, block or reject.
+    pub action: String,
+    /// `log: true`.
+    pub log: bool,
+    /// Enabled.
+    pub enabled: bool,
 }
 
 /// A running dataplane.
@@ -326,10 +346,28 @@ impl Node {
             .collect();
         let policy = Policy::compile(&cfg, &ifaces)
             .map_err(|e: PolicyError| NodeError::Policy(e.to_string()))?;
+        let action = |a: crate::policy::Action| match a {
+            crate::policy::Action::Pass => "pass",
+            crate::policy::Action::Block => "block",
+            crate::policy::Action::Reject => "reject",
+        };
         let info = PolicyInfo {
             path: path.to_owned(),
             rules: policy.stats().rules,
             nat_rules: cfg.nat.iter().filter(|n| n.enabled).count(),
+            id: policy.id(),
+            rule_list: cfg
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| RuleSummary {
+                    name: r.name.clone().unwrap_or_else(|| format!("rule {i}")),
+                    action: action(r.action).into(),
+                    log: r.log,
+                    enabled: r.enabled,
+                })
+                .collect(),
+            default_action: action(cfg.default_action).into(),
         };
         Ok((Arc::new(policy), info))
     }
@@ -430,6 +468,59 @@ impl Node {
     /// learnt the member that yielded.
     pub fn reannounce(&self) {
         self.announce.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The hits of each rule of the policy in force, summed over the
+    /// workers that run it (a worker still on the previous policy is left
+    /// out): one per rule of the file, then the default action's.
+    pub fn rule_hits(&self) -> Option<Vec<u64>> {
+        let id = self.policy()?.id;
+        let mut sum: Vec<u64> = Vec::new();
+        for w in &self.workers {
+            let Some(fw) = &w.firewall else { continue };
+            let (wid, hits) = fw
+                .rule_hits
+                .lock()
+                .map(|h| (h.0, h.1.clone()))
+                .unwrap_or_else(|e| {
+                    let h = e.into_inner();
+                    (h.0, h.1.clone())
+                });
+            if wid != id {
+                continue;
+            }
+            if sum.len() < hits.len() {
+                sum.resize(hits.len(), 0);
+            }
+            for (s, c) in sum.iter_mut().zip(hits.iter()) {
+                *s += c.get();
+            }
+        }
+        Some(sum)
+    }
+
+    /// Takes at most `max` logged rule matches of each worker, and the
+    /// matches not logged so far (over the rate limit, queue full).
+    pub fn take_rule_logs(&self, max: usize) -> (Vec<crate::firewall::RuleLogRecord>, u64, u64) {
+        let (mut out, mut limited, mut full) = (Vec::new(), 0, 0);
+        for w in &self.workers {
+            let Some(fw) = &w.firewall else { continue };
+            for _ in 0..max {
+                match fw.rule_log.pop() {
+                    Some(r) => out.push(r),
+                    None => break,
+                }
+            }
+            limited += fw.rule_log_suppressed.get();
+            full += fw.rule_log_queue_full.get();
+        }
+        out.sort_by_key(|r| r.at_ms);
+        (out, limited, full)
+    }
+
+    /// The node's time base: ms since this instant are what records carry.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// The policy in force, if the node filters.

@@ -460,6 +460,11 @@ pub struct PolicyStats {
 /// A compiled, immutable policy. `Send + Sync`: share it as `Arc<Policy>`.
 #[derive(Debug)]
 pub struct Policy {
+    /// Unique per compiled policy (in this process): rule counters of
+    /// another policy are not summed with these.
+    id: u64,
+    /// Rules in the file (enabled or not): rule indices are below this.
+    file_rules: usize,
     filter: Matcher,
     verdicts: Vec<Verdict>,
     default: Verdict,
@@ -584,7 +589,10 @@ impl Policy {
             snames.push(format!("nat[{i}]"));
             snat_targets.push(target);
         }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Policy {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            file_rules: cfg.rules.len(),
             filter,
             verdicts,
             default: Verdict {
@@ -641,6 +649,27 @@ impl Policy {
     /// The backend in use ([`Backend::Linear`] or [`Backend::Acl`]).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// This compiled policy's identity (see [`Policy`]).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Slots of per-rule counters: one per rule of the file, then one for
+    /// the default action (index [`Policy::counter_slot`]).
+    pub fn counter_slots(&self) -> usize {
+        self.file_rules + 1
+    }
+
+    /// The counter slot of `rule` (a [`Verdict::rule`]).
+    #[inline]
+    pub fn counter_slot(&self, rule: u32) -> usize {
+        if rule == DEFAULT {
+            self.file_rules
+        } else {
+            (rule as usize).min(self.file_rules)
+        }
     }
 
     /// Sizes of the compiled policy.

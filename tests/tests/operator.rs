@@ -27,6 +27,15 @@ const POLICY: &str = r#"(
     default_action: Block,
 )"#;
 
+/// [`POLICY`] with its UDP rule named and logged.
+const POLICY_LOG: &str = r#"(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5201"]),
+        (name: "udp9000", action: Pass, from: ["198.18.1.0/24"], proto: Udp, dst_ports: ["9000"], log: true),
+    ],
+    default_action: Block,
+)"#;
+
 /// Member `i`'s (1 or 2) metrics address: its main HA address.
 fn metrics_addr(i: usize) -> &'static str {
     if i == 1 {
@@ -405,13 +414,15 @@ input(type="imtcp" address="{a}" port="5515")
 
 /// The event log reaches a real collector over UDP (fw1) and TCP (fw2) as
 /// RFC 5424 messages that rsyslog parses: host, application, service as
-/// MSGID, the text; a failover's swap line arrives too.
+/// MSGID, the text; the election's swap line arrives too, and the matches
+/// of a rule with `log: true` hit by real traffic (in the event log, in
+/// syslog, and counted in `policy show`).
 #[test]
 fn the_event_log_reaches_a_syslog_collector_over_udp_and_tcp() {
     require_root!();
     let lab = Lab::two_nodes("syslog").expect("the lab");
     let col = collector(&lab);
-    let c = cluster::start_on(lab, heavy_lock(), Some(POLICY), &[], |i, cfg| {
+    let c = cluster::start_on(lab, heavy_lock(), Some(POLICY_LOG), &[], |i, cfg| {
         cfg.syslog = Some(if i == 1 {
             format!("(remote: Some(\"udp://{}:5514\"))", addr::HA_MAIN_2)
         } else {
@@ -429,6 +440,12 @@ fn the_event_log_reaches_a_syslog_collector_over_udp_and_tcp() {
         .ctl_out(&["policy", "reload"], Duration::from_secs(30))
         .expect("policy reload");
     assert_eq!(code, Some(0), "{out}{err}");
+    // Real traffic through the active hits the logged rule.
+    assert_eq!(
+        cluster::open_udp_flows(&c.lab, 20, 9000, 200).expect("flows"),
+        20
+    );
+    let rule_line = " RULE - rule 1 (udp9000) pass udp 198.18.1.";
     let t0 = Instant::now();
     let text = loop {
         let text = std::fs::read_to_string(&col.file).unwrap_or_default();
@@ -440,6 +457,7 @@ fn the_event_log_reaches_a_syslog_collector_over_udp_and_tcp() {
             && has("fw2", "the event log goes to syslog too: tcp://")
             && has(&format!("fw{}", a + 1), " POLICY - policy reloaded")
             && has(&format!("fw{}", a + 1), " HA - swap: passive -> active")
+            && text.lines().filter(|l| l.contains(rule_line)).count() >= 20
         {
             break text;
         }
@@ -454,6 +472,34 @@ fn the_event_log_reaches_a_syslog_collector_over_udp_and_tcp() {
         "received by rsyslog (RFC 5424 as it parsed it), the swap lines:\n{}",
         sample.join("\n")
     );
+    let rules: Vec<&str> = text.lines().filter(|l| l.contains(rule_line)).collect();
+    eprintln!("a rule log line as rsyslog got it:\n{}", rules[0]);
+    assert!(rules[0].contains(":9000 in in out out, "), "{}", rules[0]);
+    // Info (6) for rule logs: local0 -> 134, daemon -> 30.
+    let pri = if a == 0 { "<134>1 " } else { "<30>1 " };
+    assert!(rules.iter().all(|l| l.starts_with(pri)), "{rules:?}");
+    let log = c.nodes[a].ctl(&["log", "--lines", "300"]).expect("log")["lines"].to_string();
+    assert!(
+        log.contains("RULE: rule 1 (udp9000) pass udp 198.18.1."),
+        "{log}"
+    );
+    let (code, out, _) = c.nodes[a]
+        .ctl_out(&["policy", "show"], Duration::from_secs(10))
+        .expect("policy show");
+    eprintln!("tandemctl policy show on the active:\n{out}");
+    assert_eq!(code, Some(0));
+    let row = out
+        .lines()
+        .find(|l| l.contains("udp9000"))
+        .expect("the rule's row");
+    let hits: u64 = row.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(hits >= 20, "{out}");
+    let j = c.nodes[a]
+        .ctl(&["policy", "show"])
+        .expect("policy show --json");
+    assert_eq!(j["rules"][1]["name"], "udp9000");
+    assert_eq!(j["rules"][1]["log"], true);
+    assert!(j["rules"][1]["hits"].as_u64().unwrap() >= 20, "{j}");
     // PRI: local0 (16) for fw1, daemon (3) for fw2; notice (5).
     assert!(
         text.lines()

@@ -431,6 +431,9 @@ enum SyncAction {
 enum PolicyAction {
     /// Reads the policy file again; workers switch to it between bursts
     Reload,
+    /// The rules in force, each with its hits (connections opened,
+    /// packets stopped) since the policy was loaded
+    Show,
 }
 
 /// How long to wait for an answer when --timeout-ms is not given: the
@@ -621,6 +624,9 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
         (Command::Policy { .. }, Response::Policy { rules, nat_rules, path }) => {
             Outcome::print(format!("policy reloaded from {path}: {rules} rules, {nat_rules} NAT rules\n"))
         }
+        (Command::Policy { .. }, Response::PolicyRules(p)) => {
+            Outcome::print(tandem_control::client::format_policy(p))
+        }
         (_, other) => Outcome::fail(
             format!(
                 "tandemd answered with an unexpected {} report. Check that tandemctl and tandemd are the same version.",
@@ -638,6 +644,7 @@ fn kind(response: &Response) -> &'static str {
         Response::Connections(_) => "connections",
         Response::Flushed { .. } => "flushed",
         Response::Policy { .. } => "policy",
+        Response::PolicyRules(_) => "policy rules",
         Response::Role { .. } => "role",
         Response::Sync(_) => "sync",
         Response::Digest(_) => "digest",
@@ -848,6 +855,9 @@ fn main() -> ExitCode {
         Command::Policy {
             action: PolicyAction::Reload,
         } => Request::PolicyReload,
+        Command::Policy {
+            action: PolicyAction::Show,
+        } => Request::PolicyShow,
         Command::Debug { action } => Request::Debug {
             fault: Some(match action {
                 DebugAction::StallWorker { worker, ms } => DebugFault::StallWorker {
