@@ -160,7 +160,9 @@ pub struct FilterRule {
     /// ICMP types (ICMP only).
     #[serde(default)]
     pub icmp_types: Vec<u8>,
-    /// Log the connections this rule decides; default false.
+    /// Log the connections this rule opens or the packets it stops (the
+    /// event log and syslog, service RULE, at most 100 a second per
+    /// worker); default false.
     #[serde(default)]
     pub log: bool,
     /// Synchronise this connection between firewalls (HA); default true.
