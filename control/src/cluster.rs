@@ -1254,7 +1254,14 @@ impl Cluster {
                 "dual active resolved: the peer yielded"
             }
             .to_owned(),
-            HaEvent::PeerRestarted => "the peer restarted".to_owned(),
+            HaEvent::PeerRestarted => match self.ha.peer() {
+                Some(p) => format!(
+                    "the peer {} restarted (its tandemd started at {})",
+                    self.full_serial(p.serial),
+                    crate::peer::confsync::utc_text(peer_boot_unix(p.epoch, p.uptime_ms))
+                ),
+                None => "the peer restarted".to_owned(),
+            },
             HaEvent::LocalStall { ms } => {
                 format!("this process was not scheduled for {ms} ms; silent paths get a fresh dead time")
             }

@@ -134,3 +134,41 @@ fn tandemd_check_reads_the_identity_file_beside_the_configuration() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Shell completions come from tandemctl itself, need no tandemd, and the
+/// bash script is valid bash that completes the commands.
+#[test]
+fn tandemctl_prints_shell_completions_without_a_daemon() {
+    let (code, out, err) = run(
+        "tandemctl",
+        &[
+            "--socket",
+            "/nonexistent/tandemd.sock",
+            "completions",
+            "bash",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for cmd in ["hainfo", "hamode", "hasync", "policy", "completions"] {
+        assert!(out.contains(cmd), "{cmd} not completed");
+    }
+    let script = write("tandemctl.bash", &out);
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash runs");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let (code, out, err) = run("tandemctl", &["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains("hainfo"), "{shell}");
+    }
+    let (code, _, err) = run("tandemctl", &["completions", "tcsh"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("possible values: bash"), "{err}");
+}

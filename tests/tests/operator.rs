@@ -512,3 +512,118 @@ fn the_event_log_reaches_a_syslog_collector_over_udp_and_tcp() {
         "{text}"
     );
 }
+
+fn log_of(n: &tandem_tests::Node) -> String {
+    n.ctl(&["log", "--lines", "500"]).expect("log")["lines"].to_string()
+}
+
+/// Waits (bounded) until `n`'s event log has every line of `want`.
+fn wait_log(n: &tandem_tests::Node, want: &[&str], what: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let log = log_of(n);
+        if want.iter().all(|w| log.contains(w)) {
+            return log;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{what}: missing {:?} in\n{log}",
+            want.iter()
+                .filter(|w| !log.contains(**w))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The event log after a policy reload, an HA link cut and restored, a
+/// kill -9 failover and the killed member's restart: each member's log
+/// has the lines an operator looks for, with full serials, from its own
+/// point of view.
+#[test]
+fn the_event_log_tells_a_reload_a_link_cut_a_failover_and_a_restart() {
+    require_root!();
+    let mut c = start("events");
+    let a = c
+        .wait_single_active(Duration::from_secs(8))
+        .expect("one member elected");
+    let p = 1 - a;
+    cluster::wait_synchronized(
+        &c.nodes[p],
+        "the passive synchronized",
+        Duration::from_secs(15),
+    )
+    .expect("synchronized");
+    let serial = |i: usize| format!("TDLAB000{}", i + 1);
+    let (act_addr, pas_addr) = (metrics_addr(a + 1), metrics_addr(p + 1));
+    wait_log(
+        &c.nodes[p],
+        &[&format!("peer {} found (cluster member)", serial(a))],
+        "the passive found the active",
+    );
+
+    let (code, out, err) = c.nodes[a]
+        .ctl_out(&["policy", "reload"], Duration::from_secs(30))
+        .expect("policy reload");
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_log(&c.nodes[a], &["POLICY: policy reloaded from"], "the reload");
+
+    // The main HA link cut on the passive's side, then restored.
+    tandem_tests::link::set_link(c.lab.fw(p + 1), "ha-main", false).expect("cut");
+    wait_log(
+        &c.nodes[a],
+        &[&format!(
+            "HA communication on link HA-main ({pas_addr}) has failed"
+        )],
+        "the cut, on the active",
+    );
+    tandem_tests::link::set_link(c.lab.fw(p + 1), "ha-main", true).expect("restore");
+    wait_log(
+        &c.nodes[a],
+        &[&format!(
+            "HA communication on link HA-main ({pas_addr}) is back"
+        )],
+        "the link back, on the active",
+    );
+
+    // kill -9 of the active: the passive takes over and says why.
+    c.nodes[a].proc.signal("KILL");
+    let log = wait_log(
+        &c.nodes[p],
+        &["swap: passive -> active", "the peer is dead"],
+        "the takeover, on the passive",
+    );
+    assert!(log.contains(&format!(
+        "HA communication on link HA-main ({act_addr}) has failed"
+    )));
+
+    // The killed member starts again: it finds the new active, takes the
+    // table, and the new active sees its peer back.
+    let ns = c.lab.fw(a + 1);
+    c.nodes[a].kill_and_start_from_files(ns).expect("restart");
+    c.nodes[a]
+        .wait_ready(Duration::from_secs(30))
+        .expect("ready");
+    wait_log(
+        &c.nodes[a],
+        &[
+            "SYSTEM: starting",
+            &format!("peer {} found (cluster member)", serial(p)),
+            "whole connection table received",
+        ],
+        "the restarted member",
+    );
+    let log = wait_log(
+        &c.nodes[p],
+        &[&format!(
+            "the peer {} restarted (its tandemd started at 20",
+            serial(a)
+        )],
+        "the new active",
+    );
+    eprintln!(
+        "the new active's event log:\n{}",
+        log.replace("\",\"", "\n")
+            .trim_matches(|c| c == '[' || c == ']' || c == '"')
+    );
+}

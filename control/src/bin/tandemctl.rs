@@ -87,6 +87,14 @@ enum Command {
     /// This firewall's identity: serial, model, licence, data ports and
     /// firmware version (what a cluster checks when a member joins)
     Identity,
+    /// Prints the shell completion script for tandemctl: bash, zsh or
+    /// fish (e.g. tandemctl completions bash >
+    /// /etc/bash_completion.d/tandemctl); needs no tandemd
+    Completions {
+        /// bash, zsh or fish (also elvish, powershell)
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Asks the peer who it is over the members' service (TCP 1300,
     /// authenticated by the cluster key, tried on each HA link)
     Hapeer,
@@ -678,9 +686,16 @@ fn print(text: &str) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = socket_path(cli.socket, std::env::var_os(SOCKET_ENV));
+    if let Command::Completions { shell } = &cli.command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let mut out = Vec::new();
+        clap_complete::generate(*shell, &mut cmd, "tandemctl", &mut out);
+        return print(&String::from_utf8_lossy(&out));
+    }
     let req = match &cli.command {
         Command::Status => Request::Status,
         Command::Identity => Request::Identity,
+        Command::Completions { .. } => unreachable!("answered above, without tandemd"),
         Command::Hapeer => Request::PeerStatus,
         Command::Hasync { force } => Request::HaSync { force: *force },
         Command::Enha => Request::HaEnha,
