@@ -422,9 +422,12 @@ pub struct ControlConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyslogConfig {
-    /// The local syslog socket (`/dev/log`).
+    /// The local syslog socket (`/dev/log`, or `socket`).
     #[serde(default)]
     pub local: bool,
+    /// The local socket's path, when not `/dev/log` (a chroot, a test).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
     /// A collector: `"udp://ADDRESS:PORT"` or `"tcp://ADDRESS:PORT"`.
     #[serde(default)]
     pub remote: Option<String>,
@@ -500,8 +503,18 @@ impl SyslogConfig {
         if !self.local && remote.is_none() {
             return Err("neither local: true nor a remote collector: nothing to send to".into());
         }
+        if let Some(p) = self.socket.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(format!(
+                "socket {:?}: an absolute path such as /dev/log",
+                p.display().to_string()
+            ));
+        }
         Ok(SyslogTarget {
-            local: self.local.then(|| PathBuf::from("/dev/log")),
+            local: self.local.then(|| {
+                self.socket
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/dev/log"))
+            }),
             remote,
             facility,
         })

@@ -739,6 +739,9 @@ pub struct HaLinkInfo {
     /// never changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_since_unix: Option<u64>,
+    /// Heartbeats the kernel did not take on it (send errors).
+    #[serde(default)]
+    pub send_errors: u64,
 }
 
 /// Answer to `hainfo`.

@@ -50,6 +50,11 @@ struct Link {
     /// (carrier, peer heard) as hainfo last saw them, and since when.
     state: (bool, bool),
     state_since: SystemTime,
+    /// Heartbeats the kernel did not take, in all; the last error and how
+    /// many since it was logged; when it was logged.
+    send_errors: u64,
+    unlogged: Option<(String, u64)>,
+    send_error_logged: Option<Instant>,
 }
 
 /// Inter-arrival times of the peer's heartbeats on one path while it is
@@ -474,6 +479,9 @@ impl Cluster {
                 gaps: GapStats::default(),
                 state: (false, false),
                 state_since: SystemTime::now(),
+                send_errors: 0,
+                unlogged: None,
+                send_error_logged: None,
             });
         }
         let data_ports: Vec<DataPort> = node
@@ -943,6 +951,7 @@ impl Cluster {
         self.ha.handle_event(now, Event::Tick);
         self.run(node, log);
         self.observe();
+        self.report_send_errors(log);
     }
 
     /// What hainfo says changed, and when: the peer's role, each link's
@@ -1053,9 +1062,42 @@ impl Cluster {
                     data.send(p.port, &f[..n]);
                 }
             }
-        } else if let Some(l) = self.links.iter().find(|l| l.id == link) {
+        } else if let Some(i) = self.links.iter().position(|l| l.id == link) {
             let bytes = self.codec.encode(link, state);
-            let _ = l.socket.send_to(&bytes, SocketAddr::V4(l.peer));
+            let l = &mut self.links[i];
+            if let Err(e) = l.socket.send_to(&bytes, SocketAddr::V4(l.peer)) {
+                l.send_errors += 1;
+                let u = l.unlogged.get_or_insert_with(|| (String::new(), 0));
+                u.0 = e.to_string();
+                u.1 += 1;
+            }
+        }
+    }
+
+    /// Says in the log that heartbeats could not be sent on a link: at the
+    /// first error, then at most every [`REFUSAL_LOG_EVERY`] while it goes
+    /// on (a carrier lost is logged on its own).
+    fn report_send_errors(&mut self, log: &mut EventLog) {
+        let now = Instant::now();
+        for l in &mut self.links {
+            let due = l
+                .send_error_logged
+                .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_EVERY);
+            if !due {
+                continue;
+            }
+            if let Some((e, n)) = l.unlogged.take() {
+                log.event(
+                    "HA",
+                    format_args!(
+                        "heartbeats on link {} ({}) not sent: {e} ({n} since the last such line, {} in all)",
+                        l.name,
+                        l.peer.ip(),
+                        l.send_errors
+                    ),
+                );
+                l.send_error_logged = Some(now);
+            }
         }
     }
 
@@ -1423,6 +1465,7 @@ impl Cluster {
                     .duration_since(UNIX_EPOCH)
                     .ok()
                     .map(|d| d.as_secs()),
+                send_errors: l.send_errors,
             })
             .collect();
         if self.last_resort {

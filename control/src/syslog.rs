@@ -269,9 +269,47 @@ mod tests {
     fn cfg(local: bool, remote: Option<&str>, facility: Option<&str>) -> SyslogConfig {
         SyslogConfig {
             local,
+            socket: None,
             remote: remote.map(str::to_owned),
             facility: facility.map(str::to_owned),
         }
+    }
+
+    /// To a local datagram socket, as to /dev/log; a socket that is gone
+    /// costs a counted failure.
+    #[test]
+    fn messages_reach_the_local_socket() {
+        let dir = std::env::temp_dir().join(format!("tandem-syslog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut c = cfg(true, None, Some("local3"));
+        c.socket = Some(path.clone());
+        let mut s = Syslog::new(target(&c).unwrap(), "fw1");
+        s.send(
+            SystemTime::now(),
+            "SYSTEM",
+            "starting: 2 interfaces, 1 workers",
+        );
+        let mut buf = [0u8; 4096];
+        let n = rx.recv(&mut buf).unwrap();
+        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(got.starts_with("<157>1 "), "local3 notice: {got}");
+        assert!(
+            got.contains(" fw1 tandemd ")
+                && got.ends_with(" SYSTEM - starting: 2 interfaces, 1 workers"),
+            "{got}"
+        );
+        drop(rx);
+        std::fs::remove_file(&path).unwrap();
+        s.send(SystemTime::now(), "SYSTEM", "x");
+        assert_eq!((s.sent, s.failed), (1, 1));
+        let mut rel = cfg(true, None, None);
+        rel.socket = Some(PathBuf::from("dev/log"));
+        assert!(target(&rel).unwrap_err().contains("an absolute path"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

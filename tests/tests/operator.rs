@@ -586,6 +586,37 @@ fn the_event_log_tells_a_reload_a_link_cut_a_failover_and_a_restart() {
         "the link back, on the active",
     );
 
+    // The passive's HA address removed under its socket: the kernel
+    // refuses its heartbeats, which is logged (not dropped silently).
+    let fw = c.lab.fw(p + 1);
+    fw.exec(&[
+        "ip",
+        "addr",
+        "del",
+        &format!("{pas_addr}/30"),
+        "dev",
+        "ha-main",
+    ])
+    .expect("ip addr del");
+    let log = wait_log(
+        &c.nodes[p],
+        &["heartbeats on link HA-main (", ") not sent: "],
+        "the send errors, on the passive",
+    );
+    tandem_tests::link::add_addr(fw, "ha-main", &format!("{pas_addr}/30")).expect("ip addr add");
+    let line = log
+        .split("\",\"")
+        .find(|l| l.contains(") not sent: "))
+        .unwrap_or_default();
+    eprintln!("{line}");
+    wait_log(
+        &c.nodes[a],
+        &[&format!(
+            "HA communication on link HA-main ({pas_addr}) is back"
+        )],
+        "the address back",
+    );
+
     // kill -9 of the active: the passive takes over and says why.
     c.nodes[a].proc.signal("KILL");
     let log = wait_log(
