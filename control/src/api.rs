@@ -702,6 +702,11 @@ pub struct HaMemberInfo {
     /// A configuration transfer running on it, or `none running`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_sync: Option<String>,
+    /// The id of the last whole-table bulk it sent or received whole
+    /// (the same on both members when they are in step; this member's
+    /// only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_id: Option<u32>,
 }
 
 /// One path to the peer as `hainfo` shows it.

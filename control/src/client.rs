@@ -898,6 +898,9 @@ fn nodes_table(r: &HaInfo, verbose: bool) -> Table {
     row("licence", true, &|m, _| opt(&m.licence));
     row("boot", false, &|m, _| time(m.boot_unix));
     row("state", true, &|m, _| opt(&m.ha_state));
+    row("syncid", true, &|m, _| {
+        m.sync_id.map_or_else(|| "-".into(), |v| v.to_string())
+    });
     row("table", false, &|m, _| {
         (if m.synchronized {
             "complete"

@@ -1386,6 +1386,11 @@ impl Cluster {
             ),
             heartbeat_version: Some(crate::ha::heartbeat::VERSION),
             k2k_version: node.sync().map(|_| tandem_dataplane::k2k::VERSION),
+            sync_id: node.sync().map(|s| {
+                s.shared()
+                    .sync_id
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
             ..Default::default()
         };
         // Heartbeats carry the serial's last 8 bytes; the sync's Hello the

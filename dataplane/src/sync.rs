@@ -61,6 +61,9 @@ pub struct SyncSettings {
 /// Counters and state the control thread reads.
 #[derive(Debug)]
 pub struct SyncShared {
+    /// The id of the last whole-table bulk this member sent or received
+    /// whole (hainfo's sync id: the same on both members when in step).
+    pub sync_id: std::sync::atomic::AtomicU32,
     /// The key ring generation the session follows (a key change is in
     /// force in the sync once this reaches the ring's).
     pub key_generation: AtomicU64,
@@ -200,6 +203,7 @@ impl Default for SyncShared {
             verify_timeouts: AtomicU64::new(0),
             loops: AtomicU64::new(0),
             key_generation: AtomicU64::new(0),
+            sync_id: std::sync::atomic::AtomicU32::new(0),
         }
     }
 }
@@ -331,11 +335,15 @@ pub enum SyncEvent {
     PeerRestarted,
     /// A bulk (the whole table) is being sent to the peer.
     BulkStarted {
+        /// Its id (the sync id both members show once it lands).
+        id: u32,
         /// Why.
         reason: &'static str,
     },
     /// The bulk was sent whole.
     BulkSent {
+        /// Its id.
+        id: u32,
         /// Connections it carried.
         connections: u64,
         /// How long it took.
@@ -354,8 +362,15 @@ pub enum SyncEvent {
         /// Records lost since the last report.
         records: u64,
     },
+    /// The peer announces a bulk.
+    BulkIncoming {
+        /// Its id.
+        id: u32,
+    },
     /// The peer's bulk arrived whole: our table is complete.
     BulkReceived {
+        /// Its id.
+        id: u32,
         /// Connections it carried.
         connections: u64,
     },
@@ -421,14 +436,21 @@ impl std::fmt::Display for SyncEvent {
             SyncEvent::PeerRestarted => {
                 f.write_str("the peer restarted: it gets the whole table again")
             }
-            SyncEvent::BulkStarted { reason } => write!(
+            SyncEvent::BulkStarted { id, reason } => write!(
                 f,
-                "sending the whole connection table to the peer ({reason})"
+                "sending the whole connection table to the peer ({reason}), bulk {id}"
             ),
-            SyncEvent::BulkSent { connections, ms } => write!(
+            SyncEvent::BulkSent {
+                id,
+                connections,
+                ms,
+            } => write!(
                 f,
-                "whole connection table sent to the peer: {connections} connections in {ms} ms"
+                "whole connection table sent to the peer: {connections} connections in {ms} ms, bulk {id}"
             ),
+            SyncEvent::BulkIncoming { id } => {
+                write!(f, "the peer announces its whole connection table, bulk {id}")
+            }
             SyncEvent::BulkAbandoned { why } => {
                 write!(f, "sending the whole table abandoned: {why}")
             }
@@ -436,9 +458,9 @@ impl std::fmt::Display for SyncEvent {
                 f,
                 "worker {worker}: {records} state changes lost (its delta ring was full); the peer gets the whole table again"
             ),
-            SyncEvent::BulkReceived { connections } => write!(
+            SyncEvent::BulkReceived { id, connections } => write!(
                 f,
-                "whole connection table received from the peer ({connections} connections): our table is complete"
+                "whole connection table received from the peer ({connections} connections): our table is complete, bulk {id}"
             ),
             SyncEvent::BulkIncomplete { sent, received } => write!(
                 f,
@@ -663,6 +685,7 @@ impl Drop for SyncCore {
 struct BulkTx {
     gen: u64,
     started_ms: u64,
+    id: u32,
 }
 
 /// What a digest of the workers is for.
@@ -1093,6 +1116,9 @@ impl Core {
                     creates: 0,
                     start_at,
                 });
+                if mask.is_all() {
+                    self.shared.event(SyncEvent::BulkIncoming { id });
+                }
                 self.complete_pending = false;
                 if !self.active() {
                     self.unsynchronized(if mask.is_all() {
@@ -1136,8 +1162,10 @@ impl Core {
                 if complete {
                     self.shared.bulks_complete.fetch_add(1, Ordering::Relaxed);
                     self.shared.event(SyncEvent::BulkReceived {
+                        id,
                         connections: received,
                     });
+                    self.shared.sync_id.store(id, Ordering::Relaxed);
                     self.complete_pending = covers;
                 } else {
                     self.shared.bulks_incomplete.fetch_add(1, Ordering::Relaxed);
@@ -1581,9 +1609,11 @@ impl Core {
                     Ok(count) => {
                         self.shared.bulks_sent.fetch_add(1, Ordering::Relaxed);
                         self.shared.event(SyncEvent::BulkSent {
+                            id: b.id,
                             connections: count,
                             ms: now.saturating_sub(b.started_ms),
                         });
+                        self.shared.sync_id.store(b.id, Ordering::Relaxed);
                         self.bulk = None;
                     }
                     // The queue is full: try again next round.
@@ -1599,7 +1629,7 @@ impl Core {
         let Some((reason, mask)) = self.bulk_wanted else {
             return;
         };
-        if self.session.start_partial_bulk(now, mask).is_ok() {
+        if let Ok(id) = self.session.start_partial_bulk(now, mask) {
             self.bulk_wanted = None;
             self.dump_gen += 1;
             for w in &self.workers {
@@ -1611,8 +1641,9 @@ impl Core {
             self.bulk = Some(BulkTx {
                 gen: self.dump_gen,
                 started_ms: now,
+                id,
             });
-            self.shared.event(SyncEvent::BulkStarted { reason });
+            self.shared.event(SyncEvent::BulkStarted { id, reason });
         }
     }
 

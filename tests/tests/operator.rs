@@ -310,6 +310,10 @@ fn hainfo_v_shows_every_field_for_both_members_and_hamode_the_mode() {
             field("state")[0],
             if role == "active" { "running" } else { "ready" }
         );
+        // The id of the bulk this member sent (active) or received
+        // (passive): the active's first bulk to the passive.
+        let syncid = field("syncid");
+        assert!(syncid[0].parse::<u32>().is_ok_and(|n| n > 0), "{syncid:?}");
         assert_eq!(
             field("supervisor"),
             if role == "active" {
