@@ -226,6 +226,8 @@ pub struct Cluster {
     pub startup_warnings: Vec<String>,
     /// Heartbeats dropped (bad tag, replay, ...).
     pub rejected: u64,
+    /// A clean stop is handing the active role over.
+    handing_over: bool,
     /// Per reason: when it was last logged, and how many since.
     refusals: std::collections::HashMap<&'static str, (Option<Instant>, u64)>,
     /// A worker or the sync thread died or stalls (the daemon's watchdog):
@@ -253,6 +255,12 @@ fn key_steps(before: KeyPhase, now: KeyPhase) -> Vec<&'static str> {
         (KeyPhase::Committed, KeyPhase::Staged) => vec![FINISHED, STAGED],
         (KeyPhase::Committed, KeyPhase::Committed) => vec![],
     }
+}
+
+/// The peer said it is going down in the last 10 s.
+fn peer_announced_leaving() -> bool {
+    let at = crate::peer::service::PEER_LEAVING_MS.load(std::sync::atomic::Ordering::Relaxed);
+    at > 0 && crate::peer::confsync::now_unix_ms().saturating_sub(at) < 10_000
 }
 
 /// A refused heartbeat's reason is logged at most this often.
@@ -606,6 +614,7 @@ impl Cluster {
             penalties: Vec::new(),
             problems: Vec::new(),
             rejected: 0,
+            handing_over: false,
             refusals: std::collections::HashMap::new(),
             dataplane_failed: false,
         }))
@@ -1029,6 +1038,9 @@ impl Cluster {
                 }
                 // The swap is logged with its old and new role just above.
                 Action::Log(HaEvent::Swap { .. }) => {}
+                // A clean stop's hand-over says so itself: not an
+                // operator's forced status.
+                Action::Log(HaEvent::ForcedChanged(_)) if self.handing_over => {}
                 Action::Log(e @ HaEvent::DualActiveResolved { we_yielded: false }) => {
                     // While both were active the neighbours may have learnt
                     // the peer's MACs: announce ours again.
@@ -1036,6 +1048,17 @@ impl Cluster {
                     log.event("HA", self.describe(&e));
                     log.event("HA", "announcing our addresses again (gratuitous ARP)");
                 }
+                Action::Log(
+                    e @ (HaEvent::PeerLost(_)
+                    | HaEvent::AllHaLinksLost
+                    | HaEvent::IcmpMonitoringStarted),
+                ) if peer_announced_leaving() => log.event(
+                    "HA",
+                    format_args!(
+                        "{} (expected: the peer announced it is going down)",
+                        self.describe(&e)
+                    ),
+                ),
                 Action::Log(e) => log.event("HA", self.describe(&e)),
             }
         }
@@ -1276,10 +1299,10 @@ impl Cluster {
             HaEvent::PeerQualityChanged { from, to } => {
                 format!("the peer's quality changed: {from} -> {to}")
             }
-            HaEvent::ForcedChanged(f) => format!(
-                "forced status now {}",
-                forced_name(*f).unwrap_or_else(|| "none".into())
-            ),
+            HaEvent::ForcedChanged(f) => match forced_name(*f) {
+                Some(r) => format!("forced status {r} (by the operator): the election keeps this member {r}"),
+                None => "forced status removed (by the operator): the election decides again".into(),
+            },
             HaEvent::IcmpMonitoringStarted => {
                 "peer silent on every path: starting ICMP monitoring".to_owned()
             }
@@ -1325,6 +1348,7 @@ impl Cluster {
             return;
         }
         log.event("HA", "stopping: handing the active role to the peer");
+        self.handing_over = true;
         let t0 = Instant::now();
         self.forced(Some(PlaneRole::Passive), node, log);
         while t0.elapsed() < limit {

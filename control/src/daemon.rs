@@ -588,9 +588,43 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
     );
     // Table walks in progress give up: the API thread stops promptly.
     daemon.node.cancel_requests();
+    // The peer hears why the silence comes (off this thread: the
+    // hand-over below still sends heartbeats).
+    let leaving = daemon.cluster.as_ref().and_then(|_| {
+        let links = crate::peer::wiring::peer_links(&daemon.cfg);
+        let keys = daemon.node.key_ring()?.current();
+        let serial = daemon.cfg.node.serial.clone();
+        let reason = match exit {
+            Exit::Stopped => "stopping (tandemd got SIGTERM or SIGINT)",
+            Exit::Restart => "restarting with a new configuration",
+        };
+        std::thread::Builder::new()
+            .name("tandem-leaving".into())
+            .spawn(move || {
+                crate::peer::service::announce_leaving(
+                    &links,
+                    &keys,
+                    &serial,
+                    reason,
+                    Duration::from_millis(300),
+                )
+            })
+            .ok()
+    });
     if let Some(c) = &mut daemon.cluster {
         // An active member hands over before it goes: no dead time to wait.
         c.hand_over(&daemon.node, &mut daemon.events, HAND_OVER);
+    }
+    if let Some(t) = leaving {
+        let told = t.join().unwrap_or(false);
+        daemon.events.event(
+            "HA",
+            if told {
+                "the peer was told this member is going down"
+            } else {
+                "the peer could not be told this member is going down (no answer on TCP 1300)"
+            },
+        );
     }
     api.stop();
     let Daemon {
@@ -851,14 +885,8 @@ impl Daemon {
         self.forced = forced;
         self.shared.set_forced(forced);
         if let Some(c) = &mut self.cluster {
-            // The election decides, forced status first.
-            self.events.event(
-                "HA",
-                format_args!(
-                    "forced status {}",
-                    self.forced.map_or("removed", |r| r.as_str())
-                ),
-            );
+            // The election decides, forced status first (it logs the
+            // change).
             c.forced(self.forced, &self.node, &mut self.events);
             self.seen.3 = self.node.role();
         } else if let Some(role) = self.forced {

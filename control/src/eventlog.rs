@@ -3,7 +3,7 @@
 //! rotation and kept in memory for `tandemctl log`.
 //!
 //! ```text
-//! 2026-11-25 02:15:03.120 fw1 HA: forced active: role passive -> active
+//! 2026-11-25 02:15:03.120 fw1 HA: swap: passive -> active (the peer is dead: ...)
 //! ```
 
 use std::collections::VecDeque;

@@ -661,4 +661,34 @@ fn the_event_log_tells_a_reload_a_link_cut_a_failover_and_a_restart() {
         log.replace("\",\"", "\n")
             .trim_matches(|c| c == '[' || c == ']' || c == '"')
     );
+    cluster::wait_synchronized(&c.nodes[a], "synchronized again", Duration::from_secs(15))
+        .expect("synchronized");
+
+    // A clean stop of the active: it tells the peer first and hands over;
+    // the peer's log says the silence was expected.
+    c.nodes[p].stop();
+    let log = wait_log(
+        &c.nodes[a],
+        &[
+            &format!(
+                "the peer {} announces it is going down: stopping (tandemd got SIGTERM or SIGINT)",
+                serial(p)
+            ),
+            "(expected: the peer announced it is going down)",
+        ],
+        "the clean stop, on the other member",
+    );
+    let stopped = std::fs::read_to_string(c.nodes[p].socket.with_extension("log"))
+        .expect("the stopped member's log file");
+    assert!(
+        stopped.contains("stopping: handing the active role to the peer")
+            && stopped.contains("the peer was told this member is going down"),
+        "{stopped}"
+    );
+    assert!(
+        !stopped.contains("forced status passive"),
+        "a hand-over is no operator's forced status:\n{stopped}"
+    );
+    let _ = log;
+    assert_eq!(cluster::role(&c.nodes[a]).0, "active");
 }

@@ -46,6 +46,10 @@ pub const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
 /// Longest silence of an open session.
 pub const IDLE_TIME: Duration = Duration::from_secs(10);
 
+/// When the peer last said it is going down (Unix ms; 0: never): the
+/// election's log lines say the silence that follows is expected.
+pub static PEER_LEAVING_MS: AtomicU64 = AtomicU64::new(0);
+
 /// Test fault (`tandemctl debug delay-pongs`, only with
 /// `TANDEM_TEST_FAULTS=1`): each pong leaves this many milliseconds late.
 pub static TEST_PONG_DELAY_MS: AtomicU64 = AtomicU64::new(0);
@@ -189,6 +193,12 @@ pub enum PeerRequest {
     KeyCommit,
     /// The change is given up: forget the staged key.
     KeyAbort,
+    /// The sender is going down (a stop, a restart): what follows on the
+    /// HA links is expected.
+    Leaving {
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// An answer in a session.
@@ -253,6 +263,8 @@ pub enum PeerAnswer {
         /// The phase.
         phase: String,
     },
+    /// A notice was taken.
+    Noted,
     /// The request was refused.
     Refused {
         /// Why.
@@ -479,9 +491,15 @@ fn serve(
         let mut ended: Vec<(usize, End)> = Vec::new();
         for t in ready {
             let Some(c) = conns.get_mut(&t) else { continue };
-            if let Some(end) =
-                read_and_serve(c, &mut buf, &identity, conf.as_ref(), &keys, &counters)
-            {
+            if let Some(end) = read_and_serve(
+                c,
+                &mut buf,
+                &identity,
+                conf.as_ref(),
+                &keys,
+                &counters,
+                &log,
+            ) {
                 ended.push((t, end));
             }
         }
@@ -577,6 +595,7 @@ fn read_and_serve(
     conf: Option<&Arc<ConfSync>>,
     keys: &KeyRing,
     counters: &PeerCounters,
+    log: &EventLog,
 ) -> Option<End> {
     loop {
         match c.stream.read(buf) {
@@ -633,6 +652,18 @@ fn read_and_serve(
                     Ok(PeerRequest::Status) => {
                         counters.requests.fetch_add(1, Ordering::Relaxed);
                         PeerAnswer::Status(identity.clone())
+                    }
+                    Ok(PeerRequest::Leaving { reason }) if c.purpose == Some(Purpose::Member) => {
+                        counters.requests.fetch_add(1, Ordering::Relaxed);
+                        PEER_LEAVING_MS.store(super::confsync::now_unix_ms(), Ordering::Relaxed);
+                        log.event(
+                            "HA",
+                            format_args!(
+                                "the peer {} announces it is going down: {reason}",
+                                c.serial
+                            ),
+                        );
+                        PeerAnswer::Noted
                     }
                     Ok(PeerRequest::JoinFile { .. })
                         if TEST_CUT_JOIN.swap(false, Ordering::Relaxed) =>
@@ -932,6 +963,27 @@ pub fn unexpected(answer: &PeerAnswer) -> String {
     format!(
         "the other firewall answered {kind:?} where this step expects another answer: run the same tandem version on both (tandemctl hapeer shows its firmware)"
     )
+}
+
+/// Tells the peer this member is going down (best effort, within
+/// `timeout` per HA link); false if no link answered.
+pub fn announce_leaving(
+    links: &[(String, SocketAddr)],
+    keys: &HaKeys,
+    serial: &str,
+    reason: &str,
+    timeout: Duration,
+) -> bool {
+    links.iter().any(|(_, addr)| {
+        PeerClient::connect(*addr, keys, serial, timeout).is_ok_and(|mut c| {
+            matches!(
+                c.ask(&PeerRequest::Leaving {
+                    reason: reason.to_owned()
+                }),
+                Ok(PeerAnswer::Noted)
+            )
+        })
+    })
 }
 
 /// Asks the member at `addr` who it is, as member `serial` holding the
