@@ -558,6 +558,12 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         if let Some(c) = &mut daemon.cluster {
             if Instant::now() >= c.next_wakeup() {
                 c.poll(&daemon.node, &mut daemon.events);
+                // What the API thread's requests see (a removal refused
+                // while the peer is heard): published at once, not at the
+                // next housekeeping.
+                if c.peer_heard() {
+                    daemon.shared.set_peer_heard_now();
+                }
             }
         }
         let now = Instant::now();

@@ -103,6 +103,19 @@ impl Cluster {
             thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Waits (bounded) for one active member and a synchronized passive:
+    /// (the active's index, the passive's).
+    pub fn settled(&self) -> Result<(usize, usize)> {
+        let a = self.wait_single_active(Duration::from_secs(8))?;
+        let p = 1 - a;
+        wait_synchronized(
+            &self.nodes[p],
+            "the passive synchronized",
+            Duration::from_secs(15),
+        )?;
+        Ok((a, p))
+    }
 }
 
 /// Member `i` (1 or 2) of `lab` is killed (if still running) and started

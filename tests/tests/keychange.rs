@@ -63,16 +63,7 @@ fn the_cluster_key_changes_on_both_members_with_no_outage() {
         ha.encrypt = true;
     })
     .expect("the cluster");
-    let a = c
-        .wait_single_active(Duration::from_secs(8))
-        .expect("one member elected");
-    let p = 1 - a;
-    cluster::wait_synchronized(
-        &c.nodes[p],
-        "the passive synchronized",
-        Duration::from_secs(15),
-    )
-    .expect("synchronized");
+    let (a, p) = c.settled().expect("one active, the passive synchronized");
     let dir = c.lab.dir().to_path_buf();
     let (act, pas) = (&c.nodes[a], &c.nodes[p]);
     let before: Vec<(u64, u64)> = [act, pas]

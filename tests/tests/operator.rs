@@ -98,16 +98,7 @@ fn local_role_key(serial: &str) -> String {
 fn the_metrics_endpoint_shows_both_members_and_a_failover() {
     require_root!();
     let mut c = start("metrics");
-    let a = c
-        .wait_single_active(Duration::from_secs(8))
-        .expect("one member elected");
-    let p = 1 - a;
-    cluster::wait_synchronized(
-        &c.nodes[p],
-        "the passive synchronized",
-        Duration::from_secs(15),
-    )
-    .expect("synchronized");
+    let (a, p) = c.settled().expect("one active, the passive synchronized");
     let serial = |i: usize| format!("TDLAB000{}", i + 1);
     let sent = cluster::open_udp_flows(&c.lab, 500, 9000, 1000).expect("UDP flows");
     assert_eq!(sent, 500);
@@ -211,16 +202,7 @@ fn the_metrics_endpoint_shows_both_members_and_a_failover() {
 fn hainfo_v_shows_every_field_for_both_members_and_hamode_the_mode() {
     require_root!();
     let c = start("hainfo");
-    let a = c
-        .wait_single_active(Duration::from_secs(8))
-        .expect("one member elected");
-    let p = 1 - a;
-    cluster::wait_synchronized(
-        &c.nodes[p],
-        "the passive synchronized",
-        Duration::from_secs(15),
-    )
-    .expect("synchronized");
+    let (a, p) = c.settled().expect("one active, the passive synchronized");
     let serial = |i: usize| format!("TDLAB000{}", i + 1);
     for (i, role, other) in [(a, "active", "passive"), (p, "passive", "active")] {
         let n = &c.nodes[i];
@@ -548,16 +530,7 @@ fn wait_log(n: &tandem_tests::Node, want: &[&str], what: &str) -> String {
 fn the_event_log_tells_a_reload_a_link_cut_a_failover_and_a_restart() {
     require_root!();
     let mut c = start("events");
-    let a = c
-        .wait_single_active(Duration::from_secs(8))
-        .expect("one member elected");
-    let p = 1 - a;
-    cluster::wait_synchronized(
-        &c.nodes[p],
-        "the passive synchronized",
-        Duration::from_secs(15),
-    )
-    .expect("synchronized");
+    let (a, p) = c.settled().expect("one active, the passive synchronized");
     let serial = |i: usize| format!("TDLAB000{}", i + 1);
     let (act_addr, pas_addr) = (metrics_addr(a + 1), metrics_addr(p + 1));
     wait_log(
