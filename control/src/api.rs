@@ -644,6 +644,17 @@ pub struct RuleReport {
     pub hits: u64,
 }
 
+/// A data interface in the quality factor.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct QualityPart {
+    /// The interface (an aggregate's member by its own name).
+    pub interface: String,
+    /// Its weight (0: left out).
+    pub weight: u16,
+    /// Its link is up.
+    pub up: bool,
+}
+
 /// One member as `hainfo` shows it.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct HaMemberInfo {
@@ -776,6 +787,9 @@ pub struct HaInfo {
     pub heartbeats_rejected: u64,
     /// Failing quality checks (disks, TPM, sensors).
     pub quality_problems: Vec<String>,
+    /// The quality factor's interfaces: weight and state.
+    #[serde(default)]
+    pub quality_parts: Vec<QualityPart>,
     /// The HA path over the data ports: what came in, and why frames were
     /// refused (policed, bad length, unauthentic, reflected, wrong peer...).
     pub data_path: Box<tandem_dataplane::hadata::HaDataStats>,

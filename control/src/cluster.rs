@@ -228,6 +228,11 @@ pub struct Cluster {
     pub rejected: u64,
     /// A clean stop is handing the active role over.
     handing_over: bool,
+    /// The quality factor's interfaces at the last turn.
+    quality_parts: Vec<crate::api::QualityPart>,
+    /// The members' full serials as last read (the display path never
+    /// waits for the shared list).
+    serials_cache: Vec<String>,
     /// Per reason: when it was last logged, and how many since.
     refusals: std::collections::HashMap<&'static str, (Option<Instant>, u64)>,
     /// A worker or the sync thread died or stalls (the daemon's watchdog):
@@ -615,6 +620,8 @@ impl Cluster {
             problems: Vec::new(),
             rejected: 0,
             handing_over: false,
+            quality_parts: Vec::new(),
+            serials_cache: Vec::new(),
             refusals: std::collections::HashMap::new(),
             dataplane_failed: false,
         }))
@@ -949,6 +956,20 @@ impl Cluster {
         let (interfaces, aggregates) = quality_inputs(node, self.weights.as_deref());
         let q = quality(&interfaces, &aggregates, &self.penalties, &self.quality_cfg);
         let q = if self.dataplane_failed { 0 } else { q };
+        // What hainfo and the metrics show of the factor's parts (the
+        // vector keeps its allocation: same interfaces every turn).
+        self.quality_parts.clear();
+        self.quality_parts
+            .extend(
+                interfaces
+                    .iter()
+                    .filter(|i| !i.ha)
+                    .map(|i| crate::api::QualityPart {
+                        interface: i.name.clone(),
+                        weight: i.weight,
+                        up: i.up,
+                    }),
+            );
         // The machine acts on changes only: feed the current values.
         self.ha.handle_event(now, Event::LocalQuality(q));
         let complete = node.sync().is_some_and(|s| {
@@ -966,6 +987,11 @@ impl Cluster {
     /// What hainfo says changed, and when: the peer's role, each link's
     /// state.
     fn observe(&mut self) {
+        if let Ok(g) = self.serials.try_lock() {
+            if *g != self.serials_cache {
+                self.serials_cache.clone_from(&g);
+            }
+        }
         let now = SystemTime::now();
         let unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         match (self.ha.peer().map(|p| p.role), self.peer_role_seen) {
@@ -1207,10 +1233,10 @@ impl Cluster {
     /// the cluster's file lists a member ending with it.
     fn full_serial(&self, n: u64) -> String {
         let tail = serial_text(n);
-        // Never wait: the tail when the list is being changed.
-        let Ok(serials) = self.serials.try_lock() else {
-            return tail;
-        };
+        // Never wait: the copy of the last turn when the list is being
+        // changed.
+        let fresh = self.serials.try_lock().ok().map(|g| g.clone());
+        let serials = fresh.as_ref().unwrap_or(&self.serials_cache);
         let mut found = serials.iter().filter(|s| s.ends_with(&tail));
         match (found.next(), found.next()) {
             (Some(s), None) => s.clone(),
@@ -1543,6 +1569,7 @@ impl Cluster {
             last_swap: self.last_swap.clone(),
             heartbeats_rejected: self.rejected,
             quality_problems: self.problems.clone(),
+            quality_parts: self.quality_parts.clone(),
             key_file_warning: self.key_file_warning.clone(),
             key: match self.key_change() {
                 (KeyPhase::Steady, _) => "steady".into(),

@@ -521,6 +521,21 @@ fn render_ha(o: &mut Out, h: &HaInfo) {
             );
         }
     }
+    for q in &h.quality_parts {
+        let l = [("interface", q.interface.as_str())];
+        o.gauge(
+            "tandem_ha_quality_interface_up",
+            "1 when the data interface counts as up in the quality factor",
+            &l,
+            b(q.up),
+        );
+        o.gauge(
+            "tandem_ha_quality_interface_weight",
+            "the data interface's weight in the quality factor (0: left out)",
+            &l,
+            f64::from(q.weight),
+        );
+    }
     o.counter(
         "tandem_ha_swaps_total",
         "role changes of this member since tandemd started",

@@ -146,6 +146,22 @@ fn the_metrics_endpoint_shows_both_members_and_a_failover() {
             assert_eq!(sample(s, "tandem_sync_synchronized{}"), 1.0);
         }
         assert_eq!(sample(s, "tandem_interface_up{interface=in}"), 1.0);
+        for iface in ["in", "out"] {
+            assert_eq!(
+                sample(
+                    s,
+                    &format!("tandem_ha_quality_interface_up{{interface={iface}}}")
+                ),
+                1.0
+            );
+            assert_eq!(
+                sample(
+                    s,
+                    &format!("tandem_ha_quality_interface_weight{{interface={iface}}}")
+                ),
+                100.0
+            );
+        }
         assert!(s
             .keys()
             .any(|k| k.starts_with("tandem_port_rx_packets_total{interface=in}")));
