@@ -484,15 +484,10 @@ impl Route<'_> {
             Request::HaPassive => self.to_control(ControlRequest::Forced(Some(Role::Passive)), id),
             Request::HaReset => self.to_control(ControlRequest::Forced(None), id),
             Request::Debug { fault } => Some(debug(ctx, fault)),
-            Request::PolicyShow => Some(match ctx.node.policy() {
-                Some(_) => Response::PolicyRules(Box::new(reports::policy(ctx))),
-                None => Response::error(
-                    "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)",
-                ),
-            }),
             Request::ConnList { .. }
             | Request::ConnFlush
             | Request::PolicyReload
+            | Request::PolicyShow
             | Request::SyncDigest
                 if ctx.node.policy().is_none() =>
             {
@@ -500,6 +495,7 @@ impl Route<'_> {
                     "this node runs as a plain router: no filter policy is configured (set firewall.policy in the node configuration)",
                 ))
             }
+            Request::PolicyShow => Some(Response::PolicyRules(Box::new(reports::policy(ctx)))),
             Request::PeerStatus if ctx.cfg().ha.is_none() => Some(Response::error(
                 "this node is not a cluster member (no ha section in its configuration): it has no peer",
             )),

@@ -228,8 +228,6 @@ pub struct Cluster {
     pub rejected: u64,
     /// A clean stop is handing the active role over.
     handing_over: bool,
-    /// The quality factor's interfaces at the last turn.
-    quality_parts: Vec<crate::api::QualityPart>,
     /// The members' full serials as last read (the display path never
     /// waits for the shared list).
     serials_cache: Vec<String>,
@@ -620,7 +618,6 @@ impl Cluster {
             problems: Vec::new(),
             rejected: 0,
             handing_over: false,
-            quality_parts: Vec::new(),
             serials_cache: Vec::new(),
             refusals: std::collections::HashMap::new(),
             dataplane_failed: false,
@@ -956,20 +953,6 @@ impl Cluster {
         let (interfaces, aggregates) = quality_inputs(node, self.weights.as_deref());
         let q = quality(&interfaces, &aggregates, &self.penalties, &self.quality_cfg);
         let q = if self.dataplane_failed { 0 } else { q };
-        // What hainfo and the metrics show of the factor's parts (the
-        // vector keeps its allocation: same interfaces every turn).
-        self.quality_parts.clear();
-        self.quality_parts
-            .extend(
-                interfaces
-                    .iter()
-                    .filter(|i| !i.ha)
-                    .map(|i| crate::api::QualityPart {
-                        interface: i.name.clone(),
-                        weight: i.weight,
-                        up: i.up,
-                    }),
-            );
         // The machine acts on changes only: feed the current values.
         self.ha.handle_event(now, Event::LocalQuality(q));
         let complete = node.sync().is_some_and(|s| {
@@ -1235,8 +1218,8 @@ impl Cluster {
         let tail = serial_text(n);
         // Never wait: the copy of the last turn when the list is being
         // changed.
-        let fresh = self.serials.try_lock().ok().map(|g| g.clone());
-        let serials = fresh.as_ref().unwrap_or(&self.serials_cache);
+        let fresh = self.serials.try_lock().ok();
+        let serials: &[String] = fresh.as_deref().map_or(&self.serials_cache, Vec::as_slice);
         let mut found = serials.iter().filter(|s| s.ends_with(&tail));
         match (found.next(), found.next()) {
             (Some(s), None) => s.clone(),
@@ -1569,7 +1552,16 @@ impl Cluster {
             last_swap: self.last_swap.clone(),
             heartbeats_rejected: self.rejected,
             quality_problems: self.problems.clone(),
-            quality_parts: self.quality_parts.clone(),
+            quality_parts: quality_inputs(node, self.weights.as_deref())
+                .0
+                .into_iter()
+                .filter(|i| !i.ha)
+                .map(|i| crate::api::QualityPart {
+                    interface: i.name,
+                    weight: i.weight,
+                    up: i.up,
+                })
+                .collect(),
             key_file_warning: self.key_file_warning.clone(),
             key: match self.key_change() {
                 (KeyPhase::Steady, _) => "steady".into(),

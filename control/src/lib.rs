@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod apiserver;
+pub mod background;
 pub mod bootepoch;
 pub mod client;
 pub mod cluster;

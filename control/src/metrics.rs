@@ -17,7 +17,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -33,21 +32,11 @@ const ASK_TIME: Duration = Duration::from_secs(2);
 
 /// The running exporter.
 pub struct Metrics {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: crate::background::Background,
     /// Where it listens.
     pub listening: SocketAddr,
     /// Scrapes served.
     pub scrapes: Arc<AtomicU64>,
-}
-
-impl Drop for Metrics {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Metrics {
@@ -62,15 +51,13 @@ impl Metrics {
         })?;
         listener.set_nonblocking(true)?;
         let listening = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
         let scrapes = Arc::new(AtomicU64::new(0));
-        let (s, n, socket) = (stop.clone(), scrapes.clone(), socket.to_path_buf());
-        let thread = std::thread::Builder::new()
-            .name("tandem-metrics".into())
-            .spawn(move || serve(&listener, &socket, &s, &n))?;
+        let (n, socket) = (scrapes.clone(), socket.to_path_buf());
+        let thread = crate::background::Background::spawn("tandem-metrics", move |stop| {
+            serve(&listener, &socket, stop, &n);
+        })?;
         Ok(Metrics {
-            stop,
-            thread: Some(thread),
+            _thread: thread,
             listening,
             scrapes,
         })

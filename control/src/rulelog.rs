@@ -13,9 +13,8 @@
 //! ```
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tandem_dataplane::firewall::{RuleLogRecord, RULE_LOG_BURST, RULE_LOG_PER_SEC};
@@ -31,17 +30,7 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// The running thread.
 pub struct RuleLog {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for RuleLog {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    _thread: crate::background::Background,
 }
 
 fn proto_name(p: u8) -> String {
@@ -93,34 +82,30 @@ pub fn line(r: &RuleLogRecord, names: &[String], port_name: &dyn Fn(u16) -> Stri
 impl RuleLog {
     /// Starts draining `node`'s rule-log queues into `log`.
     pub fn start(node: Arc<Node>, log: EventLog) -> std::io::Result<RuleLog> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("tandem-rulelog".into())
-            .spawn(move || {
-                let mut reported = (0u64, 0u64);
-                let mut last_report = Instant::now();
-                let mut policy_id = 0;
-                let mut names: Vec<String> = Vec::new();
-                let port_name = |port: u16| {
-                    node.interfaces()
-                        .iter()
-                        .find(|i| i.port.id() == port)
-                        .map_or_else(|| format!("port {port}"), |i| i.config.name.clone())
-                };
-                while !s.load(Ordering::Relaxed) {
-                    let (records, limited, full) = node.take_rule_logs(4096);
-                    if !records.is_empty() {
-                        if let Some(p) = node.policy().filter(|p| p.id != policy_id) {
-                            policy_id = p.id;
-                            names = p.rule_list.iter().map(|r| r.name.clone()).collect();
-                        }
-                        for r in &records {
-                            log.event("RULE", line(r, &names, &port_name));
-                        }
+        let thread = crate::background::Background::spawn("tandem-rulelog", move |s| {
+            let mut reported = (0u64, 0u64);
+            let mut last_report = Instant::now();
+            let mut policy_id = 0;
+            let mut names: Vec<String> = Vec::new();
+            let port_name = |port: u16| {
+                node.interfaces()
+                    .iter()
+                    .find(|i| i.port.id() == port)
+                    .map_or_else(|| format!("port {port}"), |i| i.config.name.clone())
+            };
+            while !s.load(Ordering::Relaxed) {
+                let (records, limited, full) = node.take_rule_logs(4096);
+                if !records.is_empty() {
+                    if let Some(p) = node.policy().filter(|p| p.id != policy_id) {
+                        policy_id = p.id;
+                        names = p.rule_list.iter().map(|r| r.name.clone()).collect();
                     }
-                    if (limited, full) != reported && last_report.elapsed() >= REPORT_EVERY {
-                        log.event(
+                    for r in &records {
+                        log.event("RULE", line(r, &names, &port_name));
+                    }
+                }
+                if (limited, full) != reported && last_report.elapsed() >= REPORT_EVERY {
+                    log.event(
                             "RULE",
                             format_args!(
                                 "{} matches of logged rules not logged over the limit ({RULE_LOG_PER_SEC} a second per worker, bursts of {RULE_LOG_BURST}), {} for a full queue, since the last such line",
@@ -128,16 +113,13 @@ impl RuleLog {
                                 full - reported.1
                             ),
                         );
-                        reported = (limited, full);
-                        last_report = Instant::now();
-                    }
-                    std::thread::sleep(DRAIN_EVERY);
+                    reported = (limited, full);
+                    last_report = Instant::now();
                 }
-            })?;
-        Ok(RuleLog {
-            stop,
-            thread: Some(thread),
-        })
+                std::thread::sleep(DRAIN_EVERY);
+            }
+        })?;
+        Ok(RuleLog { _thread: thread })
     }
 }
 

@@ -37,6 +37,16 @@ pub mod reason {
     pub const NO_CONNECTION: &str = "no_connection";
 }
 
+/// A policy for a TCP transfer (iperf3 on 5201) and UDP flows (9000) from
+/// the client's network, everything else blocked.
+pub const TRANSFER_AND_FLOWS: &str = r#"(
+    rules: [
+        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5201"]),
+        (action: Pass, from: ["198.18.1.0/24"], proto: Udp, dst_ports: ["9000"]),
+    ],
+    default_action: Block,
+)"#;
+
 /// Writes `text` as the policy file `<lab dir>/<name>` and returns its
 /// absolute path.
 pub fn write_policy(lab: &Lab, name: &str, text: &str) -> Result<PathBuf> {

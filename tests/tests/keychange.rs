@@ -24,13 +24,7 @@ use tandem_tests::lab::addr;
 use tandem_tests::node::HaSection;
 use tandem_tests::{require_root, tools, Node};
 
-const POLICY: &str = r#"(
-    rules: [
-        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5201"]),
-        (action: Pass, from: ["198.18.1.0/24"], proto: Udp, dst_ports: ["9000"]),
-    ],
-    default_action: Block,
-)"#;
+const POLICY: &str = tandem_tests::firewall::TRANSFER_AND_FLOWS;
 
 const OLD_KEY: &str = "Lab-Cluster-Key-2026";
 const NEW_KEY: &str = "Rotated-Lab-Key-2027!";

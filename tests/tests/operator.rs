@@ -19,13 +19,7 @@ use tandem_tests::{require_root, tools};
 
 const METRICS_PORT: u16 = 9105;
 
-const POLICY: &str = r#"(
-    rules: [
-        (action: Pass, from: ["198.18.1.0/24"], proto: Tcp, dst_ports: ["5201"]),
-        (action: Pass, from: ["198.18.1.0/24"], proto: Udp, dst_ports: ["9000"]),
-    ],
-    default_action: Block,
-)"#;
+const POLICY: &str = tandem_tests::firewall::TRANSFER_AND_FLOWS;
 
 /// [`POLICY`] with its UDP rule named and logged.
 const POLICY_LOG: &str = r#"(

@@ -165,30 +165,12 @@ impl Codec {
     }
 
     /// The keys of a key change's step: ours go out under `current`;
-    /// `other` is accepted too (none: only `current`).
+    /// `other` is accepted too (none: only `current`). Staged: (old,
+    /// new); committed: (new, old); retired: (new, none).
     pub fn set_keys(&mut self, current: &[u8], other: Option<&[u8]>) {
         self.key = hmac::Key::new(hmac::HMAC_SHA256, current);
         self.alt = other.map(|k| hmac::Key::new(hmac::HMAC_SHA256, k));
         self.last_under_alt = false;
-    }
-
-    /// A key change, step 1: `key` (the new heartbeat key) is accepted
-    /// too; ours are still sent under the current one.
-    pub fn stage_key(&mut self, key: &[u8]) {
-        self.alt = Some(hmac::Key::new(hmac::HMAC_SHA256, key));
-    }
-
-    /// Step 2: ours are sent under the staged key; the old one is still
-    /// accepted. Does nothing without a staged key.
-    pub fn commit_key(&mut self) {
-        if let Some(new) = self.alt.take() {
-            self.alt = Some(std::mem::replace(&mut self.key, new));
-        }
-    }
-
-    /// Step 3: only the current key is accepted.
-    pub fn retire_key(&mut self) {
-        self.alt = None;
     }
 
     /// Whether the last authentic heartbeat came under the other key (the

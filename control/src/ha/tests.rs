@@ -125,36 +125,30 @@ fn a_key_change_keeps_heartbeats_flowing_both_ways_at_every_step() {
     let (mut a, mut b) = (Codec::new(b"old key", 7), Codec::new(b"old key", 7));
     let ok = |tx: &mut Codec, rx: &mut Codec| rx.decode(&tx.encode(LinkId::Main, &state())).is_ok();
     // B stages first: it still sends under the old key, and takes both.
-    b.stage_key(b"new key");
+    b.set_keys(b"old key", Some(b"new key"));
     assert!(ok(&mut a, &mut b) && ok(&mut b, &mut a));
-    // A stages and commits: it sends under the new key, B takes it as
-    // its staged key.
-    a.stage_key(b"new key");
-    a.commit_key();
+    // A commits: it sends under the new key, B takes it as its staged key.
+    a.set_keys(b"new key", Some(b"old key"));
     assert!(ok(&mut a, &mut b) && b.last_under_alt());
     assert!(
         ok(&mut b, &mut a) && a.last_under_alt(),
         "A still takes the old key"
     );
     // B commits: both send under the new key.
-    b.commit_key();
+    b.set_keys(b"new key", Some(b"old key"));
     assert!(ok(&mut a, &mut b) && !b.last_under_alt());
     assert!(
         ok(&mut b, &mut a) && !a.last_under_alt(),
         "A heard B under the new key"
     );
     // Retired: the old key is refused.
-    a.retire_key();
+    a.set_keys(b"new key", None);
     let mut old = Codec::new(b"old key", 7);
     assert_eq!(
         a.decode(&old.encode(LinkId::Backup, &state())),
         Err(DecodeError::BadTag)
     );
     assert!(ok(&mut b, &mut a));
-    // Without a staged key, a commit changes nothing.
-    let mut c = Codec::new(b"old key", 7);
-    c.commit_key();
-    assert!(ok(&mut c, &mut old));
 }
 
 #[test]

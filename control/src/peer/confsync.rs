@@ -23,7 +23,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -855,17 +854,7 @@ pub struct ConfigView {
 pub struct ConfigWatch {
     /// What it saw last (read with `try_lock` by the control thread).
     pub view: Arc<Mutex<ConfigView>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for ConfigWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    _thread: crate::background::Background,
 }
 
 impl ConfigWatch {
@@ -876,119 +865,115 @@ impl ConfigWatch {
         connect: Box<dyn Fn() -> Result<(PeerClient, String), String> + Send>,
     ) -> std::io::Result<ConfigWatch> {
         let view = Arc::new(Mutex::new(ConfigView::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (v, s) = (view.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("tandem-confwatch".into())
-            .spawn(move || {
-                let mut client: Option<PeerClient> = None;
-                let mut peer_identity: Option<crate::api::IdentityReport> = None;
-                let mut link = String::new();
-                // Per group: when it was last sent, and what that said.
-                let mut pushed: std::collections::HashMap<String, (Instant, String)> =
-                    std::collections::HashMap::new();
-                while !s.load(Ordering::Relaxed) {
-                    let local = conf.status().ok();
-                    let peer = (|| {
-                        if client.is_none() {
-                            let (c, l) = connect()?;
-                            (client, link, peer_identity) = (Some(c), l, None);
-                        }
-                        let c = client.as_mut().ok_or("no session")?;
-                        if peer_identity.is_none() {
-                            if let Ok(PeerAnswer::Status(id)) = c.ask(&PeerRequest::Status) {
-                                peer_identity = Some(id);
-                            }
-                        }
-                        match c.ask(&PeerRequest::ConfigStatus) {
-                            Ok(PeerAnswer::ConfigStatus(p)) => Ok(p),
-                            Ok(other) => Err(super::service::unexpected(&other)),
-                            Err(e) => Err(e.to_string()),
-                        }
-                    })();
-                    if peer.is_err() {
-                        client = None;
+        let v = view.clone();
+        let thread = crate::background::Background::spawn("tandem-confwatch", move |s| {
+            let mut client: Option<PeerClient> = None;
+            let mut peer_identity: Option<crate::api::IdentityReport> = None;
+            let mut link = String::new();
+            // Per group: when it was last sent, and what that said.
+            let mut pushed: std::collections::HashMap<String, (Instant, String)> =
+                std::collections::HashMap::new();
+            while !s.load(Ordering::Relaxed) {
+                let local = conf.status().ok();
+                let peer = (|| {
+                    if client.is_none() {
+                        let (c, l) = connect()?;
+                        (client, link, peer_identity) = (Some(c), l, None);
                     }
-                    // F15: the active member sends each group on its period.
-                    let groups = conf.groups.lock().map(|g| g.clone()).unwrap_or_default();
-                    if let (true, Some(c)) = ((conf.is_active)(), client.as_mut()) {
-                        for g in &groups {
-                            let due = pushed.get(&g.name).is_none_or(|(at, _)| {
-                                at.elapsed() >= Duration::from_secs(u64::from(g.every_secs))
-                            });
-                            if !due {
-                                continue;
-                            }
-                            let said = match conf.push_group(c, g) {
-                                Ok(0) => "the same on both".to_owned(),
-                                Ok(n) => format!("{n} files sent"),
-                                Err(e) => {
-                                    let said = format!("not sent: {e}");
-                                    // Logged once per new failure; hainfo
-                                    // shows it until a send works.
-                                    if !pushed
-                                        .get(&g.name)
-                                        .is_some_and(|(_, last)| last.contains(&said))
-                                    {
-                                        conf.log.event(
-                                            "HA",
-                                            format_args!(
-                                                "file group {} {said}; retried every {} s",
-                                                g.name, g.every_secs
-                                            ),
-                                        );
-                                    }
-                                    said
-                                }
-                            };
-                            pushed.insert(
-                                g.name.clone(),
-                                (
-                                    Instant::now(),
-                                    format!("{}: {said} at {}", g.name, utc_text(now_unix())),
-                                ),
-                            );
+                    let c = client.as_mut().ok_or("no session")?;
+                    if peer_identity.is_none() {
+                        if let Ok(PeerAnswer::Status(id)) = c.ask(&PeerRequest::Status) {
+                            peer_identity = Some(id);
                         }
                     }
-                    if let Ok(mut g) = v.lock() {
-                        g.groups = groups
-                            .iter()
-                            .map(|x| {
-                                pushed.get(&x.name).map_or_else(
-                                    || {
-                                        format!(
-                                            "{}: every {} s, not sent by this member",
-                                            x.name, x.every_secs
-                                        )
-                                    },
-                                    |(_, said)| said.clone(),
-                                )
-                            })
-                            .collect();
-                        g.local = local;
-                        g.peer_identity.clone_from(&peer_identity);
-                        match peer {
-                            Ok(p) => {
-                                g.peer = Some(p);
-                                g.peer_error = None;
-                                g.peer_answered = Some((now_unix_ms(), link.clone()));
-                            }
+                    match c.ask(&PeerRequest::ConfigStatus) {
+                        Ok(PeerAnswer::ConfigStatus(p)) => Ok(p),
+                        Ok(other) => Err(super::service::unexpected(&other)),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })();
+                if peer.is_err() {
+                    client = None;
+                }
+                // F15: the active member sends each group on its period.
+                let groups = conf.groups.lock().map(|g| g.clone()).unwrap_or_default();
+                if let (true, Some(c)) = ((conf.is_active)(), client.as_mut()) {
+                    for g in &groups {
+                        let due = pushed.get(&g.name).is_none_or(|(at, _)| {
+                            at.elapsed() >= Duration::from_secs(u64::from(g.every_secs))
+                        });
+                        if !due {
+                            continue;
+                        }
+                        let said = match conf.push_group(c, g) {
+                            Ok(0) => "the same on both".to_owned(),
+                            Ok(n) => format!("{n} files sent"),
                             Err(e) => {
-                                g.peer = None;
-                                g.peer_error = Some(e);
+                                let said = format!("not sent: {e}");
+                                // Logged once per new failure; hainfo
+                                // shows it until a send works.
+                                if !pushed
+                                    .get(&g.name)
+                                    .is_some_and(|(_, last)| last.contains(&said))
+                                {
+                                    conf.log.event(
+                                        "HA",
+                                        format_args!(
+                                            "file group {} {said}; retried every {} s",
+                                            g.name, g.every_secs
+                                        ),
+                                    );
+                                }
+                                said
                             }
-                        }
-                    }
-                    let until = Instant::now() + WATCH_PERIOD;
-                    while Instant::now() < until && !s.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(50));
+                        };
+                        pushed.insert(
+                            g.name.clone(),
+                            (
+                                Instant::now(),
+                                format!("{}: {said} at {}", g.name, utc_text(now_unix())),
+                            ),
+                        );
                     }
                 }
-            })?;
+                if let Ok(mut g) = v.lock() {
+                    g.groups = groups
+                        .iter()
+                        .map(|x| {
+                            pushed.get(&x.name).map_or_else(
+                                || {
+                                    format!(
+                                        "{}: every {} s, not sent by this member",
+                                        x.name, x.every_secs
+                                    )
+                                },
+                                |(_, said)| said.clone(),
+                            )
+                        })
+                        .collect();
+                    g.local = local;
+                    g.peer_identity.clone_from(&peer_identity);
+                    match peer {
+                        Ok(p) => {
+                            g.peer = Some(p);
+                            g.peer_error = None;
+                            g.peer_answered = Some((now_unix_ms(), link.clone()));
+                        }
+                        Err(e) => {
+                            g.peer = None;
+                            g.peer_error = Some(e);
+                        }
+                    }
+                }
+                let until = Instant::now() + WATCH_PERIOD;
+                while Instant::now() < until && !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        })?;
         Ok(ConfigWatch {
             view,
-            stop,
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 }

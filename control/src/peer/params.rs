@@ -200,17 +200,8 @@ mod tests {
     use super::*;
 
     fn file() -> ClusterFile {
-        tandem_config::cluster::check_cluster_text(
-            r#"(
-    members: [(serial: "TDLAB0001", slot: 0), (serial: "TDLAB0002", slot: 1)],
-    interfaces: [(name: "in", device: Vdev("net_af_packet0,iface=fw-in"), addresses: ["198.18.1.1/24"])],
-    ha: (cluster_id: 7, psk: "Lab-Cluster-Key-2026", links: [
-        (name: "HA-main", interface: "ha-main", address: "198.19.69.1/30", peer: "198.19.69.2"),
-    ]),
-)"#,
-            "cluster.ron",
-        )
-        .unwrap()
+        tandem_config::cluster::check_cluster_text(super::super::TEST_CLUSTER_RON, "cluster.ron")
+            .unwrap()
     }
 
     #[test]

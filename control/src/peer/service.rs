@@ -20,7 +20,6 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream as MioStream};
@@ -274,21 +273,11 @@ pub enum PeerAnswer {
 
 /// The running service.
 pub struct PeerService {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: crate::background::Background,
     /// What it counts.
     pub counters: Arc<PeerCounters>,
     /// Where it listens.
     pub listening: Vec<SocketAddr>,
-}
-
-impl Drop for PeerService {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 enum Step {
@@ -357,15 +346,13 @@ impl PeerService {
                 "no HA address to listen on for the members' service (TCP 1300)",
             ));
         }
-        let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(PeerCounters::default());
-        let (s, c) = (stop.clone(), counters.clone());
-        let thread = std::thread::Builder::new()
-            .name("tandem-peer".into())
-            .spawn(move || serve(poll, listeners, keys, identity, conf, log, s, c))?;
+        let c = counters.clone();
+        let thread = crate::background::Background::spawn("tandem-peer", move |stop| {
+            serve(poll, listeners, keys, identity, conf, log, stop, c);
+        })?;
         Ok(PeerService {
-            stop,
-            thread: Some(thread),
+            _thread: thread,
             counters,
             listening,
         })
@@ -382,7 +369,7 @@ fn serve(
     identity: IdentityReport,
     conf: Option<Arc<ConfSync>>,
     log: EventLog,
-    stop: Arc<AtomicBool>,
+    stop: &AtomicBool,
     counters: Arc<PeerCounters>,
 ) {
     let rng = SystemRandom::new();
@@ -1203,17 +1190,7 @@ mod sync_tests {
     fn member(root: &std::path::Path, name: &str, serial: &str, policy: &str) -> Arc<ConfSync> {
         let dir = root.join(name).join("cluster");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("cluster.ron"),
-            r#"(
-    members: [(serial: "TDLAB0001", slot: 0), (serial: "TDLAB0002", slot: 1)],
-    interfaces: [(name: "in", device: Vdev("net_af_packet0,iface=fw-in"), addresses: ["198.18.1.1/24"])],
-    ha: (cluster_id: 7, psk: "Lab-Cluster-Key-2026", links: [
-        (name: "HA-main", interface: "ha-main", address: "198.19.69.1/30", peer: "198.19.69.2"),
-    ]),
-)"#,
-        )
-        .unwrap();
+        std::fs::write(dir.join("cluster.ron"), super::super::TEST_CLUSTER_RON).unwrap();
         std::fs::write(dir.join("policy.ron"), policy).unwrap();
         ConfSync::new(
             serial,
