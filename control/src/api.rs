@@ -621,6 +621,10 @@ pub struct PolicyReport {
     pub default_action: String,
     /// Packets the default action decided.
     pub default_hits: u64,
+    /// Bytes of the packets the default action decided (and of the
+    /// connections it opened, when it passes).
+    #[serde(default)]
+    pub default_bytes: u64,
     /// Matches of logged rules not logged (over the rate limit, queue
     /// full) since start.
     pub log_suppressed: u64,
@@ -642,6 +646,10 @@ pub struct RuleReport {
     /// Connections it opened (pass) or packets it stopped (block,
     /// reject) since the policy was loaded.
     pub hits: u64,
+    /// Bytes (IP lengths): of every packet, both ways, of the connections
+    /// it opened under this policy (pass), or of the packets it stopped.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// A data interface in the quality factor.

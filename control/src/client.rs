@@ -774,6 +774,7 @@ pub fn format_policy(p: &crate::api::PolicyReport) -> String {
             ("ACTION", L),
             ("LOG", L),
             ("HITS", R),
+            ("BYTES", R),
         ]);
         for r in &p.rules {
             t.row(vec![
@@ -786,6 +787,7 @@ pub fn format_policy(p: &crate::api::PolicyReport) -> String {
                 },
                 (if r.log { "yes" } else { "no" }).into(),
                 r.hits.to_string(),
+                r.bytes.to_string(),
             ]);
         }
         t.row(vec![
@@ -794,12 +796,13 @@ pub fn format_policy(p: &crate::api::PolicyReport) -> String {
             p.default_action.clone(),
             "no".into(),
             p.default_hits.to_string(),
+            p.default_bytes.to_string(),
         ]);
         t
     });
     let _ = writeln!(
         out,
-        "hits: connections a pass rule opened, packets a block or reject rule stopped, since the policy was loaded"
+        "hits: connections a pass rule opened, packets a block or reject rule stopped, since the policy was loaded; bytes: of those connections both ways, or of those packets"
     );
     if p.log_suppressed > 0 {
         let _ = writeln!(

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::api::{HaInfo, Request, Response, StatsReport, StatusReport, SyncReport};
+use crate::api::{
+    HaInfo, PolicyReport, Request, Response, StatsReport, StatusReport, SyncReport,
+};
 
 /// Longest request head read (bytes).
 const MAX_HEAD: usize = 8 * 1024;
@@ -190,6 +192,11 @@ fn scrape(socket: &Path) -> String {
         Ok(Response::HaInfo(h)) => Some(*h),
         _ => None,
     };
+    // A plain router has no policy: no rule counters, not an error.
+    let policy = match ask(Request::PolicyShow) {
+        Ok(Response::PolicyRules(p)) => Some(*p),
+        _ => None,
+    };
     let mut errors = Vec::new();
     if status.is_err() {
         errors.push("status");
@@ -202,6 +209,7 @@ fn scrape(socket: &Path) -> String {
         stats.as_ref().ok(),
         sync.as_ref(),
         ha.as_ref(),
+        policy.as_ref(),
         &errors,
     )
 }
@@ -332,6 +340,7 @@ pub fn render(
     stats: Option<&StatsReport>,
     sync: Option<&SyncReport>,
     ha: Option<&HaInfo>,
+    policy: Option<&PolicyReport>,
     errors: &[&str],
 ) -> String {
     let mut o = Out::default();
@@ -459,7 +468,45 @@ pub fn render(
     if let Some(h) = ha {
         render_ha(&mut o, h);
     }
+    if let Some(p) = policy {
+        render_rules(&mut o, p);
+    }
     o.text()
+}
+
+fn render_rules(o: &mut Out, p: &PolicyReport) {
+    let rows = p
+        .rules
+        .iter()
+        .map(|r| (r.index.to_string(), r.name.as_str(), &r.action, r.hits, r.bytes))
+        .chain(std::iter::once((
+            "default".to_owned(),
+            "default",
+            &p.default_action,
+            p.default_hits,
+            p.default_bytes,
+        )));
+    for (index, name, action, hits, bytes) in rows {
+        let l = [("rule", index.as_str()), ("name", name), ("action", action)];
+        o.counter(
+            "tandem_rule_hits_total",
+            "connections a pass rule opened, packets a block or reject rule stopped, since the policy was loaded",
+            &l,
+            hits as f64,
+        );
+        o.counter(
+            "tandem_rule_bytes_total",
+            "bytes of those connections (both ways) or of those packets",
+            &l,
+            bytes as f64,
+        );
+    }
+    o.gauge(
+        "tandem_rule_log_suppressed",
+        "matches of logged rules not logged (rate limit, queue full) since start",
+        &[],
+        p.log_suppressed as f64,
+    );
 }
 
 fn render_ha(o: &mut Out, h: &HaInfo) {
@@ -711,7 +758,28 @@ mod tests {
 
     #[test]
     fn a_scrape_renders_every_source_in_the_exposition_format() {
-        let text = render(None, Some(&stats()), None, Some(&ha()), &["status"]);
+        let policy = PolicyReport {
+            rules: vec![crate::api::RuleReport {
+                index: 0,
+                name: "web".into(),
+                action: "pass".into(),
+                hits: 5,
+                bytes: 7000,
+                ..Default::default()
+            }],
+            default_action: "block".into(),
+            default_hits: 2,
+            default_bytes: 120,
+            ..Default::default()
+        };
+        let text = render(
+            None,
+            Some(&stats()),
+            None,
+            Some(&ha()),
+            Some(&policy),
+            &["status"],
+        );
         let types = check_exposition(&text);
         for want in [
             "tandem_scrape_error{source=\"status\"} 1",
@@ -727,6 +795,9 @@ mod tests {
             "tandem_worker_connections{worker=\"0\"} 3",
             "tandem_worker_drops_total{worker=\"0\",reason=\"no_route\"} 4",
             "tandem_drops_total{reason=\"no_route\"} 4",
+            "tandem_rule_hits_total{rule=\"0\",name=\"web\",action=\"pass\"} 5",
+            "tandem_rule_bytes_total{rule=\"0\",name=\"web\",action=\"pass\"} 7000",
+            "tandem_rule_hits_total{rule=\"default\",name=\"default\",action=\"block\"} 2",
         ] {
             assert!(text.contains(want), "{want}\n{text}");
         }

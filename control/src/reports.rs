@@ -63,7 +63,7 @@ pub fn policy(ctx: &ApiContext) -> crate::api::PolicyReport {
         return crate::api::PolicyReport::default();
     };
     let hits = ctx.node.rule_hits().unwrap_or_default();
-    let at = |i: usize| hits.get(i).copied().unwrap_or(0);
+    let at = |i: usize| hits.get(i).copied().unwrap_or((0, 0));
     let suppressed = ctx
         .node
         .workers()
@@ -83,11 +83,13 @@ pub fn policy(ctx: &ApiContext) -> crate::api::PolicyReport {
                 action: r.action.clone(),
                 log: r.log,
                 enabled: r.enabled,
-                hits: at(i),
+                hits: at(i).0,
+                bytes: at(i).1,
             })
             .collect(),
         default_action: p.default_action.clone(),
-        default_hits: at(p.rule_list.len()),
+        default_hits: at(p.rule_list.len()).0,
+        default_bytes: at(p.rule_list.len()).1,
         log_suppressed: suppressed,
     }
 }

@@ -121,16 +121,27 @@ pub struct FirewallCounters {
     pub rules: Counter,
     /// Larval (replicated, not active) connections (mirrored).
     pub larval: Counter,
-    /// Per-rule hits of the policy in force here, as (policy id, one
-    /// counter per rule then the default action's): the worker publishes
-    /// a new set when it takes a new policy.
-    pub rule_hits: std::sync::Mutex<(u64, Arc<[Counter]>)>,
+    /// Per-rule counters of the policy in force here, as (policy id, one
+    /// per rule then the default action's): the worker publishes a new
+    /// set when it takes a new policy.
+    pub rule_hits: std::sync::Mutex<(u64, Arc<[RuleCounter]>)>,
     /// Matches of rules with `log: true`, for the control side to write.
     pub rule_log: crossbeam::queue::ArrayQueue<RuleLogRecord>,
     /// Matches of logged rules not logged: over the rate limit.
     pub rule_log_suppressed: Counter,
     /// Matches of logged rules not logged: the queue was full.
     pub rule_log_queue_full: Counter,
+}
+
+/// What one rule did since its policy was loaded.
+#[derive(Debug, Default)]
+pub struct RuleCounter {
+    /// Connections it opened (pass) or packets it stopped (block,
+    /// reject).
+    pub hits: Counter,
+    /// Bytes (IP lengths) of those packets: for a pass rule, every packet
+    /// in both directions of the connections it opened under this policy.
+    pub bytes: Counter,
 }
 
 /// Matches of logged rules a worker logs per second at most (then they
@@ -278,17 +289,20 @@ pub struct Firewall {
     /// in order (see [`Firewall::prepare_burst`]).
     hints: Vec<Hint>,
     hint_next: usize,
-    /// Per-rule hits of `policy` (shared with the counters once
+    /// Per-rule counters of `policy` (shared with the counters once
     /// published).
-    hits: Arc<[Counter]>,
+    hits: Arc<[RuleCounter]>,
     hits_published: bool,
+    /// When `policy` was taken: connections created before it were
+    /// opened by another policy's rules, so their bytes are not counted.
+    policy_since_ms: u64,
     /// The rule log's token bucket: (milli-tokens, last refill ms).
     log_bucket: (u64, u64),
 }
 
-fn new_hits(policy: &Policy) -> Arc<[Counter]> {
+fn new_hits(policy: &Policy) -> Arc<[RuleCounter]> {
     (0..policy.counter_slots())
-        .map(|_| Counter::default())
+        .map(|_| RuleCounter::default())
         .collect()
 }
 
@@ -329,6 +343,7 @@ impl Firewall {
             hint_next: 0,
             hits,
             hits_published: false,
+            policy_since_ms: now_ms,
             log_bucket: (RULE_LOG_BURST * 1000, now_ms),
         };
         fw.publish_hits();
@@ -358,7 +373,8 @@ impl Firewall {
         len: u16,
     ) {
         if let Some(c) = self.hits.get(self.policy.counter_slot(v.rule)) {
-            c.add(1);
+            c.hits.add(1);
+            c.bytes.add(u64::from(len));
         }
         if !v.log {
             return;
@@ -440,9 +456,10 @@ impl Firewall {
 
     /// Switches to a new policy (between bursts). Existing connections
     /// keep working: they are not re-evaluated.
-    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+    pub fn set_policy(&mut self, now_ms: u64, policy: Arc<Policy>) {
         self.counters.rules.set(policy.stats().rules as u64);
         self.hits = new_hits(&policy);
+        self.policy_since_ms = now_ms;
         self.policy = policy;
         self.hits_published = false;
         self.publish_hits();
@@ -736,7 +753,15 @@ impl Filter for Firewall {
                 .track(now_ms, id, dir, &p.l4, u32::from(p.total_len))
             {
                 Track::Accept | Track::Closed => {
-                    if let Some(n) = self.shard.get(id).and_then(|c| c.nat()) {
+                    // (A closing packet may have removed the entry.)
+                    let c = self.shard.get(id);
+                    // Bytes of connections this policy's rules opened.
+                    if let Some(c) = c.filter(|c| c.created_ms() >= self.policy_since_ms) {
+                        if let Some(r) = self.hits.get(self.policy.counter_slot(c.rule())) {
+                            r.bytes.add(u64::from(p.total_len));
+                        }
+                    }
+                    if let Some(n) = c.and_then(|c| c.nat()) {
                         translate(ip, &p, &n, dir);
                     }
                     let dst = Ipv4Packet::new_unchecked(&*ip).dst_addr();
@@ -1047,8 +1072,12 @@ mod tests {
         }
         let (id, hits) = counters.rule_hits.lock().unwrap().clone();
         assert_eq!(id, policy.id());
-        let got: Vec<u64> = hits.iter().map(Counter::get).collect();
-        assert_eq!(got, [450, 5, 1], "per rule, then the default action");
+        let got: Vec<(u64, u64)> = hits.iter().map(|c| (c.hits.get(), c.bytes.get())).collect();
+        assert_eq!(
+            got,
+            [(450, 450 * 60), (5, 5 * 60), (1, 60)],
+            "per rule, then the default action"
+        );
         assert_eq!(counters.rule_log.len(), 300);
         assert_eq!(counters.rule_log_suppressed.get(), 150);
         let r = counters.rule_log.pop().unwrap();
@@ -1058,10 +1087,10 @@ mod tests {
         );
         // A new policy: new counters, published.
         let again = Arc::new(Policy::compile_with(&cfg, &ifaces, Backend::Linear).unwrap());
-        fw.set_policy(again.clone());
+        fw.set_policy(2000, again.clone());
         let (id, hits) = counters.rule_hits.lock().unwrap().clone();
         assert_eq!(id, again.id());
-        assert!(hits.iter().all(|c| c.get() == 0));
+        assert!(hits.iter().all(|c| c.hits.get() == 0 && c.bytes.get() == 0));
         assert_ne!(again.id(), policy.id());
     }
 }

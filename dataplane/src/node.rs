@@ -470,12 +470,12 @@ impl Node {
         self.announce.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The hits of each rule of the policy in force, summed over the
-    /// workers that run it (a worker still on the previous policy is left
-    /// out): one per rule of the file, then the default action's.
-    pub fn rule_hits(&self) -> Option<Vec<u64>> {
+    /// The (hits, bytes) of each rule of the policy in force, summed over
+    /// the workers that run it (a worker still on the previous policy is
+    /// left out): one per rule of the file, then the default action's.
+    pub fn rule_hits(&self) -> Option<Vec<(u64, u64)>> {
         let id = self.policy()?.id;
-        let mut sum: Vec<u64> = Vec::new();
+        let mut sum: Vec<(u64, u64)> = Vec::new();
         for w in &self.workers {
             let Some(fw) = &w.firewall else { continue };
             let (wid, hits) = fw
@@ -490,10 +490,11 @@ impl Node {
                 continue;
             }
             if sum.len() < hits.len() {
-                sum.resize(hits.len(), 0);
+                sum.resize(hits.len(), (0, 0));
             }
             for (s, c) in sum.iter_mut().zip(hits.iter()) {
-                *s += c.get();
+                s.0 += c.hits.get();
+                s.1 += c.bytes.get();
             }
         }
         Some(sum)

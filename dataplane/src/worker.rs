@@ -607,7 +607,7 @@ impl Worker {
             match cmd {
                 WorkerCommand::SetPolicy(p) => {
                     if let Some(fw) = &mut self.firewall {
-                        fw.set_policy(p);
+                        fw.set_policy(now, p);
                     }
                 }
                 WorkerCommand::SetHaParams {

@@ -3,7 +3,8 @@
 //! 32 (`prepare_burst`, the packets, `end_burst`), must get the same
 //! verdicts and leave the same tables, whatever the mix: handshakes,
 //! data both ways, resets, closes, connections created and deleted by an
-//! earlier packet of the same burst.
+//! earlier packet of the same burst. And what the per-rule counters
+//! count of those packets.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -52,6 +53,10 @@ fn router() -> Router {
 }
 
 fn firewall() -> Firewall {
+    firewall_counted(Arc::new(FirewallCounters::default()))
+}
+
+fn firewall_counted(counters: Arc<FirewallCounters>) -> Firewall {
     let cfg = tandem_config::policy::parse(
         "(rules: [(action: Pass, from: [\"198.18.1.0/24\"], proto: Tcp)], default_action: Block)",
         "t.ron",
@@ -75,7 +80,7 @@ fn firewall() -> Firewall {
             fragment_timeout_ms: 1000,
         },
         Arc::new(policy),
-        Arc::new(FirewallCounters::default()),
+        counters,
         0,
     )
 }
@@ -191,4 +196,59 @@ fn bursts_decide_exactly_as_one_packet_at_a_time() {
         assert_eq!(one.shard().len(), burst.shard().len(), "seed {seed}");
         assert_eq!(one.shard().digest(), burst.shard().digest(), "seed {seed}");
     }
+}
+
+/// (hits, bytes) of the pass rule and of the default action.
+fn rule_counts(c: &FirewallCounters) -> Vec<(u64, u64)> {
+    let (_, r) = c.rule_hits.lock().expect("counters").clone();
+    r.iter().map(|r| (r.hits.get(), r.bytes.get())).collect()
+}
+
+#[test]
+fn a_rule_counts_its_connections_and_their_bytes_both_ways_until_a_new_policy() {
+    let r = router();
+    let counters = Arc::new(FirewallCounters::default());
+    let mut fw = firewall_counted(counters.clone());
+    let mut send = |fw: &mut Firewall, now, (port, mut b): (u16, Vec<u8>)| {
+        r.process_filtered(now, port, &mut b, fw)
+    };
+    // A handshake and data both ways: one connection, 7 packets of 40.
+    for (i, p) in [
+        tcp(1, 0x02, 1000, 0, false),
+        tcp(1, 0x12, 5000, 1001, true),
+        tcp(1, 0x10, 1001, 5001, false),
+        tcp(1, 0x18, 1001, 5001, false),
+        tcp(1, 0x18, 5001, 1001, true),
+        tcp(1, 0x10, 1001, 5001, false),
+        tcp(1, 0x10, 5001, 1001, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = send(&mut fw, 10 + i as u64, p);
+        assert!(matches!(a, Action::Forward { .. }), "packet {i}: {a:?}");
+    }
+    // The server opening a connection: stopped by the default action.
+    let a = send(&mut fw, 20, tcp(2, 0x02, 1, 0, true));
+    assert!(!matches!(a, Action::Forward { .. }), "{a:?}");
+    assert_eq!(rule_counts(&counters), [(1, 7 * 40), (1, 40)]);
+    // A new policy: new counters; the old connection still passes, but
+    // its bytes belong to the rule of the policy that opened it.
+    let cfg = tandem_config::policy::parse(
+        "(rules: [(action: Pass, from: [\"198.18.1.0/24\"], proto: Tcp)], default_action: Block)",
+        "t.ron",
+        Some(&["in", "out"]),
+    )
+    .expect("policy");
+    let again = Policy::compile_with(&cfg, &[("in".into(), 0), ("out".into(), 1)], Backend::Linear)
+        .expect("compiles");
+    fw.set_policy(100, Arc::new(again));
+    assert_eq!(rule_counts(&counters), [(0, 0), (0, 0)]);
+    let a = send(&mut fw, 101, tcp(1, 0x10, 1001, 5001, false));
+    assert!(matches!(a, Action::Forward { .. }), "{a:?}");
+    assert_eq!(rule_counts(&counters), [(0, 0), (0, 0)]);
+    // A connection opened under the new policy counts again.
+    send(&mut fw, 102, tcp(3, 0x02, 1000, 0, false));
+    send(&mut fw, 103, tcp(3, 0x12, 5000, 1001, true));
+    assert_eq!(rule_counts(&counters), [(1, 80), (0, 0)]);
 }

@@ -488,14 +488,19 @@ fn the_event_log_reaches_a_syslog_collector_over_udp_and_tcp() {
         .lines()
         .find(|l| l.contains("udp9000"))
         .expect("the rule's row");
-    let hits: u64 = row.split_whitespace().last().unwrap().parse().unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let hits: u64 = cols[cols.len() - 2].parse().unwrap();
+    let bytes: u64 = cols[cols.len() - 1].parse().unwrap();
     assert!(hits >= 20, "{out}");
+    // At least an IP and a UDP header for each flow's first datagram.
+    assert!(bytes >= hits * 28, "{out}");
     let j = c.nodes[a]
         .ctl(&["policy", "show"])
         .expect("policy show --json");
     assert_eq!(j["rules"][1]["name"], "udp9000");
     assert_eq!(j["rules"][1]["log"], true);
     assert!(j["rules"][1]["hits"].as_u64().unwrap() >= 20, "{j}");
+    assert!(j["rules"][1]["bytes"].as_u64().unwrap() >= 20 * 28, "{j}");
     // PRI: local0 (16) for fw1, daemon (3) for fw2; notice (5).
     assert!(
         text.lines()
