@@ -680,9 +680,15 @@ pub struct HaMemberInfo {
     pub synchronized: bool,
     /// Time since its election machine started, ms.
     pub uptime_ms: u64,
-    /// When it took its current role (Unix seconds; for the peer, when
-    /// this member saw it change, or first heard it).
+    /// When it took its current role (Unix seconds). For the peer, what
+    /// it says of itself over the members' service; when it did not say,
+    /// when this member saw the change or first heard it
+    /// (`since_observed`).
     pub since_unix: Option<u64>,
+    /// `since_unix` is when this member saw the peer's role, not the
+    /// peer's own time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub since_observed: bool,
     /// Heard now on some path (the peer; always true for the local member).
     pub alive: bool,
     /// Hardware model (identity file; the peer's from the members'
@@ -766,6 +772,38 @@ pub struct HaLinkInfo {
     /// Heartbeats the kernel did not take on it (send errors).
     #[serde(default)]
     pub send_errors: u64,
+    /// The link as the peer sees it, from its members' service (absent
+    /// while it does not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_view: Option<MemberLinkState>,
+}
+
+/// What a member says of itself over the members' service that its
+/// heartbeats do not carry (hainfo's peer column).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberStatusReport {
+    /// Its role (`active`, `passive`).
+    pub role: String,
+    /// When it took it (Unix seconds).
+    pub role_since_unix: Option<u64>,
+    /// A configuration transfer running on it, in words.
+    pub file_sync: Option<String>,
+    /// The id of the last bulk it sent or received.
+    #[serde(default)]
+    pub sync_id: Option<u32>,
+    /// Its HA links as it sees them.
+    pub links: Vec<MemberLinkState>,
+}
+
+/// One HA link as a member sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberLinkState {
+    /// The link's name (`HA-main`, `HA-backup`).
+    pub name: String,
+    /// `OK`, `no carrier`, `peer not heard`.
+    pub state: String,
+    /// Since when (Unix seconds).
+    pub since_unix: Option<u64>,
 }
 
 /// Answer to `hainfo`.

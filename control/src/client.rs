@@ -850,7 +850,13 @@ fn nodes_table(r: &HaInfo, verbose: bool) -> Table {
             format!("lost (was {})", m.role)
         }
     });
-    row("  since", false, &|m, _| time(m.since_unix));
+    row("  since", false, &|m, _| {
+        if m.since_observed {
+            format!("{} (seen here)", time(m.since_unix))
+        } else {
+            time(m.since_unix)
+        }
+    });
     row("supervisor", true, &|m, _| {
         // The member that drives the cluster's periodic work (file
         // groups): the active one.
@@ -877,13 +883,7 @@ fn nodes_table(r: &HaInfo, verbose: bool) -> Table {
     });
     row("quality", false, &|m, _| format!("{}%", m.quality));
     row("priority", false, &|m, _| m.priority.to_string());
-    row("file sync", false, &|m, local| {
-        if local {
-            opt(&m.file_sync)
-        } else {
-            "-".into()
-        }
-    });
+    row("file sync", false, &|m, _| opt(&m.file_sync));
     row("conf synchronized", false, &|m, _| {
         m.conf_synchronized
             .map_or_else(|| "-".into(), |b| (if b { "yes" } else { "no" }).into())
@@ -929,14 +929,18 @@ fn nodes_table(r: &HaInfo, verbose: bool) -> Table {
             format!("{} link", l.name)
         };
         let mut cells = vec![name, format!("{}: {}", l.address, l.state)];
-        cells.push(if peer.is_some() {
-            format!("{}: {} (as heard here)", l.peer, l.state)
-        } else {
-            "-".into()
+        cells.push(match (&l.peer_view, peer.is_some()) {
+            (Some(v), _) => format!("{}: {}", l.peer, v.state),
+            (None, true) => format!("{}: {} (as heard here)", l.peer, l.state),
+            (None, false) => "-".into(),
         });
         t.row(cells);
         if verbose {
-            t.row(vec!["  since".into(), time(l.state_since_unix), "-".into()]);
+            let theirs = l
+                .peer_view
+                .as_ref()
+                .map_or_else(|| "-".into(), |v| time(v.since_unix));
+            t.row(vec!["  since".into(), time(l.state_since_unix), theirs]);
         }
     }
     t

@@ -231,6 +231,9 @@ pub struct Cluster {
     /// The members' full serials as last read (the display path never
     /// waits for the shared list).
     serials_cache: Vec<String>,
+    /// The quality last computed and what lowered it (for the log line of
+    /// a change; worked out again only when the value changes).
+    quality_cause: Option<(u8, String)>,
     /// Per reason: when it was last logged, and how many since.
     refusals: std::collections::HashMap<&'static str, (Option<Instant>, u64)>,
     /// A worker or the sync thread died or stalls (the daemon's watchdog):
@@ -360,6 +363,53 @@ fn spawn_health(health: Health) -> std::io::Result<Option<Receiver<HealthReport>
 
 /// The data interfaces (aggregates as their members) and the aggregates,
 /// as the quality factor takes them.
+/// An HA link's state from (carrier, peer heard), in words.
+fn link_state(s: (bool, bool)) -> &'static str {
+    match s {
+        (false, _) => "no carrier",
+        (true, false) => "peer not heard",
+        (true, true) => "OK",
+    }
+}
+
+/// The id of the last bulk this member sent or received.
+fn sync_id(node: &Node) -> Option<u32> {
+    node.sync().map(|s| {
+        s.shared()
+            .sync_id
+            .load(std::sync::atomic::Ordering::Relaxed)
+    })
+}
+
+fn unix_secs(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// What lowers a quality factor, in words: the interfaces down, the
+/// failed checks, a failed dataplane.
+fn quality_cause(interfaces: &[Interface], problems: &[String], dataplane_failed: bool) -> String {
+    if dataplane_failed {
+        return "the dataplane failed".to_owned();
+    }
+    let down: Vec<&str> = interfaces
+        .iter()
+        .filter(|i| !i.up && !i.ha && i.weight > 0)
+        .map(|i| i.name.as_str())
+        .collect();
+    let mut parts = Vec::new();
+    if !down.is_empty() {
+        parts.push(format!("down: {}", down.join(", ")));
+    }
+    if !problems.is_empty() {
+        parts.push(format!("failed checks: {}", problems.join("; ")));
+    }
+    if parts.is_empty() {
+        "every interface up, every check passing".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
 fn quality_inputs(node: &Node, weights: Option<&[u16]>) -> (Vec<Interface>, Vec<Aggregate>) {
     let mut interfaces = Vec::new();
     let mut aggregates = Vec::new();
@@ -619,6 +669,7 @@ impl Cluster {
             rejected: 0,
             handing_over: false,
             serials_cache: Vec::new(),
+            quality_cause: None,
             refusals: std::collections::HashMap::new(),
             dataplane_failed: false,
         }))
@@ -953,6 +1004,10 @@ impl Cluster {
         let (interfaces, aggregates) = quality_inputs(node, self.weights.as_deref());
         let q = quality(&interfaces, &aggregates, &self.penalties, &self.quality_cfg);
         let q = if self.dataplane_failed { 0 } else { q };
+        if self.quality_cause.as_ref().map(|c| c.0) != Some(q) {
+            let cause = quality_cause(&interfaces, &self.problems, self.dataplane_failed);
+            self.quality_cause = Some((q, cause));
+        }
         // The machine acts on changes only: feed the current values.
         self.ha.handle_event(now, Event::LocalQuality(q));
         let complete = node.sync().is_some_and(|s| {
@@ -1013,11 +1068,15 @@ impl Cluster {
                         PlaneRole::Passive
                     };
                     if node.role() != to {
-                        let line = format!(
-                            "swap: {} -> {} ({reason})",
-                            node.role().as_str(),
-                            to.as_str()
-                        );
+                        // A clean stop hands over through the forced path:
+                        // no operator asked for it.
+                        let why = if self.handing_over && to == PlaneRole::Passive {
+                            "handing over: this member is stopping".to_owned()
+                        } else {
+                            reason.to_string()
+                        };
+                        let line =
+                            format!("swap: {} -> {} ({why})", node.role().as_str(), to.as_str());
                         log.event("HA", &line);
                         self.swaps += 1;
                         self.last_swap = Some(line);
@@ -1212,6 +1271,14 @@ impl Cluster {
         self.ha.handle_event(now, Event::IcmpTimeout);
     }
 
+    /// The peer as log lines name it: its serial and the role it had.
+    fn peer_name(&self) -> String {
+        match self.ha.peer() {
+            Some(p) => format!("{} (was {})", self.full_serial(p.serial), role_name(p.role)),
+            None => "(not heard yet)".to_owned(),
+        }
+    }
+
     /// The serial a heartbeat carries (its last 8 bytes), in full when
     /// the cluster's file lists a member ending with it.
     fn full_serial(&self, n: u64) -> String {
@@ -1302,19 +1369,23 @@ impl Cluster {
             HaEvent::TakeoverWithIncompleteTable => {
                 "taking over with an incomplete connection table: connections not yet synchronized are lost".to_owned()
             }
-            HaEvent::QualityChanged { from, to } => {
-                format!("our quality changed: {from} -> {to}")
-            }
-            HaEvent::PeerQualityChanged { from, to } => {
-                format!("the peer's quality changed: {from} -> {to}")
-            }
+            HaEvent::QualityChanged { from, to } => format!(
+                "quality of {} (this member): {from} -> {to} ({})",
+                self.full_serial(self.serial),
+                self.quality_cause.as_ref().map_or("", |c| c.1.as_str())
+            ),
+            HaEvent::PeerQualityChanged { from, to } => format!(
+                "quality of the peer {}: {from} -> {to} (its hainfo -v says why)",
+                self.peer_name()
+            ),
             HaEvent::ForcedChanged(f) => match forced_name(*f) {
                 Some(r) => format!("forced status {r} (by the operator): the election keeps this member {r}"),
                 None => "forced status removed (by the operator): the election decides again".into(),
             },
-            HaEvent::IcmpMonitoringStarted => {
-                "peer silent on every path: starting ICMP monitoring".to_owned()
-            }
+            HaEvent::IcmpMonitoringStarted => format!(
+                "peer {} silent on every path: starting ICMP monitoring",
+                self.peer_name()
+            ),
             HaEvent::IcmpResult { peer_alive } => if *peer_alive {
                 "ICMP check: the peer's dataplane answers, it is not taken over"
             } else {
@@ -1386,6 +1457,29 @@ impl Cluster {
         );
     }
 
+    /// What this member tells its peer of itself (its members' service).
+    pub fn member_status(
+        &self,
+        node: &Node,
+        file_sync: Option<String>,
+    ) -> crate::api::MemberStatusReport {
+        crate::api::MemberStatusReport {
+            role: role_name(self.ha.role()),
+            role_since_unix: unix_secs(self.role_since),
+            file_sync,
+            sync_id: sync_id(node),
+            links: self
+                .links
+                .iter()
+                .map(|l| crate::api::MemberLinkState {
+                    name: l.name.clone(),
+                    state: link_state(l.state).into(),
+                    since_unix: unix_secs(l.state_since),
+                })
+                .collect(),
+        }
+    }
+
     /// The hainfo view.
     pub fn info(&self, cfg: &NodeConfig, node: &Node) -> HaInfo {
         let now = self.now();
@@ -1419,11 +1513,7 @@ impl Cluster {
             ),
             heartbeat_version: Some(crate::ha::heartbeat::VERSION),
             k2k_version: node.sync().map(|_| tandem_dataplane::k2k::VERSION),
-            sync_id: node.sync().map(|s| {
-                s.shared()
-                    .sync_id
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            }),
+            sync_id: sync_id(node),
             ..Default::default()
         };
         // Heartbeats carry the serial's last 8 bytes; the sync's Hello the
@@ -1446,6 +1536,7 @@ impl Cluster {
             synchronized: p.synchronized,
             uptime_ms: p.uptime_ms,
             since_unix: self.peer_role_seen.map(|(_, t)| t),
+            since_observed: true,
             ha_state: Some(
                 if self.ha.peer_heard() {
                     ha_state(false, p.role == Role::Active, p.synchronized)
@@ -1492,18 +1583,10 @@ impl Cluster {
                 max_gap_ms: l.gaps.max.as_secs_f64() * 1e3,
                 recent_max_gap_ms: l.gaps.recent_max(Instant::now()).as_secs_f64() * 1e3,
                 late: l.gaps.late,
-                state: match l.state {
-                    (false, _) => "no carrier",
-                    (true, false) => "peer not heard",
-                    (true, true) => "OK",
-                }
-                .into(),
-                state_since_unix: l
-                    .state_since
-                    .duration_since(UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_secs()),
+                state: link_state(l.state).into(),
+                state_since_unix: unix_secs(l.state_since),
                 send_errors: l.send_errors,
+                peer_view: None,
             })
             .collect();
         if self.last_resort {

@@ -146,13 +146,20 @@ struct Daemon {
     conf: Option<Arc<crate::peer::confsync::ConfSync>>,
 }
 
-/// What the configuration watch last knew of the peer: its identity, when
-/// it last answered and on which link, or why it did not.
-type PeerView = (
-    Option<crate::api::IdentityReport>,
-    Option<(u64, String)>,
-    Option<String>,
-);
+/// What the configuration watch last knew of the peer.
+#[derive(Default)]
+struct PeerView {
+    /// Its identity.
+    identity: Option<crate::api::IdentityReport>,
+    /// When it last answered (Unix ms) and on which link.
+    answered: Option<(u64, String)>,
+    /// Why it did not.
+    error: Option<String>,
+    /// What it says of itself.
+    member: Option<crate::api::MemberStatusReport>,
+    /// It refused to say (an older tandem).
+    member_refused: bool,
+}
 
 /// How [`run`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,7 +336,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         peer: None,
         confwatch: None,
         config_info: std::cell::RefCell::new(None),
-        peer_view: std::cell::RefCell::new((None, None, None)),
+        peer_view: std::cell::RefCell::new(PeerView::default()),
         identity: identity.clone(),
         conf: None,
     };
@@ -806,11 +813,13 @@ impl Daemon {
                 if let Some(w) = &self.confwatch {
                     if let Ok(v) = w.view.try_lock() {
                         *self.config_info.borrow_mut() = v.info();
-                        *self.peer_view.borrow_mut() = (
-                            v.peer_identity.clone(),
-                            v.peer_answered.clone(),
-                            v.peer_error.clone(),
-                        );
+                        *self.peer_view.borrow_mut() = PeerView {
+                            identity: v.peer_identity.clone(),
+                            answered: v.peer_answered.clone(),
+                            error: v.peer_error.clone(),
+                            member: v.peer_member.clone(),
+                            member_refused: v.peer_member_refused,
+                        };
                     }
                 }
                 info.config = self.config_info.borrow().clone().map(Box::new);
@@ -846,27 +855,41 @@ impl Daemon {
             .checked_sub(self.started_at.elapsed())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs());
-        l.file_sync = self.conf.as_ref().map(|c| {
-            if c.receiving() {
-                "receiving a configuration revision".into()
-            } else {
-                "none running".into()
-            }
-        });
+        l.file_sync = self.file_sync();
         let cfg = info.config.as_deref();
         l.conf_synchronized = cfg.map(|c| !c.local.local_changes && c.synchronized != Some(false));
         let view = self.peer_view.borrow();
         if let Some(p) = info.peer.as_mut() {
-            if let Some(pid) = &view.0 {
+            if let Some(pid) = &view.identity {
                 p.model.clone_from(&pid.model);
                 p.licence.clone_from(&pid.licence);
                 p.version = Some(pid.firmware.clone());
+            }
+            // What the peer says of itself, while it answers and still
+            // has the role it had when it said.
+            match view.member.as_ref().filter(|_| view.error.is_none()) {
+                Some(m) => {
+                    // (A role changed since it said: the time seen here.)
+                    if m.role_since_unix.is_some() && m.role == p.role {
+                        p.since_unix = m.role_since_unix;
+                        p.since_observed = false;
+                    }
+                    p.file_sync.clone_from(&m.file_sync);
+                    p.sync_id = m.sync_id;
+                    for l in &mut info.links {
+                        l.peer_view = m.links.iter().find(|x| x.name == l.name).cloned();
+                    }
+                }
+                None if view.member_refused => {
+                    p.file_sync = Some("n/a (the peer runs an older tandem)".into());
+                }
+                None => {}
             }
             p.conf_synchronized = cfg
                 .and_then(|c| c.peer.as_ref().map(|m| (m, c.synchronized)))
                 .map(|(m, same)| !m.local_changes && same != Some(false));
         }
-        info.peer_status_source = match (&view.1, &view.2) {
+        info.peer_status_source = match (&view.answered, &view.error) {
             (Some((at, link)), None) => Some(format!(
                 "identity and configuration status from the members' service on {link}, {:.1} s ago",
                 crate::peer::confsync::now_unix_ms().saturating_sub(*at) as f64 / 1e3
@@ -877,6 +900,17 @@ impl Daemon {
             }
             (None, None) => None,
         };
+    }
+
+    /// A configuration transfer running on this member, in words.
+    fn file_sync(&self) -> Option<String> {
+        self.conf.as_ref().map(|c| {
+            if c.receiving() {
+                "receiving a configuration revision".into()
+            } else {
+                "none running".into()
+            }
+        })
     }
 
     /// haactive / hapassive / hareset. Until the election arrives, the
@@ -923,6 +957,13 @@ impl Daemon {
     /// and the table's state, the HA link in use.
     fn watch(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
+        // What the members' service tells the peer of this member (never
+        // waiting: the service may be answering with the last one).
+        if let (Some(c), Some(p)) = (&self.cluster, &self.peer) {
+            if let Ok(mut g) = p.status.try_lock() {
+                *g = c.member_status(&self.node, self.file_sync());
+            }
+        }
         if self.cluster.as_ref().is_some_and(Cluster::peer_heard) {
             self.shared.set_peer_heard_now();
         }
@@ -945,23 +986,22 @@ impl Daemon {
                 .ha
                 .as_ref()
                 .and_then(|h| h.links.get(usize::from(l)))
-                .map_or_else(|| "none".to_owned(), |x| x.name.clone())
+                .map(|x| x.name.clone())
         };
+        // The peer coming and going, and why the table stopped (or started)
+        // being complete, come from the sync core itself, with reasons.
         let mut lines = Vec::new();
-        if peer != self.seen.0 {
-            lines.push(if peer {
-                "peer answered on the HA link (state sync up)".to_owned()
-            } else {
-                "peer lost".to_owned()
-            });
-        }
-        // Why the table stopped (or started) being complete comes from the
-        // sync core itself, with its reason.
         while let Some(e) = sh.next_event() {
             lines.push(e.to_string());
         }
         if link != self.seen.2 {
-            lines.push(format!("state sync now on {}", link_name(link)));
+            lines.push(match (link_name(link), link_name(self.seen.2)) {
+                (Some(now), Some(was)) if peer => {
+                    format!("state sync now on {now} (it was on {was})")
+                }
+                (Some(now), _) => format!("state sync now on {now}"),
+                (None, _) => "state sync has no HA link in use".to_owned(),
+            });
         }
         self.seen = (peer, synced, link, role);
         for l in lines {

@@ -21,9 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::api::{
-    HaInfo, PolicyReport, Request, Response, StatsReport, StatusReport, SyncReport,
-};
+use crate::api::{HaInfo, PolicyReport, Request, Response, StatsReport, StatusReport, SyncReport};
 
 /// Longest request head read (bytes).
 const MAX_HEAD: usize = 8 * 1024;
@@ -478,7 +476,15 @@ fn render_rules(o: &mut Out, p: &PolicyReport) {
     let rows = p
         .rules
         .iter()
-        .map(|r| (r.index.to_string(), r.name.as_str(), &r.action, r.hits, r.bytes))
+        .map(|r| {
+            (
+                r.index.to_string(),
+                r.name.as_str(),
+                &r.action,
+                r.hits,
+                r.bytes,
+            )
+        })
         .chain(std::iter::once((
             "default".to_owned(),
             "default",

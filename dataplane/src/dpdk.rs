@@ -70,7 +70,7 @@ pub enum DpdkError {
         msg: String,
     },
     /// No DPDK port has this name.
-    #[error("no DPDK port named {0:?}: check the interface's device (a PCI address bound to vfio-pci, or a vdev spec such as net_af_packet0,iface=eth1)")]
+    #[error("no DPDK port named {0:?}: the device did not probe (DPDK's messages on stderr say why; a PCI device must be bound to vfio-pci, an af_packet vdev's iface must exist)")]
     NoSuchPort(String),
     /// A ring could not be created.
     #[error("cannot create ring {name} of {size} packets: {msg}. Give the node more memory (eal.memory_mb / hugepages)")]

@@ -30,6 +30,16 @@ pub enum NodeError {
     /// A DPDK call failed.
     #[error(transparent)]
     Dpdk(#[from] DpdkError),
+    /// A data interface's device could not be opened.
+    #[error("interface {name:?} ({device}): {source}")]
+    Interface {
+        /// The interface's name in the configuration.
+        name: String,
+        /// Its device as configured (PCI address or vdev spec).
+        device: String,
+        /// What DPDK said.
+        source: DpdkError,
+    },
     /// The routing setup is inconsistent.
     #[error("routing: {0}")]
     Router(#[from] RouterError),
@@ -226,7 +236,16 @@ impl Node {
                 tx_descriptors: dp.tx_descriptors,
                 mtu: ic.mtu,
             };
-            let port = Port::open(&eal, ic.device.name(), &setup, pool.clone())?;
+            let port = Port::open(&eal, ic.device.name(), &setup, pool.clone()).map_err(|e| {
+                NodeError::Interface {
+                    name: ic.name.clone(),
+                    device: match &ic.device {
+                        tandem_config::Device::Pci(a) => format!("PCI {a}"),
+                        tandem_config::Device::Vdev(s) => format!("vdev {s}"),
+                    },
+                    source: e,
+                }
+            })?;
             if let Some(agg) = &ic.aggregate {
                 // Over af_packet members the bond cannot turn on
                 // all-multicast, and would drop ARP: promiscuous instead

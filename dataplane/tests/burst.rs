@@ -209,7 +209,7 @@ fn a_rule_counts_its_connections_and_their_bytes_both_ways_until_a_new_policy() 
     let r = router();
     let counters = Arc::new(FirewallCounters::default());
     let mut fw = firewall_counted(counters.clone());
-    let mut send = |fw: &mut Firewall, now, (port, mut b): (u16, Vec<u8>)| {
+    let send = |fw: &mut Firewall, now, (port, mut b): (u16, Vec<u8>)| {
         r.process_filtered(now, port, &mut b, fw)
     };
     // A handshake and data both ways: one connection, 7 packets of 40.
@@ -240,8 +240,12 @@ fn a_rule_counts_its_connections_and_their_bytes_both_ways_until_a_new_policy() 
         Some(&["in", "out"]),
     )
     .expect("policy");
-    let again = Policy::compile_with(&cfg, &[("in".into(), 0), ("out".into(), 1)], Backend::Linear)
-        .expect("compiles");
+    let again = Policy::compile_with(
+        &cfg,
+        &[("in".into(), 0), ("out".into(), 1)],
+        Backend::Linear,
+    )
+    .expect("compiles");
     fw.set_policy(100, Arc::new(again));
     assert_eq!(rule_counts(&counters), [(0, 0), (0, 0)]);
     let a = send(&mut fw, 101, tcp(1, 0x10, 1001, 5001, false));

@@ -154,6 +154,20 @@ fn hasync_makes_both_members_identical_without_disturbing_traffic() {
             "{err}"
         );
         assert_eq!(std::fs::read_to_string(policy_of(pas)).unwrap(), POLICY);
+        // Both members log the failed sync, each from its side.
+        let log_of =
+            |n: &Node| n.ctl(&["log", "--lines", "200"]).expect("log")["lines"].to_string();
+        let (sent, got) = (log_of(act), log_of(pas));
+        assert!(
+            sent.contains("HA: configuration sync to the peer failed: "),
+            "{sent}"
+        );
+        assert!(
+            got.contains(&format!(
+                "HA: configuration sync from {act_serial} not applied: "
+            )) && got.contains("would not run here"),
+            "{got}"
+        );
         std::fs::write(policy_of(act), POLICY_DNS).unwrap();
 
         // hasync from the active.

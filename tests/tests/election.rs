@@ -371,6 +371,13 @@ fn a_frozen_active_is_replaced_and_yields_when_it_wakes_up() {
         log.contains("both members are active (dual active)"),
         "{log}"
     );
+    // The frozen member says it was not scheduled, and that it yields.
+    let woke = log_text(&c.nodes[a]);
+    assert!(
+        woke.contains("this process was not scheduled for ")
+            && woke.contains("dual active resolved: this member yields"),
+        "{woke}"
+    );
     assert!(gap <= Duration::from_millis(2000), "gap {gap:?}");
 }
 
@@ -729,7 +736,10 @@ fn without_the_last_resort_the_icmp_check_keeps_a_cut_off_passive_passive() {
     assert_eq!(forwarded(&c.nodes[p]), before, "the passive forwarded");
     let log = log_text(&c.nodes[p]);
     assert!(
-        log.contains("peer silent on every path: starting ICMP monitoring"),
+        log.contains(&format!(
+            "peer TDLAB000{} (was active) silent on every path: starting ICMP monitoring",
+            a + 1
+        )),
         "{log}"
     );
     assert!(

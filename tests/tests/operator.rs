@@ -221,9 +221,37 @@ fn hainfo_v_shows_every_field_for_both_members_and_hamode_the_mode() {
             &["hainfo"],
             "the peer's identity and configuration known",
             Duration::from_secs(10),
-            |v| v["peer"]["model"] == "TD-LAB" && v["config"]["synchronized"] == true,
+            |v| {
+                v["peer"]["model"] == "TD-LAB"
+                    && v["config"]["synchronized"] == true
+                    && v["links"][1]["peer_view"]["state"] == "OK"
+            },
         )
         .expect("hainfo complete");
+        // The peer's own account: its role's start as it says it, the
+        // same as the peer's hainfo shows for itself; its file sync; its
+        // view of each link.
+        let theirs = c.nodes[1 - i].ctl(&["hainfo"]).expect("the peer's hainfo");
+        assert_eq!(
+            v["peer"]["since_unix"], theirs["local"]["since_unix"],
+            "the peer's own time: {v}"
+        );
+        assert!(v["peer"].get("since_observed").is_none(), "{v}");
+        assert_eq!(v["peer"]["file_sync"], "none running", "{v}");
+        for (l, t) in v["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(theirs["links"].as_array().unwrap())
+            .take(2)
+        {
+            assert_eq!(l["peer_view"]["name"], t["name"], "{l}");
+            assert_eq!(l["peer_view"]["state"], "OK", "{l}");
+            assert_eq!(
+                l["peer_view"]["since_unix"], t["state_since_unix"],
+                "{l} / {t}"
+            );
+        }
         for (who, want_role, want_serial) in
             [("local", role, serial(i)), ("peer", other, serial(1 - i))]
         {
@@ -306,6 +334,7 @@ fn hainfo_v_shows_every_field_for_both_members_and_hamode_the_mode() {
         // (passive): the active's first bulk to the passive.
         let syncid = field("syncid");
         assert!(syncid[0].parse::<u32>().is_ok_and(|n| n > 0), "{syncid:?}");
+        assert_eq!(syncid[0], syncid[1], "the same bulk on both: {text}");
         assert_eq!(
             field("supervisor"),
             if role == "active" {
@@ -315,9 +344,20 @@ fn hainfo_v_shows_every_field_for_both_members_and_hamode_the_mode() {
             }
         );
         let main = field("main link");
-        assert!(
-            main[0].ends_with(": OK") && main[1].contains(": OK"),
-            "{main:?}"
+        let (ours, peers) = if i == 0 {
+            (addr::HA_MAIN_1, addr::HA_MAIN_2)
+        } else {
+            (addr::HA_MAIN_2, addr::HA_MAIN_1)
+        };
+        assert_eq!(
+            main,
+            [format!("{ours}: OK"), format!("{peers}: OK")],
+            "the peer's column is its own view: {text}"
+        );
+        assert_eq!(
+            field("file sync"),
+            ["none running", "none running"],
+            "{text}"
         );
         assert!(text.contains("members heard: 2 of 2"), "{text}");
         for row in [
@@ -560,6 +600,35 @@ fn the_event_log_tells_a_reload_a_link_cut_a_failover_and_a_restart() {
     assert_eq!(code, Some(0), "{out}{err}");
     wait_log(&c.nodes[a], &["POLICY: policy reloaded from"], "the reload");
 
+    // The passive's cable on "in" cut, then restored: its quality falls
+    // and rises, each member says so from its own point of view.
+    c.lab.set_fw_port(p + 1, "in", false).expect("cut in");
+    wait_log(
+        &c.nodes[p],
+        &[&format!(
+            "quality of {} (this member): 100 -> 50 (down: in)",
+            serial(p)
+        )],
+        "the quality drop, on the passive",
+    );
+    wait_log(
+        &c.nodes[a],
+        &[&format!(
+            "quality of the peer {} (was passive): 100 -> 50",
+            serial(p)
+        )],
+        "the peer's quality drop, on the active",
+    );
+    c.lab.set_fw_port(p + 1, "in", true).expect("restore in");
+    wait_log(
+        &c.nodes[p],
+        &[&format!(
+            "quality of {} (this member): 50 -> 100 (every interface up, every check passing)",
+            serial(p)
+        )],
+        "the quality back, on the passive",
+    );
+
     // The main HA link cut on the passive's side, then restored.
     tandem_tests::link::set_link(c.lab.fw(p + 1), "ha-main", false).expect("cut");
     wait_log(
@@ -569,7 +638,18 @@ fn the_event_log_tells_a_reload_a_link_cut_a_failover_and_a_restart() {
         )],
         "the cut, on the active",
     );
+    // The state sync moves to the backup link, and back after the repair.
+    wait_log(
+        &c.nodes[p],
+        &["SYNC: state sync now on HA-backup"],
+        "the state sync on the backup link",
+    );
     tandem_tests::link::set_link(c.lab.fw(p + 1), "ha-main", true).expect("restore");
+    wait_log(
+        &c.nodes[p],
+        &["SYNC: state sync now on HA-main (it was on HA-backup)"],
+        "the state sync back on the main link",
+    );
     wait_log(
         &c.nodes[a],
         &[&format!(
@@ -608,6 +688,31 @@ fn the_event_log_tells_a_reload_a_link_cut_a_failover_and_a_restart() {
         )],
         "the address back",
     );
+
+    // Datagrams on the heartbeat port that are no heartbeats: refused,
+    // counted, and logged with the reason (once for the burst).
+    let before = c.nodes[a].ctl(&["hainfo"]).expect("hainfo")["heartbeats_rejected"]
+        .as_u64()
+        .expect("heartbeats_rejected");
+    fw.exec(&[
+        "python3",
+        "-c",
+        &format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(5): s.sendto(b'not a heartbeat', ('{act_addr}', 5405))"
+        ),
+    ])
+    .expect("send junk to the heartbeat port");
+    wait_log(
+        &c.nodes[a],
+        &[&format!(
+            "HA: heartbeat from {pas_addr} on HA-main refused: not a tandem heartbeat (malformed)"
+        )],
+        "the refused heartbeats, on the active",
+    );
+    let after = c.nodes[a].ctl(&["hainfo"]).expect("hainfo")["heartbeats_rejected"]
+        .as_u64()
+        .expect("heartbeats_rejected");
+    assert!(after >= before + 5, "{before} -> {after}");
 
     // kill -9 of the active: the passive takes over and says why.
     c.nodes[a].proc.signal("KILL");
@@ -651,6 +756,40 @@ fn the_event_log_tells_a_reload_a_link_cut_a_failover_and_a_restart() {
     );
     cluster::wait_synchronized(&c.nodes[a], "synchronized again", Duration::from_secs(15))
         .expect("synchronized");
+    // The bulk that completed it, under one id on both sides.
+    let sent = wait_log(
+        &c.nodes[p],
+        &["SYNC: whole connection table sent to the peer: "],
+        "the bulk sent",
+    );
+    let bulk_id = |log: &str, what: &str| -> String {
+        let at = log.rfind(what).unwrap_or_else(|| panic!("{what} in {log}"));
+        log[at..]
+            .split(", bulk ")
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .unwrap_or_else(|| panic!("a bulk id after {what}"))
+            .to_owned()
+    };
+    let id = bulk_id(&sent, "whole connection table sent to the peer: ");
+    assert!(
+        sent.contains(&format!(
+            "SYNC: sending the whole connection table to the peer (the peer restarted), bulk {id}"
+        )),
+        "{sent}"
+    );
+    wait_log(
+        &c.nodes[a],
+        &[
+            &format!(
+                "SYNC: state sync with peer {} is up (K2K version ",
+                serial(p)
+            ),
+            &format!("SYNC: the peer announces its whole connection table, bulk {id}"),
+            &format!("our table is complete, bulk {id}"),
+        ],
+        "the bulk received, with the sender's id",
+    );
 
     // A clean stop of the active: it tells the peer first and hands over;
     // the peer's log says the silence was expected.
@@ -669,14 +808,38 @@ fn the_event_log_tells_a_reload_a_link_cut_a_failover_and_a_restart() {
     let stopped = std::fs::read_to_string(c.nodes[p].socket.with_extension("log"))
         .expect("the stopped member's log file");
     assert!(
-        stopped.contains("stopping: handing the active role to the peer")
-            && stopped.contains("the peer was told this member is going down"),
+        stopped.contains("SYSTEM: stopping on signal")
+            && stopped.contains("stopping: handing the active role to the peer")
+            && stopped.contains("swap: active -> passive (handing over: this member is stopping)")
+            && stopped.contains("the peer was told this member is going down")
+            && stopped.trim_end().ends_with("SYSTEM: stopped"),
         "{stopped}"
     );
     assert!(
-        !stopped.contains("forced status passive"),
+        !stopped.contains("forced status passive") && !stopped.contains("by the operator"),
         "a hand-over is no operator's forced status:\n{stopped}"
     );
     let _ = log;
     assert_eq!(cluster::role(&c.nodes[a]).0, "active");
+
+    // A start that fails (its data port does not exist): the event log
+    // says why, and tandemd exits non-zero.
+    let mut bad = c.lab.node_config(p + 1);
+    bad.socket = c.lab.dir().join("bad.sock");
+    bad.file_prefix = format!("{}-bad", bad.file_prefix);
+    bad.interfaces[0].vdev = "net_af_packet0,iface=fw-nope,framecnt=8192".into();
+    let mut n = tandem_tests::Node::start(c.lab.fw(p + 1), &bad, &c.lab.dir().join("bad.ron"))
+        .expect("spawn");
+    let status = n
+        .proc
+        .wait_timeout(Duration::from_secs(30))
+        .expect("tandemd gives up within 30 s");
+    assert!(!status.success(), "{status:?}");
+    let log = std::fs::read_to_string(bad.socket.with_extension("log")).expect("its log file");
+    eprintln!("a failed start's event log:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("SYSTEM: tandemd stopped on an error: ") && l.contains("fw-nope")),
+        "{log}"
+    );
 }

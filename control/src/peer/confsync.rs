@@ -847,6 +847,12 @@ pub struct ConfigView {
     pub peer_identity: Option<crate::api::IdentityReport>,
     /// When the peer last answered (Unix ms), and on which HA link.
     pub peer_answered: Option<(u64, String)>,
+    /// What the peer says of itself (its role's start, its view of the
+    /// links), from its last answer.
+    pub peer_member: Option<crate::api::MemberStatusReport>,
+    /// The peer refused the question (an older tandem): not asked again
+    /// in this session.
+    pub peer_member_refused: bool,
 }
 
 /// A thread (`tandem-confwatch`) that reads this member's configuration
@@ -869,6 +875,7 @@ impl ConfigWatch {
         let thread = crate::background::Background::spawn("tandem-confwatch", move |s| {
             let mut client: Option<PeerClient> = None;
             let mut peer_identity: Option<crate::api::IdentityReport> = None;
+            let (mut peer_member, mut member_refused) = (None, false);
             let mut link = String::new();
             // Per group: when it was last sent, and what that said.
             let mut pushed: std::collections::HashMap<String, (Instant, String)> =
@@ -879,6 +886,7 @@ impl ConfigWatch {
                     if client.is_none() {
                         let (c, l) = connect()?;
                         (client, link, peer_identity) = (Some(c), l, None);
+                        member_refused = false;
                     }
                     let c = client.as_mut().ok_or("no session")?;
                     if peer_identity.is_none() {
@@ -886,14 +894,27 @@ impl ConfigWatch {
                             peer_identity = Some(id);
                         }
                     }
-                    match c.ask(&PeerRequest::ConfigStatus) {
-                        Ok(PeerAnswer::ConfigStatus(p)) => Ok(p),
-                        Ok(other) => Err(super::service::unexpected(&other)),
-                        Err(e) => Err(e.to_string()),
+                    let status = match c.ask(&PeerRequest::ConfigStatus) {
+                        Ok(PeerAnswer::ConfigStatus(p)) => p,
+                        Ok(other) => return Err(super::service::unexpected(&other)),
+                        Err(e) => return Err(e.to_string()),
+                    };
+                    // Asked once per session of a peer that refuses it
+                    // (each refusal is counted and logged there).
+                    if !member_refused {
+                        match c.ask(&PeerRequest::MemberStatus) {
+                            Ok(PeerAnswer::MemberStatus(m)) => peer_member = Some(m),
+                            Ok(PeerAnswer::Refused { .. }) => {
+                                (peer_member, member_refused) = (None, true);
+                            }
+                            Ok(other) => return Err(super::service::unexpected(&other)),
+                            Err(e) => return Err(e.to_string()),
+                        }
                     }
+                    Ok(status)
                 })();
                 if peer.is_err() {
-                    client = None;
+                    (client, peer_member) = (None, None);
                 }
                 // F15: the active member sends each group on its period.
                 let groups = conf.groups.lock().map(|g| g.clone()).unwrap_or_default();
@@ -953,6 +974,8 @@ impl ConfigWatch {
                         .collect();
                     g.local = local;
                     g.peer_identity.clone_from(&peer_identity);
+                    g.peer_member.clone_from(&peer_member);
+                    g.peer_member_refused = member_refused;
                     match peer {
                         Ok(p) => {
                             g.peer = Some(p);

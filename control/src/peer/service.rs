@@ -198,6 +198,9 @@ pub enum PeerRequest {
         /// Why, in words.
         reason: String,
     },
+    /// What you say of yourself that your heartbeats do not carry: when
+    /// you took your role, a transfer running, your view of the links.
+    MemberStatus,
 }
 
 /// An answer in a session.
@@ -208,6 +211,8 @@ pub enum PeerAnswer {
     Status(IdentityReport),
     /// The member's configuration.
     ConfigStatus(super::confsync::ConfigStatus),
+    /// Answer to [`PeerRequest::MemberStatus`].
+    MemberStatus(crate::api::MemberStatusReport),
     /// Bytes of a file.
     FileChunk {
         /// The file's whole size.
@@ -278,6 +283,9 @@ pub struct PeerService {
     pub counters: Arc<PeerCounters>,
     /// Where it listens.
     pub listening: Vec<SocketAddr>,
+    /// What it answers to [`PeerRequest::MemberStatus`]: the control
+    /// thread publishes it (with `try_lock`, never waiting).
+    pub status: Arc<std::sync::Mutex<crate::api::MemberStatusReport>>,
 }
 
 enum Step {
@@ -347,26 +355,40 @@ impl PeerService {
             ));
         }
         let counters = Arc::new(PeerCounters::default());
-        let c = counters.clone();
+        let status = Arc::new(std::sync::Mutex::new(
+            crate::api::MemberStatusReport::default(),
+        ));
+        let (c, st) = (counters.clone(), status.clone());
+        let local = Local {
+            identity,
+            status: st,
+        };
         let thread = crate::background::Background::spawn("tandem-peer", move |stop| {
-            serve(poll, listeners, keys, identity, conf, log, stop, c);
+            serve(poll, listeners, keys, local, conf, log, stop, c);
         })?;
         Ok(PeerService {
             _thread: thread,
             counters,
             listening,
+            status,
         })
     }
 }
 
 const CONN_BASE: usize = 16;
 
+/// What the service says of this member.
+struct Local {
+    identity: IdentityReport,
+    status: Arc<std::sync::Mutex<crate::api::MemberStatusReport>>,
+}
+
 #[allow(clippy::needless_pass_by_value, clippy::too_many_arguments)]
 fn serve(
     mut poll: Poll,
     listeners: Vec<TcpListener>,
     keys: Arc<KeyRing>,
-    identity: IdentityReport,
+    local: Local,
     conf: Option<Arc<ConfSync>>,
     log: EventLog,
     stop: &AtomicBool,
@@ -457,7 +479,7 @@ fn serve(
                             let hs = ServerHandshake::new(
                                 set.current.control().as_bytes(),
                                 set.current.cluster_id(),
-                                &identity.serial,
+                                &local.identity.serial,
                                 nonce,
                             );
                             match &set.other {
@@ -478,15 +500,9 @@ fn serve(
         let mut ended: Vec<(usize, End)> = Vec::new();
         for t in ready {
             let Some(c) = conns.get_mut(&t) else { continue };
-            if let Some(end) = read_and_serve(
-                c,
-                &mut buf,
-                &identity,
-                conf.as_ref(),
-                &keys,
-                &counters,
-                &log,
-            ) {
+            if let Some(end) =
+                read_and_serve(c, &mut buf, &local, conf.as_ref(), &keys, &counters, &log)
+            {
                 ended.push((t, end));
             }
         }
@@ -578,7 +594,7 @@ fn note(
 fn read_and_serve(
     c: &mut Conn,
     buf: &mut [u8],
-    identity: &IdentityReport,
+    local: &Local,
     conf: Option<&Arc<ConfSync>>,
     keys: &KeyRing,
     counters: &PeerCounters,
@@ -638,7 +654,17 @@ fn read_and_serve(
                 let answer = match serde_json::from_slice::<PeerRequest>(&body) {
                     Ok(PeerRequest::Status) => {
                         counters.requests.fetch_add(1, Ordering::Relaxed);
-                        PeerAnswer::Status(identity.clone())
+                        PeerAnswer::Status(local.identity.clone())
+                    }
+                    Ok(PeerRequest::MemberStatus) => {
+                        counters.requests.fetch_add(1, Ordering::Relaxed);
+                        PeerAnswer::MemberStatus(
+                            local
+                                .status
+                                .lock()
+                                .map(|g| g.clone())
+                                .unwrap_or_else(|e| e.into_inner().clone()),
+                        )
                     }
                     Ok(PeerRequest::Leaving { reason }) if c.purpose == Some(Purpose::Member) => {
                         counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -681,7 +707,7 @@ fn read_and_serve(
                                 request,
                                 &mut c.joining,
                                 c.from,
-                                &identity.firmware,
+                                &local.identity.firmware,
                             ),
                             (Some(_), Some(Purpose::Join)) => PeerAnswer::Refused {
                                 reason: "a join session takes join requests only".into(),
