@@ -56,19 +56,24 @@ fn firewall() -> Firewall {
     firewall_counted(Arc::new(FirewallCounters::default()))
 }
 
-fn firewall_counted(counters: Arc<FirewallCounters>) -> Firewall {
+/// Pass TCP from the inside LAN, block the rest (each call compiles it
+/// again: a new policy id).
+fn policy() -> Policy {
     let cfg = tandem_config::policy::parse(
         "(rules: [(action: Pass, from: [\"198.18.1.0/24\"], proto: Tcp)], default_action: Block)",
         "t.ron",
         Some(&["in", "out"]),
     )
     .expect("policy");
-    let policy = Policy::compile_with(
+    Policy::compile_with(
         &cfg,
         &[("in".into(), 0), ("out".into(), 1)],
         Backend::Linear,
     )
-    .expect("compiles");
+    .expect("compiles")
+}
+
+fn firewall_counted(counters: Arc<FirewallCounters>) -> Firewall {
     Firewall::new(
         FirewallSettings {
             shard: ShardConfig {
@@ -79,7 +84,7 @@ fn firewall_counted(counters: Arc<FirewallCounters>) -> Firewall {
             fragment_capacity: 16,
             fragment_timeout_ms: 1000,
         },
-        Arc::new(policy),
+        Arc::new(policy()),
         counters,
         0,
     )
@@ -234,19 +239,7 @@ fn a_rule_counts_its_connections_and_their_bytes_both_ways_until_a_new_policy() 
     assert_eq!(rule_counts(&counters), [(1, 7 * 40), (1, 40)]);
     // A new policy: new counters; the old connection still passes, but
     // its bytes belong to the rule of the policy that opened it.
-    let cfg = tandem_config::policy::parse(
-        "(rules: [(action: Pass, from: [\"198.18.1.0/24\"], proto: Tcp)], default_action: Block)",
-        "t.ron",
-        Some(&["in", "out"]),
-    )
-    .expect("policy");
-    let again = Policy::compile_with(
-        &cfg,
-        &[("in".into(), 0), ("out".into(), 1)],
-        Backend::Linear,
-    )
-    .expect("compiles");
-    fw.set_policy(100, Arc::new(again));
+    fw.set_policy(100, Arc::new(policy()));
     assert_eq!(rule_counts(&counters), [(0, 0), (0, 0)]);
     let a = send(&mut fw, 101, tcp(1, 0x10, 1001, 5001, false));
     assert!(matches!(a, Action::Forward { .. }), "{a:?}");
