@@ -774,6 +774,12 @@ impl Cluster {
                     // The same heartbeat arrives once per data port.
                     Err(DecodeError::Replay) => {}
                     Err(DecodeError::BadLength(_)) => bump(&c.bad_length),
+                    // Authentic, from a peer run not proven yet (a peer
+                    // that has just started; our echo proves it next).
+                    Err(DecodeError::Unproven) => {
+                        self.rejected += 1;
+                        bump(&c.stale);
+                    }
                     Err(_) => {
                         self.rejected += 1;
                         bump(&c.unauthentic);

@@ -450,7 +450,7 @@ pub fn render(
         );
         o.gauge(
             "tandem_sync_synchronized",
-            "1 when this member's connection table is complete",
+            "1 when this member holds a complete copy of the peer's table (the passive's view; 0 on an active, whose own table is tandem_ha_table_complete)",
             &[],
             b(s.synchronized),
         );

@@ -569,7 +569,9 @@ pub struct HaDataCounters {
     pub reflected: AtomicU64,
     /// Authentic, but naming another member than the peer.
     pub wrong_peer: AtomicU64,
-    /// Authentic answers not to the check in flight (late or replayed).
+    /// Authentic answers not to the check in flight (late or replayed),
+    /// and authentic heartbeats of a peer run not proven yet (its first
+    /// ones after a start).
     pub stale: AtomicU64,
     /// Not handed over: the channel to the control thread was full.
     pub channel_full: AtomicU64,
@@ -604,7 +606,8 @@ pub struct HaDataStats {
     pub reflected: u64,
     /// Authentic but naming another member than the peer.
     pub wrong_peer: u64,
-    /// Authentic answers not to the check in flight.
+    /// Authentic answers not to the check in flight, and heartbeats of a
+    /// peer run not proven yet.
     pub stale: u64,
     /// Not handed over: channel full.
     pub channel_full: u64,
