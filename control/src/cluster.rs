@@ -234,6 +234,8 @@ pub struct Cluster {
     /// The quality last computed and what lowered it (for the log line of
     /// a change; worked out again only when the value changes).
     quality_cause: Option<(u8, String)>,
+    /// The old active of a swap, still forwarding.
+    drain: Option<Drain>,
     /// Per reason: when it was last logged, and how many since.
     refusals: std::collections::HashMap<&'static str, (Option<Instant>, u64)>,
     /// A worker or the sync thread died or stalls (the daemon's watchdog):
@@ -363,6 +365,31 @@ fn spawn_health(health: Health) -> std::io::Result<Option<Receiver<HealthReport>
 
 /// The data interfaces (aggregates as their members) and the aggregates,
 /// as the quality factor takes them.
+/// How long the old active of a swap keeps forwarding once the peer is
+/// active: the new active's gratuitous ARPs (3 rounds 20 ms apart by
+/// default) have moved the neighbours well before.
+pub const DRAIN_AFTER_PEER_ACTIVE: Duration = Duration::from_millis(300);
+/// The longest drain (a peer that does not take over).
+pub const DRAIN_MAX: Duration = Duration::from_secs(3);
+
+/// A drain in progress (see [`Cluster::start_drain`]).
+#[derive(Debug, Clone, Copy)]
+struct Drain {
+    since: Instant,
+    /// When the peer was first heard active.
+    peer_active: Option<Instant>,
+    /// The workers' forwarded packets when it began.
+    forwarded: u64,
+}
+
+/// Packets the workers forwarded so far.
+fn forwarded(node: &Node) -> u64 {
+    node.workers()
+        .iter()
+        .map(|w| w.counters.forwarded.get())
+        .sum()
+}
+
 /// An HA link's state from (carrier, peer heard), in words.
 fn link_state(s: (bool, bool)) -> &'static str {
     match s {
@@ -670,6 +697,7 @@ impl Cluster {
             handing_over: false,
             serials_cache: Vec::new(),
             quality_cause: None,
+            drain: None,
             refusals: std::collections::HashMap::new(),
             dataplane_failed: false,
         }))
@@ -1024,6 +1052,7 @@ impl Cluster {
         self.ha.handle_event(now, Event::SyncComplete(complete));
         self.ha.handle_event(now, Event::Tick);
         self.run(node, log);
+        self.follow_drain(node, log);
         self.observe();
         self.report_send_errors(log);
     }
@@ -1050,6 +1079,84 @@ impl Cluster {
                 l.state_since = now;
             }
         }
+    }
+
+    /// The old active of a swap keeps forwarding the connections it has
+    /// (and opens none) until the peer has been active for
+    /// [`DRAIN_AFTER_PEER_ACTIVE`], at most [`DRAIN_MAX`]: the neighbours
+    /// that still send here (their ARP not yet moved by the new active's
+    /// announcements, packets in flight) lose nothing.
+    fn start_drain(&mut self, node: &Node, log: &mut EventLog) {
+        node.set_draining();
+        self.drain = Some(Drain {
+            since: Instant::now(),
+            peer_active: None,
+            forwarded: forwarded(node),
+        });
+        log.event(
+            "HA",
+            format_args!(
+                "draining: forwarding the connections this member has until the peer has been active for {} ms (at most {} ms)",
+                DRAIN_AFTER_PEER_ACTIVE.as_millis(),
+                DRAIN_MAX.as_millis()
+            ),
+        );
+    }
+
+    /// Ends the drain when it is due (see [`Self::start_drain`]).
+    fn follow_drain(&mut self, node: &Node, log: &mut EventLog) {
+        let Some(d) = &mut self.drain else { return };
+        let now = Instant::now();
+        if d.peer_active.is_none()
+            && self.ha.peer_heard()
+            && self.ha.peer().is_some_and(|p| p.role == Role::Active)
+        {
+            d.peer_active = Some(now);
+        }
+        let took_over = d
+            .peer_active
+            .is_some_and(|t| now.duration_since(t) >= DRAIN_AFTER_PEER_ACTIVE);
+        if !took_over && now.duration_since(d.since) < DRAIN_MAX {
+            return;
+        }
+        let n = forwarded(node).saturating_sub(d.forwarded);
+        let ms = now.duration_since(d.since).as_millis();
+        self.drain = None;
+        node.set_role(PlaneRole::Passive);
+        if took_over {
+            log.event(
+                "HA",
+                format_args!(
+                    "drain over after {ms} ms: the peer is active; {n} packets forwarded meanwhile; this member is silent now"
+                ),
+            );
+        } else {
+            log.event(
+                "HA",
+                format_args!(
+                    "drain over after {ms} ms without the peer taking over; {n} packets forwarded meanwhile; this member is silent now"
+                ),
+            );
+        }
+        self.bounce(node, log);
+    }
+
+    /// Bounces the data interfaces on becoming passive, if configured.
+    fn bounce(&self, node: &Node, log: &mut EventLog) {
+        if !self.bounce_on_swap {
+            return;
+        }
+        for (iface, why) in node.bounce_ports() {
+            log.event(
+                "HA",
+                format_args!("cannot bounce interface {iface} on swap: {why}"),
+            );
+        }
+    }
+
+    /// Whether the old active of a swap still forwards (draining).
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
     }
 
     /// haactive / hapassive / hareset.
@@ -1088,13 +1195,18 @@ impl Cluster {
                         self.last_swap = Some(line);
                         self.role_since = SystemTime::now();
                     }
-                    node.set_role(to);
-                    if to == PlaneRole::Passive && self.bounce_on_swap {
-                        for (iface, why) in node.bounce_ports() {
-                            log.event(
-                                "HA",
-                                format_args!("cannot bounce interface {iface} on swap: {why}"),
-                            );
+                    match (to, node.role(), &self.drain) {
+                        // Make-before-break: the peer takes over while
+                        // this member still forwards what reaches it.
+                        (PlaneRole::Passive, PlaneRole::Active, _) => self.start_drain(node, log),
+                        // Already draining: it ends by itself.
+                        (PlaneRole::Passive, _, Some(_)) => {}
+                        _ => {
+                            self.drain = None;
+                            node.set_role(to);
+                            if to == PlaneRole::Passive {
+                                self.bounce(node, log);
+                            }
                         }
                     }
                 }
@@ -1428,7 +1540,8 @@ impl Cluster {
     /// On a clean stop (SIGTERM, an upgrade): an active member with a live
     /// peer becomes passive first and waits (at most `limit`) until the
     /// peer announces itself active, so the takeover costs a heartbeat
-    /// round trip instead of the dead time.
+    /// round trip instead of the dead time; meanwhile, and until its drain
+    /// ends, it still forwards what reaches it (make-before-break).
     pub fn hand_over(&mut self, node: &Node, log: &mut EventLog, limit: Duration) {
         if node.role() != PlaneRole::Active || !self.ha.peer_heard() {
             return;
@@ -1437,12 +1550,16 @@ impl Cluster {
         self.handing_over = true;
         let t0 = Instant::now();
         self.forced(Some(PlaneRole::Passive), node, log);
-        while t0.elapsed() < limit {
+        let mut taken = false;
+        // The peer's takeover within `limit`, then the drain (bounded by
+        // its own end, with a margin for the control turns).
+        while t0.elapsed() < limit + DRAIN_AFTER_PEER_ACTIVE + Duration::from_millis(200) {
             for i in 0..self.links.len() {
                 self.on_readable(Token(self.token_base + i), node, log);
             }
             self.poll(node, log);
-            if self.ha.peer().is_some_and(|p| p.role == Role::Active) {
+            if !taken && self.ha.peer().is_some_and(|p| p.role == Role::Active) {
+                taken = true;
                 log.event(
                     "HA",
                     format_args!(
@@ -1450,17 +1567,27 @@ impl Cluster {
                         t0.elapsed().as_secs_f64() * 1e3
                     ),
                 );
+            }
+            if taken && self.drain.is_none() {
                 return;
+            }
+            if !taken && t0.elapsed() >= limit {
+                break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        log.event(
-            "HA",
-            format_args!(
-                "the peer did not take over within {} ms; stopping anyway",
-                limit.as_millis()
-            ),
-        );
+        if !taken {
+            log.event(
+                "HA",
+                format_args!(
+                    "the peer did not take over within {} ms; stopping anyway",
+                    limit.as_millis()
+                ),
+            );
+        }
+        if self.drain.take().is_some() {
+            node.set_role(PlaneRole::Passive);
+        }
     }
 
     /// What this member tells its peer of itself (its members' service).

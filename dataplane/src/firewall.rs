@@ -56,11 +56,14 @@ pub enum FwDrop {
     FragmentMiss,
     /// An ICMP error about no known connection.
     IcmpErrorUnrelated,
+    /// A new connection reached a member that handed the active role
+    /// over and only forwards the connections it has (draining).
+    Draining,
 }
 
 impl FwDrop {
     /// Number of variants.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     /// Every variant, in counter order.
     pub const ALL: [FwDrop; Self::COUNT] = [
         FwDrop::PolicyBlock,
@@ -72,6 +75,7 @@ impl FwDrop {
         FwDrop::NatExhausted,
         FwDrop::FragmentMiss,
         FwDrop::IcmpErrorUnrelated,
+        FwDrop::Draining,
     ];
 
     /// Stable snake_case name used in counters and JSON.
@@ -86,6 +90,7 @@ impl FwDrop {
             FwDrop::NatExhausted => "nat_exhausted",
             FwDrop::FragmentMiss => "fragment_miss",
             FwDrop::IcmpErrorUnrelated => "icmp_error_unrelated",
+            FwDrop::Draining => "draining",
         }
     }
 }
@@ -298,6 +303,8 @@ pub struct Firewall {
     policy_since_ms: u64,
     /// The rule log's token bucket: (milli-tokens, last refill ms).
     log_bucket: (u64, u64),
+    /// Handing over: known connections only (see [`FwDrop::Draining`]).
+    draining: bool,
 }
 
 fn new_hits(policy: &Policy) -> Arc<[RuleCounter]> {
@@ -344,6 +351,7 @@ impl Firewall {
             hits,
             hits_published: false,
             policy_since_ms: now_ms,
+            draining: false,
             log_bucket: (RULE_LOG_BURST * 1000, now_ms),
         };
         fw.publish_hits();
@@ -465,6 +473,13 @@ impl Firewall {
         self.publish_hits();
     }
 
+    /// While draining, packets of known connections pass and new ones are
+    /// dropped (counted as [`FwDrop::Draining`]): the new active would
+    /// not know them.
+    pub fn set_draining(&mut self, on: bool) {
+        self.draining = on;
+    }
+
     /// The connection-table shard (the sync core and listings use it).
     pub fn shard(&self) -> &Shard {
         &self.shard
@@ -581,6 +596,9 @@ impl Firewall {
         p: &ParsedIpv4,
         router: &Router,
     ) -> FilterVerdict {
+        if self.draining {
+            return self.drop(FwDrop::Draining);
+        }
         let key = p.flow;
         let icmp_type = match p.l4 {
             L4Info::IcmpQuery { ty, .. } | L4Info::IcmpOther { ty, .. } => Some(ty),

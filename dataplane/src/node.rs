@@ -482,6 +482,19 @@ impl Node {
         self.role.store(role as u8, Ordering::Release);
     }
 
+    /// Passive for the cluster, but the workers keep forwarding the
+    /// connections they have (and open none) until [`Node::set_role`]:
+    /// the old active of a planned swap, while the neighbours move to the
+    /// new one ([`crate::worker::DRAINING`]).
+    pub fn set_draining(&self) {
+        self.role.store(crate::worker::DRAINING, Ordering::Release);
+    }
+
+    /// Whether the workers drain ([`Node::set_draining`]).
+    pub fn draining(&self) -> bool {
+        self.role.load(Ordering::Acquire) == crate::worker::DRAINING
+    }
+
     /// Has the workers send the gratuitous ARPs of every address again
     /// (while active): after a dual-active episode, the neighbours may have
     /// learnt the member that yielded.

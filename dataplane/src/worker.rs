@@ -130,10 +130,16 @@ pub enum Role {
     Passive = 1,
 }
 
+/// The value the node's role takes while it drains after handing the
+/// active role over (make-before-break): passive to the cluster, but its
+/// workers still forward the packets of the connections they have, for
+/// the neighbours that still send here, and open none.
+pub const DRAINING: u8 = 2;
+
 impl Role {
-    /// The role stored in `v`.
+    /// The role stored in `v` ([`DRAINING`] is passive).
     pub fn from_u8(v: u8) -> Role {
-        if v == Role::Passive as u8 {
+        if v == Role::Passive as u8 || v == DRAINING {
             Role::Passive
         } else {
             Role::Active
@@ -148,6 +154,10 @@ impl Role {
         }
     }
 }
+
+/// How long TCP windows are tracked loosely once a member starts
+/// draining (both members forward parts of the same streams).
+const DRAIN_GRACE_MS: u64 = 10_000;
 
 /// How often a worker does its housekeeping (connection expiry, fragment
 /// table, counter mirrors).
@@ -255,6 +265,8 @@ pub struct Worker {
     announce_gen: Arc<std::sync::atomic::AtomicU64>,
     announce_seen: u64,
     current_role: Role,
+    /// Passive, but still forwarding known connections ([`DRAINING`]).
+    draining: bool,
     sync: Option<WorkerSync>,
     bulk_cursor: Option<usize>,
     /// The dump generation last asked for by the sync core.
@@ -327,6 +339,7 @@ impl Worker {
             announce_gen: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             announce_seen: 0,
             current_role: Role::Active,
+            draining: false,
             sync: None,
             bulk_cursor: None,
             dump_gen: 0,
@@ -435,7 +448,9 @@ impl Worker {
             return;
         }
         let now = self.epoch.elapsed().as_millis() as u64;
-        let active = self.current_role == Role::Active;
+        // A draining member still forwards its connections: what the new
+        // active says of them keeps them live.
+        let active = self.current_role == Role::Active || self.draining;
         for _ in 0..1024 {
             let Some(item) = sync.installs.pop() else {
                 break;
@@ -511,17 +526,37 @@ impl Worker {
         self
     }
 
+    /// Whether this worker forwards: active, or passive and draining.
+    fn forwarding(&self) -> bool {
+        self.current_role == Role::Active || self.draining
+    }
+
     /// Applies a role change the control thread published: on becoming
     /// active, replicated connections go live (with the takeover grace
     /// period for TCP windows) before the first packet is forwarded, and
     /// the node announces its addresses.
     fn follow_role(&mut self) {
-        let role = Role::from_u8(self.role.load(Ordering::Acquire));
-        if role == self.current_role {
+        let raw = self.role.load(Ordering::Acquire);
+        let (role, draining) = (Role::from_u8(raw), raw == DRAINING);
+        if role == self.current_role && draining == self.draining {
             return;
         }
         self.current_role = role;
-        if role == Role::Active {
+        self.draining = draining;
+        if let Some(fw) = &mut self.firewall {
+            fw.set_draining(draining);
+        }
+        if draining {
+            // Handing over: the entries stay live for the packets that
+            // still come here; the new active forwards the same streams,
+            // so TCP windows are tracked loosely meanwhile.
+            let grace = self.now_ms() + DRAIN_GRACE_MS;
+            if let Some(fw) = &mut self.firewall {
+                if fw.shard().loose_until_ms() < grace {
+                    fw.shard_mut().set_loose_until(grace);
+                }
+            }
+        } else if role == Role::Active {
             let now = self.now_ms();
             if let Some(fw) = &mut self.firewall {
                 fw.shard_mut().activate_all(now);
@@ -727,7 +762,7 @@ impl Worker {
 
     /// Passive with LACP kept out of distribution.
     fn lacp_quiet(&self) -> bool {
-        self.settings.lacp_quiet_when_passive && self.current_role == Role::Passive
+        self.settings.lacp_quiet_when_passive && !self.forwarding()
     }
 
     fn now_ms(&self) -> u64 {
@@ -852,9 +887,12 @@ impl Worker {
                 return;
             }
         }
-        if self.current_role == Role::Passive {
-            // Silent: only learn neighbours from ARP (warm for a takeover).
-            if mbuf.data().get(12..14) == Some(&[0x08, 0x06][..]) {
+        let arp = mbuf.data().get(12..14) == Some(&[0x08, 0x06][..]);
+        if !self.forwarding() || (self.draining && arp) {
+            // Silent: only learn neighbours from ARP (warm for a takeover;
+            // a draining member must not answer for the addresses the new
+            // active announces).
+            if arp {
                 let _ = self.router.process(now, in_port, mbuf.data_mut());
             }
             self.counters.worker_drop(WorkerDrop::Passive, 1);

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use tandem_dataplane::conntrack::ShardConfig;
-use tandem_dataplane::firewall::{Firewall, FirewallCounters, FirewallSettings};
+use tandem_dataplane::firewall::{Firewall, FirewallCounters, FirewallSettings, FwDrop};
 use tandem_dataplane::neigh::{NeighbourTable, NeighbourTimers};
 use tandem_dataplane::policy::{Backend, Policy};
 use tandem_dataplane::router::{Action, Router, RouterInterface};
@@ -248,4 +248,29 @@ fn a_rule_counts_its_connections_and_their_bytes_both_ways_until_a_new_policy() 
     send(&mut fw, 102, tcp(3, 0x02, 1000, 0, false));
     send(&mut fw, 103, tcp(3, 0x12, 5000, 1001, true));
     assert_eq!(rule_counts(&counters), [(1, 80), (0, 0)]);
+}
+
+#[test]
+fn a_draining_firewall_forwards_the_connections_it_has_and_opens_none() {
+    let r = router();
+    let counters = Arc::new(FirewallCounters::default());
+    let mut fw = firewall_counted(counters.clone());
+    let send = |fw: &mut Firewall, now, (port, mut b): (u16, Vec<u8>)| {
+        r.process_filtered(now, port, &mut b, fw)
+    };
+    let fwd = |a: &Action| matches!(a, Action::Forward { .. });
+    assert!(fwd(&send(&mut fw, 1, tcp(1, 0x02, 1000, 0, false))));
+    assert!(fwd(&send(&mut fw, 2, tcp(1, 0x12, 5000, 1001, true))));
+    fw.set_draining(true);
+    // The known connection, both ways.
+    assert!(fwd(&send(&mut fw, 3, tcp(1, 0x10, 1001, 5001, false))));
+    assert!(fwd(&send(&mut fw, 4, tcp(1, 0x18, 5001, 1001, true))));
+    // A new one is not opened, and the drop is counted.
+    assert!(!fwd(&send(&mut fw, 5, tcp(2, 0x02, 1000, 0, false))));
+    let drained = FwDrop::Draining as usize;
+    assert_eq!(counters.drops[drained].get(), 1);
+    assert_eq!(fw.shard().len(), 1);
+    fw.set_draining(false);
+    assert!(fwd(&send(&mut fw, 6, tcp(2, 0x02, 1000, 0, false))));
+    assert_eq!(fw.shard().len(), 2);
 }

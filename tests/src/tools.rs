@@ -172,6 +172,30 @@ pub struct UdpProbe {
     pub raw: Value,
 }
 
+/// A steady stream of `rate` UDP datagrams a second for `secs` from `ns`
+/// to an echo server at `dst:port` (`udp_stream.py`): sent, received,
+/// lost (either way), the runs of lost sequence numbers and the longest
+/// time without an echo (`max_gap_ms`).
+pub fn udp_stream(ns: &Netns, dst: &str, port: u16, rate: u32, secs: f64) -> Result<Value> {
+    check_lab_addr(dst)?;
+    let args = vec![
+        "--dst".into(),
+        dst.into(),
+        "--port".into(),
+        port.to_string(),
+        "--rate".into(),
+        rate.to_string(),
+        "--duration".into(),
+        format!("{secs:.3}"),
+    ];
+    run_tool(
+        ns,
+        "udp_stream.py",
+        &args,
+        Duration::from_secs_f64(secs + 10.0),
+    )
+}
+
 /// Sends `payload` by UDP from `ns` to `dst:port` up to `count` times,
 /// waiting `wait` for an answer each time (`udp_probe.py`).
 pub fn udp_probe(
