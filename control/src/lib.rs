@@ -18,4 +18,5 @@ pub mod reports;
 pub mod rulelog;
 pub mod socket;
 pub mod syslog;
+pub mod update;
 pub mod watchdog;
