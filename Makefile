@@ -5,13 +5,17 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build build-release demo test fuzz bench lint clean-lab
+.PHONY: deps build build-release build-next demo test fuzz bench lint clean-lab
 
 deps:
 	@./scripts/install-deps.sh
 
 build: deps
 	$(CARGO) build --workspace --bins
+
+# The next version (the same tree as 0.2.0, K2K 3) for the upgrade tests.
+build-next: deps
+	./scripts/build-next.sh
 
 build-release: deps
 	$(CARGO) build --workspace --bins --release
@@ -21,7 +25,7 @@ demo: build-release
 
 # Unit and DPDK tests first, then the end-to-end tests, one lab at a time
 # (on 2 cores parallel labs only starve each other).
-test: build
+test: build-next build
 	$(CARGO) test --workspace --exclude tandem-tests
 	$(CARGO) test -p tandem-tests -- --test-threads=1
 	./scripts/fuzz.sh $(FUZZ_SECONDS)

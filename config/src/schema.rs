@@ -416,6 +416,15 @@ pub struct ControlConfig {
     /// Send the event log (and rule logs) to syslog too (RFC 5424).
     #[serde(default)]
     pub syslog: Option<SyslogConfig>,
+    /// Firmware updates: the directory of the public keys (`NAME.pub`,
+    /// hex) a package must be signed with; default
+    /// `/etc/tandem/trusted-keys`.
+    #[serde(default)]
+    pub trusted_keys: Option<PathBuf>,
+    /// Seconds an updated version has to rejoin its peer before
+    /// tandem-boot rolls it back (10..=3600); default 120.
+    #[serde(default)]
+    pub update_confirm_secs: Option<u64>,
 }
 
 /// `control.syslog`: where the event log goes besides its file.
@@ -533,6 +542,8 @@ impl Default for ControlConfig {
             identity: None,
             metrics: None,
             syslog: None,
+            trusted_keys: None,
+            update_confirm_secs: None,
         }
     }
 }

@@ -449,6 +449,25 @@ fn node(c: &mut Checker<'_>, cfg: &NodeConfig) {
     if let Some(Err(e)) = cfg.control.syslog.as_ref().map(crate::SyslogConfig::target) {
         c.fail("control.syslog", e);
     }
+    if let Some(secs) = cfg.control.update_confirm_secs {
+        if !(10..=3600).contains(&secs) {
+            c.fail(
+                "control.update_confirm_secs",
+                format!("{secs} is out of range; allowed 10 to 3600 seconds"),
+            );
+        }
+    }
+    if let Some(d) = &cfg.control.trusted_keys {
+        if !d.is_absolute() {
+            c.fail(
+                "control.trusted_keys",
+                format!(
+                    "{:?} is not an absolute directory path; allowed an absolute path such as \"/etc/tandem/trusted-keys\"",
+                    d.display().to_string()
+                ),
+            );
+        }
+    }
     let socket = &cfg.control.socket;
     if !socket.is_absolute() || socket.file_name().is_none() {
         c.fail(

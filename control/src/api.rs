@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -97,6 +97,18 @@ pub enum Request {
         /// The file, relative to the cluster directory (required).
         #[serde(default)]
         file: Option<String>,
+    },
+    /// Installs a signed update package on this member or its peer, as
+    /// `system update --package FILE --target local|remote`.
+    SystemUpdate {
+        /// The package: an absolute path on this node (required).
+        #[serde(default)]
+        package: Option<String>,
+        /// `local` (this member: a hand-over first if it is active, then
+        /// the restart into the new version) or `remote` (the peer, over
+        /// the members' service) (required).
+        #[serde(default)]
+        target: Option<String>,
     },
     /// Turns this node, running alone, into the first member of a new
     /// cluster without a restart (it stays active), as `ha create`.
@@ -240,6 +252,7 @@ impl Request {
         "ha_key",
         "ha_cluster_remove",
         "ha_cluster_activate",
+        "system_update",
         "debug",
     ];
 
@@ -272,6 +285,7 @@ impl Request {
             Request::HaKey { .. } => "ha_key",
             Request::HaClusterRemove { .. } => "ha_cluster_remove",
             Request::HaClusterActivate => "ha_cluster_activate",
+            Request::SystemUpdate { .. } => "system_update",
             Request::Debug { .. } => "debug",
         }
     }
@@ -732,6 +746,10 @@ pub struct HaMemberInfo {
     /// only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_id: Option<u32>,
+    /// Its installation slots: the one it runs, the backup one (`none`
+    /// without tandem-boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<SlotsView>,
 }
 
 /// One path to the peer as `hainfo` shows it.
@@ -793,6 +811,26 @@ pub struct MemberStatusReport {
     pub sync_id: Option<u32>,
     /// Its HA links as it sees them.
     pub links: Vec<MemberLinkState>,
+    /// Its installation slots (absent without tandem-boot, or from an
+    /// older tandem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<SlotsView>,
+}
+
+/// A member's installation slots (hainfo's `backup partition`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotsView {
+    /// The slot it runs from (`a`, `b`).
+    pub active: String,
+    /// The version it runs is on trial (not confirmed yet).
+    pub on_trial: bool,
+    /// The other slot.
+    pub backup_slot: String,
+    /// The version in the other slot (a rollback's target), if any.
+    pub backup_version: Option<String>,
+    /// The last rollback: when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<String>,
 }
 
 /// One HA link as a member sees it.
@@ -1336,6 +1374,7 @@ mod tests {
             | Request::HaKey { .. }
             | Request::HaClusterRemove { .. }
             | Request::HaClusterActivate
+            | Request::SystemUpdate { .. }
             | Request::Log { .. }
             | Request::Debug { .. } => {}
         }
@@ -1380,6 +1419,10 @@ mod tests {
                 force: false,
             },
             Request::HaClusterActivate,
+            Request::SystemUpdate {
+                package: None,
+                target: None,
+            },
             Request::Debug { fault: None },
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
@@ -1401,7 +1444,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, debug"
         );
     }
 

@@ -18,7 +18,7 @@
 //! Answers given later reach the socket as [`Completion`]s over a channel
 //! and a wake of this thread's poll.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -552,6 +552,25 @@ impl Route<'_> {
             Request::HaDiff { file: None } => Some(Response::error(
                 "hadiff needs a file: a path relative to the cluster directory, such as policy.ron (tandemctl hasynctest lists the files that differ)",
             )),
+            Request::SystemUpdate { package, target } => match (package.as_deref(), target.as_deref()) {
+                (None, _) => Some(Response::error(
+                    "system update needs the package: --package FILE (an absolute path on this node)",
+                )),
+                (Some(p), _) if !p.starts_with('/') => Some(Response::error(format!(
+                    "the package path {p:?} is not absolute: give the whole path on this node"
+                ))),
+                (_, Some("local" | "remote")) => self.to_jobs(
+                    Request::SystemUpdate {
+                        package: package.clone(),
+                        target: target.clone(),
+                    },
+                    id,
+                ),
+                (_, t) => Some(Response::error(format!(
+                    "system update needs --target local (this member) or --target remote (the peer), not {}",
+                    t.map_or_else(|| "nothing".to_owned(), |t| format!("{t:?}"))
+                ))),
+            },
             Request::ConnList { .. }
             | Request::ConnFlush
             | Request::PolicyReload
@@ -565,23 +584,24 @@ impl Route<'_> {
             | Request::HaSet { .. }
             | Request::HaKey { .. }
             | Request::HaEnha
-            | Request::HaClusterActivate => {
-                let Some(jobs) = self.jobs else {
-                    return Some(Response::error("tandemd is stopping"));
-                };
-                match jobs.try_send(Job {
-                    request: req,
-                    reply: self.reply(id),
-                }) {
-                    Ok(()) => None,
-                    Err(TrySendError::Full(_)) => Some(Response::error(format!(
-                        "busy: {JOB_QUEUE} long requests (conn list, conn flush, policy reload, hapeer, hasync, hasynctest, hadiff) are already waiting; retry when they are done"
-                    ))),
-                    Err(TrySendError::Disconnected(_)) => {
-                        Some(Response::error("tandemd is stopping"))
-                    }
-                }
-            }
+            | Request::HaClusterActivate => self.to_jobs(req, id),
+        }
+    }
+
+    /// Hands a long `request` to the job thread.
+    fn to_jobs(&self, request: Request, id: ClientId) -> Option<Response> {
+        let Some(jobs) = self.jobs else {
+            return Some(Response::error("tandemd is stopping"));
+        };
+        match jobs.try_send(Job {
+            request,
+            reply: self.reply(id),
+        }) {
+            Ok(()) => None,
+            Err(TrySendError::Full(_)) => Some(Response::error(format!(
+                "busy: {JOB_QUEUE} long requests (conn list, conn flush, policy reload, hapeer, hasync, hasynctest, hadiff, system update) are already waiting; retry when they are done"
+            ))),
+            Err(TrySendError::Disconnected(_)) => Some(Response::error("tandemd is stopping")),
         }
     }
 
@@ -977,9 +997,97 @@ fn run_job(ctx: &ApiContext, request: Request, control: &Arc<Waker>) -> Response
                 Err(e) => Response::error(e),
             }
         }),
+        Request::SystemUpdate {
+            package: Some(package),
+            target: Some(target),
+        } => system_update(ctx, Path::new(&package), &target),
         other => Response::error(format!(
             "{} is not a long request (tandemd bug: please report it)",
             other.name()
         )),
+    }
+}
+
+/// `system update`: the package installed here (then the restart into
+/// it, after a hand-over if active) or sent to the peer (which does the
+/// same).
+fn system_update(ctx: &ApiContext, package: &Path, target: &str) -> Response {
+    if crate::update::restart_requested() {
+        return Response::error("this member is already restarting into a new version");
+    }
+    if target == "remote" {
+        let (mut client, link) = match connect_peer(ctx) {
+            Ok(c) => c,
+            Err(e) => return Response::error(e),
+        };
+        return match crate::update::send(&mut client, package) {
+            Ok(i) => {
+                ctx.events.event(
+                    "SYSTEM",
+                    format_args!(
+                        "update: the peer installed version {} (K2K {}) in its slot {} and restarts into it",
+                        i.version,
+                        i.k2k_version,
+                        i.slot.as_str()
+                    ),
+                );
+                Response::Lines {
+                    lines: vec![
+                        format!("sent {} to the peer over {link}", package.display()),
+                        format!(
+                            "the peer installed version {} (K2K {}) in slot {} on trial, signed by {}",
+                            i.version,
+                            i.k2k_version,
+                            i.slot.as_str(),
+                            i.signer
+                        ),
+                        "it restarts into it now and must rejoin within its trial time, or it rolls back by itself".into(),
+                    ],
+                    error: None,
+                }
+            }
+            Err(e) => {
+                ctx.events
+                    .event("SYSTEM", format_args!("update of the peer failed: {e}"));
+                Response::error(e)
+            }
+        };
+    }
+    match crate::update::install(package) {
+        Ok(i) => {
+            ctx.events.event(
+                "SYSTEM",
+                format_args!(
+                    "update: version {} (K2K {}) installed in slot {} on trial, signed by {}; restarting into it",
+                    i.version,
+                    i.k2k_version,
+                    i.slot.as_str(),
+                    i.signer
+                ),
+            );
+            // The answer leaves first; the control loop then hands the
+            // active role over (if it has it) and stops.
+            crate::update::request_restart(std::time::Duration::from_millis(300));
+            Response::Lines {
+                lines: vec![
+                    format!(
+                        "installed version {} (K2K {}) in slot {} on trial, signed by {}",
+                        i.version,
+                        i.k2k_version,
+                        i.slot.as_str(),
+                        i.signer
+                    ),
+                    "restarting into it now (an active member hands over first); it must rejoin within its trial time, or it rolls back by itself".into(),
+                ],
+                error: None,
+            }
+        }
+        Err(e) => {
+            ctx.events.event(
+                "SYSTEM",
+                format_args!("update refused, nothing installed: {e}"),
+            );
+            Response::error(e)
+        }
     }
 }

@@ -839,7 +839,10 @@ fn nodes_table(r: &HaInfo, verbose: bool) -> Table {
         t.row(cells);
     };
     row("model", false, &|m, _| opt(&m.model));
-    row("version", false, &|m, _| opt(&m.version));
+    row("version", false, &|m, _| match (&m.version, &m.slots) {
+        (Some(v), Some(sl)) if sl.on_trial => format!("{v} (on trial)"),
+        _ => opt(&m.version),
+    });
     row("forced", false, &|m, _| {
         m.forced.clone().unwrap_or_else(|| "no".into())
     });
@@ -878,8 +881,13 @@ fn nodes_table(r: &HaInfo, verbose: bool) -> Table {
             .map_or_else(|| "-".into(), |v| v.to_string())
     });
     row("election hold", true, &|m, _| opt(&m.election_hold));
-    row("backup partition", false, &|_, _| {
-        "n/a: one system partition".into()
+    row("backup partition", false, &|m, _| match &m.slots {
+        Some(sl) => format!(
+            "slot {}: {}",
+            sl.backup_slot,
+            sl.backup_version.as_deref().unwrap_or("empty")
+        ),
+        None => "n/a: no slots (not started by tandem-boot)".into(),
     });
     row("quality", false, &|m, _| format!("{}%", m.quality));
     row("priority", false, &|m, _| m.priority.to_string());

@@ -1610,6 +1610,7 @@ impl Cluster {
                     since_unix: unix_secs(l.state_since),
                 })
                 .collect(),
+            slots: None,
         }
     }
 
@@ -1645,7 +1646,9 @@ impl Cluster {
                 .into(),
             ),
             heartbeat_version: Some(crate::ha::heartbeat::VERSION),
-            k2k_version: node.sync().map(|_| tandem_dataplane::k2k::VERSION),
+            k2k_version: node
+                .sync()
+                .map(|_| tandem_dataplane::build::get().k2k_version),
             sync_id: sync_id(node),
             ..Default::default()
         };

@@ -57,6 +57,9 @@ pub enum DaemonError {
         "cannot start the event log's writer thread: {0}. Check the process and memory limits"
     )]
     EventLog(std::io::Error),
+    /// The installation slots tandem-boot named cannot be used.
+    #[error("installation slots: {0}")]
+    Update(String),
 }
 
 /// The identity file: `control.identity`, or `identity.ron` beside the
@@ -81,7 +84,7 @@ pub fn node_identity(cfg: &NodeConfig, config_path: &Path) -> Result<IdentityRep
         model: None,
         licence: None,
         ports: None,
-        firmware: env!("CARGO_PKG_VERSION").to_owned(),
+        firmware: tandem_dataplane::build::get().version.to_owned(),
     };
     if cfg.control.identity.is_none() && !path.exists() {
         return Ok(report);
@@ -169,13 +172,33 @@ pub enum Exit {
     /// For a restart with the configuration as it is now on disk (a
     /// firewall that joined a cluster): the caller starts tandemd again.
     Restart,
+    /// To start the version just installed in the other slot: the caller
+    /// exits with [`crate::update::EXIT_UPDATE`] for tandem-boot.
+    Update,
 }
 
 /// Runs a node from the configuration file at `config_path` until a
-/// termination signal arrives, or a join asks for a restart.
-pub fn run(config_path: &Path) -> Result<Exit, DaemonError> {
+/// termination signal arrives, or a join or an update asks for a restart.
+/// `slots`: the installation slots' root that tandem-boot passes.
+pub fn run(config_path: &Path, slots: Option<&Path>) -> Result<Exit, DaemonError> {
     let cfg = tandem_config::load(config_path)?;
     let name = cfg.node.name.clone();
+    let slots = match slots.map(crate::update::slots::Slots::open).transpose() {
+        Ok(s) => s,
+        Err(e) => return Err(DaemonError::Update(e)),
+    };
+    crate::update::init(crate::update::Setup {
+        slots,
+        trusted_keys: cfg
+            .control
+            .trusted_keys
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::update::DEFAULT_TRUSTED_KEYS)),
+        confirm_within_secs: cfg
+            .control
+            .update_confirm_secs
+            .unwrap_or(crate::update::DEFAULT_CONFIRM_SECS),
+    });
 
     let log_path = cfg
         .control
@@ -517,6 +540,9 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
             socket_path.display()
         ),
     );
+    // A version on trial confirms itself once it rejoined (its own
+    // thread: the confirmation writes the boot record).
+    let _trial = crate::update::Trial::start(&daemon.events);
 
     let mut events = Events::with_capacity(64);
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
@@ -562,6 +588,10 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
             exit = Exit::Restart;
             break 'run;
         }
+        if crate::update::restart_due() {
+            exit = Exit::Update;
+            break 'run;
+        }
         if let Some(c) = &mut daemon.cluster {
             if Instant::now() >= c.next_wakeup() {
                 c.poll(&daemon.node, &mut daemon.events);
@@ -597,6 +627,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         match exit {
             Exit::Stopped => "stopping on signal",
             Exit::Restart => "stopping to start again with the new configuration",
+            Exit::Update => "stopping to start the version just installed",
         },
     );
     // Table walks in progress give up: the API thread stops promptly.
@@ -610,6 +641,7 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
         let reason = match exit {
             Exit::Stopped => "stopping (tandemd got SIGTERM or SIGINT)",
             Exit::Restart => "restarting with a new configuration",
+            Exit::Update => "restarting into a new version (an update)",
         };
         std::thread::Builder::new()
             .name("tandem-leaving".into())
@@ -856,6 +888,7 @@ impl Daemon {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs());
         l.file_sync = self.file_sync();
+        l.slots = crate::update::view();
         let cfg = info.config.as_deref();
         l.conf_synchronized = cfg.map(|c| !c.local.local_changes && c.synchronized != Some(false));
         let view = self.peer_view.borrow();
@@ -876,6 +909,7 @@ impl Daemon {
                     }
                     p.file_sync.clone_from(&m.file_sync);
                     p.sync_id = m.sync_id;
+                    p.slots.clone_from(&m.slots);
                     for l in &mut info.links {
                         l.peer_view = m.links.iter().find(|x| x.name == l.name).cloned();
                     }
@@ -962,11 +996,27 @@ impl Daemon {
         if let (Some(c), Some(p)) = (&self.cluster, &self.peer) {
             if let Ok(mut g) = p.status.try_lock() {
                 *g = c.member_status(&self.node, self.file_sync());
+                g.slots = crate::update::view();
             }
         }
         if self.cluster.as_ref().is_some_and(Cluster::peer_heard) {
             self.shared.set_peer_heard_now();
         }
+        // A new version on trial confirms itself once it has rejoined:
+        // the peer heard, and active or with a complete table (a node
+        // without a cluster: running).
+        let rejoined = match &self.cluster {
+            None => true,
+            Some(c) => {
+                c.peer_heard()
+                    && (self.node.role() == Role::Active
+                        || self
+                            .node
+                            .sync()
+                            .is_some_and(|s| s.shared().synchronized.load(Relaxed)))
+            }
+        };
+        crate::update::set_healthy(rejoined && self.watchdog.healthy());
         let role = self.node.role();
         // With the election on, the swap itself was logged with its reason.
         if role != self.seen.3 && self.cluster.is_none() {

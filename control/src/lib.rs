@@ -6,6 +6,7 @@ pub mod api;
 pub mod apiserver;
 pub mod background;
 pub mod bootepoch;
+pub mod build_info;
 pub mod client;
 pub mod cluster;
 pub mod daemon;

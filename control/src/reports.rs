@@ -178,7 +178,7 @@ pub fn status(ctx: &ApiContext) -> StatusReport {
     StatusReport {
         node: ctx.cfg().node.name.clone(),
         serial: ctx.cfg().node.serial.clone(),
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: tandem_dataplane::build::get().version.into(),
         pid: std::process::id(),
         started_unix: ctx
             .started

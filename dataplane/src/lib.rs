@@ -6,6 +6,7 @@
 //! argument, so it is unit-tested and fuzzed without DPDK.
 #![deny(unsafe_code)]
 
+pub mod build;
 pub mod conntrack;
 pub mod counters;
 pub mod dispatch;

@@ -1268,13 +1268,12 @@ fn sync_settings(
         epoch,
     );
     session.encrypt = ha.encrypt;
-    // Test builds of a later protocol version (rolling-upgrade tests):
-    // TANDEM_K2K_TEST_VERSION=3 offers version 3 and adds a v3 record type.
-    let emulate_version = std::env::var("TANDEM_K2K_TEST_VERSION")
-        .ok()
-        .and_then(|v| v.parse::<u8>().ok());
-    if let Some(v) = emulate_version {
-        session.max_version = v.max(session.max_version);
+    // A build of the next protocol version offers it (see
+    // k2k::NEXT_VERSION); the pair speaks the lower one meanwhile.
+    let build = crate::build::get();
+    let next_version = (build.k2k_version > session.max_version).then_some(build.k2k_version);
+    if let Some(v) = next_version {
+        session.max_version = v;
     }
     let links = ha
         .links
@@ -1289,7 +1288,7 @@ fn sync_settings(
     SyncSettings {
         session,
         links,
-        emulate_version,
+        next_version,
         link_dead_ms: u64::from(ha.dead_ms),
         cpu: cfg.dataplane.sync_cpu,
         keys,

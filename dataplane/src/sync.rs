@@ -43,10 +43,11 @@ pub struct SyncSettings {
     pub session: SessionConfig,
     /// Main link first, then the backup.
     pub links: Vec<SyncLink>,
-    /// Play a later protocol version: offer it and add a record type of
-    /// that version to every datagram (interoperability tests of a rolling
-    /// upgrade; `None` in production).
-    pub emulate_version: Option<u8>,
+    /// This build speaks the next protocol version
+    /// ([`crate::k2k::NEXT_VERSION`]): offer it, and add its record group
+    /// (the build's version text) to every datagram; `None` for a build of
+    /// [`crate::k2k::VERSION`].
+    pub next_version: Option<u8>,
     /// A link whose keepalives stop for this long is not used (the HA
     /// dead time: a blackholed link is left as fast as the election
     /// notices it).
@@ -575,9 +576,12 @@ impl SyncCore {
         let keys = settings.keys.clone().map(|k| (k, 0u64));
         let n_links = settings.links.len();
         let mut session = Session::new(settings.session).map_err(SyncError::Session)?;
-        if settings.emulate_version.is_some() {
-            // A record type version 1 does not know: a v1 peer skips it.
-            session.set_extension(0x40, vec![0xee; 24]);
+        if settings.next_version.is_some() {
+            // The group version 2 does not know: a v2 peer skips it.
+            session.set_extension(
+                crate::k2k::BUILD_GROUP,
+                crate::build::get().version.as_bytes().to_vec(),
+            );
         }
         let mut links = Vec::new();
         let mut handles = Vec::new();

@@ -125,14 +125,15 @@ pub fn restart(lab: &Lab, nodes: &mut Vec<Node>, i: usize, ha: HaSection) -> Res
     restart_with(lab, nodes, i, ha, &[], false)
 }
 
-/// As [`restart`], with `env` for the new process, and a clean stop
+/// As [`restart`], running `program` (another build: see
+/// [`NodeConfig::program`]; empty: this build), after a clean stop
 /// (SIGTERM, as for an upgrade) when `graceful`.
 pub fn restart_with(
     lab: &Lab,
     nodes: &mut Vec<Node>,
     i: usize,
     ha: HaSection,
-    env: &[(&str, &str)],
+    program: &[String],
     graceful: bool,
 ) -> Result<()> {
     let mut old = nodes.remove(i - 1);
@@ -148,10 +149,7 @@ pub fn restart_with(
         cfg = cfg.with_policy(&policy);
     }
     cfg.ha = Some(ha);
-    cfg.env = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    cfg.program = program.to_vec();
     let mut n = lab.start_node_with(i, &cfg)?;
     n.wait_ready(Duration::from_secs(30))?;
     nodes.insert(i - 1, n);

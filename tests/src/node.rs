@@ -41,6 +41,30 @@ pub fn find_bin(name: &str) -> Result<PathBuf> {
     }
 }
 
+/// The directory of the next version's build (`scripts/build-next.sh`:
+/// the same tree built with `TANDEM_VERSION=0.2.0` and
+/// `TANDEM_K2K_VERSION=3`), or what to run to make it. `make test` builds
+/// it first.
+pub fn next_bin_dir() -> Result<PathBuf> {
+    let dir = bin_dir().join("next");
+    if dir.join("tandemd").is_file() && dir.join("tandemctl").is_file() {
+        Ok(dir)
+    } else {
+        Err(LabError::BinaryNotFound(format!(
+            "the next version's build is not in {}: run scripts/build-next.sh (make test does)",
+            dir.display()
+        )))
+    }
+}
+
+/// The next version's tandemd ([`next_bin_dir`]), as a node's `program`.
+pub fn next_tandemd() -> Result<Vec<String>> {
+    Ok(vec![next_bin_dir()?
+        .join("tandemd")
+        .to_string_lossy()
+        .into_owned()])
+}
+
 /// One data interface of a node config.
 #[derive(Debug, Clone)]
 pub struct IfaceConfig {
@@ -95,9 +119,13 @@ pub struct NodeConfig {
     pub firewall: Option<FirewallConfig>,
     /// The `ha` section; `None` leaves it out (a lone, always active node).
     pub ha: Option<HaSection>,
-    /// Extra environment of the tandemd process (e.g. the test hook
-    /// `TANDEM_K2K_TEST_VERSION`).
+    /// Extra environment of the tandemd process (e.g.
+    /// `TANDEM_TEST_FAULTS`).
     pub env: Vec<(String, String)>,
+    /// What runs instead of this build's tandemd, before `--config FILE`:
+    /// another build's tandemd ([`next_tandemd`]), or tandem-boot and its
+    /// arguments up to `--`. Empty: this build's tandemd.
+    pub program: Vec<String>,
     /// The node's identity file (RON), written beside the config as
     /// `<socket>.identity.ron` and named in `control.identity`; `None`
     /// names no file (tandemd then looks for `identity.ron` beside the
@@ -241,6 +269,7 @@ impl NodeConfig {
             firewall: None,
             ha: None,
             env: Vec::new(),
+            program: Vec::new(),
             identity: Some(format!(
                 "(serial: \"TDLAB{index:04}\", model: \"TD-LAB\", licence: Master, ports: 2)\n"
             )),
@@ -523,31 +552,37 @@ pub struct Node {
     pub socket: PathBuf,
     /// Its config file.
     pub config_path: PathBuf,
+    /// What runs before `--config FILE` ([`NodeConfig::program`], or this
+    /// build's tandemd).
+    pub program: Vec<String>,
 }
 
 impl Node {
     /// Writes `config` to `config_path` and starts `tandemd --config FILE`
     /// in `ns`. Does not wait for readiness: see [`Node::wait_ready`].
     pub fn start(ns: &Netns, config: &NodeConfig, config_path: &Path) -> Result<Node> {
-        let tandemd = find_bin("tandemd")?;
+        let program = if config.program.is_empty() {
+            vec![find_bin("tandemd")?.to_string_lossy().into_owned()]
+        } else {
+            config.program.clone()
+        };
         find_bin("tandemctl")?;
         config.write(config_path)?;
         let _ = std::fs::remove_file(&config.socket);
         let cfg_s = config_path.to_string_lossy().into_owned();
         let env = config.env.clone();
-        let mut proc = ns.spawn_with(
-            &format!("tandemd-{}", config.name),
-            &[tandemd.to_string_lossy().as_ref(), "--config", &cfg_s],
-            |c| {
-                c.envs(env);
-            },
-        )?;
+        let mut argv: Vec<&str> = program.iter().map(String::as_str).collect();
+        argv.extend(["--config", &cfg_s]);
+        let mut proc = ns.spawn_with(&format!("tandemd-{}", config.name), &argv, |c| {
+            c.envs(env);
+        })?;
         proc.set_grace(Duration::from_secs(5));
         Ok(Node {
             name: config.name.clone(),
             proc,
             socket: config.socket.clone(),
             config_path: config_path.to_path_buf(),
+            program,
         })
     }
 
@@ -563,14 +598,11 @@ impl Node {
                 self.name
             )));
         }
-        let tandemd = find_bin("tandemd")?;
         let _ = std::fs::remove_file(&self.socket);
         let cfg_s = self.config_path.to_string_lossy().into_owned();
-        let mut proc = ns.spawn_with(
-            &format!("tandemd-{}-again", self.name),
-            &[tandemd.to_string_lossy().as_ref(), "--config", &cfg_s],
-            |_| {},
-        )?;
+        let mut argv: Vec<&str> = self.program.iter().map(String::as_str).collect();
+        argv.extend(["--config", &cfg_s]);
+        let mut proc = ns.spawn_with(&format!("tandemd-{}-again", self.name), &argv, |_| {})?;
         proc.set_grace(Duration::from_secs(5));
         self.proc = proc;
         Ok(())

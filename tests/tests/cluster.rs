@@ -31,12 +31,7 @@ const POLICY: &str = r#"(
 
 /// Both members with the firewall on (same policy), both passive at start.
 fn cluster_with(tag: &str, policy: Option<&str>) -> Cluster {
-    cluster_env(tag, policy, &[])
-}
-
-/// As [`cluster_with`], with extra environment for member `i` (1 or 2).
-fn cluster_env(tag: &str, policy: Option<&str>, env: &[(usize, &str, &str)]) -> Cluster {
-    cluster_full(tag, policy, env, |ha| ha.election = false)
+    cluster_full(tag, policy, &[], |ha| ha.election = false)
 }
 
 /// The general fixture: `tweak` edits each member's HA section.
@@ -543,13 +538,26 @@ fn a_datagram_sealed_with_the_wrong_key_is_rejected_and_counted() {
 #[test]
 fn a_member_of_the_next_protocol_version_still_syncs() {
     require_root!();
-    // fw1 plays a build whose K2K is one version higher (it offers v3 and
-    // adds a v3 record type to every datagram); fw2 is this build (v2).
-    let c = cluster_env(
-        "clver",
+    // fw1 runs the next version, a second build of this tree whose K2K is
+    // one version higher (it offers v3 and adds the v3 record group to
+    // every datagram); fw2 is this build (v2).
+    let next = tandem_tests::node::next_tandemd().expect("the next version's build");
+    let lab = tandem_tests::lab::Lab::two_nodes("clver").expect("the lab");
+    let c = tandem_tests::cluster::start_on(
+        lab,
+        tandem_tests::lab::heavy_lock(),
         Some(UDP_POLICY),
-        &[(1, "TANDEM_K2K_TEST_VERSION", "3")],
-    );
+        &[],
+        |i, cfg| {
+            if let Some(ha) = cfg.ha.as_mut() {
+                ha.election = false;
+            }
+            if i == 1 {
+                cfg.program = next.clone();
+            }
+        },
+    )
+    .expect("starting the cluster");
     let (fw1, fw2) = (&c.nodes[0], &c.nodes[1]);
     fw1.ctl(&["haactive"]).expect("haactive");
     wait_sync(

@@ -760,7 +760,8 @@ fn a_rolling_upgrade_hands_over_cleanly_and_ends_on_the_new_protocol() {
     let mut c = start("elupg", |_, _| {});
     let (a, p) = settled(&c);
     assert_eq!((a, p), (0, 1));
-    let v3 = [("TANDEM_K2K_TEST_VERSION", "3")];
+    // The next version: a second build of this tree (K2K version 3).
+    let v3 = tandem_tests::node::next_tandemd().expect("the next version's build");
     let Cluster { nodes, lab, .. } = &mut c;
     let (gap, versions) = transfer(lab, 10, Duration::from_secs(1), || {
         // 1. The passive (fw2) is upgraded: stopped, started on the new

@@ -325,7 +325,10 @@ fn hainfo_v_shows_every_field_for_both_members_and_hamode_the_mode() {
             field("conn sync version"),
             ["n/a (part of K2K)", "n/a (part of K2K)"]
         );
-        assert_eq!(field("backup partition")[0], "n/a: one system partition");
+        assert_eq!(
+            field("backup partition")[0],
+            "n/a: no slots (not started by tandem-boot)"
+        );
         assert_eq!(
             field("state")[0],
             if role == "active" { "running" } else { "ready" }

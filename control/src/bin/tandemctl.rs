@@ -121,6 +121,11 @@ enum Command {
         #[command(subcommand)]
         action: HaAction,
     },
+    /// Firmware: update a member from a signed package, build packages
+    System {
+        #[command(subcommand)]
+        action: SystemAction,
+    },
     /// Re-reads the cluster's configuration (cluster.ron) on this member
     /// and applies the HA parameters that changed in it; says what waits
     /// for a restart
@@ -444,6 +449,132 @@ enum PolicyAction {
     Show,
 }
 
+/// `tandemctl system ...`.
+#[derive(Subcommand, Debug)]
+enum SystemAction {
+    /// Installs a signed package on this member (--target local: it hands
+    /// the active role over first, restarts into the new version and
+    /// rejoins as passive) or on the peer (--target remote: sent over the
+    /// members' service; the peer restarts into it). A new version that
+    /// does not rejoin within its trial time is rolled back by itself
+    Update {
+        /// The package file (tandemctl system package build makes one)
+        #[arg(long, value_name = "FILE")]
+        package: PathBuf,
+        /// local (this member) or remote (the peer)
+        #[arg(long, value_parser = ["local", "remote"])]
+        target: String,
+    },
+    /// Makes signing keys and packages (needs no tandemd)
+    Package {
+        #[command(subcommand)]
+        action: PackageAction,
+    },
+}
+
+/// `tandemctl system package ...`.
+#[derive(Subcommand, Debug)]
+enum PackageAction {
+    /// Writes a new Ed25519 signing key (PKCS#8, mode 0600) and its
+    /// public half (KEY.pub), which the nodes trust by finding it in
+    /// their trusted-keys directory
+    Keygen {
+        /// Where to write the private key (must not exist)
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Builds a package of the tandemd and tandemctl in a directory,
+    /// with the version and K2K version tandemd says of itself
+    /// (tandemd --build-info), signed with KEY
+    Build {
+        /// The directory holding tandemd and tandemctl
+        #[arg(long, value_name = "DIR")]
+        bin_dir: PathBuf,
+        /// The signing key (PKCS#8, from keygen)
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The package to write
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Checks a package against the trusted keys in a directory and
+    /// prints its manifest
+    Inspect {
+        /// The package
+        package: PathBuf,
+        /// The trusted public keys (NAME.pub)
+        #[arg(long, value_name = "DIR", default_value = tandem_control::update::DEFAULT_TRUSTED_KEYS)]
+        trusted_keys: PathBuf,
+    },
+}
+
+/// `system package ...`: answered here, without tandemd.
+fn package_action(action: &PackageAction) -> Result<String, String> {
+    use tandem_control::update::package;
+    match action {
+        PackageAction::Keygen { key } => {
+            let public = package::keygen(key)?;
+            Ok(format!(
+                "signing key written to {} (keep it off the nodes); public key {}: copy it into each node's trusted-keys directory\n",
+                key.display(),
+                public.display()
+            ))
+        }
+        PackageAction::Build { bin_dir, key, out } => {
+            let tandemd = bin_dir.join("tandemd");
+            let o = std::process::Command::new(&tandemd)
+                .arg("--build-info")
+                .output()
+                .map_err(|e| format!("cannot run {} --build-info: {e}", tandemd.display()))?;
+            let info: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|_| {
+                format!(
+                    "{} --build-info did not print its version (is it a tandemd of this release or later?)",
+                    tandemd.display()
+                )
+            })?;
+            let version = info["version"]
+                .as_str()
+                .ok_or("tandemd --build-info: no version")?;
+            let k2k = info["k2k_version"]
+                .as_u64()
+                .and_then(|v| u8::try_from(v).ok())
+                .ok_or("tandemd --build-info: no K2K version")?;
+            let files: Vec<(String, PathBuf)> = package::REQUIRED
+                .iter()
+                .map(|p| {
+                    let name = p.trim_start_matches("bin/");
+                    ((*p).to_owned(), bin_dir.join(name))
+                })
+                .collect();
+            let m = package::build(out, version, k2k, &files, key).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{}: tandem {} (K2K {}), {} files, signed\n",
+                out.display(),
+                m.version,
+                m.k2k_version,
+                m.files.len()
+            ))
+        }
+        PackageAction::Inspect {
+            package: pkg,
+            trusted_keys,
+        } => {
+            let keys = package::TrustedKey::load_dir(trusted_keys)?;
+            let m = package::inspect(pkg, &keys).map_err(|e| e.to_string())?;
+            let mut text = format!(
+                "{}: tandem {} (K2K {}), signature and digests verified\n",
+                pkg.display(),
+                m.version,
+                m.k2k_version
+            );
+            for f in &m.files {
+                text += &format!("  {}  {} bytes  sha256 {}\n", f.path, f.size, f.sha256);
+            }
+            Ok(text)
+        }
+    }
+}
+
 /// How long to wait for an answer when --timeout-ms is not given: the
 /// table walks and the policy compilation take longer on big tables.
 fn default_timeout_ms(req: &Request) -> u64 {
@@ -459,6 +590,8 @@ fn default_timeout_ms(req: &Request) -> u64 {
         // Two key derivations, a sync, then up to 10 s for both members
         // to retire the old key.
         Request::HaKey { .. } => 60_000,
+        // Checking a package, or sending it to the peer.
+        Request::SystemUpdate { .. } => 300_000,
         _ => 2000,
     }
 }
@@ -608,6 +741,17 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
             }
         }
         (Command::Ha { .. }, Response::Done { message }) => Outcome::print(format!("{message}\n")),
+        (Command::System { .. }, Response::Lines { lines, error }) => {
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            match error {
+                None => Outcome::print(text),
+                Some(e) => Outcome {
+                    stdout: Some(text),
+                    error: Some(format!("system update failed: {e}")),
+                    code: 1,
+                },
+            }
+        }
         (Command::Ha { .. }, Response::Lines { lines, error }) => {
             let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
             match error {
@@ -684,6 +828,7 @@ fn print(text: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    tandem_control::set_build!();
     let cli = Cli::parse();
     let socket = socket_path(cli.socket, std::env::var_os(SOCKET_ENV));
     if let Command::Completions { shell } = &cli.command {
@@ -692,8 +837,35 @@ fn main() -> ExitCode {
         clap_complete::generate(*shell, &mut cmd, "tandemctl", &mut out);
         return print(&String::from_utf8_lossy(&out));
     }
+    if let Command::System {
+        action: SystemAction::Package { action },
+    } = &cli.command
+    {
+        return match package_action(action) {
+            Ok(text) => print(&text),
+            Err(e) => {
+                eprintln!("tandemctl: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let req = match &cli.command {
         Command::Status => Request::Status,
+        Command::System {
+            action: SystemAction::Update { package, target },
+        } => match std::path::absolute(package) {
+            Ok(p) => Request::SystemUpdate {
+                package: Some(p.to_string_lossy().into_owned()),
+                target: Some(target.clone()),
+            },
+            Err(e) => {
+                eprintln!("tandemctl: {}: {e}", package.display());
+                return ExitCode::from(2);
+            }
+        },
+        Command::System {
+            action: SystemAction::Package { .. },
+        } => unreachable!("answered above, without tandemd"),
         Command::Identity => Request::Identity,
         Command::Completions { .. } => unreachable!("answered above, without tandemd"),
         Command::Hapeer => Request::PeerStatus,

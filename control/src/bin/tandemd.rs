@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 /// Runs one tandem firewall node: the DPDK dataplane, the control thread
 /// and the local control socket for tandemctl.
@@ -11,22 +11,48 @@ use clap::Parser;
 #[command(name = "tandemd", version, about)]
 struct Args {
     /// The node's configuration file (RON); see config/examples/.
-    #[arg(long, short = 'c', value_name = "FILE")]
-    config: PathBuf,
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        required_unless_present = "build_info"
+    )]
+    config: Option<PathBuf>,
     /// Only check the configuration file and exit (0 if valid).
     #[arg(long)]
     check: bool,
+    /// The installation slots' root directory (tandem-boot passes it):
+    /// updates install into the slot that does not run.
+    #[arg(long, value_name = "DIR")]
+    slots: Option<PathBuf>,
+    /// Print this build's version and K2K protocol version (JSON) and
+    /// exit: what a package's manifest must say of it.
+    #[arg(long)]
+    build_info: bool,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    tandem_control::set_build!();
+    let version = tandem_dataplane::build::get().version;
+    let args = match Args::from_arg_matches(&Args::command().version(version).get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    if args.build_info {
+        println!("{}", tandem_control::build_info::json());
+        return ExitCode::SUCCESS;
+    }
+    let Some(config) = args.config else {
+        eprintln!("tandemd: --config FILE is required");
+        return ExitCode::from(2);
+    };
     if args.check {
-        let checked = tandem_config::load(&args.config)
+        let checked = tandem_config::load(&config)
             .map_err(tandem_control::daemon::DaemonError::from)
-            .and_then(|cfg| tandem_control::daemon::node_identity(&cfg, &args.config));
+            .and_then(|cfg| tandem_control::daemon::node_identity(&cfg, &config));
         return match checked {
             Ok(id) => {
-                println!("{}: configuration is valid", args.config.display());
+                println!("{}: configuration is valid", config.display());
                 match (&id.model, &id.licence, id.ports) {
                     (Some(model), Some(licence), Some(ports)) => println!(
                         "identity: serial {}, model {model}, licence {licence}, {ports} data ports ({})",
@@ -45,8 +71,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    match tandem_control::daemon::run(&args.config) {
+    match tandem_control::daemon::run(&config, args.slots.as_deref()) {
         Ok(tandem_control::daemon::Exit::Stopped) => ExitCode::SUCCESS,
+        Ok(tandem_control::daemon::Exit::Update) => {
+            ExitCode::from(tandem_control::update::EXIT_UPDATE)
+        }
         Ok(tandem_control::daemon::Exit::Restart) => {
             // The same program, arguments and pid (a supervisor sees no
             // exit); no descriptor of this run goes to the next one.

@@ -542,7 +542,7 @@ fn join_steps(
             "{} (model {}, firmware {}, licence {}, {} data ports)",
             identity.serial,
             identity.model,
-            env!("CARGO_PKG_VERSION"),
+            tandem_dataplane::build::get().version,
             identity.licence.as_str(),
             identity.ports
         ),
@@ -621,7 +621,7 @@ fn join_steps(
         model: identity.model.clone(),
         licence: identity.licence.as_str().into(),
         ports: identity.ports,
-        firmware: env!("CARGO_PKG_VERSION").into(),
+        firmware: tandem_dataplane::build::get().version.into(),
         links: links
             .iter()
             .map(|(l, a)| JoinLink {

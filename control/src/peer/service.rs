@@ -201,6 +201,23 @@ pub enum PeerRequest {
     /// What you say of yourself that your heartbeats do not carry: when
     /// you took your role, a transfer running, your view of the links.
     MemberStatus,
+    /// An update package follows (`tandemctl system update --target
+    /// remote`): its size and SHA-256 (hex).
+    PackageBegin {
+        /// Bytes.
+        size: u64,
+        /// SHA-256 of the whole package, hex.
+        sha256: String,
+    },
+    /// Bytes of the package (hex), in order.
+    PackagePut {
+        /// Where these bytes go.
+        offset: u64,
+        /// The bytes, hex.
+        data: String,
+    },
+    /// All sent: check the package, install it and restart into it.
+    PackageCommit,
 }
 
 /// An answer in a session.
@@ -213,6 +230,8 @@ pub enum PeerAnswer {
     ConfigStatus(super::confsync::ConfigStatus),
     /// Answer to [`PeerRequest::MemberStatus`].
     MemberStatus(crate::api::MemberStatusReport),
+    /// Answer to [`PeerRequest::PackageCommit`]: installed, restarting.
+    PackageInstalled(crate::update::Installed),
     /// Bytes of a file.
     FileChunk {
         /// The file's whole size.
@@ -309,6 +328,8 @@ struct Conn {
     serial: String,
     /// A join being served on this connection.
     joining: Option<super::join::Joining>,
+    /// An update package being received on this connection.
+    package: Option<crate::update::Incoming>,
 }
 
 /// Why a connection ends, for the counters and the log.
@@ -493,6 +514,7 @@ fn serve(
                         purpose: None,
                         serial: String::new(),
                         joining: None,
+                        package: None,
                     },
                 );
             }
@@ -677,6 +699,28 @@ fn read_and_serve(
                             ),
                         );
                         PeerAnswer::Noted
+                    }
+                    Ok(
+                        request @ (PeerRequest::PackageBegin { .. }
+                        | PeerRequest::PackagePut { .. }
+                        | PeerRequest::PackageCommit),
+                    ) => {
+                        counters.requests.fetch_add(1, Ordering::Relaxed);
+                        match conf {
+                            // Only the other member, proving the key and
+                            // naming itself, may update this one.
+                            Some(conf)
+                                if c.purpose == Some(Purpose::Member) && conf.is_peer(&c.serial) =>
+                            {
+                                crate::update::receive(request, &mut c.package, &c.serial, log)
+                            }
+                            _ => PeerAnswer::Refused {
+                                reason: format!(
+                                    "{} is not the other member of this cluster: packages come from it only",
+                                    c.serial
+                                ),
+                            },
+                        }
                     }
                     Ok(PeerRequest::JoinFile { .. })
                         if TEST_CUT_JOIN.swap(false, Ordering::Relaxed) =>
@@ -938,6 +982,11 @@ impl PeerClient {
     /// Where it is connected.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Waits at most `t` for each answer from now on.
+    pub fn set_timeout(&mut self, t: Duration) {
+        let _ = self.stream.set_read_timeout(Some(t));
     }
 
     /// Sends `request` and reads the answer; a refusal is an error.

@@ -175,7 +175,8 @@ pub fn keygen(key: &Path) -> Result<PathBuf, String> {
     Ok(public)
 }
 
-fn sha256_file(path: &Path) -> Result<(u64, String), PackageError> {
+/// A file's size and SHA-256 (hex).
+pub fn sha256_file(path: &Path) -> Result<(u64, String), PackageError> {
     let mut f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
     let mut ctx = Context::new(&SHA256);
     let mut buf = vec![0u8; 1 << 16];

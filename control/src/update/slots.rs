@@ -75,6 +75,9 @@ pub struct BootRecord {
     pub trial: Option<Trial>,
     /// The last rollback: when and why.
     pub last_rollback: Option<String>,
+    /// tandemd has put the last rollback in its event log.
+    #[serde(default)]
+    pub rollback_logged: bool,
 }
 
 impl Default for BootRecord {
@@ -84,6 +87,7 @@ impl Default for BootRecord {
             previous: None,
             trial: None,
             last_rollback: None,
+            rollback_logged: false,
         }
     }
 }
@@ -291,6 +295,7 @@ impl Slots {
             r.active = p;
         }
         r.trial = None;
+        r.rollback_logged = false;
         r.last_rollback = Some(format!(
             "{}: {why}",
             crate::peer::confsync::utc_text(crate::peer::confsync::now_unix())

@@ -45,6 +45,6 @@ pub use session::{
 };
 pub use wire::{
     decode_body, serial_from_str, BodyInfo, BodyWriter, DecodeError, Header, Hello, Record,
-    RecordType, Serial, SessionId, CONTROL_SEQ_BIT, CREATE_LEN, GROUP_HEADER_LEN, HEADER_LEN,
-    MAGIC, MIN_VERSION, NO_SESSION, OVERHEAD, TAG_LEN, VERSION,
+    RecordType, Serial, SessionId, BUILD_GROUP, CONTROL_SEQ_BIT, CREATE_LEN, GROUP_HEADER_LEN,
+    HEADER_LEN, MAGIC, MIN_VERSION, NEXT_VERSION, NO_SESSION, OVERHEAD, TAG_LEN, VERSION,
 };

@@ -1920,12 +1920,10 @@ impl Session {
         self.rtt.current()
     }
 
-    /// Test builds: append a raw group of type `ty` holding one record
-    /// `data` to every stream datagram (a record type from a later
-    /// version).
-    ///
-    /// Used by tests and by `TANDEM_K2K_TEST_VERSION` (a node that plays
-    /// a later protocol version against a real peer).
+    /// Appends a raw group of type `ty` holding one record `data` to every
+    /// stream datagram: the group of the next protocol version
+    /// ([`super::wire::BUILD_GROUP`]), and tests of groups a peer does not
+    /// know.
     pub fn set_extension(&mut self, ty: u8, data: Vec<u8>) {
         self.extension = Some((ty, data));
     }

@@ -22,6 +22,14 @@ pub const MAGIC: [u8; 4] = *b"TK2K";
 /// ids from both members (version 1 could reuse a nonce when a member
 /// restarted twice within a second); the two do not interoperate.
 pub const VERSION: u8 = 2;
+/// The next protocol version, which a build with `TANDEM_K2K_VERSION=3`
+/// speaks (rolling upgrades are tested across it): version 2 plus the
+/// record group [`BUILD_GROUP`], which carries the sender's version text.
+/// A version-2 member skips that group, as it skips every group it does
+/// not know, and the pair speaks version 2 until both are on version 3.
+pub const NEXT_VERSION: u8 = VERSION + 1;
+/// The record group [`NEXT_VERSION`] adds (the sender's version text).
+pub const BUILD_GROUP: u8 = 0x40;
 /// The lowest protocol version this build speaks.
 pub const MIN_VERSION: u8 = 2;
 /// Length of the version-2 header (a later version may append fields; the
