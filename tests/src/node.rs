@@ -135,6 +135,9 @@ pub struct NodeConfig {
     pub metrics: Option<String>,
     /// `control.syslog`, as RON (`(remote: Some("udp://..."))`).
     pub syslog: Option<String>,
+    /// More fields of the `control` section, written as is (e.g.
+    /// `trusted_keys: Some("/..."),`).
+    pub control_extra: String,
 }
 
 /// The `ha` section of a node config.
@@ -270,6 +273,7 @@ impl NodeConfig {
             ha: None,
             env: Vec::new(),
             program: Vec::new(),
+            control_extra: String::new(),
             identity: Some(format!(
                 "(serial: \"TDLAB{index:04}\", model: \"TD-LAB\", licence: Master, ports: 2)\n"
             )),
@@ -404,6 +408,10 @@ impl NodeConfig {
                     .syslog
                     .as_ref()
                     .map(|s| format!(", syslog: Some({s})"))
+                    .unwrap_or_default()
+                + &Some(&self.control_extra)
+                    .filter(|x| !x.is_empty())
+                    .map(|x| format!(", {}", x.trim_end_matches(',')))
                     .unwrap_or_default()
         );
         s += &format!(
