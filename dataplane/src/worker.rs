@@ -448,9 +448,12 @@ impl Worker {
             return;
         }
         let now = self.epoch.elapsed().as_millis() as u64;
-        // A draining member still forwards its connections: what the new
-        // active says of them keeps them live.
-        let active = self.current_role == Role::Active || self.draining;
+        // A draining member applies the new active's records as a passive
+        // does (the new active is the authority: its state updates must
+        // land, or the entries stay at what they were at the swap); the
+        // entries it has stay live meanwhile, since `apply` does not make
+        // a live entry larval.
+        let active = self.current_role == Role::Active;
         for _ in 0..1024 {
             let Some(item) = sync.installs.pop() else {
                 break;

@@ -106,3 +106,51 @@ fn a_forced_swap_and_a_clean_stop_lose_no_probe_packet() {
     );
     assert_eq!(stopped["lost"], 0, "the clean stop lost packets: {stopped}");
 }
+
+/// A connection opened at the new active while the old one drains is
+/// carried by the old one when it takes the role back: the draining member
+/// applied the new active's records (the connection's state as it
+/// progressed), not only the first one.
+#[test]
+fn a_connection_opened_during_a_drain_survives_the_next_takeover() {
+    require_root!();
+    let mut c = cluster::start("swap1", Some(POLICY), &[], |_, _| {}).expect("the cluster");
+    let (a, p) = c.settled().expect("one active, the passive synchronized");
+    let _srv = tandem_tests::host::IperfServer::start(c.lab.server(), addr::SERVER, 5201)
+        .expect("iperf server");
+    let (code, out, err) = c.nodes[a]
+        .ctl_out(&["hapassive"], Duration::from_secs(10))
+        .expect("hapassive");
+    assert_eq!(code, Some(0), "{out}{err}");
+    let client = c.lab.client();
+    let res = thread::scope(|s| {
+        // Opened now, through the new active, while the old one drains.
+        let run = s.spawn(|| {
+            tandem_tests::host::iperf_client(
+                client,
+                addr::SERVER,
+                5201,
+                5,
+                &["-b", "50M", "-i", "0.5"],
+            )
+        });
+        thread::sleep(Duration::from_millis(1500));
+        let (code, out, err) = c.nodes[a]
+            .ctl_out(&["hareset"], Duration::from_secs(10))
+            .expect("hareset");
+        assert_eq!(code, Some(0), "{out}{err}");
+        // The new active stops: the old one takes the connection back.
+        c.nodes[p].stop();
+        run.join().expect("iperf thread")
+    });
+    let res = res.expect("the transfer completed (no reset, no stall) across both swaps");
+    let intervals = tools::iperf_intervals(&res.raw);
+    let stalled = intervals.iter().filter(|b| **b == 0.0).count();
+    eprintln!(
+        "transfer: {:.0} Mbit/s, {stalled} empty half-seconds of {}",
+        res.bits_per_second / 1e6,
+        intervals.len()
+    );
+    assert_eq!(cluster::role(&c.nodes[a]).0, "active");
+    assert!(stalled <= 2, "the transfer stalled: {intervals:?}");
+}
