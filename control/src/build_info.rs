@@ -38,6 +38,16 @@ macro_rules! set_build {
     };
 }
 
+/// The program's arguments, with `--version` saying this build's version
+/// (not the crate's).
+pub fn parse_args<T: clap::Parser>() -> T {
+    let cmd = T::command().version(build::get().version);
+    match T::from_arg_matches(&cmd.get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    }
+}
+
 /// `tandemd --build-info`: what a package's manifest must say of it.
 pub fn json() -> serde_json::Value {
     let b = build::get();

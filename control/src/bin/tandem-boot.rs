@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use tandem_control::update::package::{sha256_file, FileEntry, Manifest, FORMAT, PRODUCT};
 use tandem_control::update::slots::{Slot, Slots};
 use tandem_control::update::EXIT_UPDATE;
@@ -48,11 +48,7 @@ fn say(what: std::fmt::Arguments<'_>) {
 
 fn main() -> ExitCode {
     tandem_control::set_build!();
-    let version = tandem_dataplane::build::get().version;
-    let args = match Args::from_arg_matches(&Args::command().version(version).get_matches()) {
-        Ok(a) => a,
-        Err(e) => e.exit(),
-    };
+    let args: Args = tandem_control::build_info::parse_args();
     match run(&args) {
         Ok(code) => code,
         Err(e) => {

@@ -829,7 +829,7 @@ fn print(text: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     tandem_control::set_build!();
-    let cli = Cli::parse();
+    let cli: Cli = tandem_control::build_info::parse_args();
     let socket = socket_path(cli.socket, std::env::var_os(SOCKET_ENV));
     if let Command::Completions { shell } = &cli.command {
         let mut cmd = <Cli as clap::CommandFactory>::command();

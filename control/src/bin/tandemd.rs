@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 
 /// Runs one tandem firewall node: the DPDK dataplane, the control thread
 /// and the local control socket for tandemctl.
@@ -33,11 +33,7 @@ struct Args {
 
 fn main() -> ExitCode {
     tandem_control::set_build!();
-    let version = tandem_dataplane::build::get().version;
-    let args = match Args::from_arg_matches(&Args::command().version(version).get_matches()) {
-        Ok(a) => a,
-        Err(e) => e.exit(),
-    };
+    let args: Args = tandem_control::build_info::parse_args();
     if args.build_info {
         println!("{}", tandem_control::build_info::json());
         return ExitCode::SUCCESS;

@@ -25,8 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ring::digest::{Context, SHA256};
-
 use crate::eventlog::EventLog;
 use crate::peer::confsync::{now_unix_ms, CHUNK};
 use crate::peer::files::{hex, unhex};
@@ -310,16 +308,7 @@ fn key_name(path: &str) -> &str {
 
 fn digest_of(f: &mut File) -> std::io::Result<String> {
     f.seek(SeekFrom::Start(0))?;
-    let mut ctx = Context::new(&SHA256);
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-    }
-    Ok(hex(ctx.finish().as_ref()))
+    package::digest_stream(f, None).map(|(_, d)| d)
 }
 
 /// Sends the package at `pkg` to the peer over `client`; the peer checks

@@ -175,23 +175,33 @@ pub fn keygen(key: &Path) -> Result<PathBuf, String> {
     Ok(public)
 }
 
-/// A file's size and SHA-256 (hex).
-pub fn sha256_file(path: &Path) -> Result<(u64, String), PackageError> {
-    let mut f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+/// Reads `r` to its end: its size and SHA-256 (hex), each chunk also
+/// written to `sink` if there is one.
+pub fn digest_stream(
+    r: &mut impl Read,
+    mut sink: Option<&mut dyn Write>,
+) -> io::Result<(u64, String)> {
     let mut ctx = Context::new(&SHA256);
     let mut buf = vec![0u8; 1 << 16];
     let mut size = 0u64;
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(io_err(format!("reading {}", path.display())))?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }
         size += n as u64;
         ctx.update(&buf[..n]);
+        if let Some(w) = sink.as_mut() {
+            w.write_all(&buf[..n])?;
+        }
     }
     Ok((size, crate::peer::files::hex(ctx.finish().as_ref())))
+}
+
+/// A file's size and SHA-256 (hex).
+pub fn sha256_file(path: &Path) -> Result<(u64, String), PackageError> {
+    let mut f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+    digest_stream(&mut f, None).map_err(io_err(format!("reading {}", path.display())))
 }
 
 /// Builds the package `out` of `files` ((path in the package, source
@@ -449,24 +459,13 @@ fn unpack_inner(
                 .open(&dest)
                 .map_err(io_err(format!("creating {}", dest.display())))?
         };
-        let mut ctx = Context::new(&SHA256);
-        let mut buf = vec![0u8; 1 << 16];
-        let mut size = 0u64;
-        loop {
-            let n = e
-                .read(&mut buf)
-                .map_err(io_err(format!("reading {} from the package", fe.path)))?;
-            if n == 0 {
-                break;
-            }
-            size += n as u64;
-            ctx.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(io_err(format!("writing {}", dest.display())))?;
-        }
+        let (size, got) = digest_stream(&mut e, Some(&mut out)).map_err(io_err(format!(
+            "copying {} from the package to {}",
+            fe.path,
+            dest.display()
+        )))?;
         out.sync_all()
             .map_err(io_err(format!("writing {}", dest.display())))?;
-        let got = crate::peer::files::hex(ctx.finish().as_ref());
         if size != fe.size || got != fe.sha256 {
             return Err(PackageError::Digest {
                 path: fe.path.clone(),
