@@ -3,7 +3,8 @@
 # its headers, libclang for bindgen, and the lab's tools (iproute2, iperf3,
 # curl, python3 and the Prometheus client's parser, ethtool, nftables; keepalived, conntrackd and conntrack for
 # the Linux reference pair of bench-failover; systemd-analyze for the units
-# of dist/systemd; rsyslog, the lab's syslog collector). Safe to run again;
+# of dist/systemd; rsyslog, the lab's syslog collector; swtpm and
+# tpm2-tools, a software TPM per node and the TPM stack tandem drives). Safe to run again;
 # fast when done.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ PACKAGES=(
   iproute2 iputils-ping iperf3 curl python3 python3-prometheus-client ethtool nftables procps kmod util-linux coreutils
   keepalived conntrackd conntrack
   systemd rsyslog
+  swtpm swtpm-tools tpm2-tools
 )
 
 missing=()

@@ -19,5 +19,6 @@ pub mod reports;
 pub mod rulelog;
 pub mod socket;
 pub mod syslog;
+pub mod tpm;
 pub mod update;
 pub mod watchdog;
