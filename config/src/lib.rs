@@ -35,8 +35,8 @@ pub use schema::{
     AggregateConfig, AggregateMode, ControlConfig, DataplaneConfig, Device, DiskQualityConfig,
     EalConfig, FirewallConfig, HaConfig, HaLinkConfig, IdleConfig, InterfaceConfig, LacpRate,
     NeighbourConfig, NodeConfig, NodeIdentity, PollMode, RouteConfig, Secret, SyslogConfig,
-    SyslogTarget, TimeoutsConfig, TpmQualityConfig, WorkerConfig, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_MTU, EAL_LOG_LEVEL, SYSLOG_FACILITIES,
+    SyslogTarget, TimeoutsConfig, TpmConfig, TpmQualityConfig, WorkerConfig,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_MTU, EAL_LOG_LEVEL, SYSLOG_FACILITIES,
 };
 
 use locate::SourceMap;

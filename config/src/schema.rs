@@ -234,12 +234,16 @@ fn default_min_free_mb() -> u64 {
     100
 }
 
-/// The TPM check of the quality factor.
+/// The TPM check of the quality factor (`TPMQualityIncluded`): with the
+/// node's `control.tpm`, the TPM must answer (`tpm2_getcap`); without it,
+/// `device` must exist.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TpmQualityConfig {
-    /// The TPM device (e.g. /dev/tpmrm0).
-    pub device: std::path::PathBuf,
+    /// The TPM device (e.g. /dev/tpmrm0), checked for presence only when
+    /// the node has no `control.tpm`.
+    #[serde(default)]
+    pub device: Option<std::path::PathBuf>,
     /// Weight in the quality factor (0..=9999).
     #[serde(default = "default_weight")]
     pub weight: u16,
@@ -425,6 +429,32 @@ pub struct ControlConfig {
     /// tandem-boot rolls it back (10..=3600); default 120.
     #[serde(default)]
     pub update_confirm_secs: Option<u64>,
+    /// The node's TPM 2.0: tandemd measures itself into a PCR at start,
+    /// and `ha.quality_tpm` asks it whether it answers. None: no TPM.
+    #[serde(default)]
+    pub tpm: Option<TpmConfig>,
+}
+
+/// `control.tpm`: the node's TPM 2.0, driven through tpm2-tools.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// The TCTI: `device:/dev/tpmrm0` (default: the kernel's resource
+    /// manager) or `swtpm:host=127.0.0.1,port=2321` (an emulator).
+    #[serde(default = "default_tcti")]
+    pub tcti: String,
+    /// The PCR tandemd measures its own binary into (0..=23; default 23,
+    /// the application PCR).
+    #[serde(default = "default_tpm_pcr")]
+    pub pcr: u8,
+}
+
+fn default_tcti() -> String {
+    "device:/dev/tpmrm0".into()
+}
+
+fn default_tpm_pcr() -> u8 {
+    23
 }
 
 /// `control.syslog`: where the event log goes besides its file.
@@ -544,6 +574,7 @@ impl Default for ControlConfig {
             syslog: None,
             trusted_keys: None,
             update_confirm_secs: None,
+            tpm: None,
         }
     }
 }

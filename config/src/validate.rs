@@ -340,6 +340,12 @@ fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
     }
     if let Some(t) = &ha.quality_tpm {
         c.range("ha.quality_tpm.weight", t.weight, 0, 9999);
+        if t.device.is_none() && cfg.control.tpm.is_none() {
+            c.fail(
+                "ha.quality_tpm",
+                "there is nothing to check: give the node's TPM in control.tpm (tcti), or a device whose presence is checked",
+            );
+        }
     }
     if let Some(w) = ha.quality_hwmon_weight {
         c.range("ha.quality_hwmon_weight", w, 0, 9999);
@@ -448,6 +454,27 @@ fn node(c: &mut Checker<'_>, cfg: &NodeConfig) {
     }
     if let Some(Err(e)) = cfg.control.syslog.as_ref().map(crate::SyslogConfig::target) {
         c.fail("control.syslog", e);
+    }
+    if let Some(t) = &cfg.control.tpm {
+        if t.pcr > 23 {
+            c.fail(
+                "control.tpm.pcr",
+                format!(
+                    "{} is not a PCR; allowed 0 to 23 (23, the application PCR, by default)",
+                    t.pcr
+                ),
+            );
+        }
+        let known = ["device:", "swtpm:", "mssim:", "tabrmd"];
+        if !known.iter().any(|k| t.tcti.starts_with(k)) {
+            c.fail(
+                "control.tpm.tcti",
+                format!(
+                    "{:?} is not a TCTI tandem knows; allowed device:/dev/tpmrm0, swtpm:host=ADDR,port=P, mssim:... or tabrmd",
+                    t.tcti
+                ),
+            );
+        }
     }
     if let Some(secs) = cfg.control.update_confirm_secs {
         if !(10..=3600).contains(&secs) {

@@ -907,6 +907,10 @@ pub struct HaInfo {
     /// directory only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Box<ConfigSyncInfo>>,
+    /// The node's TPM: what tandemd measured into its PCR at start, or
+    /// why not (absent without `control.tpm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<String>,
 }
 
 /// One member's configuration in `hainfo`.

@@ -621,6 +621,9 @@ pub fn format_hainfo(r: &HaInfo, verbose: bool) -> String {
     if !r.key.is_empty() {
         let _ = writeln!(out, "cluster key:   {}", r.key);
     }
+    if let Some(t) = &r.tpm {
+        let _ = writeln!(out, "tpm:           {t}");
+    }
     let _ = writeln!(out, "rejected:      {} heartbeats", r.heartbeats_rejected);
     for p in &r.quality_problems {
         let _ = writeln!(out, "quality check failed: {p}");

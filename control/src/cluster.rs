@@ -363,8 +363,6 @@ fn spawn_health(health: Health) -> std::io::Result<Option<Receiver<HealthReport>
     Ok(Some(rx))
 }
 
-/// The data interfaces (aggregates as their members) and the aggregates,
-/// as the quality factor takes them.
 /// How long the old active of a swap keeps forwarding once the peer is
 /// active: the new active's gratuitous ARPs (3 rounds 20 ms apart by
 /// default) have moved the neighbours well before.
@@ -690,7 +688,7 @@ impl Cluster {
             },
             bounce_on_swap: ha.bounce_on_swap,
             weights: None,
-            health: spawn_health(Health::new(ha))?,
+            health: spawn_health(Health::new(ha, crate::tpm::node()))?,
             penalties: Vec::new(),
             problems: Vec::new(),
             rejected: 0,
@@ -1799,6 +1797,7 @@ impl Cluster {
             }),
             // Filled in by the daemon, which runs the service.
             peer_service: None,
+            tpm: None,
             config: None,
         }
     }

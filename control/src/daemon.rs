@@ -222,6 +222,14 @@ pub fn run(config_path: &Path, slots: Option<&Path>) -> Result<Exit, DaemonError
             Err(e) => events_log.event("SYSTEM", format_args!("WARNING: no syslog: {e}")),
         }
     }
+    if let Some(t) = &cfg.control.tpm {
+        let state_dir = cfg
+            .control
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/tandem"));
+        crate::tpm::start(t, &state_dir, &events_log);
+    }
     let result = serve(cfg, config_path, events_log.clone());
     if let Err(e) = &result {
         events_log.event("SYSTEM", format_args!("tandemd stopped on an error: {e}"));
@@ -889,6 +897,7 @@ impl Daemon {
             .map(|d| d.as_secs());
         l.file_sync = self.file_sync();
         l.slots = crate::update::view();
+        info.tpm = crate::tpm::measured().map(str::to_owned);
         let cfg = info.config.as_deref();
         l.conf_synchronized = cfg.map(|c| !c.local.local_changes && c.synchronized != Some(false));
         let view = self.peer_view.borrow();

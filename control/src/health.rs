@@ -1,6 +1,7 @@
 //! What besides the data interfaces pulls the quality factor down
 //! (HA-REFERENCE F19): disks (a configured path must be writable and keep
-//! a minimum of free space), the TPM (its device must be there), and the
+//! a minimum of free space), the TPM (it answers, or without the node's
+//! `control.tpm` its device must be there), and the
 //! hardware sensors (no hwmon temperature at or above its critical mark).
 //! Each is a [`Penalty`] with its weight; checked about once a second.
 
@@ -84,13 +85,23 @@ pub fn hot_sensors(root: &Path) -> Vec<String> {
 #[derive(Clone, Debug, Default)]
 pub struct Health {
     disks: Vec<DiskCheck>,
-    tpm: Option<(PathBuf, u16)>,
+    tpm: Option<(TpmCheck, u16)>,
     hwmon: Option<(PathBuf, u16)>,
 }
 
+/// How the TPM is checked.
+#[derive(Clone, Debug)]
+enum TpmCheck {
+    /// It answers (the node's `control.tpm`).
+    Answers(std::sync::Arc<crate::tpm::Tpm>),
+    /// Its device is there.
+    Device(PathBuf),
+}
+
 impl Health {
-    /// The checks `ha` configures.
-    pub fn new(ha: &HaConfig) -> Health {
+    /// The checks `ha` configures; the TPM check asks `tpm` (the node's
+    /// TPM) when there is one.
+    pub fn new(ha: &HaConfig, tpm: Option<std::sync::Arc<crate::tpm::Tpm>>) -> Health {
         Health {
             disks: ha
                 .quality_disks
@@ -101,10 +112,15 @@ impl Health {
                     weight: d.weight,
                 })
                 .collect(),
-            tpm: ha
-                .quality_tpm
-                .as_ref()
-                .map(|t| (t.device.clone(), t.weight)),
+            tpm: ha.quality_tpm.as_ref().and_then(|t| {
+                let check = match (&tpm, &t.device) {
+                    (Some(tpm), _) => TpmCheck::Answers(tpm.clone()),
+                    (None, Some(dev)) => TpmCheck::Device(dev.clone()),
+                    // Refused by the configuration's validation.
+                    (None, None) => return None,
+                };
+                Some((check, t.weight))
+            }),
             hwmon: ha
                 .quality_hwmon_weight
                 .map(|w| (PathBuf::from("/sys/class/hwmon"), w)),
@@ -129,16 +145,19 @@ impl Health {
             });
             problems.extend(why.map(|w| format!("disk {w}")));
         }
-        if let Some((dev, weight)) = &self.tpm {
-            let ok = fs::metadata(dev).is_ok();
+        if let Some((check, weight)) = &self.tpm {
+            let why = match check {
+                TpmCheck::Answers(tpm) => tpm.health().err().map(|e| format!("TPM: {e}")),
+                TpmCheck::Device(dev) => fs::metadata(dev)
+                    .is_err()
+                    .then(|| format!("TPM device {} is missing", dev.display())),
+            };
             penalties.push(Penalty {
                 name: "tpm".into(),
-                ok,
+                ok: why.is_none(),
                 weight: *weight,
             });
-            if !ok {
-                problems.push(format!("TPM device {} is missing", dev.display()));
-            }
+            problems.extend(why);
         }
         if let Some((root, weight)) = &self.hwmon {
             let hot = hot_sensors(root);

@@ -488,24 +488,29 @@ impl Tpm {
         self.extend_locked(digest)
     }
 
-    /// Measures `path` (its SHA-256) into the PCR, unless `marker` (a file
-    /// in a tmpfs such as `/run`, gone at reboot) records the same digest
-    /// for this boot: then this is a restart of the same binary, already
-    /// measured, and nothing is extended. The marker is written (atomically)
-    /// after the extension.
+    /// Measures `path` (its SHA-256) into the PCR, unless `marker` records
+    /// the same digest, this boot, and the PCR value the TPM still holds:
+    /// then this is a restart of the same binary, already measured, and
+    /// nothing is extended. Any other marker (another binary, a reboot, a
+    /// TPM that was reset or is not the one measured before) measures
+    /// again. The marker is written (atomically) after the extension.
     pub fn measure_file(&self, path: &Path, marker: &Path) -> Result<Measured, TpmError> {
         let digest = sha256_file(path)?;
         let boot = boot_id();
-        let line = format!("{} {boot}\n", hex(&digest));
         let _g = self.lock();
-        let recorded = fs::read_to_string(marker).unwrap_or_default();
-        let extended = recorded != line;
-        if extended {
-            self.extend_locked(&digest)?;
-            write_marker(marker, &line)?;
-        }
         let work = Work::new(self)?;
-        let pcr_value = self.read_pcr_in(&work)?;
+        let now = self.read_pcr_in(&work)?;
+        let mark = |pcr: &[u8; 32]| format!("{} {boot} {}\n", hex(&digest), hex(pcr));
+        let recorded = fs::read_to_string(marker).unwrap_or_default();
+        let extended = recorded != mark(&now);
+        let pcr_value = if extended {
+            self.extend_locked(&digest)?;
+            let after = self.read_pcr_in(&work)?;
+            write_marker(marker, &mark(&after))?;
+            after
+        } else {
+            now
+        };
         Ok(Measured {
             digest,
             extended,
@@ -1497,6 +1502,70 @@ fn write_marker(marker: &Path, line: &str) -> Result<(), TpmError> {
     write().map_err(io_err(what))
 }
 
+/// This node's TPM (`control.tpm`), once tandemd opened it; what the
+/// quality factor's TPM check asks.
+static NODE: std::sync::OnceLock<std::sync::Arc<Tpm>> = std::sync::OnceLock::new();
+/// What tandemd measured at start, for hainfo.
+static MEASURED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// This node's TPM, if tandemd opened one.
+pub fn node() -> Option<std::sync::Arc<Tpm>> {
+    NODE.get().cloned()
+}
+
+/// What tandemd measured at start, in words (hainfo), if it has a TPM.
+pub fn measured() -> Option<&'static str> {
+    MEASURED.get().map(String::as_str)
+}
+
+/// At start: opens the node's TPM (`control.tpm`) with its working
+/// directory under `state_dir`, measures the running tandemd into the PCR
+/// (once per boot and binary) and says what it did, or why it could not:
+/// a node whose TPM does not answer still runs (its quality factor counts
+/// the TPM as failed when `ha.quality_tpm` is set).
+pub fn start(cfg: &tandem_config::TpmConfig, state_dir: &Path, log: &crate::eventlog::EventLog) {
+    let dir = state_dir.join("tpm");
+    let tpm = match Tpm::new(cfg.tcti.clone(), cfg.pcr, &dir) {
+        Ok(t) => std::sync::Arc::new(t),
+        Err(e) => {
+            log.event("SYSTEM", format_args!("WARNING: TPM ({}): {e}", cfg.tcti));
+            let _ = MEASURED.set(format!("not in use: {e}"));
+            return;
+        }
+    };
+    let exe = Path::new("/proc/self/exe");
+    let text = match tpm.measure_file(exe, &state_dir.join("tpm-measured")) {
+        Ok(m) => {
+            let line = format!(
+                "tandemd (sha256 {}) {} PCR {}; PCR {} is now {}",
+                &hex(&m.digest)[..16],
+                if m.extended {
+                    "measured into"
+                } else {
+                    "already measured in this boot into"
+                },
+                cfg.pcr,
+                cfg.pcr,
+                &hex(&m.pcr_value)[..16]
+            );
+            log.event("SYSTEM", format_args!("TPM ({}): {line}", cfg.tcti));
+            line
+        }
+        Err(e) => {
+            log.event(
+                "SYSTEM",
+                format_args!(
+                    "WARNING: TPM ({}): tandemd could not be measured: {e}",
+                    cfg.tcti
+                ),
+            );
+            format!("not measured: {e}")
+        }
+    };
+    let _ = MEASURED.set(text);
+    let _ = NODE.set(tpm);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1789,6 +1858,13 @@ mod tests {
         let m3 = tpm.measure_file(&b, &marker).unwrap();
         assert!(m3.extended);
         assert_eq!(m3.pcr_value, extended(&m1.pcr_value, &sha(b"binary b")));
+
+        // The same binary, boot and marker, but a TPM that does not hold
+        // the value measured (another one, or one that was reset): measured.
+        let other = Swtpm::start("measure-other");
+        let m4 = other.tpm().measure_file(&b, &marker).unwrap();
+        assert!(m4.extended, "a TPM that was not measured is measured");
+        assert_eq!(m4.pcr_value, extended(&[0; 32], &sha(b"binary b")));
     }
 
     #[test]

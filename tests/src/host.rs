@@ -167,6 +167,47 @@ pub fn wait_listening(ns: &Netns, port: u16, timeout: Duration) -> Result<()> {
     })
 }
 
+/// The TCP port of a node's software TPM inside its namespace (its
+/// control channel is the next one).
+pub const SWTPM_PORT: u16 = 2321;
+
+/// A software TPM 2.0 (swtpm, Debian's package) in `ns` on 127.0.0.1
+/// ([`SWTPM_PORT`]), its state in `dir` (fresh for each lab); started and
+/// waited for (bounded). Its TCTI: [`swtpm_tcti`].
+pub fn swtpm(ns: &Netns, dir: &Path) -> Result<Proc> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    let server = format!("type=tcp,port={SWTPM_PORT},bindaddr=127.0.0.1");
+    let ctrl = format!("type=tcp,port={},bindaddr=127.0.0.1", SWTPM_PORT + 1);
+    let state = format!("dir={}", dir.display());
+    let mut proc = ns.spawn(
+        "swtpm",
+        &[
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--server",
+            &server,
+            "--ctrl",
+            &ctrl,
+            "--tpmstate",
+            &state,
+            "--flags",
+            "not-need-init,startup-clear",
+        ],
+    )?;
+    if let Err(e) = wait_listening(ns, SWTPM_PORT, Duration::from_secs(5)) {
+        proc.ensure_running()?;
+        return Err(e);
+    }
+    Ok(proc)
+}
+
+/// The TCTI of [`swtpm`] as seen from its namespace.
+pub fn swtpm_tcti() -> String {
+    format!("swtpm:host=127.0.0.1,port={SWTPM_PORT}")
+}
+
 /// Writes `bytes` pseudo-random (xorshift, seeded) bytes to `path`.
 pub fn generate_file(path: &Path, bytes: u64, seed: u64) -> Result<()> {
     let f =

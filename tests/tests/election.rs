@@ -570,28 +570,66 @@ fn a_failed_disk_check_lowers_the_quality_and_swaps() {
         }
     })
     .expect("cluster");
-    let (a, p) = settled(&c);
+    // The active's disk fails (its directory is gone).
+    a_failed_check_swaps(&c, "disk-fw", |a| {
+        std::fs::remove_dir_all(&dirs[a]).unwrap()
+    });
+}
+
+/// During a transfer, `fail` makes a check of the active (index given)
+/// fail: the peer takes over within the heartbeat budget, and the old
+/// active's quality is 200/300 with a problem naming `problem`.
+fn a_failed_check_swaps(c: &Cluster, problem: &str, fail: impl FnOnce(usize) + Send) {
+    let (a, p) = settled(c);
     let (gap, ()) = transfer(&c.lab, 6, Duration::from_secs(1), || {
-        // The active's disk fails (its directory is gone).
-        std::fs::remove_dir_all(&dirs[a]).unwrap();
+        fail(a);
         wait_role(
             &c.nodes[p],
             "active",
-            "the member with a working disk takes over",
-            Duration::from_secs(4),
+            "the member whose checks pass takes over",
+            Duration::from_secs(8),
         )
-        .expect("swap on the disk check");
+        .expect("swap on the failed check");
     });
     let info = hainfo(&c.nodes[a]);
     assert_eq!(
         info["local"]["quality"], 66,
-        "in, out and the disk: 200/300: {info}"
+        "in, out and the check: 200/300: {info}"
     );
     assert!(
-        info["quality_problems"].to_string().contains("disk-fw"),
+        info["quality_problems"].to_string().contains(problem),
         "{info}"
     );
     assert!(gap <= Duration::from_millis(1500), "gap {gap:?}");
+}
+
+#[test]
+fn a_tpm_that_stops_answering_lowers_the_quality_and_swaps() {
+    require_root!();
+    let lock = tandem_tests::heavy_lock();
+    let lab = Lab::two_nodes("eltpm").expect("lab");
+    // One software TPM per member, in its namespace.
+    let mut tpms: Vec<tandem_tests::Proc> = (1..=2)
+        .map(|i| host::swtpm(lab.fw(i), &lab.dir().join(format!("tpm-fw{i}"))).expect("swtpm"))
+        .collect();
+    let c = cluster::start_on(lab, lock, Some(POLICY), &[], |_, cfg| {
+        cfg.control_extra = format!("tpm: Some((tcti: {:?}))", host::swtpm_tcti());
+        if let Some(ha) = cfg.ha.as_mut() {
+            ha.extra = "quality_tpm: Some(()),".into();
+        }
+    })
+    .expect("cluster");
+    settled(&c);
+    for n in &c.nodes {
+        let info = hainfo(n);
+        assert_eq!(info["local"]["quality"], 100, "in, out and the TPM: {info}");
+        assert!(
+            info["tpm"].to_string().contains("measured into PCR 23"),
+            "tandemd measured itself: {info}"
+        );
+    }
+    // The active's TPM stops answering.
+    a_failed_check_swaps(&c, "TPM", |a| tpms[a].signal("KILL"));
 }
 
 /// The partner's last report of its bond's members in distribution.

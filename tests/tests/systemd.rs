@@ -34,10 +34,12 @@ fn staged(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let tandemd = find_bin("tandemd").expect("tandemd built");
     let tandemctl = find_bin("tandemctl").expect("tandemctl built");
+    let boot = find_bin("tandem-boot").expect("tandem-boot built");
     for e in std::fs::read_dir(dist()).expect("dist/systemd") {
         let e = e.unwrap();
         let text = std::fs::read_to_string(e.path()).unwrap();
         let text = text
+            .replace("/usr/local/bin/tandem-boot", &boot.to_string_lossy())
             .replace("/usr/local/bin/tandemd", &tandemd.to_string_lossy())
             .replace("/usr/local/bin/tandemctl", &tandemctl.to_string_lossy());
         std::fs::write(dir.join(e.file_name()), text).unwrap();
@@ -85,19 +87,24 @@ fn the_units_verify_and_a_unit_with_a_missing_binary_does_not() {
         "ExecReload=",
         "Requires=dev-hugepages.mount",
         "LimitMEMLOCK=infinity",
+        // tandemd runs from its installation slot (updates, rollback).
+        "tandem-boot --root /var/lib/tandem/firmware -- --config",
     ] {
         assert!(unit.contains(want), "{want}");
     }
     std::fs::write(
         dir.join("broken.service"),
         unit.replace(
-            &find_bin("tandemd").unwrap().to_string_lossy().into_owned(),
-            "/nonexistent/tandemd",
+            &find_bin("tandem-boot")
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+            "/nonexistent/tandem-boot",
         ),
     )
     .unwrap();
     let (ok, out) = verify(&dir, &["./broken.service"]);
-    assert!(!ok && out.contains("/nonexistent/tandemd"), "{out}");
+    assert!(!ok && out.contains("/nonexistent/tandem-boot"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
