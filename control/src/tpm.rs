@@ -654,21 +654,11 @@ impl Tpm {
         // The owner branch, by the TPM (this also checks the password).
         let secret_policy = work.path("secret.policy");
         let s = work.start_session("trial-secret", false)?;
-        self.tool(
+        self.policy_secret(
             "computing the owner branch of the sealing policy",
-            "tpm2_policysecret",
-            &[
-                "-S".to_owned(),
-                path_arg(&s),
-                "-c".to_owned(),
-                "owner".to_owned(),
-                "-L".to_owned(),
-                path_arg(&secret_policy),
-                pw.clone(),
-            ],
-            None,
-            TOOL_TIMEOUT,
-            "",
+            &s,
+            &pw,
+            Some(&secret_policy),
         )?;
         work.end_session(&s)?;
         let computed = fs::read(&secret_policy)
@@ -683,22 +673,11 @@ impl Tpm {
 
         let or_policy = work.path("or.policy");
         let s = work.start_session("trial-or", false)?;
-        self.tool(
+        self.policy_or(
             "combining the sealing policy's branches",
-            "tpm2_policyor",
-            &[
-                "-S".to_owned(),
-                path_arg(&s),
-                "-L".to_owned(),
-                path_arg(&or_policy),
-                format!(
-                    "sha256:{},{}",
-                    path_arg(&pcr_policy),
-                    path_arg(&secret_policy)
-                ),
-            ],
-            None,
-            TOOL_TIMEOUT,
+            &s,
+            (&pcr_policy, &secret_policy),
+            Some(&or_policy),
             "",
         )?;
         work.end_session(&s)?;
@@ -782,56 +761,29 @@ impl Tpm {
 
         let s = work.start_session("policy", true)?;
         match branch {
-            Branch::Pcr => {
-                self.tool(
+            Branch::Pcr => self
+                .policy_pcr(
                     "satisfying the PCR branch of the sealing policy",
-                    "tpm2_policypcr",
-                    &[
-                        "-S".to_owned(),
-                        path_arg(&s),
-                        "-l".to_owned(),
-                        format!("sha256:{}", self.pcr),
-                        "-f".to_owned(),
-                        path_arg(&pcr_bin),
-                    ],
+                    &s,
+                    &pcr_bin,
                     None,
-                    TOOL_TIMEOUT,
-                    "",
                 )
-                .map_err(|e| self.pcr_changed(e))?;
-            }
+                .map_err(|e| self.pcr_changed(e))?,
             Branch::Owner(password) => {
                 let pw = work.password("owner", password)?;
-                self.tool(
+                self.policy_secret(
                     "satisfying the owner branch of the sealing policy",
-                    "tpm2_policysecret",
-                    &[
-                        "-S".to_owned(),
-                        path_arg(&s),
-                        "-c".to_owned(),
-                        "owner".to_owned(),
-                        pw,
-                    ],
+                    &s,
+                    &pw,
                     None,
-                    TOOL_TIMEOUT,
-                    "",
                 )?;
             }
         }
-        let or = self.tool(
+        let or = self.policy_or(
             "satisfying the sealing policy",
-            "tpm2_policyor",
-            &[
-                "-S".to_owned(),
-                path_arg(&s),
-                format!(
-                    "sha256:{},{}",
-                    path_arg(&pcr_policy),
-                    path_arg(&secret_policy)
-                ),
-            ],
+            &s,
+            (&pcr_policy, &secret_policy),
             None,
-            TOOL_TIMEOUT,
             "the stored sealed secret does not match its policy: set the secret up again",
         );
         if let Branch::Pcr = branch {
@@ -863,26 +815,92 @@ impl Tpm {
 
     /// The PCR branch's digest for `value`, by a trial session:
     /// `tpm2_policypcr -l sha256:<pcr> -f FILE -L pcr.policy`.
+    /// `tpm2_policypcr` in session `s` over the PCR value in the file
+    /// `values`; with `out`, the policy digest is written there (a trial).
+    fn policy_pcr(
+        &self,
+        what: &str,
+        s: &Path,
+        values: &Path,
+        out: Option<&Path>,
+    ) -> Result<(), TpmError> {
+        let mut args = vec![
+            "-S".to_owned(),
+            path_arg(s),
+            "-l".to_owned(),
+            format!("sha256:{}", self.pcr),
+            "-f".to_owned(),
+            path_arg(values),
+        ];
+        if let Some(o) = out {
+            args.extend(["-L".to_owned(), path_arg(o)]);
+        }
+        self.tool(
+            what,
+            "tpm2_policypcr",
+            &args,
+            None,
+            TOOL_TIMEOUT,
+            "check that the TPM has an allocated SHA-256 PCR bank (`tpm2_getcap pcrs`)",
+        )?;
+        Ok(())
+    }
+
+    /// `tpm2_policysecret -c owner` in session `s` with the password file
+    /// argument `pw`; with `out`, the policy digest is written there.
+    fn policy_secret(
+        &self,
+        what: &str,
+        s: &Path,
+        pw: &str,
+        out: Option<&Path>,
+    ) -> Result<(), TpmError> {
+        let mut args = vec![
+            "-S".to_owned(),
+            path_arg(s),
+            "-c".to_owned(),
+            "owner".to_owned(),
+        ];
+        if let Some(o) = out {
+            args.extend(["-L".to_owned(), path_arg(o)]);
+        }
+        args.push(pw.to_owned());
+        self.tool(what, "tpm2_policysecret", &args, None, TOOL_TIMEOUT, "")?;
+        Ok(())
+    }
+
+    /// `tpm2_policyor` of the two branches in session `s`; with `out`, the
+    /// policy digest is written there.
+    fn policy_or(
+        &self,
+        what: &str,
+        s: &Path,
+        branches: (&Path, &Path),
+        out: Option<&Path>,
+        hint: &str,
+    ) -> Result<(), TpmError> {
+        let mut args = vec!["-S".to_owned(), path_arg(s)];
+        if let Some(o) = out {
+            args.extend(["-L".to_owned(), path_arg(o)]);
+        }
+        args.push(format!(
+            "sha256:{},{}",
+            path_arg(branches.0),
+            path_arg(branches.1)
+        ));
+        self.tool(what, "tpm2_policyor", &args, None, TOOL_TIMEOUT, hint)?;
+        Ok(())
+    }
+
     fn pcr_branch(&self, work: &Work<'_>, value: &[u8; 32]) -> Result<PathBuf, TpmError> {
         let values = work.file("branch-pcr.bin", value)?;
         let policy = work.path("pcr.policy");
         let s = work.start_session("trial-pcr", false)?;
-        self.tool(
+        self.policy_pcr(
             "computing the PCR branch of the sealing policy",
-            "tpm2_policypcr",
-            &[
-                "-S".to_owned(),
-                path_arg(&s),
-                "-l".to_owned(),
-                format!("sha256:{}", self.pcr),
-                "-f".to_owned(),
-                path_arg(&values),
-                "-L".to_owned(),
-                path_arg(&policy),
-            ],
-            None,
-            TOOL_TIMEOUT,
-            "check that the TPM has an allocated SHA-256 PCR bank (`tpm2_getcap pcrs`)",
+            &s,
+            &values,
+            Some(&policy),
         )?;
         work.end_session(&s)?;
         Ok(policy)
