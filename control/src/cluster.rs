@@ -1152,11 +1152,6 @@ impl Cluster {
         }
     }
 
-    /// Whether the old active of a swap still forwards (draining).
-    pub fn draining(&self) -> bool {
-        self.drain.is_some()
-    }
-
     /// haactive / hapassive / hareset.
     pub fn forced(&mut self, forced: Option<PlaneRole>, node: &Node, log: &mut EventLog) {
         let f = forced.map(|r| match r {

@@ -490,11 +490,6 @@ impl Node {
         self.role.store(crate::worker::DRAINING, Ordering::Release);
     }
 
-    /// Whether the workers drain ([`Node::set_draining`]).
-    pub fn draining(&self) -> bool {
-        self.role.load(Ordering::Acquire) == crate::worker::DRAINING
-    }
-
     /// Has the workers send the gratuitous ARPs of every address again
     /// (while active): after a dual-active episode, the neighbours may have
     /// learnt the member that yielded.

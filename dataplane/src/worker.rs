@@ -890,16 +890,18 @@ impl Worker {
                 return;
             }
         }
-        let arp = mbuf.data().get(12..14) == Some(&[0x08, 0x06][..]);
-        if !self.forwarding() || (self.draining && arp) {
+        if self.current_role != Role::Active {
+            let arp = mbuf.data().get(12..14) == Some(&[0x08, 0x06][..]);
             // Silent: only learn neighbours from ARP (warm for a takeover;
-            // a draining member must not answer for the addresses the new
-            // active announces).
-            if arp {
-                let _ = self.router.process(now, in_port, mbuf.data_mut());
+            // a draining member forwards, but must not answer for the
+            // addresses the new active announces).
+            if !self.draining || arp {
+                if arp {
+                    let _ = self.router.process(now, in_port, mbuf.data_mut());
+                }
+                self.counters.worker_drop(WorkerDrop::Passive, 1);
+                return;
             }
-            self.counters.worker_drop(WorkerDrop::Passive, 1);
-            return;
         }
         if !dispatched {
             if let Some(d) = &mut self.dispatch {
