@@ -364,6 +364,11 @@ pub fn cluster_file_of(cfg: &NodeConfig) -> Option<ClusterFile> {
         }
     }
     ha.priority = 0;
+    if ha.psk_stored {
+        // The key came from the member's key store: it stays there.
+        ha.psk = crate::schema::Secret::default();
+        ha.psk_stored = false;
+    }
     let mut firewall = cfg.firewall.clone();
     firewall.policy = firewall
         .policy

@@ -49,7 +49,7 @@ pub struct NodeConfig {
 /// A secret of the configuration (the pre-shared key): written and read
 /// as a plain string, never shown by `Debug` (a configuration printed in
 /// a log or a panic does not leak it), wiped from memory on drop.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -57,6 +57,11 @@ impl Secret {
     /// A secret holding `s`.
     pub fn new(s: impl Into<String>) -> Secret {
         Secret(s.into())
+    }
+
+    /// Whether it holds nothing (a key kept elsewhere).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The secret itself: hand it straight to its one consumer (the key
@@ -91,8 +96,16 @@ pub struct HaConfig {
     /// The pre-shared key that authenticates (and, with `encrypt`,
     /// encrypts) the traffic between the members: at least 12 characters
     /// mixing three of lower case, upper case, digits and other characters.
-    /// Never shown by `Debug`, wiped on drop.
+    /// Never shown by `Debug`, wiped on drop. Left out of the file, the
+    /// key is in each member's key store (`secrets/ha-psk` beside
+    /// `node.ron`, sealed in the TPM when the member has one), which
+    /// tandem reads into this field ([`HaConfig::psk_stored`]).
+    #[serde(default, skip_serializing_if = "Secret::is_empty")]
     pub psk: Secret,
+    /// Not in any file: `psk` came from the member's key store, so a
+    /// cluster file written from this configuration leaves it out.
+    #[serde(skip)]
+    pub psk_stored: bool,
     /// Encrypt the state sync between the members (always authenticated).
     #[serde(default)]
     pub encrypt: bool,

@@ -291,8 +291,10 @@ fn firewall(c: &mut Checker<'_>, cfg: &NodeConfig) {
 
 fn ha(c: &mut Checker<'_>, cfg: &NodeConfig) {
     let Some(ha) = &cfg.ha else { return };
+    // No key in the file: it is in the member's key store, checked when
+    // it is read.
     let weak = crate::identity::psk_problems(ha.psk.expose());
-    if !weak.is_empty() {
+    if !ha.psk.is_empty() && !weak.is_empty() {
         c.fail(
             "ha.psk",
             format!(
@@ -456,11 +458,11 @@ fn node(c: &mut Checker<'_>, cfg: &NodeConfig) {
         c.fail("control.syslog", e);
     }
     if let Some(t) = &cfg.control.tpm {
-        if t.pcr > 23 {
+        if t.pcr != 16 && t.pcr != 23 {
             c.fail(
                 "control.tpm.pcr",
                 format!(
-                    "{} is not a PCR; allowed 0 to 23 (23, the application PCR, by default)",
+                    "{} is not a PCR tandemd may reset before it measures itself; allowed 16 or 23 (23, the application PCR, by default)",
                     t.pcr
                 ),
             );

@@ -1041,6 +1041,10 @@ fn system_update(ctx: &ApiContext, package: &Path, target: &str) -> Response {
                             i.slot.as_str(),
                             i.signer
                         ),
+                        match &i.key_handoff {
+                            Some(h) => format!("on the peer, {h}"),
+                            None => "the peer's cluster key is not sealed in a TPM: nothing to hand over".into(),
+                        },
                         "it restarts into it now and must rejoin within its trial time, or it rolls back by itself".into(),
                     ],
                     error: None,
@@ -1067,20 +1071,20 @@ fn system_update(ctx: &ApiContext, package: &Path, target: &str) -> Response {
             );
             // The answer leaves first; the control loop then hands the
             // active role over (if it has it) and stops.
-            crate::update::request_restart(std::time::Duration::from_millis(300));
-            Response::Lines {
-                lines: vec![
-                    format!(
-                        "installed version {} (K2K {}) in slot {} on trial, signed by {}",
-                        i.version,
-                        i.k2k_version,
-                        i.slot.as_str(),
-                        i.signer
-                    ),
-                    "restarting into it now (an active member hands over first); it must rejoin within its trial time, or it rolls back by itself".into(),
-                ],
-                error: None,
+            if let Some(h) = &i.key_handoff {
+                ctx.events.event("SYSTEM", format_args!("update: {h}"));
             }
+            crate::update::request_restart(std::time::Duration::from_millis(300));
+            let mut lines = vec![format!(
+                "installed version {} (K2K {}) in slot {} on trial, signed by {}",
+                i.version,
+                i.k2k_version,
+                i.slot.as_str(),
+                i.signer
+            )];
+            lines.extend(i.key_handoff.clone());
+            lines.push("restarting into it now (an active member hands over first); it must rejoin within its trial time, or it rolls back by itself".into());
+            Response::Lines { lines, error: None }
         }
         Err(e) => {
             ctx.events.event(

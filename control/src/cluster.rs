@@ -659,7 +659,9 @@ impl Cluster {
             },
             cluster_id: ha.cluster_id,
             serial,
-            key_file_warning: key_file_exposure(&cfg.key_file(config_path)),
+            key_file_warning: crate::keystore::clear_file_of(cfg, config_path)
+                .as_deref()
+                .and_then(key_file_exposure),
             serials: Arc::new(std::sync::Mutex::new(
                 cfg.membership
                     .as_ref()

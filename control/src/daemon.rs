@@ -60,6 +60,9 @@ pub enum DaemonError {
     /// The installation slots tandem-boot named cannot be used.
     #[error("installation slots: {0}")]
     Update(String),
+    /// The cluster key is not in the member's key store, or does not open.
+    #[error("cluster key: {0}")]
+    KeyStore(String),
 }
 
 /// The identity file: `control.identity`, or `identity.ron` beside the
@@ -181,7 +184,7 @@ pub enum Exit {
 /// termination signal arrives, or a join or an update asks for a restart.
 /// `slots`: the installation slots' root that tandem-boot passes.
 pub fn run(config_path: &Path, slots: Option<&Path>) -> Result<Exit, DaemonError> {
-    let cfg = tandem_config::load(config_path)?;
+    let mut cfg = tandem_config::load(config_path)?;
     let name = cfg.node.name.clone();
     let slots = match slots.map(crate::update::slots::Slots::open).transpose() {
         Ok(s) => s,
@@ -230,7 +233,10 @@ pub fn run(config_path: &Path, slots: Option<&Path>) -> Result<Exit, DaemonError
             .unwrap_or_else(|| PathBuf::from("/var/lib/tandem"));
         crate::tpm::start(t, &state_dir, &events_log);
     }
-    let result = serve(cfg, config_path, events_log.clone());
+    let result = match crate::keystore::open(&mut cfg, config_path, &events_log) {
+        Ok(()) => serve(cfg, config_path, events_log.clone()),
+        Err(e) => Err(DaemonError::KeyStore(e)),
+    };
     if let Err(e) = &result {
         events_log.event("SYSTEM", format_args!("tandemd stopped on an error: {e}"));
     }
@@ -283,7 +289,10 @@ fn serve(cfg: NodeConfig, config_path: &Path, events_log: EventLog) -> Result<Ex
                     keys.took().as_millis()
                 ),
             );
-            if let Some(w) = crate::cluster::key_file_exposure(&cfg.key_file(config_path)) {
+            if let Some(w) = crate::keystore::clear_file_of(&cfg, config_path)
+                .as_deref()
+                .and_then(crate::cluster::key_file_exposure)
+            {
                 events_log.event("HA", format_args!("WARNING: {w}"));
                 eprintln!("tandemd: WARNING: {w}");
             }

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod eventlog;
 pub mod ha;
 pub mod health;
+pub mod keystore;
 pub mod metrics;
 pub mod peer;
 pub mod reports;

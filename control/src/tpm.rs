@@ -279,9 +279,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TpmError {
 pub struct Measured {
     /// The file's SHA-256.
     pub digest: [u8; 32],
-    /// Whether the PCR was extended with it (false: the marker recorded
-    /// the same digest in this boot, a restart of the same binary).
-    pub extended: bool,
     /// The PCR's value afterwards.
     pub pcr_value: [u8; 32],
 }
@@ -358,6 +355,20 @@ pub fn owner_branch_digest() -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, inner.as_ref()).as_ref());
     out
+}
+
+/// The value a resettable PCR holds once [`Tpm::measure_file`] measured a
+/// binary of SHA-256 `digest` into it: `SHA-256(0^32 || digest)` (a reset
+/// PCR is all zeros; an extension hashes the old value and the digest).
+/// An update seals the cluster key to this value for its new version.
+pub fn predicted_pcr(digest: &[u8; 32]) -> [u8; 32] {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(&[0u8; 32]);
+    ctx.update(digest);
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// The node's TPM, reached through tpm2-tools with an explicit TCTI.
@@ -488,34 +499,39 @@ impl Tpm {
         self.extend_locked(digest)
     }
 
-    /// Measures `path` (its SHA-256) into the PCR, unless `marker` records
-    /// the same digest, this boot, and the PCR value the TPM still holds:
-    /// then this is a restart of the same binary, already measured, and
-    /// nothing is extended. Any other marker (another binary, a reboot, a
-    /// TPM that was reset or is not the one measured before) measures
-    /// again. The marker is written (atomically) after the extension.
-    pub fn measure_file(&self, path: &Path, marker: &Path) -> Result<Measured, TpmError> {
+    /// Measures `path` (its SHA-256) into the PCR: resets the PCR, then
+    /// extends it with the digest, so that the PCR holds
+    /// [`predicted_pcr`]`(digest)` whatever ran before, in this boot or
+    /// the last: a restart of the same binary, a rollback to the previous
+    /// version and a reboot all give the same value.
+    ///
+    /// Commands: `tpm2_pcrreset <pcr>`, `tpm2_pcrextend`, `tpm2_pcrread`.
+    /// The PCR must be resettable from locality 0 (16 or 23 in the PC
+    /// Client profile; the configuration allows no other).
+    pub fn measure_file(&self, path: &Path) -> Result<Measured, TpmError> {
         let digest = sha256_file(path)?;
-        let boot = boot_id();
         let _g = self.lock();
         let work = Work::new(self)?;
-        let now = self.read_pcr_in(&work)?;
-        let mark = |pcr: &[u8; 32]| format!("{} {boot} {}\n", hex(&digest), hex(pcr));
-        let recorded = fs::read_to_string(marker).unwrap_or_default();
-        let extended = recorded != mark(&now);
-        let pcr_value = if extended {
-            self.extend_locked(&digest)?;
-            let after = self.read_pcr_in(&work)?;
-            write_marker(marker, &mark(&after))?;
-            after
-        } else {
-            now
-        };
-        Ok(Measured {
-            digest,
-            extended,
-            pcr_value,
-        })
+        self.tool(
+            &format!("resetting PCR {}", self.pcr),
+            "tpm2_pcrreset",
+            &[self.pcr.to_string()],
+            None,
+            TOOL_TIMEOUT,
+            "tandemd measures into a PCR that locality 0 may reset: 16 or 23 (control.tpm.pcr)",
+        )?;
+        self.extend_locked(&digest)?;
+        let pcr_value = self.read_pcr_in(&work)?;
+        let expected = predicted_pcr(&digest);
+        if pcr_value != expected {
+            return Err(TpmError::Unexpected(format!(
+                "PCR {} holds {} after its reset and one extension, not {}: another program extends it too",
+                self.pcr,
+                hex(&pcr_value),
+                hex(&expected)
+            )));
+        }
+        Ok(Measured { digest, pcr_value })
     }
 
     /// Changes the TPM password, the owner hierarchy's authorization,
@@ -563,7 +579,23 @@ impl Tpm {
     /// `tpm2_evictcontrol -C o`; `tpm2_create -C <persistent> -L -i -`.
     pub fn seal(&self, secret: &[u8], password: &str) -> Result<Sealed, TpmError> {
         let _g = self.lock();
-        self.seal_locked(secret, password)
+        self.seal_locked(secret, None, Some(password))
+    }
+
+    /// Seals `secret` without the TPM password, to the PCR value `pcr`
+    /// (`None`: its current value): what tandemd does by itself (a key
+    /// file found at start, the hand-off to an update's new version).
+    /// The owner branch is the computed [`owner_branch_digest`] (the TPM
+    /// checks it only when the branch is used); the storage key must
+    /// exist, or the owner hierarchy have no password yet (a new TPM),
+    /// else [`TpmError::BadPassword`].
+    pub fn seal_unattended(
+        &self,
+        secret: &[u8],
+        pcr: Option<&[u8; 32]>,
+    ) -> Result<Sealed, TpmError> {
+        let _g = self.lock();
+        self.seal_locked(secret, pcr, None)
     }
 
     /// Unseals through the PCR branch: no password, the PCR must have the
@@ -599,7 +631,7 @@ impl Tpm {
     pub fn pcrseal(&self, sealed: &Sealed, password: &str) -> Result<Sealed, TpmError> {
         let _g = self.lock();
         let secret = self.unseal_locked(sealed, Branch::Owner(password))?;
-        self.seal_locked(&secret, password)
+        self.seal_locked(&secret, None, Some(password))
     }
 
     // ---- the operations, under the lock ----
@@ -639,7 +671,12 @@ impl Tpm {
         Ok(())
     }
 
-    fn seal_locked(&self, secret: &[u8], password: &str) -> Result<Sealed, TpmError> {
+    fn seal_locked(
+        &self,
+        secret: &[u8],
+        pcr: Option<&[u8; 32]>,
+        password: Option<&str>,
+    ) -> Result<Sealed, TpmError> {
         if secret.is_empty() || secret.len() > MAX_SECRET {
             return Err(TpmError::Invalid(format!(
                 "a sealed secret is 1 to {MAX_SECRET} bytes, not {}",
@@ -647,29 +684,38 @@ impl Tpm {
             )));
         }
         let work = Work::new(self)?;
-        let pw = work.password("owner", password)?;
-        let pcr_value = self.read_pcr_in(&work)?;
+        let pw = work.password("owner", password.unwrap_or(""))?;
+        let pcr_value = match pcr {
+            Some(v) => *v,
+            None => self.read_pcr_in(&work)?,
+        };
         let pcr_policy = self.pcr_branch(&work, &pcr_value)?;
 
-        // The owner branch, by the TPM (this also checks the password).
-        let secret_policy = work.path("secret.policy");
-        let s = work.start_session("trial-secret", false)?;
-        self.policy_secret(
-            "computing the owner branch of the sealing policy",
-            &s,
-            &pw,
-            Some(&secret_policy),
-        )?;
-        work.end_session(&s)?;
-        let computed = fs::read(&secret_policy)
-            .map_err(io_err(format!("reading {}", secret_policy.display())))?;
-        if computed != owner_branch_digest() {
-            return Err(TpmError::Unexpected(format!(
-                "the TPM computes the PolicySecret(owner) digest as {}, not {}",
-                hex(&computed),
-                hex(&owner_branch_digest())
-            )));
-        }
+        let secret_policy = match password {
+            // The owner branch, by the TPM (this also checks the password).
+            Some(_) => {
+                let secret_policy = work.path("secret.policy");
+                let s = work.start_session("trial-secret", false)?;
+                self.policy_secret(
+                    "computing the owner branch of the sealing policy",
+                    &s,
+                    &pw,
+                    Some(&secret_policy),
+                )?;
+                work.end_session(&s)?;
+                let computed = fs::read(&secret_policy)
+                    .map_err(io_err(format!("reading {}", secret_policy.display())))?;
+                if computed != owner_branch_digest() {
+                    return Err(TpmError::Unexpected(format!(
+                        "the TPM computes the PolicySecret(owner) digest as {}, not {}",
+                        hex(&computed),
+                        hex(&owner_branch_digest())
+                    )));
+                }
+                secret_policy
+            }
+            None => work.file("secret.policy", &owner_branch_digest())?,
+        };
 
         let or_policy = work.path("or.policy");
         let s = work.start_session("trial-or", false)?;
@@ -1491,35 +1537,6 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], TpmError> {
     Ok(out)
 }
 
-/// This boot's id (`/proc/sys/kernel/random/boot_id`), so that a marker
-/// left on a persistent file system by mistake does not outlive a reboot.
-fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "-".to_owned())
-}
-
-/// Writes the measurement marker atomically.
-fn write_marker(marker: &Path, line: &str) -> Result<(), TpmError> {
-    let what = format!(
-        "recording the measurement in {} (the PCR was extended; a restart before this is fixed extends it again)",
-        marker.display()
-    );
-    if let Some(parent) = marker.parent() {
-        fs::create_dir_all(parent).map_err(io_err(what.clone()))?;
-    }
-    let mut tmp = marker.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(line.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, marker)
-    };
-    write().map_err(io_err(what))
-}
-
 /// This node's TPM (`control.tpm`), once tandemd opened it; what the
 /// quality factor's TPM check asks.
 static NODE: std::sync::OnceLock<std::sync::Arc<Tpm>> = std::sync::OnceLock::new();
@@ -1538,7 +1555,7 @@ pub fn measured() -> Option<&'static str> {
 
 /// At start: opens the node's TPM (`control.tpm`) with its working
 /// directory under `state_dir`, measures the running tandemd into the PCR
-/// (once per boot and binary) and says what it did, or why it could not:
+/// (reset, then extended: see [`Tpm::measure_file`]) and says what it did, or why it could not:
 /// a node whose TPM does not answer still runs (its quality factor counts
 /// the TPM as failed when `ha.quality_tpm` is set).
 pub fn start(cfg: &tandem_config::TpmConfig, state_dir: &Path, log: &crate::eventlog::EventLog) {
@@ -1552,16 +1569,11 @@ pub fn start(cfg: &tandem_config::TpmConfig, state_dir: &Path, log: &crate::even
         }
     };
     let exe = Path::new("/proc/self/exe");
-    let text = match tpm.measure_file(exe, &state_dir.join("tpm-measured")) {
+    let text = match tpm.measure_file(exe) {
         Ok(m) => {
             let line = format!(
-                "tandemd (sha256 {}) {} PCR {}; PCR {} is now {}",
+                "tandemd (sha256 {}) measured into PCR {}; PCR {} is now {}",
                 &hex(&m.digest)[..16],
-                if m.extended {
-                    "measured into"
-                } else {
-                    "already measured in this boot into"
-                },
                 cfg.pcr,
                 cfg.pcr,
                 &hex(&m.pcr_value)[..16]
@@ -1590,7 +1602,7 @@ mod tests {
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::process::Child;
 
-    const TOOLS: [&str; 13] = [
+    const TOOLS: [&str; 14] = [
         "swtpm",
         "tpm2_createprimary",
         "tpm2_create",
@@ -1604,6 +1616,7 @@ mod tests {
         "tpm2_policyor",
         "tpm2_flushcontext",
         "tpm2_evictcontrol",
+        "tpm2_pcrreset",
     ];
 
     /// Fails (not skips) when a tool is missing.
@@ -1853,36 +1866,67 @@ mod tests {
     }
 
     #[test]
-    fn tpm_measure_file_extends_once_per_marker() {
+    fn tpm_measure_file_gives_the_same_value_for_the_same_binary() {
         let sw = Swtpm::start("measure");
         let tpm = sw.tpm();
         let a = sw.root.join("tandemd-a");
         let b = sw.root.join("tandemd-b");
         fs::write(&a, b"binary a").unwrap();
         fs::write(&b, b"binary b").unwrap();
-        let marker = sw.root.join("run").join("tandemd.measured");
 
-        let before = tpm.read_pcr().unwrap();
-        let m1 = tpm.measure_file(&a, &marker).unwrap();
-        assert!(m1.extended);
+        // Whatever the PCR held before: reset, then one extension.
+        tpm.extend(&sha(b"something else")).unwrap();
+        let m1 = tpm.measure_file(&a).unwrap();
         assert_eq!(m1.digest, sha(b"binary a"));
-        assert_eq!(m1.pcr_value, extended(&before, &m1.digest));
-
-        let m2 = tpm.measure_file(&a, &marker).unwrap();
-        assert!(!m2.extended);
-        assert_eq!(m2.pcr_value, m1.pcr_value);
+        assert_eq!(m1.pcr_value, extended(&[0; 32], &m1.digest));
+        assert_eq!(m1.pcr_value, predicted_pcr(&m1.digest));
         assert_eq!(tpm.read_pcr().unwrap(), m1.pcr_value);
 
-        let m3 = tpm.measure_file(&b, &marker).unwrap();
-        assert!(m3.extended);
-        assert_eq!(m3.pcr_value, extended(&m1.pcr_value, &sha(b"binary b")));
+        // A restart of the same binary: the same value.
+        assert_eq!(tpm.measure_file(&a).unwrap().pcr_value, m1.pcr_value);
+        // Another binary: its own value; back to the first (a rollback):
+        // the first value again.
+        let m3 = tpm.measure_file(&b).unwrap();
+        assert_eq!(m3.pcr_value, predicted_pcr(&sha(b"binary b")));
+        assert_ne!(m3.pcr_value, m1.pcr_value);
+        assert_eq!(tpm.measure_file(&a).unwrap().pcr_value, m1.pcr_value);
+    }
 
-        // The same binary, boot and marker, but a TPM that does not hold
-        // the value measured (another one, or one that was reset): measured.
-        let other = Swtpm::start("measure-other");
-        let m4 = other.tpm().measure_file(&b, &marker).unwrap();
-        assert!(m4.extended, "a TPM that was not measured is measured");
-        assert_eq!(m4.pcr_value, extended(&[0; 32], &sha(b"binary b")));
+    #[test]
+    fn tpm_seals_unattended_to_a_predicted_value() {
+        let sw = Swtpm::start("predict");
+        let tpm = sw.tpm();
+        let a = sw.root.join("tandemd-a");
+        let b = sw.root.join("tandemd-b");
+        fs::write(&a, b"version 1").unwrap();
+        fs::write(&b, b"version 2").unwrap();
+        tpm.measure_file(&a).unwrap();
+        // A new TPM: no password, no storage key yet; sealing without
+        // the password creates it.
+        let now = tpm.seal_unattended(b"cluster key", None).unwrap();
+        let next = tpm
+            .seal_unattended(b"cluster key", Some(&predicted_pcr(&sha(b"version 2"))))
+            .unwrap();
+        assert_eq!(&*tpm.unseal_pcr(&now).unwrap(), b"cluster key");
+        let e = tpm.unseal_pcr(&next).unwrap_err();
+        assert!(matches!(e, TpmError::PcrChanged { .. }), "{e}");
+
+        // Version 2 starts: the copy sealed for it opens, the other not.
+        tpm.measure_file(&b).unwrap();
+        assert_eq!(&*tpm.unseal_pcr(&next).unwrap(), b"cluster key");
+        let e = tpm.unseal_pcr(&now).unwrap_err();
+        assert!(matches!(e, TpmError::PcrChanged { .. }), "{e}");
+
+        // With a TPM password set, the owner branch of an unattended seal
+        // opens with it (the computed branch digest is the TPM's).
+        tpm.set_password(None, "owner pw").unwrap();
+        assert_eq!(
+            &*tpm.unseal_owner(&now, "owner pw").unwrap(),
+            b"cluster key"
+        );
+        // And the storage key exists: unattended sealing still works.
+        tpm.seal_unattended(b"again", None).unwrap();
+        assert_clean(&tpm);
     }
 
     #[test]

@@ -768,7 +768,12 @@ fn join_steps(
             revision_text(revision)
         ),
     );
-    // 9. Apply here: the directory, then node.ron (the old one kept).
+    // 9. Apply here: the directory, then node.ron (the old one kept); a
+    // cluster that keeps its key in each member's store has none in its
+    // file: the key given goes into this member's store.
+    if merged.ha.as_ref().is_some_and(|h| h.psk.is_empty()) {
+        crate::keystore::write_clear(&crate::keystore::dir_of(config_path), psk)?;
+    }
     let pre = install_member_files(config_path, &staging, &node_tmp, &cluster_dir)?;
     SyncState {
         revision,

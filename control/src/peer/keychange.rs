@@ -135,6 +135,15 @@ pub fn change(
         .cloned()
         .unwrap_or_else(|| "peer".into());
     let mut lines = Vec::new();
+    if crate::keystore::in_store() {
+        return (
+            lines,
+            Err(format!(
+                "this cluster keeps its key in each member's key store ({}/, sealed in the TPM where there is one), not in its file: ha set key changes a key in the cluster's file only; nothing was changed",
+                crate::keystore::DIR
+            )),
+        );
+    }
     let set = ring.get();
     if set.phase != KeyPhase::Steady {
         return (

@@ -125,7 +125,7 @@ pub fn conf_sync(
         let (node, config_path, config_dir) =
             (node.clone(), config_path.to_owned(), config_dir.clone());
         Box::new(move |staged: &Path| -> Result<String, String> {
-            let cfg = tandem_config::load_with_cluster_dir(&config_path, staged)
+            let cfg = crate::keystore::load_with_cluster_dir(&config_path, staged)
                 .map_err(|e| e.to_string())?;
             let mut summary = format!(
                 "{} interfaces, {} routes",
@@ -151,7 +151,7 @@ pub fn conf_sync(
             .map(|p| p.to_string_lossy().into_owned());
         Box::new(move |changed: &[String]| -> Vec<String> {
             let mut out = Vec::new();
-            let new = match tandem_config::load(&config_path) {
+            let new = match crate::keystore::load(&config_path) {
                 Ok(c) => Arc::new(c),
                 Err(e) => {
                     return vec![format!(

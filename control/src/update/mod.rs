@@ -116,6 +116,10 @@ pub struct Installed {
     pub slot: Slot,
     /// The trusted key that signed it.
     pub signer: String,
+    /// What was done so that the new version opens the cluster key
+    /// sealed in the TPM (none: the key is not sealed).
+    #[serde(default)]
+    pub key_handoff: Option<String>,
 }
 
 /// Checks the package at `pkg` against the trusted keys and installs it
@@ -151,6 +155,18 @@ pub fn install(pkg: &Path) -> Result<Installed, String> {
             tandem_dataplane::k2k::MIN_VERSION
         ));
     }
+    // The cluster key, when sealed in the TPM, is sealed for the new
+    // tandemd too, so that the member rejoins after the restart.
+    let tandemd = m.files.iter().find(|f| f.path == "bin/tandemd");
+    let key_handoff = match tandemd.map(|f| crate::keystore::handoff(&m.version, &f.sha256)) {
+        Some(Ok(said)) => said,
+        Some(Err(e)) => {
+            return refuse(format!(
+                "{e}: the new version could not open the cluster key, nothing installed"
+            ))
+        }
+        None => None,
+    };
     match slots.install(&staging, &m, setup.confirm_within_secs) {
         Ok(slot) => {
             refresh_view();
@@ -159,9 +175,13 @@ pub fn install(pkg: &Path) -> Result<Installed, String> {
                 k2k_version: m.k2k_version,
                 slot,
                 signer,
+                key_handoff,
             })
         }
-        Err(e) => refuse(e),
+        Err(e) => {
+            crate::keystore::drop_handoff();
+            refuse(e)
+        }
     }
 }
 
@@ -285,6 +305,9 @@ pub fn receive(
                             i.slot.as_str()
                         ),
                     );
+                    if let Some(h) = &i.key_handoff {
+                        log.event("SYSTEM", format_args!("update: {h}"));
+                    }
                     request_restart(Duration::from_millis(300));
                     PeerAnswer::PackageInstalled(i)
                 }
