@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, system_tpm_pcrseal, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -97,6 +97,19 @@ pub enum Request {
         /// The file, relative to the cluster directory (required).
         #[serde(default)]
         file: Option<String>,
+    },
+    /// Reseals the cluster key in the TPM to the PCR value of the version
+    /// that runs, with the TPM password, as `system tpm pcrseal
+    /// tpmpassword=PASSWORD serial=local|passive`.
+    SystemTpmPcrseal {
+        /// The TPM password (the owner hierarchy's) (required).
+        #[serde(default)]
+        password: Option<tandem_config::Secret>,
+        /// `local` (this member), `passive` (the passive member, this one
+        /// or its peer), `remote` (the peer) or a member's serial
+        /// (required).
+        #[serde(default)]
+        serial: Option<String>,
     },
     /// Installs a signed update package on this member or its peer, as
     /// `system update --package FILE --target local|remote`.
@@ -253,6 +266,7 @@ impl Request {
         "ha_cluster_remove",
         "ha_cluster_activate",
         "system_update",
+        "system_tpm_pcrseal",
         "debug",
     ];
 
@@ -286,6 +300,7 @@ impl Request {
             Request::HaClusterRemove { .. } => "ha_cluster_remove",
             Request::HaClusterActivate => "ha_cluster_activate",
             Request::SystemUpdate { .. } => "system_update",
+            Request::SystemTpmPcrseal { .. } => "system_tpm_pcrseal",
             Request::Debug { .. } => "debug",
         }
     }
@@ -911,6 +926,10 @@ pub struct HaInfo {
     /// why not (absent without `control.tpm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<String>,
+    /// Where the cluster key is kept, and whether it is sealed in the TPM
+    /// ([`crate::keystore::status`]; absent without an HA section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_store: Option<String>,
 }
 
 /// One member's configuration in `hainfo`.
@@ -1379,6 +1398,7 @@ mod tests {
             | Request::HaClusterRemove { .. }
             | Request::HaClusterActivate
             | Request::SystemUpdate { .. }
+            | Request::SystemTpmPcrseal { .. }
             | Request::Log { .. }
             | Request::Debug { .. } => {}
         }
@@ -1427,6 +1447,10 @@ mod tests {
                 package: None,
                 target: None,
             },
+            Request::SystemTpmPcrseal {
+                password: None,
+                serial: None,
+            },
             Request::Debug { fault: None },
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
@@ -1448,7 +1472,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, system_tpm_pcrseal, debug"
         );
     }
 

@@ -552,6 +552,13 @@ impl Route<'_> {
             Request::HaDiff { file: None } => Some(Response::error(
                 "hadiff needs a file: a path relative to the cluster directory, such as policy.ron (tandemctl hasynctest lists the files that differ)",
             )),
+            Request::SystemTpmPcrseal { password: None, .. } => Some(Response::error(
+                "system tpm pcrseal needs the TPM password: tpmpassword=PASSWORD",
+            )),
+            Request::SystemTpmPcrseal { serial: None, .. } => Some(Response::error(
+                "system tpm pcrseal needs the member: serial=local (this one), serial=passive (the passive member) or a member's serial",
+            )),
+            Request::SystemTpmPcrseal { .. } => self.to_jobs(req, id),
             Request::SystemUpdate { package, target } => match (package.as_deref(), target.as_deref()) {
                 (None, _) => Some(Response::error(
                     "system update needs the package: --package FILE (an absolute path on this node)",
@@ -1001,10 +1008,80 @@ fn run_job(ctx: &ApiContext, request: Request, control: &Arc<Waker>) -> Response
             package: Some(package),
             target: Some(target),
         } => system_update(ctx, Path::new(&package), &target),
+        Request::SystemTpmPcrseal {
+            password: Some(password),
+            serial: Some(serial),
+        } => system_tpm_pcrseal(ctx, &password, &serial),
         other => Response::error(format!(
             "{} is not a long request (tandemd bug: please report it)",
             other.name()
         )),
+    }
+}
+
+/// `system tpm pcrseal`: the cluster key resealed here, or on the peer
+/// over the members' service.
+fn system_tpm_pcrseal(
+    ctx: &ApiContext,
+    password: &tandem_config::Secret,
+    serial: &str,
+) -> Response {
+    let me = ctx.identity.serial.as_str();
+    let active_here = ctx.node.role() == Role::Active;
+    let local = match serial {
+        "local" => true,
+        "remote" => false,
+        "passive" => !active_here,
+        s if s == me => true,
+        s if ctx
+            .conf()
+            .is_some_and(|c| c.is_peer(s)) =>
+        {
+            false
+        }
+        s => {
+            return Response::error(format!(
+                "serial={s} names no member of this cluster; allowed local, passive, remote, {me} (this member) or the peer's serial"
+            ))
+        }
+    };
+    if local {
+        return match crate::keystore::pcrseal(password.expose()) {
+            Ok(message) => {
+                ctx.events
+                    .event("SYSTEM", format_args!("TPM pcrseal: {message}"));
+                Response::Done { message }
+            }
+            Err(e) => {
+                ctx.events
+                    .event("SYSTEM", format_args!("TPM pcrseal refused: {e}"));
+                Response::error(e)
+            }
+        };
+    }
+    let (mut client, link) = match connect_peer(ctx) {
+        Ok(c) => c,
+        Err(e) => return Response::error(e),
+    };
+    let request = crate::peer::service::PeerRequest::TpmPcrseal {
+        password: password.clone(),
+    };
+    match client.ask(&request) {
+        Ok(crate::peer::service::PeerAnswer::Resealed { message }) => {
+            ctx.events.event(
+                "SYSTEM",
+                format_args!("TPM pcrseal on the peer (over {link}): {message}"),
+            );
+            Response::Done {
+                message: format!("on the peer: {message}"),
+            }
+        }
+        Ok(crate::peer::service::PeerAnswer::Refused { reason })
+        | Err(crate::peer::service::PeerError::Refused { reason, .. }) => {
+            Response::error(format!("the peer refused: {reason}"))
+        }
+        Ok(other) => Response::error(crate::peer::service::unexpected(&other)),
+        Err(e) => Response::error(format!("the peer did not answer over {link}: {e}")),
     }
 }
 

@@ -624,6 +624,9 @@ pub fn format_hainfo(r: &HaInfo, verbose: bool) -> String {
     if let Some(t) = &r.tpm {
         let _ = writeln!(out, "tpm:           {t}");
     }
+    if let Some(k) = &r.key_store {
+        let _ = writeln!(out, "key store:     {k}");
+    }
     let _ = writeln!(out, "rejected:      {} heartbeats", r.heartbeats_rejected);
     for p in &r.quality_problems {
         let _ = writeln!(out, "quality check failed: {p}");

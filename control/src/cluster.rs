@@ -1795,6 +1795,7 @@ impl Cluster {
             // Filled in by the daemon, which runs the service.
             peer_service: None,
             tpm: None,
+            key_store: None,
             config: None,
         }
     }

@@ -907,6 +907,7 @@ impl Daemon {
         l.file_sync = self.file_sync();
         l.slots = crate::update::view();
         info.tpm = crate::tpm::measured().map(str::to_owned);
+        info.key_store = crate::keystore::status();
         let cfg = info.config.as_deref();
         l.conf_synchronized = cfg.map(|c| !c.local.local_changes && c.synchronized != Some(false));
         let view = self.peer_view.borrow();

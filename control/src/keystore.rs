@@ -380,8 +380,17 @@ pub fn in_store() -> bool {
 }
 
 /// hainfo's `key store` line.
+///
+/// Never waits: it may be asked on the control thread; while a reseal
+/// holds the store it says so.
 pub fn status() -> Option<String> {
-    let g = state();
+    let g = match STATE.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            return Some("busy: a TPM operation on the key runs".into())
+        }
+    };
     let s = g.as_ref()?;
     let pcr = s.tpm.as_ref().map_or(0, |t| t.pcr());
     Some(match &s.held {
@@ -451,22 +460,41 @@ pub fn drop_handoff() {
 /// seals it again to the PCR's value now (the running version's); the
 /// hand-off goes. Says what it did.
 pub fn pcrseal(password: &str) -> Result<String, String> {
-    let mut g = state();
-    let Some(s) = g.as_mut() else {
-        return Err("this member runs without a cluster key (no HA section)".into());
+    // One reseal at a time; hainfo's status() does not wait for it.
+    static RESEAL: Mutex<()> = Mutex::new(());
+    let _one = RESEAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (dir, tpm, psk, held) = match state().as_ref() {
+        Some(s) => (s.dir.clone(), s.tpm.clone(), s.psk.clone(), s.held.clone()),
+        None => return Err("this member runs without a cluster key (no HA section)".into()),
     };
-    let Some(tpm) = s.tpm.clone() else {
+    let said = reseal(&dir, tpm, &psk, &held, password)?;
+    if let Some(s) = state().as_mut() {
+        s.held = Held::Sealed;
+    }
+    Ok(said)
+}
+
+fn reseal(
+    dir: &Path,
+    tpm: Option<Arc<Tpm>>,
+    psk: &Secret,
+    held: &Held,
+    password: &str,
+) -> Result<String, String> {
+    let Some(tpm) = tpm else {
         return Err(
             "this member has no TPM (control.tpm is not set): its cluster key is not sealed, there is nothing to reseal"
                 .into(),
         );
     };
-    let sealed_path = s.dir.join(SEALED);
+    let sealed_path = dir.join(SEALED);
     if !sealed_path.exists() {
         return Err(format!(
             "{} does not exist: this member's cluster key is not sealed in its TPM ({})",
             sealed_path.display(),
-            match &s.held {
+            match held {
                 Held::ConfigFile(p) => format!("it is in {}", p.display()),
                 Held::Clear(why) => why.clone(),
                 _ => "it was removed".into(),
@@ -478,19 +506,18 @@ pub fn pcrseal(password: &str) -> Result<String, String> {
     let key = tpm
         .unseal_owner(&new, password)
         .map_err(|e| e.to_string())?;
-    if key.as_slice() != s.psk.expose().as_bytes() {
+    if key.as_slice() != psk.expose().as_bytes() {
         return Err(format!(
             "{} holds another key than the one this member runs with: nothing resealed; write the running key into {}/{CLEAR} and restart",
             sealed_path.display(),
-            s.dir.display()
+            dir.display()
         ));
     }
     write_private(&sealed_path, new.to_json().as_bytes())?;
-    let handoff = s.dir.join(HANDOFF);
+    let handoff = dir.join(HANDOFF);
     if handoff.exists() {
         wipe(&handoff)?;
     }
-    s.held = Held::Sealed;
     Ok(format!(
         "the cluster key is resealed to PCR {} = {}… (this version's measurement) or the TPM password",
         tpm.pcr(),

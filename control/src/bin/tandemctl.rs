@@ -470,6 +470,56 @@ enum SystemAction {
         #[command(subcommand)]
         action: PackageAction,
     },
+    /// The TPM that seals the cluster key
+    Tpm {
+        #[command(subcommand)]
+        action: TpmAction,
+    },
+}
+
+/// `tandemctl system tpm ...`.
+#[derive(Subcommand, Debug)]
+enum TpmAction {
+    /// Reseals the cluster key to the PCR value of the tandemd that runs,
+    /// with the TPM password: after an update, on the updated member
+    /// (serial=passive from the active one). With --config and --tandemd
+    /// it works without tandemd, on this machine only (serial=local),
+    /// for a member whose tandemd cannot start because its key does not
+    /// unseal
+    Pcrseal {
+        /// tpmpassword=PASSWORD serial=local|passive|remote|SERIAL
+        #[arg(value_name = "KEY=VALUE", num_args = 0..=2)]
+        args: Vec<String>,
+        /// The member's node.ron (offline: no tandemd)
+        #[arg(long, value_name = "FILE", requires = "tandemd")]
+        config: Option<PathBuf>,
+        /// The tandemd binary the key is resealed for (offline)
+        #[arg(long, value_name = "FILE", requires = "config")]
+        tandemd: Option<PathBuf>,
+    },
+}
+
+/// `tpmpassword=...` and `serial=...` of `system tpm pcrseal`.
+fn pcrseal_args(args: &[String]) -> Result<(tandem_config::Secret, String), String> {
+    let (mut password, mut serial) = (None, None);
+    for a in args {
+        match a.split_once('=') {
+            Some(("tpmpassword", v)) => password = Some(tandem_config::Secret::new(v)),
+            Some(("serial", v)) if !v.is_empty() => serial = Some(v.to_owned()),
+            _ => {
+                return Err(format!(
+                    "{:?} is not an argument of system tpm pcrseal; allowed tpmpassword=PASSWORD and serial=local|passive|remote|SERIAL",
+                    a.split_once('=').map_or(a.as_str(), |(k, _)| k)
+                ))
+            }
+        }
+    }
+    let password = match password {
+        Some(p) => p,
+        None => tandem_config::Secret::new(prompt_hidden("TPM password: ")?),
+    };
+    let serial = serial.ok_or("system tpm pcrseal needs serial=local|passive|remote|SERIAL")?;
+    Ok((password, serial))
 }
 
 /// `tandemctl system package ...`.
@@ -592,6 +642,7 @@ fn default_timeout_ms(req: &Request) -> u64 {
         Request::HaKey { .. } => 60_000,
         // Checking a package, or sending it to the peer.
         Request::SystemUpdate { .. } => 300_000,
+        Request::SystemTpmPcrseal { .. } => 60_000,
         _ => 2000,
     }
 }
@@ -866,6 +917,48 @@ fn main() -> ExitCode {
         Command::System {
             action: SystemAction::Package { .. },
         } => unreachable!("answered above, without tandemd"),
+        Command::System {
+            action:
+                SystemAction::Tpm {
+                    action:
+                        TpmAction::Pcrseal {
+                            args,
+                            config,
+                            tandemd,
+                        },
+                },
+        } => {
+            let (password, serial) = match pcrseal_args(args) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("tandemctl: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let (Some(config), Some(tandemd)) = (config, tandemd) {
+                if serial != "local" {
+                    eprintln!(
+                        "tandemctl: without tandemd (--config) only serial=local can be resealed"
+                    );
+                    return ExitCode::from(2);
+                }
+                return match tandem_control::keystore::pcrseal_offline(
+                    config,
+                    tandemd,
+                    password.expose(),
+                ) {
+                    Ok(text) => print(&format!("{text}\n")),
+                    Err(e) => {
+                        eprintln!("tandemctl: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            Request::SystemTpmPcrseal {
+                password: Some(password),
+                serial: Some(serial),
+            }
+        }
         Command::Identity => Request::Identity,
         Command::Completions { .. } => unreachable!("answered above, without tandemd"),
         Command::Hapeer => Request::PeerStatus,

@@ -218,6 +218,12 @@ pub enum PeerRequest {
     },
     /// All sent: check the package, install it and restart into it.
     PackageCommit,
+    /// `system tpm pcrseal serial=passive` run on the other member: reseal
+    /// this member's cluster key with the TPM password.
+    TpmPcrseal {
+        /// The TPM password of this member's TPM.
+        password: tandem_config::Secret,
+    },
 }
 
 /// An answer in a session.
@@ -232,6 +238,11 @@ pub enum PeerAnswer {
     MemberStatus(crate::api::MemberStatusReport),
     /// Answer to [`PeerRequest::PackageCommit`]: installed, restarting.
     PackageInstalled(crate::update::Installed),
+    /// Answer to [`PeerRequest::TpmPcrseal`]: what was resealed.
+    Resealed {
+        /// In words.
+        message: String,
+    },
     /// Bytes of a file.
     FileChunk {
         /// The file's whole size.
@@ -717,6 +728,37 @@ fn read_and_serve(
                             _ => PeerAnswer::Refused {
                                 reason: format!(
                                     "{} is not the other member of this cluster: packages come from it only",
+                                    c.serial
+                                ),
+                            },
+                        }
+                    }
+                    Ok(PeerRequest::TpmPcrseal { password }) => {
+                        counters.requests.fetch_add(1, Ordering::Relaxed);
+                        match conf {
+                            Some(conf)
+                                if c.purpose == Some(Purpose::Member) && conf.is_peer(&c.serial) =>
+                            {
+                                match crate::keystore::pcrseal(password.expose()) {
+                                    Ok(message) => {
+                                        log.event(
+                                            "SYSTEM",
+                                            format_args!("TPM pcrseal asked by {}: {message}", c.serial),
+                                        );
+                                        PeerAnswer::Resealed { message }
+                                    }
+                                    Err(reason) => {
+                                        log.event(
+                                            "SYSTEM",
+                                            format_args!("TPM pcrseal asked by {} refused: {reason}", c.serial),
+                                        );
+                                        PeerAnswer::Refused { reason }
+                                    }
+                                }
+                            }
+                            _ => PeerAnswer::Refused {
+                                reason: format!(
+                                    "{} is not the other member of this cluster: only it may reseal this member's key",
                                     c.serial
                                 ),
                             },
