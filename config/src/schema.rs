@@ -442,6 +442,11 @@ pub struct ControlConfig {
     /// tandem-boot rolls it back (10..=3600); default 120.
     #[serde(default)]
     pub update_confirm_secs: Option<u64>,
+    /// The member's key store, where the cluster key is kept when the
+    /// cluster's file leaves `ha.psk` out (relative to this file's
+    /// directory); default `secrets`.
+    #[serde(default)]
+    pub key_store: Option<PathBuf>,
     /// The node's TPM 2.0: tandemd measures itself into a PCR at start,
     /// and `ha.quality_tpm` asks it whether it answers. None: no TPM.
     #[serde(default)]
@@ -587,6 +592,7 @@ impl Default for ControlConfig {
             syslog: None,
             trusted_keys: None,
             update_confirm_secs: None,
+            key_store: None,
             tpm: None,
         }
     }

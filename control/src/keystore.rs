@@ -1,7 +1,8 @@
 //! The member's key store: where the cluster's pre-shared key lives when
 //! the cluster's file leaves it out (`ha.psk` absent from `cluster.ron`).
 //!
-//! The store is the directory `secrets/` beside `node.ron` (mode 0700),
+//! The store is the directory `secrets/` beside `node.ron` (mode 0700;
+//! `control.key_store` names another),
 //! the member's own (the configuration sync never sends it):
 //! - `ha-psk`: the key in clear, as the operator writes it (root only,
 //!   mode 0600). A member without a TPM keeps it there ("sealing is off");
@@ -74,14 +75,14 @@ fn state() -> std::sync::MutexGuard<'static, Option<State>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The store's directory of the node whose configuration is at
-/// `config_path`.
-pub fn dir_of(config_path: &Path) -> PathBuf {
-    config_path
+/// The store's directory of the node `cfg` read from `config_path`:
+/// `control.key_store`, [`DIR`] by default, beside the file.
+pub fn dir_of(cfg: &NodeConfig, config_path: &Path) -> PathBuf {
+    let base = config_path
         .parent()
         .map(Path::to_path_buf)
-        .unwrap_or_default()
-        .join(DIR)
+        .unwrap_or_default();
+    base.join(cfg.control.key_store.as_deref().unwrap_or(Path::new(DIR)))
 }
 
 /// At start, after the TPM's: completes `cfg`'s HA section with the key
@@ -89,17 +90,18 @@ pub fn dir_of(config_path: &Path) -> PathBuf {
 /// key file when the member has a TPM), and remembers where it came
 /// from. An error says why this member has no key and what to do.
 pub fn open(cfg: &mut NodeConfig, config_path: &Path, log: &EventLog) -> Result<(), String> {
+    let dir = dir_of(cfg, config_path);
+    let key_file = cfg.key_file(config_path);
     let Some(ha) = cfg.ha.as_mut() else {
         return Ok(());
     };
-    let dir = dir_of(config_path);
     let tpm = crate::tpm::node();
     if !ha.psk.is_empty() {
         *state() = Some(State {
             dir,
             tpm,
             psk: ha.psk.clone(),
-            held: Held::ConfigFile(cfg.key_file(config_path)),
+            held: Held::ConfigFile(key_file),
         });
         return Ok(());
     }
@@ -547,7 +549,7 @@ pub fn pcrseal_offline(
         .unwrap_or_else(|| PathBuf::from("/var/lib/tandem"));
     let tpm = Tpm::new(t.tcti.clone(), t.pcr, state_dir.join("tpm")).map_err(|e| e.to_string())?;
     let m = tpm.measure_file(tandemd).map_err(|e| e.to_string())?;
-    let dir = dir_of(config_path);
+    let dir = dir_of(&cfg, config_path);
     let sealed_path = dir.join(SEALED);
     let old = read_sealed(&sealed_path)?;
     let new = tpm.pcrseal(&old, password).map_err(|e| e.to_string())?;

@@ -145,7 +145,8 @@ pub struct NodeConfig {
 pub struct HaSection {
     /// Cluster id (the same on both members).
     pub cluster_id: u32,
-    /// Pre-shared key.
+    /// Pre-shared key; empty: left out of the file (in the member's key
+    /// store, `control.key_store`).
     pub psk: String,
     /// Encrypt the sync.
     pub encrypt: bool,
@@ -485,10 +486,15 @@ impl NodeConfig {
             } else {
                 ""
             };
+            // No key: each member keeps it in its key store.
+            let psk = if ha.psk.is_empty() {
+                String::new()
+            } else {
+                format!("psk: {}, ", ron_str(&ha.psk))
+            };
             s += &format!(
-                "    ha: (cluster_id: {}, psk: {}, encrypt: {}, sync_min_age_secs: {}, election: {}, {priority}{} links: [\n",
+                "    ha: (cluster_id: {}, {psk}encrypt: {}, sync_min_age_secs: {}, election: {}, {priority}{} links: [\n",
                 ha.cluster_id,
-                ron_str(&ha.psk),
                 ha.encrypt,
                 ha.sync_min_age_secs,
                 ha.election,

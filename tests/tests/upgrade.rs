@@ -6,7 +6,12 @@
 //! - A rolling upgrade (the passive over the members' service, then the
 //!   active with its hand-over) keeps a TCP transfer and loses not one
 //!   datagram of a 1 kpps numbered UDP probe; the pair runs fail-soft on
-//!   K2K 2 between the two steps and on K2K 3 after.
+//!   K2K 2 between the two steps and on K2K 3 after. The cluster key is
+//!   sealed in each member's TPM (one swtpm each): after its update a
+//!   member's sealed key is refused (its PCR changed), it rejoins on the
+//!   hand-off its previous version sealed for it, and `system tpm pcrseal
+//!   serial=passive` run on the active reseals it with the TPM password
+//!   (a wrong password reseals nothing).
 //! - Packages with an altered file or a foreign signature are refused,
 //!   locally and by the peer, and nothing changes.
 //! - A new version that cannot start, or that starts and never rejoins,
@@ -112,12 +117,33 @@ fn trusted_dir(lab: &Lab, i: usize) -> PathBuf {
     lab.dir().join(format!("fw{i}.trusted"))
 }
 
+/// The lab cluster's key, as the operator writes it into each member's
+/// key store.
+const CLUSTER_KEY: &str = "Lab-Cluster-Key-2026";
+/// The TPM password (the owner hierarchy's) the operator sets.
+const TPM_PASSWORD: &str = "Tpm-Owner-Pw-7";
+
 /// Both members under tandem-boot, each with its slots and trusted keys.
-fn start_booted(tag: &str) -> (Cluster, Packages) {
+/// With `tpms` (one swtpm per member, kept running by the caller), the
+/// cluster's file has no key: each member's key store holds it, which
+/// tandemd seals in its TPM at the first start.
+fn start_booted(tag: &str, tpm: bool) -> (Cluster, Packages, Vec<tandem_tests::Proc>) {
     let lab = Lab::two_nodes(tag).expect("the lab");
     let pkgs = Packages::make(&lab);
     let boot = find_bin("tandem-boot").expect("tandem-boot");
     let dir = lab.dir().to_path_buf();
+    let mut tpms = Vec::new();
+    if tpm {
+        for i in 1..=2 {
+            tpms.push(host::swtpm(lab.fw(i), &dir.join(format!("tpm-fw{i}"))).expect("swtpm"));
+            let store = dir.join(format!("fw{i}.secrets"));
+            std::fs::create_dir_all(&store).expect("key store");
+            let key = store.join("ha-psk");
+            std::fs::write(&key, format!("{CLUSTER_KEY}\n")).expect("key file");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod 600");
+        }
+    }
     let c = cluster::start_on(lab, heavy_lock(), Some(POLICY), &[], |i, cfg| {
         cfg.program = vec![
             s(&boot).to_owned(),
@@ -129,9 +155,69 @@ fn start_booted(tag: &str) -> (Cluster, Packages) {
             "trusted_keys: Some({:?}), update_confirm_secs: Some({CONFIRM_SECS})",
             s(&dir.join(format!("fw{i}.trusted")))
         );
+        if tpm {
+            cfg.control_extra += &format!(
+                ", tpm: Some((tcti: {:?})), key_store: Some(\"fw{i}.secrets\")",
+                host::swtpm_tcti()
+            );
+            if let Some(ha) = cfg.ha.as_mut() {
+                ha.psk.clear();
+            }
+        }
     })
     .expect("the cluster");
-    (c, pkgs)
+    (c, pkgs, tpms)
+}
+
+/// The operator sets the TPM password of member `i` (tpm2-tools, as on
+/// any machine with a TPM).
+fn set_tpm_password(c: &Cluster, i: usize) {
+    let auth = c.lab.dir().join(format!("tpm-fw{i}.auth"));
+    std::fs::write(&auth, TPM_PASSWORD).expect("password file");
+    let out = c
+        .lab
+        .fw(i)
+        .exec_timeout(
+            &[
+                "tpm2_changeauth",
+                "-T",
+                &host::swtpm_tcti(),
+                "-c",
+                "owner",
+                &format!("file:{}", s(&auth)),
+            ],
+            Duration::from_secs(20),
+        )
+        .expect("tpm2_changeauth runs");
+    let _ = std::fs::remove_file(&auth);
+    assert!(
+        out.status.success(),
+        "tpm2_changeauth: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `system tpm pcrseal tpmpassword=PW serial=passive` on `n`.
+fn pcrseal(n: &Node, password: &str) -> (Option<i32>, String, String) {
+    n.ctl_out(
+        &[
+            "system",
+            "tpm",
+            "pcrseal",
+            &format!("tpmpassword={password}"),
+            "serial=passive",
+        ],
+        Duration::from_secs(60),
+    )
+    .expect("tandemctl system tpm pcrseal")
+}
+
+/// hainfo's `key store` of `n`.
+fn key_store(n: &Node) -> String {
+    hainfo(n)["key_store"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn hainfo(n: &Node) -> Value {
@@ -179,17 +265,41 @@ fn update(n: &Node, pkg: &Path, target: &str) -> (Option<i32>, String, String) {
 #[test]
 fn a_rolling_upgrade_with_tandemctl_keeps_the_transfer_and_every_probe_packet() {
     require_root!();
-    let (c, pkgs) = start_booted("upg");
+    let (c, pkgs, _tpms) = start_booted("upg", true);
     let (a, p) = c.settled().expect("one active, the passive synchronized");
-    for n in &c.nodes {
+    for (i, n) in c.nodes.iter().enumerate() {
         let info = hainfo(n);
         assert_eq!(info["local"]["version"], "0.1.0", "{info}");
         assert_eq!(info["local"]["slots"]["active"], "a", "{info}");
         assert_eq!(info["local"]["slots"]["backup_version"], Value::Null);
+        // The key the operator wrote is sealed in the member's TPM, the
+        // clear file gone; the cluster's file has none.
+        assert!(
+            info["key_store"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("sealed in the TPM")),
+            "{info}"
+        );
+        let store = c.lab.dir().join(format!("fw{}.secrets", i + 1));
+        assert!(
+            !store.join("ha-psk").exists(),
+            "the clear key file is removed"
+        );
+        assert!(store.join("ha-psk.sealed").exists());
+        let shared =
+            std::fs::read_to_string(n.cluster_dir().expect("a member").join("cluster.ron"))
+                .expect("cluster.ron");
+        assert!(!shared.contains(CLUSTER_KEY), "{shared}");
+        assert!(
+            log_text(n).contains("key store: the cluster key of"),
+            "{}",
+            log_text(n)
+        );
+        set_tpm_password(&c, i + 1);
     }
     let _echo = ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).expect("echo server");
     let _iperf = host::IperfServer::start(c.lab.server(), addr::SERVER, 5201).expect("iperf");
-    const SECS: u32 = 40;
+    const SECS: u32 = 60;
     let client = c.lab.client();
     let (probe, transfer, steps) = thread::scope(|sc| {
         let probe = sc.spawn(|| tools::udp_stream(client, addr::SERVER, 9000, 1000, SECS.into()));
@@ -205,7 +315,29 @@ fn a_rolling_upgrade_with_tandemctl_keeps_the_transfer_and_every_probe_packet() 
             out.contains("the peer installed version 0.2.0 (K2K 3) in slot b"),
             "{out}"
         );
+        assert!(
+            out.contains("on the peer, the cluster key is sealed for version 0.2.0 (PCR 23"),
+            "{out}"
+        );
         let info = wait_settled_on(&c.nodes[p], "0.2.0", Duration::from_secs(40));
+        // Its PCR changed: the sealed key is refused; it rejoined on the
+        // hand-off, until the operator reseals with the TPM password.
+        let ks = info["key_store"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            ks.contains("PCR 23 changed: the sealed key is refused"),
+            "{info}"
+        );
+        let (code, out, err) = pcrseal(&c.nodes[a], "Not-The-Password-1");
+        assert_ne!(code, Some(0), "a wrong TPM password reseals nothing: {out}");
+        assert!(err.contains("TPM password"), "{err}");
+        assert!(key_store(&c.nodes[p]).contains("PCR 23 changed"));
+        let (code, out, err) = pcrseal(&c.nodes[a], TPM_PASSWORD);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(
+            out.contains("on the peer: the cluster key is resealed to PCR 23"),
+            "{out}"
+        );
+        assert!(key_store(&c.nodes[p]).starts_with("sealed in the TPM"));
         let mixed = hainfo(&c.nodes[a]);
         eprintln!(
             "fail-soft: versions {} / {}, K2K in use {}",
@@ -227,6 +359,14 @@ fn a_rolling_upgrade_with_tandemctl_keeps_the_transfer_and_every_probe_packet() 
             "{out}"
         );
         let info = wait_settled_on(&c.nodes[a], "0.2.0", Duration::from_secs(40));
+        assert!(
+            info["key_store"].to_string().contains("PCR 23 changed"),
+            "{info}"
+        );
+        // The new active reseals the updated member's key.
+        let (code, out, err) = pcrseal(&c.nodes[p], TPM_PASSWORD);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(key_store(&c.nodes[a]).starts_with("sealed in the TPM"));
         let steps = (t1, t0.elapsed(), info);
         (
             probe.join().expect("probe thread"),
@@ -250,7 +390,7 @@ fn a_rolling_upgrade_with_tandemctl_keeps_the_transfer_and_every_probe_packet() 
     assert_eq!(cluster::role(&c.nodes[a]).0, "passive");
     assert_eq!(info["peer"]["version"], "0.2.0", "{info}");
     assert_eq!(info["sync_version"], 3, "both on the new protocol: {info}");
-    assert_eq!(probe["sent"], 40_000, "{probe}");
+    assert_eq!(probe["sent"], 60_000, "{probe}");
     assert_eq!(
         probe["lost"], 0,
         "the rolling upgrade lost probe packets: {probe}"
@@ -267,16 +407,26 @@ fn a_rolling_upgrade_with_tandemctl_keeps_the_transfer_and_every_probe_packet() 
         assert!(log.contains(line), "{line:?} missing from\n{log}");
     }
     let log = log_text(&c.nodes[p]);
-    assert!(
-        log.contains("update: version 0.2.0 (K2K 3) received from TDLAB000"),
-        "{log}"
-    );
+    for line in [
+        "update: version 0.2.0 (K2K 3) received from TDLAB000",
+        "update: the cluster key is sealed for version 0.2.0",
+        "key store: unsealing the cluster key refused: PCR 23 changed since it was sealed",
+        "key store: the cluster key opened from the hand-off version 0.1.0 sealed for this version",
+        "TPM pcrseal asked by TDLAB000",
+    ] {
+        assert!(log.contains(line), "{line:?} missing from\n{log}");
+    }
+    // Resealed: the hand-offs are gone on both members.
+    for i in 1..=2 {
+        let store = c.lab.dir().join(format!("fw{i}.secrets"));
+        assert!(!store.join("ha-psk.handoff").exists(), "fw{i}");
+    }
 }
 
 #[test]
 fn altered_or_foreign_packages_are_refused_and_nothing_changes() {
     require_root!();
-    let (c, pkgs) = start_booted("upgbad");
+    let (c, pkgs, _) = start_booted("upgbad", false);
     let (a, p) = c.settled().expect("one active, the passive synchronized");
     // A byte of tandemd changed after signing: the manifest's digest no
     // longer matches.
@@ -354,7 +504,7 @@ fn broken_build(dir: &Path, version: &str, run: &str) -> PathBuf {
 #[test]
 fn a_new_version_that_cannot_start_or_never_rejoins_is_rolled_back() {
     require_root!();
-    let (c, pkgs) = start_booted("upgrb");
+    let (c, pkgs, _) = start_booted("upgrb", false);
     let (_, p) = c.settled().expect("one active, the passive synchronized");
     let crashing = pkgs.build(
         "crashing.pkg",

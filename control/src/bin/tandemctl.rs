@@ -791,7 +791,9 @@ fn render(command: &Command, response: &Response, json: bool) -> Outcome {
                 },
             }
         }
-        (Command::Ha { .. }, Response::Done { message }) => Outcome::print(format!("{message}\n")),
+        (Command::Ha { .. } | Command::System { .. }, Response::Done { message }) => {
+            Outcome::print(format!("{message}\n"))
+        }
         (Command::System { .. }, Response::Lines { lines, error }) => {
             let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
             match error {

@@ -772,7 +772,7 @@ fn join_steps(
     // cluster that keeps its key in each member's store has none in its
     // file: the key given goes into this member's store.
     if merged.ha.as_ref().is_some_and(|h| h.psk.is_empty()) {
-        crate::keystore::write_clear(&crate::keystore::dir_of(config_path), psk)?;
+        crate::keystore::write_clear(&crate::keystore::dir_of(cfg, config_path), psk)?;
     }
     let pre = install_member_files(config_path, &staging, &node_tmp, &cluster_dir)?;
     SyncState {
