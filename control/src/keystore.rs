@@ -90,12 +90,21 @@ pub fn dir_of(cfg: &NodeConfig, config_path: &Path) -> PathBuf {
 /// key file when the member has a TPM), and remembers where it came
 /// from. An error says why this member has no key and what to do.
 pub fn open(cfg: &mut NodeConfig, config_path: &Path, log: &EventLog) -> Result<(), String> {
+    open_with(cfg, config_path, crate::tpm::node(), log)
+}
+
+/// [`open`] with the TPM given.
+fn open_with(
+    cfg: &mut NodeConfig,
+    config_path: &Path,
+    tpm: Option<Arc<Tpm>>,
+    log: &EventLog,
+) -> Result<(), String> {
     let dir = dir_of(cfg, config_path);
     let key_file = cfg.key_file(config_path);
     let Some(ha) = cfg.ha.as_mut() else {
         return Ok(());
     };
-    let tpm = crate::tpm::node();
     if !ha.psk.is_empty() {
         *state() = Some(State {
             dir,
@@ -136,6 +145,9 @@ fn read(dir: &Path, tpm: Option<&Tpm>, log: &EventLog) -> Result<(Secret, Held),
                 sealed.display()
             ));
         }
+        if !clear.exists() {
+            return Err(no_key(dir));
+        }
         let psk = read_clear(&clear)?;
         return Ok((
             psk,
@@ -172,11 +184,7 @@ fn read(dir: &Path, tpm: Option<&Tpm>, log: &EventLog) -> Result<(Secret, Held),
         };
     }
     if !sealed.exists() {
-        return Err(format!(
-            "no cluster key: the cluster's file has no ha.psk and {} holds neither {CLEAR} nor {SEALED}: write the key into {} (mode 0600, root only); tandemd seals it in the TPM at start",
-            dir.display(),
-            clear.display()
-        ));
+        return Err(no_key(dir));
     }
     let blob = read_sealed(&sealed)?;
     let handoff = dir.join(HANDOFF);
@@ -211,7 +219,7 @@ fn read(dir: &Path, tpm: Option<&Tpm>, log: &EventLog) -> Result<(Secret, Held),
             );
             let Some((from, blob)) = read_handoff(&handoff)? else {
                 return Err(format!(
-                    "the cluster key is sealed to another PCR {} value than this tandemd's, and no update left a hand-off: reseal it with `tandemctl system tpm pcrseal tpmpassword=<password> serial=local --config {}` (the TPM password opens it whatever the PCR)",
+                    "the cluster key is sealed to another PCR {} value than this tandemd's, and no update left a hand-off: reseal it with `tandemctl system tpm pcrseal tpmpassword=<password> serial=local --config {} --tandemd <the tandemd to start>` (the TPM password opens it whatever the PCR)",
                     tpm.pcr(),
                     dir.parent().unwrap_or(dir).join("node.ron").display()
                 ));
@@ -228,7 +236,7 @@ fn read(dir: &Path, tpm: Option<&Tpm>, log: &EventLog) -> Result<(Secret, Held),
                     Ok((psk, Held::Handoff { from }))
                 }
                 Err(e) => Err(format!(
-                    "the cluster key is sealed to another PCR {} value, and the hand-off version {from} left does not open either ({e}): reseal it with `tandemctl system tpm pcrseal tpmpassword=<password> serial=local --config {}`",
+                    "the cluster key is sealed to another PCR {} value, and the hand-off version {from} left does not open either ({e}): reseal it with `tandemctl system tpm pcrseal tpmpassword=<password> serial=local --config {} --tandemd <the tandemd to start>`",
                     tpm.pcr(),
                     dir.parent().unwrap_or(dir).join("node.ron").display()
                 )),
@@ -236,6 +244,14 @@ fn read(dir: &Path, tpm: Option<&Tpm>, log: &EventLog) -> Result<(Secret, Held),
         }
         Err(e) => Err(format!("unsealing the cluster key from the TPM: {e}")),
     }
+}
+
+fn no_key(dir: &Path) -> String {
+    format!(
+        "no cluster key: the configuration has no ha.psk and {} holds neither {CLEAR} nor {SEALED}: write the key into {} (one line, mode 0600, root only); with a TPM (control.tpm) tandemd seals it at start",
+        dir.display(),
+        dir.join(CLEAR).display()
+    )
 }
 
 fn secret_of(bytes: &[u8], from: &Path) -> Result<Secret, String> {
@@ -565,4 +581,150 @@ pub fn pcrseal_offline(
         &crate::peer::files::hex(&m.pcr_value)[..16],
         tandemd.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::files::hex;
+    use crate::tpm::tests::Swtpm;
+    use std::os::unix::fs::PermissionsExt;
+
+    const KEY: &str = "Lab-Cluster-Key-2026";
+
+    fn sha(b: &[u8]) -> String {
+        hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+    }
+
+    /// A node's file without the key, with the TPM at `tcti`.
+    fn node_file(dir: &Path, tcti: &str) -> PathBuf {
+        let text = format!(
+            r#"(
+    node: (name: "fw1", serial: "LAB-FW1"),
+    control: (socket: "{}", state_dir: Some("{}"), tpm: Some((tcti: "{tcti}"))),
+    eal: (no_huge: true, memory_mb: 256),
+    dataplane: (workers: [(cpu: None)]),
+    interfaces: [(name: "in", device: Vdev("net_null0"), addresses: ["198.18.1.1/24"])],
+    ha: (cluster_id: 7, links: [(name: "HA-main", interface: "ha0", address: "198.19.0.1/30", peer: "198.19.0.2")]),
+)"#,
+            dir.join("fw1.sock").display(),
+            dir.join("state").display()
+        );
+        let p = dir.join("node.ron");
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn opened(path: &Path, tpm: Option<&Arc<Tpm>>, log: &EventLog) -> Result<NodeConfig, String> {
+        let mut cfg = tandem_config::load(path).map_err(|e| e.to_string())?;
+        open_with(&mut cfg, path, tpm.cloned(), log).map(|()| cfg)
+    }
+
+    /// One test: the store is this process's (a static).
+    #[test]
+    fn the_key_store_seals_hands_off_to_an_update_and_reseals() {
+        let sw = Swtpm::start("keystore");
+        let dir = sw.root.join("etc");
+        fs::create_dir_all(&dir).unwrap();
+        let log = EventLog::open("fw1", None, 0, 0).unwrap();
+        let path = node_file(&dir, &sw.tcti());
+        let store = dir.join(DIR);
+        let (clear, sealed, handoff_file) =
+            (store.join(CLEAR), store.join(SEALED), store.join(HANDOFF));
+
+        // No key anywhere: refused, saying where to write it.
+        let e = opened(&path, None, &log).unwrap_err();
+        assert!(e.contains("no cluster key") && e.contains("ha-psk"), "{e}");
+        // A key file others can read: refused.
+        fs::create_dir_all(&store).unwrap();
+        fs::write(&clear, format!("{KEY}\n")).unwrap();
+        fs::set_permissions(&clear, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = opened(&path, None, &log).unwrap_err();
+        assert!(e.contains("chmod 600"), "{e}");
+        // Root's, 0600, no TPM: used as is.
+        fs::set_permissions(&clear, fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = opened(&path, None, &log).unwrap();
+        let ha = cfg.ha.as_ref().unwrap();
+        assert_eq!((ha.psk.expose(), ha.psk_stored), (KEY, true));
+        assert!(
+            status().unwrap().contains("sealing is off"),
+            "{:?}",
+            status()
+        );
+        assert_eq!(clear_file_of(&cfg, &path), Some(clear.clone()));
+
+        // With the TPM: sealed, the clear file wiped.
+        let tpm = Arc::new(sw.tpm());
+        let (exe_a, exe_b) = (sw.root.join("tandemd-a"), sw.root.join("tandemd-b"));
+        fs::write(&exe_a, b"version a").unwrap();
+        fs::write(&exe_b, b"version b").unwrap();
+        tpm.measure_file(&exe_a).unwrap();
+        let cfg = opened(&path, Some(&tpm), &log).unwrap();
+        assert_eq!(cfg.ha.as_ref().unwrap().psk.expose(), KEY);
+        assert!(!clear.exists() && sealed.exists());
+        assert!(status().unwrap().starts_with("sealed in the TPM"));
+        assert_eq!(clear_file_of(&cfg, &path), None);
+        // The next start unseals it through the PCR.
+        assert_eq!(
+            opened(&path, Some(&tpm), &log)
+                .unwrap()
+                .ha
+                .unwrap()
+                .psk
+                .expose(),
+            KEY
+        );
+
+        // An update to version b: the hand-off, then b starts.
+        let said = handoff("0.2.0", &sha(b"version b")).unwrap().unwrap();
+        assert!(said.contains("sealed for version 0.2.0"), "{said}");
+        assert!(handoff_file.exists());
+        tpm.measure_file(&exe_b).unwrap();
+        let cfg = opened(&path, Some(&tpm), &log).unwrap();
+        assert_eq!(cfg.ha.as_ref().unwrap().psk.expose(), KEY);
+        assert!(
+            status().unwrap().contains("PCR 23 changed"),
+            "{:?}",
+            status()
+        );
+        let lines = log.tail(5).join("\n");
+        assert!(
+            lines.contains("unsealing the cluster key refused"),
+            "{lines}"
+        );
+        // A restart of b before the reseal: the hand-off still opens.
+        opened(&path, Some(&tpm), &log).unwrap();
+
+        // The reseal: a wrong password changes nothing; the right one
+        // reseals to b's value and removes the hand-off.
+        tpm.set_password(None, "owner pw").unwrap();
+        let e = pcrseal("wrong pw").unwrap_err();
+        assert!(e.contains("TPM password is wrong"), "{e}");
+        assert!(handoff_file.exists());
+        let said = pcrseal("owner pw").unwrap();
+        assert!(said.contains("resealed to PCR 23"), "{said}");
+        assert!(!handoff_file.exists());
+        assert!(status().unwrap().starts_with("sealed in the TPM"));
+        opened(&path, Some(&tpm), &log).unwrap();
+
+        // Back to a without a hand-off: refused, naming the offline
+        // reseal; which then works.
+        tpm.measure_file(&exe_a).unwrap();
+        let e = opened(&path, Some(&tpm), &log).unwrap_err();
+        assert!(
+            e.contains("tandemctl system tpm pcrseal") && e.contains("--config"),
+            "{e}"
+        );
+        let said = pcrseal_offline(&path, &exe_a, "owner pw").unwrap();
+        assert!(said.contains("resealed to PCR 23"), "{said}");
+        opened(&path, Some(&tpm), &log).unwrap();
+
+        // An update that rolls back: a's sealed copy opens again and the
+        // hand-off goes.
+        handoff("0.2.0", &sha(b"version b")).unwrap().unwrap();
+        tpm.measure_file(&exe_a).unwrap();
+        opened(&path, Some(&tpm), &log).unwrap();
+        assert!(!handoff_file.exists());
+        assert!(status().unwrap().starts_with("sealed in the TPM"));
+    }
 }

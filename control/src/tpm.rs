@@ -1597,7 +1597,7 @@ pub fn start(cfg: &tandem_config::TpmConfig, state_dir: &Path, log: &crate::even
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::process::Child;
@@ -1648,16 +1648,16 @@ mod tests {
     }
 
     /// One swtpm per test, killed when dropped.
-    struct Swtpm {
+    pub(crate) struct Swtpm {
         child: Option<Child>,
-        root: PathBuf,
+        pub(crate) root: PathBuf,
         port: u16,
     }
 
     static N: AtomicU64 = AtomicU64::new(0);
 
     impl Swtpm {
-        fn start(tag: &str) -> Swtpm {
+        pub(crate) fn start(tag: &str) -> Swtpm {
             require_tools();
             let root = std::env::temp_dir().join(format!(
                 "tandem-tpm-{tag}-{}-{}",
@@ -1711,11 +1711,11 @@ mod tests {
             sw
         }
 
-        fn tcti(&self) -> String {
+        pub(crate) fn tcti(&self) -> String {
             format!("swtpm:host=127.0.0.1,port={}", self.port)
         }
 
-        fn tpm(&self) -> Tpm {
+        pub(crate) fn tpm(&self) -> Tpm {
             Tpm::new(self.tcti(), 23, self.root.join("work")).unwrap()
         }
 
