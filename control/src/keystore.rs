@@ -114,7 +114,7 @@ fn open_with(
         });
         return Ok(());
     }
-    let (psk, held) = read(&dir, tpm.as_deref(), log)?;
+    let (psk, held) = read(&dir, config_path, tpm.as_deref(), log)?;
     let weak = tandem_config::psk_problems(psk.expose());
     if !weak.is_empty() {
         return Err(format!(
@@ -135,7 +135,12 @@ fn open_with(
 }
 
 /// The key from the store at `dir`, and where it came from.
-fn read(dir: &Path, tpm: Option<&Tpm>, log: &EventLog) -> Result<(Secret, Held), String> {
+fn read(
+    dir: &Path,
+    config_path: &Path,
+    tpm: Option<&Tpm>,
+    log: &EventLog,
+) -> Result<(Secret, Held), String> {
     let clear = dir.join(CLEAR);
     let sealed = dir.join(SEALED);
     let Some(tpm) = tpm else {
@@ -221,7 +226,7 @@ fn read(dir: &Path, tpm: Option<&Tpm>, log: &EventLog) -> Result<(Secret, Held),
                 return Err(format!(
                     "the cluster key is sealed to another PCR {} value than this tandemd's, and no update left a hand-off: reseal it with `tandemctl system tpm pcrseal tpmpassword=<password> serial=local --config {} --tandemd <the tandemd to start>` (the TPM password opens it whatever the PCR)",
                     tpm.pcr(),
-                    dir.parent().unwrap_or(dir).join("node.ron").display()
+                    config_path.display()
                 ));
             };
             match tpm.unseal_pcr(&blob) {
@@ -238,7 +243,7 @@ fn read(dir: &Path, tpm: Option<&Tpm>, log: &EventLog) -> Result<(Secret, Held),
                 Err(e) => Err(format!(
                     "the cluster key is sealed to another PCR {} value, and the hand-off version {from} left does not open either ({e}): reseal it with `tandemctl system tpm pcrseal tpmpassword=<password> serial=local --config {} --tandemd <the tandemd to start>`",
                     tpm.pcr(),
-                    dir.parent().unwrap_or(dir).join("node.ron").display()
+                    config_path.display()
                 )),
             }
         }
