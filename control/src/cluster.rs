@@ -988,6 +988,19 @@ impl Cluster {
         if w.phase == KeyPhase::Committed && held(w.heard_current, KEY_RETIRE_AFTER) {
             w.ring.retire();
         }
+        // The key store's files follow on a thread of their own: this one
+        // writes no file.
+        let store = |f: fn(), log: &mut EventLog| {
+            if let Err(e) = std::thread::Builder::new()
+                .name("tandem-keystore".into())
+                .spawn(f)
+            {
+                log.event(
+                    "HA",
+                    format_args!("WARNING: the key store could not follow the key change: {e}"),
+                );
+            }
+        };
         if follow && w.ring.try_commit() {
             log.event(
                 "HA",
@@ -995,6 +1008,7 @@ impl Cluster {
                     "HA key change: the peer sends under the staged key, so it committed; committing here too"
                 ),
             );
+            store(crate::keystore::commit_change, log);
         }
         if give_up && w.ring.abort() {
             log.event(
@@ -1004,6 +1018,7 @@ impl Cluster {
                     KEY_STAGE_LIMIT.as_secs()
                 ),
             );
+            store(crate::keystore::undo_change, log);
         }
     }
 

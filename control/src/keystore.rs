@@ -65,6 +65,8 @@ struct State {
     tpm: Option<Arc<Tpm>>,
     psk: Secret,
     held: Held,
+    /// The key before a key change that is not committed yet.
+    prev: Option<Secret>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -111,6 +113,7 @@ fn open_with(
             tpm,
             psk: ha.psk.clone(),
             held: Held::ConfigFile(key_file),
+            prev: None,
         });
         return Ok(());
     }
@@ -130,6 +133,7 @@ fn open_with(
         tpm,
         psk,
         held,
+        prev: None,
     });
     Ok(())
 }
@@ -467,6 +471,87 @@ pub fn handoff(to_version: &str, digest: &str) -> Result<Option<String>, String>
         &crate::peer::files::hex(&pcr)[..16],
         s.dir.join(HANDOFF).display()
     )))
+}
+
+/// The suffix of the previous copy a key change keeps until it commits.
+const PREV: &str = "prev";
+
+/// A key change (`ha set key`) in a cluster that keeps its key in the
+/// members' stores: stores `psk` in place of the running key (sealed in
+/// the TPM when the key is, without the password: the storage key exists
+/// by then), keeping the previous copy until [`commit_change`] or
+/// [`undo_change`]. Refused while the member runs on an update's
+/// hand-off: the operator reseals first.
+pub fn stage_change(psk: &Secret) -> Result<(), String> {
+    let (dir, tpm, held) = match state().as_ref() {
+        Some(s) => (s.dir.clone(), s.tpm.clone(), s.held.clone()),
+        None => return Err("this member runs without a cluster key".into()),
+    };
+    let (file, bytes) = match (&held, tpm) {
+        (Held::Sealed, Some(tpm)) => {
+            let sealed = tpm
+                .seal_unattended(psk.expose().as_bytes(), None)
+                .map_err(|e| format!("sealing the new key in the TPM: {e}"))?;
+            (dir.join(SEALED), sealed.to_json().into_bytes())
+        }
+        (Held::Clear(_), _) => (dir.join(CLEAR), format!("{}\n", psk.expose()).into_bytes()),
+        (Held::Handoff { from }, _) => {
+            return Err(format!(
+                "this member runs on the hand-off version {from} left: reseal its key first (`tandemctl system tpm pcrseal tpmpassword=<password> serial=...`)"
+            ))
+        }
+        (Held::ConfigFile(p), _) => {
+            return Err(format!("the key is in {}, not in the store", p.display()))
+        }
+        (Held::Sealed, None) => return Err("the key is sealed but the TPM is gone".into()),
+    };
+    let prev = prev_of(&file);
+    fs::rename(&file, &prev).map_err(|e| format!("cannot keep {}: {e}", file.display()))?;
+    if let Err(e) = write_private(&file, &bytes) {
+        let _ = fs::rename(&prev, &file);
+        return Err(e);
+    }
+    if let Some(s) = state().as_mut() {
+        s.prev = Some(std::mem::replace(&mut s.psk, psk.clone()));
+    }
+    Ok(())
+}
+
+fn prev_of(file: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.{PREV}", file.display()))
+}
+
+/// The key change committed: the previous copy goes.
+pub fn commit_change() {
+    let mut g = state();
+    let Some(s) = g.as_mut() else { return };
+    s.prev = None;
+    for f in [SEALED, CLEAR] {
+        let prev = prev_of(&s.dir.join(f));
+        if prev.exists() {
+            let _ = wipe(&prev);
+        }
+    }
+}
+
+/// The key change undone: the previous copy is the stored key again.
+pub fn undo_change() {
+    let mut g = state();
+    let Some(s) = g.as_mut() else { return };
+    let Some(old) = s.prev.take() else { return };
+    for f in [SEALED, CLEAR] {
+        let file = s.dir.join(f);
+        let prev = prev_of(&file);
+        if prev.exists() {
+            let _ = fs::rename(&prev, &file);
+        }
+    }
+    s.psk = old;
+}
+
+/// The key the store holds now (a key change compares it).
+pub fn stored_key() -> Option<Secret> {
+    state().as_ref().map(|s| s.psk.clone())
 }
 
 /// Removes a hand-off an update left when its installation failed.

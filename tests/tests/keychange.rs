@@ -9,7 +9,11 @@
 //!   sync runs under the new key);
 //! - both cluster files carry the new key: the passive, killed and
 //!   started again from its files, rejoins and takes the table;
-//! - a weak key and the key in force are refused, changing nothing.
+//! - a weak key and the key in force are refused, changing nothing;
+//! - a cluster that keeps its key in each member's key store, sealed in
+//!   the member's TPM (one swtpm each), changes it the same way: each
+//!   store seals the new key, no file carries it in clear, and a member
+//!   restarted from its files unseals it and rejoins.
 //!
 //! Needs root (network namespaces): fails, not skips, without it.
 
@@ -20,7 +24,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tandem_tests::cluster::{self, largest_gap, open_udp_flows, wait_ctl, wait_same_table};
 use tandem_tests::host::{self, IperfServer};
-use tandem_tests::lab::addr;
+use tandem_tests::lab::{addr, heavy_lock, Lab};
 use tandem_tests::node::HaSection;
 use tandem_tests::{require_root, tools, Node};
 
@@ -177,4 +181,93 @@ fn the_cluster_key_changes_on_both_members_with_no_outage() {
     let v = hainfo(&c.nodes[a]);
     assert_eq!(v["peer"]["alive"], true, "{v}");
     assert_eq!(v["swaps"].as_u64(), Some(before[0].0), "no swap");
+}
+
+#[test]
+fn a_key_sealed_in_each_members_tpm_changes_the_same_way() {
+    require_root!();
+    let lab = Lab::two_nodes("keytpm").expect("the lab");
+    let dir = lab.dir().to_path_buf();
+    // Dropped after the cluster (declared before it).
+    let mut tpms = Vec::new();
+    for i in 1..=2 {
+        tpms.push(host::swtpm(lab.fw(i), &dir.join(format!("tpm-fw{i}"))).expect("swtpm"));
+        let store = dir.join(format!("fw{i}.secrets"));
+        std::fs::create_dir_all(&store).unwrap();
+        key_file(&store, "ha-psk", OLD_KEY);
+    }
+    let mut c = cluster::start_on(lab, heavy_lock(), Some(POLICY), &[], |i, cfg| {
+        cfg.control_extra = format!(
+            "tpm: Some((tcti: {:?})), key_store: Some(\"fw{i}.secrets\")",
+            host::swtpm_tcti()
+        );
+        if let Some(ha) = cfg.ha.as_mut() {
+            ha.psk.clear();
+            ha.encrypt = true;
+        }
+    })
+    .expect("the cluster");
+    let (a, p) = c.settled().expect("one active, the passive synchronized");
+    let sealed = |i: usize| dir.join(format!("fw{i}.secrets")).join("ha-psk.sealed");
+    let before: Vec<Vec<u8>> = (1..=2).map(|i| std::fs::read(sealed(i)).unwrap()).collect();
+    for n in &c.nodes {
+        assert!(
+            hainfo(n)["key_store"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("sealed in the TPM")),
+            "{}",
+            hainfo(n)
+        );
+    }
+
+    let new = key_file(&dir, "new.key", NEW_KEY);
+    let (code, out, err) = ctl(&c.nodes[a], &["ha", "set", "key", "--psk-file", &new]);
+    eprintln!("tandemctl ha set key on the active:\n{out}{err}");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("the key store of each member holds the new key"),
+        "{out}"
+    );
+    assert!(out.contains("the old key is refused now"), "{out}");
+    for (i, n) in c.nodes.iter().enumerate() {
+        wait_ctl(
+            n,
+            &["hainfo"],
+            "the key steady again",
+            Duration::from_secs(10),
+            |v| v["key"] == "steady",
+        )
+        .expect("steady");
+        let store = dir.join(format!("fw{}.secrets", i + 1));
+        let now = std::fs::read(sealed(i + 1)).unwrap();
+        assert_ne!(now, before[i], "fw{}: the store seals the new key", i + 1);
+        let names: Vec<String> = std::fs::read_dir(&store)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ha-psk.sealed"], "fw{}: nothing else", i + 1);
+        let f = cluster_file(n);
+        assert!(!f.contains(NEW_KEY) && !f.contains(OLD_KEY), "{f}");
+    }
+
+    // The passive, killed and started from its files, unseals the new
+    // key and rejoins.
+    let ns = c.lab.fw(p + 1);
+    c.nodes[p]
+        .kill_and_start_from_files(ns)
+        .expect("the passive started again");
+    c.nodes[p]
+        .wait_ready(Duration::from_secs(30))
+        .expect("ready");
+    cluster::wait_synchronized(
+        &c.nodes[p],
+        "the restarted passive synchronized under the new key",
+        Duration::from_secs(20),
+    )
+    .expect("synchronized");
+    let log = std::fs::read_to_string(c.nodes[p].socket.with_extension("log")).unwrap_or_default();
+    assert!(
+        log.contains("key store: the cluster key is unsealed from the TPM"),
+        "{log}"
+    );
 }

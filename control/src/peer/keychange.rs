@@ -9,7 +9,9 @@
 //!    still send under the old one;
 //! 2. the cluster file, which carries the key, is rewritten here and sent
 //!    to the peer like a `hasync` (a restart from now on reads the new
-//!    key on both);
+//!    key on both); a cluster that keeps its key in each member's key
+//!    store ([`crate::keystore`]) has each store take the new key at the
+//!    stage instead (the previous copy kept until the commit);
 //! 3. commit: the peer, then this member, send under the new key and
 //!    still accept the old one;
 //! 4. retire: each member's control thread drops the old key once it has
@@ -57,6 +59,17 @@ pub fn handle(conf: &ConfSync, ring: &KeyRing, request: PeerRequest) -> PeerAnsw
             if let Err(e) = ring.stage(keys) {
                 return refused(e);
             }
+            // A cluster that keeps its key in the members' stores: the
+            // new key goes into this member's store now (a restart from
+            // here on runs under it, as with the cluster's file).
+            if crate::keystore::in_store() {
+                if let Err(e) = crate::keystore::stage_change(&psk) {
+                    ring.abort();
+                    return refused(format!(
+                        "this member's key store cannot take the new key: {e}"
+                    ));
+                }
+            }
             *staged = Some(psk);
             PeerAnswer::KeyStep {
                 phase: KeyPhase::Staged.as_str().into(),
@@ -73,14 +86,23 @@ pub fn handle(conf: &ConfSync, ring: &KeyRing, request: PeerRequest) -> PeerAnsw
                     }
                 };
             };
-            match conf.cluster_file() {
-                Ok(f) if f.ha.psk == *psk => {}
-                Ok(_) => {
+            if crate::keystore::in_store() {
+                if crate::keystore::stored_key().as_ref() != Some(psk) {
                     return refused(
-                        "this member's cluster file does not carry the new key (the sync of the change did not land): nothing committed".into(),
-                    )
+                        "this member's key store does not hold the new key: nothing committed"
+                            .into(),
+                    );
                 }
-                Err(e) => return refused(e),
+            } else {
+                match conf.cluster_file() {
+                    Ok(f) if f.ha.psk == *psk => {}
+                    Ok(_) => {
+                        return refused(
+                            "this member's cluster file does not carry the new key (the sync of the change did not land): nothing committed".into(),
+                        )
+                    }
+                    Err(e) => return refused(e),
+                }
             }
             // Staged here and not followed by itself yet: commit.
             if ring.get().phase == KeyPhase::Staged {
@@ -89,6 +111,7 @@ pub fn handle(conf: &ConfSync, ring: &KeyRing, request: PeerRequest) -> PeerAnsw
                 }
             }
             hakeys::remember(psk.expose(), &ring.current());
+            crate::keystore::commit_change();
             *staged = None;
             PeerAnswer::KeyStep {
                 phase: KeyPhase::Committed.as_str().into(),
@@ -96,6 +119,7 @@ pub fn handle(conf: &ConfSync, ring: &KeyRing, request: PeerRequest) -> PeerAnsw
         }
         PeerRequest::KeyAbort => {
             ring.abort();
+            crate::keystore::undo_change();
             *staged = None;
             PeerAnswer::KeyStep {
                 phase: ring.get().phase.as_str().into(),
@@ -135,15 +159,6 @@ pub fn change(
         .cloned()
         .unwrap_or_else(|| "peer".into());
     let mut lines = Vec::new();
-    if crate::keystore::in_store() {
-        return (
-            lines,
-            Err(format!(
-                "this cluster keeps its key in each member's key store ({}/, sealed in the TPM where there is one), not in its file: ha set key changes a key in the cluster's file only; nothing was changed",
-                crate::keystore::DIR
-            )),
-        );
-    }
     let set = ring.get();
     if set.phase != KeyPhase::Steady {
         return (
@@ -218,8 +233,12 @@ pub fn change(
         "Stage",
         &format!("accepts both keys (asked on {link})"),
     );
+    // A cluster that keeps its key in the members' stores: each store
+    // takes the new key at the stage; no cluster file carries it.
+    let store = crate::keystore::in_store();
     let undo = |lines: &mut Vec<String>, client: &mut PeerClient, old: Option<&[u8]>| {
         ring.abort();
+        crate::keystore::undo_change();
         if let Some(text) = old {
             if let Err(e) = super::params::install_cluster_text(conf, text) {
                 lines.push(format!(
@@ -238,47 +257,64 @@ pub fn change(
         undo(&mut lines, &mut client, None);
         return (lines, Err(e));
     }
-    let old_text =
-        match super::files::read_bounded(&conf.dir.join(tandem_config::cluster::CLUSTER_FILE)) {
+    if store {
+        if let Err(e) = crate::keystore::stage_change(psk) {
+            undo(&mut lines, &mut client, None);
+            return (lines, Err(format!("this member's key store: {e}")));
+        }
+        step(
+            &mut lines,
+            &me,
+            4,
+            STEPS,
+            "Stage and file",
+            "accepts both keys; the key store of each member holds the new key",
+        );
+    } else {
+        let old_text = match super::files::read_bounded(
+            &conf.dir.join(tandem_config::cluster::CLUSTER_FILE),
+        ) {
             Ok(t) => t,
             Err(e) => {
                 undo(&mut lines, &mut client, None);
                 return (lines, Err(e));
             }
         };
-    let written = conf.cluster_file().and_then(|mut f| {
-        f.ha.psk = psk.clone();
-        let text = tandem_config::cluster::cluster_file_text(&f)?;
-        super::params::install_cluster_text(conf, text.as_bytes())
-    });
-    if let Err(e) = written {
-        undo(&mut lines, &mut client, None);
-        return (lines, Err(e));
-    }
-    step(
-        &mut lines,
-        &me,
-        4,
-        STEPS,
-        "Stage and file",
-        "accepts both keys; cluster.ron carries the new key",
-    );
-    let (sent, res) = super::confsync::send(conf, &mut client, &link, false);
-    lines.extend(sent.into_iter().map(|l| format!("  {l}")));
-    if let Err(e) = res {
-        undo(&mut lines, &mut client, Some(&old_text));
-        return (
-            lines,
-            Err(format!(
-                "the cluster file with the new key could not be sent to the peer: {e}"
-            )),
+        let written = conf.cluster_file().and_then(|mut f| {
+            f.ha.psk = psk.clone();
+            let text = tandem_config::cluster::cluster_file_text(&f)?;
+            super::params::install_cluster_text(conf, text.as_bytes())
+        });
+        if let Err(e) = written {
+            undo(&mut lines, &mut client, None);
+            return (lines, Err(e));
+        }
+        step(
+            &mut lines,
+            &me,
+            4,
+            STEPS,
+            "Stage and file",
+            "accepts both keys; cluster.ron carries the new key",
         );
+        let (sent, res) = super::confsync::send(conf, &mut client, &link, false);
+        lines.extend(sent.into_iter().map(|l| format!("  {l}")));
+        if let Err(e) = res {
+            undo(&mut lines, &mut client, Some(&old_text));
+            return (
+                lines,
+                Err(format!(
+                    "the cluster file with the new key could not be sent to the peer: {e}"
+                )),
+            );
+        }
     }
     let peer = ask_step(&mut client, &PeerRequest::KeyCommit);
     if let Err(e) = ring.commit() {
         return (lines, Err(e));
     }
     hakeys::remember(psk.expose(), &new);
+    crate::keystore::commit_change();
     match peer {
         Ok(_) => step(
             &mut lines,
