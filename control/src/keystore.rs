@@ -554,6 +554,18 @@ pub fn stored_key() -> Option<Secret> {
     state().as_ref().map(|s| s.psk.clone())
 }
 
+/// `ha create` undone: the key it stored in `dir` goes (clear or
+/// sealed), and the store forgets it.
+pub fn remove_stored(dir: &Path) {
+    *state() = None;
+    for f in [CLEAR, SEALED] {
+        let p = dir.join(f);
+        if p.exists() {
+            let _ = wipe(&p);
+        }
+    }
+}
+
 /// Removes a hand-off an update left when its installation failed.
 pub fn drop_handoff() {
     if let Some(s) = state().as_ref() {

@@ -6,7 +6,9 @@
 //! slot's, a broadcast address) is produced first and changes nothing on
 //! either side; then the join succeeds: the joiner restarts as a member
 //! (same pid), passive, with the same configuration as the member, and the
-//! transfer is not disturbed.
+//! transfer is not disturbed. On firewalls with a TPM (one swtpm each),
+//! the cluster that `ha create` makes keeps its key in each member's key
+//! store, sealed in its TPM, and the joiner seals the key it was given.
 //!
 //! Needs root (network namespaces): fails, not skips, without it.
 
@@ -370,4 +372,97 @@ fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_n
     drop(fw1);
     drop(lab);
     drop(lock);
+}
+
+#[test]
+fn on_firewalls_with_a_tpm_create_and_join_seal_the_key_in_each() {
+    require_root!();
+    let _lock = tandem_tests::heavy_lock();
+    let lab = LabBuilder::new("jointpm")
+        .kind(LabKind::Tandem { nodes: 2 })
+        .ha_links(true)
+        .fresh_ha(true)
+        .build()
+        .expect("lab");
+    let dir = lab.dir().to_path_buf();
+    let _tpms: Vec<tandem_tests::Proc> = (1..=2)
+        .map(|i| host::swtpm(lab.fw(i), &dir.join(format!("tpm-fw{i}"))).expect("swtpm"))
+        .collect();
+    let tpm = |i: usize| {
+        format!(
+            "tpm: Some((tcti: {:?})), key_store: Some(\"fw{i}.secrets\")",
+            host::swtpm_tcti()
+        )
+    };
+    let cfg1 = lab.node_config(1);
+    // A firewall (a policy): the state sync runs.
+    let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", POLICY).unwrap();
+    let mut cfg1 = cfg1.with_policy(&policy);
+    cfg1.control_extra = tpm(1);
+    let mut fw1 = lab.start_node_with(1, &cfg1).expect("fw1");
+    fw1.wait_ready(Duration::from_secs(30)).expect("fw1 ready");
+    let mut cfg2 = lab.node_config(2);
+    cfg2.control_extra = tpm(2);
+    for i in &mut cfg2.interfaces {
+        i.addresses.clear();
+    }
+    let mut fw2 = lab.start_node_with(2, &cfg2).expect("fw2");
+    fw2.wait_ready(Duration::from_secs(30)).expect("fw2 ready");
+    let key = dir.join("ha.key");
+    std::fs::write(&key, format!("{KEY}\n")).unwrap();
+    let key = key.to_string_lossy().into_owned();
+
+    let (code, out, err) = ctl(
+        &fw1,
+        &[
+            "ha",
+            "create",
+            "--main",
+            &format!("ha-main,{}/30", addr::HA_MAIN_1),
+            "--psk-file",
+            &key,
+        ],
+    );
+    eprintln!("tandemctl ha create on fw1:\n{out}{err}");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("key store: sealed in the TPM"), "{out}");
+    let (code, out, err) = ctl(
+        &fw2,
+        &[
+            "ha",
+            "join",
+            "--main",
+            &format!("ha-main,{}/30", addr::HA_MAIN_2),
+            "--member",
+            addr::HA_MAIN_1,
+            "--psk-file",
+            &key,
+        ],
+    );
+    eprintln!("tandemctl ha join on fw2:\n{out}{err}");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("Joined."), "{out}");
+    for (i, n) in [&fw1, &fw2].into_iter().enumerate() {
+        let v = cluster::wait_ctl(
+            n,
+            &["hainfo"],
+            "the peer heard, the same configuration, the key sealed",
+            Duration::from_secs(15),
+            |v| {
+                v["peer"]["alive"] == true
+                    && v["config"]["synchronized"] == true
+                    && v["key_store"]
+                        .as_str()
+                        .is_some_and(|k| k.starts_with("sealed in the TPM"))
+            },
+        )
+        .expect("a cluster whose members seal the key");
+        assert_eq!(v["local"]["synchronized"], true, "{v}");
+        let store = dir.join(format!("fw{}.secrets", i + 1));
+        assert!(store.join("ha-psk.sealed").exists(), "fw{}", i + 1);
+        assert!(!store.join("ha-psk").exists(), "fw{}: no clear key", i + 1);
+        let shared =
+            read(&tandem_tests::node::NodeConfig::cluster_dir(&n.config_path).join("cluster.ron"));
+        assert!(!shared.contains(KEY) && !shared.contains("psk"), "{shared}");
+    }
 }

@@ -213,14 +213,20 @@ fn create_steps(
             psk.expose().chars().count()
         ),
     );
-    // 4. The cluster directory, staged and validated.
-    let ha = tandem_config::cluster::new_ha(
+    // 4. The cluster directory, staged and validated. A member with a
+    // TPM keeps the key in its key store, sealed; the cluster's file then
+    // has none.
+    let sealed_key = crate::tpm::node().is_some();
+    let mut ha = tandem_config::cluster::new_ha(
         cluster_id,
         psk.expose(),
         args.encrypt,
         args.lacp_when_passive,
         &links,
     )?;
+    if sealed_key {
+        ha.psk = Secret::default();
+    }
     let policy_src = cfg.firewall.policy_path(&config_dir);
     let mut firewall = cfg.firewall.clone();
     firewall.policy = policy_src.as_ref().map(|_| PathBuf::from("policy.ron"));
@@ -274,6 +280,7 @@ fn create_steps(
         ),
     );
     // 5. Move the files in, then turn HA on.
+    let store = crate::keystore::dir_of(&cfg, config_path);
     let pre = super::join::install_member_files(config_path, &staging, &node_tmp, &cluster_dir)?;
     SyncState {
         revision: 1,
@@ -285,9 +292,21 @@ fn create_steps(
     let undo = |why: String| -> String {
         let _ = std::fs::rename(&pre, config_path);
         let _ = std::fs::remove_dir_all(&cluster_dir);
+        if sealed_key {
+            crate::keystore::remove_stored(&store);
+        }
         format!("{why}; the configuration files are back as they were: restart tandemd before trying again")
     };
-    let new_cfg = Arc::new(tandem_config::load(config_path).map_err(|e| undo(e.to_string()))?);
+    let mut new_cfg = tandem_config::load(config_path).map_err(|e| undo(e.to_string()))?;
+    if sealed_key {
+        crate::keystore::write_clear(&store, psk).map_err(&undo)?;
+        crate::keystore::open(&mut new_cfg, config_path, &ctx.events).map_err(&undo)?;
+        lines.push(format!(
+            "        key store: {}",
+            crate::keystore::status().unwrap_or_default()
+        ));
+    }
+    let new_cfg = Arc::new(new_cfg);
     ctx.node
         .enable_ha(&new_cfg)
         .map_err(|e| undo(format!("the dataplane cannot turn HA on: {e}")))?;
