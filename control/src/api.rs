@@ -7,7 +7,7 @@
 //! -> {"cmd":"status"}
 //! <- {"result":"status","node":"fw-a","serial":"...", ...}
 //! -> {"cmd":"reboot"}
-//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, system_tpm_pcrseal, debug"}
+//! <- {"result":"error","message":"unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, system_tpm_pcrseal, system_tpm_password, debug"}
 //! ```
 //!
 //! To add a command: add a variant to [`Request`], its name to
@@ -110,6 +110,16 @@ pub enum Request {
         /// (required).
         #[serde(default)]
         serial: Option<String>,
+    },
+    /// Sets this member's TPM password (the owner hierarchy's
+    /// authorization), as `system tpm password [old=OLD] new=NEW`.
+    SystemTpmPassword {
+        /// The password now (none: the TPM has none, as a new one).
+        #[serde(default)]
+        old: Option<tandem_config::Secret>,
+        /// The new password (required).
+        #[serde(default)]
+        new: Option<tandem_config::Secret>,
     },
     /// Installs a signed update package on this member or its peer, as
     /// `system update --package FILE --target local|remote`.
@@ -267,6 +277,7 @@ impl Request {
         "ha_cluster_activate",
         "system_update",
         "system_tpm_pcrseal",
+        "system_tpm_password",
         "debug",
     ];
 
@@ -301,6 +312,7 @@ impl Request {
             Request::HaClusterActivate => "ha_cluster_activate",
             Request::SystemUpdate { .. } => "system_update",
             Request::SystemTpmPcrseal { .. } => "system_tpm_pcrseal",
+            Request::SystemTpmPassword { .. } => "system_tpm_password",
             Request::Debug { .. } => "debug",
         }
     }
@@ -1399,6 +1411,7 @@ mod tests {
             | Request::HaClusterActivate
             | Request::SystemUpdate { .. }
             | Request::SystemTpmPcrseal { .. }
+            | Request::SystemTpmPassword { .. }
             | Request::Log { .. }
             | Request::Debug { .. } => {}
         }
@@ -1451,6 +1464,10 @@ mod tests {
                 password: None,
                 serial: None,
             },
+            Request::SystemTpmPassword {
+                old: None,
+                new: None,
+            },
             Request::Debug { fault: None },
         ];
         assert_eq!(all.len(), Request::COMMANDS.len());
@@ -1472,7 +1489,7 @@ mod tests {
         let err = parse_request(br#"{"cmd":"reboot"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, system_tpm_pcrseal, debug"
+            "unknown command \"reboot\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, system_tpm_pcrseal, system_tpm_password, debug"
         );
     }
 

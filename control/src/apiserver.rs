@@ -559,6 +559,10 @@ impl Route<'_> {
                 "system tpm pcrseal needs the member: serial=local (this one), serial=passive (the passive member) or a member's serial",
             )),
             Request::SystemTpmPcrseal { .. } => self.to_jobs(req, id),
+            Request::SystemTpmPassword { new: None, .. } => Some(Response::error(
+                "system tpm password needs the new password: new=PASSWORD (and old=PASSWORD when the TPM has one)",
+            )),
+            Request::SystemTpmPassword { .. } => self.to_jobs(req, id),
             Request::SystemUpdate { package, target } => match (package.as_deref(), target.as_deref()) {
                 (None, _) => Some(Response::error(
                     "system update needs the package: --package FILE (an absolute path on this node)",
@@ -1012,10 +1016,48 @@ fn run_job(ctx: &ApiContext, request: Request, control: &Arc<Waker>) -> Response
             password: Some(password),
             serial: Some(serial),
         } => system_tpm_pcrseal(ctx, &password, &serial),
+        Request::SystemTpmPassword {
+            old,
+            new: Some(new),
+        } => system_tpm_password(ctx, old.as_ref(), &new),
         other => Response::error(format!(
             "{} is not a long request (tandemd bug: please report it)",
             other.name()
         )),
+    }
+}
+
+/// `system tpm password`: this member's TPM password (the owner
+/// hierarchy's) changed; sealed keys stay valid (their policy names the
+/// hierarchy, not its password).
+fn system_tpm_password(
+    ctx: &ApiContext,
+    old: Option<&tandem_config::Secret>,
+    new: &tandem_config::Secret,
+) -> Response {
+    let Some(tpm) = crate::tpm::node() else {
+        return Response::error(
+            "this member has no TPM in use (control.tpm is not set, or it did not answer at start: see hainfo's tpm line)",
+        );
+    };
+    if new.is_empty() {
+        return Response::error("the new TPM password is empty: give one (new=PASSWORD)");
+    }
+    match tpm.set_password(old.map(tandem_config::Secret::expose), new.expose()) {
+        Ok(()) => {
+            ctx.events
+                .event("SYSTEM", format_args!("TPM password changed"));
+            Response::Done {
+                message:
+                    "the TPM password is changed; keys sealed before it still open with the new one"
+                        .into(),
+            }
+        }
+        Err(e) => {
+            ctx.events
+                .event("SYSTEM", format_args!("TPM password not changed: {e}"));
+            Response::error(e.to_string())
+        }
     }
 }
 

@@ -399,13 +399,6 @@ pub fn clear_file_of(cfg: &NodeConfig, config_path: &Path) -> Option<PathBuf> {
     matches!(s.held, Held::Clear(_)).then(|| s.dir.join(CLEAR))
 }
 
-/// Whether the key is in the member's store (not in a configuration file).
-pub fn in_store() -> bool {
-    state()
-        .as_ref()
-        .is_some_and(|s| !matches!(s.held, Held::ConfigFile(_)))
-}
-
 /// hainfo's `key store` line.
 ///
 /// Never waits: it may be asked on the control thread; while a reseal

@@ -840,7 +840,7 @@ pub(crate) mod tests {
         let message = error_message(&exchange(&server.path, b"{\"cmd\":\"haactive\"}\n"));
         assert_eq!(
             message,
-            "unknown command \"haactive\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, system_tpm_pcrseal, debug"
+            "unknown command \"haactive\"; the commands are: status, stats, conn_list, conn_flush, policy_reload, policy_show, ha_active, ha_passive, ha_reset, sync, sync_digest, sync_verify, log, ha_info, identity, peer_status, ha_sync, ha_sync_test, ha_diff, ha_create, ha_join, ha_enha, ha_set, ha_key, ha_cluster_remove, ha_cluster_activate, system_update, system_tpm_pcrseal, system_tpm_password, debug"
         );
         assert_eq!(server.stop(), 0);
     }

@@ -169,32 +169,26 @@ fn start_booted(tag: &str, tpm: bool) -> (Cluster, Packages, Vec<tandem_tests::P
     (c, pkgs, tpms)
 }
 
-/// The operator sets the TPM password of member `i` (tpm2-tools, as on
-/// any machine with a TPM).
-fn set_tpm_password(c: &Cluster, i: usize) {
-    let auth = c.lab.dir().join(format!("tpm-fw{i}.auth"));
-    std::fs::write(&auth, TPM_PASSWORD).expect("password file");
-    let out = c
-        .lab
-        .fw(i)
-        .exec_timeout(
-            &[
-                "tpm2_changeauth",
-                "-T",
-                &host::swtpm_tcti(),
-                "-c",
-                "owner",
-                &format!("file:{}", s(&auth)),
-            ],
-            Duration::from_secs(20),
+/// The operator sets the TPM password of `n` (a new TPM has none); a
+/// second change that does not give the password now is refused.
+fn set_tpm_password(n: &Node) {
+    let new = format!("new={TPM_PASSWORD}");
+    let (code, out, err) = n
+        .ctl_out(
+            &["system", "tpm", "password", &new],
+            Duration::from_secs(30),
         )
-        .expect("tpm2_changeauth runs");
-    let _ = std::fs::remove_file(&auth);
-    assert!(
-        out.status.success(),
-        "tpm2_changeauth: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .expect("tandemctl system tpm password");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("the TPM password is changed"), "{out}");
+    let (code, out, err) = n
+        .ctl_out(
+            &["system", "tpm", "password", "new=Other-Pw-123"],
+            Duration::from_secs(30),
+        )
+        .expect("tandemctl system tpm password");
+    assert_ne!(code, Some(0), "{out}");
+    assert!(err.contains("the TPM password is wrong"), "{err}");
 }
 
 /// `system tpm pcrseal tpmpassword=PW serial=passive` on `n`.
@@ -295,14 +289,21 @@ fn a_rolling_upgrade_with_tandemctl_keeps_the_transfer_and_every_probe_packet() 
             "{}",
             log_text(n)
         );
-        set_tpm_password(&c, i + 1);
+        set_tpm_password(n);
     }
     let _echo = ToolServer::udp_echo(c.lab.server(), addr::SERVER, 9000).expect("echo server");
     let _iperf = host::IperfServer::start(c.lab.server(), addr::SERVER, 5201).expect("iperf");
     const SECS: u32 = 60;
     let client = c.lab.client();
+    let start = Instant::now();
     let (probe, transfer, steps) = thread::scope(|sc| {
         let probe = sc.spawn(|| tools::udp_stream(client, addr::SERVER, 9000, 1000, SECS.into()));
+        // When each step ended, in ms after the probe's start (to place
+        // its largest gap).
+        let mut marks: Vec<(&'static str, u128)> = Vec::new();
+        let mark = |what: &'static str, marks: &mut Vec<(&'static str, u128)>| {
+            marks.push((what, start.elapsed().as_millis()));
+        };
         let transfer = sc.spawn(|| {
             host::iperf_client(client, addr::SERVER, 5201, SECS, &["-b", "20M", "-i", "1"])
         });
@@ -319,7 +320,9 @@ fn a_rolling_upgrade_with_tandemctl_keeps_the_transfer_and_every_probe_packet() 
             out.contains("on the peer, the cluster key is sealed for version 0.2.0 (PCR 23"),
             "{out}"
         );
+        mark("the passive's update sent", &mut marks);
         let info = wait_settled_on(&c.nodes[p], "0.2.0", Duration::from_secs(40));
+        mark("the passive settled on 0.2.0", &mut marks);
         // Its PCR changed: the sealed key is refused; it rejoined on the
         // hand-off, until the operator reseals with the TPM password.
         let ks = info["key_store"].as_str().unwrap_or_default().to_owned();
@@ -338,6 +341,7 @@ fn a_rolling_upgrade_with_tandemctl_keeps_the_transfer_and_every_probe_packet() 
             "{out}"
         );
         assert!(key_store(&c.nodes[p]).starts_with("sealed in the TPM"));
+        mark("the passive resealed", &mut marks);
         let mixed = hainfo(&c.nodes[a]);
         eprintln!(
             "fail-soft: versions {} / {}, K2K in use {}",
@@ -358,7 +362,9 @@ fn a_rolling_upgrade_with_tandemctl_keeps_the_transfer_and_every_probe_packet() 
             out.contains("installed version 0.2.0 (K2K 3) in slot b"),
             "{out}"
         );
+        mark("the active's update installed", &mut marks);
         let info = wait_settled_on(&c.nodes[a], "0.2.0", Duration::from_secs(40));
+        mark("the old active settled on 0.2.0", &mut marks);
         assert!(
             info["key_store"].to_string().contains("PCR 23 changed"),
             "{info}"
@@ -367,19 +373,20 @@ fn a_rolling_upgrade_with_tandemctl_keeps_the_transfer_and_every_probe_packet() 
         let (code, out, err) = pcrseal(&c.nodes[p], TPM_PASSWORD);
         assert_eq!(code, Some(0), "{out}{err}");
         assert!(key_store(&c.nodes[a]).starts_with("sealed in the TPM"));
-        let steps = (t1, t0.elapsed(), info);
+        mark("the old active resealed", &mut marks);
+        let steps = (t1, t0.elapsed(), info, marks);
         (
             probe.join().expect("probe thread"),
             transfer.join().expect("transfer thread"),
             steps,
         )
     });
-    let (t1, t2, info) = steps;
+    let (t1, t2, info, marks) = steps;
     let probe = probe.expect("the probe ran");
     let transfer = transfer.expect("the transfer completed (no reset, no stall)");
     eprintln!(
-        "rolling upgrade: passive updated in {t1:?}, both in {t2:?}; probe sent {} lost {} (runs {}), largest gap {} ms; transfer {:.0} Mbit/s",
-        probe["sent"], probe["lost"], probe["lost_runs"], probe["max_gap_ms"],
+        "rolling upgrade: passive updated in {t1:?}, both in {t2:?}; probe sent {} lost {} (runs {}), largest gap {} ms at {} ms; transfer {:.0} Mbit/s; steps ended at (ms): {marks:?}",
+        probe["sent"], probe["lost"], probe["lost_runs"], probe["max_gap_ms"], probe["max_gap_at_ms"],
         transfer.bits_per_second / 1e6
     );
     assert!(

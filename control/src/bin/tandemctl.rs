@@ -350,21 +350,21 @@ fn read_psk(file: Option<&PathBuf>) -> Result<tandem_config::Secret, String> {
         }
         return Ok(tandem_config::Secret::new(key));
     }
-    let first = prompt_hidden("pre-shared key: ")?;
-    let second = prompt_hidden("the same again: ")?;
+    const INSTEAD: &str = "give the pre-shared key with --psk-file FILE";
+    let first = prompt_hidden("pre-shared key: ", INSTEAD)?;
+    let second = prompt_hidden("the same again: ", INSTEAD)?;
     if first != second {
         return Err("the two keys typed differ; nothing was done".into());
     }
     Ok(tandem_config::Secret::new(first))
 }
 
-/// A line typed on the terminal without echo.
-fn prompt_hidden(prompt: &str) -> Result<String, String> {
+/// A line typed on the terminal without echo; without a terminal, the
+/// error says `instead`.
+fn prompt_hidden(prompt: &str, instead: &str) -> Result<String, String> {
     use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
     let stdin = io::stdin();
-    let old = tcgetattr(&stdin).map_err(|_| {
-        "no terminal to type the pre-shared key on: give it with --psk-file FILE".to_string()
-    })?;
+    let old = tcgetattr(&stdin).map_err(|_| format!("no terminal to type it on: {instead}"))?;
     let mut quiet = old.clone();
     quiet.local_flags.remove(LocalFlags::ECHO);
     eprint!("{prompt}");
@@ -497,6 +497,46 @@ enum TpmAction {
         #[arg(long, value_name = "FILE", requires = "config")]
         tandemd: Option<PathBuf>,
     },
+    /// Sets this member's TPM password (the owner hierarchy's
+    /// authorization), which pcrseal asks for; keys sealed before stay
+    /// valid
+    Password {
+        /// [old=PASSWORD] new=PASSWORD (typed, twice, when new= is not
+        /// given)
+        #[arg(value_name = "KEY=VALUE", num_args = 0..=2)]
+        args: Vec<String>,
+    },
+}
+
+/// `old=...` and `new=...` of `system tpm password`.
+fn password_args(
+    args: &[String],
+) -> Result<(Option<tandem_config::Secret>, tandem_config::Secret), String> {
+    let (mut old, mut new) = (None, None);
+    for a in args {
+        match a.split_once('=') {
+            Some(("old", v)) => old = Some(tandem_config::Secret::new(v)),
+            Some(("new", v)) => new = Some(tandem_config::Secret::new(v)),
+            _ => {
+                return Err(format!(
+                    "{:?} is not an argument of system tpm password; allowed old=PASSWORD and new=PASSWORD",
+                    a.split_once('=').map_or(a.as_str(), |(k, _)| k)
+                ))
+            }
+        }
+    }
+    let new = match new {
+        Some(n) => n,
+        None => {
+            const INSTEAD: &str = "give the new TPM password as new=PASSWORD";
+            let first = prompt_hidden("new TPM password: ", INSTEAD)?;
+            if prompt_hidden("the same again: ", INSTEAD)? != first {
+                return Err("the two passwords typed differ; nothing was done".into());
+            }
+            tandem_config::Secret::new(first)
+        }
+    };
+    Ok((old, new))
 }
 
 /// `tpmpassword=...` and `serial=...` of `system tpm pcrseal`.
@@ -516,7 +556,10 @@ fn pcrseal_args(args: &[String]) -> Result<(tandem_config::Secret, String), Stri
     }
     let password = match password {
         Some(p) => p,
-        None => tandem_config::Secret::new(prompt_hidden("TPM password: ")?),
+        None => tandem_config::Secret::new(prompt_hidden(
+            "TPM password: ",
+            "give the TPM password as tpmpassword=PASSWORD",
+        )?),
     };
     let serial = serial.ok_or("system tpm pcrseal needs serial=local|passive|remote|SERIAL")?;
     Ok((password, serial))
@@ -642,7 +685,7 @@ fn default_timeout_ms(req: &Request) -> u64 {
         Request::HaKey { .. } => 60_000,
         // Checking a package, or sending it to the peer.
         Request::SystemUpdate { .. } => 300_000,
-        Request::SystemTpmPcrseal { .. } => 60_000,
+        Request::SystemTpmPcrseal { .. } | Request::SystemTpmPassword { .. } => 60_000,
         _ => 2000,
     }
 }
@@ -961,6 +1004,21 @@ fn main() -> ExitCode {
                 serial: Some(serial),
             }
         }
+        Command::System {
+            action:
+                SystemAction::Tpm {
+                    action: TpmAction::Password { args },
+                },
+        } => match password_args(args) {
+            Ok((old, new)) => Request::SystemTpmPassword {
+                old,
+                new: Some(new),
+            },
+            Err(e) => {
+                eprintln!("tandemctl: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Identity => Request::Identity,
         Command::Completions { .. } => unreachable!("answered above, without tandemd"),
         Command::Hapeer => Request::PeerStatus,

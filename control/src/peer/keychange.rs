@@ -62,7 +62,7 @@ pub fn handle(conf: &ConfSync, ring: &KeyRing, request: PeerRequest) -> PeerAnsw
             // A cluster that keeps its key in the members' stores: the
             // new key goes into this member's store now (a restart from
             // here on runs under it, as with the cluster's file).
-            if crate::keystore::in_store() {
+            if keys_in_stores(conf) {
                 if let Err(e) = crate::keystore::stage_change(&psk) {
                     ring.abort();
                     return refused(format!(
@@ -86,7 +86,7 @@ pub fn handle(conf: &ConfSync, ring: &KeyRing, request: PeerRequest) -> PeerAnsw
                     }
                 };
             };
-            if crate::keystore::in_store() {
+            if keys_in_stores(conf) {
                 if crate::keystore::stored_key().as_ref() != Some(psk) {
                     return refused(
                         "this member's key store does not hold the new key: nothing committed"
@@ -127,6 +127,12 @@ pub fn handle(conf: &ConfSync, ring: &KeyRing, request: PeerRequest) -> PeerAnsw
         }
         _ => refused("not a step of a key change".into()),
     }
+}
+
+/// Whether the cluster keeps its key in each member's key store: its
+/// file carries none.
+fn keys_in_stores(conf: &ConfSync) -> bool {
+    conf.cluster_file().is_ok_and(|f| f.ha.psk.is_empty())
 }
 
 fn ask_step(client: &mut PeerClient, r: &PeerRequest) -> Result<String, String> {
@@ -235,7 +241,7 @@ pub fn change(
     );
     // A cluster that keeps its key in the members' stores: each store
     // takes the new key at the stage; no cluster file carries it.
-    let store = crate::keystore::in_store();
+    let store = keys_in_stores(conf);
     let undo = |lines: &mut Vec<String>, client: &mut PeerClient, old: Option<&[u8]>| {
         ring.abort();
         crate::keystore::undo_change();
