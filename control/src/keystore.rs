@@ -626,16 +626,22 @@ fn reseal(
             dir.display()
         ));
     }
-    write_private(&sealed_path, new.to_json().as_bytes())?;
-    let handoff = dir.join(HANDOFF);
-    if handoff.exists() {
-        wipe(&handoff)?;
-    }
+    store_resealed(&dir, &new)?;
     Ok(format!(
         "the cluster key is resealed to PCR {} = {}… (this version's measurement) or the TPM password",
         tpm.pcr(),
         &crate::peer::files::hex(&new.pcr_value)[..16]
     ))
+}
+
+/// Stores a resealed key in the store at `dir`; the hand-off goes.
+fn store_resealed(dir: &Path, sealed: &Sealed) -> Result<(), String> {
+    write_private(&dir.join(SEALED), sealed.to_json().as_bytes())?;
+    let handoff = dir.join(HANDOFF);
+    if handoff.exists() {
+        wipe(&handoff)?;
+    }
+    Ok(())
 }
 
 /// `system tpm pcrseal serial=local --config FILE` without tandemd (it
@@ -664,11 +670,7 @@ pub fn pcrseal_offline(
     let sealed_path = dir.join(SEALED);
     let old = read_sealed(&sealed_path)?;
     let new = tpm.pcrseal(&old, password).map_err(|e| e.to_string())?;
-    write_private(&sealed_path, new.to_json().as_bytes())?;
-    let handoff = dir.join(HANDOFF);
-    if handoff.exists() {
-        wipe(&handoff)?;
-    }
+    store_resealed(&dir, &new)?;
     Ok(format!(
         "the cluster key in {} is resealed to PCR {} = {}… ({} measured) or the TPM password",
         sealed_path.display(),

@@ -54,6 +54,24 @@ fn key_file(dir: &std::path::Path, name: &str, key: &str) -> String {
     f.to_string_lossy().into_owned()
 }
 
+/// Kills the passive `p` and starts it from its files; waits (bounded)
+/// until it is synchronized under the new key.
+fn restart_passive(c: &mut cluster::Cluster, p: usize) {
+    let ns = c.lab.fw(p + 1);
+    c.nodes[p]
+        .kill_and_start_from_files(ns)
+        .expect("the passive started again");
+    c.nodes[p]
+        .wait_ready(Duration::from_secs(30))
+        .expect("ready");
+    cluster::wait_synchronized(
+        &c.nodes[p],
+        "the restarted passive synchronized under the new key",
+        Duration::from_secs(20),
+    )
+    .expect("synchronized");
+}
+
 #[test]
 fn the_cluster_key_changes_on_both_members_with_no_outage() {
     require_root!();
@@ -163,19 +181,7 @@ fn the_cluster_key_changes_on_both_members_with_no_outage() {
     // The passive, killed and started from its files, comes back under
     // the new key: the active (which refuses the old one now) hears it
     // and sends it the table.
-    let ns = c.lab.fw(p + 1);
-    c.nodes[p]
-        .kill_and_start_from_files(ns)
-        .expect("the passive started again");
-    c.nodes[p]
-        .wait_ready(Duration::from_secs(30))
-        .expect("ready");
-    cluster::wait_synchronized(
-        &c.nodes[p],
-        "the restarted passive synchronized under the new key",
-        Duration::from_secs(20),
-    )
-    .expect("synchronized");
+    restart_passive(&mut c, p);
     wait_same_table(&c.nodes[a], &c.nodes[p], 2000, Duration::from_secs(15))
         .expect("the restarted passive has the table");
     let v = hainfo(&c.nodes[a]);
@@ -252,19 +258,7 @@ fn a_key_sealed_in_each_members_tpm_changes_the_same_way() {
 
     // The passive, killed and started from its files, unseals the new
     // key and rejoins.
-    let ns = c.lab.fw(p + 1);
-    c.nodes[p]
-        .kill_and_start_from_files(ns)
-        .expect("the passive started again");
-    c.nodes[p]
-        .wait_ready(Duration::from_secs(30))
-        .expect("ready");
-    cluster::wait_synchronized(
-        &c.nodes[p],
-        "the restarted passive synchronized under the new key",
-        Duration::from_secs(20),
-    )
-    .expect("synchronized");
+    restart_passive(&mut c, p);
     let log = std::fs::read_to_string(c.nodes[p].socket.with_extension("log")).unwrap_or_default();
     assert!(
         log.contains("key store: the cluster key is unsealed from the TPM"),

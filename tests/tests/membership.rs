@@ -42,16 +42,21 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-#[test]
-fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_nothing() {
-    require_root!();
-    let lock = tandem_tests::heavy_lock();
-    let lab = LabBuilder::new("join")
+/// Two firewalls out of their box: HA links cabled, no cluster.
+fn fresh_lab(tag: &str) -> tandem_tests::Lab {
+    LabBuilder::new(tag)
         .kind(LabKind::Tandem { nodes: 2 })
         .ha_links(true)
         .fresh_ha(true)
         .build()
-        .expect("lab");
+        .expect("lab")
+}
+
+#[test]
+fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_nothing() {
+    require_root!();
+    let lock = tandem_tests::heavy_lock();
+    let lab = fresh_lab("join");
     let policy = tandem_tests::firewall::write_policy(&lab, "policy.ron", POLICY).unwrap();
 
     // fw1: alone, forwarding.
@@ -378,12 +383,7 @@ fn two_fresh_firewalls_become_a_cluster_while_traffic_runs_and_refusals_change_n
 fn on_firewalls_with_a_tpm_create_and_join_seal_the_key_in_each() {
     require_root!();
     let _lock = tandem_tests::heavy_lock();
-    let lab = LabBuilder::new("jointpm")
-        .kind(LabKind::Tandem { nodes: 2 })
-        .ha_links(true)
-        .fresh_ha(true)
-        .build()
-        .expect("lab");
+    let lab = fresh_lab("jointpm");
     let dir = lab.dir().to_path_buf();
     let _tpms: Vec<tandem_tests::Proc> = (1..=2)
         .map(|i| host::swtpm(lab.fw(i), &dir.join(format!("tpm-fw{i}"))).expect("swtpm"))

@@ -342,6 +342,22 @@ impl Config {
             .max(self.dead_time / 2)
     }
 
+    /// The silence after which `link` is dead: `dead_time` on the HA
+    /// links; on the data ports (the last resort) four times that, and at
+    /// least 100 ms. The last resort shares the data path with the traffic:
+    /// with both HA links cut and the data ports saturated, its
+    /// heartbeats and the ICMP check are lost in bursts, and the dead time
+    /// of an HA link there made both members active in turns (a CI run of
+    /// election.rs `with_both_ha_links_cut_exactly_one_member_forwards_and_answers_arp`).
+    /// A peer silent on the HA links and the data ports at once (a double
+    /// fault) is found dead by then.
+    pub fn dead_time_of(&self, link: LinkId) -> Duration {
+        match link {
+            LinkId::Data => (self.dead_time * 4).max(Duration::from_millis(100)),
+            LinkId::Main | LinkId::Backup => self.dead_time,
+        }
+    }
+
     /// The longest time a dead peer goes unnoticed: `dead_time`, or the
     /// end of an ICMP check started at [`Self::check_after`] if that is
     /// later.
@@ -643,9 +659,10 @@ impl Ha {
         if let Phase::Startup { until } = self.phase {
             t = t.min(until);
         }
-        for p in &self.paths {
+        for link in LinkId::ALL {
+            let p = &self.paths[link.idx()];
             if let (true, Some(rx)) = (p.alive, p.last_rx) {
-                t = t.min(rx + self.cfg.dead_time);
+                t = t.min(rx + self.cfg.dead_time_of(link));
             }
         }
         match self.check {
@@ -781,9 +798,9 @@ impl Ha {
 
     fn update_paths(&mut self, now: Time) {
         let was_alive = self.peer_alive();
-        let dead = self.cfg.dead_time;
         for link in LinkId::ALL {
             let p = self.paths[link.idx()];
+            let dead = self.cfg.dead_time_of(link);
             let alive = p.up && p.last_rx.is_some_and(|rx| now < rx + dead);
             if alive != p.alive {
                 self.paths[link.idx()].alive = alive;
@@ -890,22 +907,24 @@ impl Ha {
         self.role == Role::Passive && self.forced.is_none() && self.phase == Phase::Running
     }
 
-    /// When a peer that is still alive (heard within `dead_time`) has been
-    /// silent long enough for the ICMP check to start: the freshest
-    /// heartbeat of the live paths plus [`Config::check_after`]. `None`
-    /// when no check would be started (the peer is not alive, or we would
-    /// not take over).
+    /// When a peer that is still alive has been silent long enough for
+    /// the ICMP check to start: as [`Config::check_after`] says, before the
+    /// last live path dies (each path with its own dead time,
+    /// [`Config::dead_time_of`]). `None` when no check would be started
+    /// (the peer is not alive, or we would not take over).
     fn early_check_due(&self) -> Option<Time> {
         if !self.may_take_over() || !self.peer_seen {
             return None;
         }
-        let freshest = self
-            .paths
-            .iter()
-            .filter(|p| p.alive)
-            .filter_map(|p| p.last_rx)
-            .max()?;
-        Some(freshest + self.cfg.check_after())
+        LinkId::ALL
+            .into_iter()
+            .filter_map(|link| {
+                let p = &self.paths[link.idx()];
+                let rx = p.last_rx.filter(|_| p.alive)?;
+                let dead = self.cfg.dead_time_of(link);
+                Some(rx + (dead - self.cfg.icmp_timeout.min(dead / 2)))
+            })
+            .max()
     }
 
     fn start_check(&mut self, now: Time) {
