@@ -626,7 +626,7 @@ fn reseal(
             dir.display()
         ));
     }
-    store_resealed(&dir, &new)?;
+    store_resealed(dir, &new)?;
     Ok(format!(
         "the cluster key is resealed to PCR {} = {}… (this version's measurement) or the TPM password",
         tpm.pcr(),
