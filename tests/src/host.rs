@@ -182,7 +182,12 @@ pub fn swtpm(ns: &Netns, dir: &Path) -> Result<Proc> {
     let state = format!("dir={}", dir.display());
     let mut proc = ns.spawn(
         "swtpm",
+        // A hardware TPM takes no host CPU: the emulator runs at a lower
+        // priority than the nodes it serves on the lab's shared cores.
         &[
+            "nice",
+            "-n",
+            "10",
             "swtpm",
             "socket",
             "--tpm2",
