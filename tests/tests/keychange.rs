@@ -54,6 +54,18 @@ fn key_file(dir: &std::path::Path, name: &str, key: &str) -> String {
     f.to_string_lossy().into_owned()
 }
 
+/// Waits (bounded) until `n` shows its key steady (the change over).
+fn wait_steady(n: &Node) {
+    wait_ctl(
+        n,
+        &["hainfo"],
+        "the key steady again",
+        Duration::from_secs(10),
+        |v| v["key"] == "steady",
+    )
+    .expect("steady");
+}
+
 /// Kills the passive `p` and starts it from its files; waits (bounded)
 /// until it is synchronized under the new key.
 fn restart_passive(c: &mut cluster::Cluster, p: usize) {
@@ -131,14 +143,7 @@ fn the_cluster_key_changes_on_both_members_with_no_outage() {
         assert!(out.contains("both send under the new key"), "{out}");
         assert!(out.contains("the old key is refused now"), "{out}");
         for n in [act, pas] {
-            wait_ctl(
-                n,
-                &["hainfo"],
-                "the key steady again",
-                Duration::from_secs(10),
-                |v| v["key"] == "steady",
-            )
-            .expect("steady");
+            wait_steady(n);
             let f = cluster_file(n);
             assert!(f.contains(NEW_KEY) && !f.contains(OLD_KEY), "{f}");
             let log = n.ctl(&["log", "--lines", "300"]).expect("log")["lines"].to_string();
@@ -236,14 +241,7 @@ fn a_key_sealed_in_each_members_tpm_changes_the_same_way() {
     );
     assert!(out.contains("the old key is refused now"), "{out}");
     for (i, n) in c.nodes.iter().enumerate() {
-        wait_ctl(
-            n,
-            &["hainfo"],
-            "the key steady again",
-            Duration::from_secs(10),
-            |v| v["key"] == "steady",
-        )
-        .expect("steady");
+        wait_steady(n);
         let store = dir.join(format!("fw{}.secrets", i + 1));
         let now = std::fs::read(sealed(i + 1)).unwrap();
         assert_ne!(now, before[i], "fw{}: the store seals the new key", i + 1);
