@@ -71,6 +71,18 @@ struct State {
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
+/// Held by every change of the store's files after start (hand-off, key
+/// change, reseal), one at a time and in this order before [`STATE`]:
+/// [`STATE`] itself is only held for short reads and updates, so hainfo
+/// never waits on a TPM operation.
+static STORE: Mutex<()> = Mutex::new(());
+
+fn store_lock() -> std::sync::MutexGuard<'static, ()> {
+    STORE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn state() -> std::sync::MutexGuard<'static, Option<State>> {
     STATE
         .lock()
@@ -92,7 +104,9 @@ pub fn dir_of(cfg: &NodeConfig, config_path: &Path) -> PathBuf {
 /// key file when the member has a TPM), and remembers where it came
 /// from. An error says why this member has no key and what to do.
 pub fn open(cfg: &mut NodeConfig, config_path: &Path, log: &EventLog) -> Result<(), String> {
-    open_with(cfg, config_path, crate::tpm::node(), log)
+    // A TPM that did not measure tandemd is not used for the key.
+    let tpm = crate::tpm::node().filter(|_| crate::tpm::measured_pcr().is_some());
+    open_with(cfg, config_path, tpm, log)
 }
 
 /// [`open`] with the TPM given.
@@ -150,7 +164,7 @@ fn read(
     let Some(tpm) = tpm else {
         if sealed.exists() && !clear.exists() {
             return Err(format!(
-                "the cluster key is sealed in a TPM ({}), but control.tpm is not set: configure the TPM this member sealed it with",
+                "the cluster key is sealed in a TPM ({}), which this tandemd cannot use: control.tpm is not set, or the TPM did not measure tandemd (the event log's TPM line says why)",
                 sealed.display()
             ));
         }
@@ -169,6 +183,11 @@ fn read(
             Ok(s) => {
                 write_private(&sealed, s.to_json().as_bytes())?;
                 wipe(&clear)?;
+                // A hand-off left from before holds another key.
+                let handoff = dir.join(HANDOFF);
+                if handoff.exists() {
+                    wipe(&handoff)?;
+                }
                 log.event(
                     "SYSTEM",
                     format_args!(
@@ -273,8 +292,7 @@ fn secret_of(bytes: &[u8], from: &Path) -> Result<Secret, String> {
 fn read_clear(path: &Path) -> Result<Secret, String> {
     let m = fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mode = m.mode() & 0o777;
-    // The owner of /proc/self is this process's effective user.
-    let euid = fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    let euid = nix::unistd::geteuid().as_raw();
     if mode & 0o077 != 0 || m.uid() != euid {
         return Err(format!(
             "{} holds the cluster key and is mode {mode:04o}, owner uid {}: only its owner ({euid}) may read it; run chown root:root and chmod 600 on it",
@@ -328,7 +346,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
             .create(d)
             .map_err(what)?;
     }
-    let tmp = path.with_extension("tmp");
+    // Each file its own temporary name: two files of the store written at
+    // once never share one.
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -434,12 +454,25 @@ pub fn status() -> Option<String> {
 /// `tandemd` (SHA-256 `digest`, hex) into the hand-off, when the key is
 /// sealed in the TPM; says what it did (`None`: nothing to do).
 pub fn handoff(to_version: &str, digest: &str) -> Result<Option<String>, String> {
-    let g = state();
-    let Some(s) = g.as_ref() else { return Ok(None) };
-    if !matches!(s.held, Held::Sealed | Held::Handoff { .. }) {
-        return Ok(None);
+    let _store = store_lock();
+    let (dir, tpm, psk, held) = match state().as_ref() {
+        Some(s) => (s.dir.clone(), s.tpm.clone(), s.psk.clone(), s.held.clone()),
+        None => return Ok(None),
+    };
+    match held {
+        Held::Sealed => {}
+        // This version runs on a hand-off itself: its lasting copy is
+        // sealed for the version before. A new hand-off would replace the
+        // one this version starts with, and a rollback to it would find
+        // no key.
+        Held::Handoff { from } => {
+            return Err(format!(
+                "this member runs on the hand-off version {from} left, its sealed key not resealed yet: run `tandemctl system tpm pcrseal tpmpassword=<password> serial=...` for it first"
+            ))
+        }
+        Held::ConfigFile(_) | Held::Clear(_) => return Ok(None),
     }
-    let Some(tpm) = s.tpm.as_ref() else {
+    let Some(tpm) = tpm else {
         return Ok(None);
     };
     let d: [u8; 32] = crate::peer::files::unhex(digest)
@@ -448,7 +481,7 @@ pub fn handoff(to_version: &str, digest: &str) -> Result<Option<String>, String>
         .ok_or_else(|| format!("the package's tandemd digest {digest:?} is not SHA-256 hex"))?;
     let pcr = crate::tpm::predicted_pcr(&d);
     let sealed = tpm
-        .seal_unattended(s.psk.expose().as_bytes(), Some(&pcr))
+        .seal_unattended(psk.expose().as_bytes(), Some(&pcr))
         .map_err(|e| format!("sealing the cluster key for version {to_version}: {e}"))?;
     let from = tandem_dataplane::build::get().version;
     let text = serde_json::json!({
@@ -457,12 +490,12 @@ pub fn handoff(to_version: &str, digest: &str) -> Result<Option<String>, String>
         "sealed": sealed.to_json(),
     })
     .to_string();
-    write_private(&s.dir.join(HANDOFF), text.as_bytes())?;
+    write_private(&dir.join(HANDOFF), text.as_bytes())?;
     Ok(Some(format!(
         "the cluster key is sealed for version {to_version} (PCR {} = {}…) in {}",
         tpm.pcr(),
         &crate::peer::files::hex(&pcr)[..16],
-        s.dir.join(HANDOFF).display()
+        dir.join(HANDOFF).display()
     )))
 }
 
@@ -476,6 +509,7 @@ const PREV: &str = "prev";
 /// [`undo_change`]. Refused while the member runs on an update's
 /// hand-off: the operator reseals first.
 pub fn stage_change(psk: &Secret) -> Result<(), String> {
+    let _store = store_lock();
     let (dir, tpm, held) = match state().as_ref() {
         Some(s) => (s.dir.clone(), s.tpm.clone(), s.held.clone()),
         None => return Err("this member runs without a cluster key".into()),
@@ -516,6 +550,7 @@ fn prev_of(file: &Path) -> PathBuf {
 
 /// The key change committed: the previous copy goes.
 pub fn commit_change() {
+    let _store = store_lock();
     let mut g = state();
     let Some(s) = g.as_mut() else { return };
     s.prev = None;
@@ -529,6 +564,7 @@ pub fn commit_change() {
 
 /// The key change undone: the previous copy is the stored key again.
 pub fn undo_change() {
+    let _store = store_lock();
     let mut g = state();
     let Some(s) = g.as_mut() else { return };
     let Some(old) = s.prev.take() else { return };
@@ -561,6 +597,7 @@ pub fn remove_stored(dir: &Path) {
 
 /// Removes a hand-off an update left when its installation failed.
 pub fn drop_handoff() {
+    let _store = store_lock();
     if let Some(s) = state().as_ref() {
         let p = s.dir.join(HANDOFF);
         if p.exists() {
@@ -573,11 +610,10 @@ pub fn drop_handoff() {
 /// seals it again to the PCR's value now (the running version's); the
 /// hand-off goes. Says what it did.
 pub fn pcrseal(password: &str) -> Result<String, String> {
-    // One reseal at a time; hainfo's status() does not wait for it.
-    static RESEAL: Mutex<()> = Mutex::new(());
-    let _one = RESEAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // One change of the store at a time (a key change staged meanwhile
+    // would be overwritten with the old key); hainfo's status() does not
+    // wait for it.
+    let _store = store_lock();
     let (dir, tpm, psk, held) = match state().as_ref() {
         Some(s) => (s.dir.clone(), s.tpm.clone(), s.psk.clone(), s.held.clone()),
         None => return Err("this member runs without a cluster key (no HA section)".into()),
@@ -665,17 +701,22 @@ pub fn pcrseal_offline(
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/lib/tandem"));
     let tpm = Tpm::new(t.tcti.clone(), t.pcr, state_dir.join("tpm")).map_err(|e| e.to_string())?;
-    let m = tpm.measure_file(tandemd).map_err(|e| e.to_string())?;
+    // Sealed to the value that tandemd will measure, without touching the
+    // PCR (a running tandemd's measurement stays as it is).
+    let digest = crate::tpm::sha256_file(tandemd).map_err(|e| e.to_string())?;
+    let pcr = crate::tpm::predicted_pcr(&digest);
     let dir = dir_of(&cfg, config_path);
     let sealed_path = dir.join(SEALED);
     let old = read_sealed(&sealed_path)?;
-    let new = tpm.pcrseal(&old, password).map_err(|e| e.to_string())?;
+    let new = tpm
+        .pcrseal_to(&old, password, &pcr)
+        .map_err(|e| e.to_string())?;
     store_resealed(&dir, &new)?;
     Ok(format!(
-        "the cluster key in {} is resealed to PCR {} = {}… ({} measured) or the TPM password",
+        "the cluster key in {} is resealed to PCR {} = {}… (what {} will measure) or the TPM password",
         sealed_path.display(),
         t.pcr,
-        &crate::peer::files::hex(&m.pcr_value)[..16],
+        &crate::peer::files::hex(&pcr)[..16],
         tandemd.display()
     ))
 }
@@ -791,6 +832,11 @@ mod tests {
         );
         // A restart of b before the reseal: the hand-off still opens.
         opened(&path, Some(&tpm), &log).unwrap();
+        // Another update before the reseal is refused: a new hand-off
+        // would replace the one b starts with.
+        let e = handoff("0.3.0", &sha(b"version c")).unwrap_err();
+        assert!(e.contains("pcrseal"), "{e}");
+        assert!(handoff_file.exists());
 
         // The reseal: a wrong password changes nothing; the right one
         // reseals to b's value and removes the hand-off.

@@ -634,6 +634,20 @@ impl Tpm {
         self.seal_locked(&secret, None, Some(password))
     }
 
+    /// [`Tpm::pcrseal`] to the PCR value `pcr` instead of the PCR's
+    /// current one: for a tandemd that does not run ([`predicted_pcr`] of
+    /// its digest), without touching the PCR.
+    pub fn pcrseal_to(
+        &self,
+        sealed: &Sealed,
+        password: &str,
+        pcr: &[u8; 32],
+    ) -> Result<Sealed, TpmError> {
+        let _g = self.lock();
+        let secret = self.unseal_locked(sealed, Branch::Owner(password))?;
+        self.seal_locked(&secret, Some(pcr), Some(password))
+    }
+
     // ---- the operations, under the lock ----
 
     fn read_pcr_in(&self, work: &Work<'_>) -> Result<[u8; 32], TpmError> {
@@ -1520,7 +1534,7 @@ fn remove_stale(dir: &Path) {
 }
 
 /// The SHA-256 of the file at `path`.
-fn sha256_file(path: &Path) -> Result<[u8; 32], TpmError> {
+pub(crate) fn sha256_file(path: &Path) -> Result<[u8; 32], TpmError> {
     let what = format!("reading {} to measure it", path.display());
     let mut f = File::open(path).map_err(io_err(what.clone()))?;
     let mut ctx = Context::new(&SHA256);
@@ -1540,12 +1554,21 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], TpmError> {
 /// This node's TPM (`control.tpm`), once tandemd opened it; what the
 /// quality factor's TPM check asks.
 static NODE: std::sync::OnceLock<std::sync::Arc<Tpm>> = std::sync::OnceLock::new();
+/// The PCR value after tandemd measured itself at start.
+static MEASURED_PCR: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
 /// What tandemd measured at start, for hainfo.
 static MEASURED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// This node's TPM, if tandemd opened one.
 pub fn node() -> Option<std::sync::Arc<Tpm>> {
     NODE.get().cloned()
+}
+
+/// The PCR value tandemd's own measurement left at start, if it measured
+/// itself: the key store seals and unseals only then (a key sealed to a
+/// PCR that was never measured would not open at the next start).
+pub fn measured_pcr() -> Option<[u8; 32]> {
+    MEASURED_PCR.get().copied()
 }
 
 /// What tandemd measured at start, in words (hainfo), if it has a TPM.
@@ -1579,6 +1602,7 @@ pub fn start(cfg: &tandem_config::TpmConfig, state_dir: &Path, log: &crate::even
                 &hex(&m.pcr_value)[..16]
             );
             log.event("SYSTEM", format_args!("TPM ({}): {line}", cfg.tcti));
+            let _ = MEASURED_PCR.set(m.pcr_value);
             line
         }
         Err(e) => {

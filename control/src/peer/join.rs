@@ -771,10 +771,17 @@ fn join_steps(
     // 9. Apply here: the directory, then node.ron (the old one kept); a
     // cluster that keeps its key in each member's store has none in its
     // file: the key given goes into this member's store.
-    if merged.ha.as_ref().is_some_and(|h| h.psk.is_empty()) {
-        crate::keystore::write_clear(&crate::keystore::dir_of(cfg, config_path), psk)?;
+    let store = crate::keystore::dir_of(cfg, config_path);
+    let key_in_store = merged.ha.as_ref().is_some_and(|h| h.psk.is_empty());
+    if key_in_store {
+        crate::keystore::write_clear(&store, psk)?;
     }
-    let pre = install_member_files(config_path, &staging, &node_tmp, &cluster_dir)?;
+    let pre =
+        install_member_files(config_path, &staging, &node_tmp, &cluster_dir).inspect_err(|_| {
+            if key_in_store {
+                crate::keystore::remove_stored(&store);
+            }
+        })?;
     SyncState {
         revision,
         digest: files::digest(&manifest),
